@@ -1,0 +1,57 @@
+"""Entry point of the ``mdlma`` command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+from .. import __version__
+from ..errors import MDLMAError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Create the top-level parser with one sub-command per verb module."""
+    parser = argparse.ArgumentParser(
+        prog="mdlma",
+        description="MDLMA unified framework: volume I/O, scoring, segmentation and HPC workflows.",
+    )
+    parser.add_argument("--version", action="version", version=f"mdlma {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
+    from . import __path__ as cli_path
+
+    for module_info in sorted(pkgutil.iter_modules(cli_path), key=lambda m: m.name):
+        if module_info.name.startswith("_") or module_info.name == "main":
+            continue
+        module = importlib.import_module(f"{__package__}.{module_info.name}")
+        if hasattr(module, "register"):
+            module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``mdlma`` with ``argv`` and return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.verb is None else 2
+    try:
+        return int(args.func(args) or 0)
+    except MDLMAError as exc:
+        print(f"mdlma: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mdlma: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
