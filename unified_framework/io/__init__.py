@@ -1,0 +1,29 @@
+"""Read and write 2D images and 3D volumes: TIFF, HDF5/NeXus, NIfTI, DICOM and Zarr.
+
+Every reader returns a :class:`Volume` with axis order ``(z, y, x)`` (``(y, x)`` for
+images) and the voxel size in micrometres; ``lazy=True`` gives a dask array that is
+read chunk by chunk, and every writer accepts dask arrays and writes them slab by slab.
+See ``docs/io.md``.
+
+Examples
+--------
+>>> from unified_framework.io import read_volume, write_volume
+>>> vol = read_volume("scan.h5::/entry/data/data", lazy=True)    # doctest: +SKIP
+>>> write_volume("scan.zarr", vol)                               # doctest: +SKIP
+"""
+
+from .api import SUPPORTED_FORMATS, detect_format, open_volume, read_volume, write_volume
+from .volume import Volume, check_finite, check_ndim, iter_slabs, value_range
+
+__all__ = [
+    "SUPPORTED_FORMATS",
+    "Volume",
+    "check_finite",
+    "check_ndim",
+    "detect_format",
+    "iter_slabs",
+    "open_volume",
+    "read_volume",
+    "value_range",
+    "write_volume",
+]

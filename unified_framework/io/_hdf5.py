@@ -1,0 +1,179 @@
+"""HDF5 and NeXus files: read any 2D/3D dataset, write the NeXus NXdata layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ._common import (
+    default_chunks,
+    describe_datasets,
+    jsonable,
+    metadata_json,
+    pick_dataset,
+    to_micrometres,
+    unit_factor,
+)
+from .volume import Volume, check_ndim, iter_slabs
+
+DEFAULT_DATASET = "/entry/data/data"
+AXES = ("z", "y", "x")
+
+
+def read_hdf5(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> Volume:
+    """Read one dataset; without ``dataset`` follow NeXus ``default``/``signal`` or take the only 2D/3D one."""
+    import h5py
+
+    f = h5py.File(path, "r")
+    try:
+        if dataset is None:
+            dataset = _nexus_signal(f) or pick_dataset(str(path), _datasets(f), expect_ndim)
+        node = f.get(dataset)
+        if not isinstance(node, h5py.Dataset):
+            raise InputError(f"{path}: no dataset {dataset!r} (datasets: {describe_datasets(_datasets(f)) or 'none'})")
+        check_ndim(node.shape, expect_ndim, f"{path}::{node.name}")
+        spacing = _spacing(node) or (1.0,) * node.ndim
+        metadata = {
+            "dataset": node.name,
+            "attributes": _attrs(node),
+            "group_attributes": _attrs(node.parent),
+            "file_attributes": _attrs(f),
+            "chunks": list(node.chunks) if node.chunks else None,
+            "compression": node.compression,
+        }
+        if lazy:
+            import dask.array as da
+
+            # The dask graph keeps the file open through its reference to the dataset.
+            data = da.from_array(node, chunks=node.chunks or "auto", name=False)
+        else:
+            data = node[()]
+    except BaseException:
+        f.close()
+        raise
+    if not lazy:
+        f.close()
+    return Volume(data, spacing, metadata, path)
+
+
+def _datasets(f: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    import h5py
+
+    found: dict[str, tuple[tuple[int, ...], str]] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            found["/" + name] = (tuple(obj.shape or ()), str(obj.dtype))
+
+    f.visititems(visit)
+    return found
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return _text(value.item())
+    return value if isinstance(value, str) else None
+
+
+def _nexus_signal(f: Any) -> str | None:
+    """Follow NeXus ``default`` attributes from the root down to the NXdata ``signal``."""
+    import h5py
+
+    node = f
+    for _ in range(8):
+        if not isinstance(node, h5py.Group):
+            break
+        signal, default = _text(node.attrs.get("signal")), _text(node.attrs.get("default"))
+        if signal and isinstance(node.get(signal), h5py.Dataset):
+            return node[signal].name
+        if not default or default not in node:
+            return None
+        node = node[default]
+    return node.name if isinstance(node, h5py.Dataset) else None
+
+
+def _spacing(node: Any) -> tuple[float, ...] | None:
+    """Voxel size from our ``spacing`` attribute or from NXdata axis coordinates."""
+    spacing = node.attrs.get("spacing")
+    if spacing is not None and np.size(spacing) == node.ndim:
+        unit = _text(node.attrs.get("spacing_units")) or "um"
+        if unit_factor(unit):
+            return tuple(to_micrometres(s, unit) for s in np.ravel(spacing))
+    axes = node.parent.attrs.get("axes")
+    if axes is None:
+        return None
+    names = [_text(a) for a in np.atleast_1d(axes)]
+    if len(names) != node.ndim:
+        return None
+    values = []
+    for name in names:
+        coord = node.parent.get(name) if name and name != "." else None
+        unit = _text(coord.attrs.get("units")) if coord is not None else None
+        if coord is None or coord.ndim != 1 or coord.shape[0] < 2 or not unit_factor(unit):
+            return None
+        step = np.diff(coord[:2])[0]
+        values.append(to_micrometres(float(f"{step:.12g}"), unit))
+    return tuple(values)
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    attrs = {key: value for key in node.attrs if (value := jsonable(node.attrs[key])) is not None}
+    if isinstance(attrs.get("source_metadata"), str):  # stored as JSON text by write_hdf5
+        try:
+            attrs["source_metadata"] = json.loads(attrs["source_metadata"])
+        except ValueError:
+            pass
+    return attrs
+
+
+def write_hdf5(path: Path, volume: Volume, dataset: str | None, chunks: tuple[int, ...] | None, name: str) -> None:
+    """Write a gzip-compressed, chunked dataset; a three-level path gets the NeXus layout.
+
+    ``/entry/data/data`` (the default) becomes ``NXroot -> NXentry -> NXdata`` with
+    ``signal``, ``axes`` and coordinate datasets ``z``, ``y``, ``x`` in micrometres.
+    """
+    import h5py
+
+    data = volume.data
+    name = "/" + (dataset or DEFAULT_DATASET).strip("/")
+    chunks = tuple(chunks or default_chunks(data.shape))
+    with h5py.File(path, "w") as f:
+        parts = name.strip("/").split("/")
+        if len(parts) == 3:
+            _nexus_groups(f, parts, volume, name)
+        node = f.create_dataset(
+            name, shape=data.shape, dtype=data.dtype, chunks=chunks, compression="gzip", compression_opts=1, shuffle=True
+        )
+        node.attrs["spacing"] = np.asarray(volume.spacing, dtype=np.float64)
+        node.attrs["spacing_units"] = "um"
+        node.attrs["axes_order"] = ",".join(AXES[-data.ndim :])
+        node.attrs["source_metadata"] = metadata_json(volume.metadata)
+        for start, stop, block in iter_slabs(data, step=chunks[0], desc=f"writing {name}"):
+            node[start:stop] = block
+
+
+def _nexus_groups(f: Any, parts: list[str], volume: Volume, name: str) -> None:
+    entry_name, data_name, signal = parts
+    axes = list(AXES[-volume.ndim :])
+    if signal in axes:
+        raise InputError(f"{name}: NeXus signal dataset may not be named {signal!r} (an axis name); expected another name")
+    f.attrs["NX_class"] = "NXroot"
+    f.attrs["default"] = entry_name
+    entry = f.create_group(entry_name)
+    entry.attrs["NX_class"] = "NXentry"
+    entry.attrs["default"] = data_name
+    group = entry.create_group(data_name)
+    group.attrs["NX_class"] = "NXdata"
+    group.attrs["signal"] = signal
+    group.attrs["axes"] = axes
+    for index, (axis, n, step) in enumerate(zip(axes, volume.shape, volume.spacing)):
+        group.attrs[f"{axis}_indices"] = index
+        coord = group.create_dataset(axis, data=np.arange(n, dtype=np.float64) * step)
+        coord.attrs["units"] = "um"
+        coord.attrs["long_name"] = f"{axis} position of voxel centres (um)"

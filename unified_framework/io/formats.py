@@ -1,0 +1,208 @@
+"""Which format a path holds: suffix rules, content sniffing and library-error wrapping."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import re
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import InputError
+
+#: Format names accepted by ``format=`` and returned by :func:`detect_format`.
+SUPPORTED_FORMATS = ("tiff", "tiff-folder", "hdf5", "nifti", "dicom", "zarr")
+
+FORMAT_TITLES = {
+    "tiff": "TIFF file",
+    "tiff-folder": "folder of TIFF slices",
+    "hdf5": "HDF5 file",
+    "nifti": "NIfTI file",
+    "dicom": "DICOM file or series folder",
+    "zarr": "Zarr store",
+}
+
+SUFFIX_FORMATS = {
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+    ".nxs": "hdf5",
+    ".nii": "nifti",
+    ".nii.gz": "nifti",
+    ".dcm": "dicom",
+    ".zarr": "zarr",
+}
+
+# Types each writer stores as they are; bool is written as uint8 (0/1) where missing.
+_NUMBERS = tuple(f"{kind}{bits}" for kind in ("uint", "int") for bits in (8, 16, 32, 64)) + ("float32", "float64")
+WRITABLE_DTYPES = {
+    "tiff": _NUMBERS,
+    "tiff-folder": _NUMBERS,
+    "hdf5": _NUMBERS + ("bool", "float16"),
+    "zarr": _NUMBERS + ("bool", "float16"),
+    "nifti": _NUMBERS,
+    "dicom": ("uint8", "uint16", "int16"),
+}
+
+TIFF_SLICE_SUFFIXES = (".tif", ".tiff")
+DICOM_SLICE_SUFFIXES = (".dcm",)
+
+# Leading bytes of formats one may meet under a wrong name, to say what a file really is.
+_MAGIC = (
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"II+\x00", "tiff"),
+    (b"MM\x00+", "tiff"),
+    (b"\x89HDF\r\n\x1a\n", "hdf5"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"GIF8", "gif"),
+    (b"PK\x03\x04", "zip"),
+    (b"\x1f\x8b", "gzip"),
+)
+_KIND_WORDS = {
+    "tiff": "TIFF",
+    "hdf5": "HDF5",
+    "nifti": "NIfTI",
+    "dicom": "DICOM",
+    "png": "PNG",
+    "jpeg": "JPEG",
+    "gif": "GIF",
+    "zip": "ZIP",
+    "gzip": "gzip-compressed non-NIfTI data",
+}
+
+
+def split_dataset(path: str | Path, dataset: str | None = None) -> tuple[Path, str | None]:
+    """Split ``file.h5::/entry/data/data`` into the file path and the dataset path.
+
+    An explicit ``dataset`` wins over one given in the path.
+    """
+    text = str(path)
+    if "::" in text:
+        text, _, inner = text.rpartition("::")
+        dataset = dataset or inner or None
+    return Path(text), dataset
+
+
+def suffix_of(path: Path) -> str:
+    """Return the lower-case format suffix of ``path`` (``.nii.gz`` counts as one)."""
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders ``slice_2`` before ``slice_10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def folder_slices(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files in ``folder`` with one of ``suffixes`` (any case), sorted naturally."""
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def detect_format(path: str | Path, for_writing: bool = False) -> str:
+    """Return the format of ``path``, one of :data:`SUPPORTED_FORMATS`.
+
+    Files are recognised by suffix (``.tif .tiff .h5 .hdf5 .nxs .nii .nii.gz .dcm
+    .zarr``); existing folders by content (a Zarr store, ``*.tif`` slices or ``*.dcm``
+    slices). With ``for_writing=True`` a path without suffix that is not an existing
+    folder means a folder of TIFF slices (use ``format="dicom"`` for a DICOM series).
+
+    Raises
+    ------
+    InputError
+        If the path does not exist (when reading) or its format is unknown.
+    """
+    path, _ = split_dataset(path)
+    suffix = suffix_of(path)
+    if path.is_dir() and suffix != ".zarr":
+        if (path / ".zarray").exists() or (path / ".zgroup").exists():
+            return "zarr"
+        if folder_slices(path, DICOM_SLICE_SUFFIXES):
+            return "dicom"
+        if folder_slices(path, TIFF_SLICE_SUFFIXES):
+            return "tiff-folder"
+        if for_writing and not suffix:
+            return "tiff-folder"
+        raise InputError(f"{path}: folder holds no *.tif/*.tiff or *.dcm slices and is no Zarr store; expected a folder of image slices")
+    if suffix in SUFFIX_FORMATS:
+        return SUFFIX_FORMATS[suffix]
+    if not path.exists() and not for_writing:
+        raise InputError(f"{path}: no such file or folder")
+    if for_writing and not suffix:
+        return "tiff-folder"
+    known = " ".join(SUFFIX_FORMATS)
+    raise InputError(f"{path}: unknown image format (suffix {suffix or 'none'!r}); expected one of {known} or a folder of slices")
+
+
+def sniff(path: Path) -> str | None:
+    """Guess what a file holds from its first bytes; None if unrecognised or empty."""
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    return _sniff_bytes(head, path)
+
+
+def _sniff_bytes(head: bytes, path: Path | None = None) -> str | None:
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if len(head) >= 348:
+        le, be = int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")
+        if 348 in (le, be) and head[344:348] in (b"n+1\x00", b"ni1\x00"):
+            return "nifti"
+        if 540 in (le, be) and head[4:8] in (b"n+2\x00", b"ni2\x00"):
+            return "nifti"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            if kind == "gzip" and path is not None:
+                try:
+                    with gzip.open(path, "rb") as f:
+                        inner = f.read(1024)
+                except (OSError, EOFError):
+                    return None
+                return "nifti" if _sniff_bytes(inner) == "nifti" else "gzip"
+            return kind
+    return None
+
+
+def verify_content(path: Path, fmt: str) -> None:
+    """Raise :class:`InputError` unless the file at ``path`` starts like a ``fmt`` file.
+
+    Catches mislabelled files (PNG bytes named ``.tif``, HDF5 named ``.nii``) and files
+    that are empty or garbage before a library gives a cryptic error.
+    """
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty (0 bytes); expected a {FORMAT_TITLES[fmt]}")
+    kind = sniff(path)
+    if kind == fmt or (fmt == "dicom" and kind is None):
+        # DICOM files without the 128-byte preamble exist; pydicom judges those.
+        return
+    what = f"{_KIND_WORDS[kind]} data" if kind else "not a recognised image format (corrupt?)"
+    raise InputError(f"{path}: content is {what} although the name says {FORMAT_TITLES[fmt]}; expected a valid {FORMAT_TITLES[fmt]}")
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` squeezed onto one line, prefixed by its type."""
+    text = " ".join(str(exc).split()) or "no details"
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+@contextlib.contextmanager
+def library_errors(path: Path, fmt: str) -> Iterator[None]:
+    """Turn exceptions raised by reader libraries on bad files into :class:`InputError`.
+
+    Corrupt files make tifffile, h5py, nibabel and pydicom raise almost any exception
+    type, so everything except :class:`InputError` and :class:`MemoryError` is wrapped
+    (the original stays attached as ``__cause__``).
+    """
+    try:
+        yield
+    except (InputError, MemoryError):
+        raise
+    except Exception as exc:
+        title = FORMAT_TITLES[fmt]
+        raise InputError(f"{path}: cannot read {title} ({one_line(exc)}); expected a complete, valid {title}") from exc
