@@ -1,0 +1,80 @@
+"""A small 8-bit preview slice of a catalogued volume (for the dashboard's detail view)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .extract import dataset_path
+
+
+def thumbnail_slice(
+    source: str | os.PathLike | dict,
+    *,
+    index: int | None = None,
+    max_size: int = 256,
+    percentiles: tuple[float, float] = (1.0, 99.0),
+) -> np.ndarray:
+    """Read one axial slice and scale it to a ``uint8`` image of at most ``max_size`` pixels a side.
+
+    Only that slice is read (the volume is opened lazily), so previews of large scans
+    are cheap.
+
+    Parameters
+    ----------
+    source : path-like or dict
+        A volume path, or a catalogue dataset document (its ``path`` is used, and for
+        HDF5 the array recorded at ingestion).
+    index : int, optional
+        Slice along ``z``; the middle slice by default. Ignored for 2-D images.
+    max_size : int
+        Longest side of the result; larger slices are subsampled by an integer step.
+    percentiles : (float, float)
+        Grey values at these percentiles map to 0 and 255 (robust to outliers).
+
+    Returns
+    -------
+    numpy.ndarray of uint8, shape (height, width)
+
+    Raises
+    ------
+    InputError
+        If the volume cannot be read or ``index`` is out of range.
+    """
+    from ..io import open_volume
+
+    dataset = None
+    if isinstance(source, dict):
+        metadata = source.get("scientificMetadata") or {}
+        dataset = _nested_value(metadata, ("hdf5", "volume_dataset"))
+        source = dataset_path(source)
+    volume = open_volume(source, dataset)
+    data = volume.data
+    if data.ndim == 3:
+        depth = data.shape[0]
+        index = depth // 2 if index is None else index
+        if not -depth <= index < depth:
+            raise InputError(f"{source}: slice {index} out of range; the volume has {depth} slices")
+        data = data[index]
+    step = max(1, -(-max(data.shape) // max_size))
+    image = np.asarray(data[::step, ::step], dtype=np.float64)
+    finite = image[np.isfinite(image)]
+    if finite.size == 0:
+        return np.zeros(image.shape, np.uint8)
+    low, high = np.percentile(finite, percentiles)
+    if high <= low:
+        high = low + 1.0
+    scaled = np.clip((np.nan_to_num(image, nan=low) - low) / (high - low), 0.0, 1.0)
+    return np.round(scaled * 255).astype(np.uint8)
+
+
+def _nested_value(metadata: dict, keys: tuple[str, ...]) -> Any:
+    node: Any = metadata
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node.get("value") if isinstance(node, dict) else None
