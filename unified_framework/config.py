@@ -33,7 +33,10 @@ DEFAULTS: dict[str, Any] = {
     # Local SQLite catalogue used when no SciCat server is configured.
     "catalogue": "~/mdlma/catalogue.sqlite",
     "slurm": {"default_partition": "", "default_account": "", "module": "mdlma/unified-framework"},
-    "scicat": {"url": "", "token": "", "username": "", "password": ""},
+    # owner* / contact_email / creation_location fall back to the login name, its
+    # primary group, user@host and the host name when empty.
+    "scicat": {"url": "", "token": "", "username": "", "password": "", "owner": "", "owner_group": "",
+               "contact_email": "", "creation_location": ""},
     "dashboard": {"port": 8501},
 }
 

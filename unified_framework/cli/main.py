@@ -48,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     except MDLMAError as exc:
         print(f"mdlma: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `mdlma ... | head` closed the pipe: not an error. Point stdout at devnull so
+        # the interpreter's final flush does not raise again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("mdlma: interrupted", file=sys.stderr)
         return 130
