@@ -32,7 +32,11 @@ DEFAULTS: dict[str, Any] = {
     "cache_dir": "~/.cache/mdlma",
     # Local SQLite catalogue used when no SciCat server is configured.
     "catalogue": "~/mdlma/catalogue.sqlite",
-    "slurm": {"default_partition": "", "default_account": "", "module": "mdlma/unified-framework"},
+    # backend: auto (SLURM when sbatch exists, else local subprocesses), slurm or local.
+    # prefix/modulepath/templates_dir: empty = <clone>/.mdlma, <prefix>/modulefiles,
+    # <clone>/slurm_templates.
+    "slurm": {"default_partition": "", "default_account": "", "module": "mdlma/unified-framework",
+              "backend": "auto", "prefix": "", "modulepath": "", "templates_dir": ""},
     # owner* / contact_email / creation_location fall back to the login name, its
     # primary group, user@host and the host name when empty.
     "scicat": {"url": "", "token": "", "username": "", "password": "", "owner": "", "owner_group": "",

@@ -1,0 +1,117 @@
+"""Fixtures for tests that need the real one-node SLURM test cluster.
+
+Use them with ``@pytest.mark.slurm`` and ``from conftest_slurm import slurm_cluster``
+(or register this module once in ``tests/conftest.py`` with
+``pytest_plugins = ["conftest_slurm"]``).
+
+``slurm_cluster`` runs ``scripts/slurm-cluster start`` once per session (it installs
+Debian's slurm-wlm, munge, MariaDB and slurmdbd if needed, and is quick when the cluster
+already runs). Where ``sbatch`` is missing and ``CI`` is not set the tests are skipped;
+under ``CI=true`` a cluster that cannot be started fails them instead.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+#: A local account for tests of owner-only filtering (created by the fixture, as root).
+TEST_USER = "mdlmatest"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Path:
+    """Ensure the test cluster runs; return its state directory."""
+    if shutil.which("sbatch") is None and not IN_CI:
+        pytest.skip("SLURM is not installed; run 'sudo scripts/slurm-cluster start' to get the test cluster")
+    script = str(REPO / "scripts" / "slurm-cluster")
+    running = subprocess.run([script, "status"], capture_output=True, text=True, timeout=120).returncode == 0
+    if running and os.geteuid() != 0:
+        return Path(os.environ.get("MDLMA_SLURM_STATE", "/var/tmp/mdlma-slurm"))
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("the SLURM test cluster is not running and starting it needs root")
+        pytest.skip("the SLURM test cluster is not running; start it with 'sudo scripts/slurm-cluster start'")
+    proc = subprocess.run([script, "start"], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/slurm-cluster start failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return Path(os.environ.get("MDLMA_SLURM_STATE", "/var/tmp/mdlma-slurm"))
+
+
+@pytest.fixture(scope="session")
+def slurm_test_user(slurm_cluster) -> str:
+    """A second, unprivileged local user (``mdlmatest``), created if missing."""
+    try:
+        pwd.getpwnam(TEST_USER)
+    except KeyError:
+        if os.geteuid() != 0:
+            pytest.skip(f"user {TEST_USER} does not exist and only root can create it")
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", TEST_USER], check=True)
+    return TEST_USER
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.5, what: str = "condition"):
+    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+CHAIN_FORM = """\
+title: Array and merge (test template)
+description: A job array whose tasks write parts, and a merge job that waits for all of them.
+jobs:
+  - {name: work, script: script.sh.j2}
+  - {name: merge, script: merge.sh.j2, after: work}
+parameters:
+  job_name: {type: name, default: chain, help: Name in the queue.}
+  workdir: {type: path, kind: dir, access: rwx, default: ".", help: Working directory.}
+  tasks: {type: int, default: 3, min: 1, max: 10, help: Number of array tasks.}
+  fail_task: {type: int, default: -1, min: -1, max: 10, help: This task exits with status 3.}
+  seconds: {type: int, default: 1, min: 0, max: 60, help: How long each task sleeps.}
+"""
+CHAIN_WORK = """\
+#!/bin/bash
+#SBATCH --job-name={{ job_name }}
+#SBATCH --array=0-{{ tasks - 1 }}
+#SBATCH --time=00:02:00
+#SBATCH --mem=100M
+set -euo pipefail
+cd -- {{ workdir }}
+if [ "$SLURM_ARRAY_TASK_ID" = {{ fail_task }} ]; then exit 3; fi
+sleep {{ seconds }}
+echo "part $SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_JOB_ID $(date +%s.%N)" > "part-$SLURM_ARRAY_TASK_ID.txt"
+"""
+CHAIN_MERGE = """\
+#!/bin/bash
+#SBATCH --job-name={{ job_name ~ "-merge" }}
+#SBATCH --time=00:02:00
+#SBATCH --mem=100M
+set -euo pipefail
+cd -- {{ workdir }}
+echo "merge $(date +%s.%N)" > merged.txt
+cat part-*.txt >> merged.txt
+"""
+
+
+def make_chain_template(root: Path) -> Path:
+    """A two-step template (array + dependent merge) in ``root/chain``; returns its folder."""
+    folder = root / "chain"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "form.yml").write_text(CHAIN_FORM)
+    (folder / "script.sh.j2").write_text(CHAIN_WORK)
+    (folder / "merge.sh.j2").write_text(CHAIN_MERGE)
+    return folder

@@ -1,0 +1,362 @@
+"""Templates, validation and rendering of unified_framework.hpc (no cluster needed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from unified_framework import hpc
+from unified_framework.config import load_config
+from unified_framework.errors import InputError
+from unified_framework.hpc.render import SBATCH_LINE_RE, check_rendered
+from unified_framework.hpc.slurm import SEP, count_gpus, parse_duration, parse_memory_mb, parse_sinfo
+from unified_framework.hpc.validation import ClusterLimits, array_indices
+
+REQUIRED_TEMPLATES = {"sun-train", "sun-predict", "score", "python-script", "jupyter"}
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A working directory holding the inputs every template needs."""
+    (tmp_path / "run.py").write_text("import sys\nprint('ran', sys.argv[1:])\n")
+    for name in ("pred.tif", "gt.tif", "volume.tif", "images.tif", "labels.tif"):
+        (tmp_path / name).write_bytes(b"\0")
+    (tmp_path / "model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+MINIMAL = {
+    "python-script": {"script": "run.py"},
+    "score": {"pred": "pred.tif", "gt": "gt.tif"},
+    "sun-train": {"images": "images.tif", "labels": "labels.tif"},
+    "sun-predict": {"volume": "volume.tif", "model": "model"},
+    "jupyter": {},
+}
+
+
+def local_prepare(name, params, **kwargs):
+    return hpc.prepare(name, params, backend="local", **kwargs)
+
+
+def test_required_templates_exist_with_complete_forms():
+    templates = {t.name: t for t in hpc.list_templates()}
+    assert REQUIRED_TEMPLATES <= set(templates)
+    for template in templates.values():
+        assert template.readme.strip(), f"{template.name} has no README"
+        assert template.title and template.description
+        for p in template.parameters.values():
+            assert p.help and p.type
+            if p.type in {"int", "cpus", "gpus"}:
+                assert p.min is not None and p.max is not None, f"{template.name}.{p.name} needs a range"
+        for source in template.sources.values():
+            assert source.startswith("#!/bin/bash\n#SBATCH ")
+            assert '{% include "environment.sh.j2" %}' in source
+    assert [s.name for s in templates["sun-predict"].steps] == ["predict", "merge"]
+    assert templates["sun-predict"].steps[1].after == "predict"
+    assert templates["jupyter"].parameters["command"].locked
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED_TEMPLATES))
+def test_every_template_renders_valid_bash_with_module_load(name, workdir, tmp_path):
+    prepared = local_prepare(name, MINIMAL[name])
+    assert prepared.scripts
+    for job in prepared.scripts:
+        lines = job.text.splitlines()
+        assert lines[0] == "#!/bin/bash"
+        assert all(SBATCH_LINE_RE.fullmatch(d) for d in job.directives)
+        assert 'module load "$mdlma_module"' in job.text and "mdlma_module=mdlma/unified-framework" in job.text
+        # Runs in place: changes into the working directory, copies nothing.
+        assert f"cd -- {workdir}" in job.text and " cp " not in job.text
+        script = tmp_path / f"{name}-{job.step}.sh"
+        script.write_text(job.text)
+        check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+
+
+def test_issue_example_prints_the_batch_script(workdir, capsys):
+    from unified_framework.cli.main import main
+
+    status = main(["jobs", "--backend", "local", "render", "python-script", "--set", "job_name=test", "--set", "script=run.py"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "#SBATCH --job-name=test\n" in out
+    assert f"\npython {workdir / 'run.py'} \n" in out or f"\npython {workdir / 'run.py'}\n" in out
+
+
+def test_params_file_and_set_precedence(workdir, capsys):
+    from unified_framework.cli.main import main
+
+    (workdir / "p.yml").write_text("job_name: from-file\nscript: run.py\ncpus: 2\n")
+    status = main(["jobs", "--backend", "local", "render", "python-script", "--params", "p.yml", "--set", "cpus=1"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "#SBATCH --job-name=from-file" in out and "#SBATCH --cpus-per-task=1\n" in out
+
+
+def test_sun_predict_renders_array_and_merge_command_lines(workdir):
+    prepared = local_prepare("sun-predict", {**MINIMAL["sun-predict"], "axes": 9, "slabs": 2, "max_parallel": 4})
+    predict, merge = prepared.scripts
+    assert "#SBATCH --array=0-17%4" in predict.directives
+    assert (
+        f"mdlma sun predict {workdir / 'volume.tif'} --model {workdir / 'model'} --out {workdir / 'segmentation.tif'} "
+        f'--work-dir {workdir / "sun-work"} --axes 9 --slabs 2 --piece-index "$SLURM_ARRAY_TASK_ID" --device cpu'
+        in predict.text
+    )
+    assert f"mdlma sun merge {workdir / 'sun-work'} --out {workdir / 'segmentation.tif'}" in merge.text
+    assert "#SBATCH --job-name=sun-predict-merge" in merge.directives
+    assert merge.after == "predict"
+    gpu = local_prepare("sun-predict", {**MINIMAL["sun-predict"], "gpus": 1}).scripts[0]
+    assert "#SBATCH --gres=gpu:1" in gpu.directives and "--device cuda" in gpu.text
+
+
+def test_score_and_train_command_lines(workdir):
+    score = local_prepare("score", {**MINIMAL["score"], "no_surface": "yes", "extra_args": "--labels 1 2"})
+    assert (
+        f"mdlma score {workdir / 'pred.tif'} {workdir / 'gt.tif'} --json {workdir / 'score.json'} --no-surface --labels 1 2"
+        in score.scripts[0].text
+    )
+    train = local_prepare("sun-train", {**MINIMAL["sun-train"], "steps": "3", "axes": "3", "extra_args": "--depth 2"})
+    assert (
+        f"mdlma sun train --pair {workdir / 'images.tif'} {workdir / 'labels.tif'} --out {workdir / 'sun-model.pt'} "
+        '--axes 3 --steps 3 --batch-size 8 --device cpu --threads "$OMP_NUM_THREADS" --depth 2' in train.scripts[0].text
+    )
+    with pytest.raises(InputError, match="is not one of 3, 9"):
+        local_prepare("sun-train", {**MINIMAL["sun-train"], "axes": 4})
+
+
+def test_jupyter_command_is_locked_but_the_hub_may_change_it(workdir):
+    prepared = local_prepare("jupyter", {"port": 8899, "ip": "127.0.0.1"})
+    assert "exec batchspawner-singleuser jupyterhub-singleuser --ip=127.0.0.1 --port=8899 --notebook-dir=" in prepared.scripts[0].text
+    with pytest.raises(InputError, match="locked by the administrator"):
+        local_prepare("jupyter", {"command": "bash -c evil"})
+    hub = local_prepare("jupyter", {"command": "python -m unified_framework.hub.singleuser jupyterhub-singleuser"}, allow_locked=True)
+    assert "exec python -m unified_framework.hub.singleuser jupyterhub-singleuser --ip=0.0.0.0 --notebook-dir=" in hub.scripts[0].text
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("python-script", {"cpus": 0}, "0 cpus is not possible"),
+        ("python-script", {"cpus": 1000}, "above the maximum 128"),
+        ("python-script", {"cpus": "two"}, "expected a whole number"),
+        ("python-script", {"cpus": True}, "expected a whole number"),
+        ("python-script", {"mem": "lots"}, "not a memory size"),
+        ("python-script", {"mem": "50M"}, "below the minimum 100M"),
+        ("python-script", {"mem": "2T"}, "above the maximum 1T"),
+        ("python-script", {"time": "1 hour"}, "not a SLURM time"),
+        ("python-script", {"time": "8-00:00:00"}, "above the maximum"),
+        ("python-script", {"time": "0"}, "must be positive"),
+        ("python-script", {"array": "5-1"}, "runs backwards"),
+        ("python-script", {"array": "0-99999"}, "at most 10000 array tasks"),
+        ("python-script", {"array": "1;2"}, "not a SLURM array spec"),
+        ("python-script", {"job_name": "my job"}, "not a valid name"),
+        ("python-script", {"job_name": "-x"}, "not a valid name"),
+        ("python-script", {"partition": "a b"}, "not a valid partition name"),
+        ("python-script", {"script": "missing.py"}, "does not exist"),
+        ("python-script", {"script": "model"}, "is not a file"),
+        ("python-script", {"script": ""}, "a path is required"),
+        ("python-script", {"args": "unbalanced 'quote"}, "check the quotes"),
+        ("python-script", {"workdir": "run.py"}, "is not a directory"),
+        ("python-script", {"nonsense": 1}, "unknown parameter 'nonsense'"),
+        ("score", {"no_surface": "maybe"}, "expected true or false"),
+        ("score", {"json_out": "no/such/folder/out.json"}, "does not exist"),
+        ("jupyter", {"ip": "0.0.0.0; rm"}, "not a host name"),
+        ("jupyter", {"default_url": "javascript:x"}, "does not match the required form"),
+        ("jupyter", {"port": 70000}, "above the maximum 65535"),
+        ("sun-predict", {"slabs": 65}, "above the maximum 64"),
+        ("sun-train", {"gpus": -1}, "is not possible"),
+    ],
+)
+def test_validation_rejects_with_one_line_messages(workdir, name, params, message):
+    with pytest.raises(InputError) as info:
+        local_prepare(name, {**MINIMAL[name], **params})
+    text = str(info.value)
+    assert message in text
+    assert "\n" not in text and text.startswith(f"{name}: ")
+
+
+def test_validation_normalises_values(workdir):
+    template = hpc.load_template("python-script")
+    values = hpc.validate_params(
+        template, {"script": "run.py", "mem": "512m", "args": "a 'b c' $(x)", "cpus": "2", "time": "90"},
+        cwd=workdir,
+    )
+    assert values["mem"] == "512M" and values["cpus"] == 2 and values["time"] == "90"
+    assert values["args"] == ["a", "b c", "$(x)"]
+    assert values["script"] == str(workdir / "run.py") and values["workdir"] == str(workdir)
+    sub = workdir / "sub"
+    sub.mkdir()
+    (sub / "inner.py").write_text("")
+    nested = hpc.validate_params(template, {"workdir": "sub", "script": "inner.py"}, cwd=workdir)
+    assert nested["script"] == str(sub / "inner.py")
+    assert hpc.validate_params(template, {"script": "sub/../run.py"}, cwd=workdir)["script"] == str(workdir / "run.py")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may read any file")
+def test_validation_checks_permissions(workdir):
+    secret = workdir / "secret.py"
+    secret.write_text("")
+    secret.chmod(0)
+    with pytest.raises(InputError, match="is not readable"):
+        local_prepare("python-script", {"script": "secret.py"})
+
+
+def test_hdf5_dataset_suffix_checks_the_file(workdir):
+    (workdir / "vol.h5").write_bytes(b"\0")
+    values = hpc.validate_params(hpc.load_template("score"), {"pred": "vol.h5::/seg", "gt": "gt.tif"}, cwd=workdir)
+    assert values["pred"] == f"{workdir / 'vol.h5'}::/seg"
+    with pytest.raises(InputError, match="does not exist"):
+        hpc.validate_params(hpc.load_template("score"), {"pred": "none.h5::/seg", "gt": "gt.tif"}, cwd=workdir)
+
+
+def _limits() -> ClusterLimits:
+    nodes = "\n".join(
+        SEP.join(fields)
+        for fields in [
+            ["cpu1", "debug*", "idle", "8", "0/8/0/8", "32000", "30000", "(null)", "(null)"],
+            ["cpu1", "batch", "idle", "8", "0/8/0/8", "32000", "30000", "(null)", "(null)"],
+            ["gpu1", "gpu", "mixed", "32", "4/28/0/32", "256000", "200000", "gpu:a100:4(S:0-1)", "a100"],
+        ]
+    )
+    parts = "\n".join(
+        SEP.join(f)
+        for f in [["debug*", "up", "1:00:00", "10:00"], ["batch", "up", "7-00:00:00", "1:00:00"], ["gpu", "up", "2-00:00:00", "n/a"]]
+    )
+    partitions, _ = parse_sinfo(parts, nodes)
+    return ClusterLimits({p.name: p for p in partitions}, qos=("normal", "long"))
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"partition": "nosuch"}, "partition 'nosuch' does not exist here; available: debug, batch, gpu"),
+        ({"gpus": 1}, "partition 'debug' has no GPUs"),
+        ({"partition": "gpu", "gpus": 5}, "has at most 4 per node"),
+        ({"time": "02:00:00"}, "exceeds partition 'debug''s limit 1:00:00"),
+        ({"cpus": 16, "partition": "batch"}, "exceeds the 8 CPUs of a node"),
+        ({"mem": "64G"}, "exceeds the 32000 MB of a node"),
+        ({"qos": "high"}, "QoS 'high' does not exist here"),
+    ],
+)
+def test_cluster_limits_from_sinfo(workdir, params, message):
+    template = hpc.load_template("python-script")
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        hpc.validate_params(template, {"script": "run.py", **params}, cwd=workdir, cluster=_limits())
+
+
+def test_cluster_limits_accept_what_fits(workdir):
+    template = hpc.load_template("python-script")
+    values = hpc.validate_params(
+        template, {"script": "run.py", "partition": "gpu", "gpus": 4, "cpus": 32, "time": "1-00:00:00", "qos": "long"},
+        cwd=workdir, cluster=_limits(),
+    )
+    assert values["gpus"] == 4
+    assert _limits().default_partition == "debug"
+
+
+def test_config_supplies_prefix_modulepath_and_defaults(workdir, monkeypatch, tmp_path):
+    config = load_config()
+    config["slurm"] = {
+        **config["slurm"], "prefix": str(tmp_path / "pfx"), "modulepath": "/opt/modules", "module": "site/mdlma",
+        "default_partition": "batch",
+    }
+    text = hpc.prepare("python-script", MINIMAL["python-script"], backend="local", config=config).scripts[0].text
+    assert f"mdlma_prefix={tmp_path / 'pfx'}\n" in text
+    assert "mdlma_modulepath=/opt/modules\n" in text and "mdlma_module=site/mdlma\n" in text
+    assert "#SBATCH --partition=batch\n" in text
+    monkeypatch.setenv("MDLMA_PREFIX", "/env/prefix")
+    assert hpc.install_prefix({"slurm": {}}) == Path("/env/prefix")
+    assert hpc.install_prefix({"slurm": {"prefix": "/cfg"}}) == Path("/cfg")
+    monkeypatch.delenv("MDLMA_PREFIX")
+    assert hpc.install_prefix({"slurm": {}}) == Path(__file__).resolve().parents[1] / ".mdlma"
+
+
+def _custom_template(root: Path, name: str, script: str, form_extra: str = "") -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "form.yml").write_text(
+        "parameters:\n"
+        "  job_name: {type: name, default: t, help: name}\n"
+        "  workdir: {type: path, kind: dir, default: '.', help: dir}\n"
+        "  note: {type: string, default: '', help: text}\n" + form_extra
+    )
+    (folder / "script.sh.j2").write_text(script)
+    return folder
+
+
+def test_renderer_refuses_free_text_in_sbatch_lines(tmp_path):
+    folder = _custom_template(tmp_path, "bad", "#!/bin/bash\n#SBATCH --comment={{ note }}\necho hi\n")
+    template = hpc.load_template(folder)
+    values = hpc.validate_params(template, {"note": "two words"}, cwd=tmp_path)
+    with pytest.raises(InputError, match="values in #SBATCH lines must be plain words"):
+        hpc.render(template, values)
+    # A plain word passes: the check is about content, not the option.
+    assert "#SBATCH --comment=word" in hpc.render(template, {**values, "note": "word"})[0].text
+    with pytest.raises(InputError, match="rendering added #SBATCH directives"):
+        check_rendered(template, "script.sh.j2", "#!/bin/bash\n#SBATCH --comment=a\n#SBATCH --nodes=2\n")
+
+
+def test_renderer_is_sandboxed_and_strict(tmp_path):
+    template = hpc.load_template(_custom_template(tmp_path, "undef", "#!/bin/bash\necho {{ nothing_here }}\n"))
+    with pytest.raises(InputError, match="'nothing_here' is undefined"):
+        hpc.render(template, {"job_name": "t", "workdir": str(tmp_path), "note": ""})
+    sneaky = hpc.load_template(_custom_template(tmp_path, "sneaky", "#!/bin/bash\n{{ ''.__class__.__mro__[1].__subclasses__() }}\n"))
+    with pytest.raises(InputError, match="template error"):
+        hpc.render(sneaky, {"job_name": "t", "workdir": str(tmp_path), "note": ""})
+
+
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [
+        ("parameters:\n  job_name: {type: name, default: x}\n  workdir: {type: path, default: ., help: d}\n", "needs a default and a help"),
+        ("parameters:\n  job_name: {type: nope, default: x, help: h}\n  workdir: {type: path, default: ., help: d}\n", "type must be one of"),
+        ("parameters:\n  job_name: {type: name, default: x, help: h, colour: red}\n  workdir: {type: path, default: ., help: d}\n", "unknown keys"),
+        ("parameters:\n  workdir: {type: path, default: ., help: d}\n", "'job_name' is required"),
+        ("parameters: [1, 2]\n", "expected a mapping"),
+        ("parameters: {a: [\n", "not valid YAML"),
+        ("jobs:\n  - {name: b, script: script.sh.j2, after: a}\nparameters:\n  job_name: {type: name, default: x, help: h}\n"
+         "  workdir: {type: path, default: ., help: d}\n", "not an earlier job"),
+    ],
+)
+def test_broken_forms_are_refused(tmp_path, form, message):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "form.yml").write_text(form)
+    (folder / "script.sh.j2").write_text("#!/bin/bash\n")
+    with pytest.raises(InputError, match=message):
+        hpc.load_template(folder)
+
+
+def test_unknown_template_lists_the_known_ones():
+    with pytest.raises(InputError, match="not found; expected one of jupyter, python-script"):
+        hpc.load_template("no-such-template")
+
+
+def test_value_parsers():
+    assert parse_duration("1-02:03:04") == 93784
+    assert parse_duration("00:01.009") == pytest.approx(1.009)
+    assert parse_duration("10:00") == 600 and parse_duration("90") == 5400
+    assert parse_duration("UNLIMITED") == float("inf") and parse_duration("") is None
+    assert parse_memory_mb("3120K") == pytest.approx(3.046875)
+    assert parse_memory_mb("4G") == 4096 and parse_memory_mb("24105") == 24105 and parse_memory_mb("") is None
+    assert count_gpus("gpu:a100:4(S:0-1),shard:8") == 4 and count_gpus("gpu:2,gpu:v100:1") == 3
+    assert count_gpus("(null)") == 0
+    assert array_indices("0-9:3,15%4") == [0, 3, 6, 9, 15]
+
+
+def test_quota_parser():
+    text = (
+        "Disk quotas for user alice (uid 1000):\n"
+        "     Filesystem  blocks   quota   limit   grace   files   quota   limit   grace\n"
+        "          /home  102400  500000  600000           1200       0       0\n"
+        "       /scratch 9000000*       0 8000000    6days     10       0       0\n"
+        "          /data       5       0       0              1       0       0\n"
+    )
+    assert hpc.jobs.parse_quota(text) == {
+        "/home": (102400 * 1024, 600000 * 1024),
+        "/scratch": (9000000 * 1024, 8000000 * 1024),
+    }

@@ -1,0 +1,388 @@
+"""Check user parameters against a template's ``form.yml`` before anything is rendered.
+
+Every value is checked for its type; text of any kind is refused if it holds control
+characters (NUL, newlines, escape sequences) or line/paragraph separators, so nothing a
+user types can start a new line of a batch script. Values that end up in ``#SBATCH``
+lines (job names, partitions, times, memory, array specs, ...) must match strict
+patterns; free text and paths are allowed any other character because the renderer
+quotes them for the shell. Partitions, QoS, CPUs, memory, time and GPUs are checked
+against the cluster when its limits are given.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import InputError
+from .slurm import Partition, parse_duration, parse_memory_mb
+from .templates import Parameter, Template
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+SLURM_WORD_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+TIME_RE = re.compile(r"\d{1,6}|\d{1,6}:\d{1,2}|\d{1,6}:\d{1,2}:\d{1,2}|\d{1,4}-\d{1,2}(:\d{1,2}(:\d{1,2})?)?")
+MEMORY_RE = re.compile(r"(\d{1,9})([KMGT]?)B?", re.IGNORECASE)
+ARRAY_RE = re.compile(r"\d{1,7}(-\d{1,7}(:\d{1,7})?)?(,\d{1,7}(-\d{1,7}(:\d{1,7})?)?)*(%\d{1,5})?")
+HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]")
+DEFAULT_MAX_LENGTH = {"string": 1024, "args": 8192, "path": 4096}
+MAX_ARRAY_TASKS = 10000
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class ClusterLimits:
+    """What the cluster offers, for checks against partitions, QoS, CPUs, memory, GPUs."""
+
+    partitions: dict[str, Partition]
+    qos: tuple[str, ...] | None = None
+
+    @property
+    def default_partition(self) -> str | None:
+        return next((p.name for p in self.partitions.values() if p.default), None)
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "...'" + f" ({len(str(value))} chars)"
+
+
+def check_text(value: Any, field: str, max_length: int = 1024) -> str:
+    """Return ``value`` if it is a string without control characters, else raise.
+
+    Refuses NUL, newlines, carriage returns, escape sequences and every other control
+    character, Unicode line/paragraph separators, lone surrogates, and text longer
+    than ``max_length`` characters.
+    """
+    if not isinstance(value, str):
+        raise InputError(f"{field}: expected text, got {type(value).__name__}")
+    if len(value) > max_length:
+        raise InputError(f"{field}: {len(value)} characters is too long (at most {max_length})")
+    for position, char in enumerate(value):
+        if unicodedata.category(char) in {"Cc", "Cs", "Zl", "Zp"}:
+            raise InputError(
+                f"{field}: control character U+{ord(char):04X} at position {position} is not allowed "
+                "(no newlines, NUL or escape sequences)"
+            )
+    return value
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value).lower()
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+def _as_int(value: Any, field: str) -> int:
+    if isinstance(value, bool):
+        raise InputError(f"{field}: expected a whole number, got {_shown(value)}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    text = check_text(_as_text(value), field, 32).strip()
+    if not re.fullmatch(r"[+-]?\d{1,18}", text):
+        raise InputError(f"{field}: expected a whole number, got {_shown(value)}")
+    return int(text)
+
+
+def _as_float(value: Any, field: str) -> float:
+    if isinstance(value, bool):
+        raise InputError(f"{field}: expected a number, got {_shown(value)}")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        text = check_text(_as_text(value), field, 64).strip()
+        try:
+            number = float(text)
+        except ValueError:
+            raise InputError(f"{field}: expected a number, got {_shown(value)}") from None
+    if not math.isfinite(number):
+        raise InputError(f"{field}: expected a finite number, got {_shown(value)}")
+    return number
+
+
+def _check_range(number: float, p: Parameter, field: str, shown: Any = None) -> None:
+    shown = number if shown is None else shown
+    if p.min is not None and number < p.min:
+        raise InputError(f"{field}: {shown} is below the minimum {p.min}")
+    if p.max is not None and number > p.max:
+        raise InputError(f"{field}: {shown} is above the maximum {p.max}")
+
+
+def time_seconds(text: str) -> float:
+    """Seconds of a validated ``#SBATCH --time`` value (a bare number is minutes)."""
+    return parse_duration(text) or 0.0
+
+
+def _validate_one(p: Parameter, value: Any, field: str, workdir: Path | None, check_paths: bool) -> Any:
+    kind = p.type
+    if kind == "int":
+        number = _as_int(value, field)
+        _check_range(number, p, field)
+        return number
+    if kind in {"cpus", "gpus"}:
+        number = _as_int(value, field)
+        if number < (1 if kind == "cpus" else 0):
+            raise InputError(f"{field}: {number} {kind} is not possible")
+        _check_range(number, p, field)
+        return number
+    if kind == "float":
+        number = _as_float(value, field)
+        _check_range(number, p, field)
+        return number
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = check_text(_as_text(value), field, 8).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise InputError(f"{field}: expected true or false, got {_shown(value)}")
+    if kind == "choice":
+        for choice in p.choices:
+            if value == choice or _as_text(value) == _as_text(choice):
+                return choice
+        raise InputError(f"{field}: {_shown(value)} is not one of {', '.join(map(str, p.choices))}")
+    if kind == "args" and isinstance(value, (list, tuple)):
+        return [check_text(_as_text(v), field, p.max_length or DEFAULT_MAX_LENGTH["args"]) for v in value]
+    text = check_text(_as_text(value), field, p.max_length or DEFAULT_MAX_LENGTH.get(kind, 256))
+    if kind == "name":
+        if not NAME_RE.fullmatch(text):
+            raise InputError(
+                f"{field}: {_shown(text)} is not a valid name; use 1-64 letters, digits, '.', '_', '+', '-' "
+                "starting with a letter or digit"
+            )
+        return text
+    if kind in {"partition", "qos", "account"}:
+        if text and not SLURM_WORD_RE.fullmatch(text):
+            raise InputError(f"{field}: {_shown(text)} is not a valid {kind} name (letters, digits, '_', '.', '-')")
+        return text
+    if kind == "time":
+        text = text.strip()
+        if not TIME_RE.fullmatch(text):
+            raise InputError(
+                f"{field}: {_shown(text)} is not a SLURM time; use MINUTES, HH:MM:SS or DAYS-HH:MM:SS"
+            )
+        seconds = time_seconds(text)
+        if seconds <= 0:
+            raise InputError(f"{field}: the time limit must be positive")
+        for bound, compare, word in ((p.min, seconds.__lt__, "below the minimum"), (p.max, seconds.__gt__, "above the maximum")):
+            if bound is not None and compare(time_seconds(str(bound))):
+                raise InputError(f"{field}: {text} is {word} {bound}")
+        return text
+    if kind == "memory":
+        match = MEMORY_RE.fullmatch(text.strip())
+        if not match:
+            raise InputError(f"{field}: {_shown(text)} is not a memory size; use e.g. 500M, 4G, 1T")
+        memory = f"{int(match.group(1))}{match.group(2).upper() or 'M'}"
+        megabytes = parse_memory_mb(memory) or 0
+        if megabytes <= 0:
+            raise InputError(f"{field}: the memory size must be positive")
+        for bound, word in ((p.min, "below the minimum"), (p.max, "above the maximum")):
+            limit = parse_memory_mb(str(bound).upper().rstrip("B")) if bound is not None else None
+            if limit is not None and ((megabytes < limit) if word.startswith("below") else (megabytes > limit)):
+                raise InputError(f"{field}: {memory} is {word} {bound}")
+        return memory
+    if kind == "array":
+        text = text.strip()
+        if not text:
+            return ""
+        if not ARRAY_RE.fullmatch(text):
+            raise InputError(f"{field}: {_shown(text)} is not a SLURM array spec; use e.g. 0-9, 1,3,5 or 0-99%10")
+        if len(array_indices(text, field)) > MAX_ARRAY_TASKS:
+            raise InputError(f"{field}: at most {MAX_ARRAY_TASKS} array tasks")
+        return text
+    if kind == "host":
+        if text and not HOST_RE.fullmatch(text):
+            raise InputError(f"{field}: {_shown(text)} is not a host name or IP address")
+        return text
+    if kind == "string":
+        if p.pattern and not re.fullmatch(p.pattern, text):
+            raise InputError(f"{field}: {_shown(text)} does not match the required form {p.pattern}")
+        return text
+    if kind == "args":
+        try:
+            return shlex.split(text)
+        except ValueError as exc:
+            raise InputError(f"{field}: cannot split into arguments ({exc}); check the quotes") from None
+    if kind == "path":
+        return _validate_path(p, text, field, workdir, check_paths)
+    raise InputError(f"{field}: unknown parameter type {kind!r}")  # templates.py forbids this
+
+
+def _validate_path(p: Parameter, text: str, field: str, workdir: Path | None, check_paths: bool) -> str:
+    if not text:
+        if p.required:
+            raise InputError(f"{field}: a path is required")
+        return ""
+    if "::" in text:
+        # 'file.h5::/dataset': the framework's readers name a dataset inside a file.
+        file_part, _, dataset = text.partition("::")
+        return _validate_path(p, file_part, field, workdir, check_paths) + "::" + dataset
+    path = Path(os.path.expanduser(text) if text.startswith("~") else text)
+    if not path.is_absolute():
+        path = (workdir or Path.cwd()) / path
+    path = Path(os.path.normpath(path))
+    if not check_paths:
+        return str(path)
+    try:
+        _check_path(p, path, field)
+    except OSError as exc:  # name too long, too many links, ...
+        raise InputError(f"{field}: cannot use {_shown(str(path), 80)}: {exc.strerror}") from None
+    return str(path)
+
+
+def _check_path(p: Parameter, path: Path, field: str) -> None:
+    wanted = {"r": os.R_OK, "w": os.W_OK, "x": os.X_OK}
+    if path.exists():
+        if p.kind == "file" and not path.is_file():
+            raise InputError(f"{field}: {path} is not a file")
+        if p.kind == "dir" and not path.is_dir():
+            raise InputError(f"{field}: {path} is not a directory")
+        for letter in p.access:
+            if not os.access(path, wanted[letter]):
+                raise InputError(f"{field}: {path} is not {dict(r='readable', w='writable', x='executable')[letter]}")
+    elif p.exists:
+        raise InputError(f"{field}: {path} does not exist")
+    else:
+        # An output still to be made: its folder must exist and be writable.
+        parent = path.parent
+        if not parent.is_dir():
+            raise InputError(f"{field}: folder {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise InputError(f"{field}: folder {parent} is not writable")
+
+
+def array_indices(spec: str, field: str = "array") -> list[int]:
+    """Task ids of a validated array spec (``0-9:2,15%4`` -> 0, 2, 4, 6, 8, 15)."""
+    spec = spec.split("%")[0]
+    indices: list[int] = []
+    for part in filter(None, spec.split(",")):
+        bounds, _, step = part.partition(":")
+        first, _, last = bounds.partition("-")
+        start, stop = int(first), int(last or first)
+        if stop < start:
+            raise InputError(f"{field}: range {part} runs backwards")
+        indices.extend(range(start, stop + 1, int(step or 1) or 1))
+        if len(indices) > MAX_ARRAY_TASKS:
+            break
+    return indices
+
+
+def validate_params(
+    template: Template,
+    values: Mapping[str, Any] | None = None,
+    *,
+    cwd: str | os.PathLike | None = None,
+    cluster: ClusterLimits | None = None,
+    allow_locked: bool = False,
+    check_paths: bool = True,
+) -> dict[str, Any]:
+    """Validate and complete a template's parameters.
+
+    Parameters
+    ----------
+    template : Template
+        The template whose ``form.yml`` defines the parameters.
+    values : mapping, optional
+        What the user set; missing parameters take their default.
+    cwd : path-like, optional
+        Where a relative ``workdir`` starts (default: the current directory). Other
+        relative paths are taken relative to the validated ``workdir``.
+    cluster : ClusterLimits, optional
+        Check partition, QoS, CPUs, memory, time and GPUs against the cluster.
+    allow_locked : bool
+        Let the caller (an administrator's tool such as the hub) change locked values.
+    check_paths : bool
+        Check existence and permissions of paths (off only to render for another machine).
+
+    Returns
+    -------
+    dict
+        Every parameter with its validated value: numbers as numbers, paths absolute,
+        memory normalised (``4G``), ``args`` as a list of strings.
+
+    Raises
+    ------
+    InputError
+        The first problem found, naming the template and the parameter.
+    """
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(template.parameters))
+    if unknown:
+        raise InputError(
+            f"{template.name}: unknown parameter {unknown[0]!r}; expected one of {', '.join(template.parameters)}"
+        )
+    for name, value in values.items():
+        p = template.parameters[name]
+        if p.locked and not allow_locked and value != p.default and _as_text(value) != _as_text(p.default):
+            raise InputError(f"{template.name}: {name} is locked by the administrator (fixed to {p.default!r})")
+
+    result: dict[str, Any] = {}
+    # workdir first: other relative paths are relative to it.
+    order = ["workdir"] + [n for n in template.parameters if n != "workdir"]
+    for name in order:
+        p = template.parameters[name]
+        value = values.get(name, p.default)
+        field = f"{template.name}: {name}"
+        if value is None:
+            value = ""
+        workdir = Path(result["workdir"]) if "workdir" in result else Path(cwd or Path.cwd())
+        result[name] = _validate_one(p, value, field, workdir, check_paths)
+        if p.required and result[name] in ("", [], None):
+            raise InputError(f"{field}: a value is required ({p.help})")
+    if cluster is not None:
+        check_against_cluster(template, result, cluster)
+    return result
+
+
+def check_against_cluster(template: Template, values: dict[str, Any], cluster: ClusterLimits) -> None:
+    """Check partition, QoS, time, CPUs, memory and GPUs against what the cluster offers."""
+    by_type = {p.type: name for name, p in reversed(list(template.parameters.items()))}
+    name = values.get(by_type.get("partition", ""), "") or cluster.default_partition
+    if name and name not in cluster.partitions:
+        raise InputError(
+            f"{template.name}: partition {name!r} does not exist here; available: {', '.join(cluster.partitions)}"
+        )
+    partition = cluster.partitions.get(name) if name else None
+    qos = values.get(by_type.get("qos", ""), "")
+    if qos and cluster.qos is not None and qos not in cluster.qos:
+        raise InputError(f"{template.name}: QoS {qos!r} does not exist here; available: {', '.join(cluster.qos)}")
+    if partition is None:
+        return
+    if not partition.available:
+        raise InputError(f"{template.name}: partition {partition.name!r} is not available (down or inactive)")
+    for pname, p in template.parameters.items():
+        value = values.get(pname)
+        if p.type == "time" and value and time_seconds(value) > partition.max_time_s:
+            raise InputError(
+                f"{template.name}: {pname} {value} exceeds partition {partition.name!r}'s limit {partition.max_time}"
+            )
+        if p.type == "cpus" and value and partition.max_cpus_per_node and value > partition.max_cpus_per_node:
+            raise InputError(
+                f"{template.name}: {pname} {value} exceeds the {partition.max_cpus_per_node} CPUs of a node "
+                f"in partition {partition.name!r}"
+            )
+        if p.type == "memory" and value and partition.max_memory_mb_per_node:
+            if (parse_memory_mb(value) or 0) > partition.max_memory_mb_per_node:
+                raise InputError(
+                    f"{template.name}: {pname} {value} exceeds the {partition.max_memory_mb_per_node:.0f} MB of a "
+                    f"node in partition {partition.name!r}"
+                )
+        if p.type == "gpus" and value and value > partition.max_gpus_per_node:
+            offered = (
+                f"at most {partition.max_gpus_per_node} per node"
+                if partition.max_gpus_per_node
+                else "no GPUs"
+            )
+            raise InputError(f"{template.name}: {pname}={value} but partition {partition.name!r} has {offered}")
