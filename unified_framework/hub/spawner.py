@@ -1,0 +1,246 @@
+"""``MdlmaSlurmSpawner``: batchspawner's SlurmSpawner with an options form filled from
+the cluster, validated options, progress messages and fast, explained failures.
+
+batchspawner 1.3.0 waits for the server's port without looking at the job again, so a
+job that dies after it started leaves the user staring at a spinner until
+``start_timeout``. Here every wait also polls the job; when it is gone the spawn fails
+at once with the tail of the job's log (read as the user, so a symlinked log cannot
+show the user a file they may not read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import shlex
+import time
+from pathlib import Path
+
+import jinja2
+from batchspawner import JobStatus, SlurmSpawner
+from traitlets import Float, Integer, List, Unicode, default
+
+from ..errors import BackendUnavailable, InputError
+from .cluster import list_modules, query_partitions
+from .options import SpawnChoices, validate_options
+
+
+class SpawnFailed(RuntimeError):
+    """A spawn that cannot succeed; ``jupyterhub_message`` is what the user sees."""
+
+    def __init__(self, message: str, html_message: str = "") -> None:
+        super().__init__(message)
+        self.jupyterhub_message = message
+        self.jupyterhub_html_message = html_message
+
+
+class MdlmaSlurmSpawner(SlurmSpawner):
+    """Start the single-user server as a SLURM job of the user, inside a module environment."""
+
+    modulepaths = List(
+        Unicode(),
+        help="Lmod module paths whose modules are offered as server environments.",
+    ).tag(config=True)
+
+    lmod_init = Unicode(
+        "/usr/share/lmod/lmod/init/bash", help="Lmod's bash initialisation script on the compute nodes."
+    ).tag(config=True)
+
+    port_range = Unicode(
+        "50000-50999",
+        help="Ports (first-last) the single-user server may listen on; open these between hub and nodes.",
+    ).tag(config=True)
+
+    options_form_template = Unicode(help="Jinja2 template of the options form.").tag(config=True)
+
+    job_log = Unicode(
+        "{homedir}/.mdlma-jupyterhub-%j.log",
+        help="Output file of the job (sbatch --output; %j is the job id). The hub reads its tail "
+        "as the user when a job dies.",
+    ).tag(config=True)
+
+    log_tail_lines = Integer(20, help="Lines of the job log shown when a job dies.").tag(config=True)
+
+    choices_ttl = Float(30.0, help="Seconds a reading of sinfo and the module paths is reused.").tag(config=True)
+
+    # "state reason host": the reason (Resources, Priority, ...) feeds the progress messages.
+    batch_query_cmd = Unicode("squeue -h -j {job_id} -o '%T %r %B'").tag(config=True)
+    final_state_cmd = Unicode(
+        "sacct -n -X -P -j {job_id} -o State,ExitCode", help="How an ended job's state and exit code are read."
+    ).tag(config=True)
+
+    _choices_cache: tuple[float, SpawnChoices] | None = None
+    _job_options: dict[str, str] | None = None
+
+    # ------------------------------------------------------------------ choices
+    def cluster_choices(self) -> SpawnChoices:
+        """Partitions and module environments, read at most every ``choices_ttl`` seconds.
+
+        Raises
+        ------
+        SpawnFailed
+            When the cluster cannot be asked (``sinfo`` fails).
+        """
+        cache = MdlmaSlurmSpawner._choices_cache
+        if cache is not None and time.monotonic() - cache[0] < self.choices_ttl:
+            return cache[1]
+        try:
+            partitions = query_partitions()
+        except BackendUnavailable as exc:
+            raise SpawnFailed(f"The SLURM cluster does not answer: {exc}") from exc
+        choices = SpawnChoices(partitions=partitions, modules=list_modules(self.modulepaths))
+        MdlmaSlurmSpawner._choices_cache = (time.monotonic(), choices)
+        return choices
+
+    @default("options_form")
+    def _default_options_form(self):
+        return self.render_options_form
+
+    def render_options_form(self, spawner: "MdlmaSlurmSpawner | None" = None) -> str:
+        """The options form's HTML (JupyterHub calls this with the spawner)."""
+        template_path = Path(self.options_form_template)
+        environment = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(template_path.parent), autoescape=True, undefined=jinja2.StrictUndefined
+        )
+        try:
+            choices = self.cluster_choices()
+        except SpawnFailed as exc:  # a page the user can read instead of a 500
+            return f'<div class="alert alert-danger">{html.escape(str(exc))} Please try again later.</div>'
+        return environment.get_template(template_path.name).render(choices=choices)
+
+    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, str]:
+        """Check the submitted form; JupyterHub shows an ``InputError`` on the form page."""
+        fields = ("partition", "runtime_minutes", "cpus", "memory_gb", "gpus", "module")
+        raw = {key: formdata[key] for key in fields if key in formdata}
+        validate_options(raw, self.cluster_choices())
+        return {key: value[0] for key, value in raw.items()}
+
+    # ------------------------------------------------------------------ job script
+    def get_req_subvars(self) -> dict[str, str]:
+        subvars = super().get_req_subvars()
+        subvars.update(self._job_options or {})
+        subvars["modulepaths"] = [shlex.quote(p) for p in self.modulepaths]
+        subvars["lmod_init"] = shlex.quote(self.lmod_init)
+        subvars["job_log"] = self.job_log.format(homedir=subvars["homedir"])
+        return subvars
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        env["MDLMA_HUB_PORT_RANGE"] = self.port_range
+        return env
+
+    def _user_command(self, command: str) -> str:
+        return " ".join((self.exec_prefix.format(username=self.user.name), command))
+
+    async def job_log_tail(self) -> str:
+        """Last lines of the job's log, read as the user ("" when it cannot be read)."""
+        if not self.job_id:
+            return ""
+        path = self.get_req_subvars()["job_log"].replace("%j", self.job_id)
+        command = self._user_command(f"tail -n {int(self.log_tail_lines)} -- {shlex.quote(path)}")
+        try:
+            text = await self.run_command(command)
+        except RuntimeError as exc:
+            return f"(the log {path} could not be read: {exc})"
+        return f"--- last lines of {path} ---\n{text[-4000:]}"
+
+    async def _job_died(self, when: str) -> SpawnFailed:
+        job_id = self.job_id
+        tail = await self.job_log_tail()
+        try:
+            state = await self.run_command(self._user_command(self.final_state_cmd.format(job_id=job_id)))
+            state = state.splitlines()[0].replace("|", ", exit code ") if state else "state unknown"
+        except RuntimeError:
+            state = "state unknown"
+        message = f"SLURM job {job_id} ended ({state}) {when}."
+        self.log.warning("%s's %s\n%s", self.user.name, message, tail)
+        self.clear_state()
+        return SpawnFailed(
+            f"{message}\n{tail}",
+            f"<p>{html.escape(message)}</p><pre style='text-align:left; white-space:pre-wrap'>{html.escape(tail)}</pre>",
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self):
+        """Validate the options, submit the job, wait for it and for the server's port.
+
+        Raises
+        ------
+        SpawnFailed
+            For invalid options, a rejected submission, or a job that ends before
+            the server listens.
+        """
+        try:
+            self._job_options = validate_options(self.user_options or {}, self.cluster_choices())
+        except InputError as exc:
+            raise SpawnFailed(f"Invalid server options: {exc}") from exc
+        self.ip = self.traits()["ip"].default_value
+        self.port = 0
+        if self.server:
+            self.server.port = self.port
+        try:
+            await self.submit_batch_script()
+        except RuntimeError as exc:  # sbatch's stderr, e.g. an exceeded limit
+            raise SpawnFailed(f"sbatch rejected the job: {exc}") from exc
+        if not self.job_id:
+            raise SpawnFailed("sbatch printed no job id")
+
+        while True:
+            status = await self.query_job_status()
+            if status == JobStatus.RUNNING:
+                break
+            if status not in (JobStatus.PENDING, JobStatus.UNKNOWN):
+                raise await self._job_died("while queued or right after it started")
+            await asyncio.sleep(self.startup_poll_interval)
+
+        self.ip = self.state_gethost()
+        while self.port == 0:  # set by POST /hub/api/batchspawner from the job
+            await asyncio.sleep(self.startup_poll_interval)
+            if await self.query_job_status() not in (JobStatus.RUNNING, JobStatus.UNKNOWN):
+                raise await self._job_died("before the server reported its port")
+
+        deadline = time.monotonic() + self.http_timeout
+        while not await self._listening():
+            if await self.query_job_status() not in (JobStatus.RUNNING, JobStatus.UNKNOWN):
+                raise await self._job_died(f"before the server listened on {self.ip}:{self.port}")
+            if time.monotonic() > deadline:
+                break  # JupyterHub's own http_timeout check reports this
+            await asyncio.sleep(self.startup_poll_interval)
+        self.db.commit()
+        self.log.info("%s's server job %s listens at %s:%s", self.user.name, self.job_id, self.ip, self.port)
+        return self.ip, self.port
+
+    async def _listening(self) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(self.ip, self.port), timeout=2)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        writer.close()
+        return True
+
+    async def stop(self, now: bool = False) -> None:
+        if not self.job_id:  # the job already ended (a failed spawn cleared its state)
+            return
+        await super().stop(now=now)
+
+    async def progress(self):
+        """Messages for the spawn page: queued (with SLURM's reason), running, listening."""
+        last = None
+        while True:
+            words = self.job_status.split()
+            if not self.job_id:
+                event = {"progress": 10, "message": "Submitting the SLURM job..."}
+            elif self.state_ispending():
+                reason = " ".join(words[1:-1]).strip("()")
+                reason = "about to start" if reason in ("", "None") else reason
+                event = {"progress": 30, "message": f"Job {self.job_id} is queued ({reason})..."}
+            elif self.state_isrunning() and self.port == 0:
+                event = {"progress": 60, "message": f"Job {self.job_id} runs on {words[-1]}; starting JupyterLab..."}
+            elif self.state_isrunning():
+                event = {"progress": 80, "message": f"Job {self.job_id}: JupyterLab starts on port {self.port}..."}
+            else:
+                event = {"progress": 10, "message": "Waiting for SLURM..."}
+            if event != last:
+                yield event
+                last = event
+            await asyncio.sleep(1)
