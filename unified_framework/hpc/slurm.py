@@ -320,7 +320,8 @@ class JobAccounting:
         """CPU time used / (elapsed x allocated CPUs), 0..1; None before the job ran."""
         if self.total_cpu_s is None or self.elapsed_s <= 0 or self.cpus <= 0:
             return None
-        return self.total_cpu_s / (self.elapsed_s * self.cpus)
+        # sacct's Elapsed is whole seconds and TotalCPU is not: a busy job of 2.4 s reads 2 s.
+        return min(1.0, self.total_cpu_s / (self.elapsed_s * self.cpus))
 
     @property
     def memory_efficiency(self) -> float | None:
