@@ -1,0 +1,260 @@
+"""SUN geometry, accumulator, network and model package (no training needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unified_framework.errors import InputError
+from unified_framework.sun.axes import AXES, AXIS_NAMES, ProbabilitySlab, axis_grid, parse_axes, sample_slices, slice_footprint
+from unified_framework.sun.inference.accumulator import PROBABILITY_SCALE, MemoryAccumulator, ZarrAccumulator, chunk_regions, fuse, pack_votes
+from unified_framework.sun.model_package import Normalization, SunModel, load_model, save_model
+from unified_framework.sun.networks import UNet2D, UNetConfig, fold_batch_norm
+
+torch.set_num_threads(2)
+SHAPE = (7, 10, 6)  # odd, anisotropic, small: every corner case of the rotated grids
+
+
+def _reader(volume):
+    return lambda region: volume[(slice(None), *region)]
+
+
+def _on_voxels(slices, grid, u0, u1, region):
+    return ProbabilitySlab(slices, grid, u0, u1).on_voxels(region)
+
+
+def _votes_per_voxel(name, shape, n_slabs):
+    """How many votes each voxel gets from one axis split into ``n_slabs`` unit ranges."""
+    grid = axis_grid(name, shape)
+    ones = np.ones((1, *shape), np.float32)
+    counts = np.zeros(shape, int)
+    bounds = np.linspace(0, grid.n_units, n_slabs + 1).round().astype(int)
+    for u0, u1 in zip(bounds[:-1], bounds[1:]):
+        s0, s1 = grid.slices_for_units(u0, u1)
+        slices = sample_slices(_reader(ones), grid, s0, s1, 1)
+        for tile in chunk_regions(shape, (3, 4, 5)):
+            lo, hi = grid.unit_range(tile)
+            if not grid.axis.diagonal:
+                tile = tuple(slice(max(t.start, u0), min(t.stop, u1)) if i == grid.axis.principal else t for i, t in enumerate(tile))
+                if tile[grid.axis.principal].start >= tile[grid.axis.principal].stop:
+                    continue
+            elif hi <= u0 or lo >= u1:
+                continue
+            values, owned = _on_voxels(slices, grid, u0, u1, tile)
+            counts[tile] += 1 if owned is None else owned
+            np.testing.assert_allclose(values[0] if owned is None else values[0][owned], 1.0, rtol=1e-6)
+    return counts
+
+
+@pytest.mark.parametrize("name", AXIS_NAMES)
+def test_every_voxel_gets_exactly_one_vote_per_axis(name):
+    for slabs in (1, 3):
+        assert (_votes_per_voxel(name, SHAPE, slabs) == 1).all()
+
+
+def test_orthogonal_axes_are_exact_copies():
+    volume = np.random.default_rng(0).random((2, *SHAPE), dtype=np.float32)
+    for name in ("z", "y", "x"):
+        grid = axis_grid(name, SHAPE)
+        slices = sample_slices(_reader(volume), grid, 0, grid.n_slices, 2)
+        assert slices.shape == (grid.n_slices, 2, *grid.slice_shape)
+        values, owned = _on_voxels(slices, grid, 0, grid.n_units, tuple(slice(0, n) for n in SHAPE))
+        assert owned is None
+        np.testing.assert_array_equal(values, volume)
+    z_slices = sample_slices(_reader(volume), axis_grid("z", SHAPE), 2, 4, 2)
+    np.testing.assert_array_equal(z_slices[0], volume[:, 2])
+
+
+@pytest.mark.parametrize("name", AXIS_NAMES[3:])
+def test_diagonal_geometry_is_a_45_degree_rotation(name):
+    shape = (12, 14, 13)
+    axis = AXES[name]
+    coords = np.indices(shape).astype(np.float32)
+    grid = axis_grid(name, shape)
+    slices = sample_slices(_reader(coords), grid, 0, grid.n_slices, 3)
+    footprint = slice_footprint(grid, 0, grid.n_slices)
+    i = grid.n_slices // 2
+    inside = np.flatnonzero(footprint[i])[2:-2]
+    a, b = axis.plane
+    # Along a slice row, positions move by 1 voxel pitch in the direction (e_a - s e_b)/sqrt(2).
+    step_a = np.diff(slices[i, a, 3, inside])
+    step_b = np.diff(slices[i, b, 3, inside])
+    np.testing.assert_allclose(step_a, np.sqrt(0.5), atol=1e-4)
+    np.testing.assert_allclose(step_b, -axis.sign * np.sqrt(0.5), atol=1e-4)
+    # Rows run along the principal axis and hit voxel centres (no interpolation along it).
+    np.testing.assert_allclose(slices[i, axis.principal, :, inside[0]], np.arange(shape[axis.principal]), atol=1e-5)
+    # Consecutive slices are one voxel pitch apart along the normal (e_a + s e_b)/sqrt(2).
+    normal = slices[i + 1, a, 3, inside[2]] - slices[i, a, 3, inside[2]], slices[i + 1, b, 3, inside[2]] - slices[i, b, 3, inside[2]]
+    np.testing.assert_allclose(normal, (np.sqrt(0.5), axis.sign * np.sqrt(0.5)), atol=1e-4)
+    # Linear functions survive the round trip exactly away from the border (bilinear both ways).
+    values, owned = _on_voxels(slices, grid, 0, grid.n_units, tuple(slice(0, n) for n in shape))
+    assert owned.all()
+    np.testing.assert_allclose(values[:, 2:-2, 2:-2, 2:-2], coords[:, 2:-2, 2:-2, 2:-2], atol=1e-4)
+
+
+def test_diagonal_reads_stay_in_boxes_of_the_requested_size():
+    volume = np.random.default_rng(1).random((1, 40, 40, 40), dtype=np.float32)
+    boxes = []
+
+    def read(region):
+        boxes.append(tuple(r.stop - r.start for r in region))
+        return volume[(slice(None), *region)]
+
+    grid = axis_grid("y+x", volume.shape[1:])
+    small = sample_slices(read, grid, 20, 24, 1, block_bytes=40 * 12 * 12 * 4)
+    whole = sample_slices(_reader(volume), grid, 20, 24, 1)
+    np.testing.assert_allclose(small, whole, atol=1e-5)  # float32 grid coordinates differ per box
+    assert len(boxes) > 2 and max(np.prod(b) for b in boxes) < 0.5 * 40**3
+
+
+def test_parse_axes():
+    assert parse_axes("3") == ("z", "y", "x")
+    assert parse_axes(9) == AXIS_NAMES and len(AXIS_NAMES) == 9
+    assert parse_axes("y+x, z") == ("z", "y+x")  # canonical order
+    for bad in ("4", "z,q", "", []):
+        with pytest.raises(InputError, match="axes"):
+            parse_axes(bad)
+
+
+def test_pack_and_fuse():
+    probabilities = np.array([[0.7, 0.2], [0.2, 0.5], [0.1, 0.3]], np.float32).reshape(3, 2, 1, 1)
+    other = np.array([[0.1, 0.1], [0.8, 0.1], [0.1, 0.8]], np.float32).reshape(3, 2, 1, 1)
+    p, o = probabilities, other
+    accumulated = pack_votes(p) + pack_votes(o) + pack_votes(p)
+    fused = fuse(accumulated, 3)
+    expected = (2 * probabilities + other) / 3
+    np.testing.assert_allclose(fused["probabilities"], expected, atol=2 / PROBABILITY_SCALE)
+    np.testing.assert_array_equal(fused["labels"].ravel(), [0, 2])
+    # Voxel 0: fused class 0, one of three axes voted class 1. Voxel 1: fused class 2
+    # (sums 0.5, 1.1, 1.4) although two of the three axes voted class 1.
+    np.testing.assert_allclose(fused["disagreement"].ravel(), [1 / 3, 2 / 3], atol=1e-6)
+    entropy = -(expected * np.log(expected)).sum(0) / np.log(3)
+    np.testing.assert_allclose(fused["entropy"], entropy, atol=1e-5)
+    owned = np.array([True, False]).reshape(2, 1, 1)
+    assert (pack_votes(p, owned)[:, 1] == 0).all()
+
+
+def test_integer_accumulation_is_order_independent():
+    rng = np.random.default_rng(2)
+    parts = []
+    for _ in range(9):
+        p = rng.random((4, 5, 6, 7), dtype=np.float32)
+        parts.append(pack_votes(p / p.sum(0)))
+    forward, backward = MemoryAccumulator((5, 6, 7), 4), MemoryAccumulator((5, 6, 7), 4)
+    region = (slice(0, 5), slice(0, 6), slice(0, 7))
+    for number, part in enumerate(parts):
+        forward.add(number, region, part)
+    for number, part in reversed(list(enumerate(parts))):
+        backward.add(number, region, part)
+    np.testing.assert_array_equal(forward.array, backward.array)
+
+
+def test_zarr_accumulator_adds_each_unit_once(tmp_path):
+    accumulator = ZarrAccumulator(tmp_path / "acc.zarr", (6, 6, 6), 2, chunks=(3, 3, 3))
+    block = np.full((2, 3, 3, 3), 5, np.uint32)
+    region = (slice(0, 3), slice(0, 3), slice(3, 6))
+    accumulator.add(0, region, block)
+    accumulator.add(0, region, block)  # a re-run of unit 0 after a kill: skipped
+    accumulator.add(1, region, block)
+    reopened = ZarrAccumulator(tmp_path / "acc.zarr", (6, 6, 6), 2, chunks=(3, 3, 3))
+    assert (reopened.read(region) == 10).all()
+    assert (reopened.read((slice(3, 6), slice(0, 6), slice(0, 6))) == 0).all()
+    assert list(reopened.stored_regions()) == [region]
+
+
+@pytest.mark.parametrize("config", [dict(depth=1, base_width=4), dict(depth=3, base_width=8, norm="instance", dropout=0.2), dict(depth=4, base_width=6, norm="group", in_channels=3, num_classes=2, input_size=64), dict(norm="none", depth=2)])
+def test_unet_shapes(config):
+    net = UNet2D(UNetConfig(**config)).eval()
+    cfg = net.config
+    x = torch.randn(2, cfg.in_channels, 3 * cfg.divisor, 5 * cfg.divisor)
+    assert net(x).shape == (2, cfg.num_classes, *x.shape[2:])
+
+
+def test_unet_config_is_validated():
+    for bad in (dict(depth=0), dict(norm="layer"), dict(num_classes=1), dict(depth=4, input_size=12), dict(dropout=1.0)):
+        with pytest.raises(InputError, match="U-Net"):
+            UNetConfig(**bad)
+
+
+def _tiny_model(**kwargs) -> SunModel:
+    config = UNetConfig(depth=2, base_width=4, input_size=16, **kwargs)
+    torch.manual_seed(0)
+    channels = config.in_channels
+    return SunModel(
+        config,
+        UNet2D(config).state_dict(),
+        Normalization((0.0,) * channels, (1.0,) * channels, (0.5,) * channels, (0.25,) * channels),
+        [f"c{i}" for i in range(config.num_classes)],
+        (5.0, 5.0, 5.0),
+        ("z", "y", "x"),
+        "float32",
+        {"note": "test"},
+    )
+
+
+def test_model_package_round_trip(tmp_path):
+    model = _tiny_model()
+    path = save_model(tmp_path / "m.pt", model)
+    loaded = load_model(path)
+    assert loaded.config == model.config and loaded.class_names == model.class_names
+    assert loaded.axes == ("z", "y", "x") and loaded.voxel_size == (5.0, 5.0, 5.0)
+    assert loaded.normalization == model.normalization and loaded.provenance == {"note": "test"}
+    for key, value in model.state_dict.items():
+        assert torch.equal(loaded.state_dict[key], value)
+
+
+def test_model_package_refuses_damaged_or_foreign_files(tmp_path):
+    path = save_model(tmp_path / "m.pt", _tiny_model())
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    for bad, message in ((truncated, "not a readable"), (foreign, "not a SUN model"), (tmp_path / "missing.pt", "no such")):
+        with pytest.raises(InputError, match=message) as info:
+            load_model(bad)
+        assert str(bad) in str(info.value) and "\n" not in str(info.value)
+    payload = torch.load(path, weights_only=True)
+    payload["class_names"] = ["only one"]
+    torch.save(payload, tmp_path / "names.pt")
+    with pytest.raises(InputError, match="class names"):
+        load_model(tmp_path / "names.pt")
+
+
+def test_model_refuses_volumes_that_do_not_fit():
+    model = _tiny_model(in_channels=2)
+    model.check_volume((2, 8, 8, 8), np.float64, "v")  # floats may replace each other
+    with pytest.raises(InputError, match="1 channel.*expects 2"):
+        model.check_volume((8, 8, 8), np.float32, "v")
+    with pytest.raises(InputError, match="uint16.*float32"):
+        model.check_volume((2, 8, 8, 8), np.uint16, "v")
+    with pytest.raises(InputError, match="complex"):
+        model.check_volume((2, 8, 8, 8), np.complex64, "v")
+
+
+def test_folding_batch_norm_keeps_the_output():
+    torch.manual_seed(0)
+    net = UNet2D(UNetConfig(depth=3, base_width=8))
+    net.train()
+    for _ in range(3):  # give the running statistics non-trivial values
+        net(torch.randn(4, 1, 32, 32) * 3 + 1)
+    net.eval()
+    folded = fold_batch_norm(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 1, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-4, atol=1e-4)
+
+
+def test_volume_source_reads_chunked_arrays_box_by_box(tmp_path):
+    import zarr
+
+    from unified_framework.sun.inference import VolumeSource
+
+    volume = np.random.default_rng(4).random((30, 20, 10)).astype(np.float32)
+    stored = zarr.open_array(str(tmp_path / "v.zarr"), mode="w", shape=volume.shape, chunks=(7, 8, 9), dtype=np.float32)
+    stored[...] = volume
+    chunked, in_memory = VolumeSource([stored]), VolumeSource([volume])
+    for region in [(slice(5, 29), slice(2, 19), slice(0, 10)), (slice(0, 30), slice(0, 20), slice(3, 4)), (slice(13, 14), slice(0, 20), slice(1, 9))]:
+        np.testing.assert_array_equal(chunked.read(region), in_memory.read(region))
+        np.testing.assert_array_equal(chunked.read(region)[0], volume[region])

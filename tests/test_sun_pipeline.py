@@ -1,0 +1,364 @@
+"""SUN end to end on the implant phantom: training, fusion quality, uncertainty, resume, split runs.
+
+One short CPU training (about a minute on 2 cores) is shared by all tests of this file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from unified_framework.cli.main import main
+from unified_framework.data import CLASS_NAMES, make_implant_phantom
+from unified_framework.errors import InputError
+from unified_framework.io import read_volume, write_volume
+from unified_framework.sun.inference import Outputs, WorkDir, ZarrAccumulator, merge_to_files, predict_to_files, predict_volume
+from unified_framework.sun.inference import accumulator as accumulator_module
+from unified_framework.sun.model_package import load_model
+from unified_framework.sun.training import TrainingConfig, train_sun
+from unified_framework.sun.training.losses import dice_per_class
+
+torch.set_num_threads(2)
+SIZE = (48, 48, 48)
+FIXTURE_CONFIG = TrainingConfig(
+    axes="9", depth=3, base_width=8, input_size=48, batch_size=8, steps=800, learning_rate=3e-3, val_every=100, log_every=20, patience=0, checkpoint_every=200
+)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A model trained on two phantoms (seeds 0, 1), and its metrics."""
+    folder = tmp_path_factory.mktemp("sun-model")
+    pairs = [make_implant_phantom(SIZE, seed=s) for s in (0, 1)]
+    result = train_sun(
+        [p[0] for p in pairs], [p[1] for p in pairs], folder / "sun.pt", FIXTURE_CONFIG, class_names=CLASS_NAMES, voxel_size=(5.0, 5.0, 5.0), sources=["seed 0", "seed 1"]
+    )
+    return result
+
+
+@pytest.fixture(scope="session")
+def held_out():
+    return make_implant_phantom(SIZE, seed=7)
+
+
+@pytest.fixture(scope="session")
+def predictions(trained, held_out):
+    image, _ = held_out
+    return {axes: predict_volume(trained.model, image, axes, return_probabilities=True) for axes in ("3", "9")}
+
+
+@pytest.fixture(scope="session")
+def volume_file(tmp_path_factory, held_out):
+    path = tmp_path_factory.mktemp("sun-data") / "phantom.zarr"
+    write_volume(path, held_out[0], spacing=(5.0, 5.0, 5.0), chunks=16)
+    return path
+
+
+def test_training_writes_metrics_and_a_complete_model(trained):
+    lines = [json.loads(line) for line in trained.metrics_path.read_text().splitlines()]
+    train_lines = [line for line in lines if line["phase"] == "train"]
+    val_lines = [line for line in lines if line["phase"] == "val"]
+    assert [line["step"] for line in train_lines] == list(range(20, 801, 20))
+    assert len(val_lines) == 8
+    first = train_lines[0]
+    assert set(first) >= {"step", "loss", "dice", "lr", "throughput_px_per_s"}
+    assert set(first["dice"]) == set(CLASS_NAMES) and first["throughput_px_per_s"] > 0
+    assert train_lines[-1]["lr"] < train_lines[0]["lr"]
+    assert np.mean([line["loss"] for line in train_lines[-5:]]) < np.mean([line["loss"] for line in train_lines[:3]])
+    model = load_model(trained.model_path)
+    assert model.class_names == list(CLASS_NAMES) and model.axes == tuple(json.loads('["z","y","x","y+x","y-x","z+x","z-x","z+y","z-y"]'))
+    assert model.voxel_size == (5.0, 5.0, 5.0) and model.input_dtype == "float32"
+    assert model.provenance["steps"] == 800 and model.provenance["best_step"] == trained.best_step
+    assert model.provenance["training_data"][0]["name"] == "seed 0"
+
+
+def test_held_out_dice(predictions, held_out):
+    dice = dice_per_class(predictions["9"].labels, held_out[1], 4)
+    # background, bone, residual implant, degradation layer
+    assert dice[0] > 0.95 and dice[1] > 0.88 and dice[2] > 0.9 and dice[3] > 0.7, dice
+
+
+def test_nine_axes_score_as_well_as_three(trained, predictions, held_out):
+    """Fusion beats every single axis but z; 9 axes match 3 axes (within 0.005 mean Dice).
+
+    On this phantom the axial (z) slices are clearly the best single view and weigh
+    1/3 in 3-axis fusion but 1/9 in 9-axis fusion; the diagonal axes score like y and x.
+    Strictly "9 >= 3" therefore does not hold at this model size (see docs/sun.md).
+    """
+    image, truth = held_out
+    score = lambda labels: dice_per_class(labels, truth, 4)[1:].mean()  # noqa: E731
+    single = {axis: score(predict_volume(trained.model, image, axis).labels) for axis in trained.model.axes}
+    nine, three = score(predictions["9"].labels), score(predictions["3"].labels)
+    assert nine > max(v for k, v in single.items() if k != "z"), (nine, single)
+    assert nine >= three - 0.005, (nine, three)
+
+
+def test_uncertainty_is_higher_at_class_boundaries(predictions, held_out):
+    truth = held_out[1]
+    edges = np.zeros(truth.shape, bool)
+    for axis in range(3):
+        edges |= np.diff(truth, axis=axis, prepend=np.take(truth, [0], axis=axis)) != 0
+        edges |= np.diff(truth, axis=axis, append=np.take(truth, [-1], axis=axis)) != 0
+    interior = ~ndimage.binary_dilation(edges, iterations=2)
+    prediction = predictions["9"]
+    for measure in (prediction.entropy, prediction.disagreement):
+        measure = measure.astype(np.float32)
+        assert measure[edges].mean() > 3 * measure[interior].mean()
+    probabilities = predictions["9"].probabilities.astype(np.float32)
+    np.testing.assert_allclose(probabilities.sum(0), 1, atol=5e-3)
+    top_two = np.sort(probabilities, axis=0)[-2:]
+    clear = top_two[1] - top_two[0] > 2e-3  # float16 rounding can tie near-equal classes
+    np.testing.assert_array_equal(probabilities.argmax(0)[clear], prediction.labels[clear])
+
+
+def test_accumulator_is_the_only_full_size_buffer(trained, held_out):
+    # A naive fusion holds 9 probability volumes (4 classes x 4 bytes per voxel each); SUN
+    # holds the accumulator (the size of one) plus slabs bounded by the memory budget.
+    image = held_out[0]
+    probability_volume = 4 * 4 * image.size
+    tracemalloc.start()
+    predict_volume(trained.model, image, "9", memory_budget=4 * 2**20, chunks=(16, 16, 16))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 3 * probability_volume, peak / probability_volume
+
+
+def _outputs(folder: Path, name: str) -> Outputs:
+    return Outputs(folder / f"{name}.zarr", folder / f"{name}_p.zarr", folder / f"{name}_e.h5", folder / f"{name}_d.tif")
+
+
+def _read_all(outputs: Outputs) -> list[np.ndarray]:
+    import zarr
+
+    return [
+        np.asarray(read_volume(outputs.labels).data),
+        zarr.open_array(str(outputs.probabilities), mode="r")[...],
+        np.asarray(read_volume(outputs.entropy).data),
+        np.asarray(read_volume(outputs.disagreement).data),
+    ]
+
+
+def _assert_identical(a: Outputs, b: Outputs) -> None:
+    for x, y in zip(_read_all(a), _read_all(b)):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(x, y)
+
+
+# Small chunks so that every work unit touches several accumulator chunks.
+RUN = dict(axes="9", slabs=2, memory_budget=32 * 2**20, chunks=(16, 16, 16))
+
+
+@pytest.fixture(scope="session")
+def reference_run(trained, volume_file, tmp_path_factory):
+    """An uninterrupted 9-axis file-to-file run, 2 slabs per axis."""
+    folder = tmp_path_factory.mktemp("sun-reference")
+    outputs = _outputs(folder, "ref")
+    result = predict_to_files([volume_file], trained.model_path, outputs, **RUN)
+    assert result["complete"] and not result["workdir"].exists()
+    return outputs
+
+
+def test_file_run_matches_in_memory_prediction(reference_run, predictions):
+    labels = np.asarray(read_volume(reference_run.labels).data)
+    # Slab sizes differ from the in-memory run, so batches (and float rounding) may too.
+    assert (labels == predictions["9"].labels).mean() > 0.999
+    assert read_volume(reference_run.labels).spacing == (5.0, 5.0, 5.0)
+
+
+def test_interrupted_run_resumes_bit_identically(trained, volume_file, reference_run, tmp_path):
+    outputs = _outputs(tmp_path, "resumed")
+    kwargs = RUN
+    first = predict_to_files([volume_file], trained.model_path, outputs, max_groups=5, **kwargs)
+    assert not first["complete"] and not outputs.labels.exists()
+    second = predict_to_files([volume_file], trained.model_path, outputs, max_groups=4, **kwargs)
+    assert not second["complete"] and second["stats"].units == 4
+    final = predict_to_files([volume_file], trained.model_path, outputs, **kwargs)
+    assert final["complete"]
+    _assert_identical(outputs, reference_run)
+
+
+def test_kill_while_adding_votes_resumes_bit_identically(trained, volume_file, reference_run, tmp_path, monkeypatch):
+    """Fault injection: the process dies after some chunks of a unit were added."""
+    outputs = _outputs(tmp_path, "faulty")
+    kwargs = RUN
+    original = ZarrAccumulator.add
+    calls = {"n": 0}
+
+    def dying_add(self, unit, region, packed):
+        calls["n"] += 1
+        if calls["n"] == 23:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, unit, region, packed)
+
+    monkeypatch.setattr(ZarrAccumulator, "add", dying_add)
+    with pytest.raises(KeyboardInterrupt):
+        predict_to_files([volume_file], trained.model_path, outputs, **kwargs)
+    monkeypatch.setattr(ZarrAccumulator, "add", original)
+    assert predict_to_files([volume_file], trained.model_path, outputs, **kwargs)["complete"]
+    _assert_identical(outputs, reference_run)
+
+
+def test_sigkill_and_rerun_gives_identical_outputs(trained, volume_file, reference_run, tmp_path):
+    outputs = _outputs(tmp_path, "killed")
+    command = [
+        sys.executable, "-m", "unified_framework", "sun", "predict", str(volume_file), "--model", str(trained.model_path),
+        "--out", str(outputs.labels), "--probabilities", str(outputs.probabilities), "--uncertainty", str(outputs.entropy),
+        "--disagreement", str(outputs.disagreement), "--axes", "9", "--slabs", "2", "--memory", "32", "--chunks", "16", "16", "16",
+        "--threads", "2",
+    ]  # fmt: skip
+    progress = outputs.labels.with_name(f".{outputs.labels.name}.sun-work") / "progress"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None and len(list(progress.glob("*.json"))) < 2:
+        time.sleep(0.05)
+    assert process.poll() is None, f"finished before it could be killed: {process.stderr.read()}"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not outputs.labels.exists()
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    _assert_identical(outputs, reference_run)
+
+
+def test_split_pieces_in_any_order_then_merge_is_identical(trained, volume_file, reference_run, tmp_path):
+    outputs = _outputs(tmp_path, "split")
+    workdir = tmp_path / "work"
+    kwargs = dict(RUN, workdir=workdir)
+    order = list(range(18))
+    random.Random(3).shuffle(order)
+    for index in order[:-1]:
+        result = predict_to_files([volume_file], trained.model_path, outputs, piece=index, **kwargs)
+        assert result["complete"] and not outputs.labels.exists()
+    with pytest.raises(InputError, match="1 of 18 pieces not finished"):
+        merge_to_files(workdir, outputs)
+    predict_to_files([volume_file], trained.model_path, outputs, piece=f"{WorkDir(workdir).load_plan().pieces[order[-1]].name}", **kwargs)
+    # Summing the piece stores in another order gives the same accumulator.
+    plan = WorkDir(workdir).load_plan()
+    totals = []
+    for pieces in (plan.pieces, plan.pieces[::-1]):
+        total = accumulator_module.MemoryAccumulator(plan.shape, 4)
+        for piece in pieces:
+            store = WorkDir(workdir).accumulator(plan, piece)
+            for region in store.stored_regions():
+                total.add(piece.index, region, store.read(region))
+        totals.append(total.array)
+    np.testing.assert_array_equal(*totals)
+    merge_to_files(workdir, outputs)
+    _assert_identical(outputs, reference_run)
+    assert not workdir.exists()
+
+
+def test_work_directory_refuses_another_prediction(trained, volume_file, tmp_path):
+    outputs = _outputs(tmp_path, "other")
+    predict_to_files([volume_file], trained.model_path, outputs, axes="3", max_groups=1, workdir=tmp_path / "w")
+    with pytest.raises(InputError, match="another prediction.*axes"):
+        predict_to_files([volume_file], trained.model_path, outputs, axes="9", workdir=tmp_path / "w")
+    with pytest.raises(InputError, match="single-mode"):
+        predict_to_files([volume_file], trained.model_path, outputs, axes="3", piece=0, workdir=tmp_path / "w")
+
+
+def test_cli_predict_plan_merge_and_bad_inputs(trained, volume_file, tmp_path, capsys):
+    assert main(["sun", "plan", str(volume_file), "--axes", "9", "--slabs", "3", "--count"]) == 0
+    assert capsys.readouterr().out.strip() == "27"
+    assert main(["sun", "plan", str(volume_file), "--axes", "z,y+x", "--slabs", "2"]) == 0
+    listing = capsys.readouterr().out
+    assert "4 pieces (SLURM: --array=0-3)" in listing and "y+x:1" in listing
+    out = tmp_path / "seg.tif"
+    assert main(["sun", "predict", str(volume_file), "--model", str(trained.model_path), "--out", str(out), "--axes", "3", "--threads", "2"]) == 0
+    labels = read_volume(out)
+    assert labels.dtype == np.uint8 and labels.shape == SIZE
+    assert read_volume(tmp_path / "seg_entropy.tif").dtype == np.float32  # TIFF holds no float16
+    assert (tmp_path / "seg_disagreement.tif").exists()
+    for index in range(3):
+        assert main(["sun", "predict", str(volume_file), "--model", str(trained.model_path), "--out", str(tmp_path / "s.tif"), "--axes", "3", "--piece-index", str(index), "--no-uncertainty"]) == 0
+    assert main(["sun", "merge", str(tmp_path / ".s.tif.sun-work"), "--out", str(tmp_path / "s.tif"), "--no-uncertainty"]) == 0
+    np.testing.assert_array_equal(read_volume(tmp_path / "s.tif").data, labels.data)
+    assert not (tmp_path / "s_entropy.tif").exists()
+    capsys.readouterr()
+    # Two channels for a one-channel model; an integer volume for a float model; a non-zarr probability output.
+    write_volume(tmp_path / "int.tif", (read_volume(volume_file).data * 1000).astype(np.uint16))
+    bad_runs = [
+        ([str(volume_file), str(volume_file)], "2 channel"),
+        ([str(tmp_path / "int.tif")], "uint16"),
+    ]
+    for volumes, message in bad_runs:
+        status = main(["sun", "predict", *volumes, "--model", str(trained.model_path), "--out", str(tmp_path / "bad.tif")])
+        err = capsys.readouterr().err
+        assert status == 2 and message in err and err.count("\n") == 1
+    status = main(["sun", "predict", str(volume_file), "--model", str(trained.model_path), "--out", str(tmp_path / "bad.tif"), "--probabilities", str(tmp_path / "p.tif")])
+    assert status == 2 and "zarr" in capsys.readouterr().err
+    assert main(["sun", "info", str(trained.model_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["class_names"] == list(CLASS_NAMES)
+
+
+def test_training_resumes_after_a_kill(tmp_path):
+    image, labels = make_implant_phantom((24, 32, 32), seed=2)
+    config = TrainingConfig(axes="z,y+x", depth=2, base_width=4, input_size=32, batch_size=4, steps=30, val_every=10, log_every=5, checkpoint_every=10, patience=0)
+    whole = train_sun([image], [labels], tmp_path / "whole.pt", config)
+    part = train_sun([image], [labels], tmp_path / "part.pt", config, max_steps_this_run=17)
+    assert part.steps == 17 and (tmp_path / "part.pt.checkpoint.pt").exists()
+    # A metrics line written after the checkpoint (as by a killed run) is dropped on resume.
+    with open(tmp_path / "part.pt.metrics.jsonl", "a") as handle:
+        handle.write('{"step": 999, "phase": "train"')
+    resumed = train_sun([image], [labels], tmp_path / "part.pt", config)
+    assert resumed.steps == 30
+    steps = [json.loads(line)["step"] for line in (tmp_path / "part.pt.metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    assert steps == [5, 10, 15, 20, 25, 30]
+    # Same random streams after the resume: the same weights as the uninterrupted run.
+    for key, value in whole.model.state_dict.items():
+        torch.testing.assert_close(resumed.model.state_dict[key], value, rtol=1e-4, atol=1e-5)
+    changed = TrainingConfig(**{**config.__dict__, "base_width": 8})
+    with pytest.raises(InputError, match="different training configuration"):
+        train_sun([image], [labels], tmp_path / "whole.pt", changed)
+
+
+def test_training_stops_early_without_improvement(tmp_path):
+    image, labels = make_implant_phantom((24, 32, 32), seed=2)
+    config = TrainingConfig(axes="3", depth=2, base_width=4, input_size=32, batch_size=2, steps=500, learning_rate=1e-9, val_every=5, patience=2, checkpoint_every=50)
+    result = train_sun([image], [labels], tmp_path / "m.pt", config)
+    assert result.stopped_early and result.steps == 15 and result.best_step == 5
+
+
+def test_training_refuses_bad_pairs(tmp_path):
+    image, labels = make_implant_phantom((16, 24, 24), seed=0)
+    nan_image = image.copy()
+    nan_image[0, 0, 0] = np.nan
+    cases = [
+        (([image], [labels[:-1]]), "labels have shape"),
+        (([image], [labels.astype(np.float32)]), "integer class indices"),
+        (([nan_image], [labels]), "NaN"),
+        (([image, image.astype(np.float64)], [labels, labels]), "different dtypes"),
+        (([image], []), "matching"),
+    ]
+    for (images, label_list), message in cases:
+        with pytest.raises(InputError, match=message):
+            train_sun(images, label_list, tmp_path / "m.pt", TrainingConfig(steps=1, depth=2, base_width=4, input_size=16))
+    with pytest.raises(InputError, match="input_size"):
+        TrainingConfig(depth=4, input_size=12)
+
+
+def test_cli_train_writes_model_and_metrics(tmp_path, capsys):
+    image, labels = make_implant_phantom((16, 24, 24), seed=0)
+    write_volume(tmp_path / "img.tif", image, spacing=(5, 5, 5))
+    write_volume(tmp_path / "lab.tif", labels, spacing=(5, 5, 5))
+    status = main([
+        "sun", "train", "--pair", str(tmp_path / "img.tif"), str(tmp_path / "lab.tif"), "--out", str(tmp_path / "m.pt"),
+        "--axes", "3", "--depth", "2", "--width", "4", "--input-size", "16", "--steps", "12", "--val-every", "6",
+        "--log-every", "3", "--class-names", "bg", "bone", "implant", "layer", "--threads", "2",
+    ])  # fmt: skip
+    assert status == 0, capsys.readouterr().err
+    model = load_model(tmp_path / "m.pt")
+    assert model.class_names == ["bg", "bone", "implant", "layer"] and model.voxel_size == (5.0, 5.0, 5.0)
+    assert len((tmp_path / "m.pt.metrics.jsonl").read_text().splitlines()) == 4 + 2

@@ -1,0 +1,333 @@
+"""The slicing directions of SUN and the resampling to and from them.
+
+A *slicing axis* is the direction in which SUN steps from one 2D slice to the next
+(the normal of the slice planes). All geometry is in voxel-index space, axis order
+``(z, y, x)``; for isotropic voxels (the usual case in SRµCT) that is physical space.
+
+Orthogonal axes (slices are plain sub-arrays, resampling is exact):
+
+======  ===================  =========================
+name    slice normal         slice image (rows, cols)
+======  ===================  =========================
+``z``   ``z``                ``(y, x)`` (axial)
+``y``   ``y``                ``(z, x)``
+``x``   ``x``                ``(z, y)``
+======  ===================  =========================
+
+Diagonal axes: for each principal axis ``p``, the two families of planes that contain
+``p`` and lie at +-45 degrees to the other two axes ``(a, b)`` (``a`` before ``b``
+in ``z, y, x`` order). The name is the slice normal ``n = (e_a + s e_b) / sqrt(2)``:
+
+=========  =====  ==========  ====  ==========================================
+name       ``p``  ``(a, b)``  ``s``  planes contain
+=========  =====  ==========  ====  ==========================================
+``y+x``    z      (y, x)      +1    ``z`` and ``(y - x) / sqrt(2)``
+``y-x``    z      (y, x)      -1    ``z`` and ``(y + x) / sqrt(2)``
+``z+x``    y      (z, x)      +1    ``y`` and ``(z - x) / sqrt(2)``
+``z-x``    y      (z, x)      -1    ``y`` and ``(z + x) / sqrt(2)``
+``z+y``    x      (z, y)      +1    ``x`` and ``(z - y) / sqrt(2)``
+``z-y``    x      (z, y)      -1    ``x`` and ``(z + y) / sqrt(2)``
+=========  =====  ==========  ====  ==========================================
+
+A voxel at plane position ``(a, b)`` has rotated coordinates
+``w = (a + s b) / sqrt(2)`` (across the slices) and ``t = (a - s b) / sqrt(2)`` (along
+them); inversely ``a = (w + t) / sqrt(2)``, ``b = s (w - t) / sqrt(2)``. The rotated
+grid has unit steps (the voxel pitch) at ``w = w0 + i``, ``t = t0 + j`` with
+``w0 = floor(min w)``, ``t0 = floor(min t)``, and extends to ``ceil(max w)``,
+``ceil(max t)``, so it covers the whole volume: slice ``i`` is the image of size
+``(n_p, n_t)`` with rows along ``p`` (unchanged) and columns along ``t``.
+
+* Slice images are sampled with bilinear interpolation in ``(a, b)`` (edge values
+  continue beyond the volume); rows along ``p`` hit voxel centres exactly.
+* Class probabilities go back (:class:`ProbabilitySlab`) by bilinear interpolation in ``(w, t)``: each voxel
+  takes its value from the two slices ``i = floor(w - w0)`` and ``i + 1`` around it,
+  so every voxel gets exactly one vote per axis (labels are never interpolated).
+
+Work is split into *units*: the slices of an orthogonal axis, the gaps between
+consecutive slices of a diagonal axis. A voxel belongs to exactly one unit per axis;
+a range of units ``[u0, u1)`` needs slices ``u0 .. u1 - 1`` (orthogonal) or
+``u0 .. u1`` (diagonal).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+SQRT_HALF = math.sqrt(0.5)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A slicing direction.
+
+    Attributes
+    ----------
+    name : str
+        ``z``, ``y``, ``x`` or a diagonal such as ``y+x`` (the slice normal).
+    principal : int
+        Orthogonal: the axis stepped along. Diagonal: the axis the planes contain.
+    plane : tuple of int
+        Orthogonal: the axes of the slice image (rows, columns). Diagonal: ``(a, b)``,
+        the axes rotated by 45 degrees.
+    sign : int
+        0 for orthogonal axes, ``+1`` or ``-1`` (``s`` above) for diagonal ones.
+    """
+
+    name: str
+    principal: int
+    plane: tuple[int, int]
+    sign: int = 0
+
+    @property
+    def diagonal(self) -> bool:
+        """True for the six diagonal axes."""
+        return self.sign != 0
+
+
+AXES: dict[str, Axis] = {
+    axis.name: axis
+    for axis in (
+        Axis("z", 0, (1, 2)),
+        Axis("y", 1, (0, 2)),
+        Axis("x", 2, (0, 1)),
+        Axis("y+x", 0, (1, 2), +1),
+        Axis("y-x", 0, (1, 2), -1),
+        Axis("z+x", 1, (0, 2), +1),
+        Axis("z-x", 1, (0, 2), -1),
+        Axis("z+y", 2, (0, 1), +1),
+        Axis("z-y", 2, (0, 1), -1),
+    )
+}
+#: Canonical order of the axes; plans, pieces and merges follow it.
+AXIS_NAMES = tuple(AXES)
+ORTHOGONAL = AXIS_NAMES[:3]
+
+
+def parse_axes(spec: str | int | Iterable[str]) -> tuple[str, ...]:
+    """Turn ``3``, ``9`` or a list such as ``"z,y,y+x"`` into axis names in canonical order.
+
+    Raises
+    ------
+    InputError
+        For unknown names or an empty selection.
+    """
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip() in {"3", "9"}):
+        count = int(spec)
+        if count not in (3, 9):
+            raise InputError(f"axes: {count} is not a preset; expected 3, 9 or a list of names from {', '.join(AXIS_NAMES)}")
+        return AXIS_NAMES[:count]
+    names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else [str(n).strip() for n in spec]
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in AXES]
+    if unknown or not names:
+        raise InputError(f"axes: {', '.join(unknown) or 'none given'} not understood; expected 3, 9 or names from {', '.join(AXIS_NAMES)}")
+    return tuple(n for n in AXIS_NAMES if n in names)
+
+
+@dataclass(frozen=True)
+class AxisGrid:
+    """The slice grid of one axis over a volume of spatial shape ``shape``.
+
+    Attributes
+    ----------
+    axis : Axis
+    shape : tuple of 3 int
+    n_slices : int
+        Number of slice images.
+    slice_shape : tuple of 2 int
+        ``(rows, columns)`` of every slice image.
+    w0, t0 : int
+        Origin of the rotated grid (diagonal axes; 0 otherwise).
+    """
+
+    axis: Axis
+    shape: tuple[int, int, int]
+    n_slices: int
+    slice_shape: tuple[int, int]
+    w0: int = 0
+    t0: int = 0
+
+    @property
+    def n_units(self) -> int:
+        """Number of work units (see the module documentation)."""
+        return self.n_slices - 1 if self.axis.diagonal else self.n_slices
+
+    def slices_for_units(self, u0: int, u1: int) -> tuple[int, int]:
+        """Slice range ``[s0, s1)`` needed to give votes to units ``[u0, u1)``."""
+        return (u0, u1 + 1) if self.axis.diagonal else (u0, u1)
+
+    def unit_range(self, region: Sequence[slice]) -> tuple[int, int]:
+        """Units ``[lo, hi)`` touching the voxels of ``region`` (a box of 3 slices)."""
+        if not self.axis.diagonal:
+            r = region[self.axis.principal]
+            return r.start, r.stop
+        a, b = self.axis.plane
+        corners_a = (region[a].start, region[a].stop - 1)
+        corners_b = (region[b].start, region[b].stop - 1)
+        ws = [(ca + self.axis.sign * cb) * SQRT_HALF - self.w0 for ca in corners_a for cb in corners_b]
+        lo = min(max(math.floor(min(ws)), 0), self.n_units - 1)
+        hi = min(max(math.floor(max(ws)), 0), self.n_units - 1) + 1
+        return lo, hi
+
+
+def axis_grid(name: str, shape: Sequence[int]) -> AxisGrid:
+    """Return the slice grid of axis ``name`` for a volume of spatial shape ``shape``."""
+    axis = AXES[name]
+    shape = tuple(int(n) for n in shape)
+    if not axis.diagonal:
+        rows, cols = axis.plane
+        return AxisGrid(axis, shape, shape[axis.principal], (shape[rows], shape[cols]))
+    a, b = axis.plane
+    s = axis.sign
+    ws = [(ca + s * cb) * SQRT_HALF for ca in (0, shape[a] - 1) for cb in (0, shape[b] - 1)]
+    ts = [(ca - s * cb) * SQRT_HALF for ca in (0, shape[a] - 1) for cb in (0, shape[b] - 1)]
+    w0, t0 = math.floor(min(ws)), math.floor(min(ts))
+    # At least two slices/columns, so that every voxel lies between two grid lines.
+    n_w = max(math.ceil(max(ws)) - w0 + 1, 2)
+    n_t = max(math.ceil(max(ts)) - t0 + 1, 2)
+    return AxisGrid(axis, shape, n_w, (shape[axis.principal], n_t), w0, t0)
+
+
+Reader = Callable[[tuple[slice, slice, slice]], np.ndarray]
+"""Returns the float32 block ``(channels, z, y, x)`` of a box of the volume."""
+
+
+def sample_slices(read: Reader, grid: AxisGrid, s0: int, s1: int, channels: int, block_bytes: int = 64 * 2**20) -> np.ndarray:
+    """Slice images ``s0 .. s1 - 1`` of ``grid``, shape ``(k, channels, rows, cols)``, float32.
+
+    Orthogonal axes copy voxels. Diagonal axes interpolate bilinearly, reading the
+    volume in boxes of about ``block_bytes`` along the slices, so a lazily read volume
+    is never loaded whole.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    axis = grid.axis
+    if not axis.diagonal:
+        region = [slice(0, n) for n in grid.shape]
+        region[axis.principal] = slice(s0, s1)
+        block = read(tuple(region))  # (C, z, y, x)
+        return torch.from_numpy(block).movedim(1 + axis.principal, 0).contiguous().numpy()
+
+    p, (a, b), s = axis.principal, axis.plane, axis.sign
+    n_p, n_t = grid.slice_shape
+    k = s1 - s0
+    out = np.empty((k, channels, n_p, n_t), dtype=np.float32)
+    # Columns per read: the box around k slices x L columns is about ((k + L) / sqrt 2)^2.
+    side = max(int(math.sqrt(block_bytes / (4 * channels * max(n_p, 1)))), 4)
+    step = int(min(max(side * math.sqrt(2) - k, 16), n_t))
+    w = (grid.w0 + np.arange(s0, s1, dtype=np.float64))[:, None]
+    for j0 in range(0, n_t, step):
+        t = (grid.t0 + np.arange(j0, min(j0 + step, n_t), dtype=np.float64))[None, :]
+        ca = np.clip((w + t) * SQRT_HALF, 0, grid.shape[a] - 1)
+        cb = np.clip(s * (w - t) * SQRT_HALF, 0, grid.shape[b] - 1)
+        a_lo, a_hi = int(ca.min()), min(int(ca.max()) + 2, grid.shape[a])
+        b_lo, b_hi = int(cb.min()), min(int(cb.max()) + 2, grid.shape[b])
+        region = [slice(0, n) for n in grid.shape]
+        region[a], region[b] = slice(a_lo, a_hi), slice(b_lo, b_hi)
+        block = read(tuple(region))  # (C, z, y, x) box
+        block = np.moveaxis(block, (1 + p, 1 + a, 1 + b), (1, 2, 3)).transpose(1, 0, 2, 3)  # (n_p, C, A, B) view
+        grid_xy = _normalised_grid(cb - b_lo, ca - a_lo, b_hi - b_lo, a_hi - a_lo)
+        sampled = F.grid_sample(
+            torch.from_numpy(block),
+            grid_xy.expand(n_p, -1, -1, -1),
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=True,
+        )  # (n_p, C, k, L)
+        out[..., j0 : j0 + sampled.shape[-1]] = sampled.permute(2, 1, 0, 3).numpy()
+    return out
+
+
+def slice_footprint(grid: AxisGrid, s0: int, s1: int) -> np.ndarray:
+    """Which columns of slices ``s0 .. s1 - 1`` lie inside the volume, ``(k, cols)`` bool.
+
+    Diagonal slices are wider than the volume's cross-section; their corners are
+    filled with continued edge values and carry no information (all True for
+    orthogonal axes). A column is inside when it is within half a voxel of the volume.
+    """
+    k, n_t = s1 - s0, grid.slice_shape[1]
+    if not grid.axis.diagonal:
+        return np.ones((k, n_t), dtype=bool)
+    a, b = grid.axis.plane
+    w = (grid.w0 + np.arange(s0, s1, dtype=np.float64))[:, None]
+    t = (grid.t0 + np.arange(n_t, dtype=np.float64))[None, :]
+    ca, cb = (w + t) * SQRT_HALF, grid.axis.sign * (w - t) * SQRT_HALF
+    return (ca >= -0.5) & (ca <= grid.shape[a] - 0.5) & (cb >= -0.5) & (cb <= grid.shape[b] - 0.5)
+
+
+class ProbabilitySlab:
+    """Class probabilities of consecutive slices, ready to be resampled onto voxels.
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        ``(k, classes, rows, cols)`` float32 for the slices
+        ``grid.slices_for_units(u0, u1)``.
+    grid : AxisGrid
+    u0, u1 : int
+        The units these slices serve.
+    """
+
+    def __init__(self, probabilities: np.ndarray, grid: AxisGrid, u0: int, u1: int) -> None:
+        import torch
+
+        self.grid, self.u0, self.u1 = grid, u0, u1
+        self.slices = probabilities.shape[0]
+        if grid.axis.diagonal:
+            # (rows = principal axis, classes, slices, cols): one 2D image per principal position.
+            self._batch = torch.from_numpy(probabilities).permute(2, 1, 0, 3).contiguous()
+        else:
+            self._batch = torch.from_numpy(probabilities)
+
+    def on_voxels(self, region: Sequence[slice]):
+        """Probabilities on the voxels of ``region`` (a box of 3 slices).
+
+        For orthogonal axes ``region`` must lie within units ``[u0, u1)``.
+
+        Returns
+        -------
+        values : numpy.ndarray
+            ``(classes, *region_shape)`` float32 (a view, possibly non-contiguous).
+        owned : numpy.ndarray of bool or None
+            Diagonal axes: which voxels belong to units ``[u0, u1)`` (only those may
+            vote); None for orthogonal axes (all do).
+        """
+        import torch
+        import torch.nn.functional as F
+
+        grid, axis = self.grid, self.grid.axis
+        if not axis.diagonal:
+            rows, cols = axis.plane
+            r = region[axis.principal]
+            block = self._batch[r.start - self.u0 : r.stop - self.u0, :, region[rows], region[cols]]  # (k, C, rows, cols)
+            return np.moveaxis(block.numpy(), 0, 1 + axis.principal), None
+        p, (a, b), s = axis.principal, axis.plane, axis.sign
+        ia = np.arange(region[a].start, region[a].stop, dtype=np.float64)[:, None]
+        ib = np.arange(region[b].start, region[b].stop, dtype=np.float64)[None, :]
+        w = (ia + s * ib) * SQRT_HALF - grid.w0  # position across slices, in slice units
+        t = (ia - s * ib) * SQRT_HALF - grid.t0
+        unit = np.clip(np.floor(w), 0, grid.n_units - 1)
+        owned = (unit >= self.u0) & (unit < self.u1)
+        # Within the slab the row (slice) coordinate is w - u0; grid_sample reads rows and columns.
+        grid_xy = _normalised_grid(t, np.clip(w - self.u0, 0, self.slices - 1), grid.slice_shape[1], self.slices)
+        batch = self._batch[region[p]]  # (n_p', C, k, n_t)
+        values = F.grid_sample(batch, grid_xy.expand(batch.shape[0], -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=True)
+        values = np.moveaxis(values.numpy().transpose(1, 0, 2, 3), (1, 2, 3), (1 + p, 1 + a, 1 + b))  # (C, z, y, x) order
+        return values, np.broadcast_to(np.expand_dims(owned, p), values.shape[1:])
+
+
+def _normalised_grid(x: np.ndarray, y: np.ndarray, width: int, height: int):
+    """``grid_sample`` grid (1, H, W, 2) for pixel coordinates ``x`` (column), ``y`` (row)."""
+    import torch
+
+    gx = 2 * x / max(width - 1, 1) - 1
+    gy = 2 * y / max(height - 1, 1) - 1
+    gx, gy = np.broadcast_arrays(gx, gy)
+    return torch.from_numpy(np.stack([gx, gy], axis=-1).astype(np.float32))[None]

@@ -1,0 +1,375 @@
+"""Batched slice prediction and SUN's per-axis soft voting into one accumulator."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ...errors import InputError
+from ..axes import AxisGrid, ProbabilitySlab, axis_grid, parse_axes, sample_slices
+from ..model_package import SunModel
+from .accumulator import DEFAULT_CHUNK, MAX_AXES, MemoryAccumulator, chunk_regions, fuse, pack_votes
+
+logger = logging.getLogger(__name__)
+
+#: Default working memory (bytes) for network activations and the current group of slices.
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
+
+
+def resolve_device(device: Any = None):
+    """``None``/``"auto"``: the first CUDA GPU if there is one, else the CPU."""
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device}: no CUDA GPU is available here; use --device cpu")
+    return device
+
+
+def activation_bytes_per_pixel(model: SunModel) -> int:
+    """Rough upper bound of inference activation memory per input pixel (float32)."""
+    widths = model.config.widths()
+    skips = sum(w / 4**level for level, w in enumerate(widths))
+    return int(4 * (3 * skips + 4 * widths[0] + 2 * model.config.num_classes + model.config.in_channels)) + 1
+
+
+class VolumeSource:
+    """Reads float32 boxes ``(channels, z, y, x)`` from numpy, Zarr or dask arrays.
+
+    Parameters
+    ----------
+    channels : sequence of array-like
+        One ``(z, y, x)`` array per channel, all of the same shape; lazy arrays are
+        read box by box.
+    name : str
+        How to call the volume in messages.
+    """
+
+    def __init__(self, channels: Sequence[Any], name: str = "volume") -> None:
+        shapes = {tuple(int(n) for n in c.shape) for c in channels}
+        if len(shapes) != 1:
+            raise InputError(f"{name}: channels have different shapes {sorted(shapes)}; expected one shape")
+        self.channels = list(channels)
+        self.shape = shapes.pop()
+        if len(self.shape) != 3:
+            raise InputError(f"{name}: has shape {self.shape}; expected a 3D volume (z, y, x)")
+        self.dtype = np.dtype(self.channels[0].dtype)
+        self.name = name
+
+    @classmethod
+    def from_array(cls, array: Any, name: str = "volume") -> "VolumeSource":
+        """A ``(z, y, x)`` or ``(channels, z, y, x)`` array."""
+        if array.ndim == 3:
+            return cls([array], name)
+        if array.ndim == 4:
+            return cls([array[c] for c in range(array.shape[0])], name)
+        raise InputError(f"{name}: has shape {tuple(array.shape)}; expected (z, y, x) or (channels, z, y, x)")
+
+    @property
+    def full_shape(self) -> tuple[int, ...]:
+        """``(z, y, x)`` for one channel, else ``(channels, z, y, x)``."""
+        return self.shape if len(self.channels) == 1 else (len(self.channels), *self.shape)
+
+    def read(self, region: tuple[slice, slice, slice]) -> np.ndarray:
+        """The box ``region`` as float32 ``(channels, z, y, x)``.
+
+        Chunked arrays (Zarr) are read one chunk row along ``z`` at a time: Zarr
+        fetches all encoded chunks of a selection before decoding them, which for a
+        thin box across a large volume would hold many chunks at once.
+        """
+        shape = tuple(r.stop - r.start for r in region)
+        if len(self.channels) == 1 and not hasattr(self.channels[0], "chunks"):
+            return np.asarray(self.channels[0][region], dtype=np.float32)[None]  # in memory: no copy if float32
+        out = np.empty((len(self.channels), *shape), dtype=np.float32)
+        for c, channel in enumerate(self.channels):
+            chunks = getattr(channel, "chunks", None)
+            step = int(chunks[0]) if chunks and isinstance(chunks[0], (int, np.integer)) else shape[0] or 1
+            z0 = region[0].start
+            while z0 < region[0].stop:
+                z1 = min(z0 - z0 % step + step, region[0].stop)  # up to the next chunk border
+                block = channel[(slice(z0, z1), region[1], region[2])]
+                if hasattr(block, "compute"):
+                    block = block.compute(scheduler="synchronous")
+                out[c, z0 - region[0].start : z1 - region[0].start] = block
+                z0 = z1
+        return out
+
+
+@dataclass
+class RunStats:
+    """Where the time of a prediction went (for benchmarks and logs).
+
+    ``slice_pixels`` counts the slice pixels predicted, ``network_pixels`` the pixels
+    the network processed (slices padded to its size divisor).
+    """
+
+    network_seconds: float = 0.0
+    sampling_seconds: float = 0.0
+    fusion_seconds: float = 0.0
+    slice_pixels: int = 0
+    network_pixels: int = 0
+    units: int = 0
+
+
+class SlicePredictor:
+    """Applies a model to stacks of raw slice images, in batches.
+
+    Parameters
+    ----------
+    model : SunModel
+    device : str or torch.device, optional
+        ``None``/``"auto"``: a GPU if present, else the CPU.
+    batch_pixels : int, optional
+        Pixels per network batch; by default what fits in ``memory_budget / 2``.
+    memory_budget : int
+        Working memory of a prediction; half of it is for network activations (the
+        other half for the current group of slices, see :func:`max_group_units`).
+    amp : bool, optional
+        Mixed precision (default: on for GPUs, off on the CPU).
+    """
+
+    def __init__(self, model: SunModel, device: Any = None, batch_pixels: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET, amp: bool | None = None) -> None:
+        import torch
+
+        from ..networks import fold_batch_norm
+
+        self.model = model
+        self.device = resolve_device(device)
+        # channels_last is markedly faster for oneDNN convolutions on CPUs.
+        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.network = fold_batch_norm(model.network(self.device)).to(memory_format=self.memory_format)
+        self.amp = (self.device.type == "cuda") if amp is None else bool(amp)
+        self.batch_pixels = batch_pixels or max(memory_budget // 2 // activation_bytes_per_pixel(model), 1)
+
+    def batch_size(self, rows: int, cols: int) -> int:
+        """Slices of this size per network batch (at least 1)."""
+        divisor = self.model.config.divisor
+        padded = (rows + -rows % divisor) * (cols + -cols % divisor)
+        return max(1, self.batch_pixels // padded)
+
+    def __call__(self, images: np.ndarray, stats: RunStats | None = None) -> np.ndarray:
+        """Class probabilities ``(k, classes, rows, cols)`` float32 of raw images ``(k, channels, rows, cols)``."""
+        import torch
+        import torch.nn.functional as F
+
+        started = time.perf_counter()
+        k, _, rows, cols = images.shape
+        images = self.model.normalization.apply(images.astype(np.float32, copy=True))
+        divisor = self.model.config.divisor
+        pad_rows, pad_cols = -rows % divisor, -cols % divisor
+        batch = self.batch_size(rows, cols)
+        out = np.empty((k, self.model.config.num_classes, rows, cols), dtype=np.float32)
+        with torch.inference_mode():
+            for i in range(0, k, batch):
+                x = torch.from_numpy(images[i : i + batch]).to(self.device)
+                if pad_rows or pad_cols:
+                    x = F.pad(x, (0, pad_cols, 0, pad_rows), mode="replicate")
+                x = x.contiguous(memory_format=self.memory_format)
+                with torch.autocast(self.device.type, enabled=self.amp):
+                    logits = self.network(x)
+                probabilities = torch.softmax(logits.float(), dim=1)[:, :, :rows, :cols]
+                out[i : i + batch] = probabilities.cpu().numpy()
+        if stats is not None:
+            stats.network_seconds += time.perf_counter() - started
+            stats.slice_pixels += k * rows * cols
+            stats.network_pixels += k * (rows + pad_rows) * (cols + pad_cols)
+        return out
+
+
+def unit_groups(grid: AxisGrid, start: int, stop: int, max_units: int, chunk: int) -> list[tuple[int, int]]:
+    """Split units ``[start, stop)`` into groups of at most ``max_units``.
+
+    Groups of orthogonal axes end on chunk borders where they can, so that each chunk
+    of a Zarr accumulator is rewritten as few times as possible.
+    """
+    align = chunk if not grid.axis.diagonal and max_units >= chunk else 1
+    size = max_units // align * align
+    groups, u = [], start
+    while u < stop:
+        end = min(u // align * align + size, stop)
+        groups.append((u, end))
+        u = end
+    return groups
+
+
+def max_group_units(grid: AxisGrid, classes: int, memory_budget: int) -> int:
+    """Units per group so that a group's votes or probabilities fit ``memory_budget / 2``.
+
+    (The other half is for network activations, see :class:`SlicePredictor`.)
+    """
+    rows, cols = grid.slice_shape
+    per_slice = 4 * classes * rows * cols
+    extra = 1 if grid.axis.diagonal else 0
+    return max(1, memory_budget // 2 // per_slice - extra)
+
+
+def vote_unit(
+    source: VolumeSource,
+    predictor: SlicePredictor,
+    accumulator: Any,
+    grid: AxisGrid,
+    unit_number: int,
+    u0: int,
+    u1: int,
+    stats: RunStats,
+    block_bytes: int = 64 * 2**20,
+) -> None:
+    """Predict the slices of units ``[u0, u1)`` of one axis and add their votes.
+
+    Slices go through the network one batch at a time. Orthogonal axes turn each batch
+    into packed votes at once; diagonal axes keep the group's probabilities until they
+    are interpolated onto the voxels. Votes are added chunk by chunk of
+    ``accumulator`` as work unit ``unit_number`` (see
+    :class:`~unified_framework.sun.inference.accumulator.ZarrAccumulator`).
+    """
+    s0, s1 = grid.slices_for_units(u0, u1)
+    rows, cols = grid.slice_shape
+    batch = predictor.batch_size(rows, cols)
+    classes = predictor.model.config.num_classes
+    within = [slice(0, n) for n in grid.shape]
+    if grid.axis.diagonal:
+        probabilities = np.empty((s1 - s0, classes, rows, cols), np.float32)
+    else:
+        within[grid.axis.principal] = slice(u0, u1)
+        packed = np.empty((classes, *(w.stop - w.start for w in within)), np.uint32)
+    for b0 in range(s0, s1, batch):
+        b1 = min(b0 + batch, s1)
+        started = time.perf_counter()
+        images = sample_slices(source.read, grid, b0, b1, len(source.channels), block_bytes)
+        stats.sampling_seconds += time.perf_counter() - started
+        batch_probabilities = predictor(images, stats)
+        started = time.perf_counter()
+        if grid.axis.diagonal:
+            probabilities[b0 - s0 : b1 - s0] = batch_probabilities
+        else:
+            part = list(within)
+            part[grid.axis.principal] = slice(b0, b1)
+            values, _ = ProbabilitySlab(batch_probabilities, grid, b0, b1).on_voxels(part)
+            local = [slice(None)] * 4
+            local[1 + grid.axis.principal] = slice(b0 - u0, b1 - u0)
+            packed[tuple(local)] = pack_votes(values)
+        stats.fusion_seconds += time.perf_counter() - started
+    started = time.perf_counter()
+    slab = ProbabilitySlab(probabilities, grid, u0, u1) if grid.axis.diagonal else None
+    for tile in chunk_regions(grid.shape, accumulator.chunks, within):
+        tile = tuple(slice(max(t.start, w.start), min(t.stop, w.stop)) for t, w in zip(tile, within))
+        if slab is not None:
+            lo, hi = grid.unit_range(tile)
+            if hi <= u0 or lo >= u1:
+                continue
+            accumulator.add(unit_number, tile, pack_votes(*slab.on_voxels(tile)))
+        else:
+            local = (slice(None), *(slice(t.start - w.start, t.stop - w.start) for t, w in zip(tile, within)))
+            accumulator.add(unit_number, tile, packed[local])
+    stats.fusion_seconds += time.perf_counter() - started
+    stats.units += 1
+
+
+@dataclass
+class SunPrediction:
+    """Result of :func:`predict_volume`."""
+
+    labels: np.ndarray
+    entropy: np.ndarray
+    disagreement: np.ndarray
+    probabilities: np.ndarray | None
+    axes: tuple[str, ...]
+    stats: RunStats
+
+
+def predict_volume(
+    model: SunModel,
+    volume: Any,
+    axes: str | int | Iterable[str] | None = None,
+    *,
+    device: Any = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    return_probabilities: bool = False,
+    chunks: Sequence[int] = (DEFAULT_CHUNK,) * 3,
+    progress: bool = False,
+    predictor: SlicePredictor | None = None,
+) -> SunPrediction:
+    """Segment a volume held in memory with SUN's multi-axis soft voting.
+
+    Parameters
+    ----------
+    model : SunModel
+    volume : array-like
+        ``(z, y, x)`` or ``(channels, z, y, x)``.
+    axes : str, int or list of str, optional
+        ``3``, ``9`` or names (see :mod:`unified_framework.sun.axes`); default: the
+        model's training axes.
+    device : str, optional
+        ``cpu``, ``cuda``; default a GPU if present.
+    memory_budget : int
+        Bytes for slice stacks and activations (the accumulator comes on top).
+    return_probabilities : bool
+        Also return the fused probabilities (float16, ``(classes, z, y, x)``).
+    chunks : sequence of 3 int
+        Tiles in which votes are added.
+    progress : bool
+        Show a progress bar.
+    predictor : SlicePredictor, optional
+        Reuse a predictor (and its network) across calls.
+
+    Returns
+    -------
+    SunPrediction
+        ``labels`` (uint8), ``entropy`` and ``disagreement`` (float16), optional
+        ``probabilities`` and timing ``stats``.
+    """
+    from tqdm.auto import tqdm
+
+    axes = parse_axes(axes if axes is not None else model.axes)
+    if len(axes) > MAX_AXES:
+        raise InputError(f"axes: at most {MAX_AXES} axes can vote")
+    source = VolumeSource.from_array(volume)
+    model.check_volume(source.full_shape, source.dtype, "volume")
+    predictor = predictor or SlicePredictor(model, device, memory_budget=memory_budget)
+    classes = model.config.num_classes
+    accumulator = MemoryAccumulator(source.shape, classes, chunks)
+    stats = RunStats()
+    work = []
+    for name in axes:
+        grid = axis_grid(name, source.shape)
+        limit = max_group_units(grid, classes, memory_budget)
+        work += [(grid, u0, u1) for u0, u1 in unit_groups(grid, 0, grid.n_units, limit, chunks[grid.axis.principal])]
+    for number, (grid, u0, u1) in enumerate(tqdm(work, desc="SUN", unit="slab", disable=None if progress else True)):
+        vote_unit(source, predictor, accumulator, grid, number, u0, u1, stats)
+    started = time.perf_counter()
+    labels = np.empty(source.shape, np.uint8)
+    entropy = np.empty(source.shape, np.float16)
+    disagreement = np.empty(source.shape, np.float16)
+    probabilities = np.empty((classes, *source.shape), np.float16) if return_probabilities else None
+    for region in chunk_regions(source.shape, chunks):
+        fused = fuse(accumulator.read(region), len(axes))
+        labels[region] = fused["labels"]
+        entropy[region] = fused["entropy"]
+        disagreement[region] = fused["disagreement"]
+        if probabilities is not None:
+            probabilities[(slice(None), *region)] = fused["probabilities"]
+    stats.fusion_seconds += time.perf_counter() - started
+    logger.info(
+        "SUN %s axes: network %.1f s, sampling %.1f s, fusion %.1f s", len(axes), stats.network_seconds, stats.sampling_seconds, stats.fusion_seconds
+    )
+    return SunPrediction(labels, entropy, disagreement, probabilities, axes, stats)
+
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "RunStats",
+    "SlicePredictor",
+    "SunPrediction",
+    "VolumeSource",
+    "max_group_units",
+    "predict_volume",
+    "resolve_device",
+    "unit_groups",
+    "vote_unit",
+]

@@ -1,0 +1,534 @@
+"""Resumable and splittable SUN prediction through a work directory.
+
+The work is cut into *pieces*, one per (axis, slab): a slab is a contiguous range of
+the axis' work units (see :mod:`unified_framework.sun.axes`); inside a piece the units
+are processed in *groups* small enough for the memory budget. Layout::
+
+    WORK/plan.json              volume, model digest, axes, slabs, groups (fixed at the start)
+    WORK/accumulator.zarr       the running accumulator (uint32, chunked)
+    WORK/progress/<piece>.json  groups finished by that piece
+    WORK/pieces/<piece>.zarr    split mode only: the piece's own votes
+    WORK/progress/merge.json    split mode only: pieces merged so far
+    WORK/outputs/               fused outputs before they are written to their destination
+
+*Single mode* (``mdlma sun predict``) adds every group straight into the accumulator.
+*Split mode* (``--piece``, e.g. one SLURM array task per piece) writes each piece into
+its own store; ``mdlma sun merge`` then adds the stores to the accumulator. The
+accumulator sums integers (:mod:`.accumulator`), so both modes, any order of pieces and
+any number of kills and restarts give bit-identical outputs. Progress files are written
+atomically after the data they describe, and chunks carry the number of the last unit
+added to them, so a killed run resumes without losing or repeating anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ...errors import InputError
+from ...utils.atomic import atomic_path, write_text_atomic
+from ..axes import axis_grid, parse_axes
+from ..model_package import SunModel
+from .accumulator import DEFAULT_CHUNK, MAX_AXES, ZarrAccumulator, chunk_regions, fuse
+from .predictor import DEFAULT_MEMORY_BUDGET, RunStats, SlicePredictor, VolumeSource, max_group_units, unit_groups, vote_unit
+
+logger = logging.getLogger(__name__)
+
+PLAN_VERSION = 1
+SINGLE, SPLIT = "single", "split"
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One independently runnable part of a prediction: an axis and a slab of its units."""
+
+    index: int
+    axis: str
+    slab: int
+    groups: tuple[tuple[int, int], ...]
+    first_unit: int
+
+    @property
+    def name(self) -> str:
+        """``AXIS:SLAB``, as accepted by ``--piece``."""
+        return f"{self.axis}:{self.slab}"
+
+    @property
+    def key(self) -> str:
+        """File-name-safe identifier."""
+        return f"{self.index:03d}_{self.axis.replace('+', 'p').replace('-', 'm')}_{self.slab}"
+
+
+@dataclass
+class Plan:
+    """Everything that fixes the arithmetic of a prediction (see module docs)."""
+
+    volume: str
+    shape: tuple[int, int, int]
+    channels: int
+    dtype: str
+    spacing: tuple[float, float, float]
+    model_digest: str
+    class_names: list[str]
+    axes: tuple[str, ...]
+    slabs: int
+    chunks: tuple[int, int, int]
+    memory_budget: int
+    mode: str = SINGLE
+    pieces: list[Piece] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["version"] = PLAN_VERSION
+        return json.dumps(data, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, name: str) -> "Plan":
+        try:
+            data = json.loads(text)
+            if data.pop("version", None) != PLAN_VERSION:
+                raise ValueError("unknown plan version")
+            data["pieces"] = [Piece(p["index"], p["axis"], p["slab"], tuple(map(tuple, p["groups"])), p["first_unit"]) for p in data["pieces"]]
+            for key in ("shape", "spacing", "axes", "chunks"):
+                data[key] = tuple(data[key])
+            return cls(**data)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{name}: damaged SUN plan ({exc}); remove the work directory and start again") from None
+
+    def arithmetic(self) -> dict[str, Any]:
+        """The fields that two runs must share to add into the same accumulator."""
+        data = asdict(self)
+        for key in ("volume", "mode", "memory_budget"):
+            data.pop(key)
+        return json.loads(json.dumps(data))
+
+    def find_piece(self, spec: str | int) -> Piece:
+        """A piece by array index (int or digits) or ``AXIS[:SLAB]``."""
+        text = str(spec).strip()
+        if text.isdigit():
+            index = int(text)
+            if index >= len(self.pieces):
+                raise InputError(f"piece index {index}: the plan has {len(self.pieces)} pieces (0..{len(self.pieces) - 1})")
+            return self.pieces[index]
+        axis, _, slab = text.partition(":")
+        for piece in self.pieces:
+            if piece.axis == axis and str(piece.slab) == (slab or "0"):
+                return piece
+        names = ", ".join(p.name for p in self.pieces[:12]) + (" ..." if len(self.pieces) > 12 else "")
+        raise InputError(f"piece {text!r}: not in the plan; expected AXIS[:SLAB] such as {names}")
+
+
+def make_plan(
+    source: VolumeSource,
+    model: SunModel,
+    model_digest: str,
+    axes: str | int | Iterable[str] | None = None,
+    *,
+    slabs: int = 1,
+    chunks: Sequence[int] = (DEFAULT_CHUNK,) * 3,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    mode: str = SINGLE,
+) -> Plan:
+    """Cut a prediction into pieces (axis x slab) and groups.
+
+    Raises
+    ------
+    InputError
+        Bad axes, slab count or chunk shape, or a volume the model refuses.
+    """
+    axes = parse_axes(axes if axes is not None else model.axes)
+    if len(axes) > MAX_AXES:
+        raise InputError(f"axes: at most {MAX_AXES} axes can vote")
+    if slabs < 1:
+        raise InputError(f"slabs: {slabs}; expected a positive number of slabs per axis")
+    chunks = tuple(int(c) for c in chunks)
+    if len(chunks) != 3 or min(chunks) < 1:
+        raise InputError(f"chunks: {chunks}; expected 3 positive sizes")
+    model.check_volume(source.full_shape, source.dtype, source.name)
+    classes = model.config.num_classes
+    pieces: list[Piece] = []
+    unit = 0
+    for name, slab, start, stop in slab_bounds(source.shape, axes, slabs):
+        grid = axis_grid(name, source.shape)
+        limit = max_group_units(grid, classes, memory_budget)
+        groups = tuple(unit_groups(grid, start, stop, limit, chunks[grid.axis.principal]))
+        pieces.append(Piece(len(pieces), name, slab, groups, unit))
+        unit += len(groups)
+    return Plan(
+        volume=source.name,
+        shape=source.shape,
+        channels=len(source.channels),
+        dtype=str(source.dtype),
+        spacing=tuple(float(s) for s in spacing),
+        model_digest=model_digest,
+        class_names=list(model.class_names),
+        axes=axes,
+        slabs=slabs,
+        chunks=chunks,
+        memory_budget=int(memory_budget),
+        mode=mode,
+        pieces=pieces,
+    )
+
+
+def slab_bounds(shape: Sequence[int], axes: Sequence[str], slabs: int) -> list[tuple[str, int, int, int]]:
+    """``(axis, slab, first unit, end unit)`` of every piece, in plan order.
+
+    Each axis' units are cut into ``slabs`` near-equal slabs (fewer if it has fewer units).
+    """
+    pieces = []
+    for name in axes:
+        n_units = axis_grid(name, shape).n_units
+        bounds = np.linspace(0, n_units, min(slabs, n_units) + 1).round().astype(int)
+        pieces += [(name, slab, int(a), int(b)) for slab, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+    return pieces
+
+
+class WorkDir:
+    """The files of one prediction (see the module documentation)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def plan_file(self) -> Path:
+        return self.path / "plan.json"
+
+    def load_plan(self) -> Plan | None:
+        """The stored plan, or None if the work directory is new."""
+        if not self.plan_file.is_file():
+            return None
+        return Plan.from_json(self.plan_file.read_text(encoding="utf-8"), str(self.plan_file))
+
+    def adopt(self, plan: Plan) -> Plan:
+        """Store ``plan``, or check that the stored one does the same arithmetic.
+
+        Raises
+        ------
+        InputError
+            If the directory belongs to another volume, model, axis set or mode.
+        """
+        stored = self.load_plan()
+        if stored is None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.plan_file, plan.to_json())
+            return plan
+        if stored.arithmetic() != plan.arithmetic():
+            differing = sorted(k for k, v in plan.arithmetic().items() if stored.arithmetic().get(k) != v)
+            raise InputError(
+                f"{self.path}: work directory of another prediction (different {', '.join(differing)}); "
+                "use another --work-dir or remove it"
+            )
+        if stored.mode != plan.mode:
+            raise InputError(
+                f"{self.path}: work directory of a {stored.mode}-mode run; finish it the same way "
+                f"({'mdlma sun predict --piece / mdlma sun merge' if stored.mode == SPLIT else 'mdlma sun predict without --piece'})"
+            )
+        return stored
+
+    def groups_done(self, piece: Piece) -> int:
+        """Number of groups of ``piece`` whose votes are safely stored."""
+        path = self.path / "progress" / f"{piece.key}.json"
+        return int(json.loads(path.read_text(encoding="utf-8"))["groups_done"]) if path.is_file() else 0
+
+    def record_groups(self, piece: Piece, done: int) -> None:
+        write_text_atomic(self.path / "progress" / f"{piece.key}.json", json.dumps({"piece": piece.name, "groups_done": done}))
+
+    def pieces_merged(self) -> int:
+        path = self.path / "progress" / "merge.json"
+        return int(json.loads(path.read_text(encoding="utf-8"))["pieces_merged"]) if path.is_file() else 0
+
+    def record_merged(self, count: int) -> None:
+        write_text_atomic(self.path / "progress" / "merge.json", json.dumps({"pieces_merged": count}))
+
+    def accumulator(self, plan: Plan, piece: Piece | None = None) -> ZarrAccumulator:
+        """The run's accumulator, or (split mode) the store of ``piece``."""
+        path = self.path / ("accumulator.zarr" if piece is None else f"pieces/{piece.key}.zarr")
+        return ZarrAccumulator(path, plan.shape, len(plan.class_names), plan.chunks)
+
+
+def run_pieces(
+    workdir: WorkDir,
+    plan: Plan,
+    source: VolumeSource,
+    model: SunModel,
+    pieces: Sequence[Piece] | None = None,
+    *,
+    device: Any = None,
+    max_groups: int | None = None,
+    progress: bool = False,
+    predictor: SlicePredictor | None = None,
+) -> tuple[RunStats, bool]:
+    """Run (or resume) pieces of a plan.
+
+    Parameters
+    ----------
+    workdir : WorkDir
+    plan : Plan
+        As returned by :meth:`WorkDir.adopt`.
+    source : VolumeSource
+        The volume (lazy arrays are read box by box).
+    model : SunModel
+    pieces : sequence of Piece, optional
+        Split mode: the pieces to run, each into its own store. Default (single
+        mode): all pieces, straight into the accumulator.
+    device : str, optional
+    max_groups : int, optional
+        Stop after this many groups (a time-sliced run; run again to continue).
+    progress : bool
+        Show a progress bar.
+    predictor : SlicePredictor, optional
+        Reuse a predictor.
+
+    Returns
+    -------
+    stats : RunStats
+    complete : bool
+        True if every requested piece is finished.
+    """
+    from tqdm.auto import tqdm
+
+    split = pieces is not None
+    selected = list(pieces) if split else plan.pieces
+    remaining = [(p, g) for p in selected for g in range(workdir.groups_done(p), len(p.groups))]
+    stats = RunStats()
+    if not remaining:
+        return stats, True
+    predictor = predictor or SlicePredictor(model, device, memory_budget=plan.memory_budget)
+    shared = None if split else workdir.accumulator(plan)
+    bar = tqdm(total=sum(len(p.groups) for p in selected), initial=sum(len(p.groups) for p in selected) - len(remaining), desc="SUN predict", unit="group", disable=None if progress else True)
+    stores: dict[int, ZarrAccumulator] = {}
+    done = 0
+    for piece, group in remaining:
+        if max_groups is not None and done >= max_groups:
+            break
+        grid = axis_grid(piece.axis, plan.shape)
+        if split:
+            accumulator = stores.setdefault(piece.index, workdir.accumulator(plan, piece))
+            unit_number = group
+        else:
+            accumulator, unit_number = shared, piece.first_unit + group
+        u0, u1 = piece.groups[group]
+        vote_unit(source, predictor, accumulator, grid, unit_number, u0, u1, stats)
+        workdir.record_groups(piece, group + 1)
+        done += 1
+        bar.update()
+    bar.close()
+    complete = all(workdir.groups_done(p) == len(p.groups) for p in selected)
+    return stats, complete
+
+
+def merge_pieces(workdir: WorkDir, plan: Plan, progress: bool = False) -> None:
+    """Add the stores of all pieces (split mode) to the accumulator, in plan order.
+
+    Raises
+    ------
+    InputError
+        If a piece is not finished (names the missing ones).
+    """
+    from tqdm.auto import tqdm
+
+    missing = [p.name for p in plan.pieces if workdir.groups_done(p) < len(p.groups)]
+    if missing:
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise InputError(f"{workdir.path}: {len(missing)} of {len(plan.pieces)} pieces not finished: {shown}")
+    accumulator = workdir.accumulator(plan)
+    start = workdir.pieces_merged()
+    for piece in tqdm(plan.pieces[start:], desc="SUN merge", unit="piece", disable=None if progress else True):
+        store = workdir.accumulator(plan, piece)
+        for region in store.stored_regions():
+            accumulator.add(piece.index, region, store.read(region))
+        workdir.record_merged(piece.index + 1)
+
+
+@dataclass
+class Outputs:
+    """Where to write the fused results (None: not wanted)."""
+
+    labels: Path
+    probabilities: Path | None = None
+    entropy: Path | None = None
+    disagreement: Path | None = None
+
+
+def write_outputs(workdir: WorkDir, plan: Plan, outputs: Outputs, progress: bool = False) -> list[Path]:
+    """Fuse the accumulator chunk by chunk and write the requested outputs.
+
+    Labels are uint8; entropy and disagreement float16 where the format can hold it
+    (HDF5, Zarr), else float32; probabilities float16 ``(classes, z, y, x)`` in Zarr.
+    Zarr destinations are filled chunk by chunk as the accumulator is fused (memory
+    stays at one chunk); other formats are written from a staging Zarr afterwards by
+    :func:`unified_framework.io.write_volume`. Every output appears atomically.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written.
+    """
+    import contextlib
+
+    import dask.array as da
+    import zarr
+    from numcodecs import Blosc
+    from tqdm.auto import tqdm
+
+    from ...io import detect_format, write_volume
+
+    if outputs.probabilities is not None and detect_format(outputs.probabilities, for_writing=True) != "zarr":
+        raise InputError(f"{outputs.probabilities}: fused probabilities are 4D (classes, z, y, x) and go to a .zarr store")
+    accumulator = workdir.accumulator(plan)
+    classes = len(plan.class_names)
+    staging = workdir.path / "outputs"
+    shutil.rmtree(staging, ignore_errors=True)
+    compressor = Blosc("zstd", 3, Blosc.BITSHUFFLE)
+    attributes = {"spacing": list(plan.spacing), "unit": "micrometer", "class_names": plan.class_names, "sun_axes": list(plan.axes)}
+    requested = {name: getattr(outputs, name) for name in ("labels", "entropy", "disagreement", "probabilities")}
+    requested = {name: Path(path) for name, path in requested.items() if path is not None}
+    dtypes = {"labels": np.uint8, "entropy": np.float16, "disagreement": np.float16, "probabilities": np.float16}
+    with contextlib.ExitStack() as stack:
+        arrays, staged = {}, []
+        for name, destination in requested.items():
+            direct = detect_format(destination, for_writing=True) == "zarr" and "::" not in str(destination)
+            target = stack.enter_context(atomic_path(destination)) if direct else staging / f"{name}.zarr"
+            shape, chunks = (plan.shape, plan.chunks) if name != "probabilities" else ((classes, *plan.shape), (classes, *plan.chunks))
+            arrays[name] = zarr.open_array(str(target), mode="w", shape=shape, chunks=chunks, dtype=dtypes[name], compressor=compressor)
+            arrays[name].attrs.update({**attributes, "axes": ["c", "z", "y", "x"] if name == "probabilities" else ["z", "y", "x"]})
+            if not direct:
+                staged.append(name)
+        regions = list(chunk_regions(plan.shape, plan.chunks))
+        for region in tqdm(regions, desc="SUN fuse", unit="chunk", disable=None if progress else True):
+            fused = fuse(accumulator.read(region), len(plan.axes))
+            for name, array in arrays.items():
+                array[(slice(None), *region) if name == "probabilities" else region] = fused[name]
+        for name in staged:
+            data = da.from_zarr(arrays[name])
+            if name != "labels" and detect_format(requested[name], for_writing=True) != "hdf5":
+                data = data.astype(np.float32)  # TIFF and NIfTI hold no float16
+            write_volume(requested[name], data, spacing=plan.spacing)
+    shutil.rmtree(staging, ignore_errors=True)
+    return list(requested.values())
+
+
+def predict_to_files(
+    volume_paths: Sequence[str | Path],
+    model_path: str | Path,
+    outputs: Outputs,
+    *,
+    axes: str | int | Iterable[str] | None = None,
+    workdir: str | Path | None = None,
+    slabs: int = 1,
+    piece: str | int | None = None,
+    chunks: Sequence[int] = (DEFAULT_CHUNK,) * 3,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    device: Any = None,
+    max_groups: int | None = None,
+    keep_work: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Segment volume files with SUN through a resumable work directory.
+
+    Parameters
+    ----------
+    volume_paths : sequence of path-like
+        One file per input channel (read lazily).
+    model_path : path-like
+        Model package.
+    outputs : Outputs
+        Destinations (the format follows each suffix).
+    axes : optional
+        ``3``, ``9`` or names; default the model's axes.
+    workdir : path-like, optional
+        Default ``.<labels name>.sun-work`` next to the labels output.
+    slabs : int
+        Slabs per axis (pieces = axes x slabs).
+    piece : str or int, optional
+        Run only this piece (``AXIS[:SLAB]`` or index) into the work directory; the
+        outputs are written later by :func:`merge_to_files`.
+    chunks, memory_budget, device
+        See :func:`make_plan` and :class:`SlicePredictor`.
+    max_groups : int, optional
+        Stop after this many groups (resume by calling again).
+    keep_work : bool
+        Keep the work directory after the outputs are written.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    dict
+        ``complete`` (bool), ``written`` (paths), ``stats`` (RunStats), ``workdir``,
+        ``plan``.
+    """
+    from ...io import read_volume
+    from ..model_package import file_digest, load_model
+
+    model = load_model(model_path)
+    volumes = [read_volume(p, lazy=True, expect_ndim=3) for p in volume_paths]
+    source = VolumeSource([_box_readable(v) for v in volumes], name=", ".join(str(p) for p in volume_paths))
+    spacing = volumes[0].spacing
+    _warn_voxel_size(model, spacing)
+    work = WorkDir(workdir or default_workdir(outputs.labels))
+    plan = make_plan(
+        source, model, file_digest(model_path), axes, slabs=slabs, chunks=chunks, memory_budget=memory_budget, spacing=spacing, mode=SPLIT if piece is not None else SINGLE
+    )
+    plan = work.adopt(plan)
+    started = time.perf_counter()
+    if piece is not None:
+        chosen = plan.find_piece(piece)
+        stats, complete = run_pieces(work, plan, source, model, [chosen], device=device, max_groups=max_groups, progress=progress)
+        return {"complete": complete, "written": [], "stats": stats, "workdir": work.path, "plan": plan, "seconds": time.perf_counter() - started}
+    stats, complete = run_pieces(work, plan, source, model, device=device, max_groups=max_groups, progress=progress)
+    written = write_outputs(work, plan, outputs, progress) if complete else []
+    if complete and not keep_work:
+        shutil.rmtree(work.path, ignore_errors=True)
+    return {"complete": complete, "written": written, "stats": stats, "workdir": work.path, "plan": plan, "seconds": time.perf_counter() - started}
+
+
+def merge_to_files(workdir: str | Path, outputs: Outputs, *, keep_work: bool = False, progress: bool = False) -> list[Path]:
+    """Fuse the pieces of a split-mode work directory and write the outputs."""
+    work = WorkDir(workdir)
+    plan = work.load_plan()
+    if plan is None:
+        raise InputError(f"{workdir}: not a SUN work directory (no plan.json)")
+    if plan.mode != SPLIT:
+        raise InputError(f"{workdir}: a single-mode work directory; finish it with mdlma sun predict (no merge needed)")
+    merge_pieces(work, plan, progress)
+    written = write_outputs(work, plan, outputs, progress)
+    if not keep_work:
+        shutil.rmtree(work.path, ignore_errors=True)
+    return written
+
+
+def _box_readable(volume) -> Any:
+    """The array to read boxes from: Zarr arrays directly, other formats through dask.
+
+    Slicing a Zarr array reads just the chunks of the box; going through dask would
+    build and schedule a task graph for each of the many small boxes SUN reads.
+    """
+    if volume.metadata.get("format") != "zarr":
+        return volume.data
+    import zarr
+
+    node = zarr.open(str(volume.path), mode="r")
+    dataset = (volume.metadata.get("dataset") or "").strip("/")
+    return node[dataset] if dataset else node
+
+
+def default_workdir(labels_path: str | Path) -> Path:
+    """``.<name>.sun-work`` next to the labels output."""
+    labels_path = Path(labels_path)
+    return labels_path.with_name(f".{labels_path.name}.sun-work")
+
+
+def _warn_voxel_size(model: SunModel, spacing: Sequence[float]) -> None:
+    ratio = np.asarray(spacing, float) / np.asarray(model.voxel_size, float)
+    if np.any(np.abs(ratio - 1) > 0.1):
+        logger.warning("volume voxel size %s differs from the training data's %s; results may suffer", tuple(spacing), model.voxel_size)
