@@ -362,3 +362,26 @@ def test_cli_train_writes_model_and_metrics(tmp_path, capsys):
     model = load_model(tmp_path / "m.pt")
     assert model.class_names == ["bg", "bone", "implant", "layer"] and model.voxel_size == (5.0, 5.0, 5.0)
     assert len((tmp_path / "m.pt.metrics.jsonl").read_text().splitlines()) == 4 + 2
+
+
+def test_separate_validation_pairs_replace_the_z_split(tmp_path, capsys):
+    image, labels = make_implant_phantom((16, 24, 24), seed=0)
+    paths = {}
+    for name, (volume, truth) in {"train": (image, labels), "val": make_implant_phantom((16, 24, 24), seed=5)}.items():
+        paths[name] = (str(write_volume(tmp_path / f"{name}.tif", volume)), str(write_volume(tmp_path / f"{name}_gt.tif", truth)))
+    status = main([
+        "sun", "train", "--pair", *paths["train"], "--val-pair", *paths["val"], "--out", str(tmp_path / "m.pt"),
+        "--axes", "3", "--depth", "2", "--width", "4", "--input-size", "16", "--steps", "6", "--val-every", "3",
+        "--threads", "2",
+    ])  # fmt: skip
+    assert status == 0, capsys.readouterr().err
+    provenance = load_model(tmp_path / "m.pt").provenance
+    assert provenance["training_data"][0]["shape"] == [16, 24, 24]  # used whole, not split along z
+    assert [d["name"] for d in provenance["validation_data"]] == [" + ".join(paths["val"])]
+    lines = [json.loads(line) for line in (tmp_path / "m.pt.metrics.jsonl").read_text().splitlines()]
+    validations = [line for line in lines if line["phase"] == "val"]
+    assert len(validations) == 2 and all(v["dice"]["class 2"] is not None for v in validations)  # the implant is there
+
+    with pytest.raises(InputError, match="validation pair 0: 1 channel.* of float64; expected 1 of float32"):
+        train_sun([image], [labels], tmp_path / "bad.pt", TrainingConfig(steps=1, depth=2, base_width=4, input_size=16),
+                  val_images=[image.astype(np.float64)], val_labels=[labels])

@@ -59,6 +59,8 @@ def _register_train(actions) -> None:
     train.add_argument("--steps", type=int, default=2000, help="maximum optimisation steps (default 2000)")
     train.add_argument("--lr", type=float, default=2e-3, help="initial learning rate of AdamW (default 0.002)")
     train.add_argument("--val-fraction", type=float, default=0.2, help="last share of each volume's z slices held out (default 0.2)")
+    train.add_argument("--val-pair", nargs=2, action="append", default=[], metavar=("IMAGE", "LABELS"),
+                       help="a separate validation volume and its labels (repeatable; replaces --val-fraction)")
     train.add_argument("--val-every", type=int, default=100, help="validate every N steps (default 100)")
     train.add_argument("--patience", type=int, default=10, help="stop after N validations without improvement (0: never; default 10)")
     train.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (default 100)")
@@ -167,12 +169,18 @@ def _train(args: argparse.Namespace) -> int:
     from ..sun.training import TrainingConfig, train_sun
 
     _set_threads(args)
-    images, labels, names = [], [], []
-    for image_path, labels_path in args.pair:
-        image, label = read_volume(image_path, expect_ndim=3, allow_nan=False), read_volume(labels_path, expect_ndim=3)
-        images.append(np.asarray(image.data))
-        labels.append(np.asarray(label.data))
-        names.append(f"{image_path} + {labels_path}")
+
+    def read_pairs(pairs):
+        images, labels, names = [], [], []
+        for image_path, labels_path in pairs:
+            image, label = read_volume(image_path, expect_ndim=3, allow_nan=False), read_volume(labels_path, expect_ndim=3)
+            images.append(np.asarray(image.data))
+            labels.append(np.asarray(label.data))
+            names.append(f"{image_path} + {labels_path}")
+        return images, labels, names
+
+    images, labels, names = read_pairs(args.pair)
+    val_images, val_labels, val_names = read_pairs(args.val_pair)
     spacing = read_volume(args.pair[0][0], lazy=True, expect_ndim=3).spacing
     config = TrainingConfig(
         axes=args.axes,
@@ -203,6 +211,9 @@ def _train(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         voxel_size=spacing,
         sources=names,
+        val_images=val_images,
+        val_labels=val_labels,
+        val_sources=val_names,
         metrics_path=args.metrics,
         resume=not args.no_resume,
         progress=True,

@@ -53,7 +53,8 @@ class TrainingConfig:
     learning_rate, weight_decay : float
         AdamW settings; the learning rate decays polynomially (power 0.9) to 0.
     val_fraction : float
-        Share of every volume (its last ``z`` slices) held out for validation (0: none).
+        Share of every volume (its last ``z`` slices) held out for validation (0: none);
+        unused when :func:`train_sun` gets separate validation pairs.
     val_every : int
         Validate every this many steps.
     val_patches : int
@@ -191,6 +192,9 @@ def train_sun(
     num_classes: int | None = None,
     voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
     sources: Sequence[str] | None = None,
+    val_images: Sequence[Any] = (),
+    val_labels: Sequence[Any] = (),
+    val_sources: Sequence[str] | None = None,
     metrics_path: str | Path | None = None,
     checkpoint_path: str | Path | None = None,
     resume: bool = True,
@@ -215,6 +219,12 @@ def train_sun(
         Micrometres (recorded in the model).
     sources : sequence of str, optional
         Names of the training files (provenance and messages).
+    val_images, val_labels : sequence of array-like
+        Separate validation pairs (e.g. a held-out scan). When given, the training
+        volumes are used whole and ``config.val_fraction`` is ignored: a ``z`` split of
+        one scan can miss a class altogether (the tip of a screw).
+    val_sources : sequence of str, optional
+        Names of the validation files.
     metrics_path : path-like, optional
         JSON lines; default ``<model_path>.metrics.jsonl``.
     checkpoint_path : path-like, optional
@@ -250,11 +260,20 @@ def train_sun(
     device = resolve_device(config.device)
     amp = (device.type == "cuda") if config.amp is None else bool(config.amp)
 
-    splits = [split_volume(v, config.val_fraction) for v in volumes]  # views into ``volumes``
-    train_volumes = [train for train, _ in splits]
-    val_volumes = [val for _, val in splits if val is not None]
+    held_out: list[TrainingVolume] = []
+    if len(val_images) or len(val_labels):
+        val_sources = list(val_sources) if val_sources else [f"validation pair {i}" for i in range(len(val_images))]
+        held_out, _, val_dtype = prepare_pairs(val_images, val_labels, val_sources, classes)
+        if held_out[0].image.shape[0] != channels or val_dtype != input_dtype:
+            raise InputError(f"{val_sources[0]}: {held_out[0].image.shape[0]} channel(s) of {val_dtype}; expected "
+                             f"{channels} of {input_dtype} like the training images")
+        train_volumes, val_volumes = volumes, held_out
+    else:
+        splits = [split_volume(v, config.val_fraction) for v in volumes]  # views into ``volumes``
+        train_volumes = [train for train, _ in splits]
+        val_volumes = [val for _, val in splits if val is not None]
     normalization = Normalization.fit([v.image for v in train_volumes], seed=config.seed)
-    for volume in volumes:  # normalise in place once (the views follow); patches come from normalised data
+    for volume in [*volumes, *held_out]:  # normalise in place once (views follow); patches come from normalised data
         normalization.apply(volume.image, channel_axis=0)
     weights = class_weights([v.labels for v in train_volumes], classes) if config.class_weighting else np.ones(classes, np.float32)
     sampler = PatchSampler(train_volumes, axes, classes, config.input_size, config.foreground_fraction)
@@ -385,6 +404,7 @@ def train_sun(
         "torch_version": str(torch.__version__),
         "device": str(device),
         "training_data": [{"name": n, "shape": list(v.labels.shape)} for n, v in zip(sources or [f"pair {i}" for i in range(len(volumes))], volumes)],
+        "validation_data": [{"name": n, "shape": list(v.labels.shape)} for n, v in zip(val_sources or [], held_out)],
         "config": asdict(config),
         "class_weights": weights.tolist(),
         "steps": state["step"],
