@@ -81,6 +81,8 @@ def test_parse_condition(text, expected):
         ("a;DROP=1", "condition key"),
         ("$where=1", "condition key"),
         ("a..b=1", "condition key"),
+        ("voxel_size >= 4 um", "use =, > or <"),
+        ("rows != 3", "use =, > or <"),
     ],
 )
 def test_bad_conditions(text, message):

@@ -100,6 +100,8 @@ def parse_condition(text: str) -> Condition:
     InputError
         If the text is not ``KEY RELATION VALUE``.
     """
+    if re.search(r"[<>]=|=[<>]|!=", text):
+        raise InputError(f"condition {text!r}: use =, > or <; SciCat compares metadata with these three only")
     match = _CONDITION.match(text)
     if not match or not match.group(3):
         raise InputError(f"condition {text!r}: expected KEY=VALUE, KEY>NUMBER [UNIT] or KEY<NUMBER [UNIT]")

@@ -41,7 +41,7 @@ PARAMETER_TYPES = frozenset(
 _PARAMETER_KEYS = frozenset(
     {
         "type", "default", "help", "label", "locked", "required", "min", "max", "choices",
-        "max_length", "exists", "kind", "access", "pattern",
+        "max_length", "exists", "kind", "access", "pattern", "dataset",
     }
 )
 #: Every template must have these parameters: the library relies on them.
@@ -68,6 +68,8 @@ class Parameter:
     kind: str = "any"
     access: str = "r"
     pattern: str | None = None
+    #: A path parameter that takes a catalogued dataset (the catalogue page's "use in job composer").
+    dataset: bool = False
 
     def describe(self) -> str:
         """A short human description of the allowed values (for forms and ``--help``)."""
@@ -197,6 +199,8 @@ def _parameter(form: Path, name: Any, entry: Any) -> Parameter:
         raise InputError(f"{where}: kind must be any, file or dir")
     if not set(str(entry.get("access", "r"))) <= set("rwx"):
         raise InputError(f"{where}: access must be letters of 'rwx'")
+    if entry.get("dataset") and entry["type"] != "path":
+        raise InputError(f"{where}: only a path parameter can take a dataset")
     return Parameter(
         name=name,
         type=entry["type"],
@@ -213,6 +217,7 @@ def _parameter(form: Path, name: Any, entry: Any) -> Parameter:
         kind=entry.get("kind", "any"),
         access=str(entry.get("access", "r")),
         pattern=entry.get("pattern"),
+        dataset=bool(entry.get("dataset", False)),
     )
 
 
