@@ -13,11 +13,13 @@ Runs every case in a fresh subprocess (so peak RSS is its own) on the implant ph
 and prints voxels/s, peak RSS against input + output size, the achieved convolution
 FLOP/s as a fraction of a plain batched convolution of the same shapes measured in the
 same process, and the fusion overhead (resampling + voting + fusing, against network
-time). The network has random weights (speed does not depend on them).
+time). The network has random weights (speed does not depend on them); its default
+architecture is the one ``mdlma sun train`` builds by default (depth 4, width 16), since
+the fusion cost per voxel is fixed and its share depends on the network's size.
 
 Usage::
 
-    python benchmarks/sun_inference.py                   # 256^3: ~10 min on 2 cores, plus ~8 min for the capped case
+    python benchmarks/sun_inference.py                   # 256^3: ~15 min on 2 cores, plus ~8 min for the capped case
     python benchmarks/sun_inference.py --skip capped     # the first four cases only
     python benchmarks/sun_inference.py --size 128 --capped-size 200
     python benchmarks/sun_inference.py --device cuda     # on a GPU machine
@@ -267,8 +269,8 @@ def _mib(n: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=256, help="edge of the cubic test volume (default 256)")
-    parser.add_argument("--depth", type=int, default=3, help="U-Net depth (default 3)")
-    parser.add_argument("--width", type=int, default=8, help="U-Net base width (default 8)")
+    parser.add_argument("--depth", type=int, default=4, help="U-Net depth (default 4, as mdlma sun train)")
+    parser.add_argument("--width", type=int, default=16, help="U-Net base width (default 16, as mdlma sun train)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--memory-mb", type=int, default=256, help="SUN working-memory budget (default 256)")
     parser.add_argument("--zarr-memory-mb", type=int, default=96, help="working-memory budget of the zarr9 case (default 96)")
