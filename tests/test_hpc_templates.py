@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from conftest_slurm import slurm_cluster, slurm_test_user  # noqa: F401 - fixtures
 from unified_framework import hpc
 from unified_framework.config import load_config
 from unified_framework.errors import InputError
@@ -196,13 +201,43 @@ def test_validation_normalises_values(workdir):
     assert hpc.validate_params(template, {"script": "sub/../run.py"}, cwd=workdir)["script"] == str(workdir / "run.py")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may read any file")
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may read any file (see the next test)")
 def test_validation_checks_permissions(workdir):
     secret = workdir / "secret.py"
     secret.write_text("")
     secret.chmod(0)
     with pytest.raises(InputError, match="is not readable"):
         local_prepare("python-script", {"script": "secret.py"})
+
+
+PERMISSION_CHECK = """
+import sys
+from unified_framework import hpc
+from unified_framework.errors import InputError
+template = hpc.load_template("python-script")
+hpc.validate_params(template, {"script": "open.py"}, cwd=sys.argv[1])
+try:
+    hpc.validate_params(template, {"script": "secret.py"}, cwd=sys.argv[1])
+except InputError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
+def test_validation_checks_permissions_as_an_unprivileged_user(slurm_test_user):  # noqa: F811
+    folder = Path(tempfile.mkdtemp(prefix="mdlma-permissions-"))
+    try:
+        folder.chmod(0o777)  # the user's working directory must be writable by them
+        for name, mode in (("open.py", 0o644), ("secret.py", 0o600)):  # owned by root
+            (folder / name).write_text("")
+            (folder / name).chmod(mode)
+        run = subprocess.run(["runuser", "-u", slurm_test_user, "--", sys.executable, "-c", PERMISSION_CHECK, str(folder)],
+                             cwd=folder, capture_output=True, text=True, timeout=120,
+                             env={"PATH": os.environ["PATH"], "HOME": pwd.getpwnam(slurm_test_user).pw_dir})
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.stdout.strip() == f"refused: python-script: script: {folder / 'secret.py'} is not readable"
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_hdf5_dataset_suffix_checks_the_file(workdir):
