@@ -99,11 +99,14 @@ def browser(tmp_path_factory):
 
 def wait_until(driver, condition, timeout: float = 60, what: str = "the page"):
     """Wait for ``condition``; on a timeout keep a screenshot of what the page showed instead."""
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # Streamlit redraws elements on every rerun: an element found a moment ago may be gone.
+    ignored = (NoSuchElementException, StaleElementReferenceException)
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.5).until(condition, f"timed out waiting for {what}")
+        return WebDriverWait(driver, timeout, poll_frequency=0.5, ignored_exceptions=ignored).until(
+            condition, f"timed out waiting for {what}")
     except TimeoutException:
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / f"failed-{re.sub(r'[^a-z0-9]+', '-', what.lower())}.png"))

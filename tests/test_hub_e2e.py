@@ -192,6 +192,7 @@ def _browser_login(driver, user: str, password: str) -> None:
 def test_dashboard_renders_through_the_proxy_in_chromium(server, hub, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -200,7 +201,8 @@ def test_dashboard_renders_through_the_proxy_in_chromium(server, hub, tmp_path):
         _browser_login(driver, USER, hub[USER])
         driver.get(f"{URL}/user/{USER}/lab")
         # The server-proxy tiles join the launcher after the kernels (fetched separately).
-        cards = WebDriverWait(driver, 120).until(lambda d: (lambda texts: texts if any(
+        # JupyterLab redraws the launcher as tiles arrive: a card found a moment ago may be stale.
+        cards = WebDriverWait(driver, 120, ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: (lambda texts: texts if any(
             "Job viewer" in t for t in texts) else None)([c.text for c in d.find_elements(By.CSS_SELECTOR,
                                                                                          ".jp-LauncherCard")]))
         for title in ("MDLMA dashboard", "Job composer", "Job viewer", "Python 3 (MDLMA unified framework 0.1.0)"):
@@ -223,11 +225,12 @@ def test_dashboard_renders_through_the_proxy_in_chromium(server, hub, tmp_path):
 
         # The "Job composer" tile: its own app instance, opened at the composer page.
         driver.get(f"{URL}/user/{USER}/mdlma-job-composer/composer")
-        heading = WebDriverWait(driver, 180).until(ec.presence_of_element_located(
-            (By.CSS_SELECTOR, '[data-testid="stMainBlockContainer"] h1')))
+        heading = (By.CSS_SELECTOR, '[data-testid="stMainBlockContainer"] h1')
+        WebDriverWait(driver, 180).until(ec.presence_of_element_located(heading))
         time.sleep(2)
         driver.save_screenshot(str(ARTIFACTS / "hub_job_composer.png"))
-        assert "composer" in heading.text.lower(), heading.text
+        title = driver.find_element(*heading).text  # found again: Streamlit may have redrawn it
+        assert "composer" in title.lower(), title
     finally:
         driver.quit()
 
