@@ -19,7 +19,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from conftest_slurm import slurm_cluster  # noqa: F401 - fixture
-from unified_framework.catalogue import SQLiteCatalogue, extract_dataset
+from unified_framework.catalogue import SQLiteCatalogue, dataset_path, extract_dataset
 from unified_framework.data import make_implant_phantom
 from unified_framework.errors import InputError
 from unified_framework.io import open_volume, write_volume
@@ -156,10 +156,10 @@ def test_use_in_job_composer_fills_the_template(filled, slurm_cluster):  # noqa:
     assert any("from the catalogue" in str(i.value) for i in app.info)
 
 
-def test_job_input_and_tables_of_the_page_logic(filled):
+def test_job_paths_and_tables_of_the_page_logic(filled):
     tiff, hdf5 = filled["screw_week0.tif"], filled["bone.h5"]
-    assert page_logic.job_input(tiff).endswith("screw_week0.tif") and "::" not in page_logic.job_input(tiff)
-    assert page_logic.job_input(hdf5).endswith("bone.h5::/entry/data/data")
+    assert dataset_path(tiff).endswith("screw_week0.tif") and "::" not in dataset_path(tiff)
+    assert dataset_path(hdf5).endswith("bone.h5::/entry/data/data")
     assert page_logic.slice_count(tiff) == 12
     table = page_logic.results_table([tiff, hdf5])
     assert list(table.columns) == list(page_logic.RESULT_COLUMNS)

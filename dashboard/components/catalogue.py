@@ -1,5 +1,5 @@
-"""Catalogue page logic without Streamlit: the search form's query, result and detail tables,
-and the job input a catalogued dataset stands for.
+"""Catalogue page logic without Streamlit: the search form's query, the result and detail
+tables, and the templates a catalogued dataset can be used in.
 
 The page (``views/catalogue.py``) draws these; the tests call them directly.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from unified_framework.catalogue import Query, dataset_path, parse_condition
+from unified_framework.catalogue import Query, metadata_value, parse_condition
 from unified_framework.catalogue.base import metadata_leaves
 from unified_framework.errors import InputError
 
@@ -85,30 +85,25 @@ def _comma_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _metadata_value(dataset: dict, key: str):
-    item = (dataset.get("scientificMetadata") or {}).get(key)
-    return item if not isinstance(item, dict) or "value" not in item else item["value"]
-
-
 def _voxel_size(dataset: dict) -> str:
-    item = (dataset.get("scientificMetadata") or {}).get("voxel_size")
-    if not isinstance(item, dict) or item.get("value") is None:
+    value = metadata_value(dataset, "voxel_size")
+    if value is None:
         return ""
-    return f"{item['value']:g} {item.get('unit') or ''}".strip()
+    return f"{value:g} {dataset['scientificMetadata']['voxel_size'].get('unit') or ''}".strip()
 
 
 def results_table(datasets: Sequence[dict]) -> pd.DataFrame:
     """One row per dataset of a search page, columns :data:`RESULT_COLUMNS`."""
     rows = []
     for d in datasets:
-        shape = _metadata_value(d, "shape")
+        shape = metadata_value(d, "shape")
         size = d.get("size")
         rows.append({
             "pid": d.get("pid", ""),
             "name": d.get("datasetName", ""),
             "type": d.get("type", ""),
             "created": str(d.get("creationTime", ""))[:19].replace("T", " "),
-            "format": _metadata_value(d, "format") or "",
+            "format": metadata_value(d, "format") or "",
             "shape": " x ".join(map(str, shape)) if isinstance(shape, list) else "",
             "voxel size": _voxel_size(d),
             "size MB": round(size / 1e6, 2) if isinstance(size, (int, float)) else None,
@@ -137,18 +132,8 @@ def files_table(files: Sequence[dict]) -> pd.DataFrame:
 
 def slice_count(dataset: dict) -> int:
     """Number of ``z`` slices of a 3-D dataset, 1 for images and unknown shapes."""
-    shape = _metadata_value(dataset, "shape")
+    shape = metadata_value(dataset, "shape")
     return int(shape[0]) if isinstance(shape, list) and len(shape) == 3 else 1
-
-
-def job_input(dataset: dict) -> str:
-    """The path a job reads the dataset from (``file.h5::/array`` for HDF5)."""
-    path = dataset_path(dataset)
-    hdf5 = (dataset.get("scientificMetadata") or {}).get("hdf5")
-    array = hdf5.get("volume_dataset") if isinstance(hdf5, dict) else None
-    if isinstance(array, dict):
-        array = array.get("value")
-    return f"{path}::{array}" if array else path
 
 
 def input_parameters(template) -> list[str]:

@@ -9,7 +9,7 @@ import streamlit as st
 
 from components import catalogue, ui
 from unified_framework import hpc
-from unified_framework.catalogue import SORT_FIELDS, open_catalogue, thumbnail_slice
+from unified_framework.catalogue import SORT_FIELDS, dataset_path, open_catalogue, thumbnail_slice
 from unified_framework.errors import MDLMAError
 
 st.title("Dataset catalogue")
@@ -101,7 +101,7 @@ with overview:
     left.markdown(
         f"- **type** {dataset.get('type', '')}\n- **owner** {dataset.get('owner', '')} "
         f"({dataset.get('ownerGroup', '')})\n- **created** {dataset.get('creationTime', '')}\n"
-        f"- **path** `{catalogue.job_input(dataset)}`\n"
+        f"- **path** `{dataset_path(dataset)}`\n"
         + (f"- **computed from** {', '.join(dataset['inputDatasets'])}\n" if dataset.get("inputDatasets") else "")
         + (f"- **keywords** {', '.join(dataset.get('keywords') or [])}" if dataset.get("keywords") else ""))
     depth = catalogue.slice_count(dataset)
@@ -129,6 +129,6 @@ parameter = use[1].selectbox("as", catalogue.input_parameters(templates[template
                              format_func=lambda p: templates[template_name].parameters[p].label or p)
 if use[2].button("Open the composer", type="primary", key="catalogue_use"):
     st.session_state["composer_prefill"] = {"template": template_name,
-                                            "values": {parameter: catalogue.job_input(dataset)},
+                                            "values": {parameter: dataset_path(dataset)},
                                             "source": f"{names[pid]} ({pid})"}
     st.switch_page("views/composer.py")

@@ -22,7 +22,7 @@ import socket
 from typing import Any
 
 from .base import Catalogue, IngestResult
-from .extract import CONTENT_KEY, PATH_KEY, DatasetRecord, dataset_path, extract_dataset
+from .extract import CONTENT_KEY, PATH_KEY, DatasetRecord, dataset_path, extract_dataset, metadata_value
 from .formats import FORMATS, VolumeInfo, detect_format, read_volume_info
 from .query import SORT_FIELDS, Condition, Query, SearchPage, parse_condition, parse_time
 from .scicat import SciCatCatalogue
@@ -33,7 +33,7 @@ from .units import KNOWN_UNITS, to_si
 __all__ = [
     "CONTENT_KEY", "FORMATS", "KNOWN_UNITS", "PATH_KEY", "SORT_FIELDS", "Catalogue", "Condition",
     "DatasetRecord", "IngestResult", "Query", "SQLiteCatalogue", "SciCatCatalogue", "SearchPage",
-    "VolumeInfo", "dataset_path", "detect_format", "extract_dataset", "identity_from_config",
+    "VolumeInfo", "dataset_path", "detect_format", "extract_dataset", "identity_from_config", "metadata_value",
     "open_catalogue", "parse_condition", "parse_time", "read_volume_info", "thumbnail_slice", "to_si",
 ]
 

@@ -194,15 +194,28 @@ def extract_dataset(
 
 
 def dataset_path(dataset: dict) -> str:
-    """The file or folder a catalogue dataset was ingested from (what jobs run on).
+    """What a job reads a catalogue dataset from: its file or folder, ``file.h5::/array`` for HDF5.
 
     Falls back to ``sourceFolder`` for datasets catalogued by other tools.
     """
-    metadata = dataset.get("scientificMetadata") or {}
-    item = metadata.get(PATH_KEY)
-    if isinstance(item, dict) and item.get("value"):
-        return str(item["value"])
-    return str(dataset["sourceFolder"])
+    path = metadata_value(dataset, PATH_KEY)
+    path = str(path) if path else str(dataset["sourceFolder"])
+    array = metadata_value(dataset, "hdf5", "volume_dataset")
+    return f"{path}::{array}" if array else path
+
+
+def metadata_value(dataset: dict, *keys: str) -> Any:
+    """The value of a (nested) scientific-metadata entry, or None if it is missing.
+
+    ``metadata_value(dataset, "hdf5", "volume_dataset")`` reads
+    ``scientificMetadata["hdf5"]["volume_dataset"]["value"]``.
+    """
+    node: Any = dataset.get("scientificMetadata") or {}
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node.get("value") if isinstance(node, dict) else None
 
 
 def _unique(items: Sequence[str]) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 
@@ -46,12 +45,9 @@ def thumbnail_slice(
     """
     from ..io import open_volume
 
-    dataset = None
     if isinstance(source, dict):
-        metadata = source.get("scientificMetadata") or {}
-        dataset = _nested_value(metadata, ("hdf5", "volume_dataset"))
         source = dataset_path(source)
-    volume = open_volume(source, dataset)
+    volume = open_volume(source)
     data = volume.data
     if data.ndim == 3:
         depth = data.shape[0]
@@ -69,12 +65,3 @@ def thumbnail_slice(
         high = low + 1.0
     scaled = np.clip((np.nan_to_num(image, nan=low) - low) / (high - low), 0.0, 1.0)
     return np.round(scaled * 255).astype(np.uint8)
-
-
-def _nested_value(metadata: dict, keys: tuple[str, ...]) -> Any:
-    node: Any = metadata
-    for key in keys:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node.get("value") if isinstance(node, dict) else None

@@ -299,7 +299,6 @@ class ProbabilitySlab:
             Diagonal axes: which voxels belong to units ``[u0, u1)`` (only those may
             vote); None for orthogonal axes (all do).
         """
-        import torch
         import torch.nn.functional as F
 
         grid, axis = self.grid, self.grid.axis
