@@ -258,3 +258,21 @@ def test_volume_source_reads_chunked_arrays_box_by_box(tmp_path):
     for region in [(slice(5, 29), slice(2, 19), slice(0, 10)), (slice(0, 30), slice(0, 20), slice(3, 4)), (slice(13, 14), slice(0, 20), slice(1, 9))]:
         np.testing.assert_array_equal(chunked.read(region), in_memory.read(region))
         np.testing.assert_array_equal(chunked.read(region)[0], volume[region])
+
+
+def test_pack_votes_matches_a_plain_numpy_reference():
+    rng = np.random.default_rng(3)
+    p = rng.random((4, 6, 7, 8), dtype=np.float32)
+    p /= p.sum(0)
+    p[:, 0, 0, 0] = [0.25, 0.25, 0.25, 0.25]  # a tie: the lowest class gets the vote, as argmax
+    owned = rng.random((6, 7, 8)) > 0.3
+    expected = np.rint(p * np.float32(PROBABILITY_SCALE)).astype(np.uint32)
+    expected += (np.arange(4)[:, None, None, None] == p.argmax(0)).astype(np.uint32) * np.uint32(2**28)
+    strided = np.moveaxis(np.ascontiguousarray(np.moveaxis(p, 1, 0)), 0, 1)  # same values, other strides
+    np.testing.assert_array_equal(pack_votes(strided), expected)
+    np.testing.assert_array_equal(pack_votes(p, owned), expected * owned)
+    target = np.full((4, 10, 7, 8), 5, np.uint32)
+    pack_votes(p, owned, out=target[:, 2:8], accumulate=True)
+    np.testing.assert_array_equal(target[:, 2:8], expected * owned + 5)
+    assert (target[:, :2] == 5).all() and (target[:, 8:] == 5).all()
+    np.testing.assert_array_equal(pack_votes(p[:, 0]), expected[:, 0])  # other ranks too

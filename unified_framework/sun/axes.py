@@ -273,16 +273,21 @@ class ProbabilitySlab:
     grid : AxisGrid
     u0, u1 : int
         The units these slices serve.
+    rows_first : bool
+        Diagonal axes only: ``probabilities`` is already ``(rows, classes, k, cols)``
+        and contiguous (as :func:`diagonal_layout` fills it), which saves a copy.
     """
 
-    def __init__(self, probabilities: np.ndarray, grid: AxisGrid, u0: int, u1: int) -> None:
+    def __init__(self, probabilities: np.ndarray, grid: AxisGrid, u0: int, u1: int, rows_first: bool = False) -> None:
         import torch
 
         self.grid, self.u0, self.u1 = grid, u0, u1
-        self.slices = probabilities.shape[0]
-        if grid.axis.diagonal:
+        self.slices = probabilities.shape[2 if rows_first else 0]
+        if rows_first:
+            self._batch = torch.from_numpy(probabilities)
+        elif grid.axis.diagonal:
             # (rows = principal axis, classes, slices, cols): one 2D image per principal position.
-            self._batch = torch.from_numpy(probabilities).permute(2, 1, 0, 3).contiguous()
+            self._batch = diagonal_layout(probabilities)
         else:
             self._batch = torch.from_numpy(probabilities)
 
@@ -320,6 +325,22 @@ class ProbabilitySlab:
         values = F.grid_sample(batch, grid_xy.expand(batch.shape[0], -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=True)
         values = np.moveaxis(values.numpy().transpose(1, 0, 2, 3), (1, 2, 3), (1 + p, 1 + a, 1 + b))  # (C, z, y, x) order
         return values, np.broadcast_to(np.expand_dims(owned, p), values.shape[1:])
+
+
+def diagonal_layout(probabilities: np.ndarray, out: np.ndarray | None = None):
+    """Rearrange ``(k, classes, rows, cols)`` slice probabilities to ``(rows, classes, k, cols)``.
+
+    Along a diagonal axis each row is one position along the principal axis, and the
+    resampling reads one 2D image (slices x cols) per row. ``out`` takes the result in
+    place (any ``(rows, classes, k', cols)`` view, e.g. part of a group's buffer).
+    Returns a torch tensor.
+    """
+    import torch
+
+    source = torch.from_numpy(probabilities).permute(2, 1, 0, 3)
+    if out is None:
+        return source.contiguous()
+    return torch.from_numpy(out).copy_(source)
 
 
 def _normalised_grid(x: np.ndarray, y: np.ndarray, width: int, height: int):

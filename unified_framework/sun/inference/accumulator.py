@@ -16,8 +16,10 @@ killed half-way through adding a unit can simply run that unit again.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import os
 import re
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -33,7 +35,12 @@ Region = tuple[slice, slice, slice]
 _CHUNK_KEY = re.compile(r"\d+(\.\d+){3}")
 
 
-def pack_votes(probabilities: np.ndarray, owned: np.ndarray | None = None) -> np.ndarray:
+def pack_votes(
+    probabilities: np.ndarray,
+    owned: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+    accumulate: bool = False,
+) -> np.ndarray:
     """Fixed-point probabilities plus one vote for the most probable class.
 
     Parameters
@@ -41,28 +48,78 @@ def pack_votes(probabilities: np.ndarray, owned: np.ndarray | None = None) -> np
     probabilities : numpy.ndarray
         ``(classes, ...)`` float32 in [0, 1] (any strides).
     owned : numpy.ndarray of bool, optional
-        Voxels that take part; the others get zeros.
+        Voxels that take part; the others get zeros (add nothing).
+    out : numpy.ndarray of uint32, optional
+        Where to write the result (any strides), e.g. a region of an accumulator.
+    accumulate : bool
+        Add to ``out`` instead of overwriting it.
 
     Returns
     -------
     numpy.ndarray of uint32
-        Same shape as ``probabilities``.
+        ``out``, or a new array of the shape of ``probabilities``.
     """
-    scaled = np.multiply(probabilities, np.float32(PROBABILITY_SCALE))
-    packed = np.rint(scaled, out=scaled).astype(np.uint32)
-    # argmax over the few classes in elementwise steps (np.argmax along a short first
-    # axis is slow); strict ">" keeps the lowest class on ties, as argmax does.
-    best = probabilities[0]
-    winner = np.zeros(probabilities.shape[1:], dtype=np.uint8)
-    for c in range(1, probabilities.shape[0]):
-        better = probabilities[c] > best
-        best = np.where(better, probabilities[c], best)
-        winner[better] = c
-    for c in range(probabilities.shape[0]):
-        packed[c] += (winner == c).astype(np.uint32) * np.uint32(VOTE_UNIT)
-    if owned is not None:
-        np.multiply(packed, owned, out=packed)
-    return packed
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    if out is None:
+        out, accumulate = np.empty(probabilities.shape, np.uint32), False
+    if probabilities.ndim == 4:
+        _pack_kernel()(probabilities, owned, out, accumulate)
+        return out
+    # Other ranks (2-D images, tests): through a 4-D view of a contiguous copy.
+    classes = probabilities.shape[0]
+    flat = np.ascontiguousarray(out).reshape(classes, 1, 1, -1)
+    mask = None if owned is None else np.ascontiguousarray(np.broadcast_to(owned, out.shape[1:])).reshape(1, 1, -1)
+    _pack_kernel()(np.ascontiguousarray(probabilities).reshape(classes, 1, 1, -1), mask, flat, accumulate)
+    out[...] = flat.reshape(out.shape)
+    return out
+
+
+@functools.cache
+def _pack_kernel():
+    """The compiled kernel of :func:`pack_votes`: one pass over the voxels, in parallel.
+
+    numba, not numpy: numpy needs a dozen passes with temporaries over strided views
+    (argmax, rounding, the vote, the owned mask, the add), which cost more than the 2D
+    network itself on a CPU. Compiled once per machine (cached next to this file, or in
+    the user's cache when that is read-only). It uses as many threads as torch, within
+    the CPUs this process may run on (a SLURM job's allocation, not the whole node).
+    """
+    import numba
+    import torch
+    from numba import njit, prange
+
+    scale, vote = np.float32(PROBABILITY_SCALE), np.uint32(VOTE_UNIT)
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def kernel(probabilities, owned, out, accumulate):  # pragma: no cover - compiled
+        classes, depth, rows, cols = probabilities.shape
+        for z in prange(depth):
+            for y in range(rows):
+                for x in range(cols):
+                    if owned is not None and not owned[z, y, x]:
+                        if not accumulate:
+                            for c in range(classes):
+                                out[c, z, y, x] = 0
+                        continue
+                    best = 0  # strict ">" keeps the lowest class on ties, as argmax does
+                    for c in range(1, classes):
+                        if probabilities[c, z, y, x] > probabilities[best, z, y, x]:
+                            best = c
+                    for c in range(classes):
+                        value = np.uint32(np.rint(probabilities[c, z, y, x] * scale))
+                        if c == best:
+                            value += vote
+                        if accumulate:
+                            out[c, z, y, x] += value
+                        else:
+                            out[c, z, y, x] = value
+
+    def run(probabilities, owned, out, accumulate):
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        numba.set_num_threads(max(1, min(usable, torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        kernel(probabilities, owned, out, accumulate)
+
+    return run
 
 
 def fuse(accumulated: np.ndarray, n_axes: int) -> dict[str, np.ndarray]:
@@ -135,6 +192,10 @@ class MemoryAccumulator:
         """Add ``packed`` (``(classes, *region)`` uint32) to ``region``."""
         self.array[(slice(None), *region)] += packed
 
+    def add_votes(self, unit: int, region: Region, probabilities: np.ndarray, owned: np.ndarray | None = None) -> None:
+        """Add the votes of ``probabilities`` (``(classes, *region)``) to ``region``, packing in place."""
+        pack_votes(probabilities, owned, out=self.array[(slice(None), *region)], accumulate=True)
+
     def read(self, region: Region) -> np.ndarray:
         """The accumulated ``(classes, *region)`` block."""
         return self.array[(slice(None), *region)]
@@ -184,11 +245,19 @@ class ZarrAccumulator:
 
     def add(self, unit: int, region: Region, packed: np.ndarray) -> None:
         """Add ``packed`` to ``region`` (one chunk) unless work unit ``unit`` is in it already."""
+        self._update(unit, region, lambda votes: np.add(votes, packed, out=votes))
+
+    def add_votes(self, unit: int, region: Region, probabilities: np.ndarray, owned: np.ndarray | None = None) -> None:
+        """Add the votes of ``probabilities`` to ``region`` (one chunk), as :meth:`add` does."""
+        self._update(unit, region, lambda votes: pack_votes(probabilities, owned, out=votes, accumulate=True))
+
+    def _update(self, unit: int, region: Region, add_to) -> None:
+        """Read the chunk, let ``add_to`` add to its votes, mark ``unit`` done, write it back whole."""
         key = (slice(None), *region)
         block = self.array[key]
         if block[self.num_classes].flat[0] > unit:
             return
-        block[: self.num_classes] += packed
+        add_to(block[: self.num_classes])
         block[self.num_classes] = unit + 1
         self.array[key] = block
 

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ...errors import InputError
-from ..axes import AxisGrid, ProbabilitySlab, axis_grid, parse_axes, sample_slices
+from ..axes import AxisGrid, ProbabilitySlab, axis_grid, diagonal_layout, parse_axes, sample_slices
 from ..model_package import SunModel
 from .accumulator import DEFAULT_CHUNK, MAX_AXES, MemoryAccumulator, chunk_regions, fuse, pack_votes
 
@@ -233,8 +233,8 @@ def vote_unit(
     batch = predictor.batch_size(rows, cols)
     classes = predictor.model.config.num_classes
     within = [slice(0, n) for n in grid.shape]
-    if grid.axis.diagonal:
-        probabilities = np.empty((s1 - s0, classes, rows, cols), np.float32)
+    if grid.axis.diagonal:  # kept as the resampling reads it (see diagonal_layout)
+        probabilities = np.empty((rows, classes, s1 - s0, cols), np.float32)
     else:
         within[grid.axis.principal] = slice(u0, u1)
         packed = np.empty((classes, *(w.stop - w.start for w in within)), np.uint32)
@@ -246,24 +246,24 @@ def vote_unit(
         batch_probabilities = predictor(images, stats)
         started = time.perf_counter()
         if grid.axis.diagonal:
-            probabilities[b0 - s0 : b1 - s0] = batch_probabilities
+            diagonal_layout(batch_probabilities, out=probabilities[:, :, b0 - s0 : b1 - s0])
         else:
             part = list(within)
             part[grid.axis.principal] = slice(b0, b1)
             values, _ = ProbabilitySlab(batch_probabilities, grid, b0, b1).on_voxels(part)
             local = [slice(None)] * 4
             local[1 + grid.axis.principal] = slice(b0 - u0, b1 - u0)
-            packed[tuple(local)] = pack_votes(values)
+            pack_votes(values, out=packed[tuple(local)])
         stats.fusion_seconds += time.perf_counter() - started
     started = time.perf_counter()
-    slab = ProbabilitySlab(probabilities, grid, u0, u1) if grid.axis.diagonal else None
+    slab = ProbabilitySlab(probabilities, grid, u0, u1, rows_first=True) if grid.axis.diagonal else None
     for tile in chunk_regions(grid.shape, accumulator.chunks, within):
         tile = tuple(slice(max(t.start, w.start), min(t.stop, w.stop)) for t, w in zip(tile, within))
         if slab is not None:
             lo, hi = grid.unit_range(tile)
             if hi <= u0 or lo >= u1:
                 continue
-            accumulator.add(unit_number, tile, pack_votes(*slab.on_voxels(tile)))
+            accumulator.add_votes(unit_number, tile, *slab.on_voxels(tile))
         else:
             local = (slice(None), *(slice(t.start - w.start, t.stop - w.start) for t, w in zip(tile, within)))
             accumulator.add(unit_number, tile, packed[local])
