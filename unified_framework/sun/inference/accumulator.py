@@ -182,6 +182,9 @@ class MemoryAccumulator:
         Tile size in which work is added (bounds temporary memory).
     """
 
+    #: Votes may be added in any pieces as they come: nothing is resumed from memory.
+    incremental = True
+
     def __init__(self, shape: Sequence[int], num_classes: int, chunks: Sequence[int] = (DEFAULT_CHUNK,) * 3) -> None:
         self.shape = tuple(int(n) for n in shape)
         self.num_classes = num_classes
@@ -214,6 +217,9 @@ class ZarrAccumulator:
     chunks : tuple of 3 int
         Spatial chunk shape; every chunk file holds all channels of its box.
     """
+
+    #: A work unit is added chunk by chunk, each chunk whole (what makes a re-run safe).
+    incremental = False
 
     def __init__(self, path: str | Path, shape: Sequence[int], num_classes: int, chunks: Sequence[int] = (DEFAULT_CHUNK,) * 3) -> None:
         import zarr

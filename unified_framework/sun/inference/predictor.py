@@ -223,8 +223,9 @@ def vote_unit(
     """Predict the slices of units ``[u0, u1)`` of one axis and add their votes.
 
     Slices go through the network one batch at a time. Orthogonal axes turn each batch
-    into packed votes at once; diagonal axes keep the group's probabilities until they
-    are interpolated onto the voxels. Votes are added chunk by chunk of
+    into packed votes at once (straight into an incremental accumulator, else into a
+    staging buffer); diagonal axes keep the group's probabilities until they are
+    interpolated onto the voxels. Votes are added chunk by chunk of
     ``accumulator`` as work unit ``unit_number`` (see
     :class:`~unified_framework.sun.inference.accumulator.ZarrAccumulator`).
     """
@@ -237,7 +238,8 @@ def vote_unit(
         probabilities = np.empty((rows, classes, s1 - s0, cols), np.float32)
     else:
         within[grid.axis.principal] = slice(u0, u1)
-        packed = np.empty((classes, *(w.stop - w.start for w in within)), np.uint32)
+        if not accumulator.incremental:  # staged, then added chunk by chunk as one unit
+            packed = np.empty((classes, *(w.stop - w.start for w in within)), np.uint32)
     for b0 in range(s0, s1, batch):
         b1 = min(b0 + batch, s1)
         started = time.perf_counter()
@@ -251,13 +253,17 @@ def vote_unit(
             part = list(within)
             part[grid.axis.principal] = slice(b0, b1)
             values, _ = ProbabilitySlab(batch_probabilities, grid, b0, b1).on_voxels(part)
-            local = [slice(None)] * 4
-            local[1 + grid.axis.principal] = slice(b0 - u0, b1 - u0)
-            pack_votes(values, out=packed[tuple(local)])
+            if accumulator.incremental:
+                accumulator.add_votes(unit_number, tuple(part), values)
+            else:
+                local = [slice(None)] * 4
+                local[1 + grid.axis.principal] = slice(b0 - u0, b1 - u0)
+                pack_votes(values, out=packed[tuple(local)])
         stats.fusion_seconds += time.perf_counter() - started
     started = time.perf_counter()
     slab = ProbabilitySlab(probabilities, grid, u0, u1, rows_first=True) if grid.axis.diagonal else None
-    for tile in chunk_regions(grid.shape, accumulator.chunks, within):
+    tiles = [] if slab is None and accumulator.incremental else chunk_regions(grid.shape, accumulator.chunks, within)
+    for tile in tiles:
         tile = tuple(slice(max(t.start, w.start), min(t.stop, w.stop)) for t, w in zip(tile, within))
         if slab is not None:
             lo, hi = grid.unit_range(tile)
