@@ -191,23 +191,24 @@ def test_interrupted_run_resumes_bit_identically(trained, volume_file, reference
     _assert_identical(outputs, reference_run)
 
 
-def test_kill_while_adding_votes_resumes_bit_identically(trained, volume_file, reference_run, tmp_path, monkeypatch):
-    """Fault injection: the process dies after some chunks of a unit were added."""
+def test_kill_while_writing_chunks_resumes_bit_identically(trained, volume_file, reference_run, tmp_path, monkeypatch):
+    """Fault injection: the process dies after some chunks of a checkpoint were written."""
     outputs = _outputs(tmp_path, "faulty")
     kwargs = RUN
-    original = ZarrAccumulator.add
+    original = ZarrAccumulator._write  # writes one chunk file
     calls = {"n": 0}
 
-    def dying_add(self, unit, region, packed):
+    def dying_write(self, index, block):
         calls["n"] += 1
-        if calls["n"] == 23:
+        if calls["n"] == 40:
             raise KeyboardInterrupt("simulated kill")
-        return original(self, unit, region, packed)
+        return original(self, index, block)
 
-    monkeypatch.setattr(ZarrAccumulator, "add", dying_add)
+    monkeypatch.setattr(ZarrAccumulator, "_write", dying_write)
     with pytest.raises(KeyboardInterrupt):
         predict_to_files([volume_file], trained.model_path, outputs, **kwargs)
-    monkeypatch.setattr(ZarrAccumulator, "add", original)
+    assert calls["n"] == 40
+    monkeypatch.setattr(ZarrAccumulator, "_write", original)
     assert predict_to_files([volume_file], trained.model_path, outputs, **kwargs)["complete"]
     _assert_identical(outputs, reference_run)
 

@@ -96,7 +96,7 @@ def _register_predict(actions) -> None:
     which = predict.add_mutually_exclusive_group()
     which.add_argument("--piece", metavar="AXIS[:SLAB]", help="run only this piece into the work directory")
     which.add_argument("--piece-index", type=int, metavar="I", help="run only piece I of 'mdlma sun plan' (SLURM array index)")
-    predict.add_argument("--memory", type=int, default=512, metavar="MB", help="working memory for slices and activations (default 512)")
+    predict.add_argument("--memory", type=int, default=512, metavar="MB", help="memory budget: half for activations, slices and reading, half caching accumulator chunks (default 512)")
     predict.add_argument("--chunks", type=int, nargs=3, default=[64, 64, 64], metavar=("Z", "Y", "X"), help="accumulator chunk shape (default 64 64 64)")
     predict.add_argument("--max-groups", type=int, metavar="N", help="stop after N slice groups; run again to continue (time-sliced jobs)")
     _common_runtime(predict)

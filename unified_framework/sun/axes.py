@@ -279,19 +279,15 @@ class ProbabilitySlab:
     """
 
     def __init__(self, probabilities: np.ndarray, grid: AxisGrid, u0: int, u1: int, rows_first: bool = False) -> None:
-        import torch
-
         self.grid, self.u0, self.u1 = grid, u0, u1
         self.slices = probabilities.shape[2 if rows_first else 0]
-        if rows_first:
-            self._batch = torch.from_numpy(probabilities)
-        elif grid.axis.diagonal:
+        if grid.axis.diagonal and not rows_first:
             # (rows = principal axis, classes, slices, cols): one 2D image per principal position.
-            self._batch = diagonal_layout(probabilities)
-        else:
-            self._batch = torch.from_numpy(probabilities)
+            probabilities = diagonal_layout(probabilities)
+        self.probabilities = probabilities
+        self.num_classes = probabilities.shape[1]
 
-    def on_voxels(self, region: Sequence[slice]):
+    def on_voxels(self, region: Sequence[slice]) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities on the voxels of ``region`` (a box of 3 slices).
 
         For orthogonal axes ``region`` must lie within units ``[u0, u1)``.
@@ -299,48 +295,61 @@ class ProbabilitySlab:
         Returns
         -------
         values : numpy.ndarray
-            ``(classes, *region_shape)`` float32 (a view, possibly non-contiguous).
+            ``(classes, *region_shape)`` float32 (orthogonal axes: a view, possibly
+            non-contiguous).
         owned : numpy.ndarray of bool or None
             Diagonal axes: which voxels belong to units ``[u0, u1)`` (only those may
             vote); None for orthogonal axes (all do).
         """
-        import torch.nn.functional as F
+        from .votes import diagonal_values
 
-        grid, axis = self.grid, self.grid.axis
+        axis = self.grid.axis
         if not axis.diagonal:
             rows, cols = axis.plane
             r = region[axis.principal]
-            block = self._batch[r.start - self.u0 : r.stop - self.u0, :, region[rows], region[cols]]  # (k, C, rows, cols)
-            return np.moveaxis(block.numpy(), 0, 1 + axis.principal), None
-        p, (a, b), s = axis.principal, axis.plane, axis.sign
-        ia = np.arange(region[a].start, region[a].stop, dtype=np.float64)[:, None]
-        ib = np.arange(region[b].start, region[b].stop, dtype=np.float64)[None, :]
-        w = (ia + s * ib) * SQRT_HALF - grid.w0  # position across slices, in slice units
-        t = (ia - s * ib) * SQRT_HALF - grid.t0
-        unit = np.clip(np.floor(w), 0, grid.n_units - 1)
-        owned = (unit >= self.u0) & (unit < self.u1)
-        # Within the slab the row (slice) coordinate is w - u0; grid_sample reads rows and columns.
-        grid_xy = _normalised_grid(t, np.clip(w - self.u0, 0, self.slices - 1), grid.slice_shape[1], self.slices)
-        batch = self._batch[region[p]]  # (n_p', C, k, n_t)
-        values = F.grid_sample(batch, grid_xy.expand(batch.shape[0], -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=True)
-        values = np.moveaxis(values.numpy().transpose(1, 0, 2, 3), (1, 2, 3), (1 + p, 1 + a, 1 + b))  # (C, z, y, x) order
-        return values, np.broadcast_to(np.expand_dims(owned, p), values.shape[1:])
+            block = self.probabilities[r.start - self.u0 : r.stop - self.u0, :, region[rows], region[cols]]  # (k, C, rows, cols)
+            return np.moveaxis(block, 0, 1 + axis.principal), None
+        shape = tuple(r.stop - r.start for r in region)
+        values = np.empty((self.num_classes, *shape), np.float32)
+        p, (a, b) = axis.principal, axis.plane
+        owned = np.empty((shape[a], shape[b]), bool)
+        diagonal_values(self.probabilities, self._geometry(), (region[p], region[a], region[b]), values.transpose(0, 1 + p, 1 + a, 1 + b), owned)
+        return values, np.broadcast_to(np.expand_dims(owned, p), shape)
+
+    def add_votes(self, region: Sequence[slice], out: np.ndarray, accumulate: bool = True) -> None:
+        """Encode the votes of this slab for ``region`` into ``out`` (see :mod:`.votes`).
+
+        ``out`` is the ``(channels, *region_shape)`` uint16 block of an accumulator (any
+        strides). Voxels of ``region`` outside units ``[u0, u1)`` add nothing.
+        """
+        from .votes import diagonal_votes, pack_votes
+
+        axis = self.grid.axis
+        if not axis.diagonal:
+            pack_votes(self.on_voxels(region)[0], out=out, accumulate=accumulate)
+            return
+        p, (a, b) = axis.principal, axis.plane
+        diagonal_votes(self.probabilities, self._geometry(), (region[p], region[a], region[b]), out.transpose(0, 1 + p, 1 + a, 1 + b), accumulate)
+
+    def _geometry(self) -> tuple:
+        grid = self.grid
+        return (grid.axis.sign, float(grid.w0), float(grid.t0), grid.n_units, self.u0, self.u1)
 
 
-def diagonal_layout(probabilities: np.ndarray, out: np.ndarray | None = None):
+def diagonal_layout(probabilities: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Rearrange ``(k, classes, rows, cols)`` slice probabilities to ``(rows, classes, k, cols)``.
 
     Along a diagonal axis each row is one position along the principal axis, and the
     resampling reads one 2D image (slices x cols) per row. ``out`` takes the result in
     place (any ``(rows, classes, k', cols)`` view, e.g. part of a group's buffer).
-    Returns a torch tensor.
     """
     import torch
 
     source = torch.from_numpy(probabilities).permute(2, 1, 0, 3)
     if out is None:
-        return source.contiguous()
-    return torch.from_numpy(out).copy_(source)
+        return source.contiguous().numpy()
+    torch.from_numpy(out).copy_(source)  # torch copies a permuted tensor with several threads
+    return out
 
 
 def _normalised_grid(x: np.ndarray, y: np.ndarray, width: int, height: int):

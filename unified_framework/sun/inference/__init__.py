@@ -1,6 +1,7 @@
 """Multi-axis prediction of SUN: in memory, or resumable and splittable via a work directory."""
 
-from .accumulator import MemoryAccumulator, ZarrAccumulator, fuse, pack_votes
+from ..votes import pack_votes
+from .accumulator import MemoryAccumulator, ZarrAccumulator, fuse
 from .predictor import RunStats, SlicePredictor, SunPrediction, VolumeSource, predict_volume
 from .workdir import Outputs, Plan, WorkDir, make_plan, merge_to_files, predict_to_files
 

@@ -1,163 +1,84 @@
 """The one running accumulator of SUN's soft voting, in memory or in a chunked Zarr store.
 
-Layout: a ``uint32`` array ``(classes, z, y, x)``. For every axis each voxel adds, per
-class ``c``, its probability in fixed point, ``round(p_c * 2**24)``, plus ``2**28`` if
-``c`` is that axis' most probable class. The low 28 bits therefore hold the summed
-probabilities and the high 4 bits the number of axes that voted for ``c`` (up to 15
-axes). Integer sums do not depend on the order of addition, so any split of the
-work (pieces, SLURM array tasks, a resumed run) gives a bit-identical result; the
-fixed point resolution (6e-8) is far below float16, the precision of the outputs.
+Layout: a ``uint16`` array ``(channels, z, y, x)`` holding the sums of every axis'
+encoded votes (:mod:`unified_framework.sun.votes`: fixed-point probabilities of all
+classes but the last, and 4-bit counts of the axes that voted for each class). For up
+to five classes that is two bytes per class and voxel, the size of the fused float16
+probabilities, which :func:`predict_volume` writes over it. Integer sums do not
+depend on the order of addition, so any split of the work (pieces, SLURM array tasks,
+a resumed run) gives a bit-identical result.
 
-The Zarr accumulator has one more channel, ``classes``: for every chunk the number of
-the last work unit added to it (plus one). A chunk is read, added to and written back
-as one file, and a unit is added only to chunks whose counter is lower, so a run
-killed half-way through adding a unit can simply run that unit again.
+The Zarr accumulator has one more channel: for every voxel the number of the last
+work unit added to it (plus one). Chunks are written back as whole files, and a unit
+is added only where the counter is lower, so a run killed at any point can simply run
+the units after its last checkpoint again.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import math
-import os
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-PROBABILITY_SCALE = 2**24
-VOTE_UNIT = 2**28
-MAX_AXES = 15
+from ..votes import accumulator_channels, run_kernel
+
 DEFAULT_CHUNK = 64
+#: Work units per Zarr accumulator: the chunk counter is a uint16 like the votes.
+MAX_UNITS = 2**16 - 1
 
 Region = tuple[slice, slice, slice]
 _CHUNK_KEY = re.compile(r"\d+(\.\d+){3}")
 
 
-def pack_votes(
-    probabilities: np.ndarray,
-    owned: np.ndarray | None = None,
-    out: np.ndarray | None = None,
-    accumulate: bool = False,
-) -> np.ndarray:
-    """Fixed-point probabilities plus one vote for the most probable class.
-
-    Parameters
-    ----------
-    probabilities : numpy.ndarray
-        ``(classes, ...)`` float32 in [0, 1] (any strides).
-    owned : numpy.ndarray of bool, optional
-        Voxels that take part; the others get zeros (add nothing).
-    out : numpy.ndarray of uint32, optional
-        Where to write the result (any strides), e.g. a region of an accumulator.
-    accumulate : bool
-        Add to ``out`` instead of overwriting it.
-
-    Returns
-    -------
-    numpy.ndarray of uint32
-        ``out``, or a new array of the shape of ``probabilities``.
-    """
-    probabilities = np.asarray(probabilities, dtype=np.float32)
-    if out is None:
-        out, accumulate = np.empty(probabilities.shape, np.uint32), False
-    if probabilities.ndim == 4:
-        _pack_kernel()(probabilities, owned, out, accumulate)
-        return out
-    # Other ranks (2-D images, tests): through a 4-D view of a contiguous copy.
-    classes = probabilities.shape[0]
-    flat = np.ascontiguousarray(out).reshape(classes, 1, 1, -1)
-    mask = None if owned is None else np.ascontiguousarray(np.broadcast_to(owned, out.shape[1:])).reshape(1, 1, -1)
-    _pack_kernel()(np.ascontiguousarray(probabilities).reshape(classes, 1, 1, -1), mask, flat, accumulate)
-    out[...] = flat.reshape(out.shape)
-    return out
-
-
-@functools.cache
-def _pack_kernel():
-    """The compiled kernel of :func:`pack_votes`: one pass over the voxels, in parallel.
-
-    numba, not numpy: numpy needs a dozen passes with temporaries over strided views
-    (argmax, rounding, the vote, the owned mask, the add), which cost more than the 2D
-    network itself on a CPU. Compiled once per machine (cached next to this file, or in
-    the user's cache when that is read-only). It uses as many threads as torch, within
-    the CPUs this process may run on (a SLURM job's allocation, not the whole node).
-    """
-    import numba
-    import torch
-    from numba import njit, prange
-
-    scale, vote = np.float32(PROBABILITY_SCALE), np.uint32(VOTE_UNIT)
-
-    @njit(parallel=True, cache=True, nogil=True)
-    def kernel(probabilities, owned, out, accumulate):  # pragma: no cover - compiled
-        classes, depth, rows, cols = probabilities.shape
-        for z in prange(depth):
-            for y in range(rows):
-                for x in range(cols):
-                    if owned is not None and not owned[z, y, x]:
-                        if not accumulate:
-                            for c in range(classes):
-                                out[c, z, y, x] = 0
-                        continue
-                    best = 0  # strict ">" keeps the lowest class on ties, as argmax does
-                    for c in range(1, classes):
-                        if probabilities[c, z, y, x] > probabilities[best, z, y, x]:
-                            best = c
-                    for c in range(classes):
-                        value = np.uint32(np.rint(probabilities[c, z, y, x] * scale))
-                        if c == best:
-                            value += vote
-                        if accumulate:
-                            out[c, z, y, x] += value
-                        else:
-                            out[c, z, y, x] = value
-
-    def run(probabilities, owned, out, accumulate):
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        numba.set_num_threads(max(1, min(usable, torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        kernel(probabilities, owned, out, accumulate)
-
-    return run
-
-
-def fuse(accumulated: np.ndarray, n_axes: int) -> dict[str, np.ndarray]:
+def fuse(accumulated: np.ndarray, n_axes: int, num_classes: int, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Labels and confidence measures from an accumulator block.
 
     Parameters
     ----------
-    accumulated : numpy.ndarray of uint32
-        ``(classes, ...)`` block of the accumulator after all axes have voted.
+    accumulated : numpy.ndarray of uint16
+        ``(channels, ...)`` block of the accumulator after all axes have voted.
     n_axes : int
         Number of axes that voted.
+    num_classes : int
+    out : dict of numpy.ndarray, optional
+        Where to write some of the results (keys as returned, e.g. regions of
+        full-size outputs). ``out["probabilities"]`` may share the memory of
+        ``accumulated`` (``accumulated.view(numpy.float16)`` when the encoding has one
+        channel per class): every voxel is read before it is written.
 
     Returns
     -------
     dict
         ``labels`` (uint8, argmax of the fused probabilities, ties to the lower
-        class), ``probabilities`` (float32 ``(classes, ...)``, summing to 1),
-        ``entropy`` (float32, entropy of the fused distribution divided by
-        ``log(classes)``, in [0, 1]) and ``disagreement`` (float32, fraction of axes
+        class), ``probabilities`` (float16 ``(classes, ...)``, summing to 1),
+        ``entropy`` (float16, entropy of the fused distribution divided by
+        ``log(classes)``, in [0, 1]) and ``disagreement`` (float16, fraction of axes
         whose own most probable class differs from the fused label).
     """
-    # float32 holds the sums to ~1e-7 relative, far below the float16 outputs' precision.
-    sums = (accumulated & np.uint32(VOTE_UNIT - 1)).astype(np.float32)
-    votes = accumulated >> np.uint32(28)
-    labels = sums.argmax(axis=0)
-    total = sums.sum(axis=0)
-    probabilities = sums / np.where(total > 0, total, 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        plogp = np.where(probabilities > 0, probabilities * np.log(probabilities), np.float32(0))
-    entropy = -plogp.sum(axis=0) / np.float32(math.log(accumulated.shape[0]))
-    agreeing = np.take_along_axis(votes, labels[None], axis=0)[0]
-    disagreement = 1 - agreeing.astype(np.float32) / np.float32(n_axes)
-    return {
-        "labels": labels.astype(np.uint8),
-        "probabilities": probabilities.astype(np.float32),
-        "entropy": entropy.astype(np.float32),
-        "disagreement": disagreement.astype(np.float32),
-    }
+    if accumulated.shape[0] != accumulator_channels(num_classes):
+        raise ValueError(f"accumulator block of {accumulated.shape[0]} channels; {num_classes} classes need {accumulator_channels(num_classes)}")
+    shape = accumulated.shape[1:]
+    fused = {
+        "labels": np.empty(shape, np.uint8),
+        "probabilities": np.empty((num_classes, *shape), np.float16),
+        "entropy": np.empty(shape, np.float16),
+        "disagreement": np.empty(shape, np.float16),
+    } | (out or {})
+    bits = [fused[name].view(np.uint16) for name in ("probabilities", "entropy", "disagreement")]
+    run_kernel("fuse", accumulated, n_axes, _s_log_s(), fused["labels"], *bits)
+    return fused
+
+
+@functools.cache
+def _s_log_s() -> np.ndarray:
+    """``s log s`` for every possible sum ``s`` of the accumulator (0 log 0 = 0)."""
+    s = np.arange(2**16, dtype=np.float64)
+    return s * np.log(np.maximum(s, 1))
 
 
 def chunk_regions(shape: Sequence[int], chunks: Sequence[int], within: Sequence[slice] | None = None) -> Iterator[Region]:
@@ -182,30 +103,35 @@ class MemoryAccumulator:
         Tile size in which work is added (bounds temporary memory).
     """
 
-    #: Votes may be added in any pieces as they come: nothing is resumed from memory.
-    incremental = True
-
     def __init__(self, shape: Sequence[int], num_classes: int, chunks: Sequence[int] = (DEFAULT_CHUNK,) * 3) -> None:
         self.shape = tuple(int(n) for n in shape)
         self.num_classes = num_classes
         self.chunks = tuple(int(c) for c in chunks)
-        self.array = np.zeros((num_classes, *self.shape), dtype=np.uint32)
+        self.array = np.zeros((accumulator_channels(num_classes), *self.shape), dtype=np.uint16)
 
     def add(self, unit: int, region: Region, packed: np.ndarray) -> None:
-        """Add ``packed`` (``(classes, *region)`` uint32) to ``region``."""
+        """Add ``packed`` (encoded votes, ``(channels, *region)`` uint16) to ``region``."""
         self.array[(slice(None), *region)] += packed
 
-    def add_votes(self, unit: int, region: Region, probabilities: np.ndarray, owned: np.ndarray | None = None) -> None:
-        """Add the votes of ``probabilities`` (``(classes, *region)``) to ``region``, packing in place."""
-        pack_votes(probabilities, owned, out=self.array[(slice(None), *region)], accumulate=True)
+    def add_votes(self, unit: int, region: Region, slab) -> None:
+        """Add the votes of ``slab`` (a :class:`~unified_framework.sun.axes.ProbabilitySlab`) for ``region``."""
+        slab.add_votes(region, self.array[(slice(None), *region)])
 
     def read(self, region: Region) -> np.ndarray:
-        """The accumulated ``(classes, *region)`` block."""
+        """The accumulated ``(channels, *region)`` block."""
         return self.array[(slice(None), *region)]
 
 
 class ZarrAccumulator:
     """Accumulator in a chunked Zarr store on disk, safe to resume after a kill.
+
+    Chunks are kept in memory after they are read (up to ``cache_bytes``, least
+    recently used first out) and written back when they leave the cache or at
+    :meth:`flush`: a sweep along an axis then writes each chunk about once instead of
+    once per group of slices touching it. Every write replaces one whole chunk file
+    (atomically), with the counter channel telling which units it holds, so a kill at
+    any point leaves a consistent store: units after the last :meth:`flush` are simply
+    run again, and chunks that already hold them skip them.
 
     Parameters
     ----------
@@ -216,23 +142,26 @@ class ZarrAccumulator:
     num_classes : int
     chunks : tuple of 3 int
         Spatial chunk shape; every chunk file holds all channels of its box.
+    cache_bytes : int
+        Memory for chunks kept between reads and writes (0: write after every update).
     """
 
-    #: A work unit is added chunk by chunk, each chunk whole (what makes a re-run safe).
-    incremental = False
-
-    def __init__(self, path: str | Path, shape: Sequence[int], num_classes: int, chunks: Sequence[int] = (DEFAULT_CHUNK,) * 3) -> None:
+    def __init__(self, path: str | Path, shape: Sequence[int], num_classes: int, chunks: Sequence[int] = (DEFAULT_CHUNK,) * 3, cache_bytes: int = 0) -> None:
         import zarr
 
         self.path = Path(path)
         self.shape = tuple(int(n) for n in shape)
         self.num_classes = num_classes
         self.chunks = tuple(int(c) for c in chunks)
-        full_shape = (num_classes + 1, *self.shape)
-        full_chunks = (num_classes + 1, *self.chunks)
+        self.channels = accumulator_channels(num_classes)
+        self.cache_bytes = int(cache_bytes)
+        self._cache: OrderedDict[tuple[int, ...], list] = OrderedDict()  # chunk index -> [block, dirty]
+        self._cached_bytes = 0
+        full_shape = (self.channels + 1, *self.shape)
+        full_chunks = (self.channels + 1, *self.chunks)
         if (self.path / ".zarray").exists():
             self.array = zarr.open_array(str(self.path), mode="r+")
-            if self.array.shape != full_shape or self.array.chunks != full_chunks or self.array.dtype != np.uint32:
+            if self.array.shape != full_shape or self.array.chunks != full_chunks or self.array.dtype != np.uint16:
                 raise ValueError(f"{self.path}: accumulator of another shape {self.array.shape} / chunks {self.array.chunks}")
         else:
             # DirectoryStore writes each chunk to a temporary file and renames it: chunks are atomic.
@@ -241,40 +170,78 @@ class ZarrAccumulator:
                 mode="w",
                 shape=full_shape,
                 chunks=full_chunks,
-                dtype=np.uint32,
+                dtype=np.uint16,
                 fill_value=0,
-                # Uncompressed: chunks are read and rewritten once per group touching them,
-                # and probability sums compress poorly; scratch space is cheaper than CPU.
+                # Uncompressed: probability sums compress poorly; scratch space is cheaper than CPU.
                 compressor=None,
                 write_empty_chunks=False,
             )
 
     def add(self, unit: int, region: Region, packed: np.ndarray) -> None:
-        """Add ``packed`` to ``region`` (one chunk) unless work unit ``unit`` is in it already."""
+        """Add ``packed`` to ``region`` (within one chunk) unless work unit ``unit`` is in it already."""
         self._update(unit, region, lambda votes: np.add(votes, packed, out=votes))
 
-    def add_votes(self, unit: int, region: Region, probabilities: np.ndarray, owned: np.ndarray | None = None) -> None:
-        """Add the votes of ``probabilities`` to ``region`` (one chunk), as :meth:`add` does."""
-        self._update(unit, region, lambda votes: pack_votes(probabilities, owned, out=votes, accumulate=True))
+    def add_votes(self, unit: int, region: Region, slab) -> None:
+        """Add the votes of ``slab`` (a :class:`~unified_framework.sun.axes.ProbabilitySlab`) to ``region`` (within one chunk), as :meth:`add` does."""
+        self._update(unit, region, lambda votes: slab.add_votes(region, votes))
 
     def _update(self, unit: int, region: Region, add_to) -> None:
-        """Read the chunk, let ``add_to`` add to its votes, mark ``unit`` done, write it back whole."""
-        key = (slice(None), *region)
-        block = self.array[key]
-        if block[self.num_classes].flat[0] > unit:
-            return
-        add_to(block[: self.num_classes])
-        block[self.num_classes] = unit + 1
-        self.array[key] = block
+        """Let ``add_to`` add to the votes of ``region`` and mark ``unit`` done there, unless it is already."""
+        if unit >= MAX_UNITS:
+            raise ValueError(f"{self.path}: work unit {unit}; at most {MAX_UNITS} fit the chunk counter")
+        index, local = self._locate(region)
+        entry = self._entry(index)
+        block = entry[0][(slice(None), *local)]
+        if block[self.channels].flat[0] <= unit:  # the counter of the first voxel stands for the region's
+            add_to(block[: self.channels])
+            block[self.channels] = unit + 1
+            entry[1] = True
+        while self._cached_bytes > self.cache_bytes and self._cache:
+            evicted, (old, dirty) = self._cache.popitem(last=False)
+            self._cached_bytes -= old.nbytes
+            if dirty:
+                self._write(evicted, old)
+
+    def flush(self) -> None:
+        """Write every changed chunk to the store (after which the units added so far are safe)."""
+        for index, entry in self._cache.items():
+            if entry[1]:
+                self._write(index, entry[0])
+                entry[1] = False
 
     def read(self, region: Region) -> np.ndarray:
-        """The accumulated ``(classes, *region)`` block."""
-        return self.array[(slice(0, self.num_classes), *region)]
+        """The accumulated ``(channels, *region)`` block."""
+        index, local = self._locate(region)
+        if index in self._cache:
+            return self._cache[index][0][(slice(0, self.channels), *local)]
+        return self.array[(slice(0, self.channels), *region)]
 
     def stored_regions(self) -> Iterator[Region]:
         """Regions of the chunks that have been written (the others are all zero)."""
+        self.flush()
         for key in sorted(self.array.store.keys()):
             if not _CHUNK_KEY.fullmatch(key):  # metadata, or a temporary file left by a kill
                 continue
             index = [int(i) for i in key.split(".")][1:]
-            yield tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape))
+            yield self._chunk_box(index)
+
+    def _locate(self, region: Region) -> tuple[tuple[int, ...], tuple[slice, ...]]:
+        """The chunk that ``region`` lies in, and ``region`` relative to it."""
+        index = tuple(r.start // c for r, c in zip(region, self.chunks))
+        return index, tuple(slice(r.start - i * c, r.stop - i * c) for r, i, c in zip(region, index, self.chunks))
+
+    def _chunk_box(self, index: Sequence[int]) -> Region:
+        return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape))
+
+    def _entry(self, index: tuple[int, ...]) -> list:
+        entry = self._cache.get(index)
+        if entry is None:
+            entry = [self.array[(slice(None), *self._chunk_box(index))], False]
+            self._cache[index] = entry
+            self._cached_bytes += entry[0].nbytes
+        else:
+            self._cache.move_to_end(index)
+        return entry
+
+    def _write(self, index: tuple[int, ...], block: np.ndarray) -> None:
+        self.array[(slice(None), *self._chunk_box(index))] = block

@@ -12,7 +12,8 @@ import numpy as np
 from ...errors import InputError
 from ..axes import AxisGrid, ProbabilitySlab, axis_grid, diagonal_layout, parse_axes, sample_slices
 from ..model_package import SunModel
-from .accumulator import DEFAULT_CHUNK, MAX_AXES, MemoryAccumulator, chunk_regions, fuse, pack_votes
+from ..votes import MAX_AXES
+from .accumulator import DEFAULT_CHUNK, MemoryAccumulator, chunk_regions, fuse
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,8 @@ class SlicePredictor:
         Pixels per network batch; by default what fits in ``memory_budget / 2``.
     memory_budget : int
         Working memory of a prediction; half of it is for network activations (the
-        other half for the current group of slices, see :func:`max_group_units`).
+        other half for the current group of slices and reading the volume, see
+        :func:`max_group_units`).
     amp : bool, optional
         Mixed precision (default: on for GPUs, off on the CPU).
     """
@@ -153,8 +155,11 @@ class SlicePredictor:
         padded = (rows + -rows % divisor) * (cols + -cols % divisor)
         return max(1, self.batch_pixels // padded)
 
-    def __call__(self, images: np.ndarray, stats: RunStats | None = None) -> np.ndarray:
-        """Class probabilities ``(k, classes, rows, cols)`` float32 of raw images ``(k, channels, rows, cols)``."""
+    def __call__(self, images: np.ndarray, stats: RunStats | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """Class probabilities ``(k, classes, rows, cols)`` float32 of raw images ``(k, channels, rows, cols)``.
+
+        ``out`` takes them in place (e.g. part of a group's buffer).
+        """
         import torch
         import torch.nn.functional as F
 
@@ -164,7 +169,8 @@ class SlicePredictor:
         divisor = self.model.config.divisor
         pad_rows, pad_cols = -rows % divisor, -cols % divisor
         batch = self.batch_size(rows, cols)
-        out = np.empty((k, self.model.config.num_classes, rows, cols), dtype=np.float32)
+        if out is None:
+            out = np.empty((k, self.model.config.num_classes, rows, cols), dtype=np.float32)
         with torch.inference_mode():
             for i in range(0, k, batch):
                 x = torch.from_numpy(images[i : i + batch]).to(self.device)
@@ -198,15 +204,16 @@ def unit_groups(grid: AxisGrid, start: int, stop: int, max_units: int, chunk: in
     return groups
 
 
-def max_group_units(grid: AxisGrid, classes: int, memory_budget: int) -> int:
-    """Units per group so that a group's votes or probabilities fit ``memory_budget / 2``.
+def max_group_units(grid: AxisGrid, classes: int, channels: int, memory_budget: int) -> int:
+    """Units per group so that a group's slice images and probabilities fit ``3/8`` of ``memory_budget``.
 
-    (The other half is for network activations, see :class:`SlicePredictor`.)
+    (Half the budget is for network activations, see :class:`SlicePredictor`, and an
+    eighth for the boxes of the volume that diagonal slices are sampled from.)
     """
     rows, cols = grid.slice_shape
-    per_slice = 4 * classes * rows * cols
+    per_slice = 4 * (classes + channels) * rows * cols
     extra = 1 if grid.axis.diagonal else 0
-    return max(1, memory_budget // 2 // per_slice - extra)
+    return max(1, memory_budget * 3 // 8 // per_slice - extra)
 
 
 def vote_unit(
@@ -218,61 +225,49 @@ def vote_unit(
     u0: int,
     u1: int,
     stats: RunStats,
-    block_bytes: int = 64 * 2**20,
+    block_bytes: int = DEFAULT_MEMORY_BUDGET // 8,
 ) -> None:
     """Predict the slices of units ``[u0, u1)`` of one axis and add their votes.
 
-    Slices go through the network one batch at a time. Orthogonal axes turn each batch
-    into packed votes at once (straight into an incremental accumulator, else into a
-    staging buffer); diagonal axes keep the group's probabilities until they are
-    interpolated onto the voxels. Votes are added chunk by chunk of
-    ``accumulator`` as work unit ``unit_number`` (see
+    The group's slice images are sampled at once and go through the network one
+    batch at a time; the group's probabilities are kept (diagonal axes in the order
+    the resampling reads them, see :func:`~unified_framework.sun.axes.diagonal_layout`)
+    and then resampled, encoded and added chunk by chunk of ``accumulator`` as work
+    unit ``unit_number`` (see
     :class:`~unified_framework.sun.inference.accumulator.ZarrAccumulator`).
+    Diagonal slices are sampled from boxes of the volume of about ``block_bytes``.
     """
     s0, s1 = grid.slices_for_units(u0, u1)
     rows, cols = grid.slice_shape
     batch = predictor.batch_size(rows, cols)
     classes = predictor.model.config.num_classes
-    within = [slice(0, n) for n in grid.shape]
-    if grid.axis.diagonal:  # kept as the resampling reads it (see diagonal_layout)
-        probabilities = np.empty((rows, classes, s1 - s0, cols), np.float32)
-    else:
-        within[grid.axis.principal] = slice(u0, u1)
-        if not accumulator.incremental:  # staged, then added chunk by chunk as one unit
-            packed = np.empty((classes, *(w.stop - w.start for w in within)), np.uint32)
-    for b0 in range(s0, s1, batch):
-        b1 = min(b0 + batch, s1)
-        started = time.perf_counter()
-        images = sample_slices(source.read, grid, b0, b1, len(source.channels), block_bytes)
-        stats.sampling_seconds += time.perf_counter() - started
-        batch_probabilities = predictor(images, stats)
-        started = time.perf_counter()
-        if grid.axis.diagonal:
-            diagonal_layout(batch_probabilities, out=probabilities[:, :, b0 - s0 : b1 - s0])
-        else:
-            part = list(within)
-            part[grid.axis.principal] = slice(b0, b1)
-            values, _ = ProbabilitySlab(batch_probabilities, grid, b0, b1).on_voxels(part)
-            if accumulator.incremental:
-                accumulator.add_votes(unit_number, tuple(part), values)
-            else:
-                local = [slice(None)] * 4
-                local[1 + grid.axis.principal] = slice(b0 - u0, b1 - u0)
-                pack_votes(values, out=packed[tuple(local)])
-        stats.fusion_seconds += time.perf_counter() - started
+    diagonal = grid.axis.diagonal
+    # The group's images are read at once: a lazily read volume decodes each chunk
+    # once per group, not once per batch of slices.
     started = time.perf_counter()
-    slab = ProbabilitySlab(probabilities, grid, u0, u1, rows_first=True) if grid.axis.diagonal else None
-    tiles = [] if slab is None and accumulator.incremental else chunk_regions(grid.shape, accumulator.chunks, within)
-    for tile in tiles:
-        tile = tuple(slice(max(t.start, w.start), min(t.stop, w.stop)) for t, w in zip(tile, within))
-        if slab is not None:
-            lo, hi = grid.unit_range(tile)
-            if hi <= u0 or lo >= u1:
-                continue
-            accumulator.add_votes(unit_number, tile, *slab.on_voxels(tile))
+    images = sample_slices(source.read, grid, s0, s1, len(source.channels), block_bytes)
+    stats.sampling_seconds += time.perf_counter() - started
+    probabilities = np.empty((rows, classes, s1 - s0, cols) if diagonal else (s1 - s0, classes, rows, cols), np.float32)
+    for b0 in range(0, s1 - s0, batch):
+        b1 = min(b0 + batch, s1 - s0)
+        if diagonal:
+            batch_probabilities = predictor(images[b0:b1], stats)
+            started = time.perf_counter()
+            diagonal_layout(batch_probabilities, out=probabilities[:, :, b0:b1])
+            stats.fusion_seconds += time.perf_counter() - started
         else:
-            local = (slice(None), *(slice(t.start - w.start, t.stop - w.start) for t, w in zip(tile, within)))
-            accumulator.add(unit_number, tile, packed[local])
+            predictor(images[b0:b1], stats, out=probabilities[b0:b1])
+    del images
+    started = time.perf_counter()
+    slab = ProbabilitySlab(probabilities, grid, u0, u1, rows_first=diagonal)
+    within = [slice(0, n) for n in grid.shape]
+    if not diagonal:
+        within[grid.axis.principal] = slice(u0, u1)
+    for tile in chunk_regions(grid.shape, accumulator.chunks, within):
+        tile = tuple(slice(max(t.start, w.start), min(t.stop, w.stop)) for t, w in zip(tile, within))
+        lo, hi = grid.unit_range(tile)
+        if hi > u0 and lo < u1:
+            accumulator.add_votes(unit_number, tile, slab)
     stats.fusion_seconds += time.perf_counter() - started
     stats.units += 1
 
@@ -344,22 +339,27 @@ def predict_volume(
     work = []
     for name in axes:
         grid = axis_grid(name, source.shape)
-        limit = max_group_units(grid, classes, memory_budget)
+        limit = max_group_units(grid, classes, len(source.channels), memory_budget)
         work += [(grid, u0, u1) for u0, u1 in unit_groups(grid, 0, grid.n_units, limit, chunks[grid.axis.principal])]
     for number, (grid, u0, u1) in enumerate(tqdm(work, desc="SUN", unit="slab", disable=None if progress else True)):
-        vote_unit(source, predictor, accumulator, grid, number, u0, u1, stats)
+        vote_unit(source, predictor, accumulator, grid, number, u0, u1, stats, memory_budget // 8)
     started = time.perf_counter()
     labels = np.empty(source.shape, np.uint8)
     entropy = np.empty(source.shape, np.float16)
     disagreement = np.empty(source.shape, np.float16)
-    probabilities = np.empty((classes, *source.shape), np.float16) if return_probabilities else None
+    # Up to five classes the fused float16 probabilities are as big as the accumulator
+    # and are written over it (each voxel after it has been read).
+    if accumulator.array.shape[0] == classes:
+        fused_probabilities = accumulator.array.view(np.float16)
+    else:
+        fused_probabilities = np.empty((classes, *source.shape), np.float16) if return_probabilities else None
     for region in chunk_regions(source.shape, chunks):
-        fused = fuse(accumulator.read(region), len(axes))
-        labels[region] = fused["labels"]
-        entropy[region] = fused["entropy"]
-        disagreement[region] = fused["disagreement"]
-        if probabilities is not None:
-            probabilities[(slice(None), *region)] = fused["probabilities"]
+        out = {"labels": labels[region], "entropy": entropy[region], "disagreement": disagreement[region]}
+        if fused_probabilities is not None:
+            out["probabilities"] = fused_probabilities[(slice(None), *region)]
+        fuse(accumulator.read(region), len(axes), classes, out)
+    probabilities = fused_probabilities if return_probabilities else None
+    del accumulator
     stats.fusion_seconds += time.perf_counter() - started
     logger.info(
         "SUN %s axes: network %.1f s, sampling %.1f s, fusion %.1f s", len(axes), stats.network_seconds, stats.sampling_seconds, stats.fusion_seconds

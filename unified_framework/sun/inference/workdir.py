@@ -5,7 +5,7 @@ the axis' work units (see :mod:`unified_framework.sun.axes`); inside a piece the
 are processed in *groups* small enough for the memory budget. Layout::
 
     WORK/plan.json              volume, model digest, axes, slabs, groups (fixed at the start)
-    WORK/accumulator.zarr       the running accumulator (uint32, chunked)
+    WORK/accumulator.zarr       the running accumulator (uint16, chunked)
     WORK/progress/<piece>.json  groups finished by that piece
     WORK/pieces/<piece>.zarr    split mode only: the piece's own votes
     WORK/progress/merge.json    split mode only: pieces merged so far
@@ -36,12 +36,16 @@ from ...errors import InputError
 from ...utils.atomic import atomic_path, write_text_atomic
 from ..axes import axis_grid, parse_axes
 from ..model_package import SunModel
-from .accumulator import DEFAULT_CHUNK, MAX_AXES, ZarrAccumulator, chunk_regions, fuse
+from ..votes import MAX_AXES
+from .accumulator import DEFAULT_CHUNK, MAX_UNITS, ZarrAccumulator, chunk_regions, fuse
 from .predictor import DEFAULT_MEMORY_BUDGET, RunStats, SlicePredictor, VolumeSource, max_group_units, unit_groups, vote_unit
 
 logger = logging.getLogger(__name__)
 
-PLAN_VERSION = 1
+#: 2: uint16 accumulator (votes.py encoding); work directories of version 1 are refused.
+PLAN_VERSION = 2
+#: Longest time (s) between checkpoints of a piece: what a killed run may have to redo.
+CHECKPOINT_SECONDS = 300.0
 SINGLE, SPLIT = "single", "split"
 
 
@@ -93,8 +97,9 @@ class Plan:
     def from_json(cls, text: str, name: str) -> "Plan":
         try:
             data = json.loads(text)
-            if data.pop("version", None) != PLAN_VERSION:
-                raise ValueError("unknown plan version")
+            version = data.pop("version", None)
+            if version != PLAN_VERSION:
+                raise ValueError(f"plan version {version}, this mdlma reads version {PLAN_VERSION}")
             data["pieces"] = [Piece(p["index"], p["axis"], p["slab"], tuple(map(tuple, p["groups"])), p["first_unit"]) for p in data["pieces"]]
             for key in ("shape", "spacing", "axes", "chunks"):
                 data[key] = tuple(data[key])
@@ -158,10 +163,12 @@ def make_plan(
     unit = 0
     for name, slab, start, stop in slab_bounds(source.shape, axes, slabs):
         grid = axis_grid(name, source.shape)
-        limit = max_group_units(grid, classes, memory_budget)
+        limit = max_group_units(grid, classes, len(source.channels), working_memory(memory_budget))
         groups = tuple(unit_groups(grid, start, stop, limit, chunks[grid.axis.principal]))
         pieces.append(Piece(len(pieces), name, slab, groups, unit))
         unit += len(groups)
+    if unit > MAX_UNITS:
+        raise InputError(f"memory budget {memory_budget / 2**20:.0f} MiB: cuts the prediction into {unit} groups of slices, more than {MAX_UNITS}; give more memory")
     return Plan(
         volume=source.name,
         shape=source.shape,
@@ -252,7 +259,7 @@ class WorkDir:
     def accumulator(self, plan: Plan, piece: Piece | None = None) -> ZarrAccumulator:
         """The run's accumulator, or (split mode) the store of ``piece``."""
         path = self.path / ("accumulator.zarr" if piece is None else f"pieces/{piece.key}.zarr")
-        return ZarrAccumulator(path, plan.shape, len(plan.class_names), plan.chunks)
+        return ZarrAccumulator(path, plan.shape, len(plan.class_names), plan.chunks, cache_bytes=plan.memory_budget - working_memory(plan.memory_budget))
 
 
 def run_pieces(
@@ -302,10 +309,22 @@ def run_pieces(
     stats = RunStats()
     if not remaining:
         return stats, True
-    predictor = predictor or SlicePredictor(model, device, memory_budget=plan.memory_budget)
+    working = working_memory(plan.memory_budget)
+    predictor = predictor or SlicePredictor(model, device, memory_budget=working)
     shared = None if split else workdir.accumulator(plan)
     bar = tqdm(total=sum(len(p.groups) for p in selected), initial=sum(len(p.groups) for p in selected) - len(remaining), desc="SUN predict", unit="group", disable=None if progress else True)
     stores: dict[int, ZarrAccumulator] = {}
+    unrecorded: dict[Piece, int] = {}  # groups done since the last checkpoint
+    last_checkpoint = time.monotonic()
+
+    def checkpoint() -> None:
+        """Write the cached chunks, then record the groups they hold."""
+        for accumulator in [shared] if shared is not None else stores.values():
+            accumulator.flush()
+        for piece, groups in unrecorded.items():
+            workdir.record_groups(piece, groups)
+        unrecorded.clear()
+
     done = 0
     for piece, group in remaining:
         if max_groups is not None and done >= max_groups:
@@ -317,13 +336,22 @@ def run_pieces(
         else:
             accumulator, unit_number = shared, piece.first_unit + group
         u0, u1 = piece.groups[group]
-        vote_unit(source, predictor, accumulator, grid, unit_number, u0, u1, stats)
-        workdir.record_groups(piece, group + 1)
+        vote_unit(source, predictor, accumulator, grid, unit_number, u0, u1, stats, working // 8)
+        unrecorded[piece] = group + 1
+        if group + 1 == len(piece.groups) or time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+            checkpoint()
+            last_checkpoint = time.monotonic()
         done += 1
         bar.update()
+    checkpoint()
     bar.close()
     complete = all(workdir.groups_done(p) == len(p.groups) for p in selected)
     return stats, complete
+
+
+def working_memory(memory_budget: int) -> int:
+    """The share of a file run's memory budget for the network, slices and reading; the rest caches accumulator chunks."""
+    return memory_budget // 2
 
 
 def merge_pieces(workdir: WorkDir, plan: Plan, progress: bool = False) -> None:
@@ -346,6 +374,7 @@ def merge_pieces(workdir: WorkDir, plan: Plan, progress: bool = False) -> None:
         store = workdir.accumulator(plan, piece)
         for region in store.stored_regions():
             accumulator.add(piece.index, region, store.read(region))
+        accumulator.flush()
         workdir.record_merged(piece.index + 1)
 
 
@@ -405,7 +434,7 @@ def write_outputs(workdir: WorkDir, plan: Plan, outputs: Outputs, progress: bool
                 staged.append(name)
         regions = list(chunk_regions(plan.shape, plan.chunks))
         for region in tqdm(regions, desc="SUN fuse", unit="chunk", disable=None if progress else True):
-            fused = fuse(accumulator.read(region), len(plan.axes))
+            fused = fuse(accumulator.read(region), len(plan.axes), len(plan.class_names))
             for name, array in arrays.items():
                 array[(slice(None), *region) if name == "probabilities" else region] = fused[name]
         for name in staged:

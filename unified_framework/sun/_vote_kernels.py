@@ -1,0 +1,202 @@
+"""numba kernels of :mod:`unified_framework.sun.votes` (imported on first use: numba loads slowly).
+
+Module-level functions with module-level constants, so that numba's on-disk cache
+finds them again in every new process (closures are compiled afresh each time).
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .axes import SQRT_HALF
+from .votes import PROBABILITY_SCALE, VOTE_BITS, VOTES_PER_CHANNEL
+
+_SCALE = float(PROBABILITY_SCALE)
+_SCALE_INT = PROBABILITY_SCALE
+_BITS, _PER_CHANNEL = VOTE_BITS, VOTES_PER_CHANNEL
+_SQRT_HALF = SQRT_HALF
+
+
+@njit(inline="always")
+def store(values, out, i, j, k, accumulate):  # pragma: no cover - compiled
+    classes = values.shape[0]
+    best = 0  # strict ">" keeps the lowest class on ties, as argmax does
+    for c in range(1, classes):
+        if values[c] > values[best]:
+            best = c
+    cumulative, previous = 0.0, 0
+    for c in range(classes - 1):
+        cumulative += values[c]
+        level = int(np.rint(min(max(cumulative, 0.0), 1.0) * _SCALE))
+        if accumulate:
+            out[c, i, j, k] += level - previous
+        else:
+            out[c, i, j, k] = level - previous
+        previous = level
+    if not accumulate:
+        for v in range(classes - 1, out.shape[0]):
+            out[v, i, j, k] = 0
+    if best < classes - 1:
+        out[classes - 1 + best // _PER_CHANNEL, i, j, k] += 1 << (_BITS * (best % _PER_CHANNEL))
+
+@njit(parallel=True, cache=True, nogil=True)
+def pack(probabilities, owned, out, accumulate):  # pragma: no cover - compiled
+    classes, depth, rows, cols = probabilities.shape
+    for z in prange(depth):
+        values = np.empty(classes, np.float32)
+        for y in range(rows):
+            for x in range(cols):
+                if owned is not None and not owned[z, y, x]:
+                    if not accumulate:
+                        for v in range(out.shape[0]):
+                            out[v, z, y, x] = 0
+                    continue
+                for c in range(classes):
+                    values[c] = probabilities[c, z, y, x]
+                store(values, out, z, y, x, accumulate)
+
+@njit(cache=True, nogil=True)
+def plane(slab, sign, w0, t0, n_units, u0, u1, a0, b0, n_a, n_b):  # pragma: no cover - compiled
+    """Per voxel of the (a, b) box: whether the slab owns it, its slice row and column, their weights."""
+    slices, cols = slab.shape[2], slab.shape[3]
+    owned = np.empty((n_a, n_b), np.bool_)
+    row = np.empty((n_a, n_b), np.int64)
+    col = np.empty((n_a, n_b), np.int64)
+    weights = np.empty((n_a, n_b, 2), np.float32)
+    for i in range(n_a):
+        for j in range(n_b):
+            a, b = a0 + i, b0 + j
+            w = (a + sign * b) * _SQRT_HALF - w0  # across slices
+            t = (a - sign * b) * _SQRT_HALF - t0  # along them
+            unit = min(max(math.floor(w), 0), n_units - 1)
+            owned[i, j] = u0 <= unit < u1
+            y = min(max(w - u0, 0.0), slices - 1.0)  # edge values continue, as grid_sample's "border"
+            x = min(max(t, 0.0), cols - 1.0)
+            r, q = min(int(math.floor(y)), slices - 2), min(int(math.floor(x)), cols - 2)
+            row[i, j], col[i, j] = r, q
+            weights[i, j, 0], weights[i, j, 1] = y - r, x - q
+    return owned, row, col, weights
+
+@njit(inline="always")
+def interpolate(slab, p, r, q, fy, fx, values):  # pragma: no cover - compiled
+    for c in range(values.shape[0]):
+        top = slab[p, c, r, q] * (1 - fx) + slab[p, c, r, q + 1] * fx
+        bottom = slab[p, c, r + 1, q] * (1 - fx) + slab[p, c, r + 1, q + 1] * fx
+        values[c] = top * (1 - fy) + bottom * fy
+
+@njit(parallel=True, cache=True, nogil=True)
+def diagonal_values(slab, sign, w0, t0, n_units, u0, u1, p0, a0, b0, out, owned):  # pragma: no cover - compiled
+    classes, n_p, n_a, n_b = out.shape
+    inside, row, col, weights = plane(slab, sign, w0, t0, n_units, u0, u1, a0, b0, n_a, n_b)
+    owned[...] = inside
+    for k in prange(n_p):
+        values = np.empty(classes, np.float32)
+        for i in range(n_a):
+            for j in range(n_b):
+                interpolate(slab, p0 + k, row[i, j], col[i, j], weights[i, j, 0], weights[i, j, 1], values)
+                for c in range(classes):
+                    out[c, k, i, j] = values[c]
+
+@njit(parallel=True, cache=True, nogil=True)
+def diagonal_votes(slab, sign, w0, t0, n_units, u0, u1, p0, a0, b0, out, accumulate):  # pragma: no cover - compiled
+    classes = slab.shape[1]
+    n_p, n_a, n_b = out.shape[1], out.shape[2], out.shape[3]
+    owned, row, col, weights = plane(slab, sign, w0, t0, n_units, u0, u1, a0, b0, n_a, n_b)
+    for k in prange(n_p):
+        values = np.empty(classes, np.float32)
+        for i in range(n_a):
+            for j in range(n_b):
+                if not owned[i, j]:
+                    if not accumulate:
+                        for v in range(out.shape[0]):
+                            out[v, k, i, j] = 0
+                    continue
+                interpolate(slab, p0 + k, row[i, j], col[i, j], weights[i, j, 0], weights[i, j, 1], values)
+                store(values, out, k, i, j, accumulate)
+
+
+
+@njit(inline="always")
+def half_bits(f):  # pragma: no cover - compiled
+    """IEEE float16 bits of float32 bits ``f``, rounded to nearest even (numpy's ``npy_floatbits_to_halfbits``).
+
+    numba has no float16 on CPUs; writing the bits directly saves a float32
+    temporary and a conversion pass per output.
+    """
+    sign = (f & 0x80000000) >> 16
+    exponent = f & 0x7F800000
+    if exponent >= 0x47800000:  # overflow to infinity, or infinity / NaN
+        significand = f & 0x007FFFFF
+        if exponent == 0x7F800000 and significand != 0:
+            return sign | 0x7C00 | max(significand >> 13, 1)
+        return sign | 0x7C00
+    if exponent <= 0x38000000:  # a subnormal float16 or zero
+        if exponent < 0x33000000:
+            return sign
+        significand = 0x00800000 + (f & 0x007FFFFF)
+        significand >>= 113 - (exponent >> 23)
+        if (significand & 0x3FFF) != 0x1000 or (f & 0x7FF) != 0:
+            significand += 0x1000
+        return sign + (significand >> 13)
+    significand = f & 0x007FFFFF
+    if (significand & 0x3FFF) != 0x1000:
+        significand += 0x1000
+    return sign + ((exponent - 0x38000000) >> 13) + (significand >> 13)  # a carry into the exponent is right
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def to_half_bits(values, out):  # pragma: no cover - compiled
+    """``out[i] = float16 bits of values[i]`` for 1-D float32 ``values`` (for tests)."""
+    bits = values.view(np.uint32)
+    for i in prange(values.shape[0]):
+        out[i] = half_bits(np.int64(bits[i]))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def fuse(accumulated, n_axes, s_log_s, labels, probabilities, entropy, disagreement):  # pragma: no cover - compiled
+    """Decode the sums into labels and float16 bits (``uint16`` arrays) of the fused measures.
+
+    ``probabilities`` may be ``accumulated`` itself (same channel count): each voxel is
+    read whole before it is written. The entropy comes from a table of ``s log s`` of
+    the integer sums, without a logarithm per voxel.
+    """
+    classes, depth, rows, cols = probabilities.shape
+    last = classes - 1
+    total = n_axes * _SCALE
+    normaliser = 1 / (total * math.log(classes))
+    log_total = math.log(total)
+    for z in prange(depth):
+        sums = np.empty(classes, np.int64)
+        single = np.empty(1, np.float32)
+        bits = single.view(np.uint32)
+        for y in range(rows):
+            for x in range(cols):
+                rest, best = n_axes * _SCALE_INT, 0
+                for c in range(last):
+                    sums[c] = accumulated[c, z, y, x]
+                    rest -= sums[c]
+                    if sums[c] > sums[best]:  # strict: ties go to the lower class
+                        best = c
+                sums[last] = max(rest, 0)  # below 0 only where no axis voted
+                if sums[last] > sums[best]:
+                    best = last
+                counted, agreeing = 0, 0
+                for c in range(last):
+                    count = (np.int64(accumulated[last + c // _PER_CHANNEL, z, y, x]) >> (_BITS * (c % _PER_CHANNEL))) & (2**_BITS - 1)
+                    counted += count
+                    if c == best:
+                        agreeing = count
+                if best == last:
+                    agreeing = n_axes - counted
+                sum_s_log_s = 0.0
+                for c in range(classes):  # written only now: probabilities may share accumulated's memory
+                    sum_s_log_s += s_log_s[sums[c]]
+                    single[0] = sums[c] / total
+                    probabilities[c, z, y, x] = half_bits(np.int64(bits[0]))
+                # H = -sum p log p = log T - sum s log s / T, with p = s / T
+                single[0] = max(total * log_total - sum_s_log_s, 0.0) * normaliser
+                entropy[z, y, x] = half_bits(np.int64(bits[0]))
+                single[0] = 1 - agreeing / n_axes
+                disagreement[z, y, x] = half_bits(np.int64(bits[0]))
+                labels[z, y, x] = best
