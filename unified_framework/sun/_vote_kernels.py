@@ -1,13 +1,17 @@
 """numba kernels of :mod:`unified_framework.sun.votes` (imported on first use: numba loads slowly).
 
-Module-level functions with module-level constants, so that numba's on-disk cache
-finds them again in every new process (closures are compiled afresh each time).
+Every kernel has one explicit signature (any-layout arrays where views come in), so it
+is compiled once, when this module is first imported on a machine, and loaded from
+numba's on-disk cache afterwards (next to this file, or in the user's cache when that
+is read-only): no run compiles a new variant half-way. They are module-level functions
+with module-level constants, which the cache needs.
 """
 
 import math
 
 import numpy as np
 from numba import njit, prange
+from numba import types as nt
 
 from .axes import SQRT_HALF
 from .votes import PROBABILITY_SCALE, VOTE_BITS, VOTES_PER_CHANNEL
@@ -16,6 +20,12 @@ _SCALE = float(PROBABILITY_SCALE)
 _SCALE_INT = PROBABILITY_SCALE
 _BITS, _PER_CHANNEL = VOTE_BITS, VOTES_PER_CHANNEL
 _SQRT_HALF = SQRT_HALF
+
+_F4_4A, _F4_4C, _F4_1C = nt.Array(nt.float32, 4, "A"), nt.Array(nt.float32, 4, "C"), nt.Array(nt.float32, 1, "C")
+_U2_4A, _U2_3A, _U2_1C = nt.Array(nt.uint16, 4, "A"), nt.Array(nt.uint16, 3, "A"), nt.Array(nt.uint16, 1, "C")
+_B1_3A, _B1_2A, _U1_3A, _F8_1C = nt.Array(nt.boolean, 3, "A"), nt.Array(nt.boolean, 2, "A"), nt.Array(nt.uint8, 3, "A"), nt.Array(nt.float64, 1, "C")
+_GEOMETRY = (nt.int64, nt.float64, nt.float64, nt.int64, nt.int64, nt.int64, nt.int64, nt.int64, nt.int64)  # sign, w0, t0, n_units, u0, u1, p0, a0, b0
+_KERNEL = dict(parallel=True, cache=True, nogil=True)
 
 
 @njit(inline="always")
@@ -40,14 +50,15 @@ def store(values, out, i, j, k, accumulate):  # pragma: no cover - compiled
     if best < classes - 1:
         out[classes - 1 + best // _PER_CHANNEL, i, j, k] += 1 << (_BITS * (best % _PER_CHANNEL))
 
-@njit(parallel=True, cache=True, nogil=True)
-def pack(probabilities, owned, out, accumulate):  # pragma: no cover - compiled
+@njit(nt.void(_F4_4A, _B1_3A, nt.boolean, _U2_4A, nt.boolean), **_KERNEL)
+def pack(probabilities, owned, masked, out, accumulate):  # pragma: no cover - compiled
+    """Encode orthogonal probabilities; with ``masked``, only voxels where ``owned`` is true vote."""
     classes, depth, rows, cols = probabilities.shape
     for z in prange(depth):
         values = np.empty(classes, np.float32)
         for y in range(rows):
             for x in range(cols):
-                if owned is not None and not owned[z, y, x]:
+                if masked and not owned[z, y, x]:
                     if not accumulate:
                         for v in range(out.shape[0]):
                             out[v, z, y, x] = 0
@@ -56,7 +67,7 @@ def pack(probabilities, owned, out, accumulate):  # pragma: no cover - compiled
                     values[c] = probabilities[c, z, y, x]
                 store(values, out, z, y, x, accumulate)
 
-@njit(cache=True, nogil=True)
+@njit(inline="always")
 def plane(slab, sign, w0, t0, n_units, u0, u1, a0, b0, n_a, n_b):  # pragma: no cover - compiled
     """Per voxel of the (a, b) box: whether the slab owns it, its slice row and column, their weights."""
     slices, cols = slab.shape[2], slab.shape[3]
@@ -85,7 +96,7 @@ def interpolate(slab, p, r, q, fy, fx, values):  # pragma: no cover - compiled
         bottom = slab[p, c, r + 1, q] * (1 - fx) + slab[p, c, r + 1, q + 1] * fx
         values[c] = top * (1 - fy) + bottom * fy
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(nt.void(_F4_4C, *_GEOMETRY, _F4_4A, _B1_2A), **_KERNEL)
 def diagonal_values(slab, sign, w0, t0, n_units, u0, u1, p0, a0, b0, out, owned):  # pragma: no cover - compiled
     classes, n_p, n_a, n_b = out.shape
     inside, row, col, weights = plane(slab, sign, w0, t0, n_units, u0, u1, a0, b0, n_a, n_b)
@@ -98,7 +109,7 @@ def diagonal_values(slab, sign, w0, t0, n_units, u0, u1, p0, a0, b0, out, owned)
                 for c in range(classes):
                     out[c, k, i, j] = values[c]
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(nt.void(_F4_4C, *_GEOMETRY, _U2_4A, nt.boolean), **_KERNEL)
 def diagonal_votes(slab, sign, w0, t0, n_units, u0, u1, p0, a0, b0, out, accumulate):  # pragma: no cover - compiled
     classes = slab.shape[1]
     n_p, n_a, n_b = out.shape[1], out.shape[2], out.shape[3]
@@ -145,7 +156,7 @@ def half_bits(f):  # pragma: no cover - compiled
     return sign + ((exponent - 0x38000000) >> 13) + (significand >> 13)  # a carry into the exponent is right
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(nt.void(_F4_1C, _U2_1C), **_KERNEL)
 def to_half_bits(values, out):  # pragma: no cover - compiled
     """``out[i] = float16 bits of values[i]`` for 1-D float32 ``values`` (for tests)."""
     bits = values.view(np.uint32)
@@ -153,7 +164,7 @@ def to_half_bits(values, out):  # pragma: no cover - compiled
         out[i] = half_bits(np.int64(bits[i]))
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(nt.void(_U2_4A, nt.int64, _F8_1C, _U1_3A, _U2_4A, _U2_3A, _U2_3A), **_KERNEL)
 def fuse(accumulated, n_axes, s_log_s, labels, probabilities, entropy, disagreement):  # pragma: no cover - compiled
     """Decode the sums into labels and float16 bits (``uint16`` arrays) of the fused measures.
 

@@ -69,9 +69,9 @@ def pack_votes(probabilities: np.ndarray, owned: np.ndarray | None = None, out: 
         raise ValueError(f"probabilities of shape {probabilities.shape}; expected (classes, z, y, x)")
     if out is None:
         out, accumulate = np.empty((accumulator_channels(probabilities.shape[0]), *probabilities.shape[1:]), np.uint16), False
-    if owned is not None:
-        owned = np.broadcast_to(owned, probabilities.shape[1:])
-    run_kernel("pack", probabilities, owned, out, accumulate)
+    masked = owned is not None
+    owned = np.broadcast_to(owned, probabilities.shape[1:]).copy() if masked else np.ones((1, 1, 1), bool)
+    run_kernel("pack", probabilities, owned, masked, out, accumulate)
     return out
 
 
