@@ -5,7 +5,7 @@ Runs every case in a fresh subprocess (so peak RSS is its own) on the implant ph
 * ``mem3`` / ``mem9``: :func:`predict_volume` on an in-memory volume, 3 and 9 axes,
   with a 32 MiB working-memory budget (``--memory-mb``);
 * ``zarr9``: ``predict_to_files`` from a Zarr volume to Zarr outputs through the
-  resumable work directory (accumulator on disk), 9 axes, with a 192 MiB budget
+  resumable work directory (accumulator on disk), 9 axes, with a 256 MiB budget
   (``--zarr-memory-mb``; half of it caches accumulator chunks);
 * ``naive9``: a reference that materialises all nine probability volumes, then averages;
 * ``capped``: a Zarr volume 4x larger than an RSS limit, segmented (3 axes, a small
@@ -282,7 +282,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16, help="U-Net base width (default 16, as mdlma sun train)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--memory-mb", type=int, default=32, help="SUN working-memory budget of the in-memory cases (default 32)")
-    parser.add_argument("--zarr-memory-mb", type=int, default=192, help="memory budget of the zarr9 case, half of it caching accumulator chunks (default 192)")
+    parser.add_argument("--zarr-memory-mb", type=int, default=256, help="memory budget of the zarr9 case, half of it caching accumulator chunks (default 256)")
     parser.add_argument("--chunk", type=int, default=64, help="Zarr chunk edge (default 64)")
     parser.add_argument("--cap-mb", type=int, default=256, help="RSS-growth limit of the capped case (default 256; the volume is 4x that)")
     parser.add_argument("--capped-size", type=int, help="edge of the capped case's volume (default: 4x the cap in float32)")

@@ -190,6 +190,17 @@ def test_zarr_accumulator_cache_loses_nothing_when_killed(tmp_path):
         assert (resumed.read(region) == 4).all()
 
 
+def test_file_runs_cache_chunks_only_when_a_layer_fits():
+    from unified_framework.sun.inference.workdir import memory_split
+
+    # 256^3, 64^3 chunks, 4 classes: a layer of chunks is 256 x 256 x 64 x 10 bytes = 40 MiB.
+    assert memory_split((256,) * 3, (64,) * 3, 4, 256 * 2**20) == (128 * 2**20, 128 * 2**20)
+    assert memory_split((256,) * 3, (64,) * 3, 4, 64 * 2**20) == (64 * 2**20, 0)
+    # Along x the layer is the whole 256 x 256 x 64 volume (40 MiB), with 16-voxel chunks a quarter.
+    assert memory_split((256, 256, 64), (64,) * 3, 4, 64 * 2**20)[1] == 0
+    assert memory_split((256, 256, 64), (64, 64, 16), 4, 64 * 2**20)[1] == 32 * 2**20
+
+
 @pytest.mark.parametrize("config", [dict(depth=1, base_width=4), dict(depth=3, base_width=8, norm="instance", dropout=0.2), dict(depth=4, base_width=6, norm="group", in_channels=3, num_classes=2, input_size=64), dict(norm="none", depth=2)])
 def test_unet_shapes(config):
     net = UNet2D(UNetConfig(**config)).eval()

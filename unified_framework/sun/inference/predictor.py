@@ -10,7 +10,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ...errors import InputError
-from ..axes import AxisGrid, ProbabilitySlab, axis_grid, diagonal_layout, parse_axes, sample_slices
+from ..axes import AxisGrid, ProbabilitySlab, axis_grid, parse_axes, sample_slices
 from ..model_package import SunModel
 from ..votes import MAX_AXES
 from .accumulator import DEFAULT_CHUNK, MemoryAccumulator, chunk_regions, fuse
@@ -158,7 +158,7 @@ class SlicePredictor:
     def __call__(self, images: np.ndarray, stats: RunStats | None = None, out: np.ndarray | None = None) -> np.ndarray:
         """Class probabilities ``(k, classes, rows, cols)`` float32 of raw images ``(k, channels, rows, cols)``.
 
-        ``out`` takes them in place (e.g. part of a group's buffer).
+        ``out`` takes them in place (e.g. part of a group's buffer, any strides).
         """
         import torch
         import torch.nn.functional as F
@@ -180,7 +180,7 @@ class SlicePredictor:
                 with torch.autocast(self.device.type, enabled=self.amp):
                     logits = self.network(x)
                 probabilities = torch.softmax(logits.float(), dim=1)[:, :, :rows, :cols]
-                out[i : i + batch] = probabilities.cpu().numpy()
+                torch.from_numpy(out[i : i + batch]).copy_(probabilities)  # any strides, e.g. a transposed view
         if stats is not None:
             stats.network_seconds += time.perf_counter() - started
             stats.slice_pixels += k * rows * cols
@@ -248,15 +248,11 @@ def vote_unit(
     images = sample_slices(source.read, grid, s0, s1, len(source.channels), block_bytes)
     stats.sampling_seconds += time.perf_counter() - started
     probabilities = np.empty((rows, classes, s1 - s0, cols) if diagonal else (s1 - s0, classes, rows, cols), np.float32)
+    # Slice-major view of the buffer, so that the network writes each batch in place.
+    slices_first = probabilities.transpose(2, 1, 0, 3) if diagonal else probabilities
     for b0 in range(0, s1 - s0, batch):
         b1 = min(b0 + batch, s1 - s0)
-        if diagonal:
-            batch_probabilities = predictor(images[b0:b1], stats)
-            started = time.perf_counter()
-            diagonal_layout(batch_probabilities, out=probabilities[:, :, b0:b1])
-            stats.fusion_seconds += time.perf_counter() - started
-        else:
-            predictor(images[b0:b1], stats, out=probabilities[b0:b1])
+        predictor(images[b0:b1], stats, out=slices_first[b0:b1])
     del images
     started = time.perf_counter()
     slab = ProbabilitySlab(probabilities, grid, u0, u1, rows_first=diagonal)

@@ -36,7 +36,7 @@ from ...errors import InputError
 from ...utils.atomic import atomic_path, write_text_atomic
 from ..axes import axis_grid, parse_axes
 from ..model_package import SunModel
-from ..votes import MAX_AXES
+from ..votes import MAX_AXES, accumulator_channels
 from .accumulator import DEFAULT_CHUNK, MAX_UNITS, ZarrAccumulator, chunk_regions, fuse
 from .predictor import DEFAULT_MEMORY_BUDGET, RunStats, SlicePredictor, VolumeSource, max_group_units, unit_groups, vote_unit
 
@@ -163,7 +163,7 @@ def make_plan(
     unit = 0
     for name, slab, start, stop in slab_bounds(source.shape, axes, slabs):
         grid = axis_grid(name, source.shape)
-        limit = max_group_units(grid, classes, len(source.channels), working_memory(memory_budget))
+        limit = max_group_units(grid, classes, len(source.channels), memory_split(source.shape, chunks, classes, memory_budget)[0])
         groups = tuple(unit_groups(grid, start, stop, limit, chunks[grid.axis.principal]))
         pieces.append(Piece(len(pieces), name, slab, groups, unit))
         unit += len(groups)
@@ -259,7 +259,8 @@ class WorkDir:
     def accumulator(self, plan: Plan, piece: Piece | None = None) -> ZarrAccumulator:
         """The run's accumulator, or (split mode) the store of ``piece``."""
         path = self.path / ("accumulator.zarr" if piece is None else f"pieces/{piece.key}.zarr")
-        return ZarrAccumulator(path, plan.shape, len(plan.class_names), plan.chunks, cache_bytes=plan.memory_budget - working_memory(plan.memory_budget))
+        cache = memory_split(plan.shape, plan.chunks, len(plan.class_names), plan.memory_budget)[1]
+        return ZarrAccumulator(path, plan.shape, len(plan.class_names), plan.chunks, cache_bytes=cache)
 
 
 def run_pieces(
@@ -309,7 +310,7 @@ def run_pieces(
     stats = RunStats()
     if not remaining:
         return stats, True
-    working = working_memory(plan.memory_budget)
+    working = memory_split(plan.shape, plan.chunks, len(plan.class_names), plan.memory_budget)[0]
     predictor = predictor or SlicePredictor(model, device, memory_budget=working)
     shared = None if split else workdir.accumulator(plan)
     bar = tqdm(total=sum(len(p.groups) for p in selected), initial=sum(len(p.groups) for p in selected) - len(remaining), desc="SUN predict", unit="group", disable=None if progress else True)
@@ -349,9 +350,20 @@ def run_pieces(
     return stats, complete
 
 
-def working_memory(memory_budget: int) -> int:
-    """The share of a file run's memory budget for the network, slices and reading; the rest caches accumulator chunks."""
-    return memory_budget // 2
+def memory_split(shape: Sequence[int], chunks: Sequence[int], num_classes: int, memory_budget: int) -> tuple[int, int]:
+    """``(working memory, chunk cache)`` of a file run's memory budget.
+
+    The cache pays off when it holds a layer of accumulator chunks across the volume
+    (what a sweep along an axis keeps touching): then half the budget caches chunks
+    and each is written about once per axis. When a layer does not fit, least-recently
+    used caching would evict every chunk before its next use, so the whole budget goes
+    to the working memory (larger groups of slices, fewer rewrites).
+    """
+    channel_bytes = 2 * (accumulator_channels(num_classes) + 1)
+    voxels = int(np.prod(shape))
+    layer = max(voxels // n * min(c, n) for n, c in zip(shape, chunks)) * channel_bytes
+    half = memory_budget // 2
+    return (half, memory_budget - half) if layer <= memory_budget - half else (memory_budget, 0)
 
 
 def merge_pieces(workdir: WorkDir, plan: Plan, progress: bool = False) -> None:
