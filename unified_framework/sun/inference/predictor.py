@@ -10,6 +10,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ...errors import InputError
+from ...utils.heap import reuse_freed_memory
 from ..axes import AxisGrid, ProbabilitySlab, axis_grid, parse_axes, sample_slices
 from ..model_package import SunModel
 from ..votes import MAX_AXES
@@ -337,8 +338,9 @@ def predict_volume(
         grid = axis_grid(name, source.shape)
         limit = max_group_units(grid, classes, len(source.channels), memory_budget)
         work += [(grid, u0, u1) for u0, u1 in unit_groups(grid, 0, grid.n_units, limit, chunks[grid.axis.principal])]
-    for number, (grid, u0, u1) in enumerate(tqdm(work, desc="SUN", unit="slab", disable=None if progress else True)):
-        vote_unit(source, predictor, accumulator, grid, number, u0, u1, stats, memory_budget // 8)
+    with reuse_freed_memory():  # every group allocates the same buffers again
+        for number, (grid, u0, u1) in enumerate(tqdm(work, desc="SUN", unit="slab", disable=None if progress else True)):
+            vote_unit(source, predictor, accumulator, grid, number, u0, u1, stats, memory_budget // 8)
     started = time.perf_counter()
     labels = np.empty(source.shape, np.uint8)
     entropy = np.empty(source.shape, np.float16)

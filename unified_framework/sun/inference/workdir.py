@@ -34,6 +34,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...utils.atomic import atomic_path, write_text_atomic
+from ...utils.heap import reuse_freed_memory
 from ..axes import axis_grid, parse_axes
 from ..model_package import SunModel
 from ..votes import MAX_AXES, accumulator_channels
@@ -326,25 +327,27 @@ def run_pieces(
             workdir.record_groups(piece, groups)
         unrecorded.clear()
 
-    done = 0
-    for piece, group in remaining:
-        if max_groups is not None and done >= max_groups:
-            break
-        grid = axis_grid(piece.axis, plan.shape)
-        if split:
-            accumulator = stores.setdefault(piece.index, workdir.accumulator(plan, piece))
-            unit_number = group
-        else:
-            accumulator, unit_number = shared, piece.first_unit + group
-        u0, u1 = piece.groups[group]
-        vote_unit(source, predictor, accumulator, grid, unit_number, u0, u1, stats, working // 8)
-        unrecorded[piece] = group + 1
-        if group + 1 == len(piece.groups) or time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
-            checkpoint()
-            last_checkpoint = time.monotonic()
-        done += 1
-        bar.update()
-    checkpoint()
+    # Every group allocates the same buffers again; cached chunks come and go within the budget.
+    with reuse_freed_memory():
+        done = 0
+        for piece, group in remaining:
+            if max_groups is not None and done >= max_groups:
+                break
+            grid = axis_grid(piece.axis, plan.shape)
+            if split:
+                accumulator = stores.setdefault(piece.index, workdir.accumulator(plan, piece))
+                unit_number = group
+            else:
+                accumulator, unit_number = shared, piece.first_unit + group
+            u0, u1 = piece.groups[group]
+            vote_unit(source, predictor, accumulator, grid, unit_number, u0, u1, stats, working // 8)
+            unrecorded[piece] = group + 1
+            if group + 1 == len(piece.groups) or time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+                checkpoint()
+                last_checkpoint = time.monotonic()
+            done += 1
+            bar.update()
+        checkpoint()
     bar.close()
     complete = all(workdir.groups_done(p) == len(p.groups) for p in selected)
     return stats, complete
