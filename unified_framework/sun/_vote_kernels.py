@@ -1,4 +1,4 @@
-"""numba kernels of :mod:`unified_framework.sun.votes` (imported on first use: numba loads slowly).
+"""numba kernels of SUN's diagonal resampling and of :mod:`unified_framework.sun.votes` (imported on first use: numba loads slowly).
 
 Every kernel has one explicit signature (any-layout arrays where views come in), so it
 is compiled once, when this module is first imported on a machine, and loaded from
@@ -69,12 +69,12 @@ def pack(probabilities, owned, masked, out, accumulate):  # pragma: no cover - c
 
 @njit(inline="always")
 def plane(slab, sign, w0, t0, n_units, u0, u1, a0, b0, n_a, n_b):  # pragma: no cover - compiled
-    """Per voxel of the (a, b) box: whether the slab owns it, its slice row and column, their weights."""
+    """Per voxel of the (a, b) box: whether the slab owns it, the offset of its top-left
+    neighbour in a slice-by-column image of the slab, and its four bilinear weights."""
     slices, cols = slab.shape[2], slab.shape[3]
     owned = np.empty((n_a, n_b), np.bool_)
-    row = np.empty((n_a, n_b), np.int64)
-    col = np.empty((n_a, n_b), np.int64)
-    weights = np.empty((n_a, n_b, 2), np.float32)
+    offset = np.empty((n_a, n_b), np.int64)
+    weights = np.empty((n_a, n_b, 4), np.float32)
     for i in range(n_a):
         for j in range(n_b):
             a, b = a0 + i, b0 + j
@@ -85,27 +85,64 @@ def plane(slab, sign, w0, t0, n_units, u0, u1, a0, b0, n_a, n_b):  # pragma: no 
             y = min(max(w - u0, 0.0), slices - 1.0)  # edge values continue, as grid_sample's "border"
             x = min(max(t, 0.0), cols - 1.0)
             r, q = min(int(math.floor(y)), slices - 2), min(int(math.floor(x)), cols - 2)
-            row[i, j], col[i, j] = r, q
-            weights[i, j, 0], weights[i, j, 1] = y - r, x - q
-    return owned, row, col, weights
+            fy, fx = np.float32(y - r), np.float32(x - q)
+            offset[i, j] = r * cols + q
+            weights[i, j, 0], weights[i, j, 1] = (1 - fy) * (1 - fx), (1 - fy) * fx
+            weights[i, j, 2], weights[i, j, 3] = fy * (1 - fx), fy * fx
+    return owned, offset, weights
 
 @njit(inline="always")
-def interpolate(slab, p, r, q, fy, fx, values):  # pragma: no cover - compiled
+def interpolate(images, p, cols, offset, weights, values):  # pragma: no cover - compiled
+    """Bilinear values of all classes at one voxel; ``images`` is the slab as (rows, classes, slices * cols)."""
     for c in range(values.shape[0]):
-        top = slab[p, c, r, q] * (1 - fx) + slab[p, c, r, q + 1] * fx
-        bottom = slab[p, c, r + 1, q] * (1 - fx) + slab[p, c, r + 1, q + 1] * fx
-        values[c] = top * (1 - fy) + bottom * fy
+        values[c] = (images[p, c, offset] * weights[0] + images[p, c, offset + 1] * weights[1]
+                     + images[p, c, offset + cols] * weights[2] + images[p, c, offset + cols + 1] * weights[3])
+
+@njit(nt.void(_F4_4A, nt.int64, nt.float64, nt.float64, nt.int64, nt.int64, nt.int64, nt.int64, _F4_4A), **_KERNEL)
+def diagonal_sample(block, sign, w_start, t_start, a_lo, b_lo, n_a, n_b, out):  # pragma: no cover - compiled
+    """Bilinear diagonal slice images from a box of the volume.
+
+    ``block`` is the box ``(channels, P, A, B)`` in ``(p, a, b)`` order, starting at
+    ``(a_lo, b_lo)`` of a plane of ``n_a x n_b`` voxels; ``out[s, c, p, j]`` gets the
+    value at ``w = w_start + s``, ``t = t_start + j``, with coordinates clipped to the
+    volume (edge values continue) and lying inside the box.
+    """
+    slices, channels, n_p, length = out.shape
+    box_a, box_b = block.shape[2], block.shape[3]
+    at_a = np.empty((slices, length, 2), np.int64)
+    at_b = np.empty((slices, length, 2), np.int64)
+    weights = np.empty((slices, length, 4), np.float32)
+    for s in range(slices):
+        for j in range(length):
+            w, t = w_start + s, t_start + j
+            a = min(max((w + t) * _SQRT_HALF, 0.0), n_a - 1.0) - a_lo
+            b = min(max(sign * (w - t) * _SQRT_HALF, 0.0), n_b - 1.0) - b_lo
+            ia, ib = min(int(math.floor(a)), box_a - 1), min(int(math.floor(b)), box_b - 1)
+            fa, fb = np.float32(a - ia), np.float32(b - ib)
+            at_a[s, j, 0], at_a[s, j, 1] = ia, min(ia + 1, box_a - 1)
+            at_b[s, j, 0], at_b[s, j, 1] = ib, min(ib + 1, box_b - 1)
+            weights[s, j, 0], weights[s, j, 1] = (1 - fa) * (1 - fb), (1 - fa) * fb
+            weights[s, j, 2], weights[s, j, 3] = fa * (1 - fb), fa * fb
+    for p in prange(n_p):
+        for c in range(channels):
+            for s in range(slices):
+                for j in range(length):
+                    a0, a1, b0, b1 = at_a[s, j, 0], at_a[s, j, 1], at_b[s, j, 0], at_b[s, j, 1]
+                    out[s, c, p, j] = (block[c, p, a0, b0] * weights[s, j, 0] + block[c, p, a0, b1] * weights[s, j, 1]
+                                       + block[c, p, a1, b0] * weights[s, j, 2] + block[c, p, a1, b1] * weights[s, j, 3])
 
 @njit(nt.void(_F4_4C, *_GEOMETRY, _F4_4A, _B1_2A), **_KERNEL)
 def diagonal_values(slab, sign, w0, t0, n_units, u0, u1, p0, a0, b0, out, owned):  # pragma: no cover - compiled
     classes, n_p, n_a, n_b = out.shape
-    inside, row, col, weights = plane(slab, sign, w0, t0, n_units, u0, u1, a0, b0, n_a, n_b)
+    inside, offset, weights = plane(slab, sign, w0, t0, n_units, u0, u1, a0, b0, n_a, n_b)
     owned[...] = inside
+    cols = slab.shape[3]
+    images = slab.reshape((slab.shape[0], slab.shape[1], slab.shape[2] * cols))
     for k in prange(n_p):
         values = np.empty(classes, np.float32)
         for i in range(n_a):
             for j in range(n_b):
-                interpolate(slab, p0 + k, row[i, j], col[i, j], weights[i, j, 0], weights[i, j, 1], values)
+                interpolate(images, p0 + k, cols, offset[i, j], weights[i, j], values)
                 for c in range(classes):
                     out[c, k, i, j] = values[c]
 
@@ -113,18 +150,19 @@ def diagonal_values(slab, sign, w0, t0, n_units, u0, u1, p0, a0, b0, out, owned)
 def diagonal_votes(slab, sign, w0, t0, n_units, u0, u1, p0, a0, b0, out, accumulate):  # pragma: no cover - compiled
     classes = slab.shape[1]
     n_p, n_a, n_b = out.shape[1], out.shape[2], out.shape[3]
-    owned, row, col, weights = plane(slab, sign, w0, t0, n_units, u0, u1, a0, b0, n_a, n_b)
+    owned, offset, weights = plane(slab, sign, w0, t0, n_units, u0, u1, a0, b0, n_a, n_b)
+    cols = slab.shape[3]
+    images = slab.reshape((slab.shape[0], classes, slab.shape[2] * cols))
+    if not accumulate:
+        out[...] = 0
+    # A group's units are a thin diagonal band: visit only the (a, b) positions it owns.
+    at_a, at_b = np.nonzero(owned)
     for k in prange(n_p):
         values = np.empty(classes, np.float32)
-        for i in range(n_a):
-            for j in range(n_b):
-                if not owned[i, j]:
-                    if not accumulate:
-                        for v in range(out.shape[0]):
-                            out[v, k, i, j] = 0
-                    continue
-                interpolate(slab, p0 + k, row[i, j], col[i, j], weights[i, j, 0], weights[i, j, 1], values)
-                store(values, out, k, i, j, accumulate)
+        for n in range(at_a.shape[0]):
+            i, j = at_a[n], at_b[n]
+            interpolate(images, p0 + k, cols, offset[i, j], weights[i, j], values)
+            store(values, out, k, i, j, True)
 
 
 

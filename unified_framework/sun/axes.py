@@ -206,7 +206,8 @@ def sample_slices(read: Reader, grid: AxisGrid, s0: int, s1: int, channels: int,
     is never loaded whole.
     """
     import torch
-    import torch.nn.functional as F
+
+    from .votes import run_kernel
 
     axis = grid.axis
     if not axis.diagonal:
@@ -231,17 +232,8 @@ def sample_slices(read: Reader, grid: AxisGrid, s0: int, s1: int, channels: int,
         b_lo, b_hi = int(cb.min()), min(int(cb.max()) + 2, grid.shape[b])
         region = [slice(0, n) for n in grid.shape]
         region[a], region[b] = slice(a_lo, a_hi), slice(b_lo, b_hi)
-        block = read(tuple(region))  # (C, z, y, x) box
-        block = np.moveaxis(block, (1 + p, 1 + a, 1 + b), (1, 2, 3)).transpose(1, 0, 2, 3)  # (n_p, C, A, B) view
-        grid_xy = _normalised_grid(cb - b_lo, ca - a_lo, b_hi - b_lo, a_hi - a_lo)
-        sampled = F.grid_sample(
-            torch.from_numpy(block),
-            grid_xy.expand(n_p, -1, -1, -1),
-            mode="bilinear",
-            padding_mode="border",
-            align_corners=True,
-        )  # (n_p, C, k, L)
-        out[..., j0 : j0 + sampled.shape[-1]] = sampled.permute(2, 1, 0, 3).numpy()
+        block = np.moveaxis(read(tuple(region)), (1 + p, 1 + a, 1 + b), (1, 2, 3))  # (C, n_p, A, B) view
+        run_kernel("diagonal_sample", block, s, grid.w0 + float(s0), grid.t0 + float(j0), a_lo, b_lo, grid.shape[a], grid.shape[b], out[..., j0 : j0 + t.shape[1]])
     return out
 
 
@@ -350,13 +342,3 @@ def diagonal_layout(probabilities: np.ndarray, out: np.ndarray | None = None) ->
         return source.contiguous().numpy()
     torch.from_numpy(out).copy_(source)  # torch copies a permuted tensor with several threads
     return out
-
-
-def _normalised_grid(x: np.ndarray, y: np.ndarray, width: int, height: int):
-    """``grid_sample`` grid (1, H, W, 2) for pixel coordinates ``x`` (column), ``y`` (row)."""
-    import torch
-
-    gx = 2 * x / max(width - 1, 1) - 1
-    gy = 2 * y / max(height - 1, 1) - 1
-    gx, gy = np.broadcast_arrays(gx, gy)
-    return torch.from_numpy(np.stack([gx, gy], axis=-1).astype(np.float32))[None]
