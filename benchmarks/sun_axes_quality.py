@@ -2,7 +2,7 @@
 
 Trains a SUN model (the settings of ``tests/test_sun_pipeline.py`` by default) on two
 phantoms of the given size, then prints, for held-out phantoms, the mean foreground Dice
-of 3-axis and 9-axis fusion and their difference. It also prints what the diagonal
+of 3-axis and 9-axis fusion and their difference, and each single view's. It also prints what the diagonal
 geometry alone costs: one-hot labels resampled to a diagonal axis and back (bilinear
 both ways, as SUN's votes), scored against the labels.
 
@@ -48,6 +48,7 @@ def main() -> None:
     import torch
 
     from unified_framework.data import CLASS_NAMES, make_implant_phantom
+    from unified_framework.sun.axes import AXIS_NAMES
     from unified_framework.sun.inference import predict_volume
     from unified_framework.sun.training import TrainingConfig, train_sun
     from unified_framework.sun.training.losses import dice_per_class
@@ -62,14 +63,18 @@ def main() -> None:
     print(f"SUN 3 vs 9 axes: {args.size}^3 implant phantoms (noise {args.noise}), depth-3 width-8 U-Net, {args.steps} steps "
           f"({time.perf_counter() - started:.0f} s)\n")  # fmt: skip
     print(f"{'seed':>4}  {'3 axes':>7}  {'9 axes':>7}  {'9 - 3':>7}   per class (bg, bone, implant, degradation), 9 axes")
-    differences = []
+    differences, per_view = [], {name: [] for name in AXIS_NAMES}
     for seed in args.seeds:
         image, labels = make_implant_phantom(shape, seed=seed, noise=args.noise)
-        dice = {axes: dice_per_class(predict_volume(result.model, image, axes).labels, labels, len(CLASS_NAMES)) for axes in ("3", "9")}
+        dice = {axes: dice_per_class(predict_volume(result.model, image, axes).labels, labels, len(CLASS_NAMES)) for axes in ("3", "9", *AXIS_NAMES)}
         three, nine = dice["3"][1:].mean(), dice["9"][1:].mean()
         differences.append(nine - three)
+        for name in AXIS_NAMES:
+            per_view[name].append(dice[name][1:].mean())
         print(f"{seed:>4}  {three:7.4f}  {nine:7.4f}  {nine - three:+7.4f}   {np.round(dice['9'], 3).tolist()}")
     print(f"\n9 - 3 mean foreground Dice: mean {np.mean(differences):+.4f}, range {min(differences):+.4f} .. {max(differences):+.4f}")
+    print("\nsingle views, mean foreground Dice over the seeds:")
+    print("  " + "  ".join(f"{name} {np.mean(values):.3f}" for name, values in per_view.items()))
     labels = make_implant_phantom(shape, seed=args.seeds[0], noise=args.noise)[1]
     print(f"\ndiagonal round trip of one-hot labels (seed {args.seeds[0]}), per-class Dice:")
     for axis in ("y+x", "z+x"):

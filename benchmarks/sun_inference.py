@@ -14,8 +14,11 @@ Runs every case in a fresh subprocess (so peak RSS is its own) on the implant ph
 
 and prints voxels/s, peak RSS against input + output size, the achieved convolution
 FLOP/s as a fraction of a plain batched convolution of the same shapes measured in the
-same process, and the fusion overhead (resampling + voting + fusing, against network
-time). The network has random weights (speed does not depend on them); its default
+same process, and the fusion overhead against network time: ``samp`` (reading the
+input and resampling it to slices; for Zarr input this includes decoding its chunks)
+plus ``vote`` (resampling probabilities back, encoding and adding the votes, fusing).
+The naive reference and the convolution probe run inside ``reuse_freed_memory()``, as
+the package's prediction loops do (see ``benchmarks/heap_reuse.py``). The network has random weights (speed does not depend on them); its default
 architecture is the one ``mdlma sun train`` builds by default (depth 4, width 16), since
 the fusion cost per voxel is fixed and its share depends on the network's size.
 
@@ -319,15 +322,17 @@ def main() -> None:
         for case in ("mem3", "mem9", "zarr9", "naive9"):
             if case not in args.skip:
                 results[case] = _run_case(case, args, files)
-        header = f"{'case':8} {'axes':>4} {'wall s':>7} {'Mvox/s':>7} {'net s':>7} {'fusion s':>8} {'fus/net':>7} {'peak RSS':>10} {'growth':>10} {'growth/IO':>9} {'peak/IO':>7}"
+        header = (f"{'case':8} {'axes':>4} {'wall s':>7} {'Mvox/s':>7} {'net s':>7} {'samp s':>7} {'vote s':>7} {'(s+v)/net':>9} "
+                  f"{'peak RSS':>10} {'growth':>10} {'growth/IO':>9} {'peak/IO':>7}")  # fmt: skip
         print(header)
         print("-" * len(header))
         for case, r in results.items():
             growth = r["max_rss"] - r["baseline_rss"]
             fusion = r["fusion_seconds"] + r["sampling_seconds"]
             print(
-                f"{case:8} {case[-1]:>4} {r['seconds']:7.1f} {voxels / r['seconds'] / 1e6:7.2f} {r['network_seconds']:7.1f} {fusion:8.1f} "
-                f"{fusion / r['network_seconds']:7.1%} {_mib(r['max_rss']):>10} {_mib(growth):>10} {growth / io_bytes:9.2f} {r['max_rss'] / io_bytes:7.2f}"
+                f"{case:8} {case[-1]:>4} {r['seconds']:7.1f} {voxels / r['seconds'] / 1e6:7.2f} {r['network_seconds']:7.1f} {r['sampling_seconds']:7.1f} "
+                f"{r['fusion_seconds']:7.1f} {fusion / r['network_seconds']:9.1%} {_mib(r['max_rss']):>10} {_mib(growth):>10} {growth / io_bytes:9.2f} "
+                f"{r['max_rss'] / io_bytes:7.2f}"
             )
         print()
         verdicts = []
