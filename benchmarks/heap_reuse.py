@@ -3,12 +3,12 @@
 Runs each case in a fresh process, with glibc's default allocator settings and inside
 ``reuse_freed_memory()``, alternately for ``--rounds`` rounds (these machines are noisy:
 compare the two columns of one round), and prints the network's time per pixel, its
-system time and minor page faults per forward pass, and for one whole diagonal axis of
-``predict_volume`` the network and total time.
+system time and minor page faults per forward pass, the time and faults of a training
+step, and for one whole diagonal axis of ``predict_volume`` the network and total time.
 
 Usage::
 
-    python benchmarks/heap_reuse.py                 # ~4 min on 2 cores
+    python benchmarks/heap_reuse.py                 # ~3 min on 2 cores
     python benchmarks/heap_reuse.py --rounds 5 --size 192
 """
 
@@ -58,6 +58,25 @@ def _child(mode: str, size: int, threads: int) -> dict:
                 "system_s": (after.ru_stime - before.ru_stime) / repeats,
                 "faults": (after.ru_minflt - before.ru_minflt) / repeats,
             })  # fmt: skip
+    # A training step of ``mdlma sun train``'s defaults: batch of 8 patches of 128^2.
+    torch.manual_seed(0)
+    trainee = UNet2D(config)
+    optimizer = torch.optim.AdamW(trainee.parameters(), lr=1e-3)
+    patches, targets = torch.randn(8, 1, 128, 128), torch.randint(0, 4, (8, 128, 128))
+
+    def step() -> None:
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(trainee(patches), targets).backward()
+        optimizer.step()
+
+    with block():
+        for _ in range(3):
+            step()
+        before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        for _ in range(30):
+            step()
+        seconds, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+    result["training"] = {"ms_per_step": 1000 * seconds / 30, "faults": (after.ru_minflt - before.ru_minflt) / 30}
     model = SunModel(config, UNet2D(config).state_dict(), Normalization((0.0,), (1.1,), (0.35,), (0.25,)), list(CLASS_NAMES), (5.0,) * 3, ("z", "y", "x"), "float32")
     image, _ = make_implant_phantom((size,) * 3, seed=0)
     predictor_module.predict_volume(model, image[:32, :32, :32], "y+x", memory_budget=32 * 2**20)  # warm-up
@@ -94,6 +113,9 @@ def main() -> None:
         print(f"{batch} x {rows} x {cols:<10}  {_span(ns_d):>17}  {_span(ns_k):>15}  {np.median(ns_d) / np.median(ns_k):5.2f}  "
               f"{np.median([x['faults'] for x in d]):14,.0f}  {np.median([x['faults'] for x in k]):12,.0f}  "
               f"{np.median([x['system_s'] for x in d]):13.3f}  {np.median([x['system_s'] for x in k]):11.3f}")  # fmt: skip
+    print("\ntraining step (depth 4, width 16, 8 patches of 128^2; ms per step, page faults per step):")
+    for mode, results in runs.items():
+        print(f"  {mode:8} " + "   ".join(f"{r['training']['ms_per_step']:.0f} ms, {r['training']['faults']:,.0f}" for r in results))
     print(f"\npredict_volume, axis y+x of a {args.size}^3 phantom, 32 MiB budget (network s / total s per round):")
     for mode, results in runs.items():
         print(f"  {mode:8} " + "   ".join(f"{r['axis']['network_seconds']:.1f} / {r['axis']['seconds']:.1f}" for r in results))

@@ -26,6 +26,7 @@ import numpy as np
 from ... import __version__
 from ...errors import InputError
 from ...utils.atomic import atomic_path, write_text_atomic
+from ...utils.heap import reuse_freed_memory
 from ..axes import parse_axes
 from ..model_package import Normalization, SunModel, save_model
 from ..networks import UNet2D, UNetConfig
@@ -336,65 +337,67 @@ def train_sun(
     window_start, window_pixels = time.perf_counter(), 0
     steps_this_run = 0
     bar = tqdm(total=config.steps, initial=state["step"], desc="SUN train", unit="step", disable=None if progress else True)
-    while state["step"] < config.steps and not state["stopped_early"]:
-        if max_steps_this_run is not None and steps_this_run >= max_steps_this_run:
-            save_checkpoint()
-            break
-        step = state["step"] + 1
-        lr = config.learning_rate * (1 - (step - 1) / config.steps) ** 0.9
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        images_b, targets_b, valid_b = sampler.sample(rng, config.batch_size)
-        if config.augment:
-            images_b, targets_b, valid_b = augment(rng, images_b, targets_b, valid_b)
-        x = torch.from_numpy(np.ascontiguousarray(images_b)).to(device)
-        t = torch.from_numpy(np.ascontiguousarray(targets_b)).to(device)
-        v = torch.from_numpy(np.ascontiguousarray(valid_b)).to(device)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=amp):
-            logits = network(x)
-        loss = soft_dice_ce_loss(logits, t, v, weight_tensor)
-        if not torch.isfinite(loss.detach()):
-            raise InputError(f"training diverged at step {step} (loss {loss.item()}); lower the learning rate")
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        state["step"] = step
-        steps_this_run += 1
-        window_pixels += x.shape[0] * x.shape[2] * x.shape[3]
-        bar.update()
-        if step % config.log_every == 0 or step == config.steps:
-            mask = valid_b > 0
-            dice = dice_per_class(logits.argmax(1).cpu().numpy()[mask], targets_b.argmax(1)[mask], classes)
-            elapsed = time.perf_counter() - window_start
-            line = {
-                "step": step,
-                "phase": "train",
-                "loss": loss.item(),
-                "dice": _named(dice, class_names),
-                "lr": lr,
-                "throughput_px_per_s": window_pixels / max(elapsed, 1e-9),
-                "time_s": time.perf_counter() - started,
-            }
-            _append_metrics(metrics_path, line)
-            history.append(line)
-            bar.set_postfix(loss=f"{line['loss']:.3f}")
-            window_start, window_pixels = time.perf_counter(), 0
-        if validation is not None and (step % config.val_every == 0 or step == config.steps):
-            scores = validate()
-            improved = scores["mean_dice"] > state["best_score"] + 1e-4
-            if improved:
-                state.update(best_score=scores["mean_dice"], best_step=step, bad_validations=0)
-                state["best_state"] = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
-            else:
-                state["bad_validations"] += 1
-                if config.patience and state["bad_validations"] >= config.patience:
-                    state["stopped_early"] = True
-            line = {"step": step, "phase": "val", **scores, "best": improved, "time_s": time.perf_counter() - started}
-            _append_metrics(metrics_path, line)
-            history.append(line)
-        if step % config.checkpoint_every == 0 or state["stopped_early"]:
-            save_checkpoint()
+    # Every step allocates the same activations and gradients again (see utils.heap).
+    with reuse_freed_memory():
+        while state["step"] < config.steps and not state["stopped_early"]:
+            if max_steps_this_run is not None and steps_this_run >= max_steps_this_run:
+                save_checkpoint()
+                break
+            step = state["step"] + 1
+            lr = config.learning_rate * (1 - (step - 1) / config.steps) ** 0.9
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images_b, targets_b, valid_b = sampler.sample(rng, config.batch_size)
+            if config.augment:
+                images_b, targets_b, valid_b = augment(rng, images_b, targets_b, valid_b)
+            x = torch.from_numpy(np.ascontiguousarray(images_b)).to(device)
+            t = torch.from_numpy(np.ascontiguousarray(targets_b)).to(device)
+            v = torch.from_numpy(np.ascontiguousarray(valid_b)).to(device)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, enabled=amp):
+                logits = network(x)
+            loss = soft_dice_ce_loss(logits, t, v, weight_tensor)
+            if not torch.isfinite(loss.detach()):
+                raise InputError(f"training diverged at step {step} (loss {loss.item()}); lower the learning rate")
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            state["step"] = step
+            steps_this_run += 1
+            window_pixels += x.shape[0] * x.shape[2] * x.shape[3]
+            bar.update()
+            if step % config.log_every == 0 or step == config.steps:
+                mask = valid_b > 0
+                dice = dice_per_class(logits.argmax(1).cpu().numpy()[mask], targets_b.argmax(1)[mask], classes)
+                elapsed = time.perf_counter() - window_start
+                line = {
+                    "step": step,
+                    "phase": "train",
+                    "loss": loss.item(),
+                    "dice": _named(dice, class_names),
+                    "lr": lr,
+                    "throughput_px_per_s": window_pixels / max(elapsed, 1e-9),
+                    "time_s": time.perf_counter() - started,
+                }
+                _append_metrics(metrics_path, line)
+                history.append(line)
+                bar.set_postfix(loss=f"{line['loss']:.3f}")
+                window_start, window_pixels = time.perf_counter(), 0
+            if validation is not None and (step % config.val_every == 0 or step == config.steps):
+                scores = validate()
+                improved = scores["mean_dice"] > state["best_score"] + 1e-4
+                if improved:
+                    state.update(best_score=scores["mean_dice"], best_step=step, bad_validations=0)
+                    state["best_state"] = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+                else:
+                    state["bad_validations"] += 1
+                    if config.patience and state["bad_validations"] >= config.patience:
+                        state["stopped_early"] = True
+                line = {"step": step, "phase": "val", **scores, "best": improved, "time_s": time.perf_counter() - started}
+                _append_metrics(metrics_path, line)
+                history.append(line)
+            if step % config.checkpoint_every == 0 or state["stopped_early"]:
+                save_checkpoint()
     bar.close()
     finished = state["step"] >= config.steps or state["stopped_early"]
     best_state = state["best_state"] or {k: v.detach().cpu() for k, v in network.state_dict().items()}
