@@ -3,23 +3,20 @@
 A network's activations (and a group's slice buffers) are allocated and freed for every
 batch. glibc hands blocks of 32 MiB and more (and, depending on how its heap happens to
 be laid out, smaller ones) back to the kernel when they are freed, so the next batch
-page-faults its whole working set in afresh: on the 2-core development VM a forward
-pass of SUN's network took 1.4-2.1 times as long (more for larger slices), a training
-step 1.3 times as long, and whole
-predictions ran up to 1.6 times slower in some processes than in others, depending on
-the heap's layout (``python benchmarks/heap_reuse.py`` prints the figures). PyTorch's CPU allocator is plain ``malloc``; a preloaded jemalloc or tcmalloc
-would also fix it, but needs the deployment to provide one.
+page-faults its whole working set in afresh. On the 2-core development VM a forward pass
+of SUN's network took 1.4-2.1 times as long (more for larger slices), a training step
+1.3 times as long, and whole predictions ran up to 1.6 times slower in some processes
+than in others, depending on the heap's layout (``python benchmarks/heap_reuse.py``
+prints the figures). PyTorch's CPU allocator is plain ``malloc``; a preloaded jemalloc
+or tcmalloc would also fix it, but needs the deployment to provide one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import threading
 from typing import Iterator
-
-logger = logging.getLogger(__name__)
 
 # mallopt(3) parameters and glibc's ceilings for its dynamic thresholds (64-bit).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
@@ -48,10 +45,10 @@ def reuse_freed_memory() -> Iterator[bool]:
     Inside, glibc serves every allocation from its heap and keeps freed memory mapped
     (up to 2 GiB at the heap's top), so repeated batches reuse pages that are already
     mapped. The process never holds more than the block's own peak: only memory that
-    was in use is kept. On leaving the outermost block the kept memory is
-    returned (``malloc_trim``) and glibc's thresholds are set to the ceiling its
-    dynamic adjustment would reach anyway (blocks from 32 MiB up mapped on their own,
-    heap trimmed beyond 64 MiB). Nested blocks keep the outer setting.
+    was in use is kept. On leaving the outermost block the kept memory is returned
+    (``malloc_trim``) and glibc's thresholds are set to the ceiling its dynamic
+    adjustment would reach anyway (blocks from 32 MiB up mapped on their own, heap
+    trimmed beyond 64 MiB). Nested blocks keep the outer setting.
 
     Allocate what outlives the block (results, accumulators) before entering it, so
     that it is not placed on the heap among the reused buffers.
