@@ -378,3 +378,33 @@ def test_float16_bits_match_numpy():
     nan = np.isnan(values)
     np.testing.assert_array_equal(bits[~nan], expected[~nan].view(np.uint16))
     assert np.isnan(bits[nan].view(np.float16)).all()
+
+
+def test_chunk_mirror_reads_each_input_chunk_once(tmp_path):
+    import zarr
+
+    from unified_framework.sun.inference.mirror import ChunkMirror, source_chunks
+
+    volume = np.random.default_rng(3).random((20, 18, 23), dtype=np.float32)
+    stored = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=volume.shape, chunks=(8, 8, 8), dtype="f4")
+    stored[:] = volume
+
+    class Counting:
+        shape, dtype, chunks = stored.shape, stored.dtype, stored.chunks
+        reads = 0
+
+        def __getitem__(self, box):
+            Counting.reads += 1
+            return stored[box]
+
+    mirror = ChunkMirror(Counting(), tmp_path / "mirror", source_chunks(stored, (64, 64, 64)))
+    boxes = [(slice(0, 20), slice(3, 17), slice(5, 21)), (slice(2, 19), slice(0, 18), slice(0, 23)), (slice(7, 9), slice(8, 9), slice(22, 23))]
+    for _ in range(2):
+        for box in boxes:
+            np.testing.assert_array_equal(mirror[box], volume[box])
+    assert Counting.reads == 3 * 3 * 3  # every chunk of the 3 x 3 x 3 grid, once
+    damaged = tmp_path / "mirror" / "1.1.1.npy"
+    damaged.write_bytes(damaged.read_bytes()[:100])  # a truncated copy is read from the input again
+    np.testing.assert_array_equal(mirror[boxes[1]], volume[boxes[1]])
+    assert Counting.reads == 28
+    assert not list((tmp_path / "mirror").glob(".*"))  # no temporary files left

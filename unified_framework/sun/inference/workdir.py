@@ -6,6 +6,7 @@ are processed in *groups* small enough for the memory budget. Layout::
 
     WORK/plan.json              volume, model digest, axes, slabs, groups (fixed at the start)
     WORK/accumulator.zarr       the running accumulator (uint16, chunked)
+    WORK/input/<channel>/       raw copies of the input chunks read so far (see .mirror)
     WORK/progress/<piece>.json  groups finished by that piece
     WORK/pieces/<piece>.zarr    split mode only: the piece's own votes
     WORK/progress/merge.json    split mode only: pieces merged so far
@@ -39,6 +40,7 @@ from ..axes import axis_grid, parse_axes
 from ..model_package import SunModel
 from ..votes import MAX_AXES, accumulator_channels
 from .accumulator import DEFAULT_CHUNK, MAX_UNITS, ZarrAccumulator, chunk_regions, fuse
+from .mirror import ChunkMirror, source_chunks
 from .predictor import DEFAULT_MEMORY_BUDGET, RunStats, SlicePredictor, VolumeSource, max_group_units, unit_groups, vote_unit
 
 logger = logging.getLogger(__name__)
@@ -516,10 +518,13 @@ def predict_to_files(
 
     model = load_model(model_path)
     volumes = [read_volume(p, lazy=True, expect_ndim=3) for p in volume_paths]
-    source = VolumeSource([_box_readable(v) for v in volumes], name=", ".join(str(p) for p in volume_paths))
+    work = WorkDir(workdir or default_workdir(outputs.labels))
+    readable = [_box_readable(v) for v in volumes]
+    # Lazily read inputs go through raw copies of their chunks (see .mirror).
+    channels = [ChunkMirror(r, work.path / "input" / str(i), source_chunks(r, chunks)) if hasattr(r, "chunks") else r for i, r in enumerate(readable)]
+    source = VolumeSource(channels, name=", ".join(str(p) for p in volume_paths))
     spacing = volumes[0].spacing
     _warn_voxel_size(model, spacing)
-    work = WorkDir(workdir or default_workdir(outputs.labels))
     plan = make_plan(
         source, model, file_digest(model_path), axes, slabs=slabs, chunks=chunks, memory_budget=memory_budget, spacing=spacing, mode=SPLIT if piece is not None else SINGLE
     )

@@ -1,0 +1,81 @@
+"""An uncompressed copy, on disk, of the input chunks a file run reads.
+
+A diagonal group of ``g`` slices crosses a band about ``g`` voxels wide, so each input
+chunk of edge ``c`` is read about ``c * sqrt(2) / g`` times per diagonal axis. Reading a
+compressed chunk means decoding it every time; here each chunk is read from the input
+(and decoded) once, on first use, and stored raw in the work directory, where later
+reads load it several times faster.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ...utils.atomic import atomic_path
+
+
+class ChunkMirror:
+    """Boxes of a lazily read ``(z, y, x)`` array, read through raw copies of its chunks.
+
+    Parameters
+    ----------
+    source : array-like
+        A Zarr or dask array (anything sliceable with a ``shape`` and ``dtype``).
+    directory : path-like
+        Where the raw chunks go, one ``.npy`` file each. Files are written under a
+        temporary name and renamed, so a killed run leaves none half-written and
+        concurrent array tasks may store the same chunk (with the same content).
+    chunks : sequence of 3 int
+        Chunk shape of the copy; pass the source's own chunks so that each is decoded
+        once.
+    """
+
+    def __init__(self, source: Any, directory: str | Path, chunks: Sequence[int]) -> None:
+        self.source = source
+        self.shape = tuple(int(n) for n in source.shape)
+        self.dtype = np.dtype(source.dtype)
+        self.chunks = tuple(int(c) for c in chunks)
+        self.directory = Path(directory)
+
+    def __getitem__(self, region: tuple[slice, slice, slice]) -> np.ndarray:
+        out = np.empty(tuple(r.stop - r.start for r in region), self.dtype)
+        ranges = [range(r.start // c, (r.stop - 1) // c + 1) for r, c in zip(region, self.chunks)]
+        for index in itertools.product(*ranges):
+            inside, within = [], []
+            for i, r, c in zip(index, region, self.chunks):
+                lo, hi = max(r.start, i * c), min(r.stop, (i + 1) * c)
+                inside.append(slice(lo - i * c, hi - i * c))
+                within.append(slice(lo - r.start, hi - r.start))
+            out[tuple(within)] = self._chunk(index)[tuple(inside)]
+        return out
+
+    def _chunk(self, index: tuple[int, ...]) -> np.ndarray:
+        path = self.directory / f"{'.'.join(map(str, index))}.npy"
+        try:
+            return np.load(path)
+        except (FileNotFoundError, ValueError, EOFError):  # not stored yet (or damaged: store it again)
+            pass
+        box = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape))
+        data = self.source[box]
+        if hasattr(data, "compute"):
+            data = data.compute(scheduler="synchronous")
+        data = np.asarray(data, dtype=self.dtype)
+        with atomic_path(path) as tmp:
+            np.save(tmp, data)
+        return data
+
+
+def source_chunks(array: Any, default: Sequence[int]) -> tuple[int, int, int]:
+    """A Zarr array's chunk shape, else ``default``.
+
+    dask arrays of other formats often have chunks of whole slices (TIFF pages); a box
+    read from a raw copy of such a chunk would load the whole slice every time.
+    """
+    chunks = getattr(array, "chunks", None)
+    if chunks is not None and len(chunks) == 3 and all(isinstance(c, (int, np.integer)) for c in chunks):
+        return tuple(int(c) for c in chunks)
+    return tuple(int(c) for c in default)
