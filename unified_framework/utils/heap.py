@@ -4,10 +4,10 @@ A network's activations (and a group's slice buffers) are allocated and freed fo
 batch. glibc hands blocks of 32 MiB and more (and, depending on how its heap happens to
 be laid out, smaller ones) back to the kernel when they are freed, so the next batch
 page-faults its whole working set in afresh. On the 2-core development VM a forward pass
-of SUN's network took 1.4-2.1 times as long (more for larger slices), a training step
-1.3 times as long, and whole predictions ran up to 1.6 times slower in some processes
-than in others, depending on the heap's layout (``python benchmarks/heap_reuse.py``
-prints the figures). PyTorch's CPU allocator is plain ``malloc``; a preloaded jemalloc
+of SUN's network took 1.4-2.1 times as long (more for larger slices) and a training
+step 1.3 times as long (``python benchmarks/heap_reuse.py`` prints these figures);
+in one-off probes, whole predictions ran up to 1.6 times slower in some processes than
+in others, depending on the heap's layout. PyTorch's CPU allocator is plain ``malloc``; a preloaded jemalloc
 or tcmalloc would also fix it, but needs the deployment to provide one.
 """
 

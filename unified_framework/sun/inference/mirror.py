@@ -9,13 +9,13 @@ reads load it several times faster.
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from ...utils.atomic import atomic_path
+from .accumulator import chunk_regions
 
 
 class ChunkMirror:
@@ -43,23 +43,20 @@ class ChunkMirror:
 
     def __getitem__(self, region: tuple[slice, slice, slice]) -> np.ndarray:
         out = np.empty(tuple(r.stop - r.start for r in region), self.dtype)
-        ranges = [range(r.start // c, (r.stop - 1) // c + 1) for r, c in zip(region, self.chunks)]
-        for index in itertools.product(*ranges):
-            inside, within = [], []
-            for i, r, c in zip(index, region, self.chunks):
-                lo, hi = max(r.start, i * c), min(r.stop, (i + 1) * c)
-                inside.append(slice(lo - i * c, hi - i * c))
-                within.append(slice(lo - r.start, hi - r.start))
-            out[tuple(within)] = self._chunk(index)[tuple(inside)]
+        for box in chunk_regions(self.shape, self.chunks, region):
+            lo = [max(r.start, b.start) for r, b in zip(region, box)]
+            hi = [min(r.stop, b.stop) for r, b in zip(region, box)]
+            inside = tuple(slice(l - b.start, h - b.start) for l, h, b in zip(lo, hi, box))
+            within = tuple(slice(l - r.start, h - r.start) for l, h, r in zip(lo, hi, region))
+            out[within] = self._chunk(box)[inside]
         return out
 
-    def _chunk(self, index: tuple[int, ...]) -> np.ndarray:
-        path = self.directory / f"{'.'.join(map(str, index))}.npy"
+    def _chunk(self, box: tuple[slice, ...]) -> np.ndarray:
+        path = self.directory / f"{'.'.join(str(b.start // c) for b, c in zip(box, self.chunks))}.npy"
         try:
             return np.load(path)
         except (FileNotFoundError, ValueError, EOFError):  # not stored yet (or damaged: store it again)
             pass
-        box = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape))
         data = self.source[box]
         if hasattr(data, "compute"):
             data = data.compute(scheduler="synchronous")
