@@ -173,12 +173,19 @@ def test_jobs_search_is_plain_text_and_history_has_efficiency(home):
                  timeout=JOB_WAIT_S, what=f"job {job_id} to complete with accounting data")
     finally:
         cancel_unfinished(job_id)
+    # The page asks for a time window (sacct --starttime), not for the job id: wait until
+    # that query lists the job too, so that a failure below is the page's, not accounting's.
+    from components import cluster
+
+    wait_for(lambda: job_id in set(cluster.history(hpc.current_user(), 7)["job_id"]), timeout=60,
+             what=f"job {job_id} in the 7-day accounting window")
     app = open_page("jobs")
     app.text_input(key="jobs_search").set_value("[(*").run()  # not a regular expression
     assert_clean(app)
     assert app.dataframe(key="jobs_queue_table").value.empty
     app.text_input(key="jobs_search").set_value(job_id).run()
     history = app.dataframe(key="jobs_history_table").value
+    assert (history["job"] == job_id).any(), f"job {job_id} not in the history table:\n{history.to_string()}"
     row = history[history["job"] == job_id].iloc[0]
     assert row["state"] == "COMPLETED" and row["CPUs"] == 1
     assert 0 < row["CPU eff. %"] <= 100 and row["mem. eff. %"] > 0
