@@ -201,6 +201,25 @@ def test_file_runs_cache_chunks_only_when_a_layer_fits():
     assert memory_split((256, 256, 64), (64, 64, 16), 4, 64 * 2**20)[1] == 32 * 2**20
 
 
+def test_thin_groups_across_rows_are_warned_about(caplog):
+    from unified_framework.sun.inference.predictor import THIN_GROUP_UNITS, group_units_by_axis
+
+    shape = (64, 512, 512)  # 4 classes + 1 channel: 20 bytes per slice pixel
+    with caplog.at_level("WARNING", logger="unified_framework.sun.inference.predictor"):
+        limits = group_units_by_axis(shape, AXIS_NAMES, 4, 1, 16 * 2**20)
+    # 6 MiB for groups: 1 slice of 512 x 512 (z), 9 of 64 x 512 (y and x)
+    assert limits["z"] == 1 and limits["y"] == limits["x"] == 9
+    assert all(limits[name] < THIN_GROUP_UNITS for name in ("y+x", "y-x", "z+y", "z-y"))
+    warnings = [r.getMessage() for r in caplog.records]
+    # Only axes whose groups cut across the x rows are slowed down by thin groups: not z (rows
+    # contiguous), not x here (9 slices), not z+y / z-y (their slices run along x).
+    assert len(warnings) == 1 and "along y+x, y-x, z+x, z-x;" in warnings[0], warnings
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="unified_framework.sun.inference.predictor"):
+        group_units_by_axis(shape, AXIS_NAMES, 4, 1, 2048 * 2**20)
+    assert not caplog.records
+
+
 @pytest.mark.parametrize("config", [dict(depth=1, base_width=4), dict(depth=3, base_width=8, norm="instance", dropout=0.2), dict(depth=4, base_width=6, norm="group", in_channels=3, num_classes=2, input_size=64), dict(norm="none", depth=2)])
 def test_unet_shapes(config):
     net = UNet2D(UNetConfig(**config)).eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -217,6 +218,36 @@ def max_group_units(grid: AxisGrid, classes: int, channels: int, memory_budget: 
     return max(1, memory_budget * 3 // 8 // per_slice - extra)
 
 
+#: Groups narrower than this make the votes of axes that cross the volume's rows slow.
+THIN_GROUP_UNITS = 8
+
+
+def group_units_by_axis(shape: Sequence[int], axes: Sequence[str], classes: int, channels: int, memory_budget: int) -> dict[str, int]:
+    """:func:`max_group_units` of each axis; logs a warning when the budget makes groups thin.
+
+    The accumulator is ``(classes, z, y, x)`` in C order. A group along ``x``, or along a
+    diagonal through ``x``, covers only a few voxels of each row, so every group reads and
+    writes whole cache lines for a few voxels each: with fewer than
+    :data:`THIN_GROUP_UNITS` slices per group those votes take several times longer
+    (``docs/sun.md``, *Throughput and memory*).
+    """
+    limits, thin = {}, []
+    for name in axes:
+        grid = axis_grid(name, shape)
+        limits[name] = max_group_units(grid, classes, channels, memory_budget)
+        crosses_rows = 2 in grid.axis.plane if grid.axis.diagonal else grid.axis.principal == 2
+        if crosses_rows and limits[name] < min(THIN_GROUP_UNITS, grid.n_units):
+            thin.append(name)
+    if thin:
+        narrowest = min(limits[name] for name in thin)
+        logger.warning(
+            "working memory %.0f MiB: groups of %d slice(s) along %s; their votes slow down several-fold below %d slices per group, "
+            "about %.0fx the memory budget avoids that", memory_budget / 2**20, narrowest, ", ".join(thin), THIN_GROUP_UNITS,
+            math.ceil(THIN_GROUP_UNITS / narrowest),
+        )
+    return limits
+
+
 def vote_unit(
     source: VolumeSource,
     predictor: SlicePredictor,
@@ -334,10 +365,10 @@ def predict_volume(
     accumulator = MemoryAccumulator(source.shape, classes, chunks)
     stats = RunStats()
     work = []
+    limits = group_units_by_axis(source.shape, axes, classes, len(source.channels), memory_budget)
     for name in axes:
         grid = axis_grid(name, source.shape)
-        limit = max_group_units(grid, classes, len(source.channels), memory_budget)
-        work += [(grid, u0, u1) for u0, u1 in unit_groups(grid, 0, grid.n_units, limit, chunks[grid.axis.principal])]
+        work += [(grid, u0, u1) for u0, u1 in unit_groups(grid, 0, grid.n_units, limits[name], chunks[grid.axis.principal])]
     with reuse_freed_memory():  # every group allocates the same buffers again
         for number, (grid, u0, u1) in enumerate(tqdm(work, desc="SUN", unit="slab", disable=None if progress else True)):
             vote_unit(source, predictor, accumulator, grid, number, u0, u1, stats, memory_budget // 8)
@@ -371,6 +402,7 @@ __all__ = [
     "SlicePredictor",
     "SunPrediction",
     "VolumeSource",
+    "group_units_by_axis",
     "max_group_units",
     "predict_volume",
     "resolve_device",

@@ -41,7 +41,7 @@ from ..model_package import SunModel
 from ..votes import MAX_AXES, accumulator_channels
 from .accumulator import DEFAULT_CHUNK, MAX_UNITS, ZarrAccumulator, chunk_regions, fuse
 from .mirror import ChunkMirror, source_chunks
-from .predictor import DEFAULT_MEMORY_BUDGET, RunStats, SlicePredictor, VolumeSource, max_group_units, unit_groups, vote_unit
+from .predictor import DEFAULT_MEMORY_BUDGET, RunStats, SlicePredictor, VolumeSource, group_units_by_axis, unit_groups, vote_unit
 
 logger = logging.getLogger(__name__)
 
@@ -164,10 +164,10 @@ def make_plan(
     classes = model.config.num_classes
     pieces: list[Piece] = []
     unit = 0
+    limits = group_units_by_axis(source.shape, axes, classes, len(source.channels), memory_split(source.shape, chunks, classes, memory_budget)[0])
     for name, slab, start, stop in slab_bounds(source.shape, axes, slabs):
         grid = axis_grid(name, source.shape)
-        limit = max_group_units(grid, classes, len(source.channels), memory_split(source.shape, chunks, classes, memory_budget)[0])
-        groups = tuple(unit_groups(grid, start, stop, limit, chunks[grid.axis.principal]))
+        groups = tuple(unit_groups(grid, start, stop, limits[name], chunks[grid.axis.principal]))
         pieces.append(Piece(len(pieces), name, slab, groups, unit))
         unit += len(groups)
     if unit > MAX_UNITS:
