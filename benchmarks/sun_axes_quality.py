@@ -2,7 +2,8 @@
 
 Trains a SUN model (the settings of ``tests/test_sun_pipeline.py`` by default) on two
 phantoms of the given size, then prints, for held-out phantoms, the mean foreground Dice
-of 3-axis and 9-axis fusion and their difference, and each single view's. It also prints what the diagonal
+of 3-axis and 9-axis fusion and their difference, each class's predicted volume against
+the true one (a systematic over- or under-segmentation), and each single view's Dice. It also prints what the diagonal
 geometry alone costs: one-hot labels resampled to a diagonal axis and back (bilinear
 both ways, as SUN's votes), scored against the labels.
 
@@ -67,16 +68,23 @@ def main() -> None:
           f"({time.perf_counter() - started:.0f} s)\n")  # fmt: skip
     print(f"{'seed':>4}  {'3 axes':>7}  {'9 axes':>7}  {'9 - 3':>7}   per class (bg, bone, implant, degradation), 9 axes")
     differences, per_view = [], {name: [] for name in AXIS_NAMES}
+    volume_ratios = {"3": [], "9": []}
     for seed in args.seeds:
         image, labels = make_implant_phantom(shape, seed=seed, noise=args.noise)
         inner = (slice(args.margin, args.size - args.margin),) * 3
-        dice = {axes: dice_per_class(predict_volume(result.model, image, axes).labels[inner], labels[inner], len(CLASS_NAMES)) for axes in ("3", "9", *AXIS_NAMES)}
+        predicted = {axes: predict_volume(result.model, image, axes).labels[inner] for axes in ("3", "9", *AXIS_NAMES)}
+        dice = {axes: dice_per_class(found, labels[inner], len(CLASS_NAMES)) for axes, found in predicted.items()}
+        true_volume = np.bincount(labels[inner].ravel(), minlength=len(CLASS_NAMES))
+        for axes in volume_ratios:
+            volume_ratios[axes].append(np.bincount(predicted[axes].ravel(), minlength=len(CLASS_NAMES)) / true_volume)
         three, nine = dice["3"][1:].mean(), dice["9"][1:].mean()
         differences.append(nine - three)
         for name in AXIS_NAMES:
             per_view[name].append(dice[name][1:].mean())
         print(f"{seed:>4}  {three:7.4f}  {nine:7.4f}  {nine - three:+7.4f}   {np.round(dice['9'], 3).tolist()}")
     print(f"\n9 - 3 mean foreground Dice: mean {np.mean(differences):+.4f}, range {min(differences):+.4f} .. {max(differences):+.4f}")
+    print("predicted / true volume per class (bg, bone, implant, degradation), mean over the seeds: "
+          + ", ".join(f"{axes} axes {np.round(np.mean(ratios, axis=0), 3).tolist()}" for axes, ratios in volume_ratios.items()))  # fmt: skip
     print("\nsingle views, mean foreground Dice over the seeds:")
     print("  " + "  ".join(f"{name} {np.mean(values):.3f}" for name, values in per_view.items()))
     labels = make_implant_phantom(shape, seed=args.seeds[0], noise=args.noise)[1]
