@@ -1,15 +1,17 @@
 """SUN segmentation quality by slicing axes: 9-axis against 3-axis fusion on the implant phantom.
 
-Trains a SUN model (the settings of ``tests/test_sun_pipeline.py`` by default) on two
-phantoms of the given size, then prints, for held-out phantoms, the mean foreground Dice
-of 3-axis and 9-axis fusion and their difference, each class's predicted volume against
-the true one (a systematic over- or under-segmentation), and each single view's Dice. It also prints what the diagonal
+Trains a SUN model (by default with the settings of the 48^3 model of
+``tests/test_sun_pipeline.py``) on two phantoms of the given size, then prints, for
+held-out phantoms, the mean foreground Dice of 3-axis and 9-axis fusion and their
+difference, each class's predicted volume against the true one (a systematic over- or
+under-segmentation), and each single view's Dice. It also prints what the diagonal
 geometry alone costs: one-hot labels resampled to a diagonal axis and back (bilinear
 both ways, as SUN's votes), scored against the labels.
 
 Usage::
 
     python benchmarks/sun_axes_quality.py                      # 48^3, seeds 7-11: ~2 min on 2 cores
+    python benchmarks/sun_axes_quality.py --size 128 --input-size 96 --steps 1500   # the test's 9-vs-3 setting: ~3 min
     python benchmarks/sun_axes_quality.py --size 96 --seeds 7 8 9
     python benchmarks/sun_axes_quality.py --noise 0.08         # a noisier phantom
     python benchmarks/sun_axes_quality.py --margin 8           # the interior only
@@ -46,6 +48,10 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.04, help="phantom noise (default 0.04, the phantom's default)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--margin", type=int, default=0, help="score only voxels at least this far from the volume's faces (default 0: all)")
+    parser.add_argument("--input-size", type=int, default=48, help="side of the training patches (default 48, as the test)")
+    parser.add_argument("--depth", type=int, default=3, help="U-Net depth (default 3, as the test)")
+    parser.add_argument("--width", type=int, default=8, help="U-Net base width (default 8, as the test)")
+    parser.add_argument("--train-seed", type=int, default=0, help="seed of patch sampling, augmentation and initial weights (default 0)")
     args = parser.parse_args()
 
     import torch
@@ -58,14 +64,15 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     shape = (args.size,) * 3
-    config = TrainingConfig(axes="9", depth=3, base_width=8, input_size=48, batch_size=8, steps=args.steps, learning_rate=3e-3, val_every=100, log_every=20, patience=0, checkpoint_every=200)
+    config = TrainingConfig(axes="9", depth=args.depth, base_width=args.width, input_size=args.input_size, batch_size=8, steps=args.steps, learning_rate=3e-3,
+                            val_every=100, log_every=20, patience=0, checkpoint_every=200, seed=args.train_seed)  # fmt: skip
     pairs = [make_implant_phantom(shape, seed=s, noise=args.noise) for s in (0, 1)]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sun-axes-") as folder:
         result = train_sun([p[0] for p in pairs], [p[1] for p in pairs], Path(folder) / "sun.pt", config, class_names=CLASS_NAMES, voxel_size=(5.0,) * 3, sources=["seed 0", "seed 1"])
     scored = f", scored {args.margin} voxels and more from the faces" if args.margin else ""
-    print(f"SUN 3 vs 9 axes: {args.size}^3 implant phantoms (noise {args.noise}{scored}), depth-3 width-8 U-Net, {args.steps} steps "
-          f"({time.perf_counter() - started:.0f} s)\n")  # fmt: skip
+    print(f"SUN 3 vs 9 axes: {args.size}^3 implant phantoms (noise {args.noise}{scored}), depth-{args.depth} width-{args.width} U-Net, "
+          f"{args.input_size}^2 patches, {args.steps} steps, training seed {args.train_seed} ({time.perf_counter() - started:.0f} s)\n")  # fmt: skip
     print(f"{'seed':>4}  {'3 axes':>7}  {'9 axes':>7}  {'9 - 3':>7}   per class (bg, bone, implant, degradation), 9 axes")
     differences, per_view = [], {name: [] for name in AXIS_NAMES}
     volume_ratios = {"3": [], "9": []}

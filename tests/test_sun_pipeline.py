@@ -1,6 +1,7 @@
 """SUN end to end on the implant phantom: training, fusion quality, uncertainty, resume, split runs.
 
-One short CPU training (about a minute on 2 cores) is shared by all tests of this file.
+One short CPU training (about 15 s on 2 cores) is shared by most tests of this file; the
+comparison of 9 and 3 axes has its own, on larger phantoms (about 70 s).
 """
 
 from __future__ import annotations
@@ -90,19 +91,35 @@ def test_held_out_dice(predictions, held_out):
     assert dice[0] > 0.95 and dice[1] > 0.88 and dice[2] > 0.9 and dice[3] > 0.7, dice
 
 
-def test_nine_axes_score_as_well_as_three(trained, predictions, held_out):
-    """Fusion beats every single axis but z; 9 axes match 3 axes (within 0.005 mean Dice).
+#: 9 against 3 axes is judged where the phantom's thin layers span several voxels and the
+#: patches cover most of a slice, as SUN scales its input size: 128^3 with 96^2 patches.
+#: At 48^3 (the model above) the diagonal resampling blurs layers one or two voxels thick
+#: and 9 and 3 axes tie within 0.005 (docs/sun.md, "9 vs 3 axes").
+FUSION_SIZE = (128, 128, 128)
+FUSION_CONFIG = TrainingConfig(
+    axes="9", depth=3, base_width=8, input_size=96, batch_size=8, steps=1500, learning_rate=3e-3, val_every=100, log_every=50, patience=0, checkpoint_every=500
+)
 
-    On this phantom the axial (z) slices are clearly the best single view and weigh
-    1/3 in 3-axis fusion but 1/9 in 9-axis fusion; the diagonal axes score like y and x.
-    Strictly "9 >= 3" therefore does not hold at this model size (see docs/sun.md).
-    """
-    image, truth = held_out
-    score = lambda labels: dice_per_class(labels, truth, 4)[1:].mean()  # noqa: E731
-    single = {axis: score(predict_volume(trained.model, image, axis).labels) for axis in trained.model.axes}
-    nine, three = score(predictions["9"].labels), score(predictions["3"].labels)
-    assert nine > max(v for k, v in single.items() if k != "z"), (nine, single)
-    assert nine >= three - 0.005, (nine, three)
+
+@pytest.fixture(scope="session")
+def fusion_model(tmp_path_factory):
+    """A model trained on two 128^3 phantoms (seeds 0, 1): about 70 s on 2 cores."""
+    pairs = [make_implant_phantom(FUSION_SIZE, seed=s) for s in (0, 1)]
+    folder = tmp_path_factory.mktemp("sun-fusion-model")
+    return train_sun([p[0] for p in pairs], [p[1] for p in pairs], folder / "sun.pt", FUSION_CONFIG, class_names=CLASS_NAMES, voxel_size=(5.0,) * 3).model
+
+
+def test_nine_axes_score_at_least_as_well_as_three_and_beat_every_single_axis(fusion_model):
+    """Mean foreground Dice over three held-out phantoms, one model for every selection of axes."""
+    selections = ("3", "9", *fusion_model.axes)
+    scores = {axes: [] for axes in selections}
+    for seed in (7, 8, 9):
+        image, truth = make_implant_phantom(FUSION_SIZE, seed=seed)
+        for axes in selections:
+            scores[axes].append(dice_per_class(predict_volume(fusion_model, image, axes).labels, truth, 4)[1:].mean())
+    mean = {axes: float(np.mean(values)) for axes, values in scores.items()}
+    assert mean["9"] >= mean["3"], mean
+    assert all(mean["9"] > mean[axis] for axis in fusion_model.axes), mean
 
 
 def test_uncertainty_is_higher_at_class_boundaries(predictions, held_out):
