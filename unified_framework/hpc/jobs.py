@@ -167,6 +167,9 @@ def prepare(
         template, _with_config_defaults(template, params or {}, config), cwd=cwd, cluster=limits,
         allow_locked=allow_locked,
     )
+    if chosen == "slurm":
+        # The job's log goes under the working directory: refuse now what SLURM cannot write.
+        slurm.escape_filename_pattern(values["workdir"], f"{template.name}: workdir")
     scripts = render(template, values, script_context(template, config))
     return PreparedJob(template, values, scripts, chosen)
 
@@ -301,15 +304,15 @@ def _local_reason() -> str:
 
 def _submit_slurm(record: JobRecord, folder: Path, after_ids: list[str], hold: bool) -> None:
     by_step: dict[str, str] = {}
-    relative = Path(RECORDS_FOLDER) / folder.name
+    # Absolute, so SLURM does not put the working directory in front and expand '%' in it.
+    logs = slurm.escape_filename_pattern(record.path, f"{record.template}: workdir")
     for entry in record.jobs:
         depends = [by_step[entry.after]] if entry.after else after_ids
         entry.dependency = "afterok:" + ":".join(depends) if depends else None
         entry.job_id = slurm.sbatch(
             str(folder / entry.script),
             workdir=record.workdir,
-            # Relative to --chdir, so '%' or '\' in the working directory's path mean nothing.
-            output=str(relative / entry.log),
+            output=f"{logs}/{entry.log}",
             dependency=entry.dependency,
             hold=hold,
         )

@@ -10,9 +10,11 @@ expression inside quotes of their own. A final check refuses any output whose
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import jinja2
@@ -50,8 +52,11 @@ def shell_quote(value: Any) -> str:
     return shlex.quote(str(value))
 
 
-def _environment(template: Template) -> SandboxedEnvironment:
-    loader = jinja2.FileSystemLoader([str(template.path), str(template.path.parent / SHARED_FOLDER)])
+@functools.lru_cache(maxsize=64)
+def _environment(folder: Path) -> SandboxedEnvironment:
+    # One per template folder: Jinja then compiles each script once (a dashboard renders
+    # on every change of a form field); its loader still reloads files that changed.
+    loader = jinja2.FileSystemLoader([str(folder), str(folder.parent / SHARED_FOLDER)])
     return SandboxedEnvironment(
         loader=loader,
         undefined=jinja2.StrictUndefined,
@@ -81,7 +86,7 @@ def render(template: Template, values: Mapping[str, Any], context: Mapping[str, 
     InputError
         A name the template uses is undefined, or a rendered ``#SBATCH`` line is not plain.
     """
-    env = _environment(template)
+    env = _environment(template.path)
     names = {**dict(context or {}), **dict(values)}
     jobs = []
     for step in template.steps:

@@ -540,6 +540,48 @@ def qos_names() -> list[str] | None:
 
 
 # --------------------------------------------------------------------------- actions
+def escape_filename_pattern(path: str, field: str = "path") -> str:
+    """Write ``path`` so that SLURM keeps it literal in a filename pattern.
+
+    ``sbatch --output``, ``--error`` and ``--input`` take *filename patterns*: SLURM
+    replaces ``%j``, ``%x``, ``%u``, ``%5a``, ... anywhere in them (also in the working
+    directory it puts in front of a relative one) and writes ``%`` as ``%%``. A
+    backslash instead turns every replacement off and is itself removed (SLURM up to
+    25.05 keeps ``\\\\`` as one backslash, 25.11 drops them all), so no version can
+    write a log named by job id into a folder whose path holds a backslash: such a
+    path is refused. ``--chdir`` is taken literally and needs no escaping.
+
+    Parameters
+    ----------
+    path : str
+        A literal path, e.g. the folder a job's log goes to.
+    field : str
+        What to name in the error message (``"python-script: workdir"``).
+
+    Returns
+    -------
+    str
+        ``path`` with every ``%`` doubled; append ``/slurm-%j.out`` for the pattern.
+
+    Raises
+    ------
+    InputError
+        ``path`` contains a backslash.
+
+    Examples
+    --------
+    >>> escape_filename_pattern("/data/100%_j") + "/slurm-%j.out"
+    '/data/100%%_j/slurm-%j.out'
+    """
+    if "\\" in path:
+        shown = path if len(path) <= 80 else path[:77] + "..."
+        raise InputError(
+            f"{field}: {shown!r} contains a backslash, which SLURM removes from the path of the job's log "
+            "(sbatch --output); rename the folder or use the local backend"
+        )
+    return path.replace("%", "%%")
+
+
 def sbatch(
     script: str,
     *,
@@ -553,7 +595,8 @@ def sbatch(
     """Submit a batch script file; return its job id (or sbatch's answer for ``test_only``).
 
     The working directory and output pattern are passed as arguments, never written
-    into the script, so paths with any characters are safe.
+    into the script. ``workdir`` is taken literally; ``output`` is a SLURM filename
+    pattern: build it from a literal folder with :func:`escape_filename_pattern`.
     """
     command = ["sbatch", f"--chdir={workdir}", f"--output={output}"]
     if dependency:

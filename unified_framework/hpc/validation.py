@@ -29,6 +29,7 @@ SLURM_WORD_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 TIME_RE = re.compile(r"\d{1,6}|\d{1,6}:\d{1,2}|\d{1,6}:\d{1,2}:\d{1,2}|\d{1,4}-\d{1,2}(:\d{1,2}(:\d{1,2})?)?")
 MEMORY_RE = re.compile(r"(\d{1,9})([KMGT]?)B?", re.IGNORECASE)
 ARRAY_RE = re.compile(r"\d{1,7}(-\d{1,7}(:\d{1,7})?)?(,\d{1,7}(-\d{1,7}(:\d{1,7})?)?)*(%\d{1,5})?")
+MODULE_RE = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,127}(/[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,127}){0,7}")
 HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]")
 DEFAULT_MAX_LENGTH = {"string": 1024, "args": 8192, "path": 4096}
 MAX_ARRAY_TASKS = 10000
@@ -71,6 +72,87 @@ def check_text(value: Any, field: str, max_length: int = 1024) -> str:
                 "(no newlines, NUL or escape sequences)"
             )
     return value
+
+
+def check_partition(value: Any, field: str = "partition", kind: str = "partition") -> str:
+    """Return a SLURM partition (or QoS, account) name, cleaned, or raise.
+
+    The value is checked *before* surrounding blanks are stripped, so a newline or
+    any other control character is refused wherever it is; the stripped name must
+    then be 1-64 of ``A-Za-z0-9_.-`` starting with a letter, digit or ``_``. Empty
+    text is returned as ``""`` (the cluster's default); callers that need a name
+    check for that. Pass on only the returned value.
+
+    Parameters
+    ----------
+    value : Any
+        What the user sent (text; form fields as a string).
+    field : str
+        What to name in the error message.
+    kind : str
+        ``partition``, ``qos`` or ``account`` (for the message).
+
+    Returns
+    -------
+    str
+        The name without surrounding blanks.
+
+    Raises
+    ------
+    InputError
+        Not text, control characters, or not a valid name.
+
+    Examples
+    --------
+    >>> check_partition(" debug ")
+    'debug'
+    >>> check_partition("debug\\n#SBATCH --uid=0")
+    Traceback (most recent call last):
+    ...
+    unified_framework.errors.InputError: partition: control character U+000A at position 5 is not allowed (no newlines, NUL or escape sequences)
+    """
+    text = check_text(_as_text(value), field, 256).strip(" ")
+    if text and not SLURM_WORD_RE.fullmatch(text):
+        raise InputError(f"{field}: {_shown(text)} is not a valid {kind} name (letters, digits, '_', '.', '-')")
+    return text
+
+
+def check_module(value: Any, field: str = "module") -> str:
+    """Return an Lmod module name (``name`` or ``name/version``), cleaned, or raise.
+
+    Like :func:`check_partition`: control characters are refused before surrounding
+    blanks are stripped. Each ``/``-separated part is 1-128 of ``A-Za-z0-9_.+-``
+    and must not start with ``.`` or ``-`` (no ``..``, no options). Whether the
+    module exists is the caller's check.
+
+    Parameters
+    ----------
+    value : Any
+        What the user sent.
+    field : str
+        What to name in the error message.
+
+    Returns
+    -------
+    str
+        The module name without surrounding blanks.
+
+    Raises
+    ------
+    InputError
+        Not text, empty, control characters, or not a module name.
+
+    Examples
+    --------
+    >>> check_module("mdlma/unified-framework ")
+    'mdlma/unified-framework'
+    """
+    text = check_text(_as_text(value), field, 512).strip(" ")
+    if not MODULE_RE.fullmatch(text):
+        raise InputError(
+            f"{field}: {_shown(text)} is not a module name (NAME or NAME/VERSION of letters, digits, '_', '.', '+', '-')"
+        )
+    return text
 
 
 def _as_text(value: Any) -> str:
@@ -164,9 +246,7 @@ def _validate_one(p: Parameter, value: Any, field: str, workdir: Path | None, ch
             )
         return text
     if kind in {"partition", "qos", "account"}:
-        if text and not SLURM_WORD_RE.fullmatch(text):
-            raise InputError(f"{field}: {_shown(text)} is not a valid {kind} name (letters, digits, '_', '.', '-')")
-        return text
+        return check_partition(text, field, kind)
     if kind == "time":
         text = text.strip()
         if not TIME_RE.fullmatch(text):
@@ -222,8 +302,9 @@ def _validate_one(p: Parameter, value: Any, field: str, workdir: Path | None, ch
 
 def _validate_path(p: Parameter, text: str, field: str, workdir: Path | None, check_paths: bool) -> str:
     if not text:
-        if p.required:
-            raise InputError(f"{field}: a path is required")
+        # A path with a default (workdir '.') cannot be emptied: 'cd -- ""' would stay anywhere.
+        if p.required or p.default:
+            raise InputError(f"{field}: a path is required" + (f" (default {p.default})" if p.default else ""))
         return ""
     if "::" in text:
         # 'file.h5::/dataset': the framework's readers name a dataset inside a file.
