@@ -121,6 +121,44 @@ def test_failed_task_holds_back_merge_which_can_be_cancelled(workdir):
     assert not (workdir / "merged.txt").exists()
 
 
+def test_percent_signs_in_the_working_folder_keep_the_logs_where_expected(workdir):
+    """SLURM expands %j, %x, %u, %a ... in --output, also in the working directory it
+    prefixes: a folder named like this made the job die at launch with no log."""
+    folder = workdir / "50%j %x %u %5a %%A 'q'"
+    folder.mkdir()
+    (folder / "run.py").write_text("import os\nprint('task', os.environ['SLURM_ARRAY_TASK_ID'], 'in', os.getcwd())\n")
+    record = hpc.submit(
+        "python-script", {"script": "run.py", "workdir": str(folder), "array": "0-1", "mem": "200M", "time": "5"},
+        backend="slurm",
+    )
+    (array_id,) = record.job_ids
+    jobs = wait_for(lambda: _all_finished(record.job_ids), timeout=180, what="the array tasks")
+    assert sorted((j.job_id, j.state) for j in jobs) == [(f"{array_id}_{i}", "COMPLETED") for i in range(2)]
+    assert Path(record.path).parent.parent == folder
+    for task in range(2):
+        log = Path(record.path) / f"slurm-{array_id}_{task}.out"
+        assert f"task {task} in {folder}\n" in log.read_text()
+    assert {p.name for p in folder.iterdir()} == {"run.py", ".mdlma-jobs"}  # no log went elsewhere
+
+
+def test_backslash_in_the_working_folder_is_refused_for_slurm(workdir, capsys):
+    """SLURM drops every backslash from --output (and with it the %j): refused on one line."""
+    from unified_framework.cli.main import main
+
+    folder = workdir / "back\\slash"
+    folder.mkdir()
+    (folder / "run.py").write_text("")
+    with pytest.raises(InputError, match=r"^python-script: workdir: .* contains a backslash, which SLURM removes"):
+        hpc.submit("python-script", {"script": "run.py", "workdir": str(folder)}, backend="slurm")
+    assert main(["jobs", "--backend", "slurm", "submit", "python-script", "--set", "script=run.py",
+                 "--set", f"workdir={folder}"]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith("mdlma: error: python-script: workdir: ") and message.count("\n") == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["run.py"]  # no record, nothing queued
+    # The local backend has no such limit.
+    assert hpc.prepare("python-script", {"script": "run.py", "workdir": str(folder)}, backend="local").workdir == str(folder)
+
+
 def test_cancel_a_running_job(workdir):
     (workdir / "sleep.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(300)\n")
     record = hpc.submit("python-script", {"script": "sleep.py", "mem": "200M", "time": "5"}, backend="slurm")
