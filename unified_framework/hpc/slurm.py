@@ -574,9 +574,10 @@ def escape_filename_pattern(path: str, field: str = "path") -> str:
     '/data/100%%_j/slurm-%j.out'
     """
     if "\\" in path:
-        shown = path if len(path) <= 80 else path[:77] + "..."
+        # Quoted as typed (a repr would double the backslash); control characters escaped.
+        shown = (path if len(path) <= 80 else path[:77] + "...") if path.isprintable() else ascii(path)[1:-1]
         raise InputError(
-            f"{field}: {shown!r} contains a backslash, which SLURM removes from the path of the job's log "
+            f"{field}: '{shown}' contains a backslash, which SLURM removes from the path of the job's log "
             "(sbatch --output); rename the folder or use the local backend"
         )
     return path.replace("%", "%%")
