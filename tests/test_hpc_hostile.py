@@ -147,7 +147,7 @@ STUB = """#!/bin/sh
 #: Commands the templates run (expected) and commands an injection would run (never).
 STUBS = ("mdlma", "python", "batchspawner-singleuser", "sbatch", "srun", "scancel", "scontrol", "squeue", "salloc")
 # Runs each script given as 'LOG SCRIPT' pairs in a subshell of one bash (a process per
-# script would make the sweep ten times slower) and prints each exit status.
+# script costs about eight times as much) and prints each exit status.
 DRIVER = """while [ $# -gt 0 ]; do
   ( export MDLMA_STUB_LOG="$1"; . "$2" ) </dev/null >/dev/null 2>>"$1.err"
   echo $?
