@@ -303,8 +303,8 @@ def _spawner(tmp_path, **traits) -> MdlmaSlurmSpawner:
     user = types.SimpleNamespace(name="root", url="/user/root/", escaped_name="root")
     hub = types.SimpleNamespace(public_host="", api_url="http://127.0.0.1:8081/hub/api", base_url="/hub/",
                                 url="http://127.0.0.1:8081/hub/")
-    return MdlmaSlurmSpawner(user=user, hub=hub, batch_script=(REPO / "hub_config" / "templates" / "job.sh.j2").read_text(),
-                             modulepaths=[str(tmp_path)], **traits)
+    script = (REPO / "hub_config" / "templates" / "job.sh.j2").read_text()
+    return MdlmaSlurmSpawner(user=user, hub=hub, batch_script=script, modulepaths=[str(tmp_path)], **traits)
 
 
 def test_job_script_gets_the_validated_options_not_the_raw_ones(choices, tmp_path):
