@@ -1,6 +1,8 @@
 """Unit tests of the hub's pieces that run without a cluster: sinfo parsing, option
-validation, the options form, the job script, the single-user launcher and the
-jupyter-server-proxy entries. The end-to-end test is tests/test_hub_e2e.py."""
+validation, the options form, the job script, the single-user launcher, the
+jupyter-server-proxy entries, the development login, and (as root, with the local user
+``mdlmatest``) the state-folder checks of ``scripts/hub``, which refuse before anything
+starts. The end-to-end test is tests/test_hub_e2e.py."""
 
 from __future__ import annotations
 
