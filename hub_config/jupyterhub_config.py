@@ -7,21 +7,27 @@ docs/hub.md. ``scripts/hub start`` runs it with::
 
     jupyterhub -f hub_config/jupyterhub_config.py
 
+(plus ``--JupyterHub.authenticator_class=unified_framework.hub.auth.DevAuthenticator`` for
+``--dev``: only that command line option selects the development login).
+
 Settings come from environment variables (``scripts/hub`` sets them):
 
-MDLMA_HUB_STATE        folder for the database, cookie secret and logs (/var/tmp/mdlma-hub)
+MDLMA_HUB_STATE        folder for the database, cookie secret and logs (/var/lib/mdlma/hub);
+                       the hub refuses one another user owns or may write (``scripts/hub check``)
 MDLMA_HUB_PORT         public port on 127.0.0.1 (8000); the hub API uses +1, the proxy API +2
 MDLMA_HUB_IP           address the public proxy binds (127.0.0.1)
 MDLMA_HUB_CHP          configurable-http-proxy executable (default: found on PATH)
 MDLMA_HUB_MODULEPATH   ':'-separated Lmod module paths offered as server environments
                        (default <MDLMA_PREFIX or the clone's .mdlma>/modulefiles)
 MDLMA_HUB_PORT_RANGE   ports the single-user servers may use (50000-50999)
+MDLMA_HUB_SERVER_IP    address the single-user servers listen on (127.0.0.1: jobs on this host)
 MDLMA_HUB_ALLOWED_USERS comma-separated users allowed to log in (default: every local
                        user PAM accepts, except root)
-MDLMA_HUB_DEV          "1": DummyAuthenticator (any password) - development only
 """
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import batchspawner  # noqa: F401  (registers /hub/api/batchspawner, the jobs' port callback)
@@ -35,8 +41,13 @@ portcallback.install()
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 
 here = Path(__file__).resolve().parent
-state = Path(os.environ.get("MDLMA_HUB_STATE", "/var/tmp/mdlma-hub"))
-state.mkdir(parents=True, exist_ok=True)
+# The same checks as `scripts/hub start` (scripts/lib/state.sh), also when jupyterhub is
+# run by hand: a state folder another user planted would hand them the cookie secret.
+check = subprocess.run([str(here.parent / "scripts" / "hub"), "check"], capture_output=True, text=True, check=False)
+if check.returncode != 0:
+    sys.exit(check.stderr.strip() or f"scripts/hub check failed (exit {check.returncode})")
+state = Path(check.stdout.strip())
+state.mkdir(mode=0o700, parents=True, exist_ok=True)
 port = int(os.environ.get("MDLMA_HUB_PORT", "8000"))
 ip = os.environ.get("MDLMA_HUB_IP", "127.0.0.1")
 prefix = Path(os.environ.get("MDLMA_PREFIX", here.parent / ".mdlma"))
@@ -56,12 +67,10 @@ c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
 c.JupyterHub.cleanup_servers = True
 
 # --------------------------------------------------------------- who may log in
-if os.environ.get("MDLMA_HUB_DEV") == "1":
-    c.JupyterHub.authenticator_class = "dummy"
-else:
-    c.JupyterHub.authenticator_class = "pam"
-    # Sessions would be opened in the hub's process, not in the job where the user works.
-    c.PAMAuthenticator.open_sessions = False
+# `scripts/hub start --dev` overrides this on the command line (unified_framework.hub.auth).
+c.JupyterHub.authenticator_class = "pam"
+# Sessions would be opened in the hub's process, not in the job where the user works.
+c.PAMAuthenticator.open_sessions = False
 # Usernames end up in shell commands (runuser, sbatch) and paths: allow plain ones only.
 c.Authenticator.username_pattern = r"^[a-z_][a-z0-9_-]{0,31}$"
 c.Authenticator.blocked_users = {"root"}
@@ -75,6 +84,7 @@ c.MdlmaSlurmSpawner.modulepaths = [
     p for p in os.environ.get("MDLMA_HUB_MODULEPATH", str(prefix / "modulefiles")).split(":") if p
 ]
 c.MdlmaSlurmSpawner.port_range = os.environ.get("MDLMA_HUB_PORT_RANGE", "50000-50999")
+c.MdlmaSlurmSpawner.server_ip = os.environ.get("MDLMA_HUB_SERVER_IP", "127.0.0.1")
 c.MdlmaSlurmSpawner.options_form_template = str(here / "templates" / "options_form.html")
 c.MdlmaSlurmSpawner.batch_script = (here / "templates" / "job.sh.j2").read_text()
 # The hub runs as root; every SLURM command runs as the user (no sudo needed).

@@ -17,6 +17,7 @@ import pwd
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,12 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 TEST_USER = "mdlmatest"
 
 
+def cluster_state_dir() -> Path:
+    """The test cluster's state folder: ``$MDLMA_SLURM_STATE`` or the script's default."""
+    script = REPO / "scripts" / "slurm-cluster"
+    return Path(subprocess.run([script, "state-dir"], capture_output=True, text=True, check=True).stdout.strip())
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Path:
     """Ensure the test cluster runs; return its state directory."""
@@ -35,7 +42,7 @@ def slurm_cluster() -> Path:
     script = str(REPO / "scripts" / "slurm-cluster")
     running = subprocess.run([script, "status"], capture_output=True, text=True, timeout=120).returncode == 0
     if running and os.geteuid() != 0:
-        return Path(os.environ.get("MDLMA_SLURM_STATE", "/var/tmp/mdlma-slurm"))
+        return cluster_state_dir()
     if os.geteuid() != 0:
         if IN_CI:
             pytest.fail("the SLURM test cluster is not running and starting it needs root")
@@ -43,12 +50,17 @@ def slurm_cluster() -> Path:
     proc = subprocess.run([script, "start"], capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         pytest.fail(f"scripts/slurm-cluster start failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return Path(os.environ.get("MDLMA_SLURM_STATE", "/var/tmp/mdlma-slurm"))
+    return cluster_state_dir()
 
 
 @pytest.fixture(scope="session")
 def slurm_test_user(slurm_cluster) -> str:
     """A second, unprivileged local user (``mdlmatest``), created if missing."""
+    return ensure_test_user()
+
+
+def ensure_test_user() -> str:
+    """Create the unprivileged local user ``mdlmatest`` if missing (root only; else skip)."""
     try:
         pwd.getpwnam(TEST_USER)
     except KeyError:
@@ -56,6 +68,25 @@ def slurm_test_user(slurm_cluster) -> str:
             pytest.skip(f"user {TEST_USER} does not exist and only root can create it")
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", TEST_USER], check=True)
     return TEST_USER
+
+
+@pytest.fixture
+def planted_state() -> Iterator[Path]:
+    """An empty folder in world-writable /var/tmp that ``mdlmatest`` created first, as an
+    attacker would plant a service's state folder; removed afterwards. Root only."""
+    if os.geteuid() != 0:
+        pytest.skip("planting a folder as another user needs root")
+    user = ensure_test_user()
+    made = subprocess.run(["runuser", "-u", user, "--", "mktemp", "-d", "/var/tmp/mdlma-planted.XXXXXX"],
+                          capture_output=True, text=True, check=True)
+    folder = Path(made.stdout.strip())
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def as_test_user(*command: str) -> None:
+    """Run ``command`` as ``mdlmatest`` (it must succeed)."""
+    subprocess.run(["runuser", "-u", TEST_USER, "--", *command], check=True)
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.5, what: str = "condition"):

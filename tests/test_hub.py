@@ -1,26 +1,37 @@
 """Unit tests of the hub's pieces that run without a cluster: sinfo parsing, option
-validation, the options form, the job script, the single-user launcher and the
-jupyter-server-proxy entries. The end-to-end test is tests/test_hub_e2e.py."""
+validation, the options form, the job script, the single-user launcher, the
+jupyter-server-proxy entries, the development login, and (as root, with the local user
+``mdlmatest``) the state-folder checks of ``scripts/hub``, which refuse before anything
+starts. The end-to-end test is tests/test_hub_e2e.py."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
+import logging
+import os
+import pwd
 import socket
 import subprocess
 import threading
+import time
+import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import jinja2
 import pytest
 
+from conftest_slurm import as_test_user, ensure_test_user, planted_state  # noqa: F401 - fixture
 from unified_framework.errors import InputError
 from unified_framework.hub import serverproxy, singleuser
+from unified_framework.hub.auth import DevAuthenticator, service_account_reason
 from unified_framework.hub.cluster import (
     Partition, format_minutes, list_modules, parse_gpus, parse_sinfo, parse_time_limit,
 )
 from unified_framework.hub.options import SpawnChoices, validate_options
+from unified_framework.hub.spawner import InvalidOptions, MdlmaSlurmSpawner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,6 +111,11 @@ def test_validate_options_defaults_and_form_lists(choices):
         ({"memory_gb": "8"}, "memory_gb"),
         ({"gpus": "1"}, "gpus"),
         ({"partition": "debug\n#SBATCH --uid=0"}, "partition"),
+        # Once accepted as a stripped copy while the raw value went into the script:
+        ({"partition": "debug\n"}, "partition: control character U\\+000A"),
+        ({"partition": " debug"}, "partition"),
+        ({"module": "mdlma/unified-framework/0.1.0\n"}, "module: control character"),
+        ({"cpus": " 1"}, "cpus"),
         ({"module": "mdlma/unified-framework/0.1.0; rm -rf ~"}, "module"),
         ({"cpus": "1; id"}, "cpus"),
         ({"cpus": ["1", "2"]}, "cpus"),
@@ -244,5 +260,168 @@ def test_hub_config_uses_pam_unless_dev(monkeypatch, tmp_path):
     from unified_framework.hub.portcallback import PortCallbackHandler
 
     assert [h for p, h in default_handlers if p == r"/api/batchspawner"] == [PortCallbackHandler]
-    assert _hub_config(monkeypatch, tmp_path, MDLMA_HUB_DEV="1").JupyterHub.authenticator_class == "dummy"
-    assert _hub_config(monkeypatch, tmp_path, MDLMA_HUB_DEV="0").JupyterHub.authenticator_class == "pam"
+    assert config.MdlmaSlurmSpawner.server_ip == "127.0.0.1"
+    # The environment alone once switched to a login that takes any password.
+    assert _hub_config(monkeypatch, tmp_path, MDLMA_HUB_DEV="1").JupyterHub.authenticator_class == "pam"
+
+
+def test_dev_login_only_from_the_command_line_of_scripts_hub(monkeypatch, tmp_path):
+    """`scripts/hub start --dev` passes the class on jupyterhub's command line, which wins
+    over the configuration file; JupyterHub's own parsing decides, as at a real start."""
+    from jupyterhub.app import JupyterHub
+
+    line = next(l for l in (REPO / "scripts" / "hub").read_text().splitlines() if l.startswith("DEV_AUTHENTICATOR="))
+    monkeypatch.setenv("MDLMA_HUB_STATE", str(tmp_path))
+    monkeypatch.setenv("MDLMA_HUB_DEV", "1")
+    config_file = str(REPO / "hub_config" / "jupyterhub_config.py")
+    dev = [f"--JupyterHub.authenticator_class={line.split('=', 1)[1]}"]
+    for argv, expected in (([], "PAMAuthenticator"), (dev, "DevAuthenticator")):
+        app = JupyterHub()
+        app.parse_command_line(["-f", config_file, *argv])
+        app.load_config_file(app.config_file)
+        assert app.authenticator_class.__name__ == expected, argv
+
+
+def test_dev_login_refuses_service_accounts_and_warns(caplog):
+    person = ensure_test_user()  # uid >= 1000, /bin/bash
+    log = logging.getLogger("test-dev-login")
+    with caplog.at_level(logging.WARNING, logger="test-dev-login"):
+        auth = DevAuthenticator(log=log)
+    assert "DEVELOPMENT LOGIN" in caplog.text
+
+    def login(name: str):
+        return asyncio.run(auth.authenticate(None, {"username": name, "password": "anything"}))
+
+    assert login(person) == person
+    for name in ("root", "daemon", "nobody", "no-such-account-here"):
+        assert login(name) is None, name
+    assert "uid 1 is below 1000" in service_account_reason("daemon")
+    assert "not a login shell" in service_account_reason("nobody")  # uid 65534, /usr/sbin/nologin
+    assert "not a login shell" in service_account_reason(person, shells=frozenset({"/bin/zsh"}))
+
+
+def _spawner(tmp_path, **traits) -> MdlmaSlurmSpawner:
+    """A spawner outside a running hub: the user and hub objects it reads, nothing else."""
+    user = types.SimpleNamespace(name="root", url="/user/root/", escaped_name="root")
+    hub = types.SimpleNamespace(public_host="", api_url="http://127.0.0.1:8081/hub/api", base_url="/hub/",
+                                url="http://127.0.0.1:8081/hub/")
+    script = (REPO / "hub_config" / "templates" / "job.sh.j2").read_text()
+    return MdlmaSlurmSpawner(user=user, hub=hub, batch_script=script, modulepaths=[str(tmp_path)], **traits)
+
+
+def test_job_script_gets_the_validated_options_not_the_raw_ones(choices, tmp_path):
+    """batchspawner's submit_batch_script merges the raw user_options over the template
+    variables. The submit command here writes the script to a file instead of calling
+    sbatch (only the rendered script is under test) and prints a job id."""
+    script = tmp_path / "submitted.sh"
+    spawner = _spawner(tmp_path, exec_prefix="", batch_submit_cmd=f"cat > {script}; echo 42")
+    spawner._job_options = validate_options({"partition": "batch"}, choices)
+    spawner.user_options = {"partition": "batch\n#SBATCH --uid=0", "module": "mdlma/unified-framework/0.1.0; id"}
+    assert asyncio.run(spawner.submit_batch_script()) == "42"
+    text = script.read_text()
+    assert "#SBATCH --partition=batch\n#SBATCH --time=" in text
+    assert "--uid=0" not in text and "; id" not in text
+    assert "module load mdlma/unified-framework/0.1.0 ||" in text
+
+
+def test_invalid_spawn_options_are_http_400_with_the_message(choices, tmp_path, monkeypatch):
+    spawner = _spawner(tmp_path)
+    monkeypatch.setattr(MdlmaSlurmSpawner, "_choices_cache", (time.monotonic(), choices))  # no sinfo needed
+    spawner.user_options = {"partition": "debug\n"}
+    with pytest.raises(InvalidOptions) as caught:
+        asyncio.run(spawner.start())
+    assert caught.value.status_code == 400
+    assert caught.value.jupyterhub_message.startswith("Invalid server options: partition: control character U+000A")
+    assert caught.value.log_message % caught.value.args == caught.value.jupyterhub_message
+
+
+def test_server_listens_on_loopback_and_only_for_jobs_on_this_host(tmp_path):
+    spawner = _spawner(tmp_path)
+    assert spawner.server_ip == "127.0.0.1"
+    assert spawner._connect_address(socket.gethostname()) == "127.0.0.1"
+    with pytest.raises(Exception, match="runs on node-elsewhere, but servers listen on 127.0.0.1"):
+        spawner._connect_address("node-elsewhere")
+    assert _spawner(tmp_path, server_ip="10.1.2.3")._connect_address("node7") == "node7"
+
+
+# ------------------------------------------------------------------ state folder (scripts/hub)
+HUB = str(REPO / "scripts" / "hub")
+
+
+def _hub(*args: str, state: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MDLMA_HUB_STATE": str(state)}
+    return subprocess.run([HUB, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _refused(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[hub] error: "), proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.fixture
+def root_state(tmp_path) -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("scripts/hub start/stop need root")
+    state = tmp_path / "hub-state"
+    state.mkdir(mode=0o700)
+    return state
+
+
+def test_hub_start_refuses_a_state_folder_another_user_planted(planted_state):
+    """The attack: mdlmatest creates the folder first, with a cookie secret they know."""
+    secret = planted_state / "jupyterhub_cookie_secret"
+    as_test_user("sh", "-c", f"echo 00112233 > {secret} && chmod 600 {secret}")
+    proc = _hub("start", state=planted_state)
+    _refused(proc, f"state folder {planted_state} belongs to mdlmatest", "rm -rf")
+    assert secret.read_text() == "00112233\n" and sorted(p.name for p in planted_state.iterdir()) == [secret.name]
+    assert _hub("check", state=planted_state).returncode != 0
+
+
+def test_hub_start_refuses_unsafe_secrets_and_parents(root_state, local_user_dir):
+    secret = root_state / "jupyterhub_cookie_secret"
+    secret.write_text("00112233\n")
+    secret.chmod(0o620)  # group-writable
+    _refused(_hub("start", state=root_state), f"secret {secret} is accessible to group or others", "chmod 600")
+    secret.chmod(0o600)
+    (root_state / "jupyterhub.sqlite").write_bytes(b"")
+    (root_state / "jupyterhub.sqlite").chmod(0o644)  # readable by all: it holds tokens
+    _refused(_hub("start", state=root_state), "jupyterhub.sqlite is accessible")
+    (root_state / "jupyterhub.sqlite").chmod(0o600)
+    (root_state / "jupyterhub.log").symlink_to("/etc/shadow")
+    _refused(_hub("start", state=root_state), "jupyterhub.log is a symbolic link")
+    (root_state / "jupyterhub.log").unlink()
+    assert _hub("check", state=root_state).stdout.strip() == str(root_state)
+    # A root-owned state folder inside a folder another user owns: they can swap it.
+    below = local_user_dir / "state"
+    below.mkdir(mode=0o700)
+    _refused(_hub("start", state=below), f"{local_user_dir} (above the state folder", "belongs to mdlmatest")
+
+
+@pytest.fixture
+def local_user_dir(tmp_path) -> Path:
+    """A folder of mdlmatest (root's tmp_path above it)."""
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    entry = pwd.getpwnam(ensure_test_user())
+    os.chown(folder, entry.pw_uid, entry.pw_gid)
+    return folder
+
+
+def test_hub_stop_kills_only_processes_of_this_hub(root_state):
+    """Pid files naming unrelated processes (a number may be reused, a file planted)."""
+    sleepers = [subprocess.Popen(["sleep", "300"]) for _ in range(2)]
+    try:
+        (root_state / "jupyterhub.pid").write_text(f"{sleepers[0].pid}\n")
+        (root_state / "proxy.pid").write_text(f"{sleepers[1].pid}\n")
+        proc = _hub("stop", state=root_state)
+        assert proc.returncode == 0 and "not running" in proc.stdout, proc.stdout + proc.stderr
+        time.sleep(0.2)
+        assert [s.poll() for s in sleepers] == [None, None]
+        assert _hub("status", state=root_state).returncode == 3
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()

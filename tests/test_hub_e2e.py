@@ -27,7 +27,9 @@ from unified_framework.hub.client import HubClient
 
 pytestmark = [pytest.mark.hub, pytest.mark.slurm, pytest.mark.browser, pytest.mark.slow]
 
-STATE = Path(os.environ.get("MDLMA_HUB_TEST_STATE", "/var/tmp/mdlma-hub-test"))
+#: Next to the hub's default state folder (root's, under /var/lib/mdlma), never in /var/tmp.
+HUB_STATE = subprocess.run([REPO / "scripts" / "hub", "state-dir"], capture_output=True, text=True, check=True)
+STATE = Path(os.environ.get("MDLMA_HUB_TEST_STATE") or Path(HUB_STATE.stdout.strip()).parent / "hub-test")
 PORT = int(os.environ.get("MDLMA_HUB_TEST_PORT", "8700"))
 URL = f"http://127.0.0.1:{PORT}"
 USER, OTHER = "mdlmatest", "mdlmaother"
@@ -74,7 +76,7 @@ def _jobs(user: str) -> list[list[str]]:
 def hub(prefix):
     require(os.geteuid() == 0, "the hub test needs root (PAM logins, useradd, runuser)")
     require(shutil.which("sbatch") is not None, "SLURM is not installed (scripts/slurm-cluster start)")
-    broken = _make_broken_module(Path("/var/tmp/mdlma-hub-test-modules"))
+    broken = _make_broken_module(STATE.parent / "hub-test-modules")
     env = _hub_env(prefix, broken)
     start = subprocess.run([REPO / "scripts" / "hub", "start"], env=env, capture_output=True, text=True, timeout=900)
     assert start.returncode == 0, f"scripts/hub start failed:\n{start.stdout}\n{start.stderr}"
@@ -83,6 +85,10 @@ def hub(prefix):
                              check=True).stdout.strip()
         for user in (USER, OTHER)
     }
+    # What the hub keeps is its own: the folder 0700, secrets 0600 (scripts/hub's umask).
+    assert STATE.stat().st_mode & 0o777 == 0o700
+    for secret in ("jupyterhub_cookie_secret", "jupyterhub.sqlite"):
+        assert (STATE / secret).stat().st_mode & 0o077 == 0, secret
     yield passwords
     stop = subprocess.run([REPO / "scripts" / "hub", "stop"], env=env, capture_output=True, text=True, timeout=300)
     assert stop.returncode == 0, stop.stderr
@@ -116,6 +122,12 @@ def test_server_is_a_slurm_job_of_the_user_serving_jupyterlab(server):
     assert "Partition=debug" in detail and "TimeLimit=00:30:00" in detail
     lab = server.session.get(f"{URL}/user/{USER}/lab", timeout=60)
     assert lab.status_code == 200 and "JupyterLab" in lab.text
+    # The server listens on loopback only (MdlmaSlurmSpawner.server_ip), not on every interface.
+    pid = subprocess.run(["pgrep", "-u", USER, "-f", "jupyterhub-singleuser"], capture_output=True, text=True,
+                         check=True).stdout.split()[0]
+    listening = [line.split()[3] for line in subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True,
+                                                            check=True).stdout.splitlines() if f"pid={pid}," in line]
+    assert listening and all(address.startswith("127.0.0.1:") for address in listening), listening
 
 
 async def _execute(url: str, token: str, code: str) -> str:
@@ -331,12 +343,14 @@ def test_hostile_api_options_are_refused(hub):
                                   allow_redirects=False, timeout=60)
     assert refused.status_code == 200 and "cpus: expected a whole number from 1 to" in refused.text
     assert 'name="partition"' in refused.text  # the form again, for a corrected choice
-    response = client.api("POST", f"users/{OTHER}/server", json={**PROFILE, "partition": "debug\n#SBATCH --uid=0"})
-    # The spawn fails at once (HTTP 500) or in the background (202); either way the
-    # progress stream reports why, as it does on the spawn page.
-    assert response.status_code in (202, 500), response.text
-    message = client.follow_progress(time.monotonic(), 60).message
-    assert "partition" in message and "Invalid server options" in message, message
+    for partition in ("debug\n#SBATCH --uid=0", "debug\n"):  # the second was once stripped and passed on raw
+        response = client.api("POST", f"users/{OTHER}/server", json={**PROFILE, "partition": partition})
+        assert response.status_code == 400, (response.status_code, response.text)
+        assert response.json()["message"].startswith(
+            "Invalid server options: partition: control character U+000A at position 5"), response.text
+        # The spawn page's progress stream says the same.
+        message = client.follow_progress(time.monotonic(), 60).message
+        assert "Invalid server options: partition" in message, message
     assert not _jobs(OTHER)
 
 

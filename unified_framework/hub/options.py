@@ -2,7 +2,10 @@
 
 The same :func:`validate_options` checks the options form and options sent to the
 REST API (``POST /hub/api/users/<name>/server`` with a JSON body bypasses the form),
-so a job script is only ever rendered from values the cluster really offers.
+so a job script is only ever rendered from values the cluster really offers. Text goes
+through the SLURM layer's :func:`~unified_framework.hpc.validation.check_text` (no
+control characters, bounded length) and is never stripped: the value checked is the
+value the job script gets.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import InputError
+from ..hpc.validation import check_text
 from .cluster import Partition, format_minutes
 
 #: Run times offered (minutes); each partition shows those within its limit.
@@ -56,8 +60,12 @@ class SpawnChoices:
         return [g for g in MEMORY_GB if g * 1024 <= part.memory_mb] or [max(1, part.memory_mb // 1024)]
 
 
+#: Longest text accepted for any option (module names are the longest real values).
+MAX_OPTION_LENGTH = 256
+
+
 def _scalar(raw: Mapping[str, Any], key: str, default: Any) -> str:
-    """One value from form data (lists of strings) or a JSON body (scalars)."""
+    """One value from form data (lists of strings) or a JSON body (scalars), as text."""
     value = raw.get(key, default)
     if isinstance(value, (list, tuple)):
         if len(value) != 1:
@@ -65,7 +73,7 @@ def _scalar(raw: Mapping[str, Any], key: str, default: Any) -> str:
         value = value[0]
     if value is None:
         raise InputError(f"{key}: a value is required")
-    return str(value).strip()
+    return check_text(value if isinstance(value, str) else str(value), key, MAX_OPTION_LENGTH)
 
 
 def _integer(raw: Mapping[str, Any], key: str, default: Any, low: int, high: int) -> int:

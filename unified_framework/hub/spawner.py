@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import html
+import ipaddress
 import shlex
+import socket
 import time
 from pathlib import Path
 
 import jinja2
 from batchspawner import JobStatus, SlurmSpawner
+from tornado import web
 from traitlets import Float, Integer, List, Unicode, default
 
 from ..errors import BackendUnavailable, InputError
@@ -32,6 +35,33 @@ class SpawnFailed(RuntimeError):
         super().__init__(message)
         self.jupyterhub_message = message
         self.jupyterhub_html_message = html_message
+
+
+class InvalidOptions(web.HTTPError):
+    """Spawn options that fail validation: the REST API answers 400 with the message.
+
+    Raised by :meth:`MdlmaSlurmSpawner.start`, which JupyterHub awaits inside the
+    ``POST /hub/api/users/<name>/server`` request (a plain exception there becomes a
+    500 "error"); the spawn page shows ``jupyterhub_message``.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, "%s", message)  # "%s": a '%' in a user's value is no format
+        self.jupyterhub_message = message
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` (an IP address or ``localhost``) only reaches this host.
+
+    Examples
+    --------
+    >>> is_loopback("127.0.0.1"), is_loopback("::1"), is_loopback("0.0.0.0")
+    (True, True, False)
+    """
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 class MdlmaSlurmSpawner(SlurmSpawner):
@@ -60,6 +90,13 @@ class MdlmaSlurmSpawner(SlurmSpawner):
     ).tag(config=True)
 
     log_tail_lines = Integer(20, help="Lines of the job log shown when a job dies.").tag(config=True)
+
+    server_ip = Unicode(
+        "127.0.0.1",
+        help="Address the single-user server listens on. Loopback (the default) when the jobs run "
+        "on the hub's host; on a cluster the nodes' address on the network they share with the hub "
+        "(0.0.0.0: every interface of the node).",
+    ).tag(config=True)
 
     choices_ttl = Float(30.0, help="Seconds a reading of sinfo and the module paths is reused.").tag(config=True)
 
@@ -116,6 +153,15 @@ class MdlmaSlurmSpawner(SlurmSpawner):
         return {key: value[0] for key, value in raw.items()}
 
     # ------------------------------------------------------------------ job script
+    async def _get_batch_script(self, **subvars):
+        """Render the job script from the validated options only.
+
+        batchspawner's ``submit_batch_script`` merges the raw ``user_options`` over the
+        template variables; they are dropped here, so what the script gets is exactly
+        what :func:`validate_options` returned (plus the hub's own settings and ``cmd``).
+        """
+        return await super()._get_batch_script(**{**self.get_req_subvars(), "cmd": subvars["cmd"]})
+
     def get_req_subvars(self) -> dict[str, str]:
         subvars = super().get_req_subvars()
         subvars.update(self._job_options or {})
@@ -166,15 +212,16 @@ class MdlmaSlurmSpawner(SlurmSpawner):
 
         Raises
         ------
+        InvalidOptions
+            For invalid options (HTTP 400).
         SpawnFailed
-            For invalid options, a rejected submission, or a job that ends before
-            the server listens.
+            For a rejected submission, or a job that ends before the server listens.
         """
         try:
             self._job_options = validate_options(self.user_options or {}, self.cluster_choices())
         except InputError as exc:
-            raise SpawnFailed(f"Invalid server options: {exc}") from exc
-        self.ip = self.traits()["ip"].default_value
+            raise InvalidOptions(f"Invalid server options: {exc}") from exc
+        self.ip = self.server_ip  # JUPYTERHUB_SERVICE_URL: where the server will listen
         self.port = 0
         if self.server:
             self.server.port = self.port
@@ -193,7 +240,7 @@ class MdlmaSlurmSpawner(SlurmSpawner):
                 raise await self._job_died("while queued or right after it started")
             await asyncio.sleep(self.startup_poll_interval)
 
-        self.ip = self.state_gethost()
+        self.ip = self._connect_address(self.state_gethost())
         while self.port == 0:  # set by POST /hub/api/batchspawner from the job
             await asyncio.sleep(self.startup_poll_interval)
             if await self.query_job_status() not in (JobStatus.RUNNING, JobStatus.UNKNOWN):
@@ -209,6 +256,25 @@ class MdlmaSlurmSpawner(SlurmSpawner):
         self.db.commit()
         self.log.info("%s's server job %s listens at %s:%s", self.user.name, self.job_id, self.ip, self.port)
         return self.ip, self.port
+
+    def _connect_address(self, host: str) -> str:
+        """Where the hub reaches the server of a job running on ``host``.
+
+        Raises
+        ------
+        SpawnFailed
+            When the server listens on loopback but the job runs on another host.
+        """
+        if not is_loopback(self.server_ip):
+            return host
+        if host.split(".")[0] not in {socket.gethostname().split(".")[0], "localhost"}:
+            # JupyterHub stops (scancels) the job of a failed start.
+            raise SpawnFailed(
+                f"SLURM job {self.job_id} runs on {host}, but servers listen on {self.server_ip}, which the hub "
+                "reaches only on its own host; set MdlmaSlurmSpawner.server_ip (MDLMA_HUB_SERVER_IP) to the "
+                "nodes' address"
+            )
+        return self.server_ip
 
     async def _listening(self) -> bool:
         try:
