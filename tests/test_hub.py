@@ -103,6 +103,14 @@ def test_validate_options_defaults_and_form_lists(choices):
     }
 
 
+def test_validate_options_passes_on_only_the_cleaned_values(choices):
+    # The SLURM layer's validators strip blanks around names (after refusing control
+    # characters); only the cleaned name reaches the script.
+    options = validate_options({"partition": " debug ", "module": "mdlma/unified-framework/0.1.0 "}, choices)
+    assert options["partition"] == "debug"
+    assert options["module"] == "mdlma/unified-framework/0.1.0"
+
+
 @pytest.mark.parametrize(
     ("raw", "field"),
     [
@@ -113,7 +121,6 @@ def test_validate_options_defaults_and_form_lists(choices):
         ({"partition": "debug\n#SBATCH --uid=0"}, "partition"),
         # Once accepted as a stripped copy while the raw value went into the script:
         ({"partition": "debug\n"}, "partition: control character U\\+000A"),
-        ({"partition": " debug"}, "partition"),
         ({"module": "mdlma/unified-framework/0.1.0\n"}, "module: control character"),
         ({"cpus": " 1"}, "cpus"),
         ({"module": "mdlma/unified-framework/0.1.0; rm -rf ~"}, "module"),
@@ -322,6 +329,20 @@ def test_job_script_gets_the_validated_options_not_the_raw_ones(choices, tmp_pat
     assert "#SBATCH --partition=batch\n#SBATCH --time=" in text
     assert "--uid=0" not in text and "; id" not in text
     assert "module load mdlma/unified-framework/0.1.0 ||" in text
+
+
+def test_job_log_in_a_home_folder_with_percent_signs_stays_literal(choices, tmp_path):
+    """SLURM expands %j, %u, ... anywhere in --output, so a '%' in the home folder is
+    doubled in the script, while the hub reads the log at the literal path."""
+    script = tmp_path / "submitted.sh"
+    spawner = _spawner(tmp_path, exec_prefix="", batch_submit_cmd=f"cat > {script}; echo 42",
+                       req_homedir="/home/ann%u 100%")
+    spawner._job_options = validate_options({}, choices)
+    assert asyncio.run(spawner.submit_batch_script()) == "42"
+    assert "#SBATCH --output=/home/ann%%u 100%%/.mdlma-jupyterhub-%j.log\n" in script.read_text()
+    spawner.job_id = "42"
+    spawner.run_command = lambda command: asyncio.sleep(0, result=command)  # echo what would run
+    assert "'/home/ann%u 100%/.mdlma-jupyterhub-42.log'" in asyncio.run(spawner.job_log_tail())
 
 
 def test_invalid_spawn_options_are_http_400_with_the_message(choices, tmp_path, monkeypatch):

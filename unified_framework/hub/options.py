@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import InputError
-from ..hpc.validation import check_text
+from ..hpc.validation import check_module, check_partition, check_text
 from .cluster import Partition, format_minutes
 
 #: Run times offered (minutes); each partition shows those within its limit.
@@ -114,14 +114,14 @@ def validate_options(raw: Mapping[str, Any], choices: SpawnChoices) -> dict[str,
         raise InputError(f"spawn options: unknown field(s) {unknown}")
     if not choices.modules:
         raise InputError("module: no module environment is configured for the hub")
-    part = choices.partition(_scalar(raw, "partition", choices.default_partition.name))
+    part = choices.partition(check_partition(_scalar(raw, "partition", choices.default_partition.name)) or choices.default_partition.name)
     defaults = choices.defaults
     runtime = _integer(raw, "runtime_minutes", defaults["runtime_minutes"], 1, part.max_minutes or 10**6)
     cpus = _integer(raw, "cpus", min(defaults["cpus"], part.cpus), 1, part.cpus)
     memory_gb = _integer(raw, "memory_gb", min(defaults["memory_gb"], max(choices.memories(part))), 1,
                          max(1, part.memory_mb // 1024))
     gpus = _integer(raw, "gpus", 0, 0, part.gpus)
-    module = _scalar(raw, "module", choices.modules[0])
+    module = check_module(_scalar(raw, "module", choices.modules[0]))
     if module not in choices.modules:
         raise InputError(f"module: expected one of {choices.modules}, got {module[:80]!r}")
     return {

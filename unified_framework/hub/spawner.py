@@ -24,6 +24,7 @@ from tornado import web
 from traitlets import Float, Integer, List, Unicode, default
 
 from ..errors import BackendUnavailable, InputError
+from ..hpc.slurm import escape_filename_pattern
 from .cluster import list_modules, query_partitions
 from .options import SpawnChoices, validate_options
 
@@ -167,7 +168,10 @@ class MdlmaSlurmSpawner(SlurmSpawner):
         subvars.update(self._job_options or {})
         subvars["modulepaths"] = [shlex.quote(p) for p in self.modulepaths]
         subvars["lmod_init"] = shlex.quote(self.lmod_init)
-        subvars["job_log"] = self.job_log.format(homedir=subvars["homedir"])
+        # The log path is a SLURM filename pattern: a '%' in the home folder is escaped.
+        subvars["job_log"] = self.job_log.format(
+            homedir=escape_filename_pattern(subvars["homedir"], f"home folder of {self.user.name}")
+        )
         return subvars
 
     def get_env(self) -> dict[str, str]:
@@ -182,7 +186,7 @@ class MdlmaSlurmSpawner(SlurmSpawner):
         """Last lines of the job's log, read as the user ("" when it cannot be read)."""
         if not self.job_id:
             return ""
-        path = self.get_req_subvars()["job_log"].replace("%j", self.job_id)
+        path = self.job_log.format(homedir=self.get_req_subvars()["homedir"]).replace("%j", self.job_id)
         command = self._user_command(f"tail -n {int(self.log_tail_lines)} -- {shlex.quote(path)}")
         try:
             text = await self.run_command(command)
