@@ -4,11 +4,15 @@ The record uses pyscicat's models, so what is ingested is exactly what SciCat ac
 a ``RawDataset`` (or a ``DerivedDataset`` linked to its input datasets, for segmentation
 and registration outputs) whose ``scientificMetadata`` holds
 
-* ``format``, ``shape`` (z, y, x), ``ndim``, ``dtype``;
-* ``voxel_size`` (coarsest axis) and ``voxel_size_z``/``_y``/``_x`` with the file's unit;
-* ``path``: the file or folder that was catalogued (what workflows are started on);
+* ``format``, ``shape`` (z, y, x), ``ndim``, ``dtype`` and ``voxel_size`` (coarsest
+  axis) with ``voxel_size_z``/``_y``/``_x`` in micrometres: all as
+  :mod:`unified_framework.io` reads them, so the catalogue describes a volume exactly as
+  every workflow will see it, and refuses what io refuses (truncated or corrupt files);
+* ``path``: the canonical path of the catalogued file or folder (symlinks and ``..``
+  resolved): a dataset's identity, and what workflows are started on;
 * ``mdlma_content_key``: the idempotency key (:func:`.files.content_key`);
-* the format's own tags under ``dicom``, ``tiff``, ``hdf5``, ``nifti`` or ``zarr``;
+* the format's own tags under ``dicom``, ``tiff``, ``hdf5``, ``nifti`` or ``zarr``
+  (:mod:`.tags`);
 
 and an OrigDatablock listing every file with size and SHA-256.
 """
@@ -18,16 +22,17 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 from pyscicat.model import CreateDatasetOrigDatablockDto, DerivedDataset, RawDataset
 
 from .. import __version__
 from ..errors import InputError
-from .files import CHECKSUM_ALGORITHM, content_key, dataset_files, describe_files
-from .formats import entry, read_volume_info
+from ..io import Volume, open_volume
+from ..io.formats import FORMAT_TITLES
+from .files import CHECKSUM_ALGORITHM, canonical_path, content_key, dataset_files, describe_files
 from .query import format_time
+from .tags import entry, format_tags
 
 #: Scientific-metadata key of the idempotency key.
 CONTENT_KEY = "mdlma_content_key"
@@ -98,7 +103,10 @@ def extract_dataset(
     ----------
     path : path-like
         A volume file (``.dcm``, ``.tif``, ``.h5``/``.nxs``, ``.nii``/``.nii.gz``) or a
-        folder (DICOM series, TIFF slices, ``.zarr`` store).
+        folder (DICOM series, TIFF slices, ``.zarr`` store): anything
+        :func:`unified_framework.io.open_volume` reads. Symlinks and ``..`` are resolved
+        (:func:`.files.canonical_path`), so every way of naming the same files gives the
+        same dataset.
     owner, owner_group, contact_email : str
         SciCat ownership fields (the CLI takes them from the configuration).
     creation_location : str
@@ -124,34 +132,39 @@ def extract_dataset(
     Raises
     ------
     InputError
-        If the path is missing, unsupported, corrupt, or a field is invalid.
+        If the path is missing, unsupported, corrupt or truncated (as
+        :func:`unified_framework.io.read_volume` says), or a field is invalid.
+
+    Examples
+    --------
+    >>> record = extract_dataset("scan.h5", owner="alice", owner_group="p05",
+    ...                          contact_email="alice@example.org")          # doctest: +SKIP
+    >>> record.dataset.scientificMetadata["voxel_size"]                      # doctest: +SKIP
+    {'value': 0.65, 'unit': 'um'}
     """
-    path = Path(path).absolute()
-    info = read_volume_info(path)
+    path = canonical_path(path)
+    volume = open_volume(path)  # lazy: headers only; raises InputError for what io refuses
+    group, tags = format_tags(volume)
     source_folder, files = dataset_files(path)
     data_files = describe_files(source_folder, files, progress=progress)
     size = sum(f.size for f in data_files)
     newest = max(f.stat().st_mtime for f in files)
 
+    fmt, shape, dtype = volume.metadata["format"], list(volume.shape), volume.dtype.name
     metadata: dict[str, Any] = {
-        "format": entry(info.format),
-        "shape": entry(list(info.shape)),
-        "ndim": entry(len(info.shape)),
-        "dtype": entry(info.dtype),
+        "format": entry(fmt),
+        "shape": entry(shape),
+        "ndim": entry(len(shape)),
+        "dtype": entry(dtype),
+        "voxel_size": entry(max(volume.spacing), "um"),
+        **{f"voxel_size_{axis}": entry(value, "um") for axis, value in zip("zyx"[-volume.ndim:], volume.spacing)},
+        **geometry_metadata(volume),
+        PATH_KEY: entry(str(path)),
+        CONTENT_KEY: entry(content_key(source_folder, data_files)),
+        group: tags,
     }
-    if info.voxel_size:
-        metadata["voxel_size"] = entry(max(info.voxel_size), info.voxel_unit)
-        for axis, value in zip("zyx"[-len(info.voxel_size):], info.voxel_size):
-            metadata[f"voxel_size_{axis}"] = entry(value, info.voxel_unit)
-    metadata[PATH_KEY] = entry(str(path))
-    metadata[CONTENT_KEY] = entry(content_key(source_folder, data_files))
-    metadata[info.format.lower()] = info.tags
-
-    shape_text = " x ".join(str(n) for n in info.shape)
-    voxel_text = (
-        f", voxel {'/'.join(f'{v:g}' for v in info.voxel_size)} {info.voxel_unit}"
-        if info.voxel_size else ""
-    )
+    summary = (f"{FORMAT_TITLES[fmt]}: {' x '.join(map(str, shape))} {dtype}, "
+               f"voxel {'/'.join(f'{v:g}' for v in volume.spacing)} um")
     common = dict(
         owner=owner,
         ownerEmail=contact_email,
@@ -160,8 +173,8 @@ def extract_dataset(
         accessGroups=list(access_groups),
         creationTime=format_time(dt.datetime.fromtimestamp(newest, dt.timezone.utc)),
         datasetName=name or path.name,
-        description=description or f"{info.format} volume {shape_text} {info.dtype}{voxel_text}",
-        keywords=_unique([*keywords, info.format.lower()]),
+        description=description or summary,
+        keywords=_unique([*keywords, fmt]),
         sourceFolder=str(source_folder),
         size=size,
         numberOfFiles=len(data_files),
@@ -185,12 +198,35 @@ def extract_dataset(
                 **common,
                 principalInvestigator=owner,
                 creationLocation=creation_location,
-                dataFormat=info.format,
+                dataFormat=fmt,
             )
     except ValueError as exc:  # pydantic.ValidationError
         raise InputError(f"{path}: invalid dataset field ({str(exc).splitlines()[-1].strip()})") from None
     datablock = OrigDatablockDto(size=size, dataFileList=data_files, chkAlg=CHECKSUM_ALGORITHM)
     return DatasetRecord(dataset, datablock)
+
+
+def geometry_metadata(volume: Volume) -> dict:
+    """Where the volume lies in the world, as scientific metadata: the one place it is taken from io.
+
+    Returns ``{"affine": entry(4x4 list, "um")}`` when :class:`unified_framework.io.Volume`
+    carries an affine (index ``(z, y, x)`` to physical position in micrometres, the
+    convention of ``docs/io.md``), else an empty dict.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unified_framework.io import Volume
+    >>> geometry_metadata(Volume(np.zeros((2, 3, 4))))  # doctest: +SKIP
+    {'affine': {'value': [[1.0, 0.0, 0.0, 0.0], ...], 'unit': 'um'}}
+    """
+    # INTEGRATION POINT (issue 14 item 1): io's Volume gains an ``affine`` on the geometry
+    # branch; until that is merged, volumes have none and nothing is recorded. Once it is,
+    # replace getattr with ``volume.affine`` (and drop the None case if io always sets it).
+    affine = getattr(volume, "affine", None)
+    if affine is None:
+        return {}
+    return {"affine": entry([[float(v) for v in row] for row in affine], "um")}
 
 
 def dataset_path(dataset: dict) -> str:

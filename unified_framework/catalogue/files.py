@@ -2,7 +2,9 @@
 
 A dataset is either one file (``scan.h5``: its folder is the SciCat ``sourceFolder``)
 or one folder (a DICOM series, a TIFF slice stack, a ``.zarr`` store: the folder itself
-is the ``sourceFolder``). File paths in the OrigDatablock are relative to it.
+is the ``sourceFolder``). File paths in the OrigDatablock are relative to it. Both are
+canonical (:func:`canonical_path`): the same files reached through a relative path, a
+symlinked folder or ``..`` are the same dataset.
 """
 
 from __future__ import annotations
@@ -23,6 +25,17 @@ CHECKSUM_ALGORITHM = "sha256"
 _BLOCK_SIZE = 1 << 20  # 1 MiB: large enough for throughput, small enough for memory
 
 
+def canonical_path(path: str | os.PathLike) -> Path:
+    """The absolute path of ``path`` with every symlink and ``..`` resolved: a dataset's identity.
+
+    Examples
+    --------
+    >>> canonical_path("/data/p05/../p05/scan.h5")   # doctest: +SKIP
+    PosixPath('/data/p05/scan.h5')
+    """
+    return Path(path).expanduser().resolve()
+
+
 def dataset_files(path: str | os.PathLike) -> tuple[Path, list[Path]]:
     """Return the ``sourceFolder`` of the dataset at ``path`` and its files, sorted.
 
@@ -34,7 +47,7 @@ def dataset_files(path: str | os.PathLike) -> tuple[Path, list[Path]]:
     InputError
         If ``path`` does not exist or a folder holds no files.
     """
-    path = Path(path).absolute()
+    path = canonical_path(path)
     if path.is_file():
         return path.parent, [path]
     if not path.is_dir():
