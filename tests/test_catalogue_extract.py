@@ -278,7 +278,7 @@ def test_raw_and_derived_records(phantom, tmp_path):
     assert raw.dataset.creationLocation == "/DESY/PETRA III/P05" and raw.dataset.dataFormat == "hdf5"
     assert raw.dataset.keywords == ["implant", "hdf5"]
     assert raw.dataset.datasetName == "a.h5" and raw.dataset.sourceFolder == str(tmp_path)
-    assert raw.dataset.description == "HDF5 file: 10 x 18 x 22 float32, voxel 5/2.5/2.5 um"
+    assert raw.dataset.description == "hdf5 volume 10 x 18 x 22 float32, voxel 5/2.5/2.5 um"
     derived = extract_dataset(path, **IDENTITY, input_datasets=["20.500.12269/abc"], job_parameters={"model": "sun"})
     assert derived.dataset.type == "derived" and derived.dataset.inputDatasets == ["20.500.12269/abc"]
     assert derived.dataset.usedSoftware[0].startswith("mdlma-unified-framework")

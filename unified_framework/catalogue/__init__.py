@@ -25,7 +25,15 @@ from .base import Catalogue, IngestResult
 from .extract import CONTENT_KEY, PATH_KEY, DatasetRecord, dataset_path, extract_dataset, metadata_value
 from .files import canonical_path
 from .query import (
-    MAX_SKIP, MAX_TERMS, MAX_TEXT_CHARS, SORT_FIELDS, Condition, Query, SearchPage, parse_condition, parse_time,
+    MAX_SKIP,
+    MAX_TERMS,
+    MAX_TEXT_CHARS,
+    SORT_FIELDS,
+    Condition,
+    Query,
+    SearchPage,
+    parse_condition,
+    parse_time,
 )
 from .scicat import SciCatCatalogue
 from .sqlite import SQLiteCatalogue

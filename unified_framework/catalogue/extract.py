@@ -29,7 +29,6 @@ from pyscicat.model import CreateDatasetOrigDatablockDto, DerivedDataset, RawDat
 from .. import __version__
 from ..errors import InputError
 from ..io import Volume, open_volume
-from ..io.formats import FORMAT_TITLES
 from .files import CHECKSUM_ALGORITHM, canonical_path, content_key, dataset_files, describe_files
 from .query import format_time
 from .tags import entry, format_tags
@@ -163,8 +162,8 @@ def extract_dataset(
         CONTENT_KEY: entry(content_key(source_folder, data_files)),
         group: tags,
     }
-    summary = (f"{FORMAT_TITLES[fmt]}: {' x '.join(map(str, shape))} {dtype}, "
-               f"voxel {'/'.join(f'{v:g}' for v in volume.spacing)} um")
+    summary = (f"{fmt} {'volume' if volume.ndim == 3 else 'image'} {' x '.join(map(str, shape))} {dtype},"
+               f" voxel {'/'.join(f'{v:g}' for v in volume.spacing)} um")
     common = dict(
         owner=owner,
         ownerEmail=contact_email,
