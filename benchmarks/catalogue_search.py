@@ -132,11 +132,12 @@ def main(argv: list[str] | None = None) -> int:
             p90 = float(np.percentile(times, 90))
             print(f"{name:<28} {page.total:>6} {median:>10.1f} {p90:>8.1f}")
         worst = max(medians)
+        too_long = "implant " * 1_000_000
         t0 = time.perf_counter()
         try:
-            Query("implant " * 1_000_000)
+            catalogue.search(Query(too_long))
         except InputError:
-            print(f"a {8_000_000:,}-character text (limit {MAX_TEXT_CHARS}) is refused in "
+            print(f"a {len(too_long):,}-character text (limit {MAX_TEXT_CHARS}) is refused in "
                   f"{1000 * (time.perf_counter() - t0):.2f} ms")
         print(f"median search latency over all searches: {statistics.median(medians):.1f} ms; "
               f"slowest search median {worst:.1f} ms; goal <= {GOAL_MS:.0f} ms: "

@@ -150,20 +150,21 @@ def extract_dataset(
     newest = max(f.stat().st_mtime for f in files)
 
     fmt, shape, dtype = volume.metadata["format"], list(volume.shape), volume.dtype.name
+    spacing = volume.spacing or (1.0,) * volume.ndim  # io always sets it; the type allows None
     metadata: dict[str, Any] = {
         "format": entry(fmt),
         "shape": entry(shape),
         "ndim": entry(len(shape)),
         "dtype": entry(dtype),
-        "voxel_size": entry(max(volume.spacing), "um"),
-        **{f"voxel_size_{axis}": entry(value, "um") for axis, value in zip("zyx"[-volume.ndim:], volume.spacing)},
+        "voxel_size": entry(max(spacing), "um"),
+        **{f"voxel_size_{axis}": entry(value, "um") for axis, value in zip("zyx"[-volume.ndim:], spacing)},
         **geometry_metadata(volume),
         PATH_KEY: entry(str(path)),
         CONTENT_KEY: entry(content_key(source_folder, data_files)),
         group: tags,
     }
     summary = (f"{fmt} {'volume' if volume.ndim == 3 else 'image'} {' x '.join(map(str, shape))} {dtype},"
-               f" voxel {'/'.join(f'{v:g}' for v in volume.spacing)} um")
+               f" voxel {'/'.join(f'{v:g}' for v in spacing)} um")
     common = dict(
         owner=owner,
         ownerEmail=contact_email,

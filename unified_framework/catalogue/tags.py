@@ -266,7 +266,7 @@ _NIFTI_FIELDS = (
 def _nifti_tags(volume: Volume, path: Path) -> dict:
     import nibabel
 
-    header = nibabel.load(path).header
+    header: Any = nibabel.load(path).header  # a Nifti1/2Header (nibabel types it as its base)
     tags = {}
     for name in _NIFTI_FIELDS:
         if name in header and (value := plain(header[name])) not in (None, ""):
