@@ -21,6 +21,7 @@ from unified_framework.catalogue import (
     CONTENT_KEY,
     Query,
     SQLiteCatalogue,
+    dataset_path,
     extract_dataset,
     format_tags,
     parse_condition,
@@ -201,6 +202,30 @@ def test_hdf5_spacing_in_nanometres_agrees_with_io(tmp_path):
     assert metadata["hdf5"]["volume_dataset"]["value"] == "/volume"
 
 
+def test_arrays_of_one_file_are_datasets_named_with_double_colon(tmp_path):
+    path = tmp_path / "two.h5"
+    with h5py.File(path, "w") as handle:
+        handle["recon"] = np.zeros((3, 4, 5), np.uint16)
+        handle["mask"] = np.ones((3, 4, 5), np.uint8)
+    with pytest.raises(InputError, match="choose one with dataset= or FILE::DATASET"):
+        extract_dataset(path, **IDENTITY)  # io reads neither by itself: neither does the catalogue
+    recon, mask = (extract_dataset(f"{path}::/{name}", **IDENTITY) for name in ("recon", "mask"))
+    assert recon.content_key != mask.content_key
+    assert extract_dataset(f"{tmp_path}/../{tmp_path.name}/two.h5::recon", **IDENTITY).content_key == recon.content_key
+    assert recon.dataset.datasetName == "two.h5::/recon" and mask.dataset.scientificMetadata["dtype"]["value"] == "uint8"
+    for record, name in ((recon, "/recon"), (mask, "/mask")):
+        job_path = dataset_path(record.to_dict()["dataset"])
+        assert job_path == f"{path}::{name}"
+        assert read_volume(job_path).dtype.name == record.dataset.scientificMetadata["dtype"]["value"]
+
+
+def test_naming_the_array_io_reads_anyway_is_the_same_dataset(phantom, tmp_path):
+    path = write_volume(tmp_path / "scan.nxs", phantom)
+    plain_record = extract_dataset(path, **IDENTITY)
+    named = extract_dataset(f"{path}::/entry/data/data", **IDENTITY)
+    assert named.content_key == plain_record.content_key and named.dataset.datasetName == "scan.nxs"
+
+
 def _ome_zarr(path: Path, unit: str, scale: tuple[float, float, float]) -> Path:
     root = zarr.open_group(str(path), mode="w")
     root.create_dataset("0", data=np.zeros((6, 8, 10), np.uint16), chunks=(3, 8, 10))
@@ -227,6 +252,7 @@ def test_ome_zarr_level0_and_spacing_agree_with_io(tmp_path, unit, scale, expect
     assert [metadata[f"voxel_size_{a}"]["value"] for a in "zyx"] == expected_um
     assert metadata["zarr"]["0"]["chunks"]["value"] == [3, 8, 10]
     assert "Blosc" in metadata["zarr"]["compressor"]["value"]
+    assert metadata["zarr"]["volume_dataset"]["value"] == "/0"
 
 
 def test_geometry_comes_from_the_io_volume():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 from pyscicat.model import CreateDatasetOrigDatablockDto, DerivedDataset, RawDataset
@@ -29,6 +30,7 @@ from pyscicat.model import CreateDatasetOrigDatablockDto, DerivedDataset, RawDat
 from .. import __version__
 from ..errors import InputError
 from ..io import Volume, open_volume
+from ..io.formats import split_dataset
 from .files import CHECKSUM_ALGORITHM, canonical_path, content_key, dataset_files, describe_files
 from .query import format_time
 from .tags import entry, format_tags
@@ -103,7 +105,8 @@ def extract_dataset(
     path : path-like
         A volume file (``.dcm``, ``.tif``, ``.h5``/``.nxs``, ``.nii``/``.nii.gz``) or a
         folder (DICOM series, TIFF slices, ``.zarr`` store): anything
-        :func:`unified_framework.io.open_volume` reads. Symlinks and ``..`` are resolved
+        :func:`unified_framework.io.open_volume` reads, ``FILE::ARRAY`` included for one
+        of several arrays of an HDF5 file or Zarr group. Symlinks and ``..`` are resolved
         (:func:`.files.canonical_path`), so every way of naming the same files gives the
         same dataset.
     owner, owner_group, contact_email : str
@@ -141,8 +144,10 @@ def extract_dataset(
     >>> record.dataset.scientificMetadata["voxel_size"]                      # doctest: +SKIP
     {'value': 0.65, 'unit': 'um'}
     """
-    path = canonical_path(path)
-    volume = open_volume(path)  # lazy: headers only; raises InputError for what io refuses
+    file, array = split_dataset(path)
+    path = canonical_path(file)
+    volume = open_volume(path, array)  # lazy: headers only; raises InputError for what io refuses
+    array = _array_identity(path, array, volume)
     group, tags = format_tags(volume)
     source_folder, files = dataset_files(path)
     data_files = describe_files(source_folder, files, progress=progress)
@@ -160,7 +165,7 @@ def extract_dataset(
         **{f"voxel_size_{axis}": entry(value, "um") for axis, value in zip("zyx"[-volume.ndim:], spacing)},
         **geometry_metadata(volume),
         PATH_KEY: entry(str(path)),
-        CONTENT_KEY: entry(content_key(source_folder, data_files)),
+        CONTENT_KEY: entry(content_key(source_folder, data_files, array)),
         group: tags,
     }
     summary = (f"{fmt} {'volume' if volume.ndim == 3 else 'image'} {' x '.join(map(str, shape))} {dtype},"
@@ -172,7 +177,7 @@ def extract_dataset(
         ownerGroup=owner_group,
         accessGroups=list(access_groups),
         creationTime=format_time(dt.datetime.fromtimestamp(newest, dt.timezone.utc)),
-        datasetName=name or path.name,
+        datasetName=name or (f"{path.name}::{array}" if array else path.name),
         description=description or summary,
         keywords=_unique([*keywords, fmt]),
         sourceFolder=str(source_folder),
@@ -206,6 +211,23 @@ def extract_dataset(
     return DatasetRecord(dataset, datablock)
 
 
+def _array_identity(path: Path, array: str | None, volume: Volume) -> str | None:
+    """The array that, besides the files, identifies the dataset; None if the files alone do.
+
+    An array named with ``FILE::ARRAY`` is part of the identity (two arrays of one HDF5
+    file are two datasets) unless it is the one io reads from the file anyway, so that
+    ``scan.nxs`` and ``scan.nxs::/entry/data/data`` are the same dataset.
+    """
+    if array is None:
+        return None
+    chosen = volume.metadata.get("dataset")
+    try:
+        default = open_volume(path).metadata.get("dataset")
+    except InputError:  # io picks none by itself: the file holds several images
+        default = None
+    return None if chosen == default else chosen
+
+
 def geometry_metadata(volume: Volume) -> dict:
     """Where the volume lies in the world, as scientific metadata: the one place it is taken from io.
 
@@ -230,13 +252,20 @@ def geometry_metadata(volume: Volume) -> dict:
 
 
 def dataset_path(dataset: dict) -> str:
-    """What a job reads a catalogue dataset from: its file or folder, ``file.h5::/array`` for HDF5.
+    """What a job reads a catalogue dataset from: its file or folder, ``FILE::ARRAY`` for
+    an array of an HDF5 file or Zarr group.
 
     Falls back to ``sourceFolder`` for datasets catalogued by other tools.
+
+    Examples
+    --------
+    >>> dataset_path({"scientificMetadata": {"path": {"value": "/data/scan.h5"},
+    ...               "hdf5": {"volume_dataset": {"value": "/entry/data/data"}}}})
+    '/data/scan.h5::/entry/data/data'
     """
     path = metadata_value(dataset, PATH_KEY)
     path = str(path) if path else str(dataset["sourceFolder"])
-    array = metadata_value(dataset, "hdf5", "volume_dataset")
+    array = metadata_value(dataset, "hdf5", "volume_dataset") or metadata_value(dataset, "zarr", "volume_dataset")
     return f"{path}::{array}" if array else path
 
 

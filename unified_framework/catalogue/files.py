@@ -113,14 +113,17 @@ def describe_files(source_folder: Path, files: list[Path], *, progress: bool = F
     return entries
 
 
-def content_key(source_folder: Path | str, entries: list[DataFile]) -> str:
+def content_key(source_folder: Path | str, entries: list[DataFile], array: str | None = None) -> str:
     """Idempotency key of a dataset: hash of its ``sourceFolder`` and file checksums.
 
     Re-ingesting the same files from the same place gives the same key, so the
     catalogue finds the existing dataset instead of creating a duplicate; changed
-    content (or a copy elsewhere) gives a new key.
+    content (or a copy elsewhere) gives a new key. ``array`` names one of several
+    arrays of an HDF5 file or Zarr group (``scan.h5::/entry/recon``): each is a dataset.
     """
     digest = hashlib.sha256(str(source_folder).encode())
     for entry in sorted(entries, key=lambda e: e.path):
         digest.update(b"\0" + entry.path.encode() + b"\0" + (entry.chk or "").encode())
+    if array is not None:
+        digest.update(b"\0::" + array.encode())
     return digest.hexdigest()

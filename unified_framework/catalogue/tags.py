@@ -249,7 +249,7 @@ def _hdf5_tags(volume: Volume, path: Path) -> dict:
         handle.visititems(visit)
     if count > _MAX_ENTRIES:
         tags["truncated_entries"] = entry(count - _MAX_ENTRIES)
-    # The array io chose (NeXus default signal, or the only image): what jobs read.
+    # The array io chose (named, NeXus default signal, or the only image): what jobs read.
     tags["volume_dataset"] = entry(volume.metadata["dataset"])
     return tags
 
@@ -312,7 +312,9 @@ def _zarr_tags(volume: Volume, path: Path) -> dict:
             node["shape"] = entry(list(array.shape))
             node["dtype"] = entry(array.dtype.name)
             node["chunks"] = entry(list(array.chunks))
-        main = root[volume.metadata["dataset"].strip("/")]  # the array io chose (OME-Zarr: level 0)
+        # The array io chose (OME-Zarr: level 0, or the one named): what jobs read.
+        tags["volume_dataset"] = entry(volume.metadata["dataset"])
+        main = root[volume.metadata["dataset"].strip("/")]
     tags["compressor"] = entry(str(main.compressor) if main.compressor is not None else "none")
     return tags
 
