@@ -144,7 +144,7 @@ def extract_dataset(
     >>> record.dataset.scientificMetadata["voxel_size"]                      # doctest: +SKIP
     {'value': 0.65, 'unit': 'um'}
     """
-    file, array = split_dataset(path)
+    file, array = split_dataset(os.fspath(path))
     path = canonical_path(file)
     volume = open_volume(path, array)  # lazy: headers only; raises InputError for what io refuses
     array = _array_identity(path, array, volume)

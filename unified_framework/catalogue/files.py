@@ -53,7 +53,7 @@ def dataset_files(path: str | os.PathLike) -> tuple[Path, list[Path]]:
     if not path.is_dir():
         raise InputError(f"{path}: no such file or folder")
     is_zarr = (path / ".zarray").exists() or (path / ".zgroup").exists()
-    files = []
+    files: list[Path] = []
     for root, dirs, names in os.walk(path):
         if not is_zarr:
             dirs[:] = [d for d in dirs if not d.startswith(".")]

@@ -106,7 +106,7 @@ def to_si(value: float, unit: str) -> tuple[float, str]:
 def is_quantity(text: str) -> bool:
     """Return True if ``text`` is a number optionally followed by a known unit."""
     match = _QUANTITY.match(text)
-    return bool(match) and (not match.group(2) or is_known_unit(match.group(2)))
+    return match is not None and (not match.group(2) or is_known_unit(match.group(2)))
 
 
 def parse_quantity(text: str) -> tuple[float, str]:
