@@ -123,6 +123,25 @@ def test_ingest_is_idempotent(catalogue, records):
     assert catalogue.search(Query()).total == 1
 
 
+def test_the_same_files_by_another_name_exist_already(catalogue, tmp_path, monkeypatch):
+    """A dataset is its canonical path: relative paths, symlinked folders and '..' find it."""
+    data = tmp_path / "beamtime" / "scans"
+    data.mkdir(parents=True)
+    path = write_volume(data / "scan.tif", np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4))
+    (tmp_path / "link").symlink_to(tmp_path / "beamtime", target_is_directory=True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    first = catalogue.ingest(extract_dataset(path, **IDENTITY, owner_group="p05"))
+    for name in ("../beamtime/scans/scan.tif", tmp_path / "link" / "scans" / "scan.tif",
+                 "../link/scans/../scans/scan.tif"):
+        again = catalogue.ingest(extract_dataset(name, **IDENTITY, owner_group="p05"))
+        assert (again.action, again.pid) == ("none", first.pid), name
+        assert catalogue.find_path(name) == first.pid
+    assert catalogue.resolve_inputs(["../link/scans/scan.tif"]) == [first.pid]
+    assert catalogue.search(Query()).total == 1
+    assert catalogue.get(first.pid)["scientificMetadata"]["path"]["value"] == str(path)
+
+
 def test_dry_run_writes_nothing(catalogue, records):
     catalogue.ingest(records["implant_a"])
     planned = catalogue.ingest(records["bone"], dry_run=True)
@@ -212,9 +231,9 @@ def test_conditions_without_units(filled):
     catalogue, pids = filled
     assert _names(catalogue, pids, _where("dicom.Rows=128")) == {"ct"}
     assert _names(catalogue, pids, _where("dicom.Modality=CT")) == {"ct"}
-    assert _names(catalogue, pids, _where("format=TIFF")) == {"implant_a", "labels"}
+    assert _names(catalogue, pids, _where("format=tiff")) == {"implant_a", "labels"}  # io's format names
     assert _names(catalogue, pids, _where("ndim>2")) == {"implant_a", "implant_b", "bone", "labels"}
-    assert _names(catalogue, pids, _where("format=TIFF", "dtype=uint8")) == {"labels"}
+    assert _names(catalogue, pids, _where("format=tiff", "dtype=uint8")) == {"labels"}
 
 
 def test_date_type_group_keyword_filters(filled):

@@ -81,7 +81,7 @@ def test_dry_run_changes_nothing(local, volumes, capsys):
     assert main(["catalogue", "ingest", "--dry-run", "--json", fine]) == 0
     [result] = _json(capsys)
     assert result["dry_run"] and result["pid"] is None
-    assert result["record"]["dataset"]["scientificMetadata"]["format"]["value"] == "TIFF"
+    assert result["record"]["dataset"]["scientificMetadata"]["format"]["value"] == "tiff"
     assert main(["catalogue", "search", "--json"]) == 0
     assert _json(capsys)["total"] == 0
 
@@ -91,7 +91,13 @@ def test_dry_run_changes_nothing(local, volumes, capsys):
     [
         (["catalogue", "search", "--where", "voxel_size>1 parsec"], "unit 'parsec'"),
         (["catalogue", "search", "--from", "yesterday"], "date 'yesterday'"),
-        (["catalogue", "search", "--page", "0"], "--page 0"),
+        (["catalogue", "search", "--page", "0"], "--page 0: expected a page number from 1 to"),
+        (["catalogue", "search", "--page", "-3"], "--page -3: expected a page number from 1 to"),
+        # Once a traceback: SQLite's OFFSET overflowed ("Python int too large to convert").
+        (["catalogue", "search", "--page", "99999999999999999999"], "--page 99999999999999999999: expected"),
+        (["catalogue", "search", "--limit", "0"], "--limit 0: expected"),
+        (["catalogue", "search", "--limit", "5000"], "--limit 5000: expected"),
+        (["catalogue", "search", "x" * 600], "search text: 600 characters; expected at most 500"),
         (["catalogue", "show", "local/missing"], "not in the catalogue"),
         (["catalogue", "ingest", "--job-parameters", "{bad", "x"], "--job-parameters"),
     ],
@@ -102,11 +108,43 @@ def test_bad_input_exits_2_with_one_line(local, argv, message, capsys):
     assert err.startswith("mdlma: error: ") and message in err and err.count("\n") == 1
 
 
+def test_the_last_page_the_backends_hold_is_an_empty_page(local, volumes, capsys):
+    fine, _, _ = volumes
+    assert main(["catalogue", "ingest", fine]) == 0
+    capsys.readouterr()
+    last = str((2**31 - 1) // 25 + 1)
+    assert main(["catalogue", "search", "--page", last]) == 0
+    assert f"page {last} is past the last of 1 datasets" in capsys.readouterr().err
+
+
 def test_ingest_of_a_corrupt_file_exits_2(local, tmp_path, capsys):
     broken = tmp_path / "broken.h5"
     broken.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     assert main(["catalogue", "ingest", str(broken)]) == 2
-    assert "broken.h5: not a readable HDF5 file" in capsys.readouterr().err
+    assert "broken.h5: cannot read HDF5 file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".nii", ".h5"])
+def test_a_truncated_file_is_not_ingested(local, tmp_path, capsys, suffix):
+    complete = write_volume(tmp_path / f"scan{suffix}", np.arange(4 * 16 * 16, dtype=np.uint16).reshape(4, 16, 16))
+    truncated = tmp_path / f"truncated{suffix}"
+    truncated.write_bytes(complete.read_bytes()[: complete.stat().st_size // 2])
+    assert main(["catalogue", "ingest", str(truncated)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mdlma: error: {truncated}: ") and err.count("\n") == 1
+    assert main(["catalogue", "search", "--json"]) == 0
+    assert _json(capsys)["total"] == 0
+
+
+def test_ingest_through_a_symlinked_folder_finds_the_dataset(local, volumes, tmp_path, capsys, monkeypatch):
+    fine, _, _ = volumes
+    assert main(["catalogue", "ingest", fine]) == 0
+    created = capsys.readouterr().out
+    (tmp_path / "link").symlink_to(tmp_path, target_is_directory=True)
+    monkeypatch.chdir(tmp_path / "link")
+    assert main(["catalogue", "ingest", "fine.tif", str(tmp_path / "link" / "fine.tif")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [created.replace("created", "exists").strip()] * 2
 
 
 @pytest.mark.parametrize("version", [3, 4])

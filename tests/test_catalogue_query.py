@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 
-from unified_framework.catalogue import Condition, Query, parse_condition, parse_time, to_si
-from unified_framework.catalogue.units import parse_quantity
+from unified_framework.catalogue import (
+    MAX_SKIP,
+    MAX_TERMS,
+    MAX_TEXT_CHARS,
+    Condition,
+    Query,
+    SQLiteCatalogue,
+    parse_condition,
+    parse_time,
+    to_si,
+)
+from unified_framework.catalogue.units import is_known_unit, parse_quantity
 from unified_framework.errors import InputError
+from unified_framework.io._common import to_micrometres
 
 
 @pytest.mark.parametrize(
@@ -37,8 +49,17 @@ def test_equal_quantities_normalise_to_the_same_float():
     assert to_si(500, "nm") == to_si(0.5, "um") == to_si(0.0005, "mm")
 
 
+@pytest.mark.parametrize(
+    "unit", ["um", "\u00b5m", "\u03bcm", "micron", "micrometers", "nm", "nanometre", "mm", "millimetre", "cm", "m", "inch"]
+)
+def test_length_units_are_those_of_io(unit):
+    # One table of length spellings: what io reads from a file header, a search understands.
+    assert is_known_unit(unit)
+    assert to_si(0.65, unit) == (pytest.approx(to_micrometres(0.65, unit) * 1e-6, rel=1e-12), "m")
+
+
 def test_unknown_unit():
-    with pytest.raises(InputError, match="unit 'parsec': unknown; expected one of"):
+    with pytest.raises(InputError, match=r"unit 'parsec': unknown; expected a length \(m, cm, mm, um, nm, ...\) or one of"):
         to_si(1, "parsec")
 
 
@@ -105,11 +126,39 @@ def test_condition_validation():
     "kwargs, message",
     [({"limit": 0}, "limit"), ({"limit": 1001}, "limit"), ({"skip": -1}, "skip"),
      ({"sort": "pid"}, "sort field"), ({"dataset_type": "processed"}, "dataset type"),
-     ({"created_from": "2024-01-01"}, "created_from")],
+     ({"created_from": "2024-01-01"}, "created_from"),
+     ({"skip": MAX_SKIP + 1}, f"skip {MAX_SKIP + 1}: expected an integer from 0 to {MAX_SKIP}"),
+     ({"skip": 10**20}, "skip"),
+     ({"text": "x" * (MAX_TEXT_CHARS + 1)}, f"search text: {MAX_TEXT_CHARS + 1} characters; expected at most"),
+     ({"text": " ".join(["bone"] * (MAX_TERMS + 1))}, f"search text: {MAX_TERMS + 1} words; expected at most"),
+     ({"text": '"' + " ".join(["bone"] * (MAX_TERMS + 1)) + '"'}, "words"),  # phrase words count too
+     ({"conditions": [Condition("rows", "=", float(n)) for n in range(MAX_TERMS + 1)]}, "query conditions"),
+     ({"keywords": ["k"] * (MAX_TERMS + 1)}, "query keywords"),
+     ({"owner_groups": ["g"] * (MAX_TERMS + 1)}, "query owner_groups"),
+     ({"text": None}, "search text: expected a string")],
 )
 def test_query_validation(kwargs, message):
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InputError, match=message) as error:
         Query(**kwargs)
+    assert "\n" not in str(error.value)
+
+
+def test_queries_at_the_limits_are_accepted():
+    Query(text=" ".join(["x" * 14] * MAX_TERMS)[:MAX_TEXT_CHARS], skip=MAX_SKIP, limit=1000,
+          keywords=("k",) * MAX_TERMS, conditions=(parse_condition("rows=1"),) * MAX_TERMS)
+
+
+def test_an_over_long_search_is_refused_quickly(tmp_path):
+    # Unbounded text once held SQLite for 18 s; now it never reaches the backend.
+    catalogue = SQLiteCatalogue(tmp_path / "c.sqlite")
+    many_words = " ".join(f"w{n}" for n in range(100))
+    assert len(many_words) <= MAX_TEXT_CHARS
+    for text in ("implant " * 1_000_000, many_words):
+        start = time.perf_counter()
+        with pytest.raises(InputError, match="search text"):
+            catalogue.search(Query(text))
+        assert time.perf_counter() - start < 0.5
+    assert catalogue.search(Query(" ".join(["implant"] * MAX_TERMS))).total == 0
 
 
 def test_query_text_terms():

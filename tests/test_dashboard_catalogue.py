@@ -19,7 +19,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from conftest_slurm import slurm_cluster  # noqa: F401 - fixture
-from unified_framework.catalogue import SQLiteCatalogue, dataset_path, extract_dataset
+from unified_framework.catalogue import MAX_TERMS, MAX_TEXT_CHARS, SQLiteCatalogue, dataset_path, extract_dataset
 from unified_framework.data import make_implant_phantom
 from unified_framework.errors import InputError
 from unified_framework.io import open_volume, write_volume
@@ -139,6 +139,25 @@ def test_hostile_search_text_is_only_text(filled):
     assert len(results(app)) == len(filled)  # the catalogue is intact
 
 
+def test_search_text_is_limited_in_the_box_and_in_the_query(filled):
+    app = open_catalogue_page()
+    box = app.text_input(key="catalogue_text")
+    assert box.max_chars == MAX_TEXT_CHARS
+    box.input("tibia " * 100)  # typing stops at the limit, as in the browser
+    assert box.value == ""
+    # A client that sends more anyway (set_value bypasses the box) is cut at the limit by
+    # Streamlit itself; the search then runs on what fits.
+    app.text_input(key="catalogue_text").set_value("x" * (MAX_TEXT_CHARS + 100))
+    app.button(key="FormSubmitter:catalogue_search-Search").click()
+    app.run()
+    assert not app.exception, [e.message for e in app.exception]
+    assert len(app.text_input(key="catalogue_text").value) == MAX_TEXT_CHARS and not errors(app)
+    # Too many words within the limit: the query's one-line error names the field.
+    search(app, text=" ".join(f"w{n}" for n in range(MAX_TERMS + 1)))
+    assert any(e.startswith(f"search text: {MAX_TERMS + 1} words") for e in errors(app)), errors(app)
+    assert not [f for f in app.dataframe if "voxel size" in f.value.columns]
+
+
 def test_use_in_job_composer_fills_the_template(filled, slurm_cluster):  # noqa: F811
     app = open_catalogue_page()
     search(app, text="trabecular")
@@ -163,6 +182,6 @@ def test_job_paths_and_tables_of_the_page_logic(filled):
     assert page_logic.slice_count(tiff) == 12
     table = page_logic.results_table([tiff, hdf5])
     assert list(table.columns) == list(page_logic.RESULT_COLUMNS)
-    assert list(table["format"]) == ["TIFF", "HDF5"] and list(table["shape"]) == ["12 x 24 x 24"] * 2
+    assert list(table["format"]) == ["tiff", "hdf5"] and list(table["shape"]) == ["12 x 24 x 24"] * 2
     assert np.isclose(table["size MB"].iloc[0], tiff["size"] / 1e6, atol=0.01)
     assert page_logic.metadata_table({}).empty and page_logic.files_table([]).empty

@@ -9,7 +9,7 @@ import streamlit as st
 
 from components import catalogue, ui
 from unified_framework import hpc
-from unified_framework.catalogue import SORT_FIELDS, dataset_path, open_catalogue, thumbnail_slice
+from unified_framework.catalogue import MAX_TERMS, MAX_TEXT_CHARS, SORT_FIELDS, dataset_path, open_catalogue, thumbnail_slice
 from unified_framework.errors import MDLMAError
 
 st.title("Dataset catalogue")
@@ -41,10 +41,13 @@ def thumbnail(dataset: dict, index: int):
 
 
 with st.form("catalogue_search"):
+    # The browser stops typing at max_chars; the Query checks the same limit for any other client.
     text = st.text_input("Search text", key="catalogue_text", placeholder='implant "bone screw"',
-                         help="Words match anywhere in the dataset (name, description, metadata); quote a phrase.")
+                         max_chars=MAX_TEXT_CHARS,
+                         help="Words match anywhere in the dataset (name, description, metadata); quote a phrase."
+                         f" At most {MAX_TEXT_CHARS} characters and {MAX_TERMS} words.")
     conditions = st.text_area("Metadata conditions", key="catalogue_conditions", height=80,
-                              placeholder="voxel_size < 10 um\nformat = Zarr",
+                              placeholder="voxel_size < 10 um\nformat = zarr",
                               help="One per line: KEY = VALUE, KEY < NUMBER [UNIT] or KEY > NUMBER [UNIT]; units convert (um, mm, keV, ...).")
     columns = st.columns(4)
     dataset_type = columns[0].selectbox("Type", ["", "raw", "derived"], key="catalogue_type",

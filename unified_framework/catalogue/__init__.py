@@ -23,18 +23,30 @@ from typing import Any
 
 from .base import Catalogue, IngestResult
 from .extract import CONTENT_KEY, PATH_KEY, DatasetRecord, dataset_path, extract_dataset, metadata_value
-from .formats import FORMATS, VolumeInfo, detect_format, read_volume_info
-from .query import SORT_FIELDS, Condition, Query, SearchPage, parse_condition, parse_time
+from .files import canonical_path
+from .query import (
+    MAX_SKIP,
+    MAX_TERMS,
+    MAX_TEXT_CHARS,
+    SORT_FIELDS,
+    Condition,
+    Query,
+    SearchPage,
+    parse_condition,
+    parse_time,
+)
 from .scicat import SciCatCatalogue
 from .sqlite import SQLiteCatalogue
+from .tags import TAG_GROUPS, format_tags
 from .thumbnail import thumbnail_slice
 from .units import KNOWN_UNITS, to_si
 
 __all__ = [
-    "CONTENT_KEY", "FORMATS", "KNOWN_UNITS", "PATH_KEY", "SORT_FIELDS", "Catalogue", "Condition",
-    "DatasetRecord", "IngestResult", "Query", "SQLiteCatalogue", "SciCatCatalogue", "SearchPage",
-    "VolumeInfo", "dataset_path", "detect_format", "extract_dataset", "identity_from_config", "metadata_value",
-    "open_catalogue", "parse_condition", "parse_time", "read_volume_info", "thumbnail_slice", "to_si",
+    "CONTENT_KEY", "KNOWN_UNITS", "MAX_SKIP", "MAX_TEXT_CHARS", "MAX_TERMS", "PATH_KEY", "SORT_FIELDS",
+    "TAG_GROUPS", "Catalogue", "Condition", "DatasetRecord", "IngestResult", "Query", "SQLiteCatalogue",
+    "SciCatCatalogue", "SearchPage", "canonical_path", "dataset_path", "extract_dataset", "format_tags",
+    "identity_from_config", "metadata_value", "open_catalogue", "parse_condition", "parse_time",
+    "thumbnail_slice", "to_si",
 ]
 
 

@@ -10,6 +10,7 @@ from typing import Any, Iterator, Sequence
 
 from ..errors import InputError
 from .extract import CONTENT_KEY, PATH_KEY, DatasetRecord
+from .files import canonical_path
 from .query import Condition, Query, SearchPage
 from .units import is_known_unit, to_si
 
@@ -73,8 +74,8 @@ class Catalogue(abc.ABC):
         return page.datasets[0]["pid"] if page.datasets else None
 
     def find_path(self, path: str | Path) -> str | None:
-        """PID of the newest dataset catalogued from this file or folder, or None."""
-        condition = Condition(PATH_KEY, "=", str(Path(path).absolute()))
+        """PID of the newest dataset catalogued from this file or folder (by its canonical path), or None."""
+        condition = Condition(PATH_KEY, "=", str(canonical_path(path)))
         page = self.search(Query(conditions=(condition,), limit=1))
         return page.datasets[0]["pid"] if page.datasets else None
 

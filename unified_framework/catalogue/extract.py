@@ -4,11 +4,15 @@ The record uses pyscicat's models, so what is ingested is exactly what SciCat ac
 a ``RawDataset`` (or a ``DerivedDataset`` linked to its input datasets, for segmentation
 and registration outputs) whose ``scientificMetadata`` holds
 
-* ``format``, ``shape`` (z, y, x), ``ndim``, ``dtype``;
-* ``voxel_size`` (coarsest axis) and ``voxel_size_z``/``_y``/``_x`` with the file's unit;
-* ``path``: the file or folder that was catalogued (what workflows are started on);
+* ``format``, ``shape`` (z, y, x), ``ndim``, ``dtype`` and ``voxel_size`` (coarsest
+  axis) with ``voxel_size_z``/``_y``/``_x`` in micrometres: all as
+  :mod:`unified_framework.io` reads them, so the catalogue describes a volume exactly as
+  every workflow will see it, and refuses what io refuses (truncated or corrupt files);
+* ``path``: the canonical path of the catalogued file or folder (symlinks and ``..``
+  resolved): a dataset's identity, and what workflows are started on;
 * ``mdlma_content_key``: the idempotency key (:func:`.files.content_key`);
-* the format's own tags under ``dicom``, ``tiff``, ``hdf5``, ``nifti`` or ``zarr``;
+* the format's own tags under ``dicom``, ``tiff``, ``hdf5``, ``nifti`` or ``zarr``
+  (:mod:`.tags`);
 
 and an OrigDatablock listing every file with size and SHA-256.
 """
@@ -25,9 +29,11 @@ from pyscicat.model import CreateDatasetOrigDatablockDto, DerivedDataset, RawDat
 
 from .. import __version__
 from ..errors import InputError
-from .files import CHECKSUM_ALGORITHM, content_key, dataset_files, describe_files
-from .formats import entry, read_volume_info
+from ..io import Volume, open_volume
+from ..io.formats import split_dataset
+from .files import CHECKSUM_ALGORITHM, canonical_path, content_key, dataset_files, describe_files
 from .query import format_time
+from .tags import entry, format_tags
 
 #: Scientific-metadata key of the idempotency key.
 CONTENT_KEY = "mdlma_content_key"
@@ -98,7 +104,11 @@ def extract_dataset(
     ----------
     path : path-like
         A volume file (``.dcm``, ``.tif``, ``.h5``/``.nxs``, ``.nii``/``.nii.gz``) or a
-        folder (DICOM series, TIFF slices, ``.zarr`` store).
+        folder (DICOM series, TIFF slices, ``.zarr`` store): anything
+        :func:`unified_framework.io.open_volume` reads, ``FILE::ARRAY`` included for one
+        of several arrays of an HDF5 file or Zarr group. Symlinks and ``..`` are resolved
+        (:func:`.files.canonical_path`), so every way of naming the same files gives the
+        same dataset.
     owner, owner_group, contact_email : str
         SciCat ownership fields (the CLI takes them from the configuration).
     creation_location : str
@@ -124,34 +134,42 @@ def extract_dataset(
     Raises
     ------
     InputError
-        If the path is missing, unsupported, corrupt, or a field is invalid.
+        If the path is missing, unsupported, corrupt or truncated (as
+        :func:`unified_framework.io.read_volume` says), or a field is invalid.
+
+    Examples
+    --------
+    >>> record = extract_dataset("scan.h5", owner="alice", owner_group="p05",
+    ...                          contact_email="alice@example.org")          # doctest: +SKIP
+    >>> record.dataset.scientificMetadata["voxel_size"]                      # doctest: +SKIP
+    {'value': 0.65, 'unit': 'um'}
     """
-    path = Path(path).absolute()
-    info = read_volume_info(path)
+    file, array = split_dataset(os.fspath(path))
+    path = canonical_path(file)
+    volume = open_volume(path, array)  # lazy: headers only; raises InputError for what io refuses
+    array = _array_identity(path, array, volume)
+    group, tags = format_tags(volume)
     source_folder, files = dataset_files(path)
     data_files = describe_files(source_folder, files, progress=progress)
     size = sum(f.size for f in data_files)
     newest = max(f.stat().st_mtime for f in files)
 
+    fmt, shape, dtype = volume.metadata["format"], list(volume.shape), volume.dtype.name
+    spacing = volume.spacing or (1.0,) * volume.ndim  # io always sets it; the type allows None
     metadata: dict[str, Any] = {
-        "format": entry(info.format),
-        "shape": entry(list(info.shape)),
-        "ndim": entry(len(info.shape)),
-        "dtype": entry(info.dtype),
+        "format": entry(fmt),
+        "shape": entry(shape),
+        "ndim": entry(len(shape)),
+        "dtype": entry(dtype),
+        "voxel_size": entry(max(spacing), "um"),
+        **{f"voxel_size_{axis}": entry(value, "um") for axis, value in zip("zyx"[-volume.ndim:], spacing)},
+        **geometry_metadata(volume),
+        PATH_KEY: entry(str(path)),
+        CONTENT_KEY: entry(content_key(source_folder, data_files, array)),
+        group: tags,
     }
-    if info.voxel_size:
-        metadata["voxel_size"] = entry(max(info.voxel_size), info.voxel_unit)
-        for axis, value in zip("zyx"[-len(info.voxel_size):], info.voxel_size):
-            metadata[f"voxel_size_{axis}"] = entry(value, info.voxel_unit)
-    metadata[PATH_KEY] = entry(str(path))
-    metadata[CONTENT_KEY] = entry(content_key(source_folder, data_files))
-    metadata[info.format.lower()] = info.tags
-
-    shape_text = " x ".join(str(n) for n in info.shape)
-    voxel_text = (
-        f", voxel {'/'.join(f'{v:g}' for v in info.voxel_size)} {info.voxel_unit}"
-        if info.voxel_size else ""
-    )
+    summary = (f"{fmt} {'volume' if volume.ndim == 3 else 'image'} {' x '.join(map(str, shape))} {dtype},"
+               f" voxel {'/'.join(f'{v:g}' for v in spacing)} um")
     common = dict(
         owner=owner,
         ownerEmail=contact_email,
@@ -159,9 +177,9 @@ def extract_dataset(
         ownerGroup=owner_group,
         accessGroups=list(access_groups),
         creationTime=format_time(dt.datetime.fromtimestamp(newest, dt.timezone.utc)),
-        datasetName=name or path.name,
-        description=description or f"{info.format} volume {shape_text} {info.dtype}{voxel_text}",
-        keywords=_unique([*keywords, info.format.lower()]),
+        datasetName=name or (f"{path.name}::{array}" if array else path.name),
+        description=description or summary,
+        keywords=_unique([*keywords, fmt]),
         sourceFolder=str(source_folder),
         size=size,
         numberOfFiles=len(data_files),
@@ -185,7 +203,7 @@ def extract_dataset(
                 **common,
                 principalInvestigator=owner,
                 creationLocation=creation_location,
-                dataFormat=info.format,
+                dataFormat=fmt,
             )
     except ValueError as exc:  # pydantic.ValidationError
         raise InputError(f"{path}: invalid dataset field ({str(exc).splitlines()[-1].strip()})") from None
@@ -193,14 +211,61 @@ def extract_dataset(
     return DatasetRecord(dataset, datablock)
 
 
+def _array_identity(path: Path, array: str | None, volume: Volume) -> str | None:
+    """The array that, besides the files, identifies the dataset; None if the files alone do.
+
+    An array named with ``FILE::ARRAY`` is part of the identity (two arrays of one HDF5
+    file are two datasets) unless it is the one io reads from the file anyway, so that
+    ``scan.nxs`` and ``scan.nxs::/entry/data/data`` are the same dataset.
+    """
+    if array is None:
+        return None
+    chosen = volume.metadata.get("dataset")
+    try:
+        default = open_volume(path).metadata.get("dataset")
+    except InputError:  # io picks none by itself: the file holds several images
+        default = None
+    return None if chosen == default else chosen
+
+
+def geometry_metadata(volume: Volume) -> dict:
+    """Where the volume lies in the world, as scientific metadata: the one place it is taken from io.
+
+    Returns ``{"affine": entry(4x4 list, "um")}`` when :class:`unified_framework.io.Volume`
+    carries an affine (index ``(z, y, x)`` to physical position in micrometres, the
+    convention of ``docs/io.md``), else an empty dict.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from unified_framework.io import Volume
+    >>> geometry_metadata(Volume(np.zeros((2, 3, 4))))  # doctest: +SKIP
+    {'affine': {'value': [[1.0, 0.0, 0.0, 0.0], ...], 'unit': 'um'}}
+    """
+    # INTEGRATION POINT (issue 14 item 1): io's Volume gains an ``affine`` on the geometry
+    # branch; until that is merged, volumes have none and nothing is recorded. Once it is,
+    # replace getattr with ``volume.affine`` (and drop the None case if io always sets it).
+    affine = getattr(volume, "affine", None)
+    if affine is None:
+        return {}
+    return {"affine": entry([[float(v) for v in row] for row in affine], "um")}
+
+
 def dataset_path(dataset: dict) -> str:
-    """What a job reads a catalogue dataset from: its file or folder, ``file.h5::/array`` for HDF5.
+    """What a job reads a catalogue dataset from: its file or folder, ``FILE::ARRAY`` for
+    an array of an HDF5 file or Zarr group.
 
     Falls back to ``sourceFolder`` for datasets catalogued by other tools.
+
+    Examples
+    --------
+    >>> dataset_path({"scientificMetadata": {"path": {"value": "/data/scan.h5"},
+    ...               "hdf5": {"volume_dataset": {"value": "/entry/data/data"}}}})
+    '/data/scan.h5::/entry/data/data'
     """
     path = metadata_value(dataset, PATH_KEY)
     path = str(path) if path else str(dataset["sourceFolder"])
-    array = metadata_value(dataset, "hdf5", "volume_dataset")
+    array = metadata_value(dataset, "hdf5", "volume_dataset") or metadata_value(dataset, "zarr", "volume_dataset")
     return f"{path}::{array}" if array else path
 
 

@@ -2,7 +2,9 @@
 
 A dataset is either one file (``scan.h5``: its folder is the SciCat ``sourceFolder``)
 or one folder (a DICOM series, a TIFF slice stack, a ``.zarr`` store: the folder itself
-is the ``sourceFolder``). File paths in the OrigDatablock are relative to it.
+is the ``sourceFolder``). File paths in the OrigDatablock are relative to it. Both are
+canonical (:func:`canonical_path`): the same files reached through a relative path, a
+symlinked folder or ``..`` are the same dataset.
 """
 
 from __future__ import annotations
@@ -23,6 +25,17 @@ CHECKSUM_ALGORITHM = "sha256"
 _BLOCK_SIZE = 1 << 20  # 1 MiB: large enough for throughput, small enough for memory
 
 
+def canonical_path(path: str | os.PathLike) -> Path:
+    """The absolute path of ``path`` with every symlink and ``..`` resolved: a dataset's identity.
+
+    Examples
+    --------
+    >>> canonical_path("/data/p05/../p05/scan.h5")   # doctest: +SKIP
+    PosixPath('/data/p05/scan.h5')
+    """
+    return Path(path).expanduser().resolve()
+
+
 def dataset_files(path: str | os.PathLike) -> tuple[Path, list[Path]]:
     """Return the ``sourceFolder`` of the dataset at ``path`` and its files, sorted.
 
@@ -34,13 +47,13 @@ def dataset_files(path: str | os.PathLike) -> tuple[Path, list[Path]]:
     InputError
         If ``path`` does not exist or a folder holds no files.
     """
-    path = Path(path).absolute()
+    path = canonical_path(path)
     if path.is_file():
         return path.parent, [path]
     if not path.is_dir():
         raise InputError(f"{path}: no such file or folder")
     is_zarr = (path / ".zarray").exists() or (path / ".zgroup").exists()
-    files = []
+    files: list[Path] = []
     for root, dirs, names in os.walk(path):
         if not is_zarr:
             dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -100,14 +113,17 @@ def describe_files(source_folder: Path, files: list[Path], *, progress: bool = F
     return entries
 
 
-def content_key(source_folder: Path | str, entries: list[DataFile]) -> str:
+def content_key(source_folder: Path | str, entries: list[DataFile], array: str | None = None) -> str:
     """Idempotency key of a dataset: hash of its ``sourceFolder`` and file checksums.
 
     Re-ingesting the same files from the same place gives the same key, so the
     catalogue finds the existing dataset instead of creating a duplicate; changed
-    content (or a copy elsewhere) gives a new key.
+    content (or a copy elsewhere) gives a new key. ``array`` names one of several
+    arrays of an HDF5 file or Zarr group (``scan.h5::/entry/recon``): each is a dataset.
     """
     digest = hashlib.sha256(str(source_folder).encode())
     for entry in sorted(entries, key=lambda e: e.path):
         digest.update(b"\0" + entry.path.encode() + b"\0" + (entry.chk or "").encode())
+    if array is not None:
+        digest.update(b"\0::" + array.encode())
     return digest.hexdigest()

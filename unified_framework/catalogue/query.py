@@ -12,6 +12,11 @@ Its semantics mirror SciCat's ``datasets/fullquery``:
   ``dicom.Modality = CT``).
 * ``created_from``/``created_to``: inclusive range on ``creationTime``.
 * ``dataset_type``, ``owner_groups`` (any of), ``keywords`` (all of).
+
+Every query is bounded (:data:`MAX_TEXT_CHARS`, :data:`MAX_TERMS`, :data:`MAX_SKIP`,
+:data:`MAX_LIMIT`), so that no request, from the CLI, the dashboard or the Python API,
+can hold a backend for long: unbounded free text made one SQLite full-text search run
+for 18 s.
 """
 
 from __future__ import annotations
@@ -28,7 +33,16 @@ RELATIONS = ("=", ">", "<")
 #: Dataset fields a search can be sorted by.
 SORT_FIELDS = ("creationTime", "datasetName", "size", "numberOfFiles")
 DATASET_TYPES = ("raw", "derived")
+#: Most results one page may hold.
 MAX_LIMIT = 1000
+#: Longest free text of a query, in characters.
+MAX_TEXT_CHARS = 500
+#: Most words in the free text (loose and in phrases together), and most conditions,
+#: owner groups and keywords: each word or condition is one more index lookup.
+MAX_TERMS = 32
+#: Most results a query may skip (paging): fits every backend's integer type
+#: (SQLite's OFFSET, MongoDB's skip), which a huge ``--page`` overflowed.
+MAX_SKIP = 2**31 - 1
 
 # Metadata keys become MongoDB paths and SQL parameters: letters, digits, _ - and dots.
 _KEY = re.compile(r"^[^\W][\w\-]*(\.[\w\-]+)*$")
@@ -125,8 +139,10 @@ class Query:
     Parameters
     ----------
     text : str
-        Free text (see the module docstring for its rules).
+        Free text (see the module docstring for its rules); at most
+        :data:`MAX_TEXT_CHARS` characters and :data:`MAX_TERMS` words.
     conditions : tuple of Condition
+        At most :data:`MAX_TERMS` (as ``owner_groups`` and ``keywords``).
     created_from, created_to : datetime, optional
         Inclusive bounds on the dataset's ``creationTime``; naive datetimes are UTC.
     dataset_type : {"raw", "derived"}, optional
@@ -135,7 +151,8 @@ class Query:
     keywords : tuple of str
         Match datasets carrying all of these keywords.
     skip, limit : int
-        Paging: ``limit`` results after skipping ``skip`` (``limit`` at most 1000).
+        Paging: ``limit`` results after skipping ``skip`` (``limit`` at most
+        :data:`MAX_LIMIT`, ``skip`` at most :data:`MAX_SKIP`).
     sort : str
         One of :data:`SORT_FIELDS`.
     descending : bool
@@ -154,16 +171,25 @@ class Query:
     descending: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise InputError(f"search text: expected a string, got {type(self.text).__name__}")
+        if len(self.text) > MAX_TEXT_CHARS:
+            raise InputError(f"search text: {len(self.text)} characters; expected at most {MAX_TEXT_CHARS}")
+        loose, phrases = self.text_terms()
+        if (words := len(loose) + sum(map(len, phrases))) > MAX_TERMS:
+            raise InputError(f"search text: {words} words; expected at most {MAX_TERMS}")
         for name in ("conditions", "owner_groups", "keywords"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+            if len(getattr(self, name)) > MAX_TERMS:
+                raise InputError(f"query {name}: {len(getattr(self, name))} given; expected at most {MAX_TERMS}")
         if not all(isinstance(c, Condition) for c in self.conditions):
             raise InputError("query conditions: expected Condition objects")
         if self.dataset_type not in (None, *DATASET_TYPES):
             raise InputError(f"dataset type {self.dataset_type!r}: expected raw or derived")
         if self.sort not in SORT_FIELDS:
             raise InputError(f"sort field {self.sort!r}: expected one of {', '.join(SORT_FIELDS)}")
-        if not (isinstance(self.skip, int) and self.skip >= 0):
-            raise InputError(f"skip {self.skip!r}: expected an integer >= 0")
+        if not (isinstance(self.skip, int) and 0 <= self.skip <= MAX_SKIP):
+            raise InputError(f"skip {self.skip!r}: expected an integer from 0 to {MAX_SKIP}")
         if not (isinstance(self.limit, int) and 1 <= self.limit <= MAX_LIMIT):
             raise InputError(f"limit {self.limit!r}: expected an integer from 1 to {MAX_LIMIT}")
         for name in ("created_from", "created_to"):

@@ -195,7 +195,7 @@ def _quote(pid: str) -> str:
 
 
 def _to_v4(body: dict) -> dict:
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in body.items():
         if key in _V4_RENAMED:
             out.setdefault(_V4_RENAMED[key], []).append(value)
@@ -284,10 +284,10 @@ def _mongo_where(query: Query) -> dict:
         clauses.append({"ownerGroup": {"$in": list(query.owner_groups)}})
     if query.keywords:
         clauses.append({"keywords": {"$all": list(query.keywords)}})
-    text = [c for c in clauses if "$text" in c]
+    text_clauses = [c for c in clauses if "$text" in c]
     rest = [c for c in clauses if "$text" not in c]
     # MongoDB allows $text only at the top level of the filter.
-    where: dict[str, Any] = dict(text[0]) if text else {}
+    where: dict[str, Any] = dict(text_clauses[0]) if text_clauses else {}
     if rest:
         where["$and"] = rest
     return where

@@ -215,6 +215,7 @@ class SQLiteCatalogue(Catalogue):
                  document["numberOfFiles"], json.dumps(document)),
             )
             dataset_id = cursor.lastrowid
+            assert dataset_id is not None  # an INSERT always sets it; narrows the Optional type
             conn.execute(
                 "INSERT INTO origdatablocks (id, dataset, document) VALUES (?,?,?)",
                 (datablock["id"], dataset_id, json.dumps(datablock)),

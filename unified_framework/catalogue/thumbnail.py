@@ -47,7 +47,7 @@ def thumbnail_slice(
 
     if isinstance(source, dict):
         source = dataset_path(source)
-    volume = open_volume(source)
+    volume = open_volume(str(source))  # str keeps a "file.h5::/array" reference whole
     data = volume.data
     if data.ndim == 3:
         depth = data.shape[0]

@@ -2,21 +2,27 @@
 
 SciCat stores every scientific metadata entry as ``{"value": v, "unit": u}`` and adds
 ``valueSI``/``unitSI`` so that conditions such as ``voxel_size > 0.5 um`` compare values
-given in different units. This module is the small table that does the same here (pint
-would be a heavy dependency for a dozen units). SI values are rounded to 12 significant
-digits so that ``500 nm`` and ``0.5 um`` normalise to the *same* float and compare equal.
+given in different units. This module does the same here (pint would be a heavy
+dependency for a dozen units). Length units are :mod:`unified_framework.io`'s (its
+``unit_factor``: every spelling its readers understand, ``um``, ``µm``, ``micron``,
+``mm``, ...), so a length means the same to the catalogue as to io; the table here adds
+the other dimensions. SI values are rounded to 12 significant digits so that ``500 nm``
+and ``0.5 um`` normalise to the *same* float and compare equal.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 
 from ..errors import InputError
+from ..io._common import exact_decimal, unit_factor
 
-# unit -> (factor to the SI unit, SI unit). Aliases list the spellings found in file
-# headers (NIfTI "micron", ImageJ "\u00b5m", DICOM "mm").
+# unit -> (factor to the SI unit, SI unit), for what io's length table does not hold.
 _UNITS: dict[str, tuple[float, str]] = {}
+_MICROMETRE = Decimal("1e-6")  # metres per micrometre (io's length factors are in um)
+_LENGTH_EXAMPLES = ("m", "cm", "mm", "um", "nm")  # for messages; io accepts more spellings
 
 
 def _add(si_unit: str, factors: dict[str, float]) -> None:
@@ -24,16 +30,7 @@ def _add(si_unit: str, factors: dict[str, float]) -> None:
         _UNITS[name] = (factor, si_unit)
 
 
-_add(
-    "m",
-    {
-        "m": 1.0, "km": 1e3, "cm": 1e-2, "mm": 1e-3,
-        "um": 1e-6, "\u00b5m": 1e-6, "\u03bcm": 1e-6, "micron": 1e-6, "microns": 1e-6,
-        "micrometer": 1e-6, "micrometre": 1e-6,
-        "nm": 1e-9, "pm": 1e-12, "\u00c5": 1e-10, "angstrom": 1e-10,
-        "inch": 0.0254, "in": 0.0254,
-    },
-)
+_add("m", {"pm": 1e-12, "\u00c5": 1e-10, "angstrom": 1e-10})  # atomic scales, unknown to io
 _add(
     "s",
     {
@@ -46,11 +43,13 @@ _add("Hz", {"Hz": 1.0, "kHz": 1e3, "MHz": 1e6, "GHz": 1e9})
 _add("A", {"A": 1.0, "mA": 1e-3, "uA": 1e-6, "\u00b5A": 1e-6})
 _add("V", {"V": 1.0, "kV": 1e3, "mV": 1e-3})
 _add("K", {"K": 1.0})
+_add("T", {"T": 1.0})
 _add("rad", {"rad": 1.0, "mrad": 1e-3, "deg": math.pi / 180.0, "degree": math.pi / 180.0})
 _add("B", {"B": 1.0, "kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KiB": 1024.0,
            "MiB": 1024.0**2, "GiB": 1024.0**3, "TiB": 1024.0**4})
 
-#: Units accepted in metadata and search conditions.
+#: Units accepted in metadata and search conditions besides the length units of
+#: :mod:`unified_framework.io` (``m``, ``mm``, ``um``/``µm``/``micron``, ``nm``, ``inch``, ...).
 KNOWN_UNITS: tuple[str, ...] = tuple(sorted(_UNITS))
 
 _QUANTITY = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(\S*)\s*$")
@@ -61,8 +60,14 @@ def _round_significant(value: float, digits: int = 12) -> float:
 
 
 def is_known_unit(unit: str) -> bool:
-    """Return True if ``unit`` is in the conversion table."""
-    return unit in _UNITS
+    """Return True if ``unit`` is a length io knows or in the conversion table.
+
+    Examples
+    --------
+    >>> is_known_unit("micron"), is_known_unit("keV"), is_known_unit("parsec")
+    (True, True, False)
+    """
+    return unit in _UNITS or unit_factor(unit) is not None
 
 
 def to_si(value: float, unit: str) -> tuple[float, str]:
@@ -73,7 +78,8 @@ def to_si(value: float, unit: str) -> tuple[float, str]:
     value : float
         Numeric value.
     unit : str
-        A unit from :data:`KNOWN_UNITS` (``"um"``, ``"keV"``, ``"ms"``, ...).
+        A length unit of :mod:`unified_framework.io` or one of :data:`KNOWN_UNITS`
+        (``"um"``, ``"keV"``, ``"ms"``, ...).
 
     Returns
     -------
@@ -85,19 +91,22 @@ def to_si(value: float, unit: str) -> tuple[float, str]:
     InputError
         If the unit is unknown.
     """
-    try:
+    if unit in _UNITS:
         factor, si_unit = _UNITS[unit]
-    except KeyError:
+        return _round_significant(float(value) * factor), si_unit
+    micrometres = unit_factor(unit)
+    if micrometres is None:
         raise InputError(
-            f"unit {unit!r}: unknown; expected one of {', '.join(KNOWN_UNITS)}"
-        ) from None
-    return _round_significant(float(value) * factor), si_unit
+            f"unit {unit!r}: unknown; expected a length ({', '.join(_LENGTH_EXAMPLES)}, ...)"
+            f" or one of {', '.join(KNOWN_UNITS)}"
+        )
+    return _round_significant(float(exact_decimal(value) * micrometres * _MICROMETRE)), "m"
 
 
 def is_quantity(text: str) -> bool:
     """Return True if ``text`` is a number optionally followed by a known unit."""
     match = _QUANTITY.match(text)
-    return bool(match) and (not match.group(2) or is_known_unit(match.group(2)))
+    return match is not None and (not match.group(2) or is_known_unit(match.group(2)))
 
 
 def parse_quantity(text: str) -> tuple[float, str]:

@@ -107,11 +107,15 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from ..catalogue import Query, open_catalogue, parse_condition, parse_time
+    from ..catalogue import MAX_SKIP, Query, open_catalogue, parse_condition, parse_time
+    from ..catalogue.query import MAX_LIMIT
     from ..errors import InputError
 
-    if args.page < 1:
-        raise InputError(f"--page {args.page}: expected a page number from 1")
+    if not 1 <= args.limit <= MAX_LIMIT:
+        raise InputError(f"--limit {args.limit}: expected a number of results from 1 to {MAX_LIMIT}")
+    last_page = MAX_SKIP // args.limit + 1  # the skip of later pages overflows the backends
+    if not 1 <= args.page <= last_page:
+        raise InputError(f"--page {args.page}: expected a page number from 1 to {last_page}")
     query = Query(
         text=" ".join(args.text),
         conditions=tuple(parse_condition(c) for c in args.where),
