@@ -116,6 +116,47 @@ def source_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return strip(jsonable(dict(metadata)) or {})
 
 
+#: Metadata entries that format writers read back (NIfTI sform/qform codes, DICOM
+#: modality and slice thickness, ...): HDF5 and Zarr readers restore them from the
+#: stored ``source_metadata``, so they survive conversions through those formats.
+CARRIED_KEYS = ("nifti", "dicom")
+
+
+def carried(stored: Any) -> dict[str, Any]:
+    """The :data:`CARRIED_KEYS` entries of a stored ``source_metadata`` dict."""
+    if not isinstance(stored, Mapping):
+        return {}
+    return {key: stored[key] for key in CARRIED_KEYS if isinstance(stored.get(key), dict)}
+
+
+def geometry_attributes(volume: Any) -> dict[str, Any]:
+    """``origin`` (µm, z y x) and ``direction`` (3x3, rows z y x) as JSON-ready attributes."""
+    return {"origin": [float(v) for v in volume.origin], "direction": [[float(v) for v in row] for row in volume.direction]}
+
+
+def geometry_from_attributes(attrs: Mapping[str, Any], name: str) -> tuple[Any, Any]:
+    """``(origin, direction)`` from attributes written by :func:`geometry_attributes`; None where absent.
+
+    Raises
+    ------
+    InputError
+        If they are present but malformed.
+    """
+    from .volume import validate_direction, validate_origin
+
+    origin, direction = attrs.get("origin"), attrs.get("direction")
+    if origin is not None:
+        unit = attrs.get("origin_units", attrs.get("unit", "um"))
+        try:
+            origin = [to_micrometres(v, unit if unit_factor(unit) else "um") for v in np.ravel(origin)]
+        except (TypeError, ValueError, ArithmeticError):
+            pass  # validate_origin names the problem
+        origin = validate_origin(origin, name)
+    if direction is not None:
+        direction = validate_direction(direction, name)
+    return origin, direction
+
+
 def metadata_json(metadata: Mapping[str, Any]) -> str:
     """:func:`source_metadata` as a JSON string, for formats whose attributes are scalars."""
     return json.dumps(source_metadata(metadata), sort_keys=True)
