@@ -97,7 +97,10 @@ def _read_file(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
         data = _read_pixels(path, dtype)
     if order is not None and frames > 1 and list(order) != list(range(frames)):
         data = data[np.asarray(order)]  # frames stored out of position order
-    metadata = {"tags": _tags(header), "dicom": _carried(header, measures)}
+    metadata: dict[str, Any] = {"tags": _tags(header), "dicom": _carried(header, measures)}
+    syntax = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_transfer_syntax and not syntax.is_little_endian and dtype.itemsize > 1:
+        metadata["byte_order"] = "big-endian"  # pydicom hands the pixels over in native order
     return Volume(data, spacing, metadata, path, origin, direction)
 
 
