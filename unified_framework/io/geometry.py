@@ -58,7 +58,7 @@ def split_affine(affine: Any, name: str = "affine") -> tuple[tuple[float, float,
     Examples
     --------
     >>> spacing, origin, direction = split_affine(np.diag([2.0, 1.0, -0.5, 1.0]))
-    >>> spacing, direction[2, 2]
+    >>> spacing, float(direction[2, 2])
     ((2.0, 1.0, 0.5), -1.0)
     """
     from .volume import validate_direction, validate_origin
