@@ -26,6 +26,8 @@ from unified_framework.sun.training import TrainingConfig, train_sun
 
 SHAPE = (6, 7, 9)
 BIG = np.dtype(">u2")
+#: 5 µm voxels, x towards the right (LAS), voxel 0 away from the origin (mm).
+LAS_AFFINE = np.array([[-0.005, 0, 0, 1.0], [0, 0.005, 0, -2.0], [0, 0, 0.005, 3.0], [0, 0, 0, 1]])
 
 
 def big_endian_volume() -> np.ndarray:
@@ -99,7 +101,7 @@ def test_sun_predict_on_big_endian_files(tmp_path, uint16_model, name):
     if name.endswith(".tif"):
         tifffile.imwrite(path, data, byteorder=">", imagej=True, photometric="minisblack", metadata={"axes": "ZYX"})
     else:
-        image = nib.Nifti1Image(data.T, np.diag([0.005, 0.005, 0.005, 1.0]), nib.Nifti1Header(endianness=">"))
+        image = nib.Nifti1Image(data.T, LAS_AFFINE, nib.Nifti1Header(endianness=">"))
         image.set_data_dtype(BIG)  # stored as is, no scaling to float
         nib.save(image, path)
         assert nib.load(path).header.get_data_dtype() == BIG
@@ -108,6 +110,10 @@ def test_sun_predict_on_big_endian_files(tmp_path, uint16_model, name):
     labels = read_volume(out)
     assert labels.shape == data.shape and labels.dtype == np.uint8
     assert nib.load(out).header.endianness == nib.volumeutils.native_code
+    if name.endswith(".nii"):  # the labels lie where the input lies
+        np.testing.assert_allclose(nib.load(out).affine, LAS_AFFINE, atol=1e-7)
+    if name.endswith(".nii"):  # the labels lie where the input lies
+        np.testing.assert_allclose(nib.load(out).affine, LAS_AFFINE, atol=1e-7)
     # The same prediction as for the native copy of the volume.
     native = tmp_path / "native.tif"
     write_volume(native, data.astype(np.uint16))

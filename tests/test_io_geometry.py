@@ -345,3 +345,14 @@ def test_io_info_prints_orientation_origin_and_spacing(capsys):
     assert report["orientation"] == "RAS" and report["dtype"] == "float32" and report["byte_order"] == "big-endian"
     assert report["origin_um"] == [-27599.41, 47977.585, 35297.897]
 
+
+
+def test_classical_labels_keep_the_input_grid(tmp_path):
+    from unified_framework.classical import run_classical
+
+    scan = tmp_path / "scan.nii.gz"
+    write_volume(tmp_path / "scan.zarr", read_volume(LAS))  # through Zarr: codes and geometry carried
+    write_volume(scan, read_volume(tmp_path / "scan.zarr"))
+    run_classical(scan, tmp_path / "labels.nii.gz", "multi-otsu", classes=2)
+    float32_close(nib.load(tmp_path / "labels.nii.gz").affine, nib.load(LAS).affine)
+    assert int(nib.load(tmp_path / "labels.nii.gz").header["sform_code"]) == 2

@@ -129,34 +129,6 @@ def carried(stored: Any) -> dict[str, Any]:
     return {key: stored[key] for key in CARRIED_KEYS if isinstance(stored.get(key), dict)}
 
 
-def geometry_attributes(volume: Any) -> dict[str, Any]:
-    """``origin`` (µm, z y x) and ``direction`` (3x3, rows z y x) as JSON-ready attributes."""
-    return {"origin": [float(v) for v in volume.origin], "direction": [[float(v) for v in row] for row in volume.direction]}
-
-
-def geometry_from_attributes(attrs: Mapping[str, Any], name: str) -> tuple[Any, Any]:
-    """``(origin, direction)`` from attributes written by :func:`geometry_attributes`; None where absent.
-
-    Raises
-    ------
-    InputError
-        If they are present but malformed.
-    """
-    from .volume import validate_direction, validate_origin
-
-    origin, direction = attrs.get("origin"), attrs.get("direction")
-    if origin is not None:
-        unit = attrs.get("origin_units", attrs.get("unit", "um"))
-        try:
-            origin = [to_micrometres(v, unit if unit_factor(unit) else "um") for v in np.ravel(origin)]
-        except (TypeError, ValueError, ArithmeticError):
-            pass  # validate_origin names the problem
-        origin = validate_origin(origin, name)
-    if direction is not None:
-        direction = validate_direction(direction, name)
-    return origin, direction
-
-
 def metadata_json(metadata: Mapping[str, Any]) -> str:
     """:func:`source_metadata` as a JSON string, for formats whose attributes are scalars."""
     return json.dumps(source_metadata(metadata), sort_keys=True)

@@ -18,14 +18,13 @@ from ._common import (
     carried,
     default_chunks,
     describe_datasets,
-    geometry_attributes,
-    geometry_from_attributes,
     jsonable,
     metadata_json,
     pick_dataset,
     to_micrometres,
     unit_factor,
 )
+from .geometry import geometry_attributes, geometry_from_attributes
 from .volume import Volume, check_ndim, iter_slabs
 
 DEFAULT_DATASET = "/entry/data/data"
@@ -174,7 +173,7 @@ def write_hdf5(path: Path, volume: Volume, dataset: str | None, chunks: tuple[in
         )
         node.attrs["spacing"] = np.asarray(volume.spacing, dtype=np.float64)
         node.attrs["spacing_units"] = "um"
-        for key, value in geometry_attributes(volume).items():
+        for key, value in geometry_attributes(volume.origin, volume.direction).items():
             node.attrs[key] = np.asarray(value, dtype=np.float64)
         node.attrs["origin_units"] = "um"
         node.attrs["axes_order"] = ",".join(AXES[-data.ndim :])

@@ -14,14 +14,13 @@ from ..errors import InputError
 from ._common import (
     carried,
     default_chunks,
-    geometry_attributes,
-    geometry_from_attributes,
     jsonable,
     pick_dataset,
     source_metadata,
     to_micrometres,
     unit_factor,
 )
+from .geometry import geometry_attributes, geometry_from_attributes
 from .volume import Volume, check_ndim, iter_slabs
 
 AXES = ("z", "y", "x")
@@ -130,7 +129,7 @@ def write_zarr(path: Path, volume: Volume, dataset: str | None, chunks: tuple[in
     array.attrs.update(
         {
             "spacing": list(volume.spacing),
-            **geometry_attributes(volume),
+            **geometry_attributes(volume.origin, volume.direction),
             "unit": "micrometer",
             "axes": list(AXES[-data.ndim :]),
             "source_metadata": source_metadata(volume.metadata),

@@ -14,12 +14,12 @@ DICOM lists LPS millimetres ``(x, y, z)``: reversing them gives ours.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import InputError
-from ._common import from_micrometres, to_micrometres
+from ._common import from_micrometres, to_micrometres, unit_factor
 
 #: Reverses the three spatial axes of a homogeneous 4x4 matrix: (z, y, x) <-> (x, y, z).
 REVERSE = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
@@ -94,6 +94,43 @@ def orientation_code(direction: Any) -> str:
         axis = int(np.argmax(np.abs(vector)))
         letters.append(_LETTERS[axis][0 if vector[axis] > 0 else 1])
     return "".join(letters)
+
+
+# ----------------------------------------------------------------------------- HDF5, Zarr attributes
+def geometry_attributes(origin: Sequence[float], direction: Any) -> dict[str, Any]:
+    """``origin`` (µm, z y x) and ``direction`` (3x3, rows z y x) as JSON-ready attributes.
+
+    HDF5 datasets and Zarr arrays store them so (:func:`geometry_from_attributes` reads them).
+
+    Examples
+    --------
+    >>> geometry_attributes((0.0, 1.5, 2.0), np.eye(3))["origin"]
+    [0.0, 1.5, 2.0]
+    """
+    return {"origin": [float(v) for v in origin], "direction": [[float(v) for v in row] for row in np.asarray(direction)]}
+
+
+def geometry_from_attributes(attrs: Mapping[str, Any], name: str) -> tuple[Any, Any]:
+    """``(origin, direction)`` from attributes written by :func:`geometry_attributes`; None where absent.
+
+    Raises
+    ------
+    InputError
+        If they are present but malformed.
+    """
+    from .volume import validate_direction, validate_origin
+
+    origin, direction = attrs.get("origin"), attrs.get("direction")
+    if origin is not None:
+        unit = attrs.get("origin_units", attrs.get("unit", "um"))
+        try:
+            origin = [to_micrometres(v, unit if unit_factor(unit) else "um") for v in np.ravel(origin)]
+        except (TypeError, ValueError, ArithmeticError):
+            pass  # validate_origin names the problem
+        origin = validate_origin(origin, name)
+    if direction is not None:
+        direction = validate_direction(direction, name)
+    return origin, direction
 
 
 # ----------------------------------------------------------------------------- NIfTI

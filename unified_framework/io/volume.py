@@ -127,6 +127,23 @@ class Volume:
         """True if ``data`` is a dask array."""
         return is_lazy(self.data)
 
+    def with_data(self, data: Any) -> "Volume":
+        """A volume on the same voxel grid (spacing, origin, direction) holding ``data``.
+
+        For results derived voxel by voxel (labels, probabilities): written out, they
+        overlay the input. Of the metadata only the entries writers read back are kept
+        (NIfTI codes, DICOM modality and frame of reference).
+
+        Examples
+        --------
+        >>> scan = Volume(np.zeros((2, 3, 4)), (2.0, 1.0, 1.0), origin=(5.0, 0.0, 0.0))
+        >>> scan.with_data(np.ones((2, 3, 4), np.uint8)).origin
+        (5.0, 0.0, 0.0)
+        """
+        from ._common import carried
+
+        return Volume(data, self.spacing, carried(self.metadata), None, self.origin, self.direction)
+
     def compute(self) -> "Volume":
         """Return a copy whose ``data`` is an in-memory numpy array."""
         data = self.data.compute() if self.lazy else self.data
