@@ -139,8 +139,10 @@ def _frame_positions(header: Any, frames: int) -> list[Any] | None:
 
 
 def _normal(orientation: Any) -> np.ndarray:
+    """Unit slice normal of ImageOrientationPatient (NaN for zero cosines: refused as a direction later)."""
     cosines = np.asarray(orientation, dtype=float)
-    row, column = cosines[:3] / np.linalg.norm(cosines[:3]), cosines[3:] / np.linalg.norm(cosines[3:])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        row, column = cosines[:3] / np.linalg.norm(cosines[:3]), cosines[3:] / np.linalg.norm(cosines[3:])
     return np.cross(row, column)
 
 
@@ -176,6 +178,8 @@ def _geometry(path: Path, positions: list[Any] | None, orientation: Any, thickne
     # LPS columns for index x, y, z; ours lists rows and columns reversed (z, y, x).
     direction = np.column_stack([step_vector, column, row])[::-1]
     return order, step_um, origin, direction
+
+
 def _read_series(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
     import pydicom
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ._common import from_micrometres, jsonable, unit_factor
+from ._common import from_micrometres, jsonable, to_micrometres, unit_factor
 from .formats import library_errors, suffix_of
 from .geometry import from_nifti_affine, split_affine, to_nifti_affine
 from .volume import Volume, check_ndim, iter_slabs, slices_per_slab
@@ -54,7 +54,11 @@ def read_nifti(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) ->
     _check_size(path, header, shape)
     unit = header.get_xyzt_units()[0]
     unit = unit if unit_factor(unit) else "mm"  # NIfTI: unknown spatial unit means mm
-    spacing, origin, direction = split_affine(from_nifti_affine(img.affine, unit), f"{path}: affine")
+    lengths, origin, direction = split_affine(from_nifti_affine(img.affine, unit), f"{path}: affine")
+    # The affine's column lengths are the voxel size; pixdim says the same in exact
+    # decimals where they agree (a rotated affine's lengths carry float32 noise).
+    zooms = [to_micrometres(z, unit) for z in header.get_zooms()[: len(shape)]][::-1]
+    spacing = tuple(z if abs(z - s) <= 1e-6 * s else s for s, z in zip(lengths[-len(shape) :], zooms))
     proxy = img.dataobj.reshape(shape) if shape != tuple(img.shape) else img.dataobj
     if lazy:
         import dask.array as da
@@ -73,7 +77,7 @@ def read_nifti(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) ->
         "nifti_shape_xyz": list(shape),
         "axis_order_on_disk": "x,y,z",
     }
-    return Volume(data, spacing[-len(shape) :], metadata, path, origin, direction)
+    return Volume(data, spacing, metadata, path, origin, direction)
 
 
 class _ScaledProxy:
