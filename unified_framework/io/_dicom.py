@@ -82,6 +82,7 @@ def _read_file(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
     check_ndim(shape, expect_ndim, str(path))
     dtype = _rescaled_dtype(header)
     measures = _frame_item(header, "PixelMeasuresSequence")
+    # Enhanced multi-frame objects keep PixelSpacing in the (shared) pixel measures.
     pixel = _pixel_spacing(measures if measures is not None and "PixelSpacing" in measures else header)
     thickness = (_thickness(measures) if measures is not None else None) or _thickness(header)
     orientation_item = _frame_item(header, "PlaneOrientationSequence")
@@ -283,10 +284,7 @@ def _pixel_spacing(ds: Any) -> tuple[float, float]:
     """(row spacing, column spacing) = (y, x) in micrometres; 1.0 if absent."""
     value = ds.get("PixelSpacing")
     if value is None:
-        try:  # enhanced multi-frame objects keep it in the shared functional groups
-            value = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
-        except (AttributeError, IndexError, KeyError):
-            value = ds.get("ImagerPixelSpacing")
+        value = ds.get("ImagerPixelSpacing")
     if value is None or len(value) != 2:
         return 1.0, 1.0
     return tuple(to_micrometres(str(v), "mm") for v in value)
