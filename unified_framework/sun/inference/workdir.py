@@ -119,7 +119,8 @@ class Plan:
     def arithmetic(self) -> dict[str, Any]:
         """The fields that two runs must share to add into the same accumulator."""
         data = asdict(self)
-        for key in ("volume", "mode", "memory_budget"):
+        # Where the volume lies changes no sum (and plans of earlier versions lack it).
+        for key in ("volume", "mode", "memory_budget", "origin", "direction"):
             data.pop(key)
         return json.loads(json.dumps(data))
 
