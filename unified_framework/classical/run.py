@@ -88,7 +88,7 @@ def run_classical(
             if len(order) != classes:
                 raise InputError(f"label order: expected {classes} class numbers, got {len(order)}")
             labels = relabel(labels, order)
-    write_volume(output, labels, spacing=volume.spacing)
+    write_volume(output, volume.with_data(labels))  # on the input's grid: the labels overlay it
     result: dict[str, Any] = {
         "method": method,
         "input": str(input),

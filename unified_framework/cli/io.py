@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     convert.add_argument("--spacing", type=float, nargs="+", metavar="UM", help="override the voxel size (micrometres, z y x)")
     convert.set_defaults(func=_convert)
 
-    info = actions.add_parser("info", help="print format, shape, dtype, voxel size, value range and metadata")
+    info = actions.add_parser("info", help="print format, shape, dtype, voxel size, orientation, origin, value range and metadata")
     info.add_argument("path", metavar="PATH", help="file or folder (FILE.h5::/dataset allowed)")
     info.add_argument("--dataset", metavar="PATH", help="dataset inside an HDF5 file or Zarr group")
     info.add_argument("--no-range", action="store_true", help="skip the value range (which reads all data once)")
@@ -72,25 +72,35 @@ def _info(args: argparse.Namespace) -> int:
     from ..io import read_volume, value_range
 
     volume = read_volume(args.path, args.dataset, lazy=True)
+    # The file's byte order: the data was converted to native order on reading.
+    byte_order = volume.metadata.get("byte_order", "native")
     report: dict[str, Any] = {
         "path": str(volume.path),
         "format": volume.metadata.get("format"),
         "shape": list(volume.shape),
-        "dtype": str(volume.dtype),
+        "dtype": volume.dtype.name,
+        "byte_order": byte_order,
         "spacing_um": list(volume.spacing),
+        "orientation": volume.orientation,
+        "origin_um": list(volume.origin),
+        "direction": [list(row) for row in volume.direction],
     }
     if not args.no_range:
         lo, hi, bad = value_range(volume.data, desc="scanning values")
         report.update({"min": None if math.isnan(lo) else lo, "max": None if math.isnan(hi) else hi, "non_finite": bad})
-    report["metadata"] = {k: v for k, v in volume.metadata.items() if k not in ("format", "dtype", "shape")}
+    report["metadata"] = {k: v for k, v in volume.metadata.items() if k not in ("format", "dtype", "shape", "byte_order")}
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
     print(f"path        {report['path']}")
     print(f"format      {report['format']}")
     print(f"shape       {' x '.join(map(str, volume.shape))}  ({'z, y, x' if volume.ndim == 3 else 'y, x'})")
-    print(f"dtype       {report['dtype']}")
+    print(f"dtype       {report['dtype']}" + (f" ({byte_order})" if byte_order != "native" else ""))
     print(f"voxel size  {' x '.join(f'{s:g}' for s in volume.spacing)} um")
+    print(f"orientation {volume.orientation}  (where index axes x, y, z point: L/R, P/A, S/I)")
+    z, y, x = volume.origin
+    ras_mm = " ".join(f"{(v or 0.0) / 1000:g}" for v in (-x, -y, z))  # "or": no "-0"
+    print(f"origin      {z:g} {y:g} {x:g} um  (centre of voxel 0: z y x in the LPS world; NIfTI RAS x y z {ras_mm} mm)")
     if "min" in report:
         print(f"range       {report['min']:g} .. {report['max']:g}" if report["min"] is not None else "range       (no finite values)")
         if report["non_finite"]:

@@ -1,7 +1,8 @@
 """Read and write 2D images and 3D volumes: TIFF, HDF5/NeXus, NIfTI, DICOM and Zarr.
 
 Every reader returns a :class:`Volume` with axis order ``(z, y, x)`` (``(y, x)`` for
-images) and the voxel size in micrometres; ``lazy=True`` gives a dask array that is
+images), the voxel size in micrometres and the volume's place in the world (origin,
+direction, ``affine``); ``lazy=True`` gives a dask array that is
 read chunk by chunk, and every writer accepts dask arrays and writes them slab by slab.
 See ``docs/io.md``.
 
@@ -13,17 +14,20 @@ Examples
 """
 
 from .api import SUPPORTED_FORMATS, detect_format, open_volume, read_volume, write_volume
-from .volume import Volume, check_finite, check_ndim, iter_slabs, value_range
+from .geometry import resample_to
+from .volume import Volume, check_finite, check_ndim, describe_dtype, iter_slabs, value_range
 
 __all__ = [
     "SUPPORTED_FORMATS",
     "Volume",
     "check_finite",
     "check_ndim",
+    "describe_dtype",
     "detect_format",
     "iter_slabs",
     "open_volume",
     "read_volume",
+    "resample_to",
     "value_range",
     "write_volume",
 ]

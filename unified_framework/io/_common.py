@@ -116,6 +116,19 @@ def source_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return strip(jsonable(dict(metadata)) or {})
 
 
+#: Metadata entries that format writers read back (NIfTI sform/qform codes, DICOM
+#: modality and slice thickness, ...): HDF5 and Zarr readers restore them from the
+#: stored ``source_metadata``, so they survive conversions through those formats.
+CARRIED_KEYS = ("nifti", "dicom")
+
+
+def carried(stored: Any) -> dict[str, Any]:
+    """The :data:`CARRIED_KEYS` entries of a stored ``source_metadata`` dict."""
+    if not isinstance(stored, Mapping):
+        return {}
+    return {key: stored[key] for key in CARRIED_KEYS if isinstance(stored.get(key), dict)}
+
+
 def metadata_json(metadata: Mapping[str, Any]) -> str:
     """:func:`source_metadata` as a JSON string, for formats whose attributes are scalars."""
     return json.dumps(source_metadata(metadata), sort_keys=True)

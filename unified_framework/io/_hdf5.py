@@ -1,4 +1,9 @@
-"""HDF5 and NeXus files: read any 2D/3D dataset, write the NeXus NXdata layout."""
+"""HDF5 and NeXus files: read any 2D/3D dataset, write the NeXus NXdata layout.
+
+Geometry: the dataset's ``spacing``, ``origin`` (``origin_units``) and ``direction``
+attributes (see :mod:`.geometry`); without them the NXdata axis coordinates give the
+voxel size (their step) and the origin (their first value).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from ._common import (
+    carried,
     default_chunks,
     describe_datasets,
     jsonable,
@@ -18,6 +24,7 @@ from ._common import (
     to_micrometres,
     unit_factor,
 )
+from .geometry import geometry_attributes, geometry_from_attributes
 from .volume import Volume, check_ndim, iter_slabs
 
 DEFAULT_DATASET = "/entry/data/data"
@@ -36,7 +43,11 @@ def read_hdf5(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
         if not isinstance(node, h5py.Dataset):
             raise InputError(f"{path}: no dataset {dataset!r} (datasets: {describe_datasets(_datasets(f)) or 'none'})")
         check_ndim(node.shape, expect_ndim, f"{path}::{node.name}")
-        spacing = _spacing(node) or (1.0,) * node.ndim
+        coords = _axis_coordinates(node)
+        spacing = _spacing(node) or (tuple(step for _, step in coords) if coords else (1.0,) * node.ndim)
+        origin, direction = geometry_from_attributes(node.attrs, f"{path}::{node.name}")
+        if origin is None and coords:
+            origin = tuple([0.0] * (3 - node.ndim) + [first for first, _ in coords][-3:])
         metadata = {
             "dataset": node.name,
             "attributes": _attrs(node),
@@ -57,7 +68,8 @@ def read_hdf5(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
         raise
     if not lazy:
         f.close()
-    return Volume(data, spacing, metadata, path)
+    metadata.update(carried(metadata["attributes"].get("source_metadata")))
+    return Volume(data, spacing, metadata, path, origin, direction)
 
 
 def _datasets(f: Any) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -99,12 +111,17 @@ def _nexus_signal(f: Any) -> str | None:
 
 
 def _spacing(node: Any) -> tuple[float, ...] | None:
-    """Voxel size from our ``spacing`` attribute or from NXdata axis coordinates."""
+    """Voxel size from our ``spacing`` attribute."""
     spacing = node.attrs.get("spacing")
     if spacing is not None and np.size(spacing) == node.ndim:
         unit = _text(node.attrs.get("spacing_units")) or "um"
         if unit_factor(unit):
             return tuple(to_micrometres(s, unit) for s in np.ravel(spacing))
+    return None
+
+
+def _axis_coordinates(node: Any) -> list[tuple[float, float]] | None:
+    """``(first value, step)`` in µm of each NXdata axis coordinate of ``node``; None if incomplete."""
     axes = node.parent.attrs.get("axes")
     if axes is None:
         return None
@@ -117,9 +134,10 @@ def _spacing(node: Any) -> tuple[float, ...] | None:
         unit = _text(coord.attrs.get("units")) if coord is not None else None
         if coord is None or coord.ndim != 1 or coord.shape[0] < 2 or not unit_factor(unit):
             return None
-        step = np.diff(coord[:2])[0]
-        values.append(to_micrometres(float(f"{step:.12g}"), unit))
-    return tuple(values)
+        first, second = coord[:2]
+        # 12 significant digits drop the float noise of the difference.
+        values.append((to_micrometres(float(f"{first:.12g}"), unit), to_micrometres(float(f"{second - first:.12g}"), unit)))
+    return values
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -136,7 +154,10 @@ def write_hdf5(path: Path, volume: Volume, dataset: str | None, chunks: tuple[in
     """Write a gzip-compressed, chunked dataset; a three-level path gets the NeXus layout.
 
     ``/entry/data/data`` (the default) becomes ``NXroot -> NXentry -> NXdata`` with
-    ``signal``, ``axes`` and coordinate datasets ``z``, ``y``, ``x`` in micrometres.
+    ``signal``, ``axes`` and coordinate datasets ``z``, ``y``, ``x`` in micrometres
+    (world positions of the voxel centres when the direction is the identity, else
+    distances from voxel 0: the dataset's ``origin``/``direction`` attributes hold
+    the geometry).
     """
     import h5py
 
@@ -152,6 +173,9 @@ def write_hdf5(path: Path, volume: Volume, dataset: str | None, chunks: tuple[in
         )
         node.attrs["spacing"] = np.asarray(volume.spacing, dtype=np.float64)
         node.attrs["spacing_units"] = "um"
+        for key, value in geometry_attributes(volume.origin, volume.direction).items():
+            node.attrs[key] = np.asarray(value, dtype=np.float64)
+        node.attrs["origin_units"] = "um"
         node.attrs["axes_order"] = ",".join(AXES[-data.ndim :])
         node.attrs["source_metadata"] = metadata_json(volume.metadata)
         for start, stop, block in iter_slabs(data, step=chunks[0], desc=f"writing {name}"):
@@ -172,8 +196,10 @@ def _nexus_groups(f: Any, parts: list[str], volume: Volume, name: str) -> None:
     group.attrs["NX_class"] = "NXdata"
     group.attrs["signal"] = signal
     group.attrs["axes"] = axes
-    for index, (axis, n, step) in enumerate(zip(axes, volume.shape, volume.spacing)):
+    aligned = np.array_equal(volume.direction, np.eye(3))
+    starts = volume.origin[-volume.ndim :] if aligned else (0.0,) * volume.ndim
+    for index, (axis, n, step, start) in enumerate(zip(axes, volume.shape, volume.spacing, starts)):
         group.attrs[f"{axis}_indices"] = index
-        coord = group.create_dataset(axis, data=np.arange(n, dtype=np.float64) * step)
+        coord = group.create_dataset(axis, data=start + np.arange(n, dtype=np.float64) * step)
         coord.attrs["units"] = "um"
-        coord.attrs["long_name"] = f"{axis} position of voxel centres (um)"
+        coord.attrs["long_name"] = f"{axis} position of voxel centres (um)" if aligned else f"{axis} distance from voxel 0 along the axis (um)"

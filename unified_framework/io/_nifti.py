@@ -4,11 +4,16 @@ Axis order: NIfTI stores voxels with x varying fastest and nibabel returns array
 indexed ``[x, y, z]``. The framework's ``(z, y, x)`` array is its transpose, and its
 C-order bytes are exactly NIfTI's on-disk order, so writing streams slabs of z straight
 to the file. The voxel grid is kept as stored: the affine (orientation, origin) is not
-applied, only reported in ``metadata["affine"]``.
+applied to the data, it becomes the volume's geometry (see :mod:`.geometry`).
 
-Spacing: NIfTI's ``pixdim`` is in the unit of ``xyzt_units`` (millimetres when unset);
-it is converted to micrometres on reading, and written in millimetres (the unit other
-tools assume). ``pixdim`` is single precision, so about 7 significant digits survive.
+Geometry: the affine nibabel chooses (sform if its code is set, else qform, else the
+pixdim diagonal) in the unit of ``xyzt_units`` (millimetres when unset) gives
+``spacing``, ``origin`` and ``direction``; ``sform_code``/``qform_code`` are kept in
+``metadata["nifti"]`` and written back. Files are written in millimetres (the unit
+other tools assume) with sform and qform set to the volume's affine. The header is
+single precision, so about 7 significant digits survive.
+
+A 4D file (time series, several volumes) is refused: the framework's volumes are 3D.
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ import numpy as np
 from ..errors import InputError
 from ._common import from_micrometres, jsonable, to_micrometres, unit_factor
 from .formats import library_errors, suffix_of
+from .geometry import from_nifti_affine, split_affine, to_nifti_affine
 from .volume import Volume, check_ndim, iter_slabs, slices_per_slab
 
-_HEADER_KEYS = ("descrip", "intent_name", "qform_code", "sform_code", "scl_slope", "scl_inter", "cal_min", "cal_max", "xyzt_units")
+_HEADER_KEYS = ("descrip", "intent_name", "scl_slope", "scl_inter", "cal_min", "cal_max", "xyzt_units")
+#: Codes written when the source is no NIfTI: 1, "scanner anatomical" (what dcm2niix writes).
+_DEFAULT_CODES = {"sform_code": 1, "qform_code": 1}
 
 
 def read_nifti(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> Volume:
@@ -37,12 +45,20 @@ def read_nifti(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) ->
     shape = tuple(int(n) for n in img.shape)
     while len(shape) > 3 and shape[-1] == 1:  # 3D volumes saved with singleton t/channel axes
         shape = shape[:-1]
+    if len(shape) == 4:
+        raise InputError(
+            f"{path}: 4D NIfTI with {shape[3]} volumes (x, y, z, t = {'x'.join(map(str, shape))}); expected one 3D "
+            "volume: save the one you need as its own file (e.g. nibabel's img.slicer[..., 0])"
+        )
     check_ndim(shape[::-1], expect_ndim, str(path))
     _check_size(path, header, shape)
     unit = header.get_xyzt_units()[0]
     unit = unit if unit_factor(unit) else "mm"  # NIfTI: unknown spatial unit means mm
-    zooms = header.get_zooms()[: len(shape)]
-    spacing = tuple(to_micrometres(z, unit) for z in zooms[::-1])
+    lengths, origin, direction = split_affine(from_nifti_affine(img.affine, unit), f"{path}: affine")
+    # The affine's column lengths are the voxel size; pixdim says the same in exact
+    # decimals where they agree (a rotated affine's lengths carry float32 noise).
+    zooms = [to_micrometres(z, unit) for z in header.get_zooms()[: len(shape)]][::-1]
+    spacing = tuple(z if abs(z - s) <= 1e-6 * s else s for s, z in zip(lengths[-len(shape) :], zooms))
     proxy = img.dataobj.reshape(shape) if shape != tuple(img.shape) else img.dataobj
     if lazy:
         import dask.array as da
@@ -56,12 +72,12 @@ def read_nifti(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) ->
         data = np.ascontiguousarray(data)
     metadata = {
         "header": {key: value for key in _HEADER_KEYS if (value := jsonable(header[key])) is not None},
-        "affine": jsonable(img.affine),
+        "nifti": {"sform_code": int(header["sform_code"]), "qform_code": int(header["qform_code"])},
         "spatial_unit": unit,
         "nifti_shape_xyz": list(shape),
         "axis_order_on_disk": "x,y,z",
     }
-    return Volume(data, spacing, metadata, path)
+    return Volume(data, spacing, metadata, path, origin, direction)
 
 
 class _ScaledProxy:
@@ -100,12 +116,13 @@ def write_nifti(path: Path, volume: Volume, dataset: str | None, chunks: tuple[i
     header = nib.Nifti1Header()
     header.set_data_dtype(data.dtype)
     header.set_data_shape(data.shape[::-1])
-    zooms_mm = [float(from_micrometres(s, "mm")) for s in volume.spacing[::-1]]
-    header.set_zooms(zooms_mm)
+    affine = to_nifti_affine(volume.affine)
+    codes = _codes(volume.metadata.get("nifti"))
+    header.set_qform(affine, code=codes["qform_code"])
+    header.set_sform(affine, code=codes["sform_code"])
+    # pixdim from the decimal spacing, not from the float column lengths set_qform took.
+    header.set_zooms([float(from_micrometres(s, "mm")) for s in volume.spacing[::-1]])
     header.set_xyzt_units("mm")
-    affine = np.diag(zooms_mm + [1.0] * (4 - len(zooms_mm)))
-    header.set_qform(affine, code=1)
-    header.set_sform(affine, code=1)
     header["descrip"] = b"written by mdlma unified framework"
     offset = 352  # 348-byte header plus the 4-byte (empty) extension flag
     header.set_data_offset(offset)
@@ -118,3 +135,12 @@ def write_nifti(path: Path, volume: Volume, dataset: str | None, chunks: tuple[i
             f.write(np.ascontiguousarray(block, dtype=disk_dtype).tobytes())
 
 
+def _codes(kept: Any) -> dict[str, int]:
+    """sform/qform codes kept from a NIfTI source (``metadata["nifti"]``), else scanner (1)."""
+    codes = dict(_DEFAULT_CODES)
+    if isinstance(kept, dict):
+        for key in codes:
+            value = kept.get(key)
+            if isinstance(value, int) and 0 <= value <= 4:
+                codes[key] = value
+    return codes

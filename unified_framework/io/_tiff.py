@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ._common import exact_decimal, jsonable, rational, to_micrometres, unit_factor
 from .formats import TIFF_SLICE_SUFFIXES, folder_slices, library_errors
-from .volume import Volume, check_ndim, iter_slabs, slices_per_slab
+from .volume import Volume, byte_order, check_ndim, iter_slabs, slices_per_slab
 
 # Data types ImageJ opens natively; others are written as tifffile "shaped" TIFF.
 IMAGEJ_DTYPES = {np.dtype(t) for t in ("uint8", "uint16", "int16", "float32")}
@@ -208,6 +208,9 @@ def _resolution_spacing(tif: Any) -> tuple[float, ...] | None:
 def _metadata(tif: Any, series: Any) -> dict[str, Any]:
     tags = {tag.name: value for tag in tif.pages.first.tags if tag.name not in _LAYOUT_TAGS and (value := jsonable(tag.value)) is not None}
     metadata: dict[str, Any] = {"axes": series.axes, "tags": tags}
+    stored = np.dtype(series.dtype).newbyteorder(tif.byteorder)
+    if not stored.isnative:  # tifffile swaps to native order: say what the file holds
+        metadata["byte_order"] = byte_order(stored)
     if tif.imagej_metadata:
         metadata["imagej"] = jsonable(tif.imagej_metadata)
     if tif.is_shaped and tif.shaped_metadata:

@@ -1,4 +1,9 @@
-"""Zarr directory stores (zarr v2 API): one array, or an array inside a group."""
+"""Zarr directory stores (zarr v2 API): one array, or an array inside a group.
+
+Geometry: ``.zattrs`` of the array hold ``spacing``, ``origin`` (micrometres, z y x)
+and ``direction`` (3x3, see :mod:`.geometry`); OME-Zarr groups give ``scale`` and
+``translation`` of level 0 (NGFF has no rotation: direction is identity).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ._common import default_chunks, jsonable, pick_dataset, source_metadata, to_micrometres, unit_factor
+from ._common import (
+    carried,
+    default_chunks,
+    jsonable,
+    pick_dataset,
+    source_metadata,
+    to_micrometres,
+    unit_factor,
+)
+from .geometry import geometry_attributes, geometry_from_attributes
 from .volume import Volume, check_ndim, iter_slabs
 
 AXES = ("z", "y", "x")
@@ -32,7 +46,11 @@ def read_zarr(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
         array = node
     check_ndim(array.shape, expect_ndim, str(path))
     array_attrs = dict(array.attrs)
-    spacing = _spacing(array_attrs, array.ndim) or _ome_spacing(attrs, array.ndim) or (1.0,) * array.ndim
+    ome = _ome_transforms(attrs, array.ndim)
+    spacing = _spacing(array_attrs, array.ndim) or (ome[0] if ome else None) or (1.0,) * array.ndim
+    origin, direction = geometry_from_attributes(array_attrs, f"{path}: .zattrs")
+    if origin is None and ome:
+        origin = ome[1]
     if lazy:
         import dask.array as da
 
@@ -44,7 +62,8 @@ def read_zarr(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
         metadata["dataset"] = "/" + dataset.strip("/")
     if attrs:
         metadata["group_attributes"] = jsonable(attrs) or {}
-    return Volume(data, spacing, metadata, path)
+    metadata.update(carried(array_attrs.get("source_metadata")))
+    return Volume(data, spacing, metadata, path, origin, direction)
 
 
 def _arrays(group: Any) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -73,22 +92,29 @@ def _ome_level0(attrs: dict) -> str | None:
         return None
 
 
-def _ome_spacing(attrs: dict, ndim: int) -> tuple[float, ...] | None:
-    """Voxel size of level 0 of an OME-Zarr group from its ``scale`` transformation."""
+def _ome_transforms(attrs: dict, ndim: int) -> tuple[tuple[float, ...], tuple[float, float, float] | None] | None:
+    """Voxel size and origin (µm) of level 0 of an OME-Zarr group from its ``scale``/``translation``."""
     try:
         multiscale = attrs["multiscales"][0]
         transforms = multiscale["datasets"][0]["coordinateTransformations"]
         scale = next(t["scale"] for t in transforms if t.get("type") == "scale")
+        translation = next((t["translation"] for t in transforms if t.get("type") == "translation"), None)
         units = [axis.get("unit") if isinstance(axis, dict) else None for axis in multiscale.get("axes", [])]
     except (KeyError, IndexError, TypeError, StopIteration):
         return None
-    scale, units = scale[-ndim:], (units[-ndim:] if len(units) >= ndim else [None] * ndim)
+    units = units[-ndim:] if len(units) >= ndim else [None] * ndim
     # Axes without a known length unit are taken as micrometres, NGFF's usual choice.
-    return tuple(to_micrometres(s, u if unit_factor(u) else "um") for s, u in zip(scale, units))
+    units = [u if unit_factor(u) else "um" for u in units]
+    spacing = tuple(to_micrometres(s, u) for s, u in zip(scale[-ndim:], units))
+    origin = None
+    if isinstance(translation, list) and len(translation) >= ndim:
+        shift = [to_micrometres(t, u) for t, u in zip(translation[-ndim:], units)]
+        origin = tuple([0.0] * (3 - ndim) + shift[-3:])
+    return spacing, origin  # type: ignore[return-value]
 
 
 def write_zarr(path: Path, volume: Volume, dataset: str | None, chunks: tuple[int, ...] | None, name: str) -> None:
-    """Write a chunked, Blosc/zstd-compressed Zarr array with ``spacing`` in ``.zattrs``."""
+    """Write a chunked, Blosc/zstd-compressed Zarr array with ``spacing``, ``origin`` and ``direction`` in ``.zattrs``."""
     import zarr
     from numcodecs import Blosc
 
@@ -103,6 +129,7 @@ def write_zarr(path: Path, volume: Volume, dataset: str | None, chunks: tuple[in
     array.attrs.update(
         {
             "spacing": list(volume.spacing),
+            **geometry_attributes(volume.origin, volume.direction),
             "unit": "micrometer",
             "axes": list(AXES[-data.ndim :]),
             "source_metadata": source_metadata(volume.metadata),

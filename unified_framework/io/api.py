@@ -20,7 +20,7 @@ from .formats import (
     split_dataset,
     verify_content,
 )
-from .volume import Volume, check_finite, check_ndim, is_lazy, validate_spacing, value_range
+from .volume import Volume, byte_order, check_finite, check_ndim, is_lazy, native_order, validate_spacing, value_range
 
 __all__ = ["SUPPORTED_FORMATS", "detect_format", "open_volume", "read_volume", "write_volume"]
 
@@ -84,7 +84,9 @@ def read_volume(
     Returns
     -------
     Volume
-        Data in ``(z, y, x)`` / ``(y, x)`` order, spacing in micrometres.
+        Data in ``(z, y, x)`` / ``(y, x)`` order and the machine's byte order
+        (big-endian files are converted; ``metadata["byte_order"]`` says so), spacing
+        in micrometres, origin and direction as the file gives them (``docs/io.md``).
 
     Raises
     ------
@@ -106,7 +108,12 @@ def read_volume(
         volume = reader(path, dataset=dataset, lazy=lazy, expect_ndim=expect_ndim)
     # Readers check the shape before loading data; this catches any they could not.
     check_ndim(volume.shape, expect_ndim, str(path))
-    volume.metadata = {"format": fmt, "dtype": str(volume.dtype), "shape": list(volume.shape), **volume.metadata}
+    stored = {"format": fmt, "dtype": volume.dtype.name, "shape": list(volume.shape)}
+    if not volume.dtype.isnative:
+        # Kept for `io info`; the data itself is handed on in native order.
+        stored["byte_order"] = byte_order(volume.dtype)
+        volume.data = native_order(volume.data)
+    volume.metadata = {**stored, **volume.metadata}
     if not allow_nan:
         check_finite(volume, str(path))
     logger.debug("read %s: %s %s spacing %s", path, volume.shape, volume.dtype, volume.spacing)
@@ -134,7 +141,9 @@ def write_volume(
     ``.nii/.nii.gz`` NIfTI, ``.zarr`` Zarr, ``.dcm`` a single 2D DICOM file, no suffix
     a folder of TIFF slices (``format="dicom"``: a DICOM series). Dask arrays are
     written slab by slab without loading the whole volume. The output appears
-    atomically: on failure nothing (not even a temporary) is left behind.
+    atomically: on failure nothing (not even a temporary) is left behind. Data is
+    written in the machine's byte order; origin and direction go to every format
+    that holds them (all but TIFF).
 
     Parameters
     ----------
@@ -144,6 +153,7 @@ def write_volume(
         What to write (numpy or dask array, ``(z, y, x)`` or ``(y, x)``).
     spacing : sequence of float, optional
         Voxel size in micrometres; defaults to ``volume.spacing`` (1.0 for arrays).
+        A volume's origin and direction are kept either way.
     dataset : str, optional
         Dataset path in HDF5 (default ``/entry/data/data``) or Zarr (default: root).
     chunks : int or sequence of int, optional
@@ -163,9 +173,11 @@ def write_volume(
     fmt = format or detect_format(path, for_writing=True)
     if dataset is not None and fmt not in _WITH_DATASETS:
         raise InputError(f"{path}: a {FORMAT_TITLES[fmt]} has no datasets (got dataset {dataset!r}); datasets apply to HDF5 and Zarr only")
+    origin = direction = None
     if isinstance(volume, Volume):
         data, metadata, source = volume.data, volume.metadata, volume.path
         spacing = volume.spacing if spacing is None else spacing
+        origin, direction = volume.origin, volume.direction
     else:
         data, metadata, source = (volume if is_lazy(volume) else np.asarray(volume)), {}, None
     check_ndim(data.shape, (2, 3), f"data to write to {path}")
@@ -176,6 +188,8 @@ def write_volume(
         raise InputError(f"{path}: chunks {tuple(chunks)} must be {data.ndim} positive sizes")
     if dtype is not None:
         data = _cast(data, np.dtype(dtype), path)
+    if not np.dtype(data.dtype).isnative:
+        data = data.astype(np.dtype(data.dtype).newbyteorder("="))  # a copy: the caller's array stays as it is
     if data.dtype == np.bool_ and "bool" not in WRITABLE_DTYPES[fmt]:
         data = data.astype(np.uint8)
     if np.dtype(data.dtype).name not in WRITABLE_DTYPES[fmt]:
@@ -183,7 +197,7 @@ def write_volume(
             f"{path}: a {FORMAT_TITLES[fmt]} cannot store dtype {data.dtype}; expected one of "
             f"{', '.join(WRITABLE_DTYPES[fmt])} (convert with dtype=)"
         )
-    volume = Volume(data, spacing, metadata, source)
+    volume = Volume(data, spacing, metadata, source, origin, direction)
     writer = _backend(fmt, "write")
     with atomic_path(path) as tmp:
         writer(tmp, volume, dataset=dataset, chunks=chunks, name=str(path))

@@ -22,9 +22,12 @@ def is_lazy(data: Any) -> bool:
     return type(data).__module__.split(".")[0] == "dask"
 
 
-@dataclass
+@dataclass(eq=False)
 class Volume:
-    """An image or volume with its voxel size and the metadata of its source.
+    """An image or volume with its voxel size, its place in the world and the metadata of its source.
+
+    The geometry is held once, as ``spacing``, ``origin`` and ``direction``; the
+    4x4 :attr:`affine` is derived from them (see ``docs/io.md``, "World geometry").
 
     Parameters
     ----------
@@ -38,21 +41,71 @@ class Volume:
         tags/attributes found in the file.
     path : pathlib.Path, optional
         The file or folder the volume was read from.
+    origin : sequence of 3 float, optional
+        World position of the centre of voxel ``(0, 0, 0)`` in micrometres, listed
+        ``(z, y, x)``: the world axes are DICOM's patient axes (x towards the
+        patient's left, y posterior, z superior: LPS). ``(0, 0, 0)`` if not given.
+    direction : 3x3 array-like, optional
+        Unit world vectors (as columns, rows ``z, y, x`` like ``origin``) along
+        which the index axes ``z, y, x`` run. Identity if not given. For a 2D image
+        the first column is the normal of the image plane.
     """
 
     data: Any
     spacing: tuple[float, ...] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    origin: tuple[float, float, float] | None = None
+    direction: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not hasattr(self.data, "shape") or not hasattr(self.data, "dtype"):
             self.data = np.asarray(self.data)
+        name = str(self.path or "volume")
         if self.spacing is None:
             self.spacing = (1.0,) * self.data.ndim
-        self.spacing = validate_spacing(self.spacing, self.data.ndim, str(self.path or "volume"))
+        self.spacing = validate_spacing(self.spacing, self.data.ndim, name)
+        self.origin = validate_origin(self.origin, name)
+        self.direction = validate_direction(self.direction, name)
         if self.path is not None:
             self.path = Path(self.path)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 matrix from voxel index ``(z, y, x, 1)`` to world position ``(z, y, x, 1)`` in µm.
+
+        Columns are ``direction`` scaled by ``spacing``, the last column is ``origin``.
+        A 2D image ``(y, x)`` is the slice ``z = 0``; its z column is the plane normal
+        (1 µm long). Setting it sets ``spacing``, ``origin`` and ``direction``.
+
+        Examples
+        --------
+        >>> Volume(np.zeros((2, 3, 4)), (2.0, 0.5, 0.5), origin=(10.0, 0.0, 0.0)).affine[:3]
+        array([[ 2. ,  0. ,  0. , 10. ],
+               [ 0. ,  0.5,  0. ,  0. ],
+               [ 0. ,  0. ,  0.5,  0. ]])
+        """
+        from .geometry import compose_affine
+
+        return compose_affine(self.spacing, self.origin, self.direction)
+
+    @affine.setter
+    def affine(self, matrix: Any) -> None:
+        from .geometry import split_affine
+
+        spacing, self.origin, self.direction = split_affine(matrix, str(self.path or "volume"))
+        self.spacing = spacing[-len(self.spacing) :]
+
+    @property
+    def orientation(self) -> str:
+        """Where the index axes x, y, z point, as NIfTI/nibabel axis codes (``"LAS"``, ``"RAS"``, ...).
+
+        Letters: L/R left/right, P/A posterior/anterior, S/I superior/inferior. A TIFF
+        stack (identity direction) is ``"LPS"``, as ITK reads it.
+        """
+        from .geometry import orientation_code
+
+        return orientation_code(self.direction)
 
     @property
     def ndim(self) -> int:
@@ -74,10 +127,112 @@ class Volume:
         """True if ``data`` is a dask array."""
         return is_lazy(self.data)
 
+    def with_data(self, data: Any) -> "Volume":
+        """A volume on the same voxel grid (spacing, origin, direction) holding ``data``.
+
+        For results derived voxel by voxel (labels, probabilities): written out, they
+        overlay the input. Of the metadata only the entries writers read back are kept
+        (NIfTI codes, DICOM modality and frame of reference).
+
+        Examples
+        --------
+        >>> scan = Volume(np.zeros((2, 3, 4)), (2.0, 1.0, 1.0), origin=(5.0, 0.0, 0.0))
+        >>> scan.with_data(np.ones((2, 3, 4), np.uint8)).origin
+        (5.0, 0.0, 0.0)
+        """
+        from ._common import carried
+
+        return Volume(data, self.spacing, carried(self.metadata), None, self.origin, self.direction)
+
     def compute(self) -> "Volume":
         """Return a copy whose ``data`` is an in-memory numpy array."""
         data = self.data.compute() if self.lazy else self.data
-        return Volume(np.asarray(data), self.spacing, dict(self.metadata), self.path)
+        return Volume(np.asarray(data), self.spacing, dict(self.metadata), self.path, self.origin, self.direction)
+
+
+def validate_origin(origin: Sequence[float] | None, name: str) -> tuple[float, float, float]:
+    """Return ``origin`` as three finite floats (``(0, 0, 0)`` for None).
+
+    Raises
+    ------
+    InputError
+        If it is not three finite numbers.
+    """
+    if origin is None:
+        return (0.0, 0.0, 0.0)
+    try:
+        values = tuple(float(v) for v in origin)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise InputError(f"{name}: origin {origin!r} must be 3 finite positions in micrometres (z, y, x)")
+    return values  # type: ignore[return-value]
+
+
+def validate_direction(direction: Any, name: str) -> np.ndarray:
+    """Return ``direction`` as a read-only 3x3 float array of unit columns (identity for None).
+
+    Columns within 1e-3 of unit length are normalised (file formats store cosines
+    rounded to a few digits).
+
+    Raises
+    ------
+    InputError
+        If it is not 3x3, holds non-finite values, columns far from unit length, or
+        is singular.
+    """
+    if direction is None:
+        matrix = np.eye(3)
+    else:
+        try:
+            matrix = np.array(direction, dtype=np.float64)
+        except (TypeError, ValueError):
+            matrix = np.zeros(0)
+        if matrix.shape != (3, 3) or not np.all(np.isfinite(matrix)):
+            raise InputError(f"{name}: direction must be a 3x3 matrix of finite direction cosines")
+        norms = np.linalg.norm(matrix, axis=0)
+        if not np.all(np.abs(norms - 1) < 1e-3):
+            raise InputError(f"{name}: direction columns have lengths {norms.round(4).tolist()}; expected unit vectors")
+        matrix = matrix / norms
+        if abs(np.linalg.det(matrix)) < 1e-6:
+            raise InputError(f"{name}: direction {matrix.round(4).tolist()} is singular; expected three independent axes")
+    matrix.flags.writeable = False
+    return matrix
+
+
+def describe_dtype(dtype: Any) -> str:
+    """``uint16``, or ``uint16 (big-endian)`` for data not in the machine's byte order.
+
+    Examples
+    --------
+    >>> describe_dtype(">u2")
+    'uint16 (big-endian)'
+    """
+    dtype = np.dtype(dtype)
+    return dtype.name if dtype.isnative else f"{dtype.name} ({byte_order(dtype)})"
+
+
+def byte_order(dtype: Any) -> str:
+    """``"big-endian"`` or ``"little-endian"`` for data not in the machine's order, else ``"native"``."""
+    dtype = np.dtype(dtype)
+    if dtype.isnative:
+        return "native"
+    return "big-endian" if dtype.byteorder == ">" else "little-endian"
+
+
+def native_order(data: Any) -> Any:
+    """``data`` in the machine's byte order (lazy data stays lazy; owned arrays are swapped in place).
+
+    Big-endian files (ImageJ TIFF, many NIfTI) give non-native arrays; everything
+    downstream (torch, numba kernels, writers) expects native ones.
+    """
+    dtype = np.dtype(data.dtype)
+    if dtype.isnative:
+        return data
+    native = dtype.newbyteorder("=")
+    if not is_lazy(data) and isinstance(data, np.ndarray) and data.flags.writeable and data.flags.owndata:
+        return data.byteswap(inplace=True).view(native)
+    return data.astype(native)
 
 
 def validate_spacing(spacing: Sequence[float], ndim: int, name: str) -> tuple[float, ...]:

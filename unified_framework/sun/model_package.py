@@ -125,8 +125,9 @@ class SunModel:
         Raises
         ------
         InputError
-            Wrong number of channels or dimensions, or a dtype other than the training
-            data's (floating types may replace each other).
+            Wrong number of channels or dimensions, or a dtype of another kind or size
+            than the training data's (byte order does not matter; floating types may
+            replace each other).
         """
         channels = 1 if len(shape) == 3 else (shape[0] if len(shape) == 4 else None)
         if channels is None:
@@ -137,7 +138,9 @@ class SunModel:
         trained = np.dtype(self.input_dtype)
         if dtype.kind not in "uif":
             raise InputError(f"{name}: has dtype {dtype}; expected real numbers ({trained} like the training data)")
-        if dtype != trained and not (dtype.kind == "f" and trained.kind == "f"):
+        # Kind and size, not byte order: a big-endian uint16 volume holds the same intensities.
+        same = (dtype.kind, dtype.itemsize) == (trained.kind, trained.itemsize)
+        if not same and not (dtype.kind == "f" and trained.kind == "f"):
             raise InputError(
                 f"{name}: has dtype {dtype} but the model was trained on {trained} data (intensities would not match); "
                 f"convert the volume to {trained} with the same intensity scale"

@@ -90,6 +90,9 @@ class Plan:
     memory_budget: int
     mode: str = SINGLE
     pieces: list[Piece] = field(default_factory=list)
+    #: World geometry of the input (see docs/io.md), given to the outputs.
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -104,8 +107,11 @@ class Plan:
             if version != PLAN_VERSION:
                 raise ValueError(f"plan version {version}, this mdlma reads version {PLAN_VERSION}")
             data["pieces"] = [Piece(p["index"], p["axis"], p["slab"], tuple(map(tuple, p["groups"])), p["first_unit"]) for p in data["pieces"]]
-            for key in ("shape", "spacing", "axes", "chunks"):
-                data[key] = tuple(data[key])
+            for key in ("shape", "spacing", "axes", "chunks", "origin"):
+                if key in data:
+                    data[key] = tuple(data[key])
+            if "direction" in data:
+                data["direction"] = tuple(tuple(row) for row in data["direction"])
             return cls(**data)
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{name}: damaged SUN plan ({exc}); remove the work directory and start again") from None
@@ -113,7 +119,8 @@ class Plan:
     def arithmetic(self) -> dict[str, Any]:
         """The fields that two runs must share to add into the same accumulator."""
         data = asdict(self)
-        for key in ("volume", "mode", "memory_budget"):
+        # Where the volume lies changes no sum (and plans of earlier versions lack it).
+        for key in ("volume", "mode", "memory_budget", "origin", "direction"):
             data.pop(key)
         return json.loads(json.dumps(data))
 
@@ -144,6 +151,8 @@ def make_plan(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     mode: str = SINGLE,
+    origin: Sequence[float] = (0.0, 0.0, 0.0),
+    direction: Any = None,
 ) -> Plan:
     """Cut a prediction into pieces (axis x slab) and groups.
 
@@ -178,6 +187,8 @@ def make_plan(
         channels=len(source.channels),
         dtype=str(source.dtype),
         spacing=tuple(float(s) for s in spacing),
+        origin=tuple(float(v) for v in origin),  # type: ignore[arg-type]
+        direction=tuple(tuple(float(v) for v in row) for row in (np.eye(3) if direction is None else direction)),
         model_digest=model_digest,
         class_names=list(model.class_names),
         axes=axes,
@@ -426,7 +437,8 @@ def write_outputs(workdir: WorkDir, plan: Plan, outputs: Outputs, progress: bool
     from numcodecs import Blosc
     from tqdm.auto import tqdm
 
-    from ...io import detect_format, write_volume
+    from ...io import Volume, detect_format, write_volume
+    from ...io.geometry import geometry_attributes
 
     if outputs.probabilities is not None and detect_format(outputs.probabilities, for_writing=True) != "zarr":
         raise InputError(f"{outputs.probabilities}: fused probabilities are 4D (classes, z, y, x) and go to a .zarr store")
@@ -435,7 +447,7 @@ def write_outputs(workdir: WorkDir, plan: Plan, outputs: Outputs, progress: bool
     staging = workdir.path / "outputs"
     shutil.rmtree(staging, ignore_errors=True)
     compressor = Blosc("zstd", 3, Blosc.BITSHUFFLE)
-    attributes = {"spacing": list(plan.spacing), "unit": "micrometer", "class_names": plan.class_names, "sun_axes": list(plan.axes)}
+    attributes = {"spacing": list(plan.spacing), **geometry_attributes(plan.origin, plan.direction), "unit": "micrometer", "class_names": plan.class_names, "sun_axes": list(plan.axes)}
     requested = {name: getattr(outputs, name) for name in ("labels", "entropy", "disagreement", "probabilities")}
     requested = {name: Path(path) for name, path in requested.items() if path is not None}
     dtypes = {"labels": np.uint8, "entropy": np.float16, "disagreement": np.float16, "probabilities": np.float16}
@@ -458,7 +470,7 @@ def write_outputs(workdir: WorkDir, plan: Plan, outputs: Outputs, progress: bool
             data = da.from_zarr(arrays[name])
             if name != "labels" and detect_format(requested[name], for_writing=True) != "hdf5":
                 data = data.astype(np.float32)  # TIFF and NIfTI hold no float16
-            write_volume(requested[name], data, spacing=plan.spacing)
+            write_volume(requested[name], Volume(data, plan.spacing, origin=plan.origin, direction=plan.direction))
     shutil.rmtree(staging, ignore_errors=True)
     return list(requested.values())
 
@@ -526,7 +538,8 @@ def predict_to_files(
     spacing = volumes[0].spacing
     _warn_voxel_size(model, spacing)
     plan = make_plan(
-        source, model, file_digest(model_path), axes, slabs=slabs, chunks=chunks, memory_budget=memory_budget, spacing=spacing, mode=SPLIT if piece is not None else SINGLE
+        source, model, file_digest(model_path), axes, slabs=slabs, chunks=chunks, memory_budget=memory_budget, spacing=spacing, mode=SPLIT if piece is not None else SINGLE,
+        origin=volumes[0].origin, direction=volumes[0].direction,
     )
     plan = work.adopt(plan)
     started = time.perf_counter()
