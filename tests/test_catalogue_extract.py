@@ -112,7 +112,7 @@ def test_tiff_tags_from_scikit_image_test_file():
 @pytest.mark.parametrize(
     "path, message",
     [
-        (NIBABEL_DATA / "example4d.nii.gz", "has 4 dimensions"),
+        (NIBABEL_DATA / "example4d.nii.gz", "4D NIfTI with 2 volumes"),
         (H5PY_STRINGS, "has 1 dimensions"),
     ],
 )
@@ -257,13 +257,12 @@ def test_ome_zarr_level0_and_spacing_agree_with_io(tmp_path, unit, scale, expect
 
 def test_geometry_comes_from_the_io_volume():
     # The one place the catalogue takes world geometry from io's Volume.
-    volume = Volume(np.zeros((2, 3, 4), np.uint8), (2.0, 1.0, 1.0))
-    if not hasattr(volume, "affine"):  # until io's Volume carries an affine (issue 14 item 1)
-        assert geometry_metadata(volume) == {}
-        return
+    volume = Volume(np.zeros((2, 3, 4), np.uint8), (2.0, 1.0, 1.0), origin=(5.0, 0.0, -3.0))
+    assert geometry_metadata(volume)["affine"]["value"][0] == [2.0, 0.0, 0.0, 5.0]
     metadata = _metadata(NIBABEL_DATA / "anatomical.nii")
-    affine = read_volume(NIBABEL_DATA / "anatomical.nii").affine
-    assert metadata["affine"] == {"value": np.asarray(affine, float).tolist(), "unit": "um"}
+    las = read_volume(NIBABEL_DATA / "anatomical.nii")
+    assert metadata["affine"] == {"value": np.asarray(las.affine, float).tolist(), "unit": "um"}
+    assert metadata["orientation"]["value"] == las.orientation == "LAS"
 
 
 # --- records --------------------------------------------------------------------------------

@@ -231,24 +231,21 @@ def _array_identity(path: Path, array: str | None, volume: Volume) -> str | None
 def geometry_metadata(volume: Volume) -> dict:
     """Where the volume lies in the world, as scientific metadata: the one place it is taken from io.
 
-    Returns ``{"affine": entry(4x4 list, "um")}`` when :class:`unified_framework.io.Volume`
-    carries an affine (index ``(z, y, x)`` to physical position in micrometres, the
-    convention of ``docs/io.md``), else an empty dict.
+    Returns ``{"affine": entry(4x4 list, "um"), "orientation": entry(code)}``: the
+    :class:`unified_framework.io.Volume` affine (index ``(z, y, x)`` to physical position
+    in micrometres, the convention of ``docs/io.md``) and its orientation code.
 
     Examples
     --------
     >>> import numpy as np
     >>> from unified_framework.io import Volume
-    >>> geometry_metadata(Volume(np.zeros((2, 3, 4))))  # doctest: +SKIP
-    {'affine': {'value': [[1.0, 0.0, 0.0, 0.0], ...], 'unit': 'um'}}
+    >>> geometry_metadata(Volume(np.zeros((2, 3, 4))))["orientation"]
+    {'value': 'LPS', 'unit': ''}
     """
-    # INTEGRATION POINT (issue 14 item 1): io's Volume gains an ``affine`` on the geometry
-    # branch; until that is merged, volumes have none and nothing is recorded. Once it is,
-    # replace getattr with ``volume.affine`` (and drop the None case if io always sets it).
-    affine = getattr(volume, "affine", None)
-    if affine is None:
-        return {}
-    return {"affine": entry([[float(v) for v in row] for row in affine], "um")}
+    return {
+        "affine": entry([[float(v) for v in row] for row in volume.affine], "um"),
+        "orientation": entry(volume.orientation),
+    }
 
 
 def dataset_path(dataset: dict) -> str:
