@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -76,6 +77,16 @@ def test_truncated_imagej_tiff_is_never_read_as_a_shorter_stack(tmp_path, fracti
     cut(path, fraction)
     raises([path, "TIFF"], read_volume, path)
     raises([path, "TIFF"], read_volume, path, lazy=True)
+
+
+def test_nifti_missing_its_last_bytes_is_refused_up_front_also_lazily(tmp_path):
+    # nibabel reports vox_offset 0 for some files although the data start at byte 352:
+    # the size check must use the offset nibabel reads from, or a file short by under
+    # 352 bytes passes the lazy open and is catalogued.
+    source = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
+    path = tmp_path / "anatomical.nii"
+    path.write_bytes(source.read_bytes()[:-100])
+    raises([path, "truncated NIfTI"], read_volume, path, lazy=True)
 
 
 def test_truncated_gzip_nifti_read_lazily_fails_on_compute(tmp_path):

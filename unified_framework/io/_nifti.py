@@ -51,7 +51,7 @@ def read_nifti(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) ->
             "volume: save the one you need as its own file (e.g. nibabel's img.slicer[..., 0])"
         )
     check_ndim(shape[::-1], expect_ndim, str(path))
-    _check_size(path, header, shape)
+    _check_size(path, img, shape)
     unit = header.get_xyzt_units()[0]
     unit = unit if unit_factor(unit) else "mm"  # NIfTI: unknown spatial unit means mm
     lengths, origin, direction = split_affine(from_nifti_affine(img.affine, unit), f"{path}: affine")
@@ -98,11 +98,14 @@ class _ScaledProxy:
             return np.asarray(self.proxy[index], dtype=getattr(self, "dtype", None))
 
 
-def _check_size(path: Path, header: Any, shape: tuple[int, ...]) -> None:
+def _check_size(path: Path, img: Any, shape: tuple[int, ...]) -> None:
     """Raise if an uncompressed file is shorter than its header promises."""
     if suffix_of(path) != ".nii":
         return  # a truncated .nii.gz shows up as an error while decompressing
-    expected = int(header.get_data_offset()) + int(np.prod(shape)) * header.get_data_dtype().itemsize
+    # The data offset nibabel reads from (vox_offset of 0 in old files still means
+    # the data start after the 352-byte header), not the header field itself.
+    offset = int(getattr(img.dataobj, "offset", 0) or img.header.get_data_offset())
+    expected = offset + int(np.prod(shape)) * img.header.get_data_dtype().itemsize
     size = path.stat().st_size
     if size < expected:
         raise InputError(f"{path}: truncated NIfTI: {size} bytes but the header promises {expected}; expected a complete file")
