@@ -64,8 +64,12 @@ def tifffile_errors(path: Path) -> Iterator[None]:
         raise InputError(f"{path}: corrupt or truncated TIFF ({detail[:200]}); expected a complete, valid TIFF file")
 
 
-def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> Volume:
-    """Read the first image series of a TIFF file (ImageJ, OME and shaped TIFFs included)."""
+def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, level: int | None = None) -> Volume:
+    """Read the first image series of a TIFF file (ImageJ, OME and shaped TIFFs included).
+
+    2D colour, multi-channel and pyramidal images (and any ``level``) are read by
+    :func:`._image2d.read_tiff_image` as ``(y, x[, c])``.
+    """
     import tifffile
 
     keep_open = False
@@ -74,6 +78,11 @@ def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
     try:
         with tifffile_errors(path):
             series = tif.series[0]
+            from ._image2d import is_image2d, read_tiff_image
+
+            if level is not None or is_image2d(series):
+                volume, keep_open = read_tiff_image(path, tif, series, level, lazy, expect_ndim)
+                return volume
             _check_channels(path, series.axes)
             check_ndim(series.shape, expect_ndim, str(path))
             _check_complete(path, tif, series)
@@ -91,7 +100,7 @@ def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
 
 def _check_channels(path: Path, axes: str) -> None:
     if "S" in axes or "C" in axes:
-        raise InputError(f"{path}: has colour/channel axes (axes {axes}); expected a single-channel 2D image or 3D volume")
+        raise InputError(f"{path}: has colour/channel axes (axes {axes}); expected a 2D colour image (Y, X, channels) or a single-channel 2D image or 3D volume")
 
 
 def _check_complete(path: Path, tif: Any, series: Any) -> None:
@@ -287,6 +296,11 @@ def write_tiff(path: Path, volume: Volume, dataset: str | None, chunks: tuple[in
     """Write one multi-page TIFF, slab by slab; BigTIFF (not ImageJ) above ~4 GiB."""
     import tifffile
 
+    if "c" in str(volume.axes):
+        from ._image2d import write_tiff_channels
+
+        write_tiff_channels(path, volume, name)
+        return
     data = volume.data
     bigtiff = data.nbytes >= _BIGTIFF_BYTES
     options = _tiff_options(volume, imagej=data.dtype in IMAGEJ_DTYPES and not bigtiff)
