@@ -155,7 +155,7 @@ def read_volume(
 def _tiff_level(path: Path, dataset: str, level: int | None) -> int:
     """The pyramid level ``N`` named by ``slide.tif::N`` (TIFFs have no datasets)."""
     if not dataset.strip().isdigit():
-        raise InputError(f"{path}: a TIFF file has no datasets (got {dataset!r}); FILE::N selects pyramid level N")
+        raise InputError(f"{path}: a TIFF file has no datasets (got {dataset!r}); datasets apply to HDF5 and Zarr only (TIFF::N selects pyramid level N)")
     if level is not None and level != int(dataset):
         raise InputError(f"{path}: pyramid level {dataset} in the path and level={level} differ; give one")
     return int(dataset)
