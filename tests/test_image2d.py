@@ -155,6 +155,18 @@ def test_ome_tiff_pyramid_levels(tmp_path):
         read_volume(path, level=3)
 
 
+def test_grey_pyramid_is_a_y_x_image_with_levels(tmp_path):
+    path = tmp_path / "grey.ome.tif"
+    grey = np.random.default_rng(4).integers(0, 4096, (300, 260), dtype=np.uint16)
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(grey, subifds=1, tile=(64, 64), metadata={"axes": "YX", "PhysicalSizeX": 2.0, "PhysicalSizeY": 2.0})
+        tif.write(grey[::2, ::2], subfiletype=1, tile=(64, 64))
+    volume = read_volume(path, lazy=True, level=1)
+    assert volume.axes == "yx" and volume.data.chunksize == (64, 64) and volume.spacing == (4.0, 4.0)
+    np.testing.assert_array_equal(volume.data.compute(), grey[::2, ::2])
+    assert read_volume(path, grey=True).shape == (300, 260)
+
+
 def test_svs_pyramid_and_mpp(tmp_path):
     path = tmp_path / "slide.svs"
     pyramid = write_svs(path, make_rgb((520, 650)), 0.499)

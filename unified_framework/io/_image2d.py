@@ -24,7 +24,7 @@ from ..errors import InputError
 from ._common import exact_decimal, jsonable, rational
 from ._tiff import _metadata, _spacing, tifffile_errors
 from .formats import library_errors
-from .volume import Volume, check_ndim, iter_slabs
+from .volume import Volume, check_ndim, iter_slabs, slices_per_slab
 
 #: Edge of the tiles :func:`write_tiff_channels` writes (a multiple of 16, as TIFF requires).
 TILE = 256
@@ -186,6 +186,11 @@ def _lazy_level(path: Path, tif: Any, level: Any, axes: str, order: list[int]) -
 
     pages = list(level.pages)
     key = level.keyframe
+    if level.dataoffset is not None:
+        # Uncompressed and contiguous (one strip): a read-only memory map, in row slabs.
+        mm = np.memmap(path, dtype=level.dtype.newbyteorder(tif.byteorder), mode="r", offset=level.dataoffset, shape=level.shape)
+        data = da.transpose(da.from_array(mm, chunks=(slices_per_slab(level.shape, level.dtype),) + level.shape[1:], name=False), order)
+        return data, False
     tiled = key.planarconfig == 1 and key.shaped[:2] == (1, 1) and all(p.keyframe is key or p.keyframe.shape == key.shape for p in pages)
     if not tiled or axes not in ("YX", "YXS", "CYX") or (axes == "CYX") != (len(pages) > 1):
         # Planar or 3D tiles: one delayed read of the whole level (still nothing read now).
