@@ -121,3 +121,8 @@ def test_docs_examples_work_as_written(repo, tmp_path, monkeypatch, capsys):
     for name in ("labels_dicom", "labels.h5::/segmentation/labels", "labels.nii"):
         np.testing.assert_array_equal(read_volume(name).data, labels.data)
     assert read_volume("labels16.zarr").spacing == (5.0, 2.5, 2.5)
+    ihc = read_volume("ihc.ome.tif")
+    assert ihc.axes == "yxc" and read_volume("ihc_hed.zarr").axes == "yxc"
+    for name in ("ihc_grey.tif", "ihc_red.nii.gz", "ihc_labels.tif"):
+        grey = read_volume(name)
+        assert grey.shape == (512, 512) and grey.spacing == pytest.approx(ihc.spacing, rel=1e-6), name

@@ -1,7 +1,8 @@
-"""Read and write 2D images and 3D volumes: TIFF, HDF5/NeXus, NIfTI, DICOM and Zarr.
+"""Read and write 2D images and 3D volumes: TIFF (OME, SVS), HDF5/NeXus, NIfTI, DICOM, Zarr, PNG, JPEG.
 
 Every reader returns a :class:`Volume` with axis order ``(z, y, x)`` (``(y, x)`` for
-images) and the voxel size in micrometres; ``lazy=True`` gives a dask array that is
+images, ``(y, x, c)`` for colour images, see ``Volume.axes``) and the voxel size in
+micrometres; ``lazy=True`` gives a dask array that is
 read chunk by chunk, and every writer accepts dask arrays and writes them slab by slab.
 See ``docs/io.md``.
 
@@ -13,12 +14,13 @@ Examples
 """
 
 from .api import SUPPORTED_FORMATS, detect_format, open_volume, read_volume, write_volume
-from .volume import Volume, check_finite, check_ndim, iter_slabs, value_range
+from .volume import Volume, check_finite, check_grey, check_ndim, iter_slabs, value_range
 
 __all__ = [
     "SUPPORTED_FORMATS",
     "Volume",
     "check_finite",
+    "check_grey",
     "check_ndim",
     "detect_format",
     "iter_slabs",
