@@ -135,6 +135,19 @@ def test_16_bit_multichannel_tiff(tmp_path):
             np.testing.assert_array_equal(np.asarray(volume.compute().data), data)
 
 
+@pytest.mark.parametrize("tile", [None, (64, 64)])
+def test_big_endian_colour_tiff_reads_in_native_order(tmp_path, tile):
+    data = np.random.default_rng(5).integers(0, 65535, (100, 90, 3), dtype=np.uint16)
+    path = tmp_path / "be.tif"
+    tifffile.imwrite(path, data, byteorder=">", photometric="rgb", tile=tile)
+    for lazy in (False, True):
+        volume = read_volume(path, lazy=lazy)
+        assert volume.dtype == np.dtype("uint16") and volume.dtype.isnative
+        computed = np.asarray(volume.compute().data)
+        assert computed.dtype.isnative
+        np.testing.assert_array_equal(computed, data)
+
+
 # ----------------------------------------------------------------------------- pyramids
 def test_ome_tiff_pyramid_levels(tmp_path):
     path = tmp_path / "pyramid.ome.tif"

@@ -114,7 +114,7 @@ def read_tiff_image(path: Path, tif: Any, series: Any, level: int | None, lazy: 
         raise InputError(f"{path}: pyramid levels apply to 2D images, this TIFF has axes {axes}; expected a 2D (colour) image")
     if "S" in axes and "C" in axes:
         raise InputError(f"{path}: has both colour samples and channels (axes {axes}); expected one channel axis")
-    check_ndim((0, 0), expect_ndim, str(path))
+    check_ndim(tuple(series.shape[axes.index(a)] for a in "YX"), expect_ndim, str(path))
     levels = series.levels
     index = 0 if level is None else level
     if not 0 <= index < len(levels):
@@ -189,8 +189,9 @@ def _lazy_level(path: Path, tif: Any, level: Any, axes: str, order: list[int]) -
     if level.dataoffset is not None:
         # Uncompressed and contiguous (one strip): a read-only memory map, in row slabs.
         mm = np.memmap(path, dtype=level.dtype.newbyteorder(tif.byteorder), mode="r", offset=level.dataoffset, shape=level.shape)
-        data = da.transpose(da.from_array(mm, chunks=(slices_per_slab(level.shape, level.dtype),) + level.shape[1:], name=False), order)
-        return data, False
+        data = da.from_array(mm, chunks=(slices_per_slab(level.shape, level.dtype),) + level.shape[1:], name=False)
+        # Native byte order chunk by chunk, as the eager path and the tile decoder give it.
+        return da.transpose(data.astype(level.dtype.newbyteorder("=")), order), False
     tiled = key.planarconfig == 1 and key.shaped[:2] == (1, 1) and all(p.keyframe is key or p.keyframe.shape == key.shape for p in pages)
     if not tiled or axes not in ("YX", "YXS", "CYX") or (axes == "CYX") != (len(pages) > 1):
         # Planar or 3D tiles: one delayed read of the whole level (still nothing read now).
