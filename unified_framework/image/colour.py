@@ -157,7 +157,7 @@ def _derive(volume: Volume, data: Any, axes: str, extra: dict[str, Any]) -> Volu
     metadata = {**volume.metadata, **extra}
     if "shape" in metadata:  # what read_volume recorded describes the source
         metadata.update(dtype=str(data.dtype), shape=[int(n) for n in data.shape])
-    return Volume(data, volume.spacing, metadata, volume.path, axes)
+    return Volume(data, volume.spacing, metadata, volume.path, axes=axes)
 
 
 def _name(volume: Volume) -> str:

@@ -65,7 +65,7 @@ def _read_pillow(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
         data = da.from_array(data, chunks=data.shape, name=False)
     # Binary profiles are left out; what remains (dpi, gamma, text chunks) is small.
     metadata = {"mode": mode, "info": jsonable({k: v for k, v in info.items() if k not in ("icc_profile", "exif")}) or {}}
-    return Volume(data, _pillow_spacing(info, fmt), metadata, path, axes)
+    return Volume(data, _pillow_spacing(info, fmt), metadata, path, axes=axes)
 
 
 def _png_bit_depth(path: Path) -> int:
@@ -138,7 +138,7 @@ def read_tiff_image(path: Path, tif: Any, series: Any, level: int | None, lazy: 
     if tif.is_svs:
         metadata["svs"] = jsonable(_svs_metadata(tif)) or {}
     spacing = tuple(described[index]["spacing_um"])
-    return Volume(data, spacing, metadata, path, out_axes), keep_open
+    return Volume(data, spacing, metadata, path, axes=out_axes), keep_open
 
 
 def _describe_level(level: Any, axes: str, base: tuple[int, ...], base_spacing: tuple[float, float]) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def read_zarr(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, lev
         metadata["levels"] = [
             {"shape": list(node[p].shape), "spacing_um": list(_ome_spacing(attrs, node[p].ndim, i) or ())} for i, p in enumerate(_ome_levels(attrs))
         ]
-    return Volume(data, spacing, metadata, path, axes)
+    return Volume(data, spacing, metadata, path, axes=axes)
 
 
 def _arrays(group: Any) -> dict[str, tuple[tuple[int, ...], str]]:

@@ -248,7 +248,7 @@ def write_volume(
             f"{path}: a {FORMAT_TITLES[fmt]} cannot store dtype {data.dtype}; expected one of "
             f"{', '.join(WRITABLE_DTYPES[fmt])} (convert with dtype=)"
         )
-    volume = Volume(data, spacing, metadata, source, axes)
+    volume = Volume(data, spacing, metadata, source, axes=axes)
     writer = _backend(fmt, "write")
     with atomic_path(path) as tmp:
         writer(tmp, volume, dataset=dataset, chunks=chunks, name=str(path))

@@ -104,7 +104,7 @@ class Volume:
     def compute(self) -> "Volume":
         """Return a copy whose ``data`` is an in-memory numpy array."""
         data = self.data.compute() if self.lazy else self.data
-        return Volume(np.asarray(data), self.spacing, dict(self.metadata), self.path, self.axes)
+        return Volume(np.asarray(data), self.spacing, dict(self.metadata), self.path, axes=self.axes)
 
 
 #: Axis orders a :class:`Volume` may have: volume, grey image, channel image.
