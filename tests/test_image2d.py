@@ -148,6 +148,21 @@ def test_big_endian_colour_tiff_reads_in_native_order(tmp_path, tile):
         np.testing.assert_array_equal(computed, data)
 
 
+def test_compression_without_a_decoder_is_named(tmp_path):
+    # Pillow writes LZW; tifffile needs imagecodecs (not a dependency) to decode it,
+    # as for the JPEG tiles of most scanners' slides.
+    try:
+        import imagecodecs  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("imagecodecs is installed: LZW is readable")
+    path = tmp_path / "lzw.tif"
+    Image.fromarray(make_rgb((40, 50))).save(path, compression="tiff_lzw")
+    with pytest.raises(InputError, match=r"lzw.tif: image data is LZW-compressed, which needs the 'imagecodecs' package"):
+        read_volume(path, lazy=True)
+
+
 # ----------------------------------------------------------------------------- pyramids
 def test_ome_tiff_pyramid_levels(tmp_path):
     path = tmp_path / "pyramid.ome.tif"

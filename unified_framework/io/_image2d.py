@@ -123,6 +123,7 @@ def read_tiff_image(path: Path, tif: Any, series: Any, level: int | None, lazy: 
     base = levels[0].shape
     described = [_describe_level(lv, axes, base, base_spacing) for lv in levels]
     chosen = levels[index]
+    _check_codec(path, chosen.keyframe)
     order = [axes.index(a) for a in "YX"] + [i for i, a in enumerate(axes) if a in "SC"]
     _check_level_complete(path, chosen)
     keep_open = False
@@ -167,6 +168,22 @@ def _svs_metadata(tif: Any) -> dict[str, Any]:
         return svs_description_metadata(tif.pages.first.description)
     except ValueError:
         return {}
+
+
+def _check_codec(path: Path, page: Any) -> None:
+    """Refuse compressions that need the optional ``imagecodecs`` package, before reading.
+
+    Without it tifffile decodes only uncompressed, Deflate/zlib and PackBits data; the
+    JPEG and JPEG 2000 tiles of most scanners' slides and LZW need imagecodecs.
+    """
+    from tifffile import TIFF
+
+    if page.compression not in TIFF.DECOMPRESSORS:
+        name = getattr(page.compression, "name", str(page.compression))
+        raise InputError(
+            f"{path}: image data is {name}-compressed, which needs the 'imagecodecs' package (not installed); "
+            "expected uncompressed or Deflate TIFF data, or install imagecodecs"
+        )
 
 
 def _check_level_complete(path: Path, level: Any) -> None:
