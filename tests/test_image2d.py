@@ -430,6 +430,18 @@ def test_sun_refuses_a_colour_image(tmp_path, capsys):
     assert "rgb.zarr: has 2 dimensions (shape 20x30); expected a 3D volume" in capsys.readouterr().err
 
 
+def test_grey_only_reading_refuses_a_slide_before_reading_its_pixels(tmp_path, monkeypatch):
+    path = tmp_path / "slide.svs"
+    write_svs(path, make_rgb((520, 650)), 0.5)
+
+    def no_pixels(*args, **kwargs):
+        raise AssertionError("pixels were read")
+
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", no_pixels)
+    with pytest.raises(InputError, match="slide.svs: is a colour/multi-channel image"):
+        read_volume(path, grey=True)
+
+
 def test_thumbnail_of_a_slide_uses_a_small_level(tmp_path):
     path = tmp_path / "slide.svs"
     pyramid = write_svs(path, make_rgb((520, 650)), 0.5)

@@ -24,7 +24,7 @@ from ..errors import InputError
 from ._common import exact_decimal, jsonable, rational
 from ._tiff import _metadata, _spacing, tifffile_errors
 from .formats import library_errors
-from .volume import Volume, check_ndim, iter_slabs, slices_per_slab
+from .volume import Volume, check_grey, check_ndim, iter_slabs, slices_per_slab
 
 #: Edge of the tiles :func:`write_tiff_channels` writes (a multiple of 16, as TIFF requires).
 TILE = 256
@@ -104,10 +104,14 @@ def is_image2d(series: Any) -> bool:
     return spatial == "YX" and (axes != "YX" or len(series.levels) > 1)
 
 
-def read_tiff_image(path: Path, tif: Any, series: Any, level: int | None, lazy: bool, expect_ndim: Any) -> tuple[Volume, bool]:
+def read_tiff_image(
+    path: Path, tif: Any, series: Any, level: int | None, lazy: bool, expect_ndim: Any, grey: bool = False
+) -> tuple[Volume, bool]:
     """Read one level of a 2D (colour, multi-channel or pyramidal) TIFF series.
 
     Returns the volume and whether ``tif`` must stay open (lazy tiles read from it).
+    With ``grey`` a colour image is refused (:func:`check_grey`) before any pixel is
+    read: a whole slide would not fit in memory.
     """
     axes = series.axes
     if axes.replace("S", "").replace("C", "") != "YX":
@@ -127,7 +131,7 @@ def read_tiff_image(path: Path, tif: Any, series: Any, level: int | None, lazy: 
     order = [axes.index(a) for a in "YX"] + [i for i, a in enumerate(axes) if a in "SC"]
     _check_level_complete(path, chosen)
     keep_open = False
-    if lazy:
+    if lazy or (grey and axes != "YX"):
         data, keep_open = _lazy_level(path, tif, chosen, axes, order)
     else:
         data = np.transpose(chosen.asarray(), order)
@@ -139,7 +143,10 @@ def read_tiff_image(path: Path, tif: Any, series: Any, level: int | None, lazy: 
     if tif.is_svs:
         metadata["svs"] = jsonable(_svs_metadata(tif)) or {}
     spacing = tuple(described[index]["spacing_um"])
-    return Volume(data, spacing, metadata, path, axes=out_axes), keep_open
+    volume = Volume(data, spacing, metadata, path, axes=out_axes)
+    if grey:
+        check_grey(volume, str(path))
+    return volume, keep_open
 
 
 def _describe_level(level: Any, axes: str, base: tuple[int, ...], base_spacing: tuple[float, float]) -> dict[str, Any]:

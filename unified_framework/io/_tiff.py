@@ -64,11 +64,12 @@ def tifffile_errors(path: Path) -> Iterator[None]:
         raise InputError(f"{path}: corrupt or truncated TIFF ({detail[:200]}); expected a complete, valid TIFF file")
 
 
-def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, level: int | None = None) -> Volume:
+def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, level: int | None = None, grey: bool = False) -> Volume:
     """Read the first image series of a TIFF file (ImageJ, OME and shaped TIFFs included).
 
     2D colour, multi-channel and pyramidal images (and any ``level``) are read by
-    :func:`._image2d.read_tiff_image` as ``(y, x[, c])``.
+    :func:`._image2d.read_tiff_image` as ``(y, x[, c])``; with ``grey`` a colour image
+    is refused before its data is read.
     """
     import tifffile
 
@@ -81,7 +82,7 @@ def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, lev
             from ._image2d import is_image2d, read_tiff_image
 
             if level is not None or is_image2d(series):
-                volume, keep_open = read_tiff_image(path, tif, series, level, lazy, expect_ndim)
+                volume, keep_open = read_tiff_image(path, tif, series, level, lazy, expect_ndim, grey)
                 return volume
             _check_channels(path, series.axes)
             check_ndim(series.shape, expect_ndim, str(path))

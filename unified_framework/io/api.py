@@ -138,7 +138,9 @@ def read_volume(
     if path.is_file():
         verify_content(path, fmt)
     reader = _backend(fmt, "read")
-    options = {"level": level} if level is not None else {}
+    options: dict[str, Any] = {"level": level} if level is not None else {}
+    if grey and fmt == "tiff":
+        options["grey"] = True  # refused before the pixels of a whole slide are read
     with library_errors(path, fmt):
         volume = reader(path, dataset=dataset, lazy=lazy, expect_ndim=expect_ndim, **options)
     if grey:
