@@ -55,7 +55,7 @@ def thumbnail_slice(
         source = dataset_path(source)
     volume = open_volume(source)
     if "c" in volume.axes:
-        volume = _colour_preview(volume, max_size)
+        volume = _colour_preview(source, volume, max_size)
     data = volume.data
     if data.ndim == 3:
         depth = data.shape[0]
@@ -75,7 +75,7 @@ def thumbnail_slice(
     return np.round(scaled * 255).astype(np.uint8)
 
 
-def _colour_preview(volume: Volume, max_size: int) -> Volume:
+def _colour_preview(source: str | os.PathLike, volume: Volume, max_size: int) -> Volume:
     """Grey preview of a colour image from the coarsest pyramid level still ``max_size`` wide.
 
     Subsampling level 0 of a whole-slide image would decode every tile of it.
@@ -86,5 +86,5 @@ def _colour_preview(volume: Volume, max_size: int) -> Volume:
     levels = volume.metadata.get("levels") or []
     big_enough = [i for i, level in enumerate(levels) if max(level["shape"][:2]) >= max_size]
     if big_enough and big_enough[-1] != volume.metadata.get("level"):
-        volume = open_volume(volume.path, level=big_enough[-1])
+        volume = open_volume(os.fspath(source), level=big_enough[-1])
     return to_grey(volume) if volume.channels in (3, 4) else to_grey(volume, channel=0)

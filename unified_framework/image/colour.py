@@ -66,7 +66,7 @@ def to_grey(volume: Volume, channel: int | None = None) -> Volume:
     >>> grey.axes, grey.shape, grey.spacing, float(grey.data.max())
     ('yx', (2, 3), (0.5, 0.5), 1.0)
     """
-    if "c" not in str(volume.axes):
+    if "c" not in volume.axes:
         if channel is not None:
             raise InputError(f"{_name(volume)}: is a grey image, it has no channel {channel}; expected a colour/multi-channel image")
         return volume
@@ -127,8 +127,8 @@ def separate_stains(volume: Volume, stains: str = "hed") -> Volume:
     key = str(stains).lower()
     if key not in STAINS:
         raise InputError(f"stains {stains!r} unknown; expected one of {', '.join(STAINS)}")
-    if "c" not in str(volume.axes) or volume.channels not in (3, 4):
-        what = f"{volume.channels} channels" if "c" in str(volume.axes) else "a grey image"
+    if "c" not in volume.axes or volume.channels not in (3, 4):
+        what = f"{volume.channels} channels" if "c" in volume.axes else "a grey image"
         raise InputError(f"{_name(volume)}: has {what}; expected an RGB or RGBA image for stain separation")
     import skimage.color
 

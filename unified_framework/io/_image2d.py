@@ -45,14 +45,15 @@ def _read_pillow(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
     # Pillow is a dependency of scikit-image (which the framework requires).
     from PIL import Image
 
-    with Image.open(path) as image:
+    with Image.open(path) as opened:
+        image: Image.Image = opened
         if image.mode == "P":
             # Palette images: expand to the colours they show.
-            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+            image = opened.convert("RGBA" if "transparency" in opened.info else "RGB")
         elif image.mode == "CMYK":
-            image = image.convert("RGB")
+            image = opened.convert("RGB")
         elif image.mode == "1":
-            image = image.convert("L")
+            image = opened.convert("L")
         if image.format == "PNG" and image.mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
             raise InputError(f"{path}: 16-bit colour PNG cannot be read without losing precision (Pillow reduces it to 8 bits); expected an 8-bit PNG or a TIFF")
         data = np.asarray(image)
@@ -74,7 +75,7 @@ def _png_bit_depth(path: Path) -> int:
     return header[24] if len(header) == 25 else 8
 
 
-def _pillow_spacing(info: dict[str, Any], fmt: str | None) -> tuple[float, float]:
+def _pillow_spacing(info: dict[Any, Any], fmt: str | None) -> tuple[float, float]:
     """Pixel size (y, x) in µm from Pillow's ``dpi``; 1.0 where the file gives none.
 
     PNG ``pHYs`` stores whole pixels per metre, which Pillow turns into dots per inch;
@@ -330,7 +331,7 @@ def write_tiff_channels(path: Path, volume: Volume, name: str) -> None:
 
 def _tiles(data: Any, name: str) -> Iterator[np.ndarray]:
     """Tiles in TIFF order (rows of tiles, left to right), read slab by slab from ``data``."""
-    for start, _, block in iter_slabs(data, step=TILE, desc=f"writing {name}"):
+    for _, _, block in iter_slabs(data, step=TILE, desc=f"writing {name}"):
         for top in range(0, block.shape[0], TILE):
             band = block[top : top + TILE]
             for left in range(0, band.shape[1], TILE):

@@ -297,7 +297,7 @@ def write_tiff(path: Path, volume: Volume, dataset: str | None, chunks: tuple[in
     """Write one multi-page TIFF, slab by slab; BigTIFF (not ImageJ) above ~4 GiB."""
     import tifffile
 
-    if "c" in str(volume.axes):
+    if "c" in volume.axes:
         from ._image2d import write_tiff_channels
 
         write_tiff_channels(path, volume, name)

@@ -33,8 +33,8 @@ def read_zarr(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, lev
             raise InputError(f"{path}: is a single Zarr array, it has no dataset {dataset!r}")
         array = node
     array_attrs = dict(array.attrs)
-    axes = "yxc" if array_attrs.get("axes") == ["y", "x", "c"] else None
-    spatial = array.ndim - (axes is not None)
+    axes = "yxc" if array_attrs.get("axes") == ["y", "x", "c"] else ""
+    spatial = array.ndim - bool(axes)
     check_ndim(array.shape[:spatial], expect_ndim, str(path))
     spacing = _spacing(array_attrs, spatial) or _ome_spacing(attrs, array.ndim, level or 0) or (1.0,) * spatial
     if lazy:

@@ -223,8 +223,8 @@ def write_volume(
         spacing = volume.spacing if spacing is None else spacing
     else:
         data, metadata, source = (volume if is_lazy(volume) else np.asarray(volume)), {}, None
-        axes = None
-    axes = validate_axes(axes, data.ndim, f"data to write to {path}")
+        axes = ""
+    axes = validate_axes(axes or None, data.ndim, f"data to write to {path}")
     n_spatial = data.ndim - ("c" in axes)
     check_ndim(data.shape[:n_spatial], (2, 3), f"data to write to {path}")
     if "c" in axes and fmt not in CHANNEL_FORMATS:
@@ -235,8 +235,8 @@ def write_volume(
     spacing = validate_spacing((1.0,) * n_spatial if spacing is None else spacing, n_spatial, str(path))
     if "c" in axes and (chunks is None or isinstance(chunks, int)):
         # Channels stay together in every chunk: one pixel's colour is read as one.
-        chunks = (chunks,) * n_spatial if chunks else default_chunks(data.shape[:n_spatial])
-        chunks += (int(data.shape[-1]),)
+        spatial = (chunks,) * n_spatial if chunks else default_chunks(data.shape[:n_spatial])
+        chunks = (*spatial, int(data.shape[-1]))
     if isinstance(chunks, int):
         chunks = (chunks,) * data.ndim
     if chunks is not None and (len(chunks) != data.ndim or min(chunks) < 1):

@@ -40,8 +40,8 @@ class Volume:
     path : pathlib.Path, optional
         The file or folder the volume was read from.
     axes : str, optional
-        ``"zyx"``, ``"yx"`` or ``"yxc"``; derived from ``data.ndim`` if not given, so
-        a 3D array is a volume unless it is marked as a channel image.
+        ``"zyx"``, ``"yx"`` or ``"yxc"``; derived from ``data.ndim`` if not given
+        (empty), so a 3D array is a volume unless it is marked as a channel image.
 
     Examples
     --------
@@ -57,13 +57,13 @@ class Volume:
     spacing: tuple[float, ...] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
-    axes: str | None = None
+    axes: str = ""
 
     def __post_init__(self) -> None:
         if not hasattr(self.data, "shape") or not hasattr(self.data, "dtype"):
             self.data = np.asarray(self.data)
         name = str(self.path or "volume")
-        self.axes = validate_axes(self.axes, self.data.ndim, name)
+        self.axes = validate_axes(self.axes or None, self.data.ndim, name)
         n_spatial = self.data.ndim - ("c" in self.axes)
         if self.spacing is None:
             self.spacing = (1.0,) * n_spatial
@@ -84,12 +84,12 @@ class Volume:
     @property
     def channels(self) -> int:
         """Number of channels: the length of the ``c`` axis, 1 for grey data."""
-        return self.shape[-1] if "c" in str(self.axes) else 1
+        return self.shape[-1] if "c" in self.axes else 1
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         """Shape without the channel axis (the axes ``spacing`` describes)."""
-        return self.shape[:-1] if "c" in str(self.axes) else self.shape
+        return self.shape[:-1] if "c" in self.axes else self.shape
 
     @property
     def dtype(self) -> np.dtype:
@@ -144,7 +144,7 @@ def check_grey(volume: "Volume", name: str | None = None) -> None:
     ...
     unified_framework.errors.InputError: photo.png: is a colour/multi-channel image (5x6 pixels, 3 channels); expected grey values: convert it with `mdlma io convert IN OUT --grey` or unified_framework.image.to_grey
     """
-    if "c" not in str(volume.axes):
+    if "c" not in volume.axes:
         return
     name = name or str(volume.path or "volume")
     pixels = "x".join(map(str, volume.spatial_shape))
