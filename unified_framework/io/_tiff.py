@@ -99,9 +99,9 @@ def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, lev
     return Volume(data, spacing, metadata, path)
 
 
-def _check_channels(path: Path, axes: str) -> None:
+def _check_channels(path: Path, axes: str, expected: str = "a 2D colour image (Y, X, channels) or a single-channel 2D image or 3D volume") -> None:
     if "S" in axes or "C" in axes:
-        raise InputError(f"{path}: has colour/channel axes (axes {axes}); expected a 2D colour image (Y, X, channels) or a single-channel 2D image or 3D volume")
+        raise InputError(f"{path}: has colour/channel axes (axes {axes}); expected {expected}")
 
 
 def _check_complete(path: Path, tif: Any, series: Any) -> None:
@@ -243,7 +243,7 @@ def read_tiff_folder(path: Path, dataset: str | None, lazy: bool, expect_ndim: A
         with library_errors(file, "tiff"), tifffile_errors(file), tifffile.TiffFile(file) as tif:
             series = tif.series[0]
             if index == 0:
-                _check_channels(file, series.axes)
+                _check_channels(file, series.axes, "single-channel 2D slices")
                 check_ndim(series.shape, 2, str(file))
                 shape, dtype = series.shape, series.dtype
                 spacing = _spacing(tif, 3)
