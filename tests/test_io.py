@@ -412,7 +412,8 @@ def test_value_range_skips_non_finite():
 
 
 def test_supported_formats_are_all_detected(tmp_path):
-    names = {"tiff": "a.tif", "tiff-folder": "a", "hdf5": "a.h5", "nifti": "a.nii.gz", "dicom": "a.dcm", "zarr": "a.zarr"}
+    names = {"tiff": "a.tif", "tiff-folder": "a", "hdf5": "a.h5", "nifti": "a.nii.gz", "dicom": "a.dcm", "zarr": "a.zarr",
+             "png": "a.png", "jpeg": "a.jpg"}
     assert set(names) == set(SUPPORTED_FORMATS)
     for fmt, name in names.items():
         assert detect_format(tmp_path / name, for_writing=True) == fmt

@@ -10,6 +10,7 @@ import pytest
 
 from unified_framework.cli.main import main
 from unified_framework.cli import io as io_cli
+from unified_framework.image import STAINS
 from unified_framework.io import SUPPORTED_FORMATS, read_volume, write_volume
 
 SPACING = (2.0, 0.65, 0.7)
@@ -20,7 +21,9 @@ def random_volume(dtype="uint16", shape=(12, 20, 16)):
 
 
 def test_cli_format_choices_match_the_library():
-    assert io_cli.FORMATS == SUPPORTED_FORMATS
+    # --format lists the formats written; PNG and JPEG are read only.
+    assert io_cli.FORMATS == tuple(f for f in SUPPORTED_FORMATS if f not in ("png", "jpeg"))
+    assert io_cli.STAINS_NAMES == tuple(STAINS)
 
 
 CHAIN = [
@@ -118,3 +121,8 @@ def test_docs_examples_work_as_written(repo, tmp_path, monkeypatch, capsys):
     for name in ("labels_dicom", "labels.h5::/segmentation/labels", "labels.nii"):
         np.testing.assert_array_equal(read_volume(name).data, labels.data)
     assert read_volume("labels16.zarr").spacing == (5.0, 2.5, 2.5)
+    ihc = read_volume("ihc.ome.tif")
+    assert ihc.axes == "yxc" and read_volume("ihc_hed.zarr").axes == "yxc"
+    for name in ("ihc_grey.tif", "ihc_red.nii.gz", "ihc_labels.tif"):
+        grey = read_volume(name)
+        assert grey.shape == (512, 512) and grey.spacing == pytest.approx(ihc.spacing, rel=1e-6), name

@@ -50,11 +50,12 @@ def test_unknown_suffix(tmp_path):
     path = tmp_path / "scan.raw"
     path.write_bytes(b"\0" * 100)
     raises([path, "unknown image format", "'.raw'", ".tif"], read_volume, path)
-    raises([tmp_path / "out.jpg", "unknown image format"], write_volume, tmp_path / "out.jpg", volume())
+    raises([tmp_path / "out.bmp", "unknown image format"], write_volume, tmp_path / "out.bmp", volume())
+    raises([tmp_path / "out.jpg", "JPEG images are read, not written", ".ome.tif"], write_volume, tmp_path / "out.jpg", volume())
 
 
 def test_unknown_format_name(tmp_path):
-    raises(["'png'", "tiff-folder"], write_volume, tmp_path / "out", volume(), format="png")
+    raises(["'bmp'", "tiff-folder"], write_volume, tmp_path / "out", volume(), format="bmp")
 
 
 @pytest.mark.parametrize("name, kwargs, expected", [
@@ -159,10 +160,14 @@ def test_expect_ndim(tmp_path):
     assert read_volume(stack, expect_ndim=3).ndim == 3
 
 
-def test_colour_tiff_is_refused(tmp_path):
+def test_colour_tiff_is_refused_where_grey_values_are_needed(tmp_path):
     path = tmp_path / "rgb.tif"
     tifffile.imwrite(path, np.zeros((8, 9, 3), np.uint8), photometric="rgb")
-    raises([path, "channel", "expected a single-channel"], read_volume, path)
+    assert read_volume(path).axes == "yxc"  # a 2D colour image is read as (y, x, c) ...
+    raises([path, "colour/multi-channel image (8x9 pixels, 3 channels)", "--grey"], read_volume, path, grey=True)
+    stack = tmp_path / "rgb_stack.tif"  # ... a stack of colour pages is neither that nor a grey volume
+    tifffile.imwrite(stack, np.zeros((2, 8, 9, 3), np.uint8), photometric="rgb")
+    raises([stack, "channel", "expected a 2D colour image"], read_volume, stack)
 
 
 def test_nan_and_inf(tmp_path):

@@ -140,7 +140,7 @@ def test_every_listed_sample_loads():
     assert "ct-small" in names  # pydicom is a dependency and ships CT_small.dcm
     for sample in list_samples():
         volume = load_sample(sample.name)
-        assert volume.ndim == sample.ndim
+        assert len(volume.spatial_shape) == sample.ndim  # a colour image is 2D with a channel axis
         assert np.isfinite(np.asarray(volume.data, dtype=np.float64)).all()
     labels = load_sample("implant-labels", shape=(16, 32, 32), seed=2)
     _, expected = make_implant_phantom((16, 32, 32), seed=2)
@@ -176,5 +176,8 @@ def test_cli_list_and_save(tmp_path, capsys):
     assert "implant" in listing and "ct-small" in listing
     assert main(["sample", "save", "shepp-logan", str(tmp_path / "s.tif")]) == 0
     assert read_volume(tmp_path / "s.tif").shape == (400, 400)
+    assert main(["sample", "save", "ihc", str(tmp_path / "ihc.ome.tif")]) == 0
+    ihc = read_volume(tmp_path / "ihc.ome.tif")
+    assert ihc.shape == (512, 512, 3) and ihc.axes == "yxc" and ihc.spacing == load_sample("ihc").spacing
     assert main(["sample", "save", "nosuch", str(tmp_path / "x.tif")]) == 2
     assert "nosuch" in capsys.readouterr().err

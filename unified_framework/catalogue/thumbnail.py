@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InputError
 from .extract import dataset_path
+
+if TYPE_CHECKING:
+    from ..io import Volume
 
 
 def thumbnail_slice(
@@ -18,6 +22,8 @@ def thumbnail_slice(
     percentiles: tuple[float, float] = (1.0, 99.0),
 ) -> np.ndarray:
     """Read one axial slice and scale it to a ``uint8`` image of at most ``max_size`` pixels a side.
+
+    Colour images are shown as their luminance (multi-channel ones by channel 0).
 
     Only that slice is read (the volume is opened lazily), so previews of large scans
     are cheap.
@@ -48,6 +54,8 @@ def thumbnail_slice(
     if isinstance(source, dict):
         source = dataset_path(source)
     volume = open_volume(str(source))  # str keeps a "file.h5::/array" reference whole
+    if "c" in volume.axes:
+        volume = _colour_preview(str(source), volume, max_size)
     data = volume.data
     if data.ndim == 3:
         depth = data.shape[0]
@@ -65,3 +73,18 @@ def thumbnail_slice(
         high = low + 1.0
     scaled = np.clip((np.nan_to_num(image, nan=low) - low) / (high - low), 0.0, 1.0)
     return np.round(scaled * 255).astype(np.uint8)
+
+
+def _colour_preview(source: str | os.PathLike, volume: Volume, max_size: int) -> Volume:
+    """Grey preview of a colour image from the coarsest pyramid level still ``max_size`` wide.
+
+    Subsampling level 0 of a whole-slide image would decode every tile of it.
+    """
+    from ..image import to_grey
+    from ..io import open_volume
+
+    levels = volume.metadata.get("levels") or []
+    big_enough = [i for i, level in enumerate(levels) if max(level["shape"][:2]) >= max_size]
+    if big_enough and big_enough[-1] != volume.metadata.get("level"):
+        volume = open_volume(os.fspath(source), level=big_enough[-1])
+    return to_grey(volume) if volume.channels in (3, 4) else to_grey(volume, channel=0)

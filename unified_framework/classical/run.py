@@ -76,8 +76,8 @@ def run_classical(
 
     if label_order == ORDER_FROM_TRUTH and ground_truth is None:
         raise InputError("label order: 'truth' needs a ground truth volume")
-    volume = read_volume(input, allow_nan=False)
-    truth = read_volume(ground_truth).data if ground_truth is not None else None
+    volume = read_volume(input, allow_nan=False, grey=True)
+    truth = read_volume(ground_truth, grey=True).data if ground_truth is not None else None
     with ResourceMeter(gpu=False) as meter:
         labels = segment(volume.data, method, classes=classes, smoothing=smoothing, name=str(input))
         if label_order == ORDER_FROM_TRUTH:
@@ -180,7 +180,7 @@ def evaluate_command(
                          + (f" ({lines[-1]})" if lines else ""))
     if not Path(output).exists():
         raise InputError(f"{output}: the command finished but wrote no output")
-    labels = read_volume(output)
+    labels = read_volume(output, grey=True)
     result: dict[str, Any] = {
         "method": method or Path(command[0]).name,
         "command": command,
@@ -190,7 +190,7 @@ def evaluate_command(
         "resources": meter.usage.to_dict(),
     }
     if ground_truth is not None:
-        truth = read_volume(ground_truth)
+        truth = read_volume(ground_truth, grey=True)
         result["ground_truth"] = str(ground_truth)
         result["scores"] = score_rows(labels.data, truth.data, labels.spacing, str(output), str(ground_truth),
                                       class_names)

@@ -91,8 +91,8 @@ def _score(args: argparse.Namespace) -> int:
 
     if args.instances and (args.labels or args.names):
         raise InputError("--labels/--names: not used with --instances (every non-zero value is an object)")
-    pred_volume = read_volume(args.pred)
-    gt_volume = read_volume(args.gt)
+    pred_volume = read_volume(args.pred, grey=True)
+    gt_volume = read_volume(args.gt, grey=True)
     pred_name, gt_name = str(args.pred), str(args.gt)
     if args.spacing is not None:
         spacing = tuple(args.spacing)

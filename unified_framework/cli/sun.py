@@ -173,7 +173,7 @@ def _train(args: argparse.Namespace) -> int:
     def read_pairs(pairs):
         images, labels, names = [], [], []
         for image_path, labels_path in pairs:
-            image, label = read_volume(image_path, expect_ndim=3, allow_nan=False), read_volume(labels_path, expect_ndim=3)
+            image, label = read_volume(image_path, expect_ndim=3, allow_nan=False, grey=True), read_volume(labels_path, expect_ndim=3, grey=True)
             images.append(np.asarray(image.data))
             labels.append(np.asarray(label.data))
             names.append(f"{image_path} + {labels_path}")
@@ -181,7 +181,7 @@ def _train(args: argparse.Namespace) -> int:
 
     images, labels, names = read_pairs(args.pair)
     val_images, val_labels, val_names = read_pairs(args.val_pair)
-    spacing = read_volume(args.pair[0][0], lazy=True, expect_ndim=3).spacing
+    spacing = read_volume(args.pair[0][0], lazy=True, expect_ndim=3, grey=True).spacing
     config = TrainingConfig(
         axes=args.axes,
         depth=args.depth,
@@ -272,7 +272,7 @@ def _plan(args: argparse.Namespace) -> int:
 
     if args.slabs < 1:
         raise InputError(f"--slabs {args.slabs}: expected a positive number")
-    shape = read_volume(args.volume, lazy=True, expect_ndim=3).shape
+    shape = read_volume(args.volume, lazy=True, expect_ndim=3, grey=True).shape
     pieces = slab_bounds(shape, parse_axes(args.axes), args.slabs)
     if args.count:
         print(len(pieces))

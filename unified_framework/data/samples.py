@@ -1,7 +1,8 @@
 """Sample images that need no download: the implant phantom and files shipped by packages.
 
 Every sample is returned as a :class:`unified_framework.io.Volume` (axis order
-``(z, y, x)``, or ``(y, x)`` for 2D images, voxel size in micrometres). Only images
+``(z, y, x)``, ``(y, x)`` for 2D images or ``(y, x, c)`` for colour ones, voxel size
+in micrometres). Only images
 that the installed wheels contain are offered: scikit-image's ``cells3d``, ``brain``
 and friends download on first use, so they are not listed.
 """
@@ -63,6 +64,16 @@ def _skimage(function: str, spacing: tuple[float, float]):
     return Volume(np.asarray(getattr(skimage.data, function)()), spacing, {"sample": function, "source": "scikit-image"})
 
 
+def _ihc():
+    from ..io import read_volume
+
+    # Read as a file, so the sample is what read_volume makes of a real RGB PNG (pixel
+    # size from its pHYs chunk: 96 dpi, which says nothing about the tissue).
+    volume = read_volume(_skimage_file("ihc.png"))
+    volume.metadata.update(sample="ihc", source="scikit-image")
+    return volume
+
+
 def _catalogue() -> dict[str, tuple[Sample, Callable[..., Any], Callable[[], bool]]]:
     def always() -> bool:
         return True
@@ -103,6 +114,11 @@ def _catalogue() -> dict[str, tuple[Sample, Callable[..., Any], Callable[[], boo
             Sample("cell", "light-microscopy image of a cell, 660x550 (scikit-image)", 2, "scikit-image"),
             lambda: _skimage("cell", (1.0, 1.0)),
             skimage_ships("cell.png"),
+        ),
+        "ihc": (
+            Sample("ihc", "RGB immunohistochemistry image (hematoxylin + DAB), 512x512x3 (scikit-image ihc.png)", 2, "scikit-image"),
+            _ihc,
+            skimage_ships("ihc.png"),
         ),
     }
 

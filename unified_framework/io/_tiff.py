@@ -64,8 +64,13 @@ def tifffile_errors(path: Path) -> Iterator[None]:
         raise InputError(f"{path}: corrupt or truncated TIFF ({detail[:200]}); expected a complete, valid TIFF file")
 
 
-def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> Volume:
-    """Read the first image series of a TIFF file (ImageJ, OME and shaped TIFFs included)."""
+def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, level: int | None = None, grey: bool = False) -> Volume:
+    """Read the first image series of a TIFF file (ImageJ, OME and shaped TIFFs included).
+
+    2D colour, multi-channel and pyramidal images (and any ``level``) are read by
+    :func:`._image2d.read_tiff_image` as ``(y, x[, c])``; with ``grey`` a colour image
+    is refused before its data is read.
+    """
     import tifffile
 
     keep_open = False
@@ -74,6 +79,11 @@ def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
     try:
         with tifffile_errors(path):
             series = tif.series[0]
+            from ._image2d import is_image2d, read_tiff_image
+
+            if level is not None or is_image2d(series):
+                volume, keep_open = read_tiff_image(path, tif, series, level, lazy, expect_ndim, grey)
+                return volume
             _check_channels(path, series.axes)
             check_ndim(series.shape, expect_ndim, str(path))
             _check_complete(path, tif, series)
@@ -89,9 +99,9 @@ def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
     return Volume(data, spacing, metadata, path)
 
 
-def _check_channels(path: Path, axes: str) -> None:
+def _check_channels(path: Path, axes: str, expected: str = "a 2D colour image (Y, X, channels) or a single-channel 2D image or 3D volume") -> None:
     if "S" in axes or "C" in axes:
-        raise InputError(f"{path}: has colour/channel axes (axes {axes}); expected a single-channel 2D image or 3D volume")
+        raise InputError(f"{path}: has colour/channel axes (axes {axes}); expected {expected}")
 
 
 def _check_complete(path: Path, tif: Any, series: Any) -> None:
@@ -236,7 +246,7 @@ def read_tiff_folder(path: Path, dataset: str | None, lazy: bool, expect_ndim: A
         with library_errors(file, "tiff"), tifffile_errors(file), tifffile.TiffFile(file) as tif:
             series = tif.series[0]
             if index == 0:
-                _check_channels(file, series.axes)
+                _check_channels(file, series.axes, "single-channel 2D slices")
                 check_ndim(series.shape, 2, str(file))
                 shape, dtype = series.shape, series.dtype
                 spacing = _spacing(tif, 3)
@@ -290,6 +300,11 @@ def write_tiff(path: Path, volume: Volume, dataset: str | None, chunks: tuple[in
     """Write one multi-page TIFF, slab by slab; BigTIFF (not ImageJ) above ~4 GiB."""
     import tifffile
 
+    if "c" in volume.axes:
+        from ._image2d import write_tiff_channels
+
+        write_tiff_channels(path, volume, name)
+        return
     data = volume.data
     bigtiff = data.nbytes >= _BIGTIFF_BYTES
     options = _tiff_options(volume, imagej=data.dtype in IMAGEJ_DTYPES and not bigtiff)

@@ -26,16 +26,18 @@ from .volume import Volume, check_ndim, iter_slabs
 AXES = ("z", "y", "x")
 
 
-def read_zarr(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> Volume:
-    """Read a Zarr array; in a group, ``dataset`` or the single 2D/3D array (OME-Zarr: level 0)."""
+def read_zarr(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, level: int | None = None) -> Volume:
+    """Read a Zarr array; in a group, ``dataset`` or the single 2D/3D array (OME-Zarr: ``level``, default 0)."""
     import zarr
 
     node = zarr.open(str(path), mode="r")
-    attrs: dict[str, Any] = {}
+    attrs: dict[str, Any] = dict(node.attrs) if isinstance(node, zarr.hierarchy.Group) else {}
+    if level is not None and _ome_level(attrs, level) is None:
+        count = len(_ome_levels(attrs))
+        raise InputError(f"{path}: no pyramid level {level}" + (f"; expected 0..{count - 1}" if count else "; expected an OME-Zarr multiscale group"))
     if isinstance(node, zarr.hierarchy.Group):
-        attrs = dict(node.attrs)
         if dataset is None:
-            dataset = _ome_level0(attrs) or pick_dataset(str(path), _arrays(node), expect_ndim)
+            dataset = _ome_level(attrs, level or 0) or pick_dataset(str(path), _arrays(node), expect_ndim)
         if dataset.strip("/") not in node or not isinstance(node[dataset.strip("/")], zarr.Array):
             listing = ", ".join(_arrays(node)) or "none"
             raise InputError(f"{path}: no array {dataset!r} in Zarr group (arrays: {listing})")
@@ -44,10 +46,12 @@ def read_zarr(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
         if dataset not in (None, "", "/"):
             raise InputError(f"{path}: is a single Zarr array, it has no dataset {dataset!r}")
         array = node
-    check_ndim(array.shape, expect_ndim, str(path))
     array_attrs = dict(array.attrs)
-    ome = _ome_transforms(attrs, array.ndim)
-    spacing = _spacing(array_attrs, array.ndim) or (ome[0] if ome else None) or (1.0,) * array.ndim
+    axes = "yxc" if array_attrs.get("axes") == ["y", "x", "c"] else ""
+    spatial = array.ndim - bool(axes)
+    check_ndim(array.shape[:spatial], expect_ndim, str(path))
+    ome = _ome_transforms(attrs, array.ndim, level or 0)
+    spacing = _spacing(array_attrs, spatial) or (ome[0] if ome else None) or (1.0,) * spatial
     origin, direction = geometry_from_attributes(array_attrs, f"{path}: .zattrs")
     if origin is None and ome:
         origin = ome[1]
@@ -63,7 +67,13 @@ def read_zarr(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
     if attrs:
         metadata["group_attributes"] = jsonable(attrs) or {}
     metadata.update(carried(array_attrs.get("source_metadata")))
-    return Volume(data, spacing, metadata, path, origin, direction)
+    if len(_ome_levels(attrs)) > 1:
+        metadata["level"] = level or 0
+        metadata["levels"] = [
+            {"shape": list(node[p].shape), "spacing_um": list((_ome_transforms(attrs, node[p].ndim, i) or ((),))[0])}
+            for i, p in enumerate(_ome_levels(attrs))
+        ]
+    return Volume(data, spacing, metadata, path, origin, direction, axes)
 
 
 def _arrays(group: Any) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -84,19 +94,25 @@ def _spacing(attrs: dict, ndim: int) -> tuple[float, ...] | None:
     return tuple(to_micrometres(s, attrs.get("unit", "um")) for s in spacing)
 
 
-def _ome_level0(attrs: dict) -> str | None:
-    """Path of the full-resolution array of an OME-Zarr (NGFF) multiscale group."""
+def _ome_levels(attrs: dict) -> list[str]:
+    """Paths of the arrays of an OME-Zarr (NGFF) multiscale group, full resolution first."""
     try:
-        return attrs["multiscales"][0]["datasets"][0]["path"]
+        return [str(d["path"]) for d in attrs["multiscales"][0]["datasets"]]
     except (KeyError, IndexError, TypeError):
-        return None
+        return []
 
 
-def _ome_transforms(attrs: dict, ndim: int) -> tuple[tuple[float, ...], tuple[float, float, float] | None] | None:
-    """Voxel size and origin (µm) of level 0 of an OME-Zarr group from its ``scale``/``translation``."""
+def _ome_level(attrs: dict, level: int) -> str | None:
+    """Path of pyramid level ``level`` of an OME-Zarr group; None if there is none."""
+    levels = _ome_levels(attrs)
+    return levels[level] if 0 <= level < len(levels) else None
+
+
+def _ome_transforms(attrs: dict, ndim: int, level: int = 0) -> tuple[tuple[float, ...], tuple[float, float, float] | None] | None:
+    """Voxel size and origin (µm) of a level of an OME-Zarr group from its ``scale``/``translation``."""
     try:
         multiscale = attrs["multiscales"][0]
-        transforms = multiscale["datasets"][0]["coordinateTransformations"]
+        transforms = multiscale["datasets"][level]["coordinateTransformations"]
         scale = next(t["scale"] for t in transforms if t.get("type") == "scale")
         translation = next((t["translation"] for t in transforms if t.get("type") == "translation"), None)
         units = [axis.get("unit") if isinstance(axis, dict) else None for axis in multiscale.get("axes", [])]
@@ -131,7 +147,7 @@ def write_zarr(path: Path, volume: Volume, dataset: str | None, chunks: tuple[in
             "spacing": list(volume.spacing),
             **geometry_attributes(volume.origin, volume.direction),
             "unit": "micrometer",
-            "axes": list(AXES[-data.ndim :]),
+            "axes": list(volume.axes or AXES[-data.ndim :]),
             "source_metadata": source_metadata(volume.metadata),
         }
     )

@@ -11,7 +11,7 @@ from typing import Iterator
 from ..errors import InputError
 
 #: Format names accepted by ``format=`` and returned by :func:`detect_format`.
-SUPPORTED_FORMATS = ("tiff", "tiff-folder", "hdf5", "nifti", "dicom", "zarr")
+SUPPORTED_FORMATS = ("tiff", "tiff-folder", "hdf5", "nifti", "dicom", "zarr", "png", "jpeg")
 
 FORMAT_TITLES = {
     "tiff": "TIFF file",
@@ -20,11 +20,14 @@ FORMAT_TITLES = {
     "nifti": "NIfTI file",
     "dicom": "DICOM file or series folder",
     "zarr": "Zarr store",
+    "png": "PNG image",
+    "jpeg": "JPEG image",
 }
 
 SUFFIX_FORMATS = {
     ".tif": "tiff",
     ".tiff": "tiff",
+    ".svs": "tiff",  # Aperio whole-slide image: a tiled, pyramidal TIFF
     ".h5": "hdf5",
     ".hdf5": "hdf5",
     ".nxs": "hdf5",
@@ -32,6 +35,9 @@ SUFFIX_FORMATS = {
     ".nii.gz": "nifti",
     ".dcm": "dicom",
     ".zarr": "zarr",
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
 }
 
 # Types each writer stores as they are; bool is written as uint8 (0/1) where missing.
@@ -43,7 +49,13 @@ WRITABLE_DTYPES = {
     "zarr": _NUMBERS + ("bool", "float16"),
     "nifti": _NUMBERS,
     "dicom": ("uint8", "uint16", "int16"),
+    # Read only: 8-bit formats that lose precision (JPEG even values) are no output format.
+    "png": (),
+    "jpeg": (),
 }
+
+#: Formats that can hold a ``(y, x, c)`` colour or multi-channel image when writing.
+CHANNEL_FORMATS = ("tiff", "zarr")
 
 TIFF_SLICE_SUFFIXES = (".tif", ".tiff")
 DICOM_SLICE_SUFFIXES = (".dcm",)

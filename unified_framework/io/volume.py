@@ -32,10 +32,11 @@ class Volume:
     Parameters
     ----------
     data : numpy.ndarray or dask.array.Array
-        Voxel values, axis order ``(z, y, x)`` for volumes and ``(y, x)`` for images.
+        Voxel values, axis order ``(z, y, x)`` for volumes, ``(y, x)`` for grey images
+        and ``(y, x, c)`` for colour or multi-channel 2D images.
     spacing : sequence of float, optional
-        Voxel size per axis in micrometres, same order as ``data``; 1.0 per axis if
-        not given.
+        Voxel (pixel) size per spatial axis in micrometres, same order as ``data``
+        (no entry for the channel axis); 1.0 per axis if not given.
     metadata : dict, optional
         Source metadata: ``format``, ``dtype``, ``shape`` and the JSON-serialisable
         tags/attributes found in the file.
@@ -49,6 +50,18 @@ class Volume:
         Unit world vectors (as columns, rows ``z, y, x`` like ``origin``) along
         which the index axes ``z, y, x`` run. Identity if not given. For a 2D image
         the first column is the normal of the image plane.
+    axes : str, optional
+        ``"zyx"``, ``"yx"`` or ``"yxc"``; derived from ``data.ndim`` if not given
+        (empty), so a 3D array is a volume unless it is marked as a channel image.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Volume(np.zeros((4, 5, 6))).axes
+    'zyx'
+    >>> rgb = Volume(np.zeros((5, 6, 3), np.uint8), spacing=(0.5, 0.5), axes="yxc")
+    >>> rgb.channels, rgb.spatial_shape
+    (3, (5, 6))
     """
 
     data: Any
@@ -57,14 +70,17 @@ class Volume:
     path: Path | None = None
     origin: tuple[float, float, float] | None = None
     direction: np.ndarray | None = None
+    axes: str = ""
 
     def __post_init__(self) -> None:
         if not hasattr(self.data, "shape") or not hasattr(self.data, "dtype"):
             self.data = np.asarray(self.data)
         name = str(self.path or "volume")
+        self.axes = validate_axes(self.axes or None, self.data.ndim, name)
+        n_spatial = self.data.ndim - ("c" in self.axes)
         if self.spacing is None:
-            self.spacing = (1.0,) * self.data.ndim
-        self.spacing = validate_spacing(self.spacing, self.data.ndim, name)
+            self.spacing = (1.0,) * n_spatial
+        self.spacing = validate_spacing(self.spacing, n_spatial, name)
         self.origin = validate_origin(self.origin, name)
         self.direction = validate_direction(self.direction, name)
         if self.path is not None:
@@ -118,6 +134,16 @@ class Volume:
         return tuple(int(n) for n in self.data.shape)
 
     @property
+    def channels(self) -> int:
+        """Number of channels: the length of the ``c`` axis, 1 for grey data."""
+        return self.shape[-1] if "c" in self.axes else 1
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """Shape without the channel axis (the axes ``spacing`` describes)."""
+        return self.shape[:-1] if "c" in self.axes else self.shape
+
+    @property
     def dtype(self) -> np.dtype:
         """Data type of ``data``."""
         return np.dtype(self.data.dtype)
@@ -147,7 +173,7 @@ class Volume:
     def compute(self) -> "Volume":
         """Return a copy whose ``data`` is an in-memory numpy array."""
         data = self.data.compute() if self.lazy else self.data
-        return Volume(np.asarray(data), self.spacing, dict(self.metadata), self.path, self.origin, self.direction)
+        return Volume(np.asarray(data), self.spacing, dict(self.metadata), self.path, self.origin, self.direction, self.axes)
 
 
 def validate_origin(origin: Sequence[float] | None, name: str) -> tuple[float, float, float]:
@@ -233,6 +259,53 @@ def native_order(data: Any) -> Any:
     if not is_lazy(data) and isinstance(data, np.ndarray) and data.flags.writeable and data.flags.owndata:
         return data.byteswap(inplace=True).view(native)
     return data.astype(native)
+
+
+#: Axis orders a :class:`Volume` may have: volume, grey image, channel image.
+AXES = ("zyx", "yx", "yxc")
+
+
+def validate_axes(axes: str | None, ndim: int, name: str) -> str:
+    """Return the axis string of ``ndim``-dimensional data: ``axes`` checked, or derived.
+
+    Without ``axes`` a 2D array is ``"yx"`` and a 3D array ``"zyx"`` (other ranks get
+    placeholder letters; readers refuse them with :func:`check_ndim`).
+
+    Raises
+    ------
+    InputError
+        If ``axes`` is not one of :data:`AXES` or does not match ``ndim``.
+    """
+    if axes is None:
+        return "yx" if ndim == 2 else "zyx" if ndim == 3 else "?" * ndim
+    if axes not in AXES or len(axes) != ndim:
+        raise InputError(f"{name}: axes {axes!r} do not fit {ndim}D data; expected one of {', '.join(AXES)} with one letter per dimension")
+    return axes
+
+
+def check_grey(volume: "Volume", name: str | None = None) -> None:
+    """Raise :class:`InputError` if ``volume`` is a colour or multi-channel image.
+
+    Segmentation, SUN and scoring work on grey values; a ``(y, x, c)`` image would
+    otherwise pass as a 3D volume with ``c`` columns.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_grey(Volume(np.zeros((4, 5, 6))))
+    >>> check_grey(Volume(np.zeros((5, 6, 3)), axes="yxc"), "photo.png")
+    Traceback (most recent call last):
+    ...
+    unified_framework.errors.InputError: photo.png: is a colour/multi-channel image (5x6 pixels, 3 channels); expected grey values: convert it with `mdlma io convert IN OUT --grey` or unified_framework.image.to_grey
+    """
+    if "c" not in volume.axes:
+        return
+    name = name or str(volume.path or "volume")
+    pixels = "x".join(map(str, volume.spatial_shape))
+    raise InputError(
+        f"{name}: is a colour/multi-channel image ({pixels} pixels, {volume.channels} channels); expected grey values: "
+        "convert it with `mdlma io convert IN OUT --grey` or unified_framework.image.to_grey"
+    )
 
 
 def validate_spacing(spacing: Sequence[float], ndim: int, name: str) -> tuple[float, ...]:

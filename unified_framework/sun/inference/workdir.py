@@ -529,7 +529,7 @@ def predict_to_files(
     from ..model_package import file_digest, load_model
 
     model = load_model(model_path)
-    volumes = [read_volume(p, lazy=True, expect_ndim=3) for p in volume_paths]
+    volumes = [read_volume(p, lazy=True, expect_ndim=3, grey=True) for p in volume_paths]
     work = WorkDir(workdir or default_workdir(outputs.labels))
     readable = [_box_readable(v) for v in volumes]
     # Lazily read inputs go through raw copies of their chunks (see .mirror).
