@@ -21,11 +21,11 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from ..errors import InputError
-from .templates import Template
+from .templates import Template, shared_folders
 
 #: A directive line as SLURM reads it: option, optionally '=' and a value of plain characters.
 SBATCH_LINE_RE = re.compile(r"#SBATCH --[a-z][a-z-]*(=[A-Za-z0-9_.:,%@+=/-]+)?")
-SHARED_FOLDER = "_shared"
+_INCLUDE_RE = re.compile(r"""\{%-?\s*include\s+["']([^"']+)["']""")
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def shell_quote(value: Any) -> str:
 def _environment(folder: Path) -> SandboxedEnvironment:
     # One per template folder: Jinja then compiles each script once (a dashboard renders
     # on every change of a form field); its loader still reloads files that changed.
-    loader = jinja2.FileSystemLoader([str(folder), str(folder.parent / SHARED_FOLDER)])
+    loader = jinja2.FileSystemLoader([str(folder), *map(str, shared_folders(folder))])
     return SandboxedEnvironment(
         loader=loader,
         undefined=jinja2.StrictUndefined,
@@ -105,7 +105,8 @@ def check_rendered(template: Template, script: str, text: str) -> None:
     """Refuse a rendered script with NUL bytes or with ``#SBATCH`` lines that are not plain.
 
     Also checks that rendering added no directive: the output has at most as many
-    ``#SBATCH`` lines as the template source.
+    ``#SBATCH`` lines as the template source and the shared files it includes
+    (``resources.sh.j2``).
     """
     where = f"{template.name}/{script}"
     if "\x00" in text:
@@ -115,5 +116,7 @@ def check_rendered(template: Template, script: str, text: str) -> None:
         if not SBATCH_LINE_RE.fullmatch(line):
             raise InputError(f"{where}: refusing directive {line[:80]!r}: values in #SBATCH lines must be plain words")
     source = template.sources.get(script, "")
-    if len(directives) > sum(1 for line in source.splitlines() if line.lstrip().startswith("#SBATCH")):
+    sources = [source, *(template.shared_sources.get(name, "") for name in set(_INCLUDE_RE.findall(source)))]
+    allowed = sum(1 for text in sources for line in text.splitlines() if line.lstrip().startswith("#SBATCH"))
+    if len(directives) > allowed:
         raise InputError(f"{where}: rendering added #SBATCH directives")
