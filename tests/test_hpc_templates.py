@@ -412,12 +412,16 @@ def test_shipped_templates_declare_only_their_own_parameters():
         form = yaml.safe_load((template.path / "form.yml").read_text())
         assert "resources" in form, template.name
         assert not set(form["parameters"]) & set(SHARED_RESOURCES), template.name
-        for source in template.sources.values():
+        header = (root / "_shared" / "resources.sh.j2").read_text()
+        for step in template.steps:
+            source = (template.path / step.script).read_text()
             # Only the job's name is the script's own; every resource directive comes from the include.
             assert [line for line in source.splitlines() if line.startswith("#SBATCH")] == [
                 line for line in source.splitlines() if line.startswith("#SBATCH --job-name=")
             ] != []
             assert '{% include "resources.sh.j2" %}' in source
+            # Template.sources shows the header written out, for the directive checks.
+            assert header.rstrip("\n") in template.sources[step.script]
         # job_name and workdir first, the template's own parameters, then the other resources.
         names = list(template.parameters)
         assert names[:2] == ["job_name", "workdir"]
@@ -480,9 +484,59 @@ def test_wrong_resource_sections_are_refused(tmp_path, resources, own, message):
 
 def test_directive_check_counts_the_included_header(tmp_path):
     template = hpc.load_template(_shared_template(tmp_path, "  {}\n"))
-    header = template.shared_sources["resources.sh.j2"]
+    header = (hpc.templates_dir({"slurm": {}}) / "_shared" / "resources.sh.j2").read_text()
     allowed = 1 + sum(line.startswith("#SBATCH") for line in header.splitlines())
     script = "#!/bin/bash\n" + "#SBATCH --nodes=1\n" * allowed
     check_rendered(template, "script.sh.j2", script)
     with pytest.raises(InputError, match="rendering added #SBATCH directives"):
         check_rendered(template, "script.sh.j2", script + "#SBATCH --nodes=2\n")
+
+
+# ---- Errors name their field: InputError.field, and every problem of a form in one pass.
+def test_input_error_carries_its_field_and_stays_compatible():
+    assert InputError("plain").field is None and str(InputError("plain")) == "plain"
+    assert InputError("m", field="mem").field == "mem" and isinstance(InputError("m"), ValueError)
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"mem": "lots"}, "mem"), ({"script": ""}, "script"), ({"job_name": "a b"}, "job_name"),
+        ({"workdir": "missing"}, "workdir"), ({"colour": "red"}, "colour"),
+        ({"partition": "nosuch"}, "partition"), ({"gpus": 1}, "gpus"), ({"qos": "high"}, "qos"),
+        ({"time": "02:00:00"}, "time"), ({"cpus": 16, "partition": "batch"}, "cpus"),
+    ],
+)
+def test_validation_errors_name_their_field(workdir, params, field):
+    template = hpc.load_template("python-script")
+    with pytest.raises(InputError) as raised:
+        hpc.validate_params(template, {"script": "run.py", **params}, cwd=workdir, cluster=_limits())
+    assert raised.value.field == field
+
+
+def test_locked_value_error_names_the_field(workdir):
+    with pytest.raises(InputError) as raised:
+        hpc.validate_params(hpc.load_template("jupyter"), {"command": "bash"}, cwd=workdir)
+    assert raised.value.field == "command"
+
+
+def test_form_errors_reports_every_field_in_one_pass(workdir, monkeypatch):
+    from unified_framework.hpc import validation
+
+    template = hpc.load_template("python-script")
+    values = {"job_name": "bad; rm", "mem": "lots", "cpus": 0, "time": "02:00:00", "qos": "high"}
+    calls = []
+    real = validation._validate_one
+    monkeypatch.setattr(validation, "_validate_one", lambda p, *a: calls.append(p.name) or real(p, *a))
+    errors = hpc.form_errors(template, values, cwd=workdir, cluster=_limits())
+    # One pass: each parameter is checked once (the dashboard used to validate N+1 times).
+    assert sorted(calls) == sorted(template.parameters)
+    # The cluster's limits are checked for the valid values (time, qos) too.
+    assert sorted(errors) == ["cpus", "job_name", "mem", "qos", "script", "time"]
+    assert all(error.field == name for name, error in errors.items())
+    assert "mem: 'lots' is not a memory size" in str(errors["mem"])
+    # validate_params raises the first of them, as before.
+    with pytest.raises(InputError) as raised:
+        hpc.validate_params(template, values, cwd=workdir, cluster=_limits())
+    assert str(raised.value) == str(next(iter(errors.values())))
+    assert hpc.form_errors(template, {"script": "run.py"}, cwd=workdir, cluster=_limits()) == {}

@@ -31,6 +31,7 @@ or ``required``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -59,6 +60,7 @@ REQUIRED_PARAMETERS = ("job_name", "workdir")
 #: The folder beside the templates with the shared parts: resources.yml, resources.sh.j2, environment.sh.j2.
 SHARED_FOLDER = "_shared"
 RESOURCES_FILE = "resources.yml"
+_INCLUDE_RE = re.compile(r"""\{%-?\s*include\s+["']([^"']+)["']\s*-?%\}""")
 
 
 @dataclass(frozen=True)
@@ -117,9 +119,10 @@ class Template:
     parameters: dict[str, Parameter]
     steps: tuple[JobStep, ...]
     readme: str = ""
+    #: Each job script's text, with every included shared file that prints ``#SBATCH``
+    #: lines (``resources.sh.j2``) written out in place of its ``{% include %}``: every
+    #: directive a script can print is visible here (the renderer's directive check).
     sources: dict[str, str] = field(default_factory=dict, repr=False)
-    #: The shared files the scripts may include (name -> text), for the renderer's directive check.
-    shared_sources: dict[str, str] = field(default_factory=dict, repr=False)
 
     def defaults(self) -> dict[str, Any]:
         """The default value of every parameter."""
@@ -204,10 +207,7 @@ def load_template(name_or_path: str | os.PathLike, root: str | os.PathLike | Non
         script = path / step.script
         if not script.is_file():
             raise InputError(f"{form}: job {step.name!r} names {step.script}, which does not exist")
-        sources[step.script] = script.read_text(encoding="utf-8")
-    shared_sources = {}
-    for folder in reversed(shared):  # the first folder wins, as in the renderer's loader
-        shared_sources.update({f.name: f.read_text(encoding="utf-8") for f in sorted(folder.glob("*.j2"))})
+        sources[step.script] = _with_shared_directives(script.read_text(encoding="utf-8"), shared)
     readme = path / "README.md"
     return Template(
         name=path.name,
@@ -218,8 +218,18 @@ def load_template(name_or_path: str | os.PathLike, root: str | os.PathLike | Non
         steps=steps,
         readme=readme.read_text(encoding="utf-8") if readme.is_file() else "",
         sources=sources,
-        shared_sources=shared_sources,
     )
+
+
+def _with_shared_directives(source: str, shared: list[Path]) -> str:
+    """``source`` with each included shared file that holds ``#SBATCH`` lines written out."""
+
+    def expand(match: re.Match) -> str:
+        found = next((f / match.group(1) for f in shared if (f / match.group(1)).is_file()), None)
+        text = found.read_text(encoding="utf-8") if found is not None else ""
+        return text.rstrip("\n") if "\n#SBATCH" in "\n" + text else match.group(0)
+
+    return _INCLUDE_RE.sub(expand, source)
 
 
 def _with_resources(form: Path, template_name: str, resources: Any, own: dict[str, Any], shared: list[Path]) -> dict:
