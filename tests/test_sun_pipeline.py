@@ -32,6 +32,8 @@ from unified_framework.sun.training import TrainingConfig, train_sun
 from unified_framework.sun.training.losses import dice_per_class
 
 torch.set_num_threads(2)
+#: Fixtures that train a model: tests using them are marked slow (tests/conftest.py).
+SLOW_FIXTURES = ("trained", "fusion_model")
 SIZE = (48, 48, 48)
 FIXTURE_CONFIG = TrainingConfig(
     axes="9", depth=3, base_width=8, input_size=48, batch_size=8, steps=800, learning_rate=3e-3, val_every=100, log_every=20, patience=0, checkpoint_every=200
