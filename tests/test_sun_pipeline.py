@@ -325,6 +325,7 @@ def test_cli_predict_plan_merge_and_bad_inputs(trained, volume_file, tmp_path, c
     assert json.loads(capsys.readouterr().out)["class_names"] == list(CLASS_NAMES)
 
 
+@pytest.mark.slow  # trains a model (about 20-70 s on 2 cores)
 def test_training_resumes_after_a_kill(tmp_path):
     image, labels = make_implant_phantom((24, 32, 32), seed=2)
     config = TrainingConfig(axes="z,y+x", depth=2, base_width=4, input_size=32, batch_size=4, steps=30, val_every=10, log_every=5, checkpoint_every=10, patience=0)
@@ -346,6 +347,7 @@ def test_training_resumes_after_a_kill(tmp_path):
         train_sun([image], [labels], tmp_path / "whole.pt", changed)
 
 
+@pytest.mark.slow  # trains a model (about 20-70 s on 2 cores)
 def test_training_stops_early_without_improvement(tmp_path):
     image, labels = make_implant_phantom((24, 32, 32), seed=2)
     config = TrainingConfig(axes="3", depth=2, base_width=4, input_size=32, batch_size=2, steps=500, learning_rate=1e-9, val_every=5, patience=2, checkpoint_every=50)
