@@ -432,7 +432,10 @@ def test_shipped_templates_declare_only_their_own_parameters():
     assert "gpus" not in hpc.load_template("score").parameters
 
 
-def _shared_template(root: Path, resources: str, own: str = "  note: {type: string, default: '', help: text}\n") -> Path:
+NOTE = "  note: {type: string, default: '', help: text}\n"
+
+
+def _shared_template(root: Path, resources: str, own: str = NOTE) -> Path:
     folder = root / "mine"
     folder.mkdir(parents=True)
     (folder / "form.yml").write_text(f"title: Mine\nresources:\n{resources}parameters:\n{own}")
@@ -479,7 +482,7 @@ def test_a_template_can_leave_out_a_resource(tmp_path):
 )
 def test_wrong_resource_sections_are_refused(tmp_path, resources, own, message):
     with pytest.raises(InputError, match=message):
-        hpc.load_template(_shared_template(tmp_path, resources, own or "  note: {type: string, default: '', help: t}\n"))
+        hpc.load_template(_shared_template(tmp_path, resources, own or NOTE))
 
 
 def test_directive_check_counts_the_included_header(tmp_path):

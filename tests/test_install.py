@@ -65,7 +65,8 @@ def test_a_wheel_install_works_outside_the_checkout(wheel, tmp_path):
     env.update(HOME=str(tmp_path), MDLMA_CONFIG=str(tmp_path / "config.toml"), PATH=f"{venv / 'bin'}:{env['PATH']}")
 
     def mdlma(*args: str) -> str:
-        done = subprocess.run([str(venv / "bin" / "mdlma"), *args], cwd=outside, env=env, capture_output=True, text=True)
+        done = subprocess.run([str(venv / "bin" / "mdlma"), *args], cwd=outside, env=env,
+                              capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         return done.stdout
 

@@ -224,7 +224,7 @@ def load_template(name_or_path: str | os.PathLike, root: str | os.PathLike | Non
 def _with_shared_directives(source: str, shared: list[Path]) -> str:
     """``source`` with each included shared file that holds ``#SBATCH`` lines written out."""
 
-    def expand(match: re.Match) -> str:
+    def expand(match: re.Match[str]) -> str:
         found = next((f / match.group(1) for f in shared if (f / match.group(1)).is_file()), None)
         text = found.read_text(encoding="utf-8") if found is not None else ""
         return text.rstrip("\n") if "\n#SBATCH" in "\n" + text else match.group(0)
@@ -253,7 +253,9 @@ def _with_resources(form: Path, template_name: str, resources: Any, own: dict[st
         raise InputError(f"{form}: 'resources' must map resource names to changed keys (or false to leave one out)")
     unknown = sorted(set(resources) - set(declared))
     if unknown:
-        raise InputError(f"{form}: resources: {unknown[0]!r} is not a shared resource; expected one of {', '.join(declared)}")
+        raise InputError(
+            f"{form}: resources: {unknown[0]!r} is not a shared resource; expected one of {', '.join(declared)}"
+        )
     twice = sorted(set(own) & set(declared))
     if twice:
         raise InputError(f"{form}: parameter {twice[0]!r} is a shared resource; change it under 'resources:' instead")

@@ -507,7 +507,7 @@ def _cluster_errors(template: Template, values: dict[str, Any], cluster: Cluster
             f"{template.name}: partition {name!r} does not exist here; available: {', '.join(cluster.partitions)}",
             field=partition_field,
         )]
-    errors = []
+    errors: list[InputError] = []
     partition = cluster.partitions.get(name) if name else None
     qos = values.get(by_type.get("qos", ""), "")
     if qos and cluster.qos is not None and qos not in cluster.qos:
