@@ -464,6 +464,11 @@ def test_a_new_template_gets_the_shared_header_from_a_site_folder(tmp_path):
 
 
 def test_a_template_can_leave_out_a_resource(tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "form.yml").write_text("resources: {}\n")  # nothing of its own: no 'parameters:' needed
+    (bare / "script.sh.j2").write_text('#!/bin/bash\n#SBATCH --job-name={{ job_name }}\n{% include "resources.sh.j2" %}\n')
+    assert list(hpc.load_template(bare).parameters) == list(SHARED_RESOURCES)
     template = hpc.load_template(_shared_template(tmp_path, "  gpus: false\n"))
     assert "gpus" not in template.parameters
     text = hpc.render(template, hpc.validate_params(template, {}, cwd=tmp_path))[0].text

@@ -191,6 +191,8 @@ def load_template(name_or_path: str | os.PathLike, root: str | os.PathLike | Non
         spec = yaml.safe_load(form.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"{form}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if isinstance(spec, dict) and "resources" in spec and spec.get("parameters") is None:
+        spec["parameters"] = {}  # a template with the shared resources and nothing of its own
     if not isinstance(spec, dict) or not isinstance(spec.get("parameters"), dict):
         raise InputError(f"{form}: expected a mapping with a 'parameters' mapping")
     shared = shared_folders(path)
