@@ -209,7 +209,8 @@ def load_template(name_or_path: str | os.PathLike, root: str | os.PathLike | Non
         script = path / step.script
         if not script.is_file():
             raise InputError(f"{form}: job {step.name!r} names {step.script}, which does not exist")
-        sources[step.script] = _with_shared_directives(script.read_text(encoding="utf-8"), shared)
+        # Looked up as the renderer's loader does: the template's folder, then the shared ones.
+        sources[step.script] = _with_shared_directives(script.read_text(encoding="utf-8"), [path, *shared])
     readme = path / "README.md"
     return Template(
         name=path.name,
@@ -223,11 +224,11 @@ def load_template(name_or_path: str | os.PathLike, root: str | os.PathLike | Non
     )
 
 
-def _with_shared_directives(source: str, shared: list[Path]) -> str:
-    """``source`` with each included shared file that holds ``#SBATCH`` lines written out."""
+def _with_shared_directives(source: str, folders: list[Path]) -> str:
+    """``source`` with each included file (first found in ``folders``) that holds ``#SBATCH`` lines written out."""
 
     def expand(match: re.Match[str]) -> str:
-        found = next((f / match.group(1) for f in shared if (f / match.group(1)).is_file()), None)
+        found = next((f / match.group(1) for f in folders if (f / match.group(1)).is_file()), None)
         text = found.read_text(encoding="utf-8") if found is not None else ""
         return text.rstrip("\n") if "\n#SBATCH" in "\n" + text else match.group(0)
 
