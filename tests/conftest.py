@@ -53,3 +53,16 @@ def _isolated_config(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("mdlma-home")
     monkeypatch.setenv("MDLMA_CONFIG", str(home / "config.toml"))
     monkeypatch.setenv("MDLMA_HOME", str(home / "data"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``slow`` every test that uses a fixture its module names in ``SLOW_FIXTURES``.
+
+    pytest has no marks on fixtures; a session fixture that trains a model makes slow
+    every test that needs it, whoever writes the next such test. ``scripts/test --fast``
+    leaves the ``slow`` tests out.
+    """
+    for item in items:
+        module = getattr(item, "module", None)
+        if set(getattr(module, "SLOW_FIXTURES", ())) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -310,3 +310,33 @@ def test_dashboard_command_line():
             build_command(dashboard_args(**bad), 8501)
     with pytest.raises(InputError, match="port"):
         build_command(dashboard_args(), 70000)
+
+
+def test_composer_errors_go_to_the_field_the_error_names(tmp_path):
+    # The field comes from InputError.field, not from the message: here the partition
+    # parameter is called 'queue' and another parameter is called 'partition', so the
+    # message "partition 'nosuch' does not exist" must still land under 'queue'.
+    from unified_framework.hpc import ClusterLimits, load_template
+    from unified_framework.hpc.slurm import SEP, parse_sinfo
+
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    (folder / "script.sh.j2").write_text("#!/bin/bash\n#SBATCH --job-name={{ job_name }}\necho {{ partition }}\n")
+    (folder / "form.yml").write_text("""
+parameters:
+  job_name: {type: name, default: demo, help: Name.}
+  workdir: {type: path, default: ".", help: Folder., kind: dir}
+  partition: {type: string, default: "x", help: A label that happens to be called partition.}
+  queue: {type: partition, default: "", help: Partition.}
+  mem: {type: memory, default: 1G, help: Memory.}
+""")
+    template = load_template(folder)
+    node = SEP.join(["n1", "debug*", "idle", "8", "0/8/0/8", "32000", "30000", "(null)", "(null)"])
+    partitions, _ = parse_sinfo(SEP.join(["debug*", "up", "1:00:00", "10:00"]), node)
+    cluster = ClusterLimits({p.name: p for p in partitions})
+    errors = forms.field_errors(template, {"queue": "nosuch", "mem": "9X"}, cwd=str(tmp_path), cluster=cluster)
+    assert errors == {
+        "mem": "mem: '9X' is not a memory size; use e.g. 500M, 4G, 1T",
+        "queue": "partition 'nosuch' does not exist here; available: debug",
+    }
+    assert forms.field_errors(template, {"colour": "red"}, cwd=str(tmp_path))[""].startswith("unknown parameter")

@@ -396,3 +396,155 @@ def test_quota_parser():
         "/home": (102400 * 1024, 600000 * 1024),
         "/scratch": (9000000 * 1024, 8000000 * 1024),
     }
+
+
+# ---- One #SBATCH header: the resource parameters and directives live in slurm_templates/_shared/.
+SHARED_RESOURCES = ("job_name", "workdir", "cpus", "mem", "time", "gpus", "partition", "account", "qos")
+
+
+def test_shipped_templates_declare_only_their_own_parameters():
+    import yaml
+
+    root = hpc.templates_dir({"slurm": {}})
+    shared = yaml.safe_load((root / "_shared" / "resources.yml").read_text())["parameters"]
+    assert tuple(shared) == SHARED_RESOURCES
+    for template in hpc.list_templates(root):
+        form = yaml.safe_load((template.path / "form.yml").read_text())
+        assert "resources" in form, template.name
+        assert not set(form["parameters"]) & set(SHARED_RESOURCES), template.name
+        header = (root / "_shared" / "resources.sh.j2").read_text()
+        for step in template.steps:
+            source = (template.path / step.script).read_text()
+            # Only the job's name is the script's own; every resource directive comes from the include.
+            assert [line for line in source.splitlines() if line.startswith("#SBATCH")] == [
+                line for line in source.splitlines() if line.startswith("#SBATCH --job-name=")
+            ] != []
+            assert '{% include "resources.sh.j2" %}' in source
+            # Template.sources shows the header written out, for the directive checks.
+            assert header.rstrip("\n") in template.sources[step.script]
+        # job_name and workdir first, the template's own parameters, then the other resources.
+        names = list(template.parameters)
+        assert names[:2] == ["job_name", "workdir"]
+        assert [n for n in names if n in SHARED_RESOURCES][2:] == [
+            n for n in SHARED_RESOURCES[2:] if n in template.parameters
+        ]
+        assert template.parameters["job_name"].default == template.name
+    assert "gpus" not in hpc.load_template("score").parameters
+
+
+NOTE = "  note: {type: string, default: '', help: text}\n"
+
+
+def _shared_template(root: Path, resources: str, own: str = NOTE) -> Path:
+    folder = root / "mine"
+    folder.mkdir(parents=True)
+    (folder / "form.yml").write_text(f"title: Mine\nresources:\n{resources}parameters:\n{own}")
+    (folder / "script.sh.j2").write_text(
+        '#!/bin/bash\n#SBATCH --job-name={{ job_name }}\n{% include "resources.sh.j2" %}\necho {{ note }}\n'
+    )
+    return folder
+
+
+def test_a_new_template_gets_the_shared_header_from_a_site_folder(tmp_path):
+    # A site's templates folder without its own _shared/ uses the framework's.
+    template = hpc.load_template(_shared_template(tmp_path, "  mem: {default: 3G}\n  gpus: {max: 2}\n"))
+    assert list(template.parameters) == ["job_name", "workdir", "note", *SHARED_RESOURCES[2:]]
+    assert template.parameters["job_name"].default == "mine"
+    assert template.parameters["mem"].default == "3G" and template.parameters["gpus"].max == 2
+    assert template.parameters["cpus"].help == "CPU cores."
+    values = hpc.validate_params(template, {"gpus": 2, "partition": "p", "qos": "q", "account": "a"}, cwd=tmp_path)
+    text = hpc.render(template, values)[0].text
+    assert text.startswith(
+        "#!/bin/bash\n#SBATCH --job-name=mine\n#SBATCH --nodes=1\n#SBATCH --ntasks=1\n#SBATCH --cpus-per-task=1\n"
+        "#SBATCH --mem=3G\n#SBATCH --time=01:00:00\n#SBATCH --partition=p\n#SBATCH --account=a\n#SBATCH --qos=q\n"
+        "#SBATCH --gres=gpu:2\necho ''\n"
+    )
+    with pytest.raises(InputError, match="gpus: 3 is above the maximum 2"):
+        hpc.validate_params(template, {"gpus": 3}, cwd=tmp_path)
+
+
+def test_a_template_can_leave_out_a_resource(tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "form.yml").write_text("resources: {}\n")  # nothing of its own: no 'parameters:' needed
+    (bare / "script.sh.j2").write_text('#!/bin/bash\n#SBATCH --job-name={{ job_name }}\n{% include "resources.sh.j2" %}\n')
+    assert list(hpc.load_template(bare).parameters) == list(SHARED_RESOURCES)
+    template = hpc.load_template(_shared_template(tmp_path, "  gpus: false\n"))
+    assert "gpus" not in template.parameters
+    text = hpc.render(template, hpc.validate_params(template, {}, cwd=tmp_path))[0].text
+    assert "--gres" not in text and "#SBATCH --mem=4G\n" in text
+
+
+@pytest.mark.parametrize(
+    ("resources", "own", "message"),
+    [
+        ("  colour: {default: red}\n", "", "'colour' is not a shared resource; expected one of job_name, workdir"),
+        ("  mem: 4G\n", "", "'mem' must be a mapping of changed keys or false"),
+        ("  job_name: false\n", "", "'job_name' must be a mapping of changed keys$"),
+        ("  {}\n", "  cpus: {type: cpus, default: 1, min: 1, max: 2, help: c}\n", "'cpus' is a shared resource"),
+        ("  mem: {default: 4G, size: 2}\n", "", "parameter 'mem': unknown keys"),
+    ],
+)
+def test_wrong_resource_sections_are_refused(tmp_path, resources, own, message):
+    with pytest.raises(InputError, match=message):
+        hpc.load_template(_shared_template(tmp_path, resources, own or NOTE))
+
+
+def test_directive_check_counts_the_included_header(tmp_path):
+    template = hpc.load_template(_shared_template(tmp_path, "  {}\n"))
+    header = (hpc.templates_dir({"slurm": {}}) / "_shared" / "resources.sh.j2").read_text()
+    allowed = 1 + sum(line.startswith("#SBATCH") for line in header.splitlines())
+    script = "#!/bin/bash\n" + "#SBATCH --nodes=1\n" * allowed
+    check_rendered(template, "script.sh.j2", script)
+    with pytest.raises(InputError, match="rendering added #SBATCH directives"):
+        check_rendered(template, "script.sh.j2", script + "#SBATCH --nodes=2\n")
+
+
+# ---- Errors name their field: InputError.field, and every problem of a form in one pass.
+def test_input_error_carries_its_field_and_stays_compatible():
+    assert InputError("plain").field is None and str(InputError("plain")) == "plain"
+    assert InputError("m", field="mem").field == "mem" and isinstance(InputError("m"), ValueError)
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"mem": "lots"}, "mem"), ({"script": ""}, "script"), ({"job_name": "a b"}, "job_name"),
+        ({"workdir": "missing"}, "workdir"), ({"colour": "red"}, "colour"),
+        ({"partition": "nosuch"}, "partition"), ({"gpus": 1}, "gpus"), ({"qos": "high"}, "qos"),
+        ({"time": "02:00:00"}, "time"), ({"cpus": 16, "partition": "batch"}, "cpus"),
+    ],
+)
+def test_validation_errors_name_their_field(workdir, params, field):
+    template = hpc.load_template("python-script")
+    with pytest.raises(InputError) as raised:
+        hpc.validate_params(template, {"script": "run.py", **params}, cwd=workdir, cluster=_limits())
+    assert raised.value.field == field
+
+
+def test_locked_value_error_names_the_field(workdir):
+    with pytest.raises(InputError) as raised:
+        hpc.validate_params(hpc.load_template("jupyter"), {"command": "bash"}, cwd=workdir)
+    assert raised.value.field == "command"
+
+
+def test_form_errors_reports_every_field_in_one_pass(workdir, monkeypatch):
+    from unified_framework.hpc import validation
+
+    template = hpc.load_template("python-script")
+    values = {"job_name": "bad; rm", "mem": "lots", "cpus": 0, "time": "02:00:00", "qos": "high"}
+    calls = []
+    real = validation._validate_one
+    monkeypatch.setattr(validation, "_validate_one", lambda p, *a: calls.append(p.name) or real(p, *a))
+    errors = hpc.form_errors(template, values, cwd=workdir, cluster=_limits())
+    # One pass: each parameter is checked once (the dashboard used to validate N+1 times).
+    assert sorted(calls) == sorted(template.parameters)
+    # The cluster's limits are checked for the valid values (time, qos) too.
+    assert sorted(errors) == ["cpus", "job_name", "mem", "qos", "script", "time"]
+    assert all(error.field == name for name, error in errors.items())
+    assert "mem: 'lots' is not a memory size" in str(errors["mem"])
+    # validate_params raises the first of them, as before.
+    with pytest.raises(InputError) as raised:
+        hpc.validate_params(template, values, cwd=workdir, cluster=_limits())
+    assert str(raised.value) == str(next(iter(errors.values())))
+    assert hpc.form_errors(template, {"script": "run.py"}, cwd=workdir, cluster=_limits()) == {}

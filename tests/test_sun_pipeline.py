@@ -32,6 +32,8 @@ from unified_framework.sun.training import TrainingConfig, train_sun
 from unified_framework.sun.training.losses import dice_per_class
 
 torch.set_num_threads(2)
+#: Fixtures that train a model: tests using them are marked slow (tests/conftest.py).
+SLOW_FIXTURES = ("trained", "fusion_model")
 SIZE = (48, 48, 48)
 FIXTURE_CONFIG = TrainingConfig(
     axes="9", depth=3, base_width=8, input_size=48, batch_size=8, steps=800, learning_rate=3e-3, val_every=100, log_every=20, patience=0, checkpoint_every=200
@@ -323,6 +325,7 @@ def test_cli_predict_plan_merge_and_bad_inputs(trained, volume_file, tmp_path, c
     assert json.loads(capsys.readouterr().out)["class_names"] == list(CLASS_NAMES)
 
 
+@pytest.mark.slow  # trains a model (about 20-70 s on 2 cores)
 def test_training_resumes_after_a_kill(tmp_path):
     image, labels = make_implant_phantom((24, 32, 32), seed=2)
     config = TrainingConfig(axes="z,y+x", depth=2, base_width=4, input_size=32, batch_size=4, steps=30, val_every=10, log_every=5, checkpoint_every=10, patience=0)
@@ -344,6 +347,7 @@ def test_training_resumes_after_a_kill(tmp_path):
         train_sun([image], [labels], tmp_path / "whole.pt", changed)
 
 
+@pytest.mark.slow  # trains a model (about 20-70 s on 2 cores)
 def test_training_stops_early_without_improvement(tmp_path):
     image, labels = make_implant_phantom((24, 32, 32), seed=2)
     config = TrainingConfig(axes="3", depth=2, base_width=4, input_size=32, batch_size=2, steps=500, learning_rate=1e-9, val_every=5, patience=2, checkpoint_every=50)

@@ -33,8 +33,8 @@ DEFAULTS: dict[str, Any] = {
     # Local SQLite catalogue used when no SciCat server is configured.
     "catalogue": "~/mdlma/catalogue.sqlite",
     # backend: auto (SLURM when sbatch exists, else local subprocesses), slurm or local.
-    # prefix/modulepath/templates_dir: empty = <clone>/.mdlma, <prefix>/modulefiles,
-    # <clone>/slurm_templates.
+    # prefix/modulepath/templates_dir: empty = the installation's (unified_framework.shipped:
+    # <clone>/.mdlma or the folder holding the venv), <prefix>/modulefiles, its slurm_templates/.
     "slurm": {"default_partition": "", "default_account": "", "module": "mdlma/unified-framework",
               "backend": "auto", "prefix": "", "modulepath": "", "templates_dir": ""},
     # owner* / contact_email / creation_location fall back to the login name, its

@@ -8,7 +8,6 @@ of :mod:`.cluster`. The composer page turns the specs into widgets.
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,47 +111,20 @@ def _as_number(value: Any, kind: type):
         return None
 
 
-def _field_of(template, message: str) -> str | None:
-    """The parameter an :class:`InputError` of ``validate_params`` is about (None if unclear)."""
-    prefix = f"{template.name}: "
-    rest = message[len(prefix):] if message.startswith(prefix) else message
-    first = re.split(r"[\s:=]", rest, maxsplit=1)[0]
-    if first in template.parameters:
-        return first
-    by_type = {"partition": "partition", "QoS": "qos"}
-    if first in by_type:
-        return next((n for n, p in template.parameters.items() if p.type == by_type[first]), None)
-    return None
-
-
 def field_errors(template, values: Mapping[str, Any], *, cwd: str | None = None, cluster=None) -> dict[str, str]:
     """Validate the form and return a message per invalid parameter (empty when all is well).
 
-    :func:`unified_framework.hpc.validate_params` stops at the first problem; to show
-    every problem next to its field, each invalid value is reported and replaced by its
-    default before validating again. A problem that names no parameter is returned
-    under the key ``""``.
+    One pass of :func:`unified_framework.hpc.form_errors`: every problem comes with the
+    parameter it is about (``InputError.field``). The template's name is left out of
+    the message (the page shows it once); a problem that names no parameter of the
+    form is returned under the key ``""``.
     """
-    from unified_framework.errors import InputError
-    from unified_framework.hpc import validate_params
+    from unified_framework.hpc import form_errors
 
+    prefix = f"{template.name}: "
     errors: dict[str, str] = {}
-    trial = dict(values)
-    for _ in range(len(template.parameters) + 1):
-        try:
-            validate_params(template, trial, cwd=cwd, cluster=cluster)
-            return errors
-        except InputError as exc:
-            message = str(exc)
-            name = _field_of(template, message)
-            text = message.removeprefix(f"{template.name}: ")
-            if name is None:
-                errors[""] = text
-                return errors
-            if name in errors:  # its default is invalid too: the user must fill it in
-                return errors
-            errors[name] = text
-            trial[name] = template.parameters[name].default
+    for name, error in form_errors(template, values, cwd=cwd, cluster=cluster).items():
+        errors.setdefault(name if name in template.parameters else "", str(error).removeprefix(prefix))
     return errors
 
 

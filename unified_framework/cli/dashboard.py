@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from ..errors import BackendUnavailable, InputError
+from ..shipped import shipped_dir
 
 
 def register(subparsers) -> None:
@@ -50,15 +51,17 @@ def register(subparsers) -> None:
 def dashboard_app() -> Path:
     """Return the path of the dashboard's entry script in this installation.
 
+    Found through :func:`unified_framework.shipped.shipped_dir` (the clone's
+    ``dashboard/``, or the copy an installed wheel put below ``share/mdlma``).
+
     Raises
     ------
     BackendUnavailable
-        When the installation has no ``dashboard/`` folder next to the package
-        (a non-editable install that did not ship it).
+        When the installation has no ``dashboard/app.py``.
     """
-    app = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+    app = shipped_dir("dashboard") / "app.py"
     if not app.is_file():
-        raise BackendUnavailable(f"dashboard app not found at {app}; install the framework from its clone (scripts/install)")
+        raise BackendUnavailable(f"dashboard app not found at {app}; reinstall the framework (scripts/install)")
     return app
 
 

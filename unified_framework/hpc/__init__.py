@@ -46,13 +46,13 @@ from .slurm import (
     SlurmUnavailable,
 )
 from .templates import Parameter, Template, list_templates, load_template, templates_dir
-from .validation import ClusterLimits, validate_params
+from .validation import ClusterLimits, form_errors, validate_params
 
 __all__ = [
     "FINISHED_STATES", "ClusterLimits", "DiskUsage", "JobAccounting", "JobEntry", "JobRecord", "JobStatus",
     "Node", "Parameter", "Partition", "PreparedJob", "RenderedJob", "Resources", "SlurmError", "SlurmRejected",
     "SlurmUnavailable", "Template", "backend_name", "cancel", "check_submission", "cluster_limits",
-    "current_user", "disk_usage", "history", "install_prefix", "list_records", "list_templates",
+    "current_user", "disk_usage", "form_errors", "history", "install_prefix", "list_records", "list_templates",
     "load_params_file", "load_record", "load_template", "prepare", "release", "render", "resources",
     "resubmit", "status", "submit", "templates_dir", "validate_params",
 ]

@@ -29,6 +29,7 @@ import yaml
 from .. import __version__
 from ..config import load_config
 from ..errors import BackendUnavailable, InputError
+from ..shipped import default_prefix
 from ..utils.atomic import write_text_atomic
 from . import local, slurm
 from .records import RECORDS_FOLDER, JobEntry, JobRecord, load_record, new_record_dir
@@ -40,7 +41,6 @@ from .validation import ClusterLimits, validate_params
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "slurm", "local")
-_REPO = Path(__file__).resolve().parents[2]
 _ARRAY_DIRECTIVE = re.compile(r"^#SBATCH --array=(\S+)$", re.MULTILINE)
 
 
@@ -77,10 +77,12 @@ def backend_name(backend: str | None = None, config: Mapping[str, Any] | None = 
 def install_prefix(config: Mapping[str, Any] | None = None) -> Path:
     """The framework's install prefix, used by batch scripts without Lmod.
 
-    ``slurm.prefix`` in the configuration, else ``$MDLMA_PREFIX``, else ``<clone>/.mdlma``.
+    ``slurm.prefix`` in the configuration, else ``$MDLMA_PREFIX``, else
+    :func:`unified_framework.shipped.default_prefix` (``<clone>/.mdlma`` in a checkout,
+    the folder holding the running venv otherwise).
     """
     configured = _slurm_section(_config(config)).get("prefix") or os.environ.get("MDLMA_PREFIX")
-    return Path(configured).expanduser().absolute() if configured else _REPO / ".mdlma"
+    return Path(configured).expanduser().absolute() if configured else default_prefix()
 
 
 def script_context(template: Template, config: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -21,11 +21,10 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from ..errors import InputError
-from .templates import Template
+from .templates import Template, shared_folders
 
 #: A directive line as SLURM reads it: option, optionally '=' and a value of plain characters.
 SBATCH_LINE_RE = re.compile(r"#SBATCH --[a-z][a-z-]*(=[A-Za-z0-9_.:,%@+=/-]+)?")
-SHARED_FOLDER = "_shared"
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ def shell_quote(value: Any) -> str:
 def _environment(folder: Path) -> SandboxedEnvironment:
     # One per template folder: Jinja then compiles each script once (a dashboard renders
     # on every change of a form field); its loader still reloads files that changed.
-    loader = jinja2.FileSystemLoader([str(folder), str(folder.parent / SHARED_FOLDER)])
+    loader = jinja2.FileSystemLoader([str(folder), *map(str, shared_folders(folder))])
     return SandboxedEnvironment(
         loader=loader,
         undefined=jinja2.StrictUndefined,
@@ -105,7 +104,8 @@ def check_rendered(template: Template, script: str, text: str) -> None:
     """Refuse a rendered script with NUL bytes or with ``#SBATCH`` lines that are not plain.
 
     Also checks that rendering added no directive: the output has at most as many
-    ``#SBATCH`` lines as the template source.
+    ``#SBATCH`` lines as the template source (where the shared resource header is
+    written out, see :attr:`.Template.sources`).
     """
     where = f"{template.name}/{script}"
     if "\x00" in text:

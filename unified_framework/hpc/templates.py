@@ -9,10 +9,19 @@ script; more scripts for templates that submit several dependent jobs) and a
     jobs:                       # optional; default: one job from script.sh.j2
       - {name: predict, script: script.sh.j2}
       - {name: merge, script: merge.sh.j2, after: predict}   # afterok dependency
-    parameters:
-      job_name: {type: name, default: python-script, help: Name shown in the queue.}
-      cpus: {type: int, default: 1, min: 1, max: 64, help: CPU cores.}
-      partition: {type: partition, default: "", locked: true, help: ...}
+    resources:                  # the shared resource parameters; only what differs
+      mem: {default: 2G}
+      partition: {locked: true}
+      gpus: false               # this template has no GPU parameter
+    parameters:                 # the template's own parameters
+      script: {type: path, kind: file, required: true, default: "", help: The script.}
+
+The resource parameters (``job_name``, ``workdir``, ``cpus``, ``mem``, ``time``,
+``gpus``, ``partition``, ``account``, ``qos``) are declared once, in
+``_shared/resources.yml`` (:data:`SHARED_FOLDER`), and printed by
+``_shared/resources.sh.j2``; a form with a ``resources:`` section takes them from
+there. A form without one declares every parameter itself (a site's older templates),
+and must then declare at least ``job_name`` and ``workdir``.
 
 Parameter types and their keys are described in ``docs/slurm.md``; every parameter has
 ``type``, ``default`` and ``help``, and may be ``locked`` (fixed by the administrator)
@@ -22,6 +31,7 @@ or ``required``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,7 +39,8 @@ from typing import Any, Mapping
 import yaml
 
 from ..config import load_config
-from ..errors import InputError
+from ..errors import BackendUnavailable, InputError
+from ..shipped import shipped_dir
 
 #: Parameter types understood by :mod:`.validation`.
 PARAMETER_TYPES = frozenset(
@@ -46,7 +57,10 @@ _PARAMETER_KEYS = frozenset(
 )
 #: Every template must have these parameters: the library relies on them.
 REQUIRED_PARAMETERS = ("job_name", "workdir")
-_REPO_TEMPLATES = Path(__file__).resolve().parents[2] / "slurm_templates"
+#: The folder beside the templates with the shared parts: resources.yml, resources.sh.j2, environment.sh.j2.
+SHARED_FOLDER = "_shared"
+RESOURCES_FILE = "resources.yml"
+_INCLUDE_RE = re.compile(r"""\{%-?\s*include\s+["']([^"']+)["']\s*-?%\}""")
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,9 @@ class Template:
     parameters: dict[str, Parameter]
     steps: tuple[JobStep, ...]
     readme: str = ""
+    #: Each job script's text, with every included shared file that prints ``#SBATCH``
+    #: lines (``resources.sh.j2``) written out in place of its ``{% include %}``: every
+    #: directive a script can print is visible here (the renderer's directive check).
     sources: dict[str, str] = field(default_factory=dict, repr=False)
 
     def defaults(self) -> dict[str, Any]:
@@ -116,12 +133,32 @@ def templates_dir(config: Mapping[str, Any] | None = None) -> Path:
     """Folder holding the template folders.
 
     ``slurm.templates_dir`` in the configuration (``MDLMA_SLURM_TEMPLATES_DIR``) if set,
-    else the ``slurm_templates/`` folder of the source tree.
+    else the ``slurm_templates/`` folder of the installation
+    (:func:`unified_framework.shipped.shipped_dir`: the clone's, or the wheel's data files).
+
+    Examples
+    --------
+    >>> (templates_dir({"slurm": {}}) / "python-script" / "form.yml").is_file()
+    True
     """
     if config is None:
         config = load_config()
     configured = (config.get("slurm") or {}).get("templates_dir")
-    return Path(configured).expanduser() if configured else _REPO_TEMPLATES
+    return Path(configured).expanduser() if configured else shipped_dir("slurm_templates")
+
+
+def shared_folders(template_folder: Path) -> list[Path]:
+    """Where a template's scripts find shared files, first match wins.
+
+    The ``_shared`` folder beside the template (a site's templates folder may bring its
+    own), then the one shipped with the framework.
+    """
+    folders = [template_folder.parent / SHARED_FOLDER]
+    try:
+        folders.append(shipped_dir("slurm_templates") / SHARED_FOLDER)
+    except BackendUnavailable:  # a site's templates_dir can bring everything itself
+        pass
+    return [f for f in dict.fromkeys(p.resolve() for p in folders) if f.is_dir()]
 
 
 def list_templates(root: str | os.PathLike | None = None) -> list[Template]:
@@ -154,9 +191,15 @@ def load_template(name_or_path: str | os.PathLike, root: str | os.PathLike | Non
         spec = yaml.safe_load(form.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"{form}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if isinstance(spec, dict) and "resources" in spec and spec.get("parameters") is None:
+        spec["parameters"] = {}  # a template with the shared resources and nothing of its own
     if not isinstance(spec, dict) or not isinstance(spec.get("parameters"), dict):
         raise InputError(f"{form}: expected a mapping with a 'parameters' mapping")
-    parameters = {name: _parameter(form, name, entry) for name, entry in spec["parameters"].items()}
+    shared = shared_folders(path)
+    entries = dict(spec["parameters"])
+    if "resources" in spec:
+        entries = _with_resources(form, path.name, spec["resources"], entries, shared)
+    parameters = {name: _parameter(form, name, entry) for name, entry in entries.items()}
     for name in REQUIRED_PARAMETERS:
         if name not in parameters:
             raise InputError(f"{form}: parameter {name!r} is required in every template")
@@ -166,7 +209,8 @@ def load_template(name_or_path: str | os.PathLike, root: str | os.PathLike | Non
         script = path / step.script
         if not script.is_file():
             raise InputError(f"{form}: job {step.name!r} names {step.script}, which does not exist")
-        sources[step.script] = script.read_text(encoding="utf-8")
+        # Looked up as the renderer's loader does: the template's folder, then the shared ones.
+        sources[step.script] = _with_shared_directives(script.read_text(encoding="utf-8"), [path, *shared])
     readme = path / "README.md"
     return Template(
         name=path.name,
@@ -178,6 +222,59 @@ def load_template(name_or_path: str | os.PathLike, root: str | os.PathLike | Non
         readme=readme.read_text(encoding="utf-8") if readme.is_file() else "",
         sources=sources,
     )
+
+
+def _with_shared_directives(source: str, folders: list[Path]) -> str:
+    """``source`` with each included file (first found in ``folders``) that holds ``#SBATCH`` lines written out."""
+
+    def expand(match: re.Match[str]) -> str:
+        found = next((f / match.group(1) for f in folders if (f / match.group(1)).is_file()), None)
+        text = found.read_text(encoding="utf-8") if found is not None else ""
+        return text.rstrip("\n") if "\n#SBATCH" in "\n" + text else match.group(0)
+
+    return _INCLUDE_RE.sub(expand, source)
+
+
+def _with_resources(form: Path, template_name: str, resources: Any, own: dict[str, Any], shared: list[Path]) -> dict:
+    """The form's parameters with the shared resource parameters, changed as ``resources:`` says.
+
+    Order: ``job_name`` and ``workdir``, the template's own parameters, then the other
+    resources in the order of ``resources.yml``.
+    """
+    source = next((f / RESOURCES_FILE for f in shared if (f / RESOURCES_FILE).is_file()), None)
+    if source is None:
+        raise InputError(f"{form}: 'resources' needs {SHARED_FOLDER}/{RESOURCES_FILE}, which was not found")
+    try:
+        declared = (yaml.safe_load(source.read_text(encoding="utf-8")) or {}).get("parameters")
+    except (yaml.YAMLError, AttributeError):
+        declared = None
+    if not isinstance(declared, dict):
+        raise InputError(f"{source}: expected a mapping with a 'parameters' mapping")
+    if resources is None:
+        resources = {}
+    if not isinstance(resources, dict):
+        raise InputError(f"{form}: 'resources' must map resource names to changed keys (or false to leave one out)")
+    unknown = sorted(set(resources) - set(declared))
+    if unknown:
+        raise InputError(
+            f"{form}: resources: {unknown[0]!r} is not a shared resource; expected one of {', '.join(declared)}"
+        )
+    twice = sorted(set(own) & set(declared))
+    if twice:
+        raise InputError(f"{form}: parameter {twice[0]!r} is a shared resource; change it under 'resources:' instead")
+    merged: dict[str, Any] = {}
+    for name, entry in declared.items():
+        change = resources.get(name, {})
+        if change is False and name not in REQUIRED_PARAMETERS:
+            continue
+        if not isinstance(change, dict):
+            raise InputError(f"{form}: resources: {name!r} must be a mapping of changed keys" +
+                             ("" if name in REQUIRED_PARAMETERS else " or false"))
+        merged[name] = {**entry, **change}
+    if not merged["job_name"].get("default") and "default" not in resources.get("job_name", {}):
+        merged["job_name"]["default"] = template_name
+    first = {name: merged.pop(name) for name in REQUIRED_PARAMETERS}
+    return {**first, **own, **merged}
 
 
 def _parameter(form: Path, name: Any, entry: Any) -> Parameter:

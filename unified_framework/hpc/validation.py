@@ -396,18 +396,81 @@ def validate_params(
     Raises
     ------
     InputError
-        The first problem found, naming the template and the parameter.
+        The first problem found, naming the template and the parameter; its
+        ``field`` is the parameter's name (:func:`form_errors` gives every problem).
+
+    Examples
+    --------
+    >>> from unified_framework.hpc import load_template
+    >>> template = load_template("python-script")
+    >>> validate_params(template, {"script": "run.py", "mem": "2g"}, cwd="/tmp", check_paths=False)["mem"]
+    '2G'
     """
+    result, errors = _check_all(template, values, cwd, cluster, allow_locked, check_paths)
+    if errors:
+        raise errors[0]
+    return result
+
+
+def form_errors(
+    template: Template,
+    values: Mapping[str, Any] | None = None,
+    *,
+    cwd: str | os.PathLike | None = None,
+    cluster: ClusterLimits | None = None,
+    allow_locked: bool = False,
+    check_paths: bool = True,
+) -> dict[str, InputError]:
+    """Every problem of a form at once, by parameter: what a form shows under its widgets.
+
+    Takes the arguments of :func:`validate_params`, checks every parameter in one pass
+    (the cluster's limits for those that are valid) and returns the first problem of
+    each. An empty result means :func:`validate_params` accepts the values.
+
+    Returns
+    -------
+    dict
+        Parameter name -> its :class:`InputError` (whose ``field`` is that name);
+        a problem about no single parameter is under ``""``.
+
+    Examples
+    --------
+    >>> from unified_framework.hpc import load_template
+    >>> template = load_template("python-script")
+    >>> errors = form_errors(template, {"mem": "lots", "cpus": 0}, cwd="/tmp", check_paths=False)
+    >>> sorted(errors), errors["mem"].field
+    (['cpus', 'mem', 'script'], 'mem')
+    """
+    found: dict[str, InputError] = {}
+    for error in _check_all(template, values, cwd, cluster, allow_locked, check_paths)[1]:
+        found.setdefault(error.field or "", error)
+    return found
+
+
+def _check_all(
+    template: Template,
+    values: Mapping[str, Any] | None,
+    cwd: str | os.PathLike | None,
+    cluster: ClusterLimits | None,
+    allow_locked: bool,
+    check_paths: bool,
+) -> tuple[dict[str, Any], list[InputError]]:
+    """The valid values and every problem, in the order :func:`validate_params` reports them."""
     values = dict(values or {})
-    unknown = sorted(set(values) - set(template.parameters))
-    if unknown:
-        raise InputError(
-            f"{template.name}: unknown parameter {unknown[0]!r}; expected one of {', '.join(template.parameters)}"
-        )
-    for name, value in values.items():
+    errors: list[InputError] = []
+    for name in sorted(set(values) - set(template.parameters)):
+        errors.append(InputError(
+            f"{template.name}: unknown parameter {name!r}; expected one of {', '.join(template.parameters)}",
+            field=name,
+        ))
+        del values[name]
+    for name, value in list(values.items()):
         p = template.parameters[name]
         if p.locked and not allow_locked and value != p.default and _as_text(value) != _as_text(p.default):
-            raise InputError(f"{template.name}: {name} is locked by the administrator (fixed to {p.default!r})")
+            errors.append(InputError(
+                f"{template.name}: {name} is locked by the administrator (fixed to {p.default!r})", field=name
+            ))
+            del values[name]  # the locked value is what counts; nothing more to say about this field
 
     result: dict[str, Any] = {}
     # workdir first: other relative paths are relative to it.
@@ -419,51 +482,73 @@ def validate_params(
         if value is None:
             value = ""
         workdir = Path(result["workdir"]) if "workdir" in result else Path(cwd or Path.cwd())
-        result[name] = _validate_one(p, value, field, workdir, check_paths)
-        if p.required and result[name] in ("", [], None):
-            raise InputError(f"{field}: a value is required ({p.help})")
+        try:
+            checked = _validate_one(p, value, field, workdir, check_paths)
+            if p.required and checked in ("", [], None):
+                raise InputError(f"{field}: a value is required ({p.help})")
+        except InputError as exc:
+            # The helpers name the field in the message only; the form needs its name too.
+            exc.field = exc.field or name
+            errors.append(exc)
+            continue
+        result[name] = checked
     if cluster is not None:
-        check_against_cluster(template, result, cluster)
-    return result
+        errors.extend(_cluster_errors(template, result, cluster))
+    return result, errors
 
 
-def check_against_cluster(template: Template, values: dict[str, Any], cluster: ClusterLimits) -> None:
-    """Check partition, QoS, time, CPUs, memory and GPUs against what the cluster offers."""
+def _cluster_errors(template: Template, values: dict[str, Any], cluster: ClusterLimits) -> list[InputError]:
+    """Problems of the valid ``values`` with partition, QoS, time, CPUs, memory and GPUs of the cluster."""
     by_type = {p.type: name for name, p in reversed(list(template.parameters.items()))}
-    name = values.get(by_type.get("partition", ""), "") or cluster.default_partition
+    partition_field = by_type.get("partition")
+    name = values.get(partition_field or "", "") or cluster.default_partition
     if name and name not in cluster.partitions:
-        raise InputError(
-            f"{template.name}: partition {name!r} does not exist here; available: {', '.join(cluster.partitions)}"
-        )
+        return [InputError(
+            f"{template.name}: partition {name!r} does not exist here; available: {', '.join(cluster.partitions)}",
+            field=partition_field,
+        )]
+    errors: list[InputError] = []
     partition = cluster.partitions.get(name) if name else None
     qos = values.get(by_type.get("qos", ""), "")
     if qos and cluster.qos is not None and qos not in cluster.qos:
-        raise InputError(f"{template.name}: QoS {qos!r} does not exist here; available: {', '.join(cluster.qos)}")
+        errors.append(InputError(
+            f"{template.name}: QoS {qos!r} does not exist here; available: {', '.join(cluster.qos)}",
+            field=by_type["qos"],
+        ))
     if partition is None:
-        return
+        return errors
     if not partition.available:
-        raise InputError(f"{template.name}: partition {partition.name!r} is not available (down or inactive)")
+        errors.append(InputError(
+            f"{template.name}: partition {partition.name!r} is not available (down or inactive)", field=partition_field
+        ))
+        return errors
     for pname, p in template.parameters.items():
         value = values.get(pname)
         if p.type == "time" and value and time_seconds(value) > partition.max_time_s:
-            raise InputError(
-                f"{template.name}: {pname} {value} exceeds partition {partition.name!r}'s limit {partition.max_time}"
-            )
+            errors.append(InputError(
+                f"{template.name}: {pname} {value} exceeds partition {partition.name!r}'s limit {partition.max_time}",
+                field=pname,
+            ))
         if p.type == "cpus" and value and partition.max_cpus_per_node and value > partition.max_cpus_per_node:
-            raise InputError(
+            errors.append(InputError(
                 f"{template.name}: {pname} {value} exceeds the {partition.max_cpus_per_node} CPUs of a node "
-                f"in partition {partition.name!r}"
-            )
+                f"in partition {partition.name!r}",
+                field=pname,
+            ))
         if p.type == "memory" and value and partition.max_memory_mb_per_node:
             if (parse_memory_mb(value) or 0) > partition.max_memory_mb_per_node:
-                raise InputError(
+                errors.append(InputError(
                     f"{template.name}: {pname} {value} exceeds the {partition.max_memory_mb_per_node:.0f} MB of a "
-                    f"node in partition {partition.name!r}"
-                )
+                    f"node in partition {partition.name!r}",
+                    field=pname,
+                ))
         if p.type == "gpus" and value and value > partition.max_gpus_per_node:
             offered = (
                 f"at most {partition.max_gpus_per_node} per node"
                 if partition.max_gpus_per_node
                 else "no GPUs"
             )
-            raise InputError(f"{template.name}: {pname}={value} but partition {partition.name!r} has {offered}")
+            errors.append(InputError(
+                f"{template.name}: {pname}={value} but partition {partition.name!r} has {offered}", field=pname
+            ))
+    return errors

@@ -6,9 +6,12 @@ Commands:
   mdlma sample implant OUT   synthetic micro-CT phantom of a degrading Mg screw in bone
   mdlma io convert IN OUT    convert between TIFF, HDF5/NeXus, NIfTI, DICOM and Zarr
   mdlma score PRED GT        Dice, IoU, F1, Hausdorff/HD95 per class
-  mdlma sun train|predict    SUN 9-axis U-Net segmentation
+  mdlma segment classical    classical baselines (multi-Otsu, watershed)
+  mdlma sun train|predict    SUN multi-axis (3 or 9) U-Net segmentation
+  mdlma catalogue search     dataset catalogue (SciCat, or a local SQLite file)
   mdlma jobs ...             SLURM job templates, submission and status
   mdlma dashboard            Streamlit dashboard
+  mdlma modules ...          this module's Lmod modulefile and Jupyter kernel
 
 The Jupyter kernel "Python 3 (MDLMA unified framework 0.1.0)" becomes visible
 in JupyterLab once this module is loaded.
@@ -16,14 +19,14 @@ Documentation: docs/ in the source tree.
 ]])
 whatis("Name: mdlma/unified-framework")
 whatis("Version: 0.1.0")
-whatis([[Description: MDLMA unified framework: volume I/O, scoring, SUN segmentation, registration and SLURM/Jupyter/Streamlit workflows for large 3D micro-CT and microscopy images.]])
+whatis([[Description: MDLMA unified framework: volume I/O, segmentation (SUN U-Net, classical baselines), scoring, a dataset catalogue and SLURM/Jupyter/Streamlit workflows for large 3D micro-CT and microscopy images.]])
 whatis([[Bundles: unified_framework (CLI mdlma)]])
 whatis([[Bundles: PyTorch 2.14.1 + torchvision 0.29.1 (CPU and CUDA)]])
 whatis([[Bundles: numpy, scipy, scikit-image, SimpleITK, dask, dask-jobqueue, zarr, h5py, tifffile, nibabel, pydicom]])
 whatis([[Bundles: Streamlit + plotly dashboard apps]])
 whatis([[Bundles: JupyterLab, JupyterHub batchspawner, jupyter-server-proxy]])
 whatis([[Bundles: pyscicat (SciCat catalogue client)]])
-whatis([[Bundles: algotom, astra-toolbox (tomography; tomopy only in the conda environment)]])
+whatis([[Bundles: algotom, astra-toolbox (tomography libraries for your own scripts; tomopy only in the conda environment)]])
 family("mdlma")
 -- In a clone: <clone>/lmod/<name>/<version>.lua -> prefix <clone>/.mdlma
 local here = myFileName()
