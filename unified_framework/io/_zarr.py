@@ -95,6 +95,9 @@ def write_zarr(path: Path, volume: Volume, dataset: str | None, chunks: tuple[in
     data = volume.data
     chunks = tuple(chunks or default_chunks(data.shape))
     options = dict(shape=data.shape, chunks=chunks, dtype=data.dtype, compressor=Blosc("zstd", 3, Blosc.BITSHUFFLE))
+    # Created here so that a folder the user may not write to fails as an OSError
+    # (zarr's store would turn it into a KeyError naming ".zarray").
+    path.mkdir()
     store = zarr.DirectoryStore(str(path))
     if dataset and dataset.strip("/"):
         array = zarr.group(store=store).create_dataset(dataset.strip("/"), **options)

@@ -18,6 +18,7 @@ from .formats import (
     detect_format,
     library_errors,
     split_dataset,
+    unreadable,
     verify_content,
 )
 from .volume import Volume, check_finite, check_ndim, is_lazy, validate_spacing, value_range
@@ -94,13 +95,16 @@ def read_volume(
     """
     path, dataset = split_dataset(path, dataset)
     _check_format(format, path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
-    fmt = format or detect_format(path)
-    if dataset is not None and fmt not in _WITH_DATASETS:
-        raise InputError(f"{path}: a {FORMAT_TITLES[fmt]} has no datasets (got dataset {dataset!r}); datasets apply to HDF5 and Zarr only")
-    if path.is_file():
-        verify_content(path, fmt)
+    try:
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder")
+        fmt = format or detect_format(path)
+        if dataset is not None and fmt not in _WITH_DATASETS:
+            raise InputError(f"{path}: a {FORMAT_TITLES[fmt]} has no datasets (got dataset {dataset!r}); datasets apply to HDF5 and Zarr only")
+        if path.is_file():
+            verify_content(path, fmt)
+    except OSError as exc:  # a folder on the way, the file or the folder itself is not readable
+        raise unreadable(path, exc) from exc
     reader = _backend(fmt, "read")
     with library_errors(path, fmt):
         volume = reader(path, dataset=dataset, lazy=lazy, expect_ndim=expect_ndim)

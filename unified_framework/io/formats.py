@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import re
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import InputError
+from ..errors import InputError, describe_os_error
 
 #: Format names accepted by ``format=`` and returned by :func:`detect_format`.
 SUPPORTED_FORMATS = ("tiff", "tiff-folder", "hdf5", "nifti", "dicom", "zarr")
@@ -197,12 +198,27 @@ def library_errors(path: Path, fmt: str) -> Iterator[None]:
 
     Corrupt files make tifffile, h5py, nibabel and pydicom raise almost any exception
     type, so everything except :class:`InputError` and :class:`MemoryError` is wrapped
-    (the original stays attached as ``__cause__``).
+    (the original stays attached as ``__cause__``). A file the user may not read is
+    reported as such (see :func:`unreadable`).
     """
     try:
         yield
     except (InputError, MemoryError):
         raise
+    except PermissionError as exc:
+        raise unreadable(path, exc) from exc
     except Exception as exc:
         title = FORMAT_TITLES[fmt]
         raise InputError(f"{path}: cannot read {title} ({one_line(exc)}); expected a complete, valid {title}") from exc
+
+
+def unreadable(path: Path, exc: OSError) -> InputError:
+    """The :class:`InputError` for ``path`` (or a file in it) that cannot be opened or listed.
+
+    Examples
+    --------
+    >>> str(unreadable(Path("scan.tif"), PermissionError(errno.EACCES, "Permission denied", "scan.tif")))
+    'scan.tif: cannot read (permission denied); expected a file or folder you may read'
+    """
+    where = f" {exc.filename}" if exc.filename is not None and str(exc.filename) != str(path) else ""
+    return InputError(f"{path}: cannot read{where} ({describe_os_error(exc, names=False)}); expected a file or folder you may read")
