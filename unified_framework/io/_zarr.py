@@ -7,7 +7,8 @@ from typing import Any
 
 from ..errors import InputError
 from ._common import default_chunks, jsonable, pick_dataset, source_metadata, to_micrometres, unit_factor
-from .volume import Volume, check_ndim, iter_slabs
+from .formats import CheckedChunks, check_stored_chunks
+from .volume import Volume, check_memory, check_ndim, iter_slabs
 
 AXES = ("z", "y", "x")
 
@@ -31,14 +32,17 @@ def read_zarr(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
             raise InputError(f"{path}: is a single Zarr array, it has no dataset {dataset!r}")
         array = node
     check_ndim(array.shape, expect_ndim, str(path))
+    check_stored_chunks(path, array.shape, array.dtype, array.chunks, int(array.nchunks_initialized))
     array_attrs = dict(array.attrs)
     spacing = _spacing(array_attrs, array.ndim) or _ome_spacing(attrs, array.ndim) or (1.0,) * array.ndim
+    view = CheckedChunks(array, path, "zarr")
     if lazy:
         import dask.array as da
 
-        data = da.from_zarr(array)
+        data = da.from_array(view, chunks=view.chunks, name=False)
     else:
-        data = array[...]
+        check_memory(array.shape, array.dtype, str(path))
+        data = view.read_all()
     metadata = {"attributes": jsonable(array_attrs) or {}, "chunks": list(array.chunks)}
     if dataset:
         metadata["dataset"] = "/" + dataset.strip("/")
