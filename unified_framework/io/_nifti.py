@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import InputError
 from ._common import from_micrometres, jsonable, to_micrometres, unit_factor
 from .formats import library_errors, suffix_of
-from .volume import Volume, check_ndim, iter_slabs, slices_per_slab
+from .volume import Volume, check_memory, check_ndim, iter_slabs, slices_per_slab
 
 _HEADER_KEYS = ("descrip", "intent_name", "qform_code", "sform_code", "scl_slope", "scl_inter", "cal_min", "cal_max", "xyzt_units")
 
@@ -52,6 +52,7 @@ def read_nifti(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) ->
         chunks = shape[:-1] + (per_chunk,) if len(shape) == 3 else shape
         data = da.from_array(_ScaledProxy(proxy, shape, path), chunks=chunks, name=False).T
     else:
+        check_memory(shape, header.get_data_dtype(), str(path))
         data = np.asarray(proxy).T
         data = np.ascontiguousarray(data)
     metadata = {
