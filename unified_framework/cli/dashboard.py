@@ -96,7 +96,11 @@ def build_command(args: argparse.Namespace, port: int) -> list[str]:
 def _dashboard(args: argparse.Namespace) -> int:
     from ..config import load_config
 
-    port = args.port if args.port is not None else int(load_config()["dashboard"]["port"])
+    port = args.port
+    if port is None:
+        port = load_config()["dashboard"]["port"]
+        if not isinstance(port, int) or isinstance(port, bool):  # a TOML string or float
+            raise InputError(f"[dashboard] port: expected an integer 1..65535, got {port!r}")
     command = build_command(args, port)
     if args.print_command:
         print(" ".join(command))

@@ -43,6 +43,20 @@ def printable(text: object) -> str:
     return "".join(_escape(c) if unicodedata.category(c) == "Cc" or c in _INVISIBLE_FORMAT else c for c in text)
 
 
+def shorten(text: object, limit: int = 200) -> str:
+    """:func:`printable` ``text``, cut to ``limit`` characters with ``…`` where it was longer.
+
+    For echoing what a user typed (a 6,000-character folder) in a one-line message.
+
+    Examples
+    --------
+    >>> shorten("/data/" + "a" * 300, limit=12)
+    '/data/aaaaa…'
+    """
+    text = printable(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _escape(char: str) -> str:
     escaped = repr(char)[1:-1]
     # repr leaves some format characters (e.g. U+2028 on some builds) as they are.
