@@ -141,7 +141,7 @@ def test_log_lines_built_from_names_are_escaped(tmp_path):
 
 @pytest.mark.parametrize("env, config, expected", [
     ({"MDLMA_DASHBOARD_PORT": "eighty"}, "", "MDLMA_DASHBOARD_PORT: expected an integer, got 'eighty'"),
-    ({}, '[dashboard]\nport = "8600"\n', "[dashboard] port: expected an integer 1..65535, got '8600'"),
+    ({}, '[dashboard]\nport = "eighty"\n', "[dashboard] port: expected an integer 1..65535, got 'eighty'"),
 ])
 def test_bad_dashboard_port_is_one_line(tmp_path, monkeypatch, capsys, env, config, expected):
     (tmp_path / "config.toml").write_text(config)

@@ -98,9 +98,13 @@ def _dashboard(args: argparse.Namespace) -> int:
 
     port = args.port
     if port is None:
-        port = load_config()["dashboard"]["port"]
-        if not isinstance(port, int) or isinstance(port, bool):  # a TOML string or float
-            raise InputError(f"[dashboard] port: expected an integer 1..65535, got {port!r}")
+        configured = load_config()["dashboard"]["port"]
+        try:
+            port = int(configured) if not isinstance(configured, (bool, float)) else None
+        except ValueError:
+            port = None
+        if port is None:
+            raise InputError(f"[dashboard] port: expected an integer 1..65535, got {configured!r}")
     command = build_command(args, port)
     if args.print_command:
         print(" ".join(command))
