@@ -97,7 +97,7 @@ def test_hostile_zarray_shape_fails_fast_everywhere(inputs, tmp_path, capsys):
 def mdlma(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """The real ``mdlma`` process: its logging goes to stderr as a user sees it."""
     return subprocess.run([sys.executable, "-m", "unified_framework", *map(str, argv)], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **(env or {})})
+                          timeout=120, env={**os.environ, **(env or {})}, check=False)
 
 
 def test_tifffile_log_lines_do_not_precede_the_error(tmp_path):

@@ -117,7 +117,7 @@ def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
                 check_memory(series.shape, series.dtype, str(path))
                 try:
                     data = series.asarray()
-                except Exception as exc:
+                except Exception:
                     # Name the slice, as a lazy read does (only on this error path: page by
                     # page is slower than tifffile's own loop).
                     for index, page in enumerate(series.pages if len(series.pages) > 1 else ()):

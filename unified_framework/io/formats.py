@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import gzip
 import re
 from pathlib import Path
@@ -217,7 +216,7 @@ def unreadable(path: Path, exc: OSError) -> InputError:
 
     Examples
     --------
-    >>> str(unreadable(Path("scan.tif"), PermissionError(errno.EACCES, "Permission denied", "scan.tif")))
+    >>> str(unreadable(Path("scan.tif"), PermissionError(13, "Permission denied", "scan.tif")))
     'scan.tif: cannot read (permission denied); expected a file or folder you may read'
     """
     where = f" {exc.filename}" if exc.filename is not None and str(exc.filename) != str(path) else ""
@@ -316,14 +315,16 @@ class CheckedChunks:
         import itertools
 
         keys = key if isinstance(key, tuple) else (key,)
-        region = [s.indices(n)[:2] if isinstance(s, slice) else (0, n) for s, n in itertools.zip_longest(keys, self.shape, fillvalue=slice(None))]
-        grids = [range(start // c, -(-stop // c)) for (start, stop), c in zip(region, self.chunks)]
+        grids = []
+        for item, n, c in zip(itertools.chain(keys, itertools.repeat(slice(None))), self.shape, self.chunks):
+            start, stop = item.indices(n)[:2] if isinstance(item, slice) else (int(item) % n, int(item) % n + 1)
+            grids.append(range(start // c, -(-stop // c)))
         title = FORMAT_TITLES[self.fmt]
         for index in itertools.islice(itertools.product(*grids), 4096):
             bounds = [(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape)]
             try:
                 self.array[tuple(slice(a, b) for a, b in bounds)]
-            except Exception as inner:
+            except Exception as inner:  # noqa: BLE001 - whatever the library raises marks this chunk
                 where = ", ".join(f"{axis} {a}:{b}" for axis, (a, b) in zip("zyx"[-self.ndim:], bounds))
                 return InputError(
                     f"{self.path}: chunk {'.'.join(map(str, index))} ({where}) is corrupt or truncated "
