@@ -381,3 +381,14 @@ def test_corrupt_compressed_tiff_page_is_named_alike_lazily_and_eagerly(tmp_path
         f.write(b"\0" * size)
     eager = raises([path, "slice 5 cannot be read", "expected a complete, valid TIFF"], read_volume, path)
     assert raises([], read_volume(path, lazy=True).data.compute) == eager
+
+
+def test_nested_zarr_keys_are_counted_as_stored_chunks(tmp_path):
+    # zarr's own count sees only the top folder of "/"-separated keys (1 here, of 1089).
+    options = dict(mode="w", shape=(65, 128, 128), chunks=(1, 1, 1), dtype="uint8", dimension_separator="/")
+    sparse = tmp_path / "sparse.zarr"
+    zarr.open_array(str(sparse), **options)[:1, :33, :33] = 1  # 1089 of 1064960 chunks: sparse, not damaged
+    assert read_volume(sparse, lazy=True).shape == (65, 128, 128)
+    damaged = tmp_path / "damaged.zarr"
+    zarr.open_array(str(damaged), **options)[0, 0, 0] = 1
+    raises([damaged, "claims 1064960 chunks", "only 1 are stored"], read_volume, damaged, lazy=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
 from ._common import default_chunks, jsonable, pick_dataset, source_metadata, to_micrometres, unit_factor
-from .formats import CheckedChunks, check_stored_chunks
+from .formats import MIN_STORED_FRACTION, SPARSE_GRID, CheckedChunks, check_stored_chunks
 from .volume import Volume, check_memory, check_ndim, iter_slabs
 
 AXES = ("z", "y", "x")
@@ -32,7 +34,10 @@ def read_zarr(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
             raise InputError(f"{path}: is a single Zarr array, it has no dataset {dataset!r}")
         array = node
     check_ndim(array.shape, expect_ndim, str(path))
-    check_stored_chunks(path, array.shape, array.dtype, array.chunks, int(array.nchunks_initialized))
+    if array.nchunks > SPARSE_GRID:
+        stored = _stored_chunks(array, enough=math.ceil(array.nchunks * MIN_STORED_FRACTION))
+        if stored is not None:
+            check_stored_chunks(path, array.shape, array.dtype, array.chunks, stored)
     array_attrs = dict(array.attrs)
     spacing = _spacing(array_attrs, array.ndim) or _ome_spacing(attrs, array.ndim) or (1.0,) * array.ndim
     view = CheckedChunks(array, path, "zarr")
@@ -49,6 +54,27 @@ def read_zarr(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
     if attrs:
         metadata["group_attributes"] = jsonable(attrs) or {}
     return Volume(data, spacing, metadata, path)
+
+
+def _stored_chunks(array: Any, enough: int) -> int | None:
+    """Chunks stored for ``array`` (counting may stop at ``enough``); None where not countable.
+
+    zarr's ``nchunks_initialized`` lists one folder, which holds every chunk key only
+    with the default ``.`` separator; nested (``/``) keys of a directory store are
+    walked here, other stores with nested keys are not counted.
+    """
+    import zarr
+
+    if getattr(array, "_dimension_separator", ".") in (None, "."):
+        return int(array.nchunks_initialized)
+    if not isinstance(array.chunk_store, zarr.DirectoryStore):
+        return None
+    count = 0
+    for _, _, files in os.walk(os.path.join(array.chunk_store.path, array.path)):
+        count += sum(1 for name in files if not name.startswith("."))
+        if count >= enough:
+            break
+    return count
 
 
 def _arrays(group: Any) -> dict[str, tuple[tuple[int, ...], str]]:
