@@ -41,7 +41,7 @@ def place(test_user_python):  # noqa: F811
     """A folder the test user may enter, with root-owned inputs of every kind of access.
 
     ``open.tif``/``labels.tif`` readable, ``secret.tif`` root-only (0600), ``locked/`` a
-    root-only folder of slices, ``readonly/`` a folder the user may not write to and
+    root-only folder of slices, ``chunky.zarr`` a store with one root-only chunk, ``readonly/`` a folder the user may not write to and
     ``mine/`` one they may.
     """
     folder = Path(tempfile.mkdtemp(prefix="mdlma-permissions-"))
@@ -52,6 +52,10 @@ def place(test_user_python):  # noqa: F811
     (folder / "secret.tif").chmod(0o600)
     write_volume(folder / "locked", data)
     (folder / "locked").chmod(0o700)
+    write_volume(folder / "chunky.zarr", data, chunks=4)
+    for entry in (folder / "chunky.zarr").iterdir():
+        entry.chmod(0o644)
+    (folder / "chunky.zarr" / "1.1.1").chmod(0o600)
     (folder / "readonly").mkdir(mode=0o755)
     (folder / "mine").mkdir()
     (folder / "mine").chmod(0o777)
@@ -76,6 +80,8 @@ def test_unreadable_inputs_and_unwritable_outputs_give_one_line_errors(test_user
         (["io", "info", str(p / "locked")], [p / "locked", "permission denied"]),
         (["io", "info", str(p / "locked" / "slice_00000.tif")], ["locked/slice_00000.tif", "permission denied"]),
         (["io", "convert", str(p / "secret.tif"), str(p / "mine" / "out.zarr")], [p / "secret.tif", "permission denied"]),
+        (["io", "convert", str(p / "chunky.zarr"), str(p / "mine" / "out.zarr")],
+         [f"{p / 'chunky.zarr'}: cannot read {p / 'chunky.zarr' / '1.1.1'} (permission denied)"]),
         (["io", "convert", str(p / "open.tif"), str(p / "readonly" / "out.zarr")],
          [p / "readonly" / "out.zarr", "cannot write", "permission denied"]),
         (["io", "convert", str(p / "open.tif"), str(p / "readonly" / "new" / "out.h5")],

@@ -294,6 +294,8 @@ class CheckedChunks:
             return self.array[key]
         except (InputError, MemoryError):
             raise
+        except PermissionError as exc:  # a chunk file the user may not read: not damage
+            raise unreadable(self.path, exc) from exc
         except Exception as exc:
             raise self._locate(key, exc) from exc
 
