@@ -71,7 +71,6 @@ def tifffile_errors(path: Path, part: str = "") -> Iterator[None]:
     records: list[logging.LogRecord] = []
     blocks = _intercepted.__dict__.setdefault("blocks", [])
     blocks.append(records)
-    errors: list[str] = []
     try:
         yield
     except (MemoryError, KeyboardInterrupt):
