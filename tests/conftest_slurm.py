@@ -16,6 +16,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +88,34 @@ def planted_state() -> Iterator[Path]:
 def as_test_user(*command: str) -> None:
     """Run ``command`` as ``mdlmatest`` (it must succeed)."""
     subprocess.run(["runuser", "-u", TEST_USER, "--", *command], check=True)
+def grant_traversal(path: Path) -> None:
+    """Let other users reach ``path``: ``o+x`` (never ``o+r``) on it and every folder above it.
+
+    The test interpreter is often a venv linked to a Python under root's home (700), which
+    the test user cannot execute; ``scripts/hub`` opens the same path for the hub's users.
+    """
+    for folder in [path, *path.parents]:
+        mode = folder.stat().st_mode
+        if folder.is_dir() and not mode & 0o001:
+            folder.chmod(mode | 0o001)
+
+
+@pytest.fixture(scope="session")
+def test_user_python(slurm_test_user) -> list[str]:
+    """Command prefix that runs this test interpreter as the unprivileged ``slurm_test_user``.
+
+    Root reads and writes every file whatever its mode, so permission errors only show
+    when a command runs as another user.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("switching to another user needs root")
+    for target in (Path(sys.executable).resolve().parent, Path(sys.executable).parent, REPO):
+        grant_traversal(target)
+    command = ["runuser", "-u", slurm_test_user, "--", sys.executable]
+    check = subprocess.run([*command, "-c", "import unified_framework.cli.main"], capture_output=True, text=True,
+                           timeout=120, cwd="/", env={"PATH": os.environ["PATH"], "HOME": "/"}, check=False)
+    assert check.returncode == 0, f"{slurm_test_user} cannot run {sys.executable}: {check.stderr[-2000:]}"
+    return command
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.5, what: str = "condition"):

@@ -44,6 +44,13 @@ def test_resolve_inside_refuses_traversal_and_symlinks(tmp_path):
     assert paths.allowed([root / "job", root / "job" / "out" / "key"], [root]) == [(root / "job").resolve()]
 
 
+def test_resolve_inside_refuses_names_too_long_for_the_file_system(tmp_path):
+    for hostile in (f"{tmp_path}/{'a' * 6000}", f"{tmp_path}/" + "a/" * 3000):
+        with pytest.raises(paths.PathRefused, match="not a usable path .file name too long.") as info:
+            paths.resolve_inside(hostile, [tmp_path])
+        assert len(str(info.value)) < 300  # the echoed text is shortened
+
+
 def test_walk_files_skips_hidden_and_symlinked_folders_and_stops_at_limits(tmp_path):
     (tmp_path / "a" / "b" / "c" / "d").mkdir(parents=True)
     for folder in ("", "a", "a/b", "a/b/c", "a/b/c/d", ".hidden"):

@@ -354,6 +354,14 @@ def test_viewer_refuses_paths_outside_the_job_roots(home, tmp_path):
     assert not app.error and app.tabs
 
 
+def test_viewer_refuses_a_folder_name_too_long_for_the_file_system(home):
+    app = open_page("viewer")
+    app.segmented_control(key="viewer_mode").set_value("Folder").run()
+    app.text_input(key="viewer_folder").set_value(f"{home}/{'a' * 6000}").run()
+    assert_clean(app)
+    assert any("not a usable path (file name too long)" in e for e in texts(app.error))
+
+
 def test_viewer_unknown_or_hostile_job_ids(home):
     for job in ("999999999", "1;ls", "../../etc"):
         app = open_page("viewer", job=job)

@@ -6,13 +6,12 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest_slurm import slurm_cluster, slurm_test_user  # noqa: F401 - fixtures
+from conftest_slurm import slurm_cluster, slurm_test_user, test_user_python  # noqa: F401 - fixtures
 from unified_framework import hpc
 from unified_framework.config import load_config
 from unified_framework.errors import InputError
@@ -225,14 +224,14 @@ except InputError as exc:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
-def test_validation_checks_permissions_as_an_unprivileged_user(slurm_test_user):  # noqa: F811
+def test_validation_checks_permissions_as_an_unprivileged_user(slurm_test_user, test_user_python):  # noqa: F811
     folder = Path(tempfile.mkdtemp(prefix="mdlma-permissions-"))
     try:
         folder.chmod(0o777)  # the user's working directory must be writable by them
         for name, mode in (("open.py", 0o644), ("secret.py", 0o600)):  # owned by root
             (folder / name).write_text("")
             (folder / name).chmod(mode)
-        run = subprocess.run(["runuser", "-u", slurm_test_user, "--", sys.executable, "-c", PERMISSION_CHECK, str(folder)],
+        run = subprocess.run([*test_user_python, "-c", PERMISSION_CHECK, str(folder)],
                              cwd=folder, capture_output=True, text=True, timeout=120,
                              env={"PATH": os.environ["PATH"], "HOME": pwd.getpwnam(slurm_test_user).pw_dir})
         assert run.returncode == 0, run.stderr[-2000:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -311,3 +312,99 @@ def test_failed_overwrite_keeps_the_old_output(tmp_path, monkeypatch, name, kwar
     monkeypatch.undo()
     assert sorted(os.listdir(tmp_path)) == before
     np.testing.assert_array_equal(read_volume(tmp_path / name).data, old)
+
+
+# --------------------------------------------------- corrupt chunks, hostile headers, memory
+def damage(chunk: Path, how: str) -> None:
+    data = chunk.read_bytes()
+    chunk.write_bytes(b"garbage" * 10 if how == "garbage" else data[: len(data) // 2])
+
+
+def hdf5_chunk(path: Path, index: int) -> tuple[int, int]:
+    """Byte offset and size of the ``index``-th stored chunk of /entry/data/data."""
+    with h5py.File(path, "r") as f:
+        info = f["/entry/data/data"].id.get_chunk_info(index)
+    return info.byte_offset, info.size
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated"])
+def test_corrupt_zarr_chunk_is_named_alike_lazily_and_eagerly(tmp_path, how):
+    store = write_volume(tmp_path / "vol.zarr", volume(), chunks=8)
+    damage(store / "1.2.0", how)
+    eager = raises([store, "chunk 1.2.0 (z 8:16, y 16:24, x 0:8)", "corrupt or truncated", "expected a complete, valid Zarr"],
+                   read_volume, store)
+    assert raises([], read_volume(store, lazy=True).data.compute) == eager
+    assert raises([], read_volume(store, lazy=True).data[8:10, 16:20, 2:4].compute) == eager
+
+
+def test_corrupt_hdf5_chunk_is_named_alike_lazily_and_eagerly(tmp_path):
+    path = write_volume(tmp_path / "vol.h5", volume(), chunks=8)
+    offset, size = hdf5_chunk(path, 5)  # chunks are stored in grid order: 5 is (0, 1, 2)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * size)
+    eager = raises([path, "chunk 0.1.2 (z 0:8, y 8:16, x 16:24)", "expected a complete, valid HDF5"], read_volume, path)
+    assert raises([], read_volume(path, lazy=True).data.compute) == eager
+
+
+def test_zarr_shape_far_beyond_the_stored_chunks_is_refused_at_once(tmp_path):
+    store = write_volume(tmp_path / "vol.zarr", volume(), chunks=8)
+    meta = json.loads((store / ".zarray").read_text())
+    meta["shape"] = [100000] * 3
+    (store / ".zarray").write_text(json.dumps(meta))
+    for lazy in (False, True):
+        raises([store, "shape 100000x100000x100000 uint16", "only 24 are stored", "expected a shape that matches"],
+               read_volume, store, lazy=lazy)
+
+
+def test_hdf5_shape_far_beyond_the_stored_chunks_is_refused_at_once(tmp_path):
+    path = tmp_path / "claims.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("v", shape=(100000,) * 3, dtype="uint8", chunks=(64, 64, 64))[:64, :64, :64] = 1
+    raises([f"{path}::/v", "100000x100000x100000", "only 1 are stored"], read_volume, path, lazy=True)
+
+
+@pytest.mark.parametrize("name", ["big.zarr", "big.h5"])
+def test_eager_read_larger_than_free_memory_is_refused_up_front(tmp_path, name):
+    # 16 TiB of fill value in 32 chunks: a legitimate sparse volume, too big for any memory.
+    shape, chunks = (2**14, 2**15, 2**15), (2**13,) * 3
+    path = tmp_path / name
+    if name.endswith(".zarr"):
+        zarr.open_array(str(path), mode="w", shape=shape, chunks=chunks, dtype="uint8")
+    else:
+        with h5py.File(path, "w") as f:
+            f.create_dataset("v", shape=shape, chunks=chunks, dtype="uint8")
+    raises([path, "16384x32768x32768 uint8 needs 16.0 TiB of memory", "lazy"], read_volume, path)
+    assert read_volume(path, lazy=True).shape == shape
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6])
+def test_truncated_tiff_is_reported_as_truncated_not_as_2d(tmp_path, fraction):
+    path = write_volume(tmp_path / "vol.tif", volume())
+    cut(path, fraction)
+    for lazy in (False, True):
+        message = raises([path, "truncated TIFF"], read_volume, path, lazy=lazy, expect_ndim=3)
+        assert "dimensions" not in message
+
+
+def test_corrupt_compressed_tiff_page_is_named_alike_lazily_and_eagerly(tmp_path):
+    path = tmp_path / "zlib.tif"
+    tifffile.imwrite(path, volume(), compression="zlib", photometric="minisblack")
+    with tifffile.TiffFile(path) as tif:
+        offset, size = tif.pages[5].dataoffsets[0], tif.pages[5].databytecounts[0]
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\0" * size)
+    eager = raises([path, "slice 5 cannot be read", "expected a complete, valid TIFF"], read_volume, path)
+    assert raises([], read_volume(path, lazy=True).data.compute) == eager
+
+
+def test_nested_zarr_keys_are_counted_as_stored_chunks(tmp_path):
+    # zarr's own count sees only the top folder of "/"-separated keys (1 here, of 1089).
+    options = dict(mode="w", shape=(65, 128, 128), chunks=(1, 1, 1), dtype="uint8", dimension_separator="/")
+    sparse = tmp_path / "sparse.zarr"
+    zarr.open_array(str(sparse), **options)[:1, :33, :33] = 1  # 1089 of 1064960 chunks: sparse, not damaged
+    assert read_volume(sparse, lazy=True).shape == (65, 128, 128)
+    damaged = tmp_path / "damaged.zarr"
+    zarr.open_array(str(damaged), **options)[0, 0, 0] = 1
+    raises([damaged, "claims 1064960 chunks", "only 1 are stored"], read_volume, damaged, lazy=True)

@@ -54,14 +54,17 @@ def config_path(env: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "mdlma" / "config.toml"
 
 
-def _coerce(raw: str, like: Any) -> Any:
+def _coerce(raw: str, like: Any, name: str) -> Any:
+    """``raw`` (the text of environment variable ``name``) as the type of the default ``like``."""
     if isinstance(like, bool):
         return raw.strip().lower() in {"1", "true", "yes", "on"}
-    if isinstance(like, int):
-        return int(raw)
-    if isinstance(like, float):
-        return float(raw)
-    return raw
+    kind = int if isinstance(like, int) else float if isinstance(like, float) else None
+    if kind is None:
+        return raw
+    try:
+        return kind(raw)
+    except ValueError:
+        raise InputError(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
 
 
 def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -96,11 +99,11 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             for sub, subvalue in value.items():
                 name = f"MDLMA_{key}_{sub}".upper()
                 if name in env:
-                    value[sub] = _coerce(env[name], subvalue)
+                    value[sub] = _coerce(env[name], subvalue, name)
         else:
             name = f"MDLMA_{key}".upper()
             if name in env:
-                config[key] = _coerce(env[name], value)
+                config[key] = _coerce(env[name], value, name)
     for key in ("home", "cache_dir", "catalogue"):
         config[key] = str(Path(os.path.expandvars(str(config[key]))).expanduser().absolute())
     return config

@@ -53,6 +53,36 @@ def _gpus() -> list[dict[str, Any]]:
     return gpus
 
 
+def available_memory() -> int:
+    """Bytes this process can still allocate: free RAM, or less under a cgroup limit.
+
+    A SLURM job (or container) may be held to far less than the machine has; its
+    cgroup v2 ``memory.max`` minus ``memory.current`` is then what is left.
+
+    Examples
+    --------
+    >>> available_memory() > 0
+    True
+    """
+    import psutil
+
+    free = int(psutil.virtual_memory().available)
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            group = next((line.split(":", 2)[2].strip() for line in f if line.startswith("0::")), None)
+        if group is not None:
+            folder = os.path.join("/sys/fs/cgroup", group.lstrip("/"))
+            with open(os.path.join(folder, "memory.max"), encoding="utf-8") as f:
+                limit = f.read().strip()
+            with open(os.path.join(folder, "memory.current"), encoding="utf-8") as f:
+                current = int(f.read().strip())
+            if limit != "max":
+                free = min(free, max(0, int(limit) - current))
+    except (OSError, ValueError, IndexError):
+        pass  # no cgroup v2 memory controller here: free RAM is the limit
+    return free
+
+
 def collect_system_info() -> dict[str, Any]:
     """Return a JSON-serialisable description of the installation and the machine.
 
@@ -75,7 +105,7 @@ def collect_system_info() -> dict[str, Any]:
         "cpus": usable_cpus,
         "cpus_total": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "memory_available_gib": round(psutil.virtual_memory().available / 2**30, 1),
+        "memory_available_gib": round(available_memory() / 2**30, 1),
         "gpus": _gpus(),
         "packages": {name: _version(name) for name in CORE_PACKAGES},
         "backends": {

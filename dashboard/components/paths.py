@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
-from unified_framework.errors import InputError
+from unified_framework.errors import InputError, describe_os_error
+from unified_framework.utils.text import shorten
 
 
 class PathRefused(InputError):
@@ -55,17 +56,22 @@ def resolve_inside(path: str | os.PathLike, roots: Iterable[str | os.PathLike], 
     """
     text = os.fspath(path)
     if "\x00" in text:
-        raise PathRefused(f"{text!r}: not a valid path")
+        raise PathRefused(f"{shorten(text)}: not a valid path")
     candidate = Path(text).expanduser()
     if not candidate.is_absolute():
         if base is None:
-            raise PathRefused(f"{text}: expected an absolute path")
+            raise PathRefused(f"{shorten(text)}: expected an absolute path")
         candidate = Path(base) / candidate
-    real = candidate.resolve()
+    try:
+        real = candidate.resolve()
+        real.exists()  # raises for names longer than the file system allows
+    except (OSError, RuntimeError) as exc:
+        what = describe_os_error(exc, names=False) if isinstance(exc, OSError) else "symlink loop"
+        raise PathRefused(f"{shorten(text)}: not a usable path ({what})") from None
     for root in real_roots(roots):
         if real == root or real.is_relative_to(root):
             return real
-    raise PathRefused(f"{text}: outside your job folders; the dashboard only reads below them")
+    raise PathRefused(f"{shorten(text)}: outside your job folders; the dashboard only reads below them")
 
 
 def allowed(candidates: Iterable[str | os.PathLike], roots: Iterable[str | os.PathLike]) -> list[Path]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from components import cluster, joblist, logs, metrics, paths, ui, volume_view, volumes
+from unified_framework.utils.text import shorten
 
 st.title("Job viewer")
 user = ui.current_user()
@@ -57,7 +58,7 @@ else:
     try:
         folder = paths.resolve_inside(text, roots)
         if not folder.is_dir():
-            st.error(f"{text}: not a folder")
+            st.error(f"{shorten(text)}: not a folder")
             folder = None
     except paths.PathRefused as exc:
         ui.show_error(exc)

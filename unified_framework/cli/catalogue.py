@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from ..utils.text import printable
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -96,7 +98,8 @@ def _ingest(args: argparse.Namespace) -> int:
             verb = {"create": "created", "update": "updated", "none": "exists"}[result.action]
             if result.dry_run and result.action != "none":
                 verb = f"would be {verb}"
-            tqdm.write(f"{verb}\t{result.pid or '-'}\t{record.path}")
+            # Paths and PIDs come from file names: escaped, so no name can forge a line or a column.
+            tqdm.write(f"{verb}\t{printable(result.pid or '-')}\t{printable(record.path)}")
     if args.json:
         print(json.dumps([
             {"path": r.record.path, "pid": r.pid, "action": r.action, "dry_run": r.dry_run,
@@ -143,9 +146,9 @@ def _search(args: argparse.Namespace) -> int:
          _size(d.get("size")), d.get("datasetName", ""))
         for d in page.datasets
     ]
-    widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
+    widths = [max(len(printable(r[i])) for r in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(str(v).ljust(w) for v, w in zip(row[:4], widths)) + "  " + str(row[4]))
+        print("  ".join(printable(v).ljust(w) for v, w in zip(row[:4], widths)) + "  " + printable(row[4]))
     print(f"{page.skip + 1}-{page.skip + len(page.datasets)} of {page.total} datasets"
           + (f" (next: --page {args.page + 1})" if page.has_more else ""), file=sys.stderr)
     return 0
@@ -165,13 +168,13 @@ def _show(args: argparse.Namespace) -> int:
                 "sourceFolder", "size", "numberOfFiles", "keywords", "inputDatasets", "usedSoftware"):
         if key in dataset:
             value = dataset[key]
-            print(f"{key}: {', '.join(map(str, value)) if isinstance(value, list) else value}")
+            print(f"{key}: {printable(', '.join(map(str, value)) if isinstance(value, list) else value)}")
     print("scientificMetadata:")
     for key, value, unit in metadata_leaves(dataset.get("scientificMetadata") or {}):
-        print(f"  {key}: {json.dumps(value) if isinstance(value, list) else value}{' ' + unit if unit else ''}")
+        print(printable(f"  {key}: {json.dumps(value) if isinstance(value, list) else value}{' ' + unit if unit else ''}"))
     print(f"files ({len(files)}):")
     for entry in files:
-        print(f"  {entry.get('path')}\t{_size(entry.get('size'))}\t{entry.get('chk', '')}")
+        print(f"  {printable(entry.get('path'))}\t{_size(entry.get('size'))}\t{printable(entry.get('chk', ''))}")
     return 0
 
 

@@ -99,7 +99,15 @@ def build_command(args: argparse.Namespace, port: int) -> list[str]:
 def _dashboard(args: argparse.Namespace) -> int:
     from ..config import load_config
 
-    port = args.port if args.port is not None else int(load_config()["dashboard"]["port"])
+    port = args.port
+    if port is None:
+        configured = load_config()["dashboard"]["port"]
+        try:
+            port = int(configured) if not isinstance(configured, (bool, float)) else None
+        except ValueError:
+            port = None
+        if port is None:
+            raise InputError(f"[dashboard] port: expected an integer 1..65535, got {configured!r}")
     command = build_command(args, port)
     if args.print_command:
         print(" ".join(command))

@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from ..errors import InputError
+from ..utils.text import printable
 
 FORMATS = ("tiff", "tiff-folder", "hdf5", "nifti", "dicom", "zarr")  # the writable unified_framework.io.SUPPORTED_FORMATS
 # = unified_framework.image.STAINS (not imported here: `mdlma --help` stays fast without scikit-image)
@@ -89,7 +90,7 @@ def _convert(args: argparse.Namespace) -> int:
     shape = "x".join(map(str, volume.shape))
     spacing = " x ".join(f"{s:g}" for s in (args.spacing or volume.spacing))
     channels = f" ({', '.join(volume.axes)})" if "c" in volume.axes else ""
-    print(f"wrote {out}: {shape}{channels} {dtype or volume.dtype}, voxel size {spacing} um")
+    print(f"wrote {printable(out)}: {shape}{channels} {dtype or volume.dtype}, voxel size {spacing} um")
     return 0
 
 
@@ -122,7 +123,7 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
-    print(f"path        {report['path']}")
+    print(f"path        {printable(report['path'])}")
     print(f"format      {report['format']}")
     print(f"shape       {' x '.join(map(str, volume.shape))}  ({', '.join(volume.axes)})")
     print(f"dtype       {report['dtype']}" + (f" ({byte_order})" if byte_order != "native" else ""))
@@ -140,7 +141,7 @@ def _info(args: argparse.Namespace) -> int:
         if report["non_finite"]:
             print(f"non-finite  {report['non_finite']} NaN/Inf values")
     for key, value in report["metadata"].items():
-        print(f"{key:<11} {_summary(value)}")
+        print(printable(f"{key:<11} {_summary(value)}"))
     return 0
 
 

@@ -9,7 +9,18 @@ import pkgutil
 import sys
 
 from .. import __version__
-from ..errors import MDLMAError
+from ..errors import MDLMAError, describe_os_error
+from ..utils.text import printable
+
+logger = logging.getLogger(__name__)
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines whose message cannot span lines or hold terminal escapes (names come from files)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,18 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``mdlma`` with ``argv`` and return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)], handlers=[handler])
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.verb is None else 2
     try:
         return int(args.func(args) or 0)
     except MDLMAError as exc:
-        print(f"mdlma: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
     except BrokenPipeError:
         # `mdlma ... | head` closed the pipe: not an error. Point stdout at devnull so
         # the interpreter's final flush does not raise again.
@@ -55,9 +64,20 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # A file or folder the user named cannot be read or written (permissions, a full
+        # or read-only disk, a name too long) where no reader or writer put it in words.
+        logger.debug("%s", exc, exc_info=True)
+        return _error(describe_os_error(exc))
     except KeyboardInterrupt:
         print("mdlma: interrupted", file=sys.stderr)
         return 130
+
+
+def _error(message: str) -> int:
+    """Print ``message`` as the one-line ``mdlma: error:`` and return exit status 2."""
+    print(f"mdlma: error: {printable(message)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

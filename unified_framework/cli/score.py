@@ -14,6 +14,8 @@ import logging
 import math
 from pathlib import Path
 
+from ..utils.text import printable
+
 logger = logging.getLogger(__name__)
 
 # Columns printed on the terminal; JSON and CSV hold every column.
@@ -128,8 +130,8 @@ def _score(args: argparse.Namespace) -> int:
             printed = printed.drop(columns=["hausdorff", "hd95", "assd"])
         extra = {"pred_only_labels": table.attrs["pred_only_labels"]}
 
-    print(f"prediction   {pred_name}  shape {pred.shape}")
-    print(f"ground truth {gt_name}  shape {gt.shape}")
+    print(f"prediction   {printable(pred_name)}  shape {pred.shape}")
+    print(f"ground truth {printable(gt_name)}  shape {gt.shape}")
     print(f"spacing      {' x '.join(f'{s:g}' for s in spacing)} (distances in these units, volumes in their cube)")
     print()
     print(printed.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -145,9 +147,9 @@ def _score(args: argparse.Namespace) -> int:
             "rows": [{key: _json_value(value) for key, value in row.items()} for row in table.to_dict(orient="records")],
         }
         write_text_atomic(args.json, json.dumps(document, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
+        print(f"\nwrote {printable(args.json)}")
     if args.csv:
         with atomic_path(args.csv) as tmp:
             table.to_csv(tmp, index=False)
-        print(f"wrote {args.csv}")
+        print(f"wrote {printable(args.csv)}")
     return 0

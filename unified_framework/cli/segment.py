@@ -13,6 +13,7 @@ import argparse
 
 from ..classical.run import ORDER_FROM_TRUTH
 from ..errors import InputError
+from ..utils.text import printable
 
 
 def register(subparsers) -> None:
@@ -75,7 +76,7 @@ def _classical(args: argparse.Namespace) -> int:
     result = run_classical(args.input, args.out, args.method, classes=args.classes, smoothing=args.smoothing,
                            label_order=parse_label_order(args.label_order), ground_truth=args.ground_truth,
                            report=args.report, class_names=args.class_names)
-    print(f"{args.method}: wrote {args.out} {tuple(result['shape'])} in {result['resources']['wall_time_s']:.2f} s")
+    print(f"{args.method}: wrote {printable(args.out)} {tuple(result['shape'])} in {result['resources']['wall_time_s']:.2f} s")
     for row in result.get("scores", []):
         scores = "  ".join(f"{k} {row[k]:.4f}" if row[k] is not None else f"{k} -" for k in ("dice", "iou", "f1", "hd95"))
         print(f"  label {row['label']}: {scores}")
@@ -90,5 +91,5 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise InputError("segment evaluate: give the command to run after '--'")
     result = evaluate_command(command, args.out, ground_truth=args.ground_truth, report=args.report,
                               method=args.method, class_names=args.class_names)
-    print(f"{result['method']}: {args.out} in {result['resources']['wall_time_s']:.2f} s")
+    print(f"{result['method']}: {printable(args.out)} in {result['resources']['wall_time_s']:.2f} s")
     return 0

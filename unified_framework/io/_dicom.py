@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ._common import exact_decimal, from_micrometres, to_micrometres
 from .formats import DICOM_SLICE_SUFFIXES, folder_slices, library_errors, suffix_of
-from .volume import Volume, check_ndim, iter_slabs
+from .volume import Volume, check_memory, check_ndim, iter_slabs
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def _read_file(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
 
         data = da.from_delayed(dask.delayed(_read_pixels)(path, dtype), shape, dtype)
     else:
+        check_memory(shape, dtype, str(path))
         data = _read_pixels(path, dtype)
     if order is not None and frames > 1 and list(order) != list(range(frames)):
         data = data[np.asarray(order)]  # frames stored out of position order
@@ -226,6 +227,7 @@ def _read_series(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
         read = dask.delayed(_read_pixels)
         data = da.stack([da.from_delayed(read(f, dtype), (rows, cols), dtype) for f in ordered])
     else:
+        check_memory((len(ordered), rows, cols), dtype, str(path))
         data = np.empty((len(ordered), rows, cols), dtype)
         for index, file in enumerate(tqdm(ordered, desc=f"reading {path.name}", unit="slice", disable=None, leave=False)):
             data[index] = _read_pixels(file, dtype)

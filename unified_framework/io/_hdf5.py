@@ -24,8 +24,9 @@ from ._common import (
     to_micrometres,
     unit_factor,
 )
+from .formats import CheckedChunks, check_stored_chunks
 from .geometry import geometry_attributes, geometry_from_attributes
-from .volume import Volume, check_ndim, iter_slabs
+from .volume import Volume, check_memory, check_ndim, iter_slabs, slices_per_slab
 
 DEFAULT_DATASET = "/entry/data/data"
 AXES = ("z", "y", "x")
@@ -56,13 +57,18 @@ def read_hdf5(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
             "chunks": list(node.chunks) if node.chunks else None,
             "compression": node.compression,
         }
+        if node.chunks:
+            check_stored_chunks(f"{path}::{node.name}", node.shape, node.dtype, node.chunks, node.id.get_num_chunks())
+        # Unchunked (contiguous) data is read in slabs of whole slices.
+        view = CheckedChunks(node, path, "hdf5", node.chunks or (slices_per_slab(node.shape, node.dtype),) + node.shape[1:])
         if lazy:
             import dask.array as da
 
             # The dask graph keeps the file open through its reference to the dataset.
-            data = da.from_array(node, chunks=node.chunks or "auto", name=False)
+            data = da.from_array(view, chunks=view.chunks, name=False)
         else:
-            data = node[()]
+            check_memory(node.shape, node.dtype, f"{path}::{node.name}")
+            data = view.read_all()
     except BaseException:
         f.close()
         raise

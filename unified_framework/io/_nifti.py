@@ -28,7 +28,7 @@ from ..errors import InputError
 from ._common import from_micrometres, jsonable, to_micrometres, unit_factor
 from .formats import library_errors, suffix_of
 from .geometry import from_nifti_affine, split_affine, to_nifti_affine
-from .volume import Volume, check_ndim, iter_slabs, slices_per_slab
+from .volume import Volume, check_memory, check_ndim, iter_slabs, slices_per_slab
 
 _HEADER_KEYS = ("descrip", "intent_name", "scl_slope", "scl_inter", "cal_min", "cal_max", "xyzt_units")
 #: Codes written when the source is no NIfTI: 1, "scanner anatomical" (what dcm2niix writes).
@@ -68,6 +68,7 @@ def read_nifti(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) ->
         chunks = shape[:-1] + (per_chunk,) if len(shape) == 3 else shape
         data = da.from_array(_ScaledProxy(proxy, shape, path), chunks=chunks, name=False).T
     else:
+        check_memory(shape, header.get_data_dtype(), str(path))
         data = np.asarray(proxy).T
         data = np.ascontiguousarray(data)
     metadata = {

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ._common import exact_decimal, jsonable, rational, to_micrometres, unit_factor
-from .formats import TIFF_SLICE_SUFFIXES, folder_slices, library_errors
-from .volume import Volume, byte_order, check_ndim, iter_slabs, slices_per_slab
+from .formats import TIFF_SLICE_SUFFIXES, folder_slices, library_errors, one_line
+from .volume import Volume, byte_order, check_memory, check_ndim, iter_slabs, slices_per_slab
 
 # Data types ImageJ opens natively; others are written as tifffile "shaped" TIFF.
 IMAGEJ_DTYPES = {np.dtype(t) for t in ("uint8", "uint16", "int16", "float32")}
@@ -36,32 +36,63 @@ _BIGTIFF_BYTES = 2**32 - 2**25
 
 
 # ----------------------------------------------------------------------------- reading
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.messages: list[str] = []
+logger = logging.getLogger(__name__)
+_intercepted = threading.local()
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+
+class _Intercept(logging.Filter):
+    """Keep tifffile's log records of the current thread's :func:`tifffile_errors` block.
+
+    They are evidence of corruption (ERROR) or remarks (WARNING) about a file whose
+    outcome is not known yet; printed at once they would precede the error message.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        blocks = getattr(_intercepted, "blocks", None)
+        if not blocks or record.levelno < logging.WARNING:
+            return True
+        blocks[-1].append(record)
+        return False
+
+
+logging.getLogger("tifffile").addFilter(_Intercept())
 
 
 @contextlib.contextmanager
-def tifffile_errors(path: Path) -> Iterator[None]:
+def tifffile_errors(path: Path, part: str = "") -> Iterator[None]:
     """Raise :class:`InputError` for corruption that tifffile only logs.
 
     tifffile logs broken IFD chains and data beyond the end of the file at ERROR level
-    and carries on with what it could read; a truncated stack would pass as a shorter one.
+    and carries on with what it could read; a truncated stack would pass as a shorter
+    one (or fail a later check, e.g. as "2 dimensions"), so a logged error wins over any
+    exception of the block. Its log lines are held back: warnings are logged once the
+    block succeeds, errors become the message. ``part`` (e.g. ``"slice 7"``) says where.
     """
-    collect = _Collect()
-    log = logging.getLogger("tifffile")
-    log.addHandler(collect)
+    records: list[logging.LogRecord] = []
+    blocks = _intercepted.__dict__.setdefault("blocks", [])
+    blocks.append(records)
     try:
         yield
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        errors = [r.getMessage() for r in records if r.levelno >= logging.ERROR]
+        if errors:
+            raise _corrupt(path, part, errors[0]) from exc
+        raise
     finally:
-        log.removeHandler(collect)
-    if collect.messages:
-        detail = " ".join(collect.messages[0].split()).replace(f"<tifffile.TiffFile '{path.name}'> ", "")
-        raise InputError(f"{path}: corrupt or truncated TIFF ({detail[:200]}); expected a complete, valid TIFF file")
+        blocks.pop()
+    errors = [r.getMessage() for r in records if r.levelno >= logging.ERROR]
+    if errors:
+        raise _corrupt(path, part, errors[0])
+    for record in records:
+        logger.warning("%s: %s", path, record.getMessage())
+
+
+def _corrupt(path: Path, part: str, message: str) -> InputError:
+    detail = " ".join(message.split()).replace(f"<tifffile.TiffFile '{path.name}'> ", "")
+    where = f" ({part})" if part else ""
+    return InputError(f"{path}: corrupt or truncated TIFF{where} ({detail[:200]}); expected a complete, valid TIFF file")
 
 
 def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, level: int | None = None, grey: bool = False) -> Volume:
@@ -92,7 +123,15 @@ def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, lev
             if lazy:
                 data, keep_open = _lazy_series(path, tif, series)
             else:
-                data = series.asarray()
+                check_memory(series.shape, series.dtype, str(path))
+                try:
+                    data = series.asarray()
+                except Exception:
+                    # Name the slice, as a lazy read does (only on this error path: page by
+                    # page is slower than tifffile's own loop).
+                    for index, page in enumerate(series.pages if len(series.pages) > 1 else ()):
+                        _read_page(path, page, index)
+                    raise
     finally:
         if not keep_open:
             tif.close()
@@ -137,12 +176,21 @@ def _lazy_series(path: Path, tif: Any, series: Any) -> tuple[Any, bool]:
     lock = threading.Lock()  # pages share the open file handle
 
     def read_page(index: int) -> np.ndarray:
-        with lock, library_errors(path, "tiff"), tifffile_errors(path):
-            return pages[index].asarray()
+        with lock:
+            return _read_page(path, pages[index], index)
 
     shape = series.shape[1:]
     slices = [da.from_delayed(dask.delayed(read_page)(i), shape, series.dtype) for i in range(series.shape[0])]
     return da.stack(slices), True
+
+
+def _read_page(path: Path, page: Any, index: int) -> np.ndarray:
+    """Slice ``index`` of a stack; an unreadable page is named in the :class:`InputError`."""
+    with tifffile_errors(path, f"slice {index}"):
+        try:
+            return page.asarray()
+        except Exception as exc:
+            raise InputError(f"{path}: slice {index} cannot be read ({one_line(exc)}); expected a complete, valid TIFF file") from exc
 
 
 def _spacing(tif: Any, ndim: int) -> tuple[float, ...]:
@@ -263,6 +311,7 @@ def read_tiff_folder(path: Path, dataset: str | None, lazy: bool, expect_ndim: A
         read = dask.delayed(_read_slice)
         data = da.stack([da.from_delayed(read(f), shape, dtype) for f in files])
     else:
+        check_memory((len(files),) + tuple(shape), dtype, str(path))
         data = np.empty((len(files),) + tuple(shape), dtype)
         for index, file in enumerate(tqdm(files, desc=f"reading {path.name}", unit="slice", disable=None, leave=False)):
             data[index] = _read_slice(file)

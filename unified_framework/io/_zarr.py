@@ -7,6 +7,8 @@ and ``direction`` (3x3, see :mod:`.geometry`); OME-Zarr groups give ``scale`` an
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,9 @@ from ._common import (
     to_micrometres,
     unit_factor,
 )
+from .formats import MIN_STORED_FRACTION, SPARSE_GRID, CheckedChunks, check_stored_chunks
 from .geometry import geometry_attributes, geometry_from_attributes
-from .volume import Volume, check_ndim, iter_slabs
+from .volume import Volume, check_memory, check_ndim, iter_slabs
 
 AXES = ("z", "y", "x")
 
@@ -50,17 +53,23 @@ def read_zarr(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, lev
     axes = "yxc" if array_attrs.get("axes") == ["y", "x", "c"] else ""
     spatial = array.ndim - bool(axes)
     check_ndim(array.shape[:spatial], expect_ndim, str(path))
+    if array.nchunks > SPARSE_GRID:
+        stored = _stored_chunks(array, enough=math.ceil(array.nchunks * MIN_STORED_FRACTION))
+        if stored is not None:
+            check_stored_chunks(path, array.shape, array.dtype, array.chunks, stored)
     ome = _ome_transforms(attrs, array.ndim, level or 0)
     spacing = _spacing(array_attrs, spatial) or (ome[0] if ome else None) or (1.0,) * spatial
     origin, direction = geometry_from_attributes(array_attrs, f"{path}: .zattrs")
     if origin is None and ome:
         origin = ome[1]
+    view = CheckedChunks(array, path, "zarr")
     if lazy:
         import dask.array as da
 
-        data = da.from_zarr(array)
+        data = da.from_array(view, chunks=view.chunks, name=False)
     else:
-        data = array[...]
+        check_memory(array.shape, array.dtype, str(path))
+        data = view.read_all()
     metadata = {"attributes": jsonable(array_attrs) or {}, "chunks": list(array.chunks)}
     if dataset:
         metadata["dataset"] = "/" + dataset.strip("/")
@@ -74,6 +83,27 @@ def read_zarr(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, lev
             for i, p in enumerate(_ome_levels(attrs))
         ]
     return Volume(data, spacing, metadata, path, origin, direction, axes)
+
+
+def _stored_chunks(array: Any, enough: int) -> int | None:
+    """Chunks stored for ``array`` (counting may stop at ``enough``); None where not countable.
+
+    zarr's ``nchunks_initialized`` lists one folder, which holds every chunk key only
+    with the default ``.`` separator; nested (``/``) keys of a directory store are
+    walked here, other stores with nested keys are not counted.
+    """
+    import zarr
+
+    if getattr(array, "_dimension_separator", ".") in (None, "."):
+        return int(array.nchunks_initialized)
+    if not isinstance(array.chunk_store, zarr.DirectoryStore):
+        return None
+    count = 0
+    for _, _, files in os.walk(os.path.join(array.chunk_store.path, array.path)):
+        count += sum(1 for name in files if not name.startswith("."))
+        if count >= enough:
+            break
+    return count
 
 
 def _arrays(group: Any) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -137,6 +167,9 @@ def write_zarr(path: Path, volume: Volume, dataset: str | None, chunks: tuple[in
     data = volume.data
     chunks = tuple(chunks or default_chunks(data.shape))
     options = dict(shape=data.shape, chunks=chunks, dtype=data.dtype, compressor=Blosc("zstd", 3, Blosc.BITSHUFFLE))
+    # Created here so that a folder the user may not write to fails as an OSError
+    # (zarr's store would turn it into a KeyError naming ".zarray").
+    path.mkdir()
     store = zarr.DirectoryStore(str(path))
     if dataset and dataset.strip("/"):
         array = zarr.group(store=store).create_dataset(dataset.strip("/"), **options)

@@ -20,6 +20,7 @@ from .formats import (
     detect_format,
     library_errors,
     split_dataset,
+    unreadable,
     verify_content,
 )
 from .volume import (
@@ -133,23 +134,26 @@ def read_volume(
     """
     path, dataset = split_dataset(path, dataset)
     _check_format(format, path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
-    fmt = format or detect_format(path)
-    if fmt == "tiff" and dataset is not None:
-        level = _tiff_level(path, dataset, level)
-        dataset = None
-    if dataset is not None and fmt not in _WITH_DATASETS:
-        raise InputError(f"{path}: a {FORMAT_TITLES[fmt]} has no datasets (got dataset {dataset!r}); datasets apply to HDF5 and Zarr only")
-    if level is not None:
-        if fmt not in _WITH_LEVELS:
-            raise InputError(f"{path}: a {FORMAT_TITLES[fmt]} has no pyramid levels (got level {level}); levels apply to TIFF/SVS and OME-Zarr")
-        if dataset is not None:
-            raise InputError(f"{path}: give either a dataset ({dataset!r}) or a pyramid level ({level}), not both")
-        if isinstance(level, bool) or not isinstance(level, int) or level < 0:
-            raise InputError(f"{path}: pyramid level {level!r} is not a level number; expected 0, 1, 2, ...")
-    if path.is_file():
-        verify_content(path, fmt)
+    try:
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder")
+        fmt = format or detect_format(path)
+        if fmt == "tiff" and dataset is not None:
+            level = _tiff_level(path, dataset, level)
+            dataset = None
+        if dataset is not None and fmt not in _WITH_DATASETS:
+            raise InputError(f"{path}: a {FORMAT_TITLES[fmt]} has no datasets (got dataset {dataset!r}); datasets apply to HDF5 and Zarr only")
+        if level is not None:
+            if fmt not in _WITH_LEVELS:
+                raise InputError(f"{path}: a {FORMAT_TITLES[fmt]} has no pyramid levels (got level {level}); levels apply to TIFF/SVS and OME-Zarr")
+            if dataset is not None:
+                raise InputError(f"{path}: give either a dataset ({dataset!r}) or a pyramid level ({level}), not both")
+            if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+                raise InputError(f"{path}: pyramid level {level!r} is not a level number; expected 0, 1, 2, ...")
+        if path.is_file():
+            verify_content(path, fmt)
+    except OSError as exc:  # a folder on the way, the file or the folder itself is not readable
+        raise unreadable(path, exc) from exc
     reader = _backend(fmt, "read")
     options: dict[str, Any] = {"level": level} if level is not None else {}
     if grey and fmt == "tiff":

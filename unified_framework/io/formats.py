@@ -6,9 +6,9 @@ import contextlib
 import gzip
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from ..errors import InputError
+from ..errors import InputError, describe_os_error
 
 #: Format names accepted by ``format=`` and returned by :func:`detect_format`.
 SUPPORTED_FORMATS = ("tiff", "tiff-folder", "hdf5", "nifti", "dicom", "zarr", "png", "jpeg")
@@ -209,12 +209,139 @@ def library_errors(path: Path, fmt: str) -> Iterator[None]:
 
     Corrupt files make tifffile, h5py, nibabel and pydicom raise almost any exception
     type, so everything except :class:`InputError` and :class:`MemoryError` is wrapped
-    (the original stays attached as ``__cause__``).
+    (the original stays attached as ``__cause__``). A file the user may not read is
+    reported as such (see :func:`unreadable`).
     """
     try:
         yield
     except (InputError, MemoryError):
         raise
+    except PermissionError as exc:
+        raise unreadable(path, exc) from exc
     except Exception as exc:
         title = FORMAT_TITLES[fmt]
         raise InputError(f"{path}: cannot read {title} ({one_line(exc)}); expected a complete, valid {title}") from exc
+
+
+def unreadable(path: Path, exc: OSError) -> InputError:
+    """The :class:`InputError` for ``path`` (or a file in it) that cannot be opened or listed.
+
+    Examples
+    --------
+    >>> str(unreadable(Path("scan.tif"), PermissionError(13, "Permission denied", "scan.tif")))
+    'scan.tif: cannot read (permission denied); expected a file or folder you may read'
+    """
+    where = f" {exc.filename}" if exc.filename is not None and str(exc.filename) != str(path) else ""
+    return InputError(f"{path}: cannot read{where} ({describe_os_error(exc, names=False)}); expected a file or folder you may read")
+
+#: Chunk grids up to this size are accepted however few chunks are stored (absent
+#: chunks read as the fill value: sparse label volumes are normal). Larger grids must
+#: store at least :data:`MIN_STORED_FRACTION` of their chunks.
+SPARSE_GRID = 2**20
+MIN_STORED_FRACTION = 1 / 1000
+
+
+def check_stored_chunks(name: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...], stored: int) -> None:
+    """Refuse a huge chunk grid of which almost nothing is stored (a damaged or edited header).
+
+    The work of every command grows with the grid, not with the stored data: a Zarr
+    ``.zarray`` or HDF5 dataset that claims 100000^3 voxels over a few stored chunks
+    would keep a conversion busy for days. Callers count the stored chunks cheaply
+    (one listing of a Zarr store, HDF5's chunk index).
+
+    Examples
+    --------
+    >>> check_stored_chunks("sparse.zarr", (512, 512, 512), "uint8", (64, 64, 64), 3)
+    >>> check_stored_chunks("edited.zarr", (10**5,) * 3, "uint8", (64, 64, 64), 3)
+    Traceback (most recent call last):
+    ...
+    unified_framework.errors.InputError: edited.zarr: shape 100000x100000x100000 uint8 claims 3818360547 chunks ...
+    """
+    grid = 1
+    for n, c in zip(shape, chunks):
+        grid *= -(-int(n) // int(c))
+    if grid > SPARSE_GRID and stored < grid * MIN_STORED_FRACTION:
+        raise InputError(
+            f"{name}: shape {'x'.join(map(str, shape))} {dtype} claims {grid} chunks of {'x'.join(map(str, chunks))} "
+            f"but only {stored} are stored; expected a shape that matches the stored data (is the header damaged?)"
+        )
+
+
+class CheckedChunks:
+    """Array-like view of a chunked Zarr array or HDF5 dataset that names a chunk it cannot read.
+
+    Dask reads lazy volumes through it one chunk per task, and eager reads go through
+    it slab by slab (:meth:`read_all`), so a corrupt or truncated chunk gives the same
+    one-line :class:`InputError` on both paths: the file, the chunk's grid index and
+    voxel range, and the library's complaint.
+
+    Parameters
+    ----------
+    array : zarr.Array or h5py.Dataset
+        Anything with ``shape``, ``dtype`` and NumPy-style slicing.
+    path : pathlib.Path
+        The file or store, for messages.
+    fmt : str
+        Its format (a key of :data:`FORMAT_TITLES`).
+    chunks : tuple of int, optional
+        Chunk shape; ``array.chunks`` by default, whole slices for unchunked data.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> view = CheckedChunks(np.arange(24).reshape(2, 3, 4), Path("scan.h5"), "hdf5", chunks=(1, 3, 4))
+    >>> view.read_all().shape
+    (2, 3, 4)
+    """
+
+    def __init__(self, array: Any, path: Path, fmt: str, chunks: tuple[int, ...] | None = None) -> None:
+        self.array, self.path, self.fmt = array, path, fmt
+        self.shape = tuple(int(n) for n in array.shape)
+        self.dtype = array.dtype
+        self.ndim = len(self.shape)
+        self.chunks = tuple(chunks or getattr(array, "chunks", None) or (1,) + self.shape[1:])
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self.array[key]
+        except (InputError, MemoryError):
+            raise
+        except PermissionError as exc:  # a chunk file the user may not read: not damage
+            raise unreadable(self.path, exc) from exc
+        except Exception as exc:
+            raise self._locate(key, exc) from exc
+
+    def read_all(self) -> Any:
+        """The whole array in memory, read in slabs of whole chunks."""
+        import numpy as np
+
+        from .volume import slab_bounds
+
+        out = np.empty(self.shape, self.dtype)
+        if self.ndim == 0 or not out.size:
+            return out
+        for start, stop in slab_bounds(self, step=self.chunks[0]):
+            out[start:stop] = self[start:stop]
+        return out
+
+    def _locate(self, key: Any, exc: Exception) -> InputError:
+        """The error naming the first chunk below ``key`` that fails on its own."""
+        import itertools
+
+        keys = key if isinstance(key, tuple) else (key,)
+        grids = []
+        for item, n, c in zip(itertools.chain(keys, itertools.repeat(slice(None))), self.shape, self.chunks):
+            start, stop = item.indices(n)[:2] if isinstance(item, slice) else (int(item) % n, int(item) % n + 1)
+            grids.append(range(start // c, -(-stop // c)))
+        title = FORMAT_TITLES[self.fmt]
+        for index in itertools.islice(itertools.product(*grids), 4096):
+            bounds = [(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape)]
+            try:
+                self.array[tuple(slice(a, b) for a, b in bounds)]
+            except Exception as inner:  # noqa: BLE001 - whatever the library raises marks this chunk
+                where = ", ".join(f"{axis} {a}:{b}" for axis, (a, b) in zip("zyx"[-self.ndim:], bounds))
+                return InputError(
+                    f"{self.path}: chunk {'.'.join(map(str, index))} ({where}) is corrupt or truncated "
+                    f"({one_line(inner)}); expected a complete, valid {title}"
+                )
+        return InputError(f"{self.path}: cannot read {title} ({one_line(exc)}); expected a complete, valid {title}")

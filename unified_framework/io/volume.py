@@ -338,6 +338,44 @@ def check_ndim(shape: Sequence[int], expect_ndim: int | Sequence[int], name: str
     raise InputError(f"{name}: has {len(shape)} dimensions (shape {dims}); expected {wanted}")
 
 
+def format_bytes(n: float) -> str:
+    """``n`` bytes as ``'1.5 GiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("not reached")
+
+
+def check_memory(shape: Sequence[int], dtype: Any, name: str) -> None:
+    """Raise :class:`InputError` if an array of ``shape`` and ``dtype`` cannot fit in free memory.
+
+    Readers call it before an eager read, so a volume larger than memory (or a header
+    that claims one) is refused at once instead of failing with ``MemoryError`` or
+    the kernel's OOM killer after minutes.
+
+    Examples
+    --------
+    >>> check_memory((16, 32, 24), "uint16", "scan.tif")
+    >>> check_memory((100000,) * 3, "uint8", "scan.zarr")
+    Traceback (most recent call last):
+    ...
+    unified_framework.errors.InputError: scan.zarr: 100000x100000x100000 uint8 needs 909.5 TiB of memory, ...
+    """
+    from ..system_info import available_memory
+
+    need = math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize
+    if need <= SLAB_BYTES:  # small reads never need the (slower) system query
+        return
+    free = available_memory()
+    if need > free:
+        dims = "x".join(str(int(n)) for n in shape)
+        raise InputError(
+            f"{name}: {dims} {np.dtype(dtype)} needs {format_bytes(need)} of memory, but {format_bytes(free)} is free; "
+            "expected a volume that fits in memory (or read it lazily: read_volume(lazy=True), mdlma io convert --chunks)"
+        )
+
+
 def slices_per_slab(shape: Sequence[int], dtype: Any, max_bytes: int | None = None) -> int:
     """How many slices along axis 0 fit in ``max_bytes`` (default :data:`SLAB_BYTES`); at least 1."""
     slice_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator
+
+from ..errors import InputError, describe_os_error
+
+# Failures that say the destination cannot take the output (not a fault in the data).
+_OUTPUT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOTDIR}
 
 
 @contextlib.contextmanager
@@ -17,7 +23,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     Works for files and for folders (TIFF slice folders, Zarr stores, DICOM series).
     The temporary name lives in the same directory so the final ``rename`` is atomic on
     POSIX file systems. On any exception the temporary is removed and ``path`` is left
-    untouched.
+    untouched; when the destination itself cannot be written (no permission, read-only
+    or full disk) that becomes a one-line :class:`~unified_framework.errors.InputError`.
 
     Parameters
     ----------
@@ -28,9 +35,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ------
     pathlib.Path
         Where the caller must write.
+
+    Raises
+    ------
+    InputError
+        If the folder of ``path`` cannot be created or written to.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> with atomic_path(folder / "scores.csv") as tmp:
+    ...     _ = tmp.write_text("label,dice\\n1,0.9\\n")
+    >>> sorted(p.name for p in folder.iterdir())
+    ['scores.csv']
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(final, exc) from exc
     # Keep the suffix so libraries that dispatch on it (nibabel: .nii.gz) still work.
     suffix = "".join(final.suffixes)
     stem = final.name[: len(final.name) - len(suffix)] if suffix else final.name
@@ -45,13 +69,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+        if isinstance(exc, OSError) and _about_output(exc, final, tmp):
+            raise _unwritable(final, exc) from exc
         raise
+
+
+def _about_output(exc: OSError, final: Path, tmp: Path) -> bool:
+    """True if ``exc`` is about the destination: its folder, the temporary or the final name.
+
+    Errors about other files (an input read lazily while writing) are left as they are;
+    so are errors without an errno (they are not the file system's answer).
+    """
+    if exc.errno not in _OUTPUT_ERRNOS:
+        return False
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    if not names:  # e.g. h5py and write(2) failures name no file
+        return True
+    return any(n in (str(final), str(final.parent)) or n.startswith(str(tmp)) for n in names)
+
+
+def _unwritable(final: Path, exc: OSError) -> InputError:
+    return InputError(f"{final}: cannot write ({describe_os_error(exc, names=False)}); expected a destination in a folder you may write to with free space")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
