@@ -25,13 +25,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 SIZE = (48, 48, 48)
 
 
-def run_killed(command: list[str], started: callable, kills: int, rng: random.Random, work_seconds: float) -> dict:
+def run_killed(command: list[str], started: Callable[[], bool], kills: int, rng: random.Random, work_seconds: float) -> dict:
     """Start ``command`` until it was killed ``kills`` times after ``started()``; then let it finish."""
     killed = starts = 0
     while True:
@@ -60,7 +61,7 @@ def timed(command: list[str]) -> float:
 
 
 def predict_case(folder: Path, model: Path, scan: Path, kills: int, rng: random.Random) -> bool:
-    from unified_framework.io import read_volume
+    import zarr
 
     def command(out: Path) -> list[str]:
         return [
@@ -74,9 +75,7 @@ def predict_case(folder: Path, model: Path, scan: Path, kills: int, rng: random.
     plan = folder / ".killed.zarr.sun-work" / "plan.json"
     result = run_killed(command(out), plan.exists, kills, rng, seconds)
     names = ["", "_p", "_entropy", "_disagreement"]
-    same = all(
-        np.array_equal(np.asarray(read_volume(folder / f"killed{n}.zarr").data), np.asarray(read_volume(folder / f"ref{n}.zarr").data)) for n in names
-    )
+    same = all(np.array_equal(zarr.open_array(str(folder / f"killed{n}.zarr"), mode="r")[...], zarr.open_array(str(folder / f"ref{n}.zarr"), mode="r")[...]) for n in names)
     print(f"sun predict: {result['kills']} SIGKILLs while working ({result['starts']} starts), uninterrupted {seconds:.1f} s; outputs bit-identical: {same}")
     return same
 

@@ -233,10 +233,6 @@ class ZarrAccumulator:
         """The progress recorded with the chunks at the last :meth:`flush`."""
         return self.manifest.state
 
-    def lost_regions(self) -> list[Region]:
-        """Boxes of the :attr:`lost` chunks."""
-        return [self._chunk_box(index) for index in self.lost]
-
     def add(self, unit: int, region: Region, packed: np.ndarray) -> None:
         """Add ``packed`` to ``region`` (within one chunk) unless work unit ``unit`` is in it already."""
         self._update(unit, region, lambda votes: np.add(votes, packed, out=votes))

@@ -284,7 +284,7 @@ class WorkDir:
 
 def _rewound(plan: Plan, piece: Piece | None, store: ZarrAccumulator) -> dict[str, Any]:
     """The progress of ``store`` once its lost chunks are empty again: before their first votes."""
-    lost = {tuple(r.start // c for r, c in zip(region, plan.chunks)) for region in store.lost_regions()}
+    lost = set(store.lost)
 
     def first_group_voting_on_lost(p: Piece, done: int) -> int:
         grid = axis_grid(p.axis, plan.shape)
