@@ -43,7 +43,7 @@ def test_pieces_rewritten_after_a_commit_verify_through_the_journal(tmp_path):
     assert sorted(killed.records) == ["chunk", "new"]
     # The previous version of a rewritten piece verifies too (the kill came before the rename).
     (tmp_path / "chunk").write_bytes(b"1" * 10)
-    assert killed.verify().ok
+    assert killed.verify().ok and killed.records["chunk"].crc32 == workdir_manifest.checksum(b"1" * 10)
     # A torn last journal line (killed while appending) is ignored.
     with open(tmp_path / workdir_manifest.JOURNAL_NAME, "a") as journal:
         journal.write("1 other 10 12")

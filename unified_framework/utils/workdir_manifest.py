@@ -227,7 +227,7 @@ class Manifest:
         """Read every recorded piece and check its size and CRC-32.
 
         A piece passes if it matches its current record or (for a piece rewritten after
-        the last commit) the version it replaced.
+        the last commit) the version it replaced; the record then follows the file.
         """
         missing, damaged = [], []
         for name, record in sorted(self.records.items()):
@@ -237,7 +237,9 @@ class Manifest:
                 missing.append(name)
                 continue
             found = Record(len(data), checksum(data))
-            if found != record and found not in self._earlier.get(name, ()):
+            if found in self._earlier.get(name, ()):  # killed between the journal line and the rename
+                self.records[name] = found
+            elif found != record:
                 damaged.append(name)
         return Verification(missing, damaged)
 
