@@ -422,8 +422,16 @@ def test_chunk_mirror_reads_each_input_chunk_once(tmp_path):
         for box in boxes:
             np.testing.assert_array_equal(mirror[box], volume[box])
     assert Counting.reads == 3 * 3 * 3  # every chunk of the 3 x 3 x 3 grid, once
-    damaged = tmp_path / "mirror" / "1.1.1.npy"
+    damaged = tmp_path / "mirror" / "1.1.1.raw"
     damaged.write_bytes(damaged.read_bytes()[:100])  # a truncated copy is read from the input again
     np.testing.assert_array_equal(mirror[boxes[1]], volume[boxes[1]])
     assert Counting.reads == 28
+    # A copy with changed bytes of the right size is caught by its checksum (on a process' first read).
+    changed = tmp_path / "mirror" / "2.0.1.raw"
+    data = bytearray(changed.read_bytes())
+    data[8:12] = np.float32(7.0).tobytes()
+    changed.write_bytes(bytes(data))
+    fresh = ChunkMirror(Counting(), tmp_path / "mirror", source_chunks(stored, (64, 64, 64)))
+    np.testing.assert_array_equal(fresh[boxes[1]], volume[boxes[1]])
+    assert Counting.reads == 29
     assert not list((tmp_path / "mirror").glob(".*"))  # no temporary files left

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -240,10 +242,10 @@ def test_sigkill_and_rerun_gives_identical_outputs(trained, volume_file, referen
         "--disagreement", str(outputs.disagreement), "--axes", "9", "--slabs", "2", "--memory", "32", "--chunks", "16", "16", "16",
         "--threads", "2",
     ]  # fmt: skip
-    progress = outputs.labels.with_name(f".{outputs.labels.name}.sun-work") / "progress"
+    manifest = outputs.labels.with_name(f".{outputs.labels.name}.sun-work") / "accumulator.zarr" / "manifest.json"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None and len(list(progress.glob("*.json"))) < 2:
+    while time.time() < deadline and process.poll() is None and _pieces_recorded(manifest) < 2:
         time.sleep(0.05)
     assert process.poll() is None, f"finished before it could be killed: {process.stderr.read()}"
     os.kill(process.pid, signal.SIGKILL)
@@ -252,6 +254,14 @@ def test_sigkill_and_rerun_gives_identical_outputs(trained, volume_file, referen
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     _assert_identical(outputs, reference_run)
+
+
+def _pieces_recorded(manifest: Path) -> int:
+    """Pieces with finished groups in a work directory's accumulator manifest."""
+    try:
+        return len(json.loads(manifest.read_text())["state"].get("groups_done", {}))
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def test_split_pieces_in_any_order_then_merge_is_identical(trained, volume_file, reference_run, tmp_path):
@@ -409,3 +419,146 @@ def test_separate_validation_pairs_replace_the_z_split(tmp_path, capsys):
     with pytest.raises(InputError, match="validation pair 0: 1 channel.* of float64; expected 1 of float32"):
         train_sun([image], [labels], tmp_path / "bad.pt", TrainingConfig(steps=1, depth=2, base_width=4, input_size=16),
                   val_images=[image.astype(np.float64)], val_labels=[labels])
+
+
+# --- A kept work directory that lost or damaged files (issue 13, item 2) --------------------
+
+#: Orthogonal and diagonal axes, two slabs each, 27 accumulator chunks: quick, and every kind of group.
+DAMAGE_RUN = dict(axes="z,x,y+x", slabs=2, memory_budget=32 * 2**20, chunks=(16, 16, 16))
+_CHUNK_FILE = re.compile(r"0\.\d+\.\d+\.\d+")
+
+
+@pytest.fixture(scope="session")
+def quick_model(tmp_path_factory):
+    """A barely trained small model (seconds): these tests compare runs with each other, not with the truth."""
+    image, labels = make_implant_phantom((32, 32, 32), seed=4)
+    config = TrainingConfig(axes="9", depth=2, base_width=4, input_size=32, batch_size=4, steps=5, val_every=5, patience=0)
+    folder = tmp_path_factory.mktemp("sun-quick-model")
+    return train_sun([image], [labels], folder / "quick.pt", config, class_names=CLASS_NAMES, voxel_size=(5.0,) * 3).model_path
+
+
+@pytest.fixture(scope="session")
+def kept_run(quick_model, volume_file, tmp_path_factory):
+    """An uninterrupted run whose work directory is kept, and its outputs."""
+    folder = tmp_path_factory.mktemp("sun-kept")
+    outputs = Outputs(folder / "kept.zarr", folder / "kept_p.zarr")
+    assert predict_to_files([volume_file], quick_model, outputs, workdir=folder / "work", keep_work=True, **DAMAGE_RUN)["complete"]
+    # ... and the work directory of a run stopped early, whose remaining groups read every input chunk again.
+    assert not predict_to_files([volume_file], quick_model, outputs, workdir=folder / "partial", max_groups=2, **DAMAGE_RUN)["complete"]
+    return outputs, folder / "work", folder / "partial"
+
+
+def _assert_same_labels_and_probabilities(a: Outputs, b: Outputs) -> None:
+    import zarr
+
+    np.testing.assert_array_equal(read_volume(a.labels).data, read_volume(b.labels).data)
+    np.testing.assert_array_equal(zarr.open_array(str(a.probabilities), mode="r")[...], zarr.open_array(str(b.probabilities), mode="r")[...])
+
+
+def _chunk_files(store: Path) -> list[Path]:
+    return sorted(p for p in store.iterdir() if _CHUNK_FILE.fullmatch(p.name))
+
+
+def _delete_chunks(work: Path, rng) -> None:
+    chunks = _chunk_files(work / "accumulator.zarr")
+    for path in rng.choice(chunks, size=len(chunks) * 2 // 5, replace=False):
+        path.unlink()
+
+
+def _damage_chunks(work: Path, rng) -> None:
+    chunks = list(rng.permutation(_chunk_files(work / "accumulator.zarr")))
+    for path in chunks[:4]:  # truncated
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    for path in chunks[4:7]:  # garbage of the right size
+        path.write_bytes(rng.integers(0, 256, path.stat().st_size, dtype=np.uint8).tobytes())
+
+
+def _damage_input_copies(work: Path, rng) -> None:
+    copies = list(rng.permutation(sorted((work / "input").glob("*/*"))))
+    for path in copies[: len(copies) // 2]:
+        path.unlink()
+    copies[-1].write_bytes(copies[-1].read_bytes()[:-100])
+    data = bytearray(copies[-2].read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])  # 64 flipped bytes among the voxels
+    copies[-2].write_bytes(bytes(data))
+
+
+def _delete_progress(work: Path, rng) -> None:
+    for name in ("manifest.json", "manifest.journal"):
+        (work / "accumulator.zarr" / name).unlink(missing_ok=True)
+    for path in (work / "progress").glob("*.json"):  # where work directories of plan version 2 kept it
+        path.unlink()
+    _delete_chunks(work, rng)
+
+
+def _killed_cleanup(work: Path, rng) -> None:
+    """What a kill half-way through deleting the work directory leaves."""
+    (work / "INVALID").write_text("")
+    _delete_chunks(work, rng)
+    shutil.rmtree(work / "input")
+
+
+@pytest.mark.parametrize("damage", [_delete_chunks, _damage_chunks, _damage_input_copies, _delete_progress, _killed_cleanup], ids=lambda f: f.__name__.strip("_"))
+def test_rerun_of_a_damaged_work_directory_is_bit_identical(quick_model, volume_file, kept_run, tmp_path, damage):
+    """Missing, truncated or changed files of a kept work directory are recomputed, never read as zeros."""
+    reference, work, partial = kept_run
+    copy = tmp_path / "work"
+    shutil.copytree(partial if damage is _damage_input_copies else work, copy)
+    damage(copy, np.random.default_rng(len(damage.__name__)))
+    outputs = Outputs(tmp_path / "again.zarr", tmp_path / "again_p.zarr")
+    result = predict_to_files([volume_file], quick_model, outputs, workdir=copy, keep_work=True, **DAMAGE_RUN)
+    assert result["complete"] and result["stats"].units > 0
+    _assert_same_labels_and_probabilities(outputs, reference)
+
+
+def test_merge_refuses_a_damaged_piece_until_it_is_run_again(quick_model, volume_file, kept_run, tmp_path):
+    reference = kept_run[0]
+    outputs = Outputs(tmp_path / "split.zarr", tmp_path / "split_p.zarr")
+    kwargs = dict(DAMAGE_RUN, workdir=tmp_path / "work")
+    for index in range(6):
+        predict_to_files([volume_file], quick_model, outputs, piece=index, **kwargs)
+    plan = WorkDir(tmp_path / "work").load_plan()
+    piece = plan.pieces[4]
+    _chunk_files(tmp_path / "work" / "pieces" / f"{piece.key}.zarr")[0].unlink()
+    with pytest.raises(InputError, match=rf"1 chunks missing or damaged; run piece {re.escape(piece.name)} again"):
+        merge_to_files(tmp_path / "work", outputs, keep_work=True)
+    assert not outputs.labels.exists()
+    again = predict_to_files([volume_file], quick_model, outputs, piece=piece.name, **kwargs)
+    assert again["complete"] and again["stats"].units > 0
+    # The merge resumes; an accumulator chunk lost meanwhile is merged again from every piece.
+    _chunk_files(tmp_path / "work" / "accumulator.zarr")[0].unlink()
+    merge_to_files(tmp_path / "work", outputs, keep_work=True)
+    _assert_same_labels_and_probabilities(outputs, reference)
+
+
+# --- A corrupt chunk in the input (issue 13, item 4) ----------------------------------------
+
+
+@pytest.mark.parametrize("corruption", ["garbage", "truncated"])
+def test_corrupt_input_chunk_is_a_one_line_error_and_leaves_no_work_directory(quick_model, volume_file, tmp_path, capsys, corruption):
+    scan = tmp_path / "scan.zarr"
+    shutil.copytree(volume_file, scan)
+    chunk = scan / "2.1.0"
+    good = chunk.read_bytes()
+    bad = np.random.default_rng(0).integers(0, 256, len(good), dtype=np.uint8).tobytes() if corruption == "garbage" else good[: len(good) // 3]
+    chunk.write_bytes(bad)
+    out = tmp_path / "seg.zarr"
+    args = ["sun", "predict", str(scan), "--model", str(quick_model), "--out", str(out), "--axes", "z,x", "--chunks", "16", "16", "16", "--memory", "32", "--no-uncertainty", "--threads", "2"]  # fmt: skip
+    work = out.with_name(f".{out.name}.sun-work")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mdlma: error: {chunk}: cannot read Zarr store") and err.count("\n") == 1, err
+    assert not work.exists() and not out.exists()
+    # A work directory from an earlier run is resumable work: it stays, consistent, and
+    # finishes once the input is repaired.
+    chunk.write_bytes(good)
+    assert main([*args, "--max-groups", "1"]) == 0
+    (work / "input" / "0" / "2.1.0.raw").unlink(missing_ok=True)  # as if that chunk had not been read yet
+    chunk.write_bytes(bad)
+    assert main(args) == 2 and str(chunk) in capsys.readouterr().err
+    assert work.is_dir() and not out.exists()
+    chunk.write_bytes(good)
+    assert main(args) == 0 and not work.exists()
+    assert main([*args[:6], str(tmp_path / "clean.zarr"), *args[7:]]) == 0
+    np.testing.assert_array_equal(read_volume(out).data, read_volume(tmp_path / "clean.zarr").data)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import InputError
 from ._common import (
@@ -187,3 +187,18 @@ def write_zarr(path: Path, volume: Volume, dataset: str | None, chunks: tuple[in
     for start, stop, block in iter_slabs(data, step=chunks[0], desc=f"writing {name}"):
         array[start:stop] = block
 
+
+
+def chunk_file(array: Any, index: Sequence[int]) -> Path:
+    """The file that holds chunk ``index`` of a Zarr v2 array in a directory store (for messages).
+
+    Examples
+    --------
+    >>> import zarr
+    >>> array = zarr.open_array("scan.zarr", mode="w", shape=(4, 4), chunks=(2, 2))  # doctest: +SKIP
+    >>> chunk_file(array, (1, 0))  # doctest: +SKIP
+    PosixPath('scan.zarr/1.0')
+    """
+    key = array._chunk_key(tuple(int(i) for i in index))  # zarr v2 names chunk keys only privately
+    root = getattr(array.store, "path", None)
+    return Path(root, key) if root else Path(key)

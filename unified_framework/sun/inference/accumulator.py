@@ -11,25 +11,34 @@ a resumed run) gives a bit-identical result.
 The Zarr accumulator has one more channel: for every voxel the number of the last
 work unit added to it (plus one). Chunks are written back as whole files, and a unit
 is added only where the counter is lower, so a run killed at any point can simply run
-the units after its last checkpoint again.
+the units after its last checkpoint again. A manifest records every chunk written, with
+its checksum, so that a chunk lost or damaged later is recomputed, never read as zeros.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import re
+import shutil
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
+from ...utils.workdir_manifest import Manifest
 from ..votes import accumulator_channels, run_kernel
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 64
 #: Work units per Zarr accumulator: the chunk counter is a uint16 like the votes.
 MAX_UNITS = 2**16 - 1
+
+#: Zarr's little-endian uint16, the layout of the stored chunks.
+ACCUMULATOR_DTYPE = np.dtype("<u2")
 
 Region = tuple[slice, slice, slice]
 _CHUNK_KEY = re.compile(r"\d+(\.\d+){3}")
@@ -133,6 +142,14 @@ class ZarrAccumulator:
     any point leaves a consistent store: units after the last :meth:`flush` are simply
     run again, and chunks that already hold them skip them.
 
+    The store knows what it holds: a :class:`~unified_framework.utils.workdir_manifest.Manifest`
+    lists every written chunk with its size and CRC-32, and the caller's progress
+    (``state``), committed by :meth:`flush` after the chunks. Opening an existing store
+    verifies every recorded chunk; missing or damaged ones are listed in :attr:`lost`
+    (and, with ``repair``, deleted): their votes must be added again, all of them, from
+    the first unit. A chunk that was never written reads as zeros; a recorded chunk
+    never does. A store without a readable manifest is emptied.
+
     Parameters
     ----------
     path : path-like
@@ -144,11 +161,14 @@ class ZarrAccumulator:
         Spatial chunk shape; every chunk file holds all channels of its box.
     cache_bytes : int
         Memory for chunks kept between reads and writes (0: write after every update).
+    repair : bool
+        Delete missing or damaged chunks from the records (the store's owner does);
+        False only reports them in :attr:`lost` (to read a store another process owns).
     """
 
-    def __init__(self, path: str | Path, shape: Sequence[int], num_classes: int, chunks: Sequence[int] = (DEFAULT_CHUNK,) * 3, cache_bytes: int = 0) -> None:
-        import zarr
-
+    def __init__(
+        self, path: str | Path, shape: Sequence[int], num_classes: int, chunks: Sequence[int] = (DEFAULT_CHUNK,) * 3, cache_bytes: int = 0, repair: bool = True
+    ) -> None:
         self.path = Path(path)
         self.shape = tuple(int(n) for n in shape)
         self.num_classes = num_classes
@@ -157,25 +177,61 @@ class ZarrAccumulator:
         self.cache_bytes = int(cache_bytes)
         self._cache: OrderedDict[tuple[int, ...], list] = OrderedDict()  # chunk index -> [block, dirty]
         self._cached_bytes = 0
-        full_shape = (self.channels + 1, *self.shape)
-        full_chunks = (self.channels + 1, *self.chunks)
-        if (self.path / ".zarray").exists():
-            self.array = zarr.open_array(str(self.path), mode="r+")
-            if self.array.shape != full_shape or self.array.chunks != full_chunks or self.array.dtype != np.uint16:
-                raise ValueError(f"{self.path}: accumulator of another shape {self.array.shape} / chunks {self.array.chunks}")
-        else:
-            # DirectoryStore writes each chunk to a temporary file and renames it: chunks are atomic.
-            self.array = zarr.open_array(
-                str(self.path),
-                mode="w",
-                shape=full_shape,
-                chunks=full_chunks,
-                dtype=np.uint16,
-                fill_value=0,
-                # Uncompressed: probability sums compress poorly; scratch space is cheaper than CPU.
-                compressor=None,
-                write_empty_chunks=False,
-            )
+        self._written = False  # chunks written since the last commit of the manifest
+        self._full_chunk = (self.channels + 1, *self.chunks)
+        self.manifest = Manifest(self.path)
+        #: Chunk indices recorded in the manifest but missing or damaged on disk.
+        self.lost: list[tuple[int, ...]] = []
+        if not self._open_existing(repair):
+            self._create()
+
+    def _open_existing(self, repair: bool) -> bool:
+        """Load the manifest of an existing store and verify its chunks; False if there is nothing usable."""
+        import zarr
+
+        if not (self.path / ".zarray").exists():
+            return not repair  # read-only: an empty store
+        try:
+            array = zarr.open_array(str(self.path), mode="r")
+            usable = array.shape == (self.channels + 1, *self.shape) and array.chunks == self._full_chunk and array.dtype == ACCUMULATOR_DTYPE
+        except Exception:  # damaged metadata: the store is scratch space, made again below
+            usable = False
+        if not usable or not self.manifest.load():
+            if repair:
+                logger.warning("%s: no manifest or damaged metadata; the stored votes are discarded and computed again", self.path)
+            return not repair  # read-only: an empty store
+        verification = self.manifest.verify()
+        if not verification.ok:
+            logger.warning("%s: %d chunks missing, %d damaged; their votes are computed again", self.path, len(verification.missing), len(verification.damaged))
+            self.lost = [_chunk_index(name) for name in verification.bad if _CHUNK_KEY.fullmatch(name)]
+            if repair:
+                self.manifest.forget(verification.bad)
+        return True
+
+    def _create(self) -> None:
+        import zarr
+
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        # The chunks are written by _write (raw, through the manifest); zarr keeps the
+        # metadata, so the store stays a plain Zarr array for inspection.
+        zarr.open_array(
+            str(self.path),
+            mode="w",
+            shape=(self.channels + 1, *self.shape),
+            chunks=self._full_chunk,
+            dtype=ACCUMULATOR_DTYPE,
+            fill_value=0,
+            # Uncompressed: probability sums compress poorly; scratch space is cheaper than CPU.
+            compressor=None,
+        )
+        self.manifest.load()
+        self.manifest.commit({})
+
+    @property
+    def state(self) -> dict:
+        """The progress recorded with the chunks at the last :meth:`flush`."""
+        return self.manifest.state
 
     def add(self, unit: int, region: Region, packed: np.ndarray) -> None:
         """Add ``packed`` to ``region`` (within one chunk) unless work unit ``unit`` is in it already."""
@@ -202,28 +258,32 @@ class ZarrAccumulator:
             if dirty:
                 self._write(evicted, old)
 
-    def flush(self) -> None:
-        """Write every changed chunk to the store (after which the units added so far are safe)."""
+    def flush(self, state: dict | None = None) -> None:
+        """Write every changed chunk, then commit the manifest with ``state`` (default: unchanged).
+
+        After it returns, the units added so far and ``state`` are safe.
+        """
         for index, entry in self._cache.items():
             if entry[1]:
                 self._write(index, entry[0])
                 entry[1] = False
+        if self._written or state is not None:
+            self.manifest.commit(state)
+            self._written = False
 
     def read(self, region: Region) -> np.ndarray:
-        """The accumulated ``(channels, *region)`` block."""
+        """The accumulated ``(channels, *region)`` block (``region`` within one chunk)."""
         index, local = self._locate(region)
-        if index in self._cache:
-            return self._cache[index][0][(slice(0, self.channels), *local)]
-        return self.array[(slice(0, self.channels), *region)]
+        entry = self._cache.get(index)
+        block = entry[0] if entry is not None else self._load(index)
+        return block[(slice(0, self.channels), *local)]
 
     def stored_regions(self) -> Iterator[Region]:
         """Regions of the chunks that have been written (the others are all zero)."""
         self.flush()
-        for key in sorted(self.array.store.keys()):
-            if not _CHUNK_KEY.fullmatch(key):  # metadata, or a temporary file left by a kill
-                continue
-            index = [int(i) for i in key.split(".")][1:]
-            yield self._chunk_box(index)
+        for name in sorted(self.manifest.records):
+            if _CHUNK_KEY.fullmatch(name):
+                yield self._chunk_box(_chunk_index(name))
 
     def _locate(self, region: Region) -> tuple[tuple[int, ...], tuple[slice, ...]]:
         """The chunk that ``region`` lies in, and ``region`` relative to it."""
@@ -236,12 +296,36 @@ class ZarrAccumulator:
     def _entry(self, index: tuple[int, ...]) -> list:
         entry = self._cache.get(index)
         if entry is None:
-            entry = [self.array[(slice(None), *self._chunk_box(index))], False]
+            entry = [self._load(index), False]
             self._cache[index] = entry
             self._cached_bytes += entry[0].nbytes
         else:
             self._cache.move_to_end(index)
         return entry
 
+    def _load(self, index: Sequence[int]) -> np.ndarray:
+        """A writable copy of chunk ``index``: zeros if it was never written, else its recorded bytes."""
+        inside = (slice(None), *(slice(0, b.stop - b.start) for b in self._chunk_box(index)))
+        name = _chunk_name(index)
+        if name not in self.manifest.records:
+            return np.zeros((self.channels + 1, *(s.stop for s in inside[1:])), ACCUMULATOR_DTYPE)
+        stored = np.frombuffer(self.manifest.read(name), ACCUMULATOR_DTYPE).reshape(self._full_chunk)
+        return stored[inside].copy()
+
     def _write(self, index: tuple[int, ...], block: np.ndarray) -> None:
-        self.array[(slice(None), *self._chunk_box(index))] = block
+        """Store a chunk as Zarr does without a compressor: C order, padded to the full chunk shape."""
+        if block.shape != self._full_chunk:
+            full = np.zeros(self._full_chunk, ACCUMULATOR_DTYPE)
+            full[(slice(None), *(slice(0, n) for n in block.shape[1:]))] = block
+            block = full
+        self.manifest.write(_chunk_name(index), np.ascontiguousarray(block, ACCUMULATOR_DTYPE))
+        self._written = True
+
+
+def _chunk_name(index: Sequence[int]) -> str:
+    """Zarr's key of a chunk (the channel axis is one chunk)."""
+    return ".".join(str(i) for i in (0, *index))
+
+
+def _chunk_index(name: str) -> tuple[int, ...]:
+    return tuple(int(i) for i in name.split("."))[1:]

@@ -4,17 +4,20 @@ A diagonal group of ``g`` slices crosses a band about ``g`` voxels wide, so each
 chunk of edge ``c`` is read about ``c * sqrt(2) / g`` times per diagonal axis. Reading a
 compressed chunk means decoding it every time; here each chunk is read from the input
 (and decoded) once, on first use, and stored raw in the work directory, where later
-reads load it several times faster.
+reads load it several times faster. Each copy carries a CRC-32
+(:func:`~unified_framework.utils.workdir_manifest.write_checked`), checked on its first
+read by a process: a missing, truncated or damaged copy is read from the input again.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 
-from ...utils.atomic import atomic_path
+from ...utils.workdir_manifest import read_checked, write_checked
 from .accumulator import chunk_regions
 
 
@@ -26,20 +29,29 @@ class ChunkMirror:
     source : array-like
         A Zarr or dask array (anything sliceable with a ``shape`` and ``dtype``).
     directory : path-like
-        Where the raw chunks go, one ``.npy`` file each. Files are written under a
-        temporary name and renamed, so a killed run leaves none half-written and
-        concurrent array tasks may store the same chunk (with the same content).
+        Where the raw chunks go, one ``.raw`` file each (the bytes in C order and their
+        CRC-32). Files are written under a temporary name and renamed, so a killed run
+        leaves none half-written and concurrent array tasks may store the same chunk
+        (with the same content).
     chunks : sequence of 3 int
         Chunk shape of the copy; pass the source's own chunks so that each is decoded
         once.
+    read_errors : callable, optional
+        ``read_errors(chunk index)`` gives a context manager around reading that chunk
+        from the source, e.g. one that turns a decoding error into an
+        :class:`~unified_framework.errors.InputError` naming the chunk's file.
     """
 
-    def __init__(self, source: Any, directory: str | Path, chunks: Sequence[int]) -> None:
+    def __init__(
+        self, source: Any, directory: str | Path, chunks: Sequence[int], read_errors: Callable[[tuple[int, ...]], ContextManager[Any]] | None = None
+    ) -> None:
         self.source = source
         self.shape = tuple(int(n) for n in source.shape)
         self.dtype = np.dtype(source.dtype)
         self.chunks = tuple(int(c) for c in chunks)
         self.directory = Path(directory)
+        self.read_errors = read_errors or (lambda index: contextlib.nullcontext())
+        self._verified: set[tuple[int, ...]] = set()  # copies whose checksum this process has checked
 
     def __getitem__(self, region: tuple[slice, slice, slice]) -> np.ndarray:
         out = np.empty(tuple(r.stop - r.start for r in region), self.dtype)
@@ -52,17 +64,21 @@ class ChunkMirror:
         return out
 
     def _chunk(self, box: tuple[slice, ...]) -> np.ndarray:
-        path = self.directory / f"{'.'.join(str(b.start // c) for b, c in zip(box, self.chunks))}.npy"
-        try:
-            return np.load(path)
-        except (FileNotFoundError, ValueError, EOFError):  # not stored yet (or damaged: store it again)
-            pass
-        data = self.source[box]
-        if hasattr(data, "compute"):
-            data = data.compute(scheduler="synchronous")
-        data = np.asarray(data, dtype=self.dtype)
-        with atomic_path(path) as tmp:
-            np.save(tmp, data)
+        index = tuple(b.start // c for b, c in zip(box, self.chunks))
+        shape = tuple(b.stop - b.start for b in box)
+        count = int(np.prod(shape))
+        path = self.directory / f"{'.'.join(str(i) for i in index)}.raw"
+        stored = read_checked(path, count * self.dtype.itemsize, verify=index not in self._verified)
+        if stored is not None:  # else not stored yet, or damaged: store it again
+            self._verified.add(index)
+            return np.frombuffer(stored, self.dtype, count).reshape(shape)
+        with self.read_errors(index):
+            data = self.source[box]
+            if hasattr(data, "compute"):
+                data = data.compute(scheduler="synchronous")
+        data = np.ascontiguousarray(data, dtype=self.dtype)
+        write_checked(path, data)
+        self._verified.add(index)
         return data
 
 

@@ -288,16 +288,26 @@ def vote_unit(
     del images
     started = time.perf_counter()
     slab = ProbabilitySlab(probabilities, grid, u0, u1, rows_first=diagonal)
+    for tile in group_tiles(grid, accumulator.chunks, u0, u1):
+        accumulator.add_votes(unit_number, tile, slab)
+    stats.fusion_seconds += time.perf_counter() - started
+    stats.units += 1
+
+
+def group_tiles(grid: AxisGrid, chunks: Sequence[int], u0: int, u1: int) -> Iterable[tuple[slice, slice, slice]]:
+    """The parts of accumulator chunks that units ``[u0, u1)`` of an axis vote on, one per chunk.
+
+    Also tells which groups a chunk needs again when it was lost (see
+    :mod:`~unified_framework.sun.inference.workdir`).
+    """
     within = [slice(0, n) for n in grid.shape]
-    if not diagonal:
+    if not grid.axis.diagonal:
         within[grid.axis.principal] = slice(u0, u1)
-    for tile in chunk_regions(grid.shape, accumulator.chunks, within):
+    for tile in chunk_regions(grid.shape, chunks, within):
         tile = tuple(slice(max(t.start, w.start), min(t.stop, w.stop)) for t, w in zip(tile, within))
         lo, hi = grid.unit_range(tile)
         if hi > u0 and lo < u1:
-            accumulator.add_votes(unit_number, tile, slab)
-    stats.fusion_seconds += time.perf_counter() - started
-    stats.units += 1
+            yield tile
 
 
 @dataclass
@@ -402,6 +412,7 @@ __all__ = [
     "SlicePredictor",
     "SunPrediction",
     "VolumeSource",
+    "group_tiles",
     "group_units_by_axis",
     "max_group_units",
     "predict_volume",

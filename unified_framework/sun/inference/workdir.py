@@ -6,19 +6,23 @@ are processed in *groups* small enough for the memory budget. Layout::
 
     WORK/plan.json              volume, model digest, axes, slabs, groups (fixed at the start)
     WORK/accumulator.zarr       the running accumulator (uint16, chunked)
-    WORK/input/<channel>/       raw copies of the input chunks read so far (see .mirror)
-    WORK/progress/<piece>.json  groups finished by that piece
-    WORK/pieces/<piece>.zarr    split mode only: the piece's own votes
-    WORK/progress/merge.json    split mode only: pieces merged so far
+    WORK/accumulator.zarr/manifest.json
+                                its chunks (size, CRC-32) and the groups they hold
+    WORK/input/<channel>/       raw, checksummed copies of the input chunks read so far (see .mirror)
+    WORK/pieces/<piece>.zarr    split mode only: the piece's own votes (with its manifest)
     WORK/outputs/               fused outputs before they are written to their destination
 
 *Single mode* (``mdlma sun predict``) adds every group straight into the accumulator.
 *Split mode* (``--piece``, e.g. one SLURM array task per piece) writes each piece into
 its own store; ``mdlma sun merge`` then adds the stores to the accumulator. The
 accumulator sums integers (:mod:`.accumulator`), so both modes, any order of pieces and
-any number of kills and restarts give bit-identical outputs. Progress files are written
-atomically after the data they describe, and chunks carry the number of the last unit
-added to them, so a killed run resumes without losing or repeating anything.
+any number of kills and restarts give bit-identical outputs. Progress is committed in
+each store's manifest atomically after the chunks it describes, and chunks carry the
+number of the last unit added to them, so a killed run resumes without losing or
+repeating anything. A resumed run verifies every recorded chunk; the groups that voted
+on a missing or damaged one are run again (``docs/reliability.md``). The directory is
+removed through :func:`~unified_framework.utils.workdir_manifest.remove_work_folder`,
+so a clean-up killed half-way is never taken for resumable work.
 """
 
 from __future__ import annotations
@@ -36,17 +40,18 @@ import numpy as np
 from ...errors import InputError
 from ...utils.atomic import atomic_path, write_text_atomic
 from ...utils.heap import reuse_freed_memory
+from ...utils.workdir_manifest import Manifest, discard_if_invalid, remove_work_folder
 from ..axes import axis_grid, parse_axes
 from ..model_package import SunModel
 from ..votes import MAX_AXES, accumulator_channels
 from .accumulator import DEFAULT_CHUNK, MAX_UNITS, ZarrAccumulator, chunk_regions, fuse
 from .mirror import ChunkMirror, source_chunks
-from .predictor import DEFAULT_MEMORY_BUDGET, RunStats, SlicePredictor, VolumeSource, group_units_by_axis, unit_groups, vote_unit
+from .predictor import DEFAULT_MEMORY_BUDGET, RunStats, SlicePredictor, VolumeSource, group_tiles, group_units_by_axis, unit_groups, vote_unit
 
 logger = logging.getLogger(__name__)
 
-#: 2: uint16 accumulator (votes.py encoding); work directories of version 1 are refused.
-PLAN_VERSION = 2
+#: 2: uint16 accumulator (votes.py encoding); 3: manifests with checksums. Older work directories are refused.
+PLAN_VERSION = 3
 #: Longest time (s) between checkpoints of a piece: what a killed run may have to redo.
 CHECKPOINT_SECONDS = 300.0
 SINGLE, SPLIT = "single", "split"
@@ -218,6 +223,7 @@ class WorkDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._open: dict[Path, ZarrAccumulator] = {}  # stores verified by this process
 
     @property
     def plan_file(self) -> Path:
@@ -255,26 +261,55 @@ class WorkDir:
             )
         return stored
 
-    def groups_done(self, piece: Piece) -> int:
-        """Number of groups of ``piece`` whose votes are safely stored."""
-        path = self.path / "progress" / f"{piece.key}.json"
-        return int(json.loads(path.read_text(encoding="utf-8"))["groups_done"]) if path.is_file() else 0
+    def accumulator(self, plan: Plan, piece: Piece | None = None, *, repair: bool = True) -> ZarrAccumulator:
+        """The run's accumulator, or (split mode) the store of ``piece``, verified.
 
-    def record_groups(self, piece: Piece, done: int) -> None:
-        write_text_atomic(self.path / "progress" / f"{piece.key}.json", json.dumps({"piece": piece.name, "groups_done": done}))
-
-    def pieces_merged(self) -> int:
-        path = self.path / "progress" / "merge.json"
-        return int(json.loads(path.read_text(encoding="utf-8"))["pieces_merged"]) if path.is_file() else 0
-
-    def record_merged(self, count: int) -> None:
-        write_text_atomic(self.path / "progress" / "merge.json", json.dumps({"pieces_merged": count}))
-
-    def accumulator(self, plan: Plan, piece: Piece | None = None) -> ZarrAccumulator:
-        """The run's accumulator, or (split mode) the store of ``piece``."""
+        With ``repair`` (the store's owner), chunks found missing or damaged are dropped
+        and the recorded progress goes back to the first group that voted on one of
+        them, so that those votes are added again; the store is then kept open for
+        this run. Without, the store is opened afresh and its :attr:`~ZarrAccumulator.lost`
+        chunks are only reported.
+        """
         path = self.path / ("accumulator.zarr" if piece is None else f"pieces/{piece.key}.zarr")
+        if repair and path in self._open:
+            return self._open[path]
         cache = memory_split(plan.shape, plan.chunks, len(plan.class_names), plan.memory_budget)[1]
-        return ZarrAccumulator(path, plan.shape, len(plan.class_names), plan.chunks, cache_bytes=cache)
+        store = ZarrAccumulator(path, plan.shape, len(plan.class_names), plan.chunks, cache_bytes=cache, repair=repair)
+        if repair:
+            if store.lost:
+                store.flush(_rewound(plan, piece, store))
+            self._open[path] = store
+        return store
+
+    def groups_done(self, plan: Plan, piece: Piece) -> int:
+        """Groups of ``piece`` whose votes are stored (as verified by :meth:`accumulator`)."""
+        if plan.mode == SPLIT:
+            return int(self.accumulator(plan, piece).state.get("groups_done", 0))
+        return int(self.accumulator(plan).state.get("groups_done", {}).get(piece.key, 0))
+
+    def recorded_groups(self, piece: Piece) -> int:
+        """Split mode: groups of ``piece`` its store's manifest records, without verifying the chunks."""
+        manifest = Manifest(self.path / "pieces" / f"{piece.key}.zarr")
+        return int(manifest.state.get("groups_done", 0)) if manifest.load() else 0
+
+
+def _rewound(plan: Plan, piece: Piece | None, store: ZarrAccumulator) -> dict[str, Any]:
+    """The progress of ``store`` once its lost chunks are empty again: before their first votes."""
+    lost = set(store.lost)
+
+    def first_group_voting_on_lost(p: Piece, done: int) -> int:
+        grid = axis_grid(p.axis, plan.shape)
+        for group, (u0, u1) in enumerate(p.groups[:done]):
+            if any(tuple(t.start // c for t, c in zip(tile, plan.chunks)) in lost for tile in group_tiles(grid, plan.chunks, u0, u1)):
+                return group
+        return done
+
+    if piece is not None:
+        return {"groups_done": first_group_voting_on_lost(piece, int(store.state.get("groups_done", 0)))}
+    if plan.mode == SPLIT:
+        return {"pieces_merged": 0}  # merging adds each piece to a chunk at most once: merge all again
+    done = store.state.get("groups_done", {})
+    return {"groups_done": {p.key: first_group_voting_on_lost(p, int(done.get(p.key, 0))) for p in plan.pieces}}
 
 
 def run_pieces(
@@ -320,7 +355,8 @@ def run_pieces(
 
     split = pieces is not None
     selected = list(pieces) if split else plan.pieces
-    remaining = [(p, g) for p in selected for g in range(workdir.groups_done(p), len(p.groups))]
+    done = {p.key: workdir.groups_done(plan, p) for p in selected}  # verifies the stores first
+    remaining = [(p, g) for p in selected for g in range(done[p.key], len(p.groups))]
     stats = RunStats()
     if not remaining:
         return stats, True
@@ -328,41 +364,41 @@ def run_pieces(
     predictor = predictor or SlicePredictor(model, device, memory_budget=working)
     shared = None if split else workdir.accumulator(plan)
     bar = tqdm(total=sum(len(p.groups) for p in selected), initial=sum(len(p.groups) for p in selected) - len(remaining), desc="SUN predict", unit="group", disable=None if progress else True)
-    stores: dict[int, ZarrAccumulator] = {}
-    unrecorded: dict[Piece, int] = {}  # groups done since the last checkpoint
+    unrecorded: dict[str, int] = {}  # groups done since the last checkpoint, by piece key
     last_checkpoint = time.monotonic()
 
     def checkpoint() -> None:
-        """Write the cached chunks, then record the groups they hold."""
-        for accumulator in [shared] if shared is not None else stores.values():
-            accumulator.flush()
-        for piece, groups in unrecorded.items():
-            workdir.record_groups(piece, groups)
+        """Write the cached chunks, then commit the groups they hold (in the store's manifest)."""
+        done.update(unrecorded)
         unrecorded.clear()
+        if shared is not None:
+            shared.flush({"groups_done": {**shared.state.get("groups_done", {}), **done}})
+        else:
+            for piece in selected:
+                workdir.accumulator(plan, piece).flush({"groups_done": done[piece.key]})
 
     # Every group allocates the same buffers again; cached chunks come and go within the budget.
     with reuse_freed_memory():
-        done = 0
+        count = 0
         for piece, group in remaining:
-            if max_groups is not None and done >= max_groups:
+            if max_groups is not None and count >= max_groups:
                 break
             grid = axis_grid(piece.axis, plan.shape)
             if split:
-                accumulator = stores.setdefault(piece.index, workdir.accumulator(plan, piece))
-                unit_number = group
+                accumulator, unit_number = workdir.accumulator(plan, piece), group
             else:
                 accumulator, unit_number = shared, piece.first_unit + group
             u0, u1 = piece.groups[group]
             vote_unit(source, predictor, accumulator, grid, unit_number, u0, u1, stats, working // 8)
-            unrecorded[piece] = group + 1
+            unrecorded[piece.key] = group + 1
             if group + 1 == len(piece.groups) or time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
                 checkpoint()
                 last_checkpoint = time.monotonic()
-            done += 1
+            count += 1
             bar.update()
         checkpoint()
     bar.close()
-    complete = all(workdir.groups_done(p) == len(p.groups) for p in selected)
+    complete = all(done[p.key] == len(p.groups) for p in selected)
     return stats, complete
 
 
@@ -388,22 +424,26 @@ def merge_pieces(workdir: WorkDir, plan: Plan, progress: bool = False) -> None:
     Raises
     ------
     InputError
-        If a piece is not finished (names the missing ones).
+        If a piece is not finished (names the missing ones) or its store lost chunks.
     """
     from tqdm.auto import tqdm
 
-    missing = [p.name for p in plan.pieces if workdir.groups_done(p) < len(p.groups)]
+    missing = [p.name for p in plan.pieces if workdir.recorded_groups(p) < len(p.groups)]
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise InputError(f"{workdir.path}: {len(missing)} of {len(plan.pieces)} pieces not finished: {shown}")
     accumulator = workdir.accumulator(plan)
-    start = workdir.pieces_merged()
+    start = int(accumulator.state.get("pieces_merged", 0))
     for piece in tqdm(plan.pieces[start:], desc="SUN merge", unit="piece", disable=None if progress else True):
-        store = workdir.accumulator(plan, piece)
+        store = workdir.accumulator(plan, piece, repair=False)
+        if store.lost:
+            raise InputError(
+                f"{store.path}: {len(store.lost)} chunks missing or damaged; run piece {piece.name} again "
+                "(mdlma sun predict with the same arguments and --piece), then merge"
+            )
         for region in store.stored_regions():
             accumulator.add(piece.index, region, store.read(region))
-        accumulator.flush()
-        workdir.record_merged(piece.index + 1)
+        accumulator.flush({"pieces_merged": piece.index + 1})
 
 
 @dataclass
@@ -531,32 +571,47 @@ def predict_to_files(
     model = load_model(model_path)
     volumes = [read_volume(p, lazy=True, expect_ndim=3, grey=True) for p in volume_paths]
     work = WorkDir(workdir or default_workdir(outputs.labels))
-    readable = [_box_readable(v) for v in volumes]
-    # Lazily read inputs go through raw copies of their chunks (see .mirror).
-    channels = [ChunkMirror(r, work.path / "input" / str(i), source_chunks(r, chunks)) if hasattr(r, "chunks") else r for i, r in enumerate(readable)]
-    source = VolumeSource(channels, name=", ".join(str(p) for p in volume_paths))
-    spacing = volumes[0].spacing
-    _warn_voxel_size(model, spacing)
-    plan = make_plan(
-        source, model, file_digest(model_path), axes, slabs=slabs, chunks=chunks, memory_budget=memory_budget, spacing=spacing, mode=SPLIT if piece is not None else SINGLE,
-        origin=volumes[0].origin, direction=volumes[0].direction,
-    )
-    plan = work.adopt(plan)
-    started = time.perf_counter()
-    if piece is not None:
-        chosen = plan.find_piece(piece)
-        stats, complete = run_pieces(work, plan, source, model, [chosen], device=device, max_groups=max_groups, progress=progress)
-        return {"complete": complete, "written": [], "stats": stats, "workdir": work.path, "plan": plan, "seconds": time.perf_counter() - started}
-    stats, complete = run_pieces(work, plan, source, model, device=device, max_groups=max_groups, progress=progress)
-    written = write_outputs(work, plan, outputs, progress) if complete else []
+    discard_if_invalid(work.path)
+    created = not work.path.exists()
+    try:
+        readable = [_box_readable(v) for v in volumes]
+        # Lazily read inputs go through raw copies of their chunks (see .mirror).
+        channels = [
+            ChunkMirror(r, work.path / "input" / str(i), source_chunks(r, chunks), _chunk_errors(v, r)) if hasattr(r, "chunks") else r
+            for i, (v, r) in enumerate(zip(volumes, readable))
+        ]
+        source = VolumeSource(channels, name=", ".join(str(p) for p in volume_paths))
+        spacing = volumes[0].spacing
+        _warn_voxel_size(model, spacing)
+        plan = make_plan(
+            source, model, file_digest(model_path), axes, slabs=slabs, chunks=chunks, memory_budget=memory_budget, spacing=spacing, mode=SPLIT if piece is not None else SINGLE,
+            origin=volumes[0].origin, direction=volumes[0].direction,
+        )
+        plan = work.adopt(plan)
+        started = time.perf_counter()
+        if piece is not None:
+            chosen = plan.find_piece(piece)
+            stats, complete = run_pieces(work, plan, source, model, [chosen], device=device, max_groups=max_groups, progress=progress)
+            return {"complete": complete, "written": [], "stats": stats, "workdir": work.path, "plan": plan, "seconds": time.perf_counter() - started}
+        stats, complete = run_pieces(work, plan, source, model, device=device, max_groups=max_groups, progress=progress)
+        written = write_outputs(work, plan, outputs, progress) if complete else []
+    except InputError:
+        # A bad input found on the way (a corrupt chunk): remove what this run began. A
+        # folder that was there before is resumable work and stays (consistent: the
+        # stores hold their last checkpoint); split mode shares it with other tasks.
+        if created and piece is None and not keep_work:
+            remove_work_folder(work.path)
+        raise
     if complete and not keep_work:
-        shutil.rmtree(work.path, ignore_errors=True)
+        remove_work_folder(work.path)
     return {"complete": complete, "written": written, "stats": stats, "workdir": work.path, "plan": plan, "seconds": time.perf_counter() - started}
 
 
 def merge_to_files(workdir: str | Path, outputs: Outputs, *, keep_work: bool = False, progress: bool = False) -> list[Path]:
     """Fuse the pieces of a split-mode work directory and write the outputs."""
     work = WorkDir(workdir)
+    if discard_if_invalid(work.path):
+        raise InputError(f"{workdir}: was being removed after its outputs were written (a clean-up was interrupted); nothing left to merge")
     plan = work.load_plan()
     if plan is None:
         raise InputError(f"{workdir}: not a SUN work directory (no plan.json)")
@@ -565,8 +620,18 @@ def merge_to_files(workdir: str | Path, outputs: Outputs, *, keep_work: bool = F
     merge_pieces(work, plan, progress)
     written = write_outputs(work, plan, outputs, progress)
     if not keep_work:
-        shutil.rmtree(work.path, ignore_errors=True)
+        remove_work_folder(work.path)
     return written
+
+
+def _chunk_errors(volume, readable) -> Any:
+    """For a Zarr input: a context manager per chunk that names the chunk's file in read errors."""
+    if volume.metadata.get("format") != "zarr":
+        return None  # the io readers of other formats raise InputError themselves
+    from ...io._zarr import chunk_file
+    from ...io.formats import library_errors
+
+    return lambda index: library_errors(chunk_file(readable, index), "zarr")
 
 
 def _box_readable(volume) -> Any:
