@@ -185,6 +185,11 @@ def sample_points(volume: Volume, points: np.ndarray, order: int = 1, device: st
     values = np.zeros(points.shape[:-1], dtype=np.float32)
     inside = np.zeros(points.shape[:-1], dtype=bool)
     step = max(1, int(math.sqrt(tile_points)))
+    if is_lazy(volume.data) and points.shape[-3] > 1:
+        # Tiles about one chunk wide (in µm), so each reads little beyond the chunks the plane crosses.
+        chunk_um = min(min(c) * s for c, s in zip(volume.data.chunks, volume.spacing))
+        pixel_um = float(np.linalg.norm(points[..., 1, 0, :] - points[..., 0, 0, :], axis=-1).max())
+        step = int(min(step, max(8, chunk_um / max(pixel_um, 1e-12))))
     for r0 in range(0, h, step):
         for c0 in range(0, w, step):
             tile = points[..., r0 : r0 + step, c0 : c0 + step, :]
