@@ -210,10 +210,15 @@ class _Scorer:
         values = torch.nn.functional.grid_sample(self.block[None, None], grid[None, None], mode="bilinear", padding_mode="zeros", align_corners=True)
         values = values.reshape(grid.shape[:2])
         lo, hi = self.range
-        levels = ((values - lo) * (self.bins / max(hi - lo, 1e-12))).long().clamp_(0, self.bins - 1)
-        joint_index = levels * self.bins + self.section_levels[None]
+        # Linear (Parzen) binning of the volume's values: the score then changes smoothly
+        # with the parameters, which the pattern search of the refinement relies on.
+        position = ((values - lo) * (self.bins / max(hi - lo, 1e-12)) - 0.5).clamp_(0, self.bins - 1)
+        low = position.floor().clamp_(max=self.bins - 2).long()
+        weight = position - low
         joint = torch.zeros(grid.shape[0], self.bins * self.bins, device=self.device, dtype=torch.float32)
-        joint.scatter_add_(1, joint_index, torch.ones_like(joint_index, dtype=torch.float32))
+        base = low * self.bins + self.section_levels[None]
+        joint.scatter_add_(1, base, 1 - weight)
+        joint.scatter_add_(1, base + self.bins, weight)
         joint = joint / joint.sum(dim=1, keepdim=True)
         entropy = lambda p: -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1)  # noqa: E731
         h_joint = entropy(joint)
@@ -297,6 +302,7 @@ def locate_section(
     >>> angle_between(result.best.plane.normal, truth["plane"]["normal"]) < 3   # doctest: +SKIP
     True
     """
+    import torch
     from skimage.filters import threshold_multiotsu
 
     check_volume(volume)
@@ -341,8 +347,6 @@ def locate_section(
         plane0 = Plane(centre, n)
         shape = default_shape(coarse, plane0, voxel)
         grids = np.stack([section_grid(Plane(centre + o * n, n), voxel, shape)[0] for o in offsets])
-        import torch
-
         values, inside = grid_sample_world(scorer.block, scorer.index_of_world, torch.from_numpy(grids).to(dev))
         fg = (values.cpu().numpy() > volume_threshold) & inside.cpu().numpy()
         h, w = shape
