@@ -65,7 +65,7 @@ def register(subparsers) -> None:
     match.add_argument("--cone", type=float, default=30.0, metavar="DEG", help="half-angle of the cone around --axis (default 30)")
     match.add_argument("--step", type=float, default=5.0, metavar="DEG", help="orientation grid step of the global search (default 5)")
     match.add_argument("--channel", metavar="STAINS:I", help="score a stain channel (e.g. hed:0 hematoxylin) instead of luminance")
-    match.add_argument("--candidates", type=int, default=3, metavar="N", help="distinct candidates refined and reported (default 3)")
+    match.add_argument("--candidates", type=int, default=3, metavar="N", help="distinct candidates reported (default 3; at least 6 are refined)")
     match.add_argument("--pixel-size", type=float, metavar="UM", help="pixel size of SECTION for an image whose file has none")
     match.add_argument("--voxel-size", type=float, nargs="+", metavar="UM", help="voxel size (z y x µm) for a volume whose file has none")
     match.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, auto")

@@ -49,6 +49,9 @@ FINE_SIDE = 128
 #: Candidates scored per torch batch (bounds memory: batch x section pixels x 4 bytes x a few).
 BATCH = 2048
 ROTATION_STEP = 15.0
+#: At least this many distinct global candidates are refined (the right one is not always
+#: among the best three of the coarse search; refining one costs about a second at 64^3).
+REFINED = 6
 
 
 @dataclass
@@ -276,7 +279,7 @@ def locate_section(
     channel : str, optional
         Score a stain channel (``"hed:0"`` hematoxylin, ...) instead of luminance.
     candidates : int
-        How many distinct candidates are refined and reported.
+        How many distinct candidates are reported (at least :data:`REFINED` are refined).
     device : str, optional
         Torch device (``"cpu"`` default, ``"cuda"``, ``"auto"``).
     progress : bool
@@ -379,7 +382,7 @@ def locate_section(
         scores[start : start + BATCH] = scorer.nmi(_world_of(scorer, centre, params[start : start + BATCH]))
     logger.info("global search: %d planes x %d rotations scored", len(plane_rows), len(rotations))
 
-    seeds = _distinct(params, scores, candidates, min_angle=2 * orientation_step, min_offset=3 * voxel)
+    seeds = _distinct(params, scores, max(candidates, REFINED), min_angle=2 * orientation_step, min_offset=3 * voxel)
     fine = _binned(volume, FINE_SIDE)
     fine_voxel = float(min(fine.spacing))
     grey_fine, fine_px = _section_at(grey, pixel_size, fine_voxel)
@@ -399,7 +402,7 @@ def locate_section(
         "fine_voxel_um": fine_voxel,
         "global_best_nmi": float(scores.max()),
     }
-    return MatchResult(best, refined[1:], centre, tuple(float(a) for a in axis_v), searched)
+    return MatchResult(best, refined[1:candidates], centre, tuple(float(a) for a in axis_v), searched)
 
 
 def _world_of(scorer: _Scorer, centre: np.ndarray, params: np.ndarray) -> Any:
