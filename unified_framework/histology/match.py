@@ -309,6 +309,12 @@ def locate_section(
     from skimage.filters import threshold_multiotsu
 
     check_volume(volume)
+    if not 0 <= cone <= 180:
+        raise InputError(f"cone: {cone}; expected a half-angle of 0..180 degrees")
+    if not orientation_step > 0:
+        raise InputError(f"orientation step: {orientation_step}; expected a positive number of degrees")
+    if candidates < 1:
+        raise InputError(f"candidates: {candidates}; expected at least 1")
     dev = torch_device(device)
     grey = section_grey(section, channel)
     pixel_size = float(min(section.spacing))
