@@ -171,6 +171,8 @@ def test_bad_inputs_give_one_line_and_write_nothing(tmp_path, capsys):
     assert "nosize.png" in err and "--pixel-size" in err
     err = _error(capsys, ["histology", "match", str(tmp_path / "vol.zarr"), str(tmp_path / "big.tif"), "--axis", "1", "0", "0", "--out", str(out)])
     assert "larger" in err or "longer than" in err
+    err = _error(capsys, ["histology", "match", str(tmp_path / "vol.zarr"), str(tmp_path / "big.tif"), "--axis", "1", "0", "0", "--cone", "-5", "--out", str(out)])
+    assert "cone" in err
     err = _error(capsys, ["histology", "match", str(tmp_path / "4d.nii.gz"), str(tmp_path / "big.tif"), "--out", str(out)])
     assert "4d.nii.gz" in err
     err = _error(capsys, ["histology", "section", str(tmp_path / "vol.zarr"), "--angles", "0", "0", "--point", "1", "2", "3", "--out", str(out)])

@@ -49,7 +49,16 @@ def torch_device(device: str | None = None) -> Any:
 
 
 def check_volume(volume: Volume, name: str | None = None) -> None:
-    """Refuse what cannot be sectioned: anything but a grey 3D ``(z, y, x)`` volume."""
+    """Refuse what cannot be sectioned: anything but a grey 3D ``(z, y, x)`` volume.
+
+    Examples
+    --------
+    >>> check_volume(Volume(np.zeros((2, 2, 2))))
+    >>> check_volume(Volume(np.zeros((2, 2))), "slice.tif")
+    Traceback (most recent call last):
+    ...
+    unified_framework.errors.InputError: slice.tif: is a 2D image with axes 'yx'; expected a grey 3D volume (z, y, x)
+    """
     name = name or str(volume.path or "volume")
     if volume.axes != "zyx":
         raise InputError(f"{name}: is a {volume.ndim}D image with axes {volume.axes!r}; expected a grey 3D volume (z, y, x)")
@@ -174,6 +183,13 @@ def sample_points(volume: Volume, points: np.ndarray, order: int = 1, device: st
         ``points.shape[:-1]``, 0 outside the volume.
     inside : numpy.ndarray of bool
         Where the position lies inside the volume.
+
+    Examples
+    --------
+    >>> vol = Volume(np.arange(8, dtype=np.float32).reshape(2, 2, 2))
+    >>> values, inside = sample_points(vol, np.array([[[[0.5, 0.5, 0.5], [5.0, 0.0, 0.0]]]]))
+    >>> values.tolist(), inside.tolist()
+    ([[[3.5, 0.0]]], [[[True, False]]])
     """
     import torch
 
