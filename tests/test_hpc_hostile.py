@@ -106,7 +106,7 @@ def sandbox(tmp_path, monkeypatch):
     base = tmp_path / "work"
     base.mkdir()
     (base / "run.py").write_text("")
-    for name in ("pred.tif", "gt.tif", "volume.tif", "images.tif", "labels.tif", "model"):
+    for name in ("pred.tif", "gt.tif", "volume.tif", "images.tif", "labels.tif", "model", "section.tif"):
         (base / name).write_bytes(b"")
     monkeypatch.chdir(base)
     return base, tmp_path / "canary"
@@ -118,6 +118,7 @@ BASELINE = {
     "sun-train": {"images": "images.tif", "labels": "labels.tif"},
     "sun-predict": {"volume": "volume.tif", "model": "model"},
     "jupyter": {},
+    "histology-match": {"volume": "volume.tif", "section": "section.tif"},
 }
 
 
@@ -182,6 +183,13 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             "sun", "predict", v["volume"], "--model", v["model"], "--out", v["out"], "--work-dir", v["pieces_dir"],
             "--axes", str(v["axes"]), "--slabs", str(v["slabs"]), "--piece-index", "0", "--device", device,
             "--threads", threads, "--memory", "512",  # (SLURM_MEM_PER_NODE default 2048 - 1024) / 2
+        ]
+    if name == "histology-match":
+        axis = {"z": ["1", "0", "0"], "y": ["0", "1", "0"], "x": ["0", "0", "1"]}.get(v["cutting_axis"])
+        prior = ["--axis", *axis, "--cone", str(v["cone"])] if axis else []
+        return "mdlma", [
+            "histology", "match", v["volume"], v["section"], "--out", v["out"], *prior,
+            "--candidates", str(v["candidates"]), "--device", device, *v["extra_args"],
         ]
     if name == "jupyter":
         port = [f"--port={v['port']}"] if v["port"] else []

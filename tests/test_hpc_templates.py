@@ -19,14 +19,14 @@ from unified_framework.hpc.render import SBATCH_LINE_RE, check_rendered
 from unified_framework.hpc.slurm import SEP, count_gpus, parse_duration, parse_memory_mb, parse_sinfo
 from unified_framework.hpc.validation import ClusterLimits, array_indices
 
-REQUIRED_TEMPLATES = {"sun-train", "sun-predict", "score", "python-script", "jupyter"}
+REQUIRED_TEMPLATES = {"sun-train", "sun-predict", "score", "python-script", "jupyter", "histology-match"}
 
 
 @pytest.fixture()
 def workdir(tmp_path, monkeypatch) -> Path:
     """A working directory holding the inputs every template needs."""
     (tmp_path / "run.py").write_text("import sys\nprint('ran', sys.argv[1:])\n")
-    for name in ("pred.tif", "gt.tif", "volume.tif", "images.tif", "labels.tif"):
+    for name in ("pred.tif", "gt.tif", "volume.tif", "images.tif", "labels.tif", "section.tif"):
         (tmp_path / name).write_bytes(b"\0")
     (tmp_path / "model").mkdir()
     monkeypatch.chdir(tmp_path)
@@ -39,6 +39,7 @@ MINIMAL = {
     "sun-train": {"images": "images.tif", "labels": "labels.tif"},
     "sun-predict": {"volume": "volume.tif", "model": "model"},
     "jupyter": {},
+    "histology-match": {"volume": "volume.tif", "section": "section.tif"},
 }
 
 
@@ -116,6 +117,16 @@ def test_sun_predict_renders_array_and_merge_command_lines(workdir):
     assert merge.after == "predict"
     gpu = local_prepare("sun-predict", {**MINIMAL["sun-predict"], "gpus": 1}).scripts[0]
     assert "#SBATCH --gres=gpu:1" in gpu.directives and "--device cuda" in gpu.text
+
+
+def test_histology_match_command_line(workdir):
+    cone = local_prepare("histology-match", {**MINIMAL["histology-match"], "cone": 20, "extra_args": "--channel hed:0"}).scripts[0].text
+    assert (
+        f"mdlma histology match {workdir / 'volume.tif'} {workdir / 'section.tif'} --out {workdir / 'histology-match'} "
+        "--axis 1 0 0 --cone 20.0 --candidates 3 --device cpu --channel hed:0"
+    ) in cone
+    anywhere = local_prepare("histology-match", {**MINIMAL["histology-match"], "cutting_axis": "none", "gpus": 1}).scripts[0].text
+    assert "--axis" not in anywhere and "--cone" not in anywhere and "--device cuda" in anywhere
 
 
 def test_score_and_train_command_lines(workdir):
@@ -367,7 +378,7 @@ def test_broken_forms_are_refused(tmp_path, form, message):
 
 
 def test_unknown_template_lists_the_known_ones():
-    with pytest.raises(InputError, match="not found; expected one of jupyter, python-script"):
+    with pytest.raises(InputError, match="not found; expected one of histology-match, jupyter, python-script"):
         hpc.load_template("no-such-template")
 
 

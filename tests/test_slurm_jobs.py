@@ -223,6 +223,7 @@ MINIMAL = {
     "sun-train": {"images": "pred.tif", "labels": "gt.tif", "time": "00:30:00"},
     "sun-predict": {"volume": "pred.tif", "model": "gt.tif"},
     "jupyter": {"port": 8899},
+    "histology-match": {"volume": "pred.tif", "section": "gt.tif"},
 }
 
 

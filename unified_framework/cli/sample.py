@@ -5,6 +5,7 @@ Examples
 ``mdlma sample list``
 ``mdlma sample implant phantom.tif --gt phantom_labels.tif --shape 96 128 128 --seed 3``
 ``mdlma sample save ct-small ct.nii.gz``
+``mdlma sample section section.tif --volume phantom.zarr --truth truth.json --seed 4``
 """
 
 from __future__ import annotations
@@ -45,6 +46,26 @@ def register(subparsers) -> None:
     implant.add_argument("--blur", type=float, default=0.8, help="partial-volume blur, Gaussian sigma in voxels (default 0.8)")
     implant.set_defaults(func=_implant)
 
+    section = actions.add_parser(
+        "section",
+        help="write a synthetic stained histology section of the implant phantom, the phantom and the true plane",
+        description=(
+            "Cut the implant phantom at a random plane (tilt from z up to --max-tilt), map the classes to stain colours, "
+            "average over the section thickness, shrink, rotate, shift and elastically deform it, tear it and add noise. "
+            "Writes the RGB section (.tif/.ome.tif/.zarr), the phantom volume (--volume) and the ground truth (--truth JSON)."
+        ),
+    )
+    section.add_argument("out", type=Path, metavar="OUT", help="RGB section image to write (.tif, .ome.tif, .zarr)")
+    section.add_argument("--volume", type=Path, required=True, metavar="VOLUME", help="write the phantom volume here")
+    section.add_argument("--truth", type=Path, required=True, metavar="JSON", help="write the ground-truth plane and transform here")
+    section.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("Z", "Y", "X"), help="phantom shape (default 64 64 64)")
+    section.add_argument("--seed", type=int, default=0, help="random seed of the phantom and the cut (default 0)")
+    section.add_argument("--spacing", type=float, default=5.0, metavar="UM", help="isotropic voxel size (default 5 µm)")
+    section.add_argument("--pixel-size", type=float, metavar="UM", help="section pixel size (default the voxel size)")
+    section.add_argument("--thickness", type=float, default=10.0, metavar="UM", help="section thickness (default 10 µm)")
+    section.add_argument("--max-tilt", type=float, default=25.0, metavar="DEG", help="largest tilt of the plane from the z axis (default 25)")
+    section.set_defaults(func=_section)
+
     save = actions.add_parser("save", help="write a named sample (see 'mdlma sample list')")
     save.add_argument("name", metavar="NAME", help="sample name")
     save.add_argument("out", type=Path, metavar="OUT", help="file or folder to write (format from the suffix)")
@@ -73,6 +94,26 @@ def _implant(args: argparse.Namespace) -> int:
     if args.gt is not None:
         write_volume(args.gt, labels, spacing=args.spacing)
         print(f"wrote {args.gt} {labels.shape} uint8")
+    return 0
+
+
+def _section(args: argparse.Namespace) -> int:
+    import json
+
+    from ..data.section import make_section_sample
+    from ..io import write_volume
+    from ..utils.atomic import write_text_atomic
+
+    volume, section, truth = make_section_sample(
+        args.shape, seed=args.seed, spacing=args.spacing, pixel_size=args.pixel_size, thickness=args.thickness, max_tilt=args.max_tilt
+    )
+    write_volume(args.volume, volume)
+    write_volume(args.out, section)
+    truth["volume"]["path"] = str(args.volume)
+    truth["section_path"] = str(args.out)
+    write_text_atomic(args.truth, json.dumps(truth, indent=2))
+    print(f"wrote {args.volume} {volume.shape} float32, {args.out} {section.shape} RGB, {args.truth}")
+    print(f"true plane: tilt {truth['tilt_deg']:.2f} deg, azimuth {truth['azimuth_deg']:.2f} deg, offset {truth['offset_um']:.2f} um")
     return 0
 
 

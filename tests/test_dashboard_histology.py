@@ -1,0 +1,75 @@
+"""The Virtual histology page driven with Streamlit's AppTest on a real `mdlma histology match` result."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from conftest_slurm import slurm_cluster  # noqa: F401 - fixture: the start page (Resources) asks the cluster
+from unified_framework.cli.main import main
+from unified_framework.histology import normal_from_angles
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "dashboard" / "app.py"
+sys.path.insert(0, str(REPO / "dashboard"))
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="module")
+def match_home(tmp_path_factory) -> Path:
+    """An MDLMA home with one real match result (48^3 phantom, narrow cone: about 15 s)."""
+    home = tmp_path_factory.mktemp("home")
+    work = home / "histology"
+    assert main(["sample", "section", str(work / "section.tif"), "--volume", str(work / "phantom.zarr"), "--truth", str(work / "truth.json"),
+                 "--shape", "48", "48", "48", "--seed", "7"]) == 0
+    truth = json.loads((work / "truth.json").read_text())
+    axis = normal_from_angles(truth["tilt_deg"] + 4, truth["azimuth_deg"])
+    assert main(["histology", "match", str(work / "phantom.zarr"), str(work / "section.tif"), "--axis", *map(str, axis), "--cone", "8",
+                 "--candidates", "2", "--out", str(work / "match")]) == 0
+    return home
+
+
+def open_page(home: Path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("MDLMA_HOME", str(home))
+    st.cache_data.clear()
+    app = AppTest.from_file(str(APP), default_timeout=90)
+    app.run()
+    app.switch_page("views/histology.py").run()
+    assert not app.exception, [e.message for e in app.exception]
+    return app
+
+
+def test_page_shows_match_overlay_landscape_and_candidates(match_home, monkeypatch, slurm_cluster):  # noqa: F811
+    app = open_page(match_home, monkeypatch)
+    assert app.selectbox(key="histology_match").value == "histology/match"
+    caption = " ".join(str(c.value) for c in app.caption)
+    assert "tilt" in caption and "NMI" in caption
+    titles = [json.loads(c.proto.spec)["layout"].get("title", {}).get("text") for c in app.get("plotly_chart")]
+    assert "score over tilts" in titles and "score over offsets" in titles
+    table = app.dataframe[0].value
+    assert list(table["rank"]) == [1, 2] and table["score_nmi"].iloc[0] >= table["score_nmi"].iloc[1]
+    app.slider(key="histology_alpha").set_value(1.0).run()
+    assert not app.exception
+    app.radio(key="histology_overlay").set_value("checkerboard").run()
+    app.slider(key="histology_tiles").set_value(4).run()
+    assert not app.exception, [e.message for e in app.exception]
+
+
+def test_page_without_results_says_how_to_make_one(tmp_path, monkeypatch, slurm_cluster):  # noqa: F811
+    app = open_page(tmp_path, monkeypatch)
+    assert any("mdlma histology match" in str(i.value) for i in app.info)
+
+
+def test_blend_and_checkerboard():
+    from components import histology
+
+    a, b = np.zeros((4, 4)), np.ones((4, 4))
+    assert np.allclose(histology.blend(a, b, 0.3), 0.3)
+    board = histology.checkerboard(a, b, 2)
+    assert board[0, 0] == 0 and board[0, 3] == 1 and board[3, 3] == 0
