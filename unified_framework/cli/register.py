@@ -28,6 +28,19 @@ def volume_suffix(text: str) -> str:
     return text
 
 
+def check_writable(path: Path) -> None:
+    """Refuse an output whose folder cannot be written, before any long computation."""
+    import os
+
+    from ..errors import InputError
+
+    folder = Path(path).absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: cannot write in {folder} (permission denied); choose another output")
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "register",
@@ -138,6 +151,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..registration import quality_rows, read_landmarks, register_volumes, write_outputs
     from ..registration.run import auto_bin
 
+    check_writable(args.out)
     fixed = _read(args.fixed, lazy=True)
     moving = _read(args.moving, lazy=True)
     factor = args.bin if args.bin is not None else auto_bin(fixed.shape)
@@ -214,6 +228,7 @@ def _train(args: argparse.Namespace) -> int:
             names.append(f"{fixed_path} + {moving_path}")
         return out, names
 
+    check_writable(args.out)
     pairs, names = read_pairs(args.pair)
     val_pairs, _ = read_pairs(args.val_pair)
     config = VoxelMorphConfig(
@@ -240,6 +255,7 @@ def _apply(args: argparse.Namespace) -> int:
     from ..io import write_volume
     from ..registration import apply_field, load_field
 
+    check_writable(args.out)
     field, field_spacing = load_field(args.field)
     volume = _read(args.volume, lazy=True)
     same_grid = tuple(field.shape[1:]) == volume.shape

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .register import volume_suffix
+from .register import check_writable, volume_suffix
 
 
 def register(subparsers) -> None:
@@ -108,6 +108,7 @@ def _pair(args: argparse.Namespace) -> int:
     from ..registration.quality import write_landmarks
     from ..utils.atomic import atomic_path
 
+    check_writable(args.out)
     pair = make_registration_pair(
         args.shape, seed=args.seed, spacing=args.spacing, displacement=args.displacement,
         smoothness=args.smoothness, multimodal=args.multimodal, landmarks=args.landmarks,
