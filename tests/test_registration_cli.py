@@ -174,3 +174,44 @@ def test_suffix_must_be_a_volume_suffix(pair_dir, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "expected a file suffix" in capsys.readouterr().err
     assert not Path(tmp_path / "p").exists()
+
+
+# --- SLURM template -----------------------------------------------------------------------
+
+def test_register_template_renders_the_command_and_marks_fixed_and_moving_as_datasets(pair_dir, tmp_path, monkeypatch):
+    from unified_framework import hpc
+
+    monkeypatch.chdir(pair_dir)
+    template = hpc.load_template("register")
+    assert template.parameters["fixed"].dataset and template.parameters["moving"].dataset
+    params = {"fixed": "fixed.tif", "moving": "moving.tif", "fixed_labels": "fixed_labels.tif", "moving_labels": "moving_labels.tif",
+              "landmarks": "landmarks.csv", "bin": 2, "gpus": 1, "extra_args": "--niter 40"}
+    job = hpc.prepare("register", params, backend="local").scripts[0]
+    d = pair_dir
+    assert (f"mdlma register convexadam {d / 'fixed.tif'} {d / 'moving.tif'} --out {d / 'registration'} --prealign affine --device cuda --bin 2 "
+            f"--fixed-labels {d / 'fixed_labels.tif'} --moving-labels {d / 'moving_labels.tif'} --landmarks {d / 'landmarks.csv'} --niter 40") in job.text
+    assert "#SBATCH --gres=gpu:1" in job.directives
+    script = tmp_path / "job.sh"
+    script.write_text(job.text)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    affine = hpc.prepare("register", {"fixed": "fixed.tif", "moving": "moving.tif", "method": "affine", "prealign": "rigid"}, backend="local").scripts[0]
+    assert f"mdlma register affine {d / 'fixed.tif'} {d / 'moving.tif'} --out {d / 'registration'} --kind rigid" in affine.text
+
+
+def test_register_template_runs_as_a_job(pair_dir, tmp_path, monkeypatch):
+    """The local backend runs the rendered script as a real subprocess (no SLURM needed)."""
+    from conftest_slurm import wait_for
+
+    from unified_framework import hpc
+
+    monkeypatch.setenv("MDLMA_CACHE_DIR", str(tmp_path / "cache"))
+    work = tmp_path / "work"
+    shutil.copytree(pair_dir, work)
+    monkeypatch.chdir(work)
+    record = hpc.submit("register", {"fixed": "fixed.tif", "moving": "moving.tif", "method": "affine", "prealign": "rigid", "cpus": 1,
+                                     "fixed_labels": "fixed_labels.tif", "moving_labels": "moving_labels.tif"}, backend="local")
+    jobs = wait_for(lambda: (lambda j: j if j and all(x.finished for x in j) else None)(hpc.status(record.job_ids, backend="local")), timeout=120, what="the register job")
+    log = "".join(p.read_text() for p in Path(record.path).glob("slurm-*.out"))
+    assert [j.state for j in jobs] == ["COMPLETED"], log
+    report = json.loads((work / "registration" / "quality.json").read_text())
+    assert report["method"] == "affine" and "labels" in report
