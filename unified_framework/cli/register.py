@@ -186,10 +186,8 @@ def _run(args: argparse.Namespace) -> int:
         landmarks=landmarks,
         names=(str(args.fixed), str(args.moving)),
     )
-    sources = {"fixed": str(args.fixed), "moving": str(args.moving)}
-    for key in ("fixed_labels", "moving_labels", "landmarks"):
-        if getattr(args, key):
-            sources[key] = str(getattr(args, key))
+    # Absolute, so the dashboard's Registration view finds the inputs from the result folder.
+    sources = {key: str(Path(getattr(args, key)).absolute()) for key in ("fixed", "moving", "fixed_labels", "moving_labels", "landmarks") if getattr(args, key)}
     write_outputs(
         args.out,
         result,
