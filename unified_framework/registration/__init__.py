@@ -19,23 +19,37 @@ Examples
 ['folding_fraction', 'max', 'mean', 'min']
 """
 
-from .fields import compose, invert, load_field, save_field, warp
-from .quality import jacobian_determinant, quality_report, quality_rows, read_landmarks
-from .run import RegistrationResult, apply_field, auto_bin, register_volumes, write_outputs
+from __future__ import annotations
 
-__all__ = [
-    "RegistrationResult",
-    "apply_field",
-    "auto_bin",
-    "compose",
-    "invert",
-    "jacobian_determinant",
-    "load_field",
-    "quality_report",
-    "quality_rows",
-    "read_landmarks",
-    "register_volumes",
-    "save_field",
-    "warp",
-    "write_outputs",
-]
+import importlib
+from typing import Any
+
+# Imported on first use (PEP 562): 'mdlma' builds every sub-command's parser, which
+# reads the method parameters' defaults, and must not pay for SciPy or torch then.
+_EXPORTS = {
+    "compose": "fields",
+    "invert": "fields",
+    "load_field": "fields",
+    "save_field": "fields",
+    "warp": "fields",
+    "jacobian_determinant": "quality",
+    "quality_report": "quality",
+    "quality_rows": "quality",
+    "read_landmarks": "quality",
+    "RegistrationResult": "run",
+    "apply_field": "run",
+    "auto_bin": "run",
+    "register_volumes": "run",
+    "write_outputs": "run",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

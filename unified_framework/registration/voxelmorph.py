@@ -32,8 +32,6 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError
-from ..sun.training.trainer import _append_metrics as append_metrics
-from ..sun.training.trainer import _truncate_metrics as truncate_metrics
 from ..utils.atomic import atomic_path
 from .convexadam import normalise
 
@@ -254,7 +252,10 @@ def train_voxelmorph(
     import torch
     from tqdm.auto import tqdm
 
+    # SUN's metrics-file helpers: the same JSON-lines format and truncation on resume.
     from ..sun.inference.predictor import resolve_device
+    from ..sun.training.trainer import _append_metrics as append_metrics
+    from ..sun.training.trainer import _truncate_metrics as truncate_metrics
 
     config = config or VoxelMorphConfig()
     model_path = Path(model_path)
