@@ -20,7 +20,7 @@ from unified_framework.data import make_registration_pair
 from unified_framework.errors import InputError
 from unified_framework.registration import compose, invert, jacobian_determinant, load_field, register_volumes, save_field, warp
 from unified_framework.registration.affine import register_affine
-from unified_framework.registration.convexadam import ConvexAdamParams, register_convexadam
+from unified_framework.registration.convexadam import ConvexAdamParams
 from unified_framework.registration.fields import affine_field, resample_field, to_fixed_grid, warp_lazy
 from unified_framework.registration.quality import folding_fraction, mutual_information, read_landmarks, target_registration_error, write_landmarks
 from unified_framework.registration.run import bin_volume

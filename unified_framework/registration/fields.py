@@ -272,7 +272,7 @@ def warp_lazy(
     spacing: Sequence[float],
     field_spacing: Sequence[float],
     interpolation: str = "linear",
-    chunks: int = 128,
+    chunks: int = 64,
 ) -> Any:
     """Warp a volume larger than memory block by block (a dask array out).
 
@@ -291,7 +291,8 @@ def warp_lazy(
         Voxel sizes of the volume and of the field grid, micrometres.
     interpolation : {"linear", "nearest"}
     chunks : int
-        Edge of the output blocks.
+        Edge of the output blocks (writers go one row of blocks at a time, so this
+        also sets the slab held in memory: 64 x side² voxels).
 
     Returns
     -------

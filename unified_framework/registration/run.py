@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -109,7 +109,6 @@ class RegistrationResult:
     warped_labels: np.ndarray | None
     fixed: np.ndarray
     moving: np.ndarray
-    extra: dict[str, Any] = dataclass_field(default_factory=dict)
 
 
 def _check_image(data: Any, name: str) -> None:
@@ -229,8 +228,6 @@ def register_volumes(
         aligned = warp(moving_est, total, est_spacing) if affine_matrix is not None else moving_est
         tick = time.perf_counter()
         if method == "convexadam":
-            from dataclasses import asdict
-
             from .convexadam import ConvexAdamParams, register_convexadam
 
             params = params or ConvexAdamParams()
