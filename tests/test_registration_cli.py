@@ -107,6 +107,10 @@ def test_binned_registration_warps_the_full_volume_block_by_block(pair_dir, tmp_
     assert field.shape == (3, 20, 20, 20) and spacing == (10.0, 10.0, 10.0)
     report = json.loads((out / "quality.json").read_text())
     assert report["bin"] == 2 and report["files"]["warped"] == "warped.zarr"
+    # 'apply' with the binned field gives the same full-resolution warp
+    code, _, _ = run(["register", "apply", str(out / "field.mha"), str(moving), "--out", str(tmp_path / "again.zarr")], capsys)
+    assert code == 0
+    np.testing.assert_allclose(read_volume(tmp_path / "again.zarr").data, warped.data, atol=1e-6)
 
 
 def _one_line_error(argv, capsys, expected):

@@ -250,14 +250,18 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from ..io import write_volume
     from ..registration import apply_field, load_field
+    from ..registration.run import MAX_ESTIMATION_VOXELS
 
     check_writable(args.out)
     field, field_spacing = load_field(args.field)
     volume = _read(args.volume, lazy=True)
-    same_grid = tuple(field.shape[1:]) == volume.shape
-    data = volume.compute().data if same_grid else volume.data
+    # In memory only when it is small and the field is on its grid; else block by block.
+    small = tuple(field.shape[1:]) == volume.shape and int(np.prod(volume.shape)) <= MAX_ESTIMATION_VOXELS
+    data = volume.compute().data if small else volume.data
     warped = apply_field(data, field, volume.spacing, field_spacing, args.interpolation)
     write_volume(args.out, warped, volume.spacing)
     print(f"wrote {args.out} {tuple(warped.shape)} {warped.dtype}")
