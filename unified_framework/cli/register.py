@@ -185,6 +185,7 @@ def _run(args: argparse.Namespace) -> int:
         moving_labels=None if moving_labels_volume is None else moving_labels_volume.data,
         landmarks=landmarks,
         names=(str(args.fixed), str(args.moving)),
+        progress=True,
     )
     # Absolute, so the dashboard's Registration view finds the inputs from the result folder.
     sources = {key: str(Path(getattr(args, key)).absolute()) for key in ("fixed", "moving", "fixed_labels", "moving_labels", "landmarks") if getattr(args, key)}

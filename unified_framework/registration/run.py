@@ -134,6 +134,7 @@ def register_volumes(
     moving_labels: Any = None,
     landmarks: tuple[np.ndarray, np.ndarray] | None = None,
     names: tuple[str, str] = ("fixed", "moving"),
+    progress: bool = False,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` and measure the quality.
 
@@ -163,6 +164,8 @@ def register_volumes(
     landmarks : (fixed, moving) arrays ``(n, 3)`` in micrometres, optional
     names : (str, str)
         How to call fixed and moving in messages.
+    progress : bool
+        Show the steps on a progress bar (on a terminal only).
 
     Returns
     -------
@@ -195,7 +198,17 @@ def register_volumes(
     if (tuple(moving.shape) != tuple(fixed.shape) or not np.allclose(moving_spacing, spacing)) and (is_lazy(moving) or is_lazy(fixed)):
         raise InputError(f"{moving_name}: grid {tuple(moving.shape)} at {moving_spacing} um differs from the fixed grid; resample it onto the fixed grid first")
 
+    from tqdm.auto import tqdm
+
+    stages = ["prepare", *(["pre-align"] if prealign != "none" else []), *([method] if method != "affine" else []), "quality"]
+    bar = tqdm(total=len(stages), desc="register", unit="step", disable=None if progress else True, leave=False)
+
+    def stage(name: str) -> None:
+        bar.set_postfix_str(name)
+        logger.info("registration: %s", name)
+
     started = time.perf_counter()
+    stage("prepare" if factor == 1 else f"binning by {factor}")
     est_spacing = tuple(s * factor for s in spacing)
     fixed_est = bin_volume(fixed, factor)
     moving_small = bin_volume(moving, factor)
@@ -215,17 +228,21 @@ def register_volumes(
     affine_matrix = None
     total = np.zeros((3, *fixed_est.shape), np.float32)
     timings: dict[str, float] = {}
+    bar.update()
     if prealign != "none":
         from .affine import register_affine
 
+        stage(f"{prealign} pre-alignment")
         tick = time.perf_counter()
         result = register_affine(fixed_est, moving_est, est_spacing, kind=prealign)
         affine_matrix = result.matrix
         total = result.field(fixed_est.shape, est_spacing)
         timings["prealign_s"] = time.perf_counter() - tick
+        bar.update()
     parameters: dict[str, Any] = {}
     if method != "affine":
         aligned = warp(moving_est, total, est_spacing) if affine_matrix is not None else moving_est
+        stage(method)
         tick = time.perf_counter()
         if method == "convexadam":
             from .convexadam import ConvexAdamParams, register_convexadam
@@ -240,7 +257,9 @@ def register_volumes(
             deformable = register_voxelmorph(fixed_est, aligned, est_spacing, model, device)
         timings["deformable_s"] = time.perf_counter() - tick
         total = compose(total, deformable, est_spacing) if affine_matrix is not None else deformable
+        bar.update()
     timings["total_s"] = time.perf_counter() - started
+    stage("quality")
 
     warped = warp(moving_est, total, est_spacing)
     warped_labels = warp(labels_est[1], total, est_spacing, "nearest") if labels_est else None
@@ -266,6 +285,8 @@ def register_volumes(
         affine=None if affine_matrix is None else affine_matrix.tolist(),
         timings=timings,
     )
+    bar.update()
+    bar.close()
     return RegistrationResult(total, est_spacing, factor, affine_matrix, jacobian, report, warped, warped_labels, fixed_est, moving_est)
 
 
