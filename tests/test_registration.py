@@ -278,6 +278,8 @@ def test_bad_inputs_are_one_line_input_errors(pair):
         register_volumes(fixed, moving, spacing, "affine", fixed_labels=pair.fixed_labels, moving_labels=np.zeros_like(pair.moving_labels))
     with pytest.raises(InputError, match="differs from the fixed volume's"):
         to_fixed_grid(moving[::5, ::5, ::5], tuple(5 * s for s in spacing), fixed.shape, spacing)
+    with pytest.raises(InputError, match=r"moving labels: shape \(20, 40, 40\); expected \(40, 40, 40\) like its image"):
+        register_volumes(fixed, moving, spacing, "affine", fixed_labels=pair.fixed_labels, moving_labels=pair.moving_labels[:20])
     with pytest.raises(InputError, match="needs a trained model"):
         register_volumes(fixed, moving, spacing, "voxelmorph")
 

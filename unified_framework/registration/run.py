@@ -198,6 +198,12 @@ def register_volumes(
     if (tuple(moving.shape) != tuple(fixed.shape) or not np.allclose(moving_spacing, spacing)) and (is_lazy(moving) or is_lazy(fixed)):
         raise InputError(f"{moving_name}: grid {tuple(moving.shape)} at {moving_spacing} um differs from the fixed grid; resample it onto the fixed grid first")
 
+    if (fixed_labels is None) != (moving_labels is None):
+        raise InputError("labels: give both --fixed-labels and --moving-labels, or neither")
+    for name, labels, image in (("fixed labels", fixed_labels, fixed), ("moving labels", moving_labels, moving)):
+        if labels is not None and tuple(labels.shape) != tuple(image.shape):
+            raise InputError(f"{name}: shape {tuple(labels.shape)}; expected {tuple(image.shape)} like its image")
+
     from tqdm.auto import tqdm
 
     stages = ["prepare", *(["pre-align"] if prealign != "none" else []), *([method] if method != "affine" else []), "quality"]
@@ -217,8 +223,6 @@ def register_volumes(
             raise InputError(f"{name}: contains NaN or infinite values; expected finite numbers")
     moving_est = to_fixed_grid(moving_small, tuple(s * factor for s in moving_spacing), fixed_est.shape, est_spacing, name=moving_name)
     labels_est: tuple[np.ndarray, np.ndarray] | None = None
-    if (fixed_labels is None) != (moving_labels is None):
-        raise InputError("labels: give both --fixed-labels and --moving-labels, or neither")
     if fixed_labels is not None:
         fl = check_labels(bin_volume(fixed_labels, factor, labels=True), fixed_est.shape, "fixed labels")
         ml = bin_volume(moving_labels, factor, labels=True)
