@@ -6,12 +6,15 @@ Examples
 ``mdlma sample implant phantom.tif --gt phantom_labels.tif --shape 96 128 128 --seed 3``
 ``mdlma sample save ct-small ct.nii.gz``
 ``mdlma sample section section.tif --volume phantom.zarr --truth truth.json --seed 4``
+``mdlma sample pair pair/ --shape 64 64 64 --multimodal``
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from .register import check_writable, volume_suffix
 
 
 def register(subparsers) -> None:
@@ -65,6 +68,27 @@ def register(subparsers) -> None:
     section.add_argument("--thickness", type=float, default=10.0, metavar="UM", help="section thickness (default 10 µm)")
     section.add_argument("--max-tilt", type=float, default=25.0, metavar="DEG", help="largest tilt of the plane from the z axis (default 25)")
     section.set_defaults(func=_section)
+    pair = actions.add_parser(
+        "pair",
+        help="write a registration pair from the phantom with a known deformation and its ground truth",
+        description=(
+            "Write OUT/fixed, moving, fixed_labels, moving_labels (format from --suffix), OUT/true_field.mha (the "
+            "displacement a registration should find: fixed(p) = moving(p + u(p)), micrometres) and "
+            "OUT/landmarks.csv. The folder appears atomically."
+        ),
+    )
+    pair.add_argument("out", type=Path, metavar="OUT", help="folder to write (replaced if it exists)")
+    pair.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("Z", "Y", "X"), help="volume shape (default 64 64 64)")
+    pair.add_argument("--seed", type=int, default=0, help="random seed of anatomy, deformation and noise (default 0)")
+    pair.add_argument(
+        "--spacing", type=float, nargs=3, default=[5.0, 5.0, 5.0], metavar=("Z", "Y", "X"), help="voxel size in micrometres (default 5 5 5)"
+    )
+    pair.add_argument("--displacement", type=float, default=3.0, help="largest displacement in voxels (default 3)")
+    pair.add_argument("--smoothness", type=float, default=0.4, help="deformation correlation length as a share of the extent (default 0.4)")
+    pair.add_argument("--multimodal", action="store_true", help="moving scan as a second modality: non-monotonic grey values, other noise")
+    pair.add_argument("--landmarks", type=int, default=20, help="number of landmark pairs (default 20)")
+    pair.add_argument("--suffix", type=volume_suffix, default=".tif", help="volume format (default .tif; e.g. .nii.gz, .h5, .zarr)")
+    pair.set_defaults(func=_pair)
 
     save = actions.add_parser("save", help="write a named sample (see 'mdlma sample list')")
     save.add_argument("name", metavar="NAME", help="sample name")
@@ -114,6 +138,27 @@ def _section(args: argparse.Namespace) -> int:
     write_text_atomic(args.truth, json.dumps(truth, indent=2))
     print(f"wrote {args.volume} {volume.shape} float32, {args.out} {section.shape} RGB, {args.truth}")
     print(f"true plane: tilt {truth['tilt_deg']:.2f} deg, azimuth {truth['azimuth_deg']:.2f} deg, offset {truth['offset_um']:.2f} um")
+def _pair(args: argparse.Namespace) -> int:
+    from ..data import make_registration_pair
+    from ..io import write_volume
+    from ..registration.fields import save_field
+    from ..registration.quality import write_landmarks
+    from ..utils.atomic import atomic_path
+
+    check_writable(args.out)
+    pair = make_registration_pair(
+        args.shape, seed=args.seed, spacing=args.spacing, displacement=args.displacement,
+        smoothness=args.smoothness, multimodal=args.multimodal, landmarks=args.landmarks,
+    )
+    volumes = {"fixed": pair.fixed, "moving": pair.moving, "fixed_labels": pair.fixed_labels, "moving_labels": pair.moving_labels}
+    with atomic_path(args.out) as tmp:
+        tmp.mkdir(parents=True)
+        for name, data in volumes.items():
+            write_volume(tmp / f"{name}{args.suffix}", data, spacing=pair.spacing)
+        save_field(tmp / "true_field.mha", pair.field, pair.spacing)
+        write_landmarks(tmp / "landmarks.csv", pair.fixed_points, pair.moving_points)
+    kind = "multi-modal " if args.multimodal else ""
+    print(f"wrote {kind}pair {args.out}/: {', '.join(f'{n}{args.suffix}' for n in volumes)}, true_field.mha, landmarks.csv {tuple(pair.fixed.shape)}")
     return 0
 
 

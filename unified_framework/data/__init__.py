@@ -8,7 +8,18 @@ Examples
 ['implant', 'implant-labels']
 """
 
+from .pair import RegistrationPair, make_registration_pair
 from .phantom import CLASS_NAMES, GREY_VALUES, make_implant_phantom
 from .samples import PHANTOM_SPACING, Sample, list_samples, load_sample
 
-__all__ = ["CLASS_NAMES", "GREY_VALUES", "PHANTOM_SPACING", "Sample", "list_samples", "load_sample", "make_implant_phantom"]
+__all__ = [
+    "CLASS_NAMES",
+    "GREY_VALUES",
+    "PHANTOM_SPACING",
+    "RegistrationPair",
+    "Sample",
+    "list_samples",
+    "load_sample",
+    "make_implant_phantom",
+    "make_registration_pair",
+]

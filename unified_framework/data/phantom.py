@@ -127,9 +127,25 @@ def make_implant_phantom(
     if rings > 0:
         image += _ring_pattern(shape, spacing, rings, streams[_RINGS])
     if noise > 0:
-        sigma = noise * np.sqrt(0.5 + 0.5 * np.clip(image, 0.0, None))
-        image += sigma * streams[_NOISE].standard_normal(shape, dtype=np.float32)
+        add_noise(image, noise, streams[_NOISE])
     return image, labels
+
+
+def add_noise(image: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """Add the phantom's signal-dependent Gaussian noise to ``image`` in place.
+
+    The standard deviation is ``noise`` at the implant's grey value (1.0) and falls
+    with the signal like photon noise, ``noise * sqrt(0.5 + 0.5 * max(image, 0))``.
+
+    Examples
+    --------
+    >>> image = np.zeros((4, 4), np.float32)
+    >>> bool(add_noise(image, 0.1, np.random.default_rng(0)).std() > 0)
+    True
+    """
+    sigma = noise * np.sqrt(0.5 + 0.5 * np.clip(image, 0.0, None))
+    image += sigma * rng.standard_normal(image.shape, dtype=np.float32)
+    return image
 
 
 def _check_arguments(shape, spacing, noise, rings, blur) -> tuple[tuple[int, ...], tuple[float, ...]]:
