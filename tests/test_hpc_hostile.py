@@ -119,6 +119,7 @@ BASELINE = {
     "sun-predict": {"volume": "volume.tif", "model": "model"},
     "jupyter": {},
     "histology-match": {"volume": "volume.tif", "section": "section.tif"},
+    "register": {"fixed": "volume.tif", "moving": "images.tif"},
 }
 
 
@@ -190,6 +191,21 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
         return "mdlma", [
             "histology", "match", v["volume"], v["section"], "--out", v["out"], *prior,
             "--candidates", str(v["candidates"]), "--device", device, *v["extra_args"],
+        ]
+    if name == "register":
+        if v["method"] == "affine":
+            method_options = ["--kind", "rigid" if v["prealign"] == "rigid" else "affine"]
+        else:
+            method_options = ["--prealign", v["prealign"], "--device", device]
+        optional = [
+            *(["--model", v["model"]] if v["method"] == "voxelmorph" else []),
+            *(["--bin", str(v["bin"])] if v["bin"] else []),
+            *(["--fixed-labels", v["fixed_labels"]] if v["fixed_labels"] else []),
+            *(["--moving-labels", v["moving_labels"]] if v["moving_labels"] else []),
+            *(["--landmarks", v["landmarks"]] if v["landmarks"] else []),
+        ]
+        return "mdlma", [
+            "register", v["method"], v["fixed"], v["moving"], "--out", v["out"], *method_options, *optional, *v["extra_args"],
         ]
     if name == "jupyter":
         port = [f"--port={v['port']}"] if v["port"] else []

@@ -91,7 +91,7 @@ state_proc_is() {
   local -a args
   case "$pid" in '' | *[!0-9]*) return 1 ;; esac
   exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
-  mapfile -d '' -t args <"/proc/$pid/cmdline" 2>/dev/null || return 1
+  mapfile -d '' -t args 2>/dev/null <"/proc/$pid/cmdline" || return 1
   for arg in "$exe" "${args[@]:0:2}"; do
     case "$names" in *" ${arg##*/} "*) found=1 ;; esac
   done
@@ -101,7 +101,7 @@ state_proc_is() {
       case "$arg" in *"$argtext"*) return 0 ;; esac
     done
   fi
-  tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qxF -- "$envline"
+  tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | grep -qxF -- "$envline"
 }
 
 # state_pid PIDFILE NAMES ENVLINE [ARGTEXT]: print the PID in PIDFILE if state_proc_is
