@@ -56,16 +56,16 @@ def write_ome_pyramid(path: Path, image: np.ndarray, pixel_um: float, levels: in
     return pyramid
 
 
-def write_svs(path: Path, image: np.ndarray, mpp: float, levels: int = 3) -> list[np.ndarray]:
+def write_svs(path: Path, image: np.ndarray, mpp: float, levels: int = 3, compression: str = "zlib") -> list[np.ndarray]:
     """Aperio SVS layout: tiled baseline, stripped thumbnail, tiled reduced levels, MPP in the description."""
     pyramid = [image[:: 2**i, :: 2**i] for i in range(levels)]
     height, width = image.shape[:2]
     with tifffile.TiffWriter(path) as tif:
-        tif.write(pyramid[0], tile=(128, 128), photometric="rgb", compression="zlib", metadata=None,
+        tif.write(pyramid[0], tile=(128, 128), photometric="rgb", compression=compression, metadata=None,
                   description=f"{SVS_HEADER}{width}x{height} [0,0 {width}x{height}] (128x128) RGB|AppMag = 20|MPP = {mpp}")
         tif.write(image[::16, ::16], photometric="rgb", metadata=None, description=f"{SVS_HEADER}thumbnail")
         for level in pyramid[1:]:
-            tif.write(level, tile=(128, 128), photometric="rgb", compression="zlib", metadata=None,
+            tif.write(level, tile=(128, 128), photometric="rgb", compression=compression, metadata=None,
                       description=f"{SVS_HEADER}{width}x{height} -> {level.shape[1]}x{level.shape[0]}")
     return pyramid
 
@@ -148,15 +148,27 @@ def test_big_endian_colour_tiff_reads_in_native_order(tmp_path, tile):
         np.testing.assert_array_equal(computed, data)
 
 
-def test_compression_without_a_decoder_is_named(tmp_path):
-    # Pillow writes LZW; tifffile needs imagecodecs (not a dependency) to decode it,
-    # as for the JPEG tiles of most scanners' slides.
-    try:
-        import imagecodecs  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("imagecodecs is installed: LZW is readable")
+def test_jpeg_tiled_slide_and_lzw_tiff_decode_lazily_as_eagerly(tmp_path):
+    # Most scanners' .svs hold JPEG tiles and Pillow writes LZW: both need imagecodecs.
+    smooth = np.repeat(np.repeat(make_rgb((75, 88)), 8, axis=0), 8, axis=1)  # JPEG-friendly blocks
+    path = tmp_path / "jpeg.svs"
+    write_svs(path, smooth, 0.5, compression="jpeg")
+    lazy, eager = read_volume(path, lazy=True), read_volume(path)
+    assert lazy.lazy and lazy.axes == "yxc" and lazy.spacing == (0.5, 0.5)
+    np.testing.assert_array_equal(np.asarray(lazy.data.compute()), eager.data)
+    assert np.abs(eager.data.astype(int) - smooth).mean() < 8  # lossy, but the same picture
+    lzw = tmp_path / "lzw.tif"
+    Image.fromarray(make_rgb((40, 50))).save(lzw, compression="tiff_lzw")
+    np.testing.assert_array_equal(read_volume(lzw, lazy=True).data.compute(), make_rgb((40, 50)))
+
+
+def test_compression_without_a_decoder_is_named(tmp_path, monkeypatch):
+    # imagecodecs is a dependency; an environment without it (a stripped conda install)
+    # is simulated by taking LZW out of tifffile's decoder table.
+    from tifffile import TIFF
+
+    without_imagecodecs = {1, 8, 32773, 32946}  # none, Deflate, PackBits, old Deflate: what zlib covers
+    monkeypatch.setattr(type(TIFF), "DECOMPRESSORS", property(lambda self: without_imagecodecs))
     path = tmp_path / "lzw.tif"
     Image.fromarray(make_rgb((40, 50))).save(path, compression="tiff_lzw")
     with pytest.raises(InputError, match=r"lzw.tif: image data is LZW-compressed, which needs the 'imagecodecs' package"):
