@@ -163,7 +163,7 @@ def test_use_in_job_composer_fills_the_template(filled, slurm_cluster):  # noqa:
     search(app, text="trabecular")
     app.selectbox(key="catalogue_template").set_value("sun-predict").run()
     offered = [label.rsplit("(", 1)[1].rstrip(")") for label in app.selectbox(key="catalogue_template").options]
-    assert offered == ["histology-match", "score", "sun-predict", "sun-train"]  # the templates with a `dataset: true` input
+    assert offered == ["histology-match", "register", "score", "sun-predict", "sun-train"]  # the templates with a `dataset: true` input
     assert app.selectbox(key="catalogue_parameter").options == ["volume"]
     app.selectbox(key="catalogue_parameter").set_value("volume")
     app.button(key="catalogue_use").click().run()

@@ -4,10 +4,12 @@ help([[MDLMA unified framework 0.1.0
 Commands:
   mdlma info                 versions, cores, memory, GPUs and optional backends
   mdlma sample implant OUT   synthetic micro-CT phantom of a degrading Mg screw in bone
-  mdlma io convert IN OUT    convert between TIFF, HDF5/NeXus, NIfTI, DICOM and Zarr
+  mdlma io convert IN OUT    convert between TIFF, HDF5/NeXus, NIfTI, DICOM and Zarr (+ PNG, JPEG, SVS in)
   mdlma score PRED GT        Dice, IoU, F1, Hausdorff/HD95 per class
   mdlma segment classical    classical baselines (multi-Otsu, watershed)
   mdlma sun train|predict    SUN multi-axis (3 or 9) U-Net segmentation
+  mdlma register convexadam  affine, convexAdam and VoxelMorph registration with quality report
+  mdlma histology match      virtual sections of a volume; locate a histology section in it
   mdlma catalogue search     dataset catalogue (SciCat, or a local SQLite file)
   mdlma jobs ...             SLURM job templates, submission and status
   mdlma dashboard            Streamlit dashboard
@@ -19,10 +21,11 @@ Documentation: docs/ in the source tree.
 ]])
 whatis("Name: mdlma/unified-framework")
 whatis("Version: 0.1.0")
-whatis([[Description: MDLMA unified framework: volume I/O, segmentation (SUN U-Net, classical baselines), scoring, a dataset catalogue and SLURM/Jupyter/Streamlit workflows for large 3D micro-CT and microscopy images.]])
+whatis([[Description: MDLMA unified framework: volume and whole-slide image I/O, segmentation (SUN U-Net, classical baselines), registration (convexAdam, VoxelMorph), virtual histology, scoring, a dataset catalogue and SLURM/Jupyter/Streamlit workflows for large 3D micro-CT and microscopy images.]])
 whatis([[Bundles: unified_framework (CLI mdlma)]])
 whatis([[Bundles: PyTorch 2.14.1 + torchvision 0.29.1 (CPU and CUDA)]])
-whatis([[Bundles: numpy, scipy, scikit-image, SimpleITK, dask, dask-jobqueue, zarr, h5py, tifffile, nibabel, pydicom]])
+whatis([[Bundles: numpy, scipy, scikit-image, SimpleITK, dask, dask-jobqueue, zarr, h5py, tifffile + imagecodecs, nibabel, pydicom]])
+whatis([[Bundles: convexAdam, voxelmorph + neurite (torch backend)]])
 whatis([[Bundles: Streamlit + plotly dashboard apps]])
 whatis([[Bundles: JupyterLab, JupyterHub batchspawner, jupyter-server-proxy]])
 whatis([[Bundles: pyscicat (SciCat catalogue client)]])
