@@ -145,6 +145,19 @@ def set_text(driver, label: str, value: str) -> None:
                .get_attribute("value") == value, what=f"{label} = {value}")
 
 
+def choose(driver, label: str, option: str) -> None:
+    """Pick the entry of the selectbox ``label`` that contains ``option`` (typed to filter it)."""
+    from selenium.webdriver.common.keys import Keys
+
+    box = f"//div[@data-testid='stSelectbox'][.//label[normalize-space(.)='{label}']]"
+    click(driver, f"{box}//input", f"the {label} box")
+    driver.find_element("xpath", f"{box}//input").send_keys(option, Keys.ENTER)
+    # The chosen entry shows as the box's text or, while it has the focus, as its input's value.
+    shown = "return arguments[0].innerText + ' ' + arguments[1].value;"
+    wait_until(driver, lambda d: option in d.execute_script(shown, d.find_element("xpath", box), d.find_element("xpath", f"{box}//input")),
+               what=f"{label}: {option}")
+
+
 def click(driver, xpath: str, what: str) -> None:
     element = wait_until(driver, lambda d: d.find_element("xpath", xpath), what=what)
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
@@ -240,10 +253,12 @@ def test_catalogue_search_detail_and_use_in_composer(dashboard, browser):
     assert "screw_week12.zarr" in page_text(browser) and "screw_week4.zarr" not in page_text(browser)
     screenshot(browser, "10-catalogue.png")
 
+    # Of the templates taking a dataset, 'score': the scan fills its first input, 'pred'.
+    choose(browser, "Template", "(score)")
+    wait_until(browser, idle, what="the page to settle")
     click(browser, "//button[normalize-space(.)='Open the composer']", "the Open the composer button")
     wait_until(browser, lambda d: "/composer" in d.current_url, what="the composer URL")
     wait_until(browser, has_text("from the catalogue"), what="the pre-filled form")
-    # The first template taking a dataset is 'score': the scan fills its 'pred' field.
     wait_until(browser, lambda d: d.find_element("css selector", 'input[aria-label="pred"]').get_attribute("value")
                == str(home / "screw_week12.zarr"), what="pred filled with the dataset")
     set_text(browser, "gt", str(home / "screw_week4.zarr"))
