@@ -254,8 +254,7 @@ def train_voxelmorph(
 
     # SUN's metrics-file helpers: the same JSON-lines format and truncation on resume.
     from ..sun.inference.predictor import resolve_device
-    from ..sun.training.trainer import _append_metrics as append_metrics
-    from ..sun.training.trainer import _truncate_metrics as truncate_metrics
+    from ..utils.metrics_log import append_metrics, truncate_metrics
 
     config = config or VoxelMorphConfig()
     model_path = Path(model_path)

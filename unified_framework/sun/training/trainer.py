@@ -25,8 +25,9 @@ import numpy as np
 
 from ... import __version__
 from ...errors import InputError
-from ...utils.atomic import atomic_path, write_text_atomic
+from ...utils.atomic import atomic_path
 from ...utils.heap import reuse_freed_memory
+from ...utils.metrics_log import append_metrics, truncate_metrics
 from ..axes import parse_axes
 from ..model_package import Normalization, SunModel, save_model
 from ..networks import UNet2D, UNetConfig
@@ -293,7 +294,7 @@ def train_sun(
     identity = {"config": asdict(config), "architecture": asdict(architecture), "class_names": class_names}
     if resume and checkpoint_path.is_file():
         state = _load_checkpoint(checkpoint_path, identity, network, optimizer, scaler, rng, device)
-        _truncate_metrics(metrics_path, state["step"])
+        truncate_metrics(metrics_path, state["step"])
         logger.info("resumed training from %s at step %d", checkpoint_path, state["step"])
     elif metrics_path.exists():
         metrics_path.unlink()
@@ -379,7 +380,7 @@ def train_sun(
                     "throughput_px_per_s": window_pixels / max(elapsed, 1e-9),
                     "time_s": time.perf_counter() - started,
                 }
-                _append_metrics(metrics_path, line)
+                append_metrics(metrics_path, line)
                 history.append(line)
                 bar.set_postfix(loss=f"{line['loss']:.3f}")
                 window_start, window_pixels = time.perf_counter(), 0
@@ -394,7 +395,7 @@ def train_sun(
                     if config.patience and state["bad_validations"] >= config.patience:
                         state["stopped_early"] = True
                 line = {"step": step, "phase": "val", **scores, "best": improved, "time_s": time.perf_counter() - started}
-                _append_metrics(metrics_path, line)
+                append_metrics(metrics_path, line)
                 history.append(line)
             if step % config.checkpoint_every == 0 or state["stopped_early"]:
                 save_checkpoint()
@@ -423,26 +424,6 @@ def train_sun(
 
 def _named(scores: np.ndarray, names: Sequence[str]) -> dict[str, float | None]:
     return {name: (None if np.isnan(value) else float(value)) for name, value in zip(names, scores)}
-
-
-def _append_metrics(path: Path, line: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(line) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint (they will be written again)."""
-    if not path.is_file():
-        return
-    kept = []
-    for text in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(text)["step"] <= step:
-                kept.append(text)
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut short by the kill
-    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def _load_checkpoint(path: Path, identity: dict, network, optimizer, scaler, rng: np.random.Generator, device) -> dict[str, Any]:
