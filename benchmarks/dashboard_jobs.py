@@ -39,7 +39,9 @@ def wait_for_tasks(array_id: str, count: int, timeout: float = 120) -> None:
         if len(hpc.status([array_id])) >= count:
             return
         time.sleep(1)
-    raise SystemExit(f"the controller lists fewer than {count} tasks of job {array_id} after {timeout:.0f} s")
+    raise SystemExit(
+        f"the controller lists fewer than {count} tasks of job {array_id} after {timeout:.0f} s"
+    )
 
 
 def timed(app, action) -> float:
@@ -53,9 +55,13 @@ def timed(app, action) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=5000, help="queued array tasks (default 5000)")
-    parser.add_argument("--repeat", type=int, default=7, help="timed updates of each kind (default 7)")
+    parser.add_argument(
+        "--repeat", type=int, default=7, help="timed updates of each kind (default 7)"
+    )
     args = parser.parse_args(argv)
 
     os.environ.setdefault("STREAMLIT_LOGGER_LEVEL", "error")  # AppTest's "no runtime" notices
@@ -70,9 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     script = workdir / "idle.py"
     script.write_text("print('held, never runs')\n")
     print(f"submitting a held array of {args.jobs} tasks ...", flush=True)
-    record = hpc.submit("python-script", {"job_name": "bench-held", "workdir": str(workdir), "script": str(script),
-                                          "array": f"0-{args.jobs - 1}", "time": "00:01:00", "mem": "100M"},
-                        hold=True)
+    record = hpc.submit(
+        "python-script",
+        {
+            "job_name": "bench-held",
+            "workdir": str(workdir),
+            "script": str(script),
+            "array": f"0-{args.jobs - 1}",
+            "time": "00:01:00",
+            "mem": "100M",
+        },
+        hold=True,
+    )
     array_id = record.job_ids[0]
     try:
         wait_for_tasks(array_id, args.jobs)
@@ -95,14 +110,22 @@ def main(argv: list[str] | None = None) -> int:
         shown_filtered = len(app.dataframe(key="jobs_queue_table").value)
     finally:
         hpc.cancel([array_id])
-    print(f"jobs listed by squeue:               {len(listed)}, {pending} of them pending "
-          f"(one squeue call: {squeue_s:.2f} s)")
+    print(
+        f"jobs listed by squeue:               {len(listed)}, {pending} of them pending "
+        f"(one squeue call: {squeue_s:.2f} s)"
+    )
     print(f"jobs on the page:                    {shown} (last search shows {shown_filtered})")
-    print(f"cold page update (squeue + table):   median {statistics.median(cold):.2f} s "
-          f"(min {min(cold):.2f}, max {max(cold):.2f}, n={len(cold)})")
-    print(f"warm page update (search, cached):   median {statistics.median(warm):.2f} s "
-          f"(min {min(warm):.2f}, max {max(warm):.2f}, n={len(warm)})")
-    print(f"goal <= 2 s with 5,000 queued jobs:  {'met' if statistics.median(cold) <= 2 else 'NOT met'}")
+    print(
+        f"cold page update (squeue + table):   median {statistics.median(cold):.2f} s "
+        f"(min {min(cold):.2f}, max {max(cold):.2f}, n={len(cold)})"
+    )
+    print(
+        f"warm page update (search, cached):   median {statistics.median(warm):.2f} s "
+        f"(min {min(warm):.2f}, max {max(warm):.2f}, n={len(warm)})"
+    )
+    print(
+        f"goal <= 2 s with 5,000 queued jobs:  {'met' if statistics.median(cold) <= 2 else 'NOT met'}"
+    )
     return 0
 
 

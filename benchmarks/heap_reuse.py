@@ -76,20 +76,40 @@ def _child(mode: str, size: int, threads: int) -> dict:
         for _ in range(30):
             step()
         seconds, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
-    result["training"] = {"ms_per_step": 1000 * seconds / 30, "faults": (after.ru_minflt - before.ru_minflt) / 30}
-    model = SunModel(config, UNet2D(config).state_dict(), Normalization((0.0,), (1.1,), (0.35,), (0.25,)), list(CLASS_NAMES), (5.0,) * 3, ("z", "y", "x"), "float32")
+    result["training"] = {
+        "ms_per_step": 1000 * seconds / 30,
+        "faults": (after.ru_minflt - before.ru_minflt) / 30,
+    }
+    model = SunModel(
+        config,
+        UNet2D(config).state_dict(),
+        Normalization((0.0,), (1.1,), (0.35,), (0.25,)),
+        list(CLASS_NAMES),
+        (5.0,) * 3,
+        ("z", "y", "x"),
+        "float32",
+    )
     image, _ = make_implant_phantom((size,) * 3, seed=0)
-    predictor_module.predict_volume(model, image[:32, :32, :32], "y+x", memory_budget=32 * 2**20)  # warm-up
+    predictor_module.predict_volume(
+        model, image[:32, :32, :32], "y+x", memory_budget=32 * 2**20
+    )  # warm-up
     started = time.perf_counter()
     stats = predictor_module.predict_volume(model, image, "y+x", memory_budget=32 * 2**20).stats
-    result["axis"] = {"seconds": time.perf_counter() - started, "network_seconds": stats.network_seconds}
+    result["axis"] = {
+        "seconds": time.perf_counter() - started,
+        "network_seconds": stats.network_seconds,
+    }
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of both settings (default 3)")
-    parser.add_argument("--size", type=int, default=256, help="volume edge of the predict_volume case (default 256)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds of both settings (default 3)"
+    )
+    parser.add_argument(
+        "--size", type=int, default=256, help="volume edge of the predict_volume case (default 256)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -100,12 +120,25 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"default": [], "reuse": []}
     for _ in range(args.rounds):
         for mode in runs:
-            command = [sys.executable, __file__, "--child", mode, "--size", str(args.size), "--threads", str(args.threads)]
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                mode,
+                "--size",
+                str(args.size),
+                "--threads",
+                str(args.threads),
+            ]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             runs[mode].append(json.loads(output.strip().splitlines()[-1]))
 
-    print(f"U-Net depth 4 width 16, CPU, {args.threads} threads; glibc defaults vs reuse_freed_memory(), {args.rounds} rounds (fresh process each)\n")
-    print(f"{'forward pass':>22}  {'ns/pixel default':>17}  {'ns/pixel reuse':>15}  {'ratio':>5}  {'faults default':>14}  {'faults reuse':>12}  {'sys s default':>13}  {'sys s reuse':>11}")
+    print(
+        f"U-Net depth 4 width 16, CPU, {args.threads} threads; glibc defaults vs reuse_freed_memory(), {args.rounds} rounds (fresh process each)\n"
+    )
+    print(
+        f"{'forward pass':>22}  {'ns/pixel default':>17}  {'ns/pixel reuse':>15}  {'ratio':>5}  {'faults default':>14}  {'faults reuse':>12}  {'sys s default':>13}  {'sys s reuse':>11}"
+    )
     for i, (batch, rows, cols) in enumerate(SHAPES):
         d = [r["network"][i] for r in runs["default"]]
         k = [r["network"][i] for r in runs["reuse"]]
@@ -113,12 +146,27 @@ def main() -> None:
         print(f"{batch} x {rows} x {cols:<10}  {_span(ns_d):>17}  {_span(ns_k):>15}  {np.median(ns_d) / np.median(ns_k):5.2f}  "
               f"{np.median([x['faults'] for x in d]):14,.0f}  {np.median([x['faults'] for x in k]):12,.0f}  "
               f"{np.median([x['system_s'] for x in d]):13.3f}  {np.median([x['system_s'] for x in k]):11.3f}")  # fmt: skip
-    print("\ntraining step (depth 4, width 16, 8 patches of 128^2; ms per step, page faults per step):")
+    print(
+        "\ntraining step (depth 4, width 16, 8 patches of 128^2; ms per step, page faults per step):"
+    )
     for mode, results in runs.items():
-        print(f"  {mode:8} " + "   ".join(f"{r['training']['ms_per_step']:.0f} ms, {r['training']['faults']:,.0f}" for r in results))
-    print(f"\npredict_volume, axis y+x of a {args.size}^3 phantom, 32 MiB budget (network s / total s per round):")
+        print(
+            f"  {mode:8} "
+            + "   ".join(
+                f"{r['training']['ms_per_step']:.0f} ms, {r['training']['faults']:,.0f}"
+                for r in results
+            )
+        )
+    print(
+        f"\npredict_volume, axis y+x of a {args.size}^3 phantom, 32 MiB budget (network s / total s per round):"
+    )
     for mode, results in runs.items():
-        print(f"  {mode:8} " + "   ".join(f"{r['axis']['network_seconds']:.1f} / {r['axis']['seconds']:.1f}" for r in results))
+        print(
+            f"  {mode:8} "
+            + "   ".join(
+                f"{r['axis']['network_seconds']:.1f} / {r['axis']['seconds']:.1f}" for r in results
+            )
+        )
 
 
 def _span(values: list[float]) -> str:

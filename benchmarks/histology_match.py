@@ -29,20 +29,28 @@ from unified_framework.data.section import make_section_sample
 from unified_framework.histology import angle_between
 from unified_framework.histology.match import locate_section
 
-MODES = {"cone": {"axis": (1.0, 0.0, 0.0), "cone": 30.0}, "all": {"axis": None}, "local": {"axis": (1.0, 0.0, 0.0), "cone": 0.0}}
+MODES = {
+    "cone": {"axis": (1.0, 0.0, 0.0), "cone": 30.0},
+    "all": {"axis": None},
+    "local": {"axis": (1.0, 0.0, 0.0), "cone": 0.0},
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--shape", type=int, default=256, help="phantom side (voxels)")
-    parser.add_argument("--modes", nargs="+", choices=sorted(MODES), default=["cone", "all", "local"])
+    parser.add_argument(
+        "--modes", nargs="+", choices=sorted(MODES), default=["cone", "all", "local"]
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     spacing = 5.0
     rows: dict[str, list[tuple[float, float, float]]] = {m: [] for m in args.modes}
     for case in range(args.cases):
-        volume, section, truth = make_section_sample((args.shape,) * 3, seed=1000 + case, spacing=spacing)
+        volume, section, truth = make_section_sample(
+            (args.shape,) * 3, seed=1000 + case, spacing=spacing
+        )
         for mode in args.modes:
             start = time.perf_counter()
             result = locate_section(volume, section, device=args.device, **MODES[mode])
@@ -51,7 +59,10 @@ def main() -> None:
             angle = angle_between(best.plane.normal, truth["plane"]["normal"])
             offset = abs(best.offset_um - truth["offset_um"]) / spacing
             rows[mode].append((angle, offset, wall))
-            print(f"case {case} {mode:5s}: orientation error {angle:6.2f} deg, offset error {offset:5.2f} voxels, {wall:6.1f} s", flush=True)
+            print(
+                f"case {case} {mode:5s}: orientation error {angle:6.2f} deg, offset error {offset:5.2f} voxels, {wall:6.1f} s",
+                flush=True,
+            )
     print(f"\n{args.cases} cases, phantom {args.shape}^3, voxel {spacing} um")
     for mode, values in rows.items():
         ok = [v for v in values if v[0] < 3 and v[1] <= 3]

@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def job_count(user: str) -> int:
-    out = subprocess.run(["squeue", "-h", "-u", user, "-o", "%i"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["squeue", "-h", "-u", user, "-o", "%i"], capture_output=True, text=True, check=True
+    )
     return len(out.stdout.split())
 
 
@@ -36,12 +38,22 @@ def main() -> int:
     parser.add_argument("--module", default="mdlma/unified-framework/0.1.0")
     args = parser.parse_args()
 
-    password = subprocess.run([REPO / "scripts" / "hub", "password", args.user], capture_output=True, text=True,
-                              check=True).stdout.strip()
+    password = subprocess.run(
+        [REPO / "scripts" / "hub", "password", args.user],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     client = HubClient(args.url, args.user)
     client.login(password)
     client.stop()
-    options = {"partition": "debug", "runtime_minutes": "30", "cpus": "1", "memory_gb": "2", "module": args.module}
+    options = {
+        "partition": "debug",
+        "runtime_minutes": "30",
+        "cpus": "1",
+        "memory_gb": "2",
+        "module": args.module,
+    }
     seconds = []
     for round_ in range(1, args.repeats + 1):
         while job_count(args.user):  # the previous job must be gone: measure an idle cluster
@@ -53,8 +65,10 @@ def main() -> int:
         seconds.append(result.seconds)
         print(f"round {round_}: ready after {result.seconds:.1f} s")
         client.stop()
-    print(f"spawn-to-ready, median of {len(seconds)}: {statistics.median(seconds):.1f} s "
-          f"(min {min(seconds):.1f} s, max {max(seconds):.1f} s)")
+    print(
+        f"spawn-to-ready, median of {len(seconds)}: {statistics.median(seconds):.1f} s "
+        f"(min {min(seconds):.1f} s, max {max(seconds):.1f} s)"
+    )
     return 0
 
 

@@ -41,10 +41,13 @@ METHODS = ("affine", "bspline", "ants", "convexadam", "voxelmorph")
 
 # --- the child: one method on one pair ---------------------------------------------------
 
+
 def _pair(args):
     from unified_framework.data import make_registration_pair
 
-    return make_registration_pair((args.size,) * 3, seed=args.seed, displacement=args.displacement, multimodal=args.multimodal)
+    return make_registration_pair(
+        (args.size,) * 3, seed=args.seed, displacement=args.displacement, multimodal=args.multimodal
+    )
 
 
 def _bspline(fixed, moving, spacing):
@@ -54,7 +57,10 @@ def _bspline(fixed, moving, spacing):
     from unified_framework.registration.fields import grid_image
 
     f, m = grid_image(fixed, spacing), grid_image(moving, spacing)
-    mesh = [max(2, int(n * s / (8 * s0))) for n, s, s0 in zip(f.GetSize(), f.GetSpacing(), [min(spacing)] * 3)]
+    mesh = [
+        max(2, int(n * s / (8 * s0)))
+        for n, s, s0 in zip(f.GetSize(), f.GetSpacing(), [min(spacing)] * 3)
+    ]
     initial = sitk.BSplineTransformInitializer(f, mesh, order=3)
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(32)
@@ -90,9 +96,24 @@ def _ants(fixed, moving, spacing, python):
         folder = Path(tmp)
         np.save(folder / "f.npy", fixed)
         np.save(folder / "m.npy", moving)
-        subprocess.run([python, "-c", ANTS_SCRIPT, str(folder / "f.npy"), str(folder / "m.npy"), ",".join(map(str, spacing)), str(folder / "w.npy")], check=True)
-        warp = np.load(folder / "w.npy")  # (x, y, z, 3), components (x, y, z), physical (ITK convention)
-    return np.ascontiguousarray(np.moveaxis(warp.transpose(2, 1, 0, 3), -1, 0)[::-1], dtype=np.float32)
+        subprocess.run(
+            [
+                python,
+                "-c",
+                ANTS_SCRIPT,
+                str(folder / "f.npy"),
+                str(folder / "m.npy"),
+                ",".join(map(str, spacing)),
+                str(folder / "w.npy"),
+            ],
+            check=True,
+        )
+        warp = np.load(
+            folder / "w.npy"
+        )  # (x, y, z, 3), components (x, y, z), physical (ITK convention)
+    return np.ascontiguousarray(
+        np.moveaxis(warp.transpose(2, 1, 0, 3), -1, 0)[::-1], dtype=np.float32
+    )
 
 
 def child(args) -> None:
@@ -103,48 +124,114 @@ def child(args) -> None:
 
     torch.set_num_threads(args.threads)
     pair = _pair(args)
-    labels = dict(fixed_labels=pair.fixed_labels, moving_labels=pair.moving_labels, landmarks=(pair.fixed_points, pair.moving_points))
+    labels = dict(
+        fixed_labels=pair.fixed_labels,
+        moving_labels=pair.moving_labels,
+        landmarks=(pair.fixed_points, pair.moving_points),
+    )
     started = time.perf_counter()
     extra = {}
     if args.method in ("affine", "convexadam", "voxelmorph"):
-        result = register_volumes(pair.fixed, pair.moving, pair.spacing, args.method, prealign="affine" if args.method == "affine" else "none",
-                                  device="cpu", model=args.model, **labels)
+        result = register_volumes(
+            pair.fixed,
+            pair.moving,
+            pair.spacing,
+            args.method,
+            prealign="affine" if args.method == "affine" else "none",
+            device="cpu",
+            model=args.model,
+            **labels,
+        )
         report = result.report
         if args.method == "voxelmorph":
-            from unified_framework.registration.voxelmorph import load_voxelmorph, register_voxelmorph
+            from unified_framework.registration.voxelmorph import (
+                load_voxelmorph,
+                register_voxelmorph,
+            )
 
             model = load_voxelmorph(args.model)
             tick = time.perf_counter()
             register_voxelmorph(pair.fixed, pair.moving, pair.spacing, model, device="cpu")
             extra["inference_s"] = time.perf_counter() - tick
     else:
-        field = _bspline(pair.fixed, pair.moving, pair.spacing) if args.method == "bspline" else _ants(pair.fixed, pair.moving, pair.spacing, args.ants_python)
-        report = quality_report(field, pair.spacing, pair.fixed, pair.moving, warp(pair.moving, field, pair.spacing),
-                                pair.fixed_labels, pair.moving_labels, warp(pair.moving_labels, field, pair.spacing, "nearest"),
-                                landmarks=labels["landmarks"])
+        field = (
+            _bspline(pair.fixed, pair.moving, pair.spacing)
+            if args.method == "bspline"
+            else _ants(pair.fixed, pair.moving, pair.spacing, args.ants_python)
+        )
+        report = quality_report(
+            field,
+            pair.spacing,
+            pair.fixed,
+            pair.moving,
+            warp(pair.moving, field, pair.spacing),
+            pair.fixed_labels,
+            pair.moving_labels,
+            warp(pair.moving_labels, field, pair.spacing, "nearest"),
+            landmarks=labels["landmarks"],
+        )
     wall = time.perf_counter() - started
-    per_class = {k: v["after"]["dice"] if v["after"] else None for k, v in report["labels"]["per_class"].items()}
-    hd95 = [v["after"]["hd95_um"] for v in report["labels"]["per_class"].values() if v["after"] and v["after"]["hd95_um"] is not None]
-    print(json.dumps({
-        "dice": report["labels"]["mean_dice"]["after"], "dice_before": report["labels"]["mean_dice"]["before"], "dice_per_class": per_class,
-        "hd95_um": float(np.mean(hd95)) if hd95 else None, "tre_vox": report["landmarks"]["tre_median_voxels"]["after"],
-        "tre_before_vox": report["landmarks"]["tre_median_voxels"]["before"], "folding_pct": 100 * report["jacobian"]["folding_fraction"],
-        "wall_s": wall, **extra,
-        # ANTs runs in a child process of its own venv: count its peak instead.
-        "peak_rss_mb": max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024,
-    }))
+    per_class = {
+        k: v["after"]["dice"] if v["after"] else None
+        for k, v in report["labels"]["per_class"].items()
+    }
+    hd95 = [
+        v["after"]["hd95_um"]
+        for v in report["labels"]["per_class"].values()
+        if v["after"] and v["after"]["hd95_um"] is not None
+    ]
+    print(
+        json.dumps(
+            {
+                "dice": report["labels"]["mean_dice"]["after"],
+                "dice_before": report["labels"]["mean_dice"]["before"],
+                "dice_per_class": per_class,
+                "hd95_um": float(np.mean(hd95)) if hd95 else None,
+                "tre_vox": report["landmarks"]["tre_median_voxels"]["after"],
+                "tre_before_vox": report["landmarks"]["tre_median_voxels"]["before"],
+                "folding_pct": 100 * report["jacobian"]["folding_fraction"],
+                "wall_s": wall,
+                **extra,
+                # ANTs runs in a child process of its own venv: count its peak instead.
+                "peak_rss_mb": max(
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+                )
+                / 1024,
+            }
+        )
+    )
 
 
 # --- the parent ----------------------------------------------------------------------------
 
+
 def run_child(args, method, seed, multimodal, model=None, ants_python=None) -> dict | None:
-    command = [sys.executable, __file__, "--child", method, "--size", str(args.size), "--seed", str(seed), "--displacement", str(args.displacement),
-               "--threads", str(args.threads)] + (["--multimodal"] if multimodal else []) + (["--model", str(model)] if model else [])
+    command = (
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            method,
+            "--size",
+            str(args.size),
+            "--seed",
+            str(seed),
+            "--displacement",
+            str(args.displacement),
+            "--threads",
+            str(args.threads),
+        ]
+        + (["--multimodal"] if multimodal else [])
+        + (["--model", str(model)] if model else [])
+    )
     command += ["--ants-python", ants_python] if ants_python else []
     env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(args.threads)}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        print(f"  {method} seed {seed}: failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+        print(
+            f"  {method} seed {seed}: failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
+        )
         return None
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -154,10 +241,20 @@ def ants_python(args) -> str | None:
     target = Path(args.ants_target)
     python = target / "bin" / "python"
     if not (target / ".complete").exists():
-        print(f"installing antspyx into the venv {target} (a reference only, not a framework dependency) ...")
+        print(
+            f"installing antspyx into the venv {target} (a reference only, not a framework dependency) ..."
+        )
         try:
-            subprocess.run([sys.executable, "-m", "venv", "--clear", str(target)], check=True, capture_output=True)
-            subprocess.run([str(python), "-m", "pip", "install", "-q", "antspyx"], check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "venv", "--clear", str(target)],
+                check=True,
+                capture_output=True,
+            )
+            subprocess.run(
+                [str(python), "-m", "pip", "install", "-q", "antspyx"],
+                check=True,
+                capture_output=True,
+            )
         except subprocess.CalledProcessError:
             print("  antspyx could not be installed; skipping ANTs SyN")
             return None
@@ -175,16 +272,28 @@ def train_vxm(args, folder: Path) -> Path:
     torch.set_num_threads(args.threads)
     pairs = []
     for seed in range(100, 106):
-        pair = make_registration_pair((args.size,) * 3, seed=seed, displacement=args.displacement, multimodal=seed % 3 == 2)
+        pair = make_registration_pair(
+            (args.size,) * 3, seed=seed, displacement=args.displacement, multimodal=seed % 3 == 2
+        )
         pairs.append((pair.fixed, pair.moving))
     path = folder / "vxm.pt"
-    config = VoxelMorphConfig(features=[16, 16, 16, 16], steps=100_000, patch_size=64, learning_rate=1e-3, checkpoint_every=50, log_every=50, device="cpu")
+    config = VoxelMorphConfig(
+        features=[16, 16, 16, 16],
+        steps=100_000,
+        patch_size=64,
+        learning_rate=1e-3,
+        checkpoint_every=50,
+        log_every=50,
+        device="cpu",
+    )
     deadline = time.perf_counter() + 60 * args.vxm_minutes
     steps = 0
     while time.perf_counter() < deadline:
         result = train_voxelmorph(pairs, path, config, max_steps_this_run=25)
         steps = result.steps
-    print(f"VoxelMorph: {steps} training steps in {args.vxm_minutes} min (patches 64^3, {len(pairs)} pairs)")
+    print(
+        f"VoxelMorph: {steps} training steps in {args.vxm_minutes} min (patches 64^3, {len(pairs)} pairs)"
+    )
     return path
 
 
@@ -203,29 +312,49 @@ def big_case(args, folder: Path) -> None:
     rng = np.random.default_rng(0)
     from scipy import ndimage
 
-    field = np.stack([ndimage.gaussian_filter(rng.standard_normal((coarse,) * 3), 4) for _ in range(3)]).astype(np.float32)
+    field = np.stack(
+        [ndimage.gaussian_filter(rng.standard_normal((coarse,) * 3), 4) for _ in range(3)]
+    ).astype(np.float32)
     field *= 8.0 / np.abs(field).max()
     save_field(folder / "field.mha", field, (4.0, 4.0, 4.0))
     started = time.perf_counter()
-    command = [sys.executable, "-c", "import resource, sys; from unified_framework.cli.main import main; code = main(sys.argv[1:]); "
-               "print('peak_rss_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024); sys.exit(code)",
-               "register", "apply", str(folder / "field.mha"), str(volume), "--out", str(folder / "warped.zarr")]
+    command = [
+        sys.executable,
+        "-c",
+        "import resource, sys; from unified_framework.cli.main import main; code = main(sys.argv[1:]); "
+        "print('peak_rss_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024); sys.exit(code)",
+        "register",
+        "apply",
+        str(folder / "field.mha"),
+        str(volume),
+        "--out",
+        str(folder / "warped.zarr"),
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - started
     rss = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("peak_rss_mb")]
-    print(f"\nwarp {n}^3 Zarr ({n**3 * 4 / 2**30:.1f} GiB float32) from a bin-4 field: exit {done.returncode}, {wall:.0f} s, "
-          f"peak RSS {float(rss[0]) / 1024 if rss else float('nan'):.2f} GiB (goal <= 2 GiB)")
+    print(
+        f"\nwarp {n}^3 Zarr ({n**3 * 4 / 2**30:.1f} GiB float32) from a bin-4 field: exit {done.returncode}, {wall:.0f} s, "
+        f"peak RSS {float(rss[0]) / 1024 if rss else float('nan'):.2f} GiB (goal <= 2 GiB)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--displacement", type=float, default=4.0, help="largest true displacement, voxels")
+    parser.add_argument(
+        "--displacement", type=float, default=4.0, help="largest true displacement, voxels"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip", nargs="*", default=[], choices=METHODS)
     parser.add_argument("--vxm-minutes", type=float, default=10.0)
     parser.add_argument("--ants-target", default=str(REPO / ".mdlma" / "bench-ants"))
-    parser.add_argument("--big", type=int, default=0, help="side of the Zarr volume of the large-warp case (0: skip)")
+    parser.add_argument(
+        "--big",
+        type=int,
+        default=0,
+        help="side of the Zarr volume of the large-warp case (0: skip)",
+    )
     parser.add_argument("--child", choices=METHODS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--multimodal", action="store_true")
@@ -247,15 +376,36 @@ def main() -> None:
             for method in METHODS:
                 if method in args.skip or (method == "ants" and ants is None):
                     continue
-                result = run_child(args, method, seed, multimodal, model if method == "voxelmorph" else None, ants if method == "ants" else None)
+                result = run_child(
+                    args,
+                    method,
+                    seed,
+                    multimodal,
+                    model if method == "voxelmorph" else None,
+                    ants if method == "ants" else None,
+                )
                 if result:
-                    rows.append({"pair": f"seed {seed}{' multi-modal' if multimodal else ''}", "method": method, **result})
-        print(f"\n{args.size}^3 pairs, true displacement up to {args.displacement:g} voxels, {args.threads} threads, CPU")
-        print(f"{'pair':<22}{'method':<12}{'Dice':>6} {'(before)':>8}  {'per class 1/2/3':<20}{'HD95 µm':>8}{'TRE vox':>8} {'(before)':>8}{'fold %':>8}{'wall s':>8}{'RSS MB':>8}")
+                    rows.append(
+                        {
+                            "pair": f"seed {seed}{' multi-modal' if multimodal else ''}",
+                            "method": method,
+                            **result,
+                        }
+                    )
+        print(
+            f"\n{args.size}^3 pairs, true displacement up to {args.displacement:g} voxels, {args.threads} threads, CPU"
+        )
+        print(
+            f"{'pair':<22}{'method':<12}{'Dice':>6} {'(before)':>8}  {'per class 1/2/3':<20}{'HD95 µm':>8}{'TRE vox':>8} {'(before)':>8}{'fold %':>8}{'wall s':>8}{'RSS MB':>8}"
+        )
         for r in rows:
-            classes = "/".join(f"{v:.2f}" if v is not None else "-" for v in r["dice_per_class"].values())
-            print(f"{r['pair']:<22}{r['method']:<12}{r['dice']:>6.3f} {r['dice_before']:>8.3f}  {classes:<20}{r['hd95_um'] or float('nan'):>8.1f}"
-                  f"{r['tre_vox']:>8.2f} {r['tre_before_vox']:>8.2f}{r['folding_pct']:>8.3f}{r['wall_s']:>8.1f}{r['peak_rss_mb']:>8.0f}")
+            classes = "/".join(
+                f"{v:.2f}" if v is not None else "-" for v in r["dice_per_class"].values()
+            )
+            print(
+                f"{r['pair']:<22}{r['method']:<12}{r['dice']:>6.3f} {r['dice_before']:>8.3f}  {classes:<20}{r['hd95_um'] or float('nan'):>8.1f}"
+                f"{r['tre_vox']:>8.2f} {r['tre_before_vox']:>8.2f}{r['folding_pct']:>8.3f}{r['wall_s']:>8.1f}{r['peak_rss_mb']:>8.0f}"
+            )
         for r in rows:
             if "inference_s" in r:
                 print(f"VoxelMorph inference {r['pair']}: {r['inference_s']:.2f} s (goal <= 2 s)")

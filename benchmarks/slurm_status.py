@@ -28,8 +28,15 @@ from unified_framework.hpc import slurm
 
 GOAL_S = 1.0
 MAX_ARRAY = 5000  # tasks per array (the test cluster allows 10,000)
-SBATCH = ["sbatch", "--parsable", "--hold", "--job-name=mdlma-bench", "--output=/dev/null", "--time=00:01:00",
-          "--mem=10M"]
+SBATCH = [
+    "sbatch",
+    "--parsable",
+    "--hold",
+    "--job-name=mdlma-bench",
+    "--output=/dev/null",
+    "--time=00:01:00",
+    "--mem=10M",
+]
 
 
 def timed(function, repeat: int) -> tuple[float, float, object]:
@@ -43,7 +50,9 @@ def timed(function, repeat: int) -> tuple[float, float, object]:
 
 
 def _sbatch(extra: list[str]) -> str:
-    out = subprocess.run(SBATCH + extra + ["--wrap=true"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        SBATCH + extra + ["--wrap=true"], capture_output=True, text=True, check=True
+    ).stdout
     return out.strip().split(";")[0]
 
 
@@ -58,15 +67,22 @@ def submit_held(total: int, arrays: bool) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=5000, help="queued jobs to create (default 5000)")
+    parser.add_argument(
+        "--jobs", type=int, default=5000, help="queued jobs to create (default 5000)"
+    )
     parser.add_argument("--arrays", action="store_true", help="fake the jobs as held arrays (fast)")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per figure (default 5)")
     args = parser.parse_args()
     if not slurm.slurm_available():
-        print("SLURM is not installed; start the test cluster with: sudo scripts/slurm-cluster start")
+        print(
+            "SLURM is not installed; start the test cluster with: sudo scripts/slurm-cluster start"
+        )
         return 1
     user = hpc.current_user()
-    print(f"submitting {args.jobs} held jobs as {user} ({'arrays' if args.arrays else 'one sbatch each'}) ...", flush=True)
+    print(
+        f"submitting {args.jobs} held jobs as {user} ({'arrays' if args.arrays else 'one sbatch each'}) ...",
+        flush=True,
+    )
     started = time.perf_counter()
     ids = submit_held(args.jobs, args.arrays)
     print(f"  done in {time.perf_counter() - started:.1f} s", flush=True)
@@ -86,22 +102,34 @@ def main() -> int:
     # slurmdbd records the cancellations a little later.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if len([r for r in hpc.history(ids, backend="slurm") if r.state == "CANCELLED"]) >= len(ids):
+        if len([r for r in hpc.history(ids, backend="slurm") if r.state == "CANCELLED"]) >= len(
+            ids
+        ):
             break
         time.sleep(1)
-    for what, job_ids, since in (("history(job ids)", ids, None), ("history(last day)", None, "now-1days")):
-        command = slurm.sacct_command(job_ids, user, since, allocations_only=True)  # the first of <= 2 calls
+    for what, job_ids, since in (
+        ("history(job ids)", ids, None),
+        ("history(last day)", None, "now-1days"),
+    ):
+        command = slurm.sacct_command(
+            job_ids, user, since, allocations_only=True
+        )  # the first of <= 2 calls
         raw, _, text = timed(lambda command=command: slurm.run_command(command), args.repeat)
         parse, _, _ = timed(lambda text=text: slurm.parse_sacct(text), args.repeat)
         total, best, records = timed(
-            lambda job_ids=job_ids, since=since: hpc.history(job_ids, since=since, backend="slurm"), args.repeat
+            lambda job_ids=job_ids, since=since: hpc.history(job_ids, since=since, backend="slurm"),
+            args.repeat,
         )
         rows.append((what, len(records), raw, parse, total, best))
 
-    print(f"\n{'what':26} {'rows':>6} {'command':>9} {'parse':>8} {'total':>8} {'best':>8}  goal {GOAL_S:g} s")
+    print(
+        f"\n{'what':26} {'rows':>6} {'command':>9} {'parse':>8} {'total':>8} {'best':>8}  goal {GOAL_S:g} s"
+    )
     for what, count, raw, parse, total, best in rows:
         verdict = "met" if total <= GOAL_S else "MISSED"
-        print(f"{what:26} {count:6d} {raw:8.3f}s {parse:7.3f}s {total:7.3f}s {best:7.3f}s  {verdict}")
+        print(
+            f"{what:26} {count:6d} {raw:8.3f}s {parse:7.3f}s {total:7.3f}s {best:7.3f}s  {verdict}"
+        )
     return 0
 
 

@@ -35,23 +35,57 @@ def round_trip_dice(labels: np.ndarray, axis: str) -> np.ndarray:
     classes = int(labels.max()) + 1
     one_hot = np.stack([labels == c for c in range(classes)]).astype(np.float32)
     grid = axis_grid(axis, labels.shape)
-    slices = sample_slices(lambda region: one_hot[(slice(None), *region)], grid, 0, grid.n_slices, classes)
-    values, _ = ProbabilitySlab(slices, grid, 0, grid.n_units).on_voxels(tuple(slice(0, n) for n in labels.shape))
+    slices = sample_slices(
+        lambda region: one_hot[(slice(None), *region)], grid, 0, grid.n_slices, classes
+    )
+    values, _ = ProbabilitySlab(slices, grid, 0, grid.n_units).on_voxels(
+        tuple(slice(0, n) for n in labels.shape)
+    )
     return dice_per_class(values.argmax(0), labels, classes)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=48, help="phantom edge for training and testing (default 48)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9, 10, 11], help="held-out phantom seeds (default 7-11)")
+    parser.add_argument(
+        "--size", type=int, default=48, help="phantom edge for training and testing (default 48)"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[7, 8, 9, 10, 11],
+        help="held-out phantom seeds (default 7-11)",
+    )
     parser.add_argument("--steps", type=int, default=800, help="training steps (default 800)")
-    parser.add_argument("--noise", type=float, default=0.04, help="phantom noise (default 0.04, the phantom's default)")
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=0.04,
+        help="phantom noise (default 0.04, the phantom's default)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--margin", type=int, default=0, help="score only voxels at least this far from the volume's faces (default 0: all)")
-    parser.add_argument("--input-size", type=int, default=48, help="side of the training patches (default 48, as the test)")
+    parser.add_argument(
+        "--margin",
+        type=int,
+        default=0,
+        help="score only voxels at least this far from the volume's faces (default 0: all)",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=48,
+        help="side of the training patches (default 48, as the test)",
+    )
     parser.add_argument("--depth", type=int, default=3, help="U-Net depth (default 3, as the test)")
-    parser.add_argument("--width", type=int, default=8, help="U-Net base width (default 8, as the test)")
-    parser.add_argument("--train-seed", type=int, default=0, help="seed of patch sampling, augmentation and initial weights (default 0)")
+    parser.add_argument(
+        "--width", type=int, default=8, help="U-Net base width (default 8, as the test)"
+    )
+    parser.add_argument(
+        "--train-seed",
+        type=int,
+        default=0,
+        help="seed of patch sampling, augmentation and initial weights (default 0)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -69,27 +103,49 @@ def main() -> None:
     pairs = [make_implant_phantom(shape, seed=s, noise=args.noise) for s in (0, 1)]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sun-axes-") as folder:
-        result = train_sun([p[0] for p in pairs], [p[1] for p in pairs], Path(folder) / "sun.pt", config, class_names=CLASS_NAMES, voxel_size=(5.0,) * 3, sources=["seed 0", "seed 1"])
+        result = train_sun(
+            [p[0] for p in pairs],
+            [p[1] for p in pairs],
+            Path(folder) / "sun.pt",
+            config,
+            class_names=CLASS_NAMES,
+            voxel_size=(5.0,) * 3,
+            sources=["seed 0", "seed 1"],
+        )
     scored = f", scored {args.margin} voxels and more from the faces" if args.margin else ""
     print(f"SUN 3 vs 9 axes: {args.size}^3 implant phantoms (noise {args.noise}{scored}), depth-{args.depth} width-{args.width} U-Net, "
           f"{args.input_size}^2 patches, {args.steps} steps, training seed {args.train_seed} ({time.perf_counter() - started:.0f} s)\n")  # fmt: skip
-    print(f"{'seed':>4}  {'3 axes':>7}  {'9 axes':>7}  {'9 - 3':>7}   per class (bg, bone, implant, degradation), 9 axes")
+    print(
+        f"{'seed':>4}  {'3 axes':>7}  {'9 axes':>7}  {'9 - 3':>7}   per class (bg, bone, implant, degradation), 9 axes"
+    )
     differences, per_view = [], {name: [] for name in AXIS_NAMES}
     volume_ratios = {"3": [], "9": []}
     for seed in args.seeds:
         image, labels = make_implant_phantom(shape, seed=seed, noise=args.noise)
         inner = (slice(args.margin, args.size - args.margin),) * 3
-        predicted = {axes: predict_volume(result.model, image, axes).labels[inner] for axes in ("3", "9", *AXIS_NAMES)}
-        dice = {axes: dice_per_class(found, labels[inner], len(CLASS_NAMES)) for axes, found in predicted.items()}
+        predicted = {
+            axes: predict_volume(result.model, image, axes).labels[inner]
+            for axes in ("3", "9", *AXIS_NAMES)
+        }
+        dice = {
+            axes: dice_per_class(found, labels[inner], len(CLASS_NAMES))
+            for axes, found in predicted.items()
+        }
         true_volume = np.bincount(labels[inner].ravel(), minlength=len(CLASS_NAMES))
         for axes in volume_ratios:
-            volume_ratios[axes].append(np.bincount(predicted[axes].ravel(), minlength=len(CLASS_NAMES)) / true_volume)
+            volume_ratios[axes].append(
+                np.bincount(predicted[axes].ravel(), minlength=len(CLASS_NAMES)) / true_volume
+            )
         three, nine = dice["3"][1:].mean(), dice["9"][1:].mean()
         differences.append(nine - three)
         for name in AXIS_NAMES:
             per_view[name].append(dice[name][1:].mean())
-        print(f"{seed:>4}  {three:7.4f}  {nine:7.4f}  {nine - three:+7.4f}   {np.round(dice['9'], 3).tolist()}")
-    print(f"\n9 - 3 mean foreground Dice: mean {np.mean(differences):+.4f}, range {min(differences):+.4f} .. {max(differences):+.4f}")
+        print(
+            f"{seed:>4}  {three:7.4f}  {nine:7.4f}  {nine - three:+7.4f}   {np.round(dice['9'], 3).tolist()}"
+        )
+    print(
+        f"\n9 - 3 mean foreground Dice: mean {np.mean(differences):+.4f}, range {min(differences):+.4f} .. {max(differences):+.4f}"
+    )
     print("predicted / true volume per class (bg, bone, implant, degradation), mean over the seeds: "
           + ", ".join(f"{axes} axes {np.round(np.mean(ratios, axis=0), 3).tolist()}" for axes, ratios in volume_ratios.items()))  # fmt: skip
     print("\nsingle views, mean foreground Dice over the seeds:")

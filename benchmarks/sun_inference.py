@@ -81,7 +81,12 @@ def _child(args: argparse.Namespace) -> None:
     import zarr  # noqa: F401
 
     import unified_framework.io._zarr  # noqa: F401
-    from unified_framework.sun.inference import Outputs, SlicePredictor, predict_to_files, predict_volume
+    from unified_framework.sun.inference import (
+        Outputs,
+        SlicePredictor,
+        predict_to_files,
+        predict_volume,
+    )
     from unified_framework.sun.model_package import load_model
     from unified_framework.utils.heap import reuse_freed_memory
 
@@ -90,10 +95,18 @@ def _child(args: argparse.Namespace) -> None:
     predictor = SlicePredictor(model, args.device, memory_budget=budget)
     predictor(np.zeros((1, 1, 64, 64), np.float32))  # load kernels before the baseline
     # ... and the compiled vote packing (numba's runtime is a fixed cost, like torch's)
-    predict_volume(model, np.zeros((16, 16, 16), np.float32), "9", memory_budget=budget, predictor=predictor)
+    predict_volume(
+        model, np.zeros((16, 16, 16), np.float32), "9", memory_budget=budget, predictor=predictor
+    )
     if args.case in ("zarr9", "capped"):  # load the modules of the file path, too
         warm = Path(args.out) / "warm"
-        predict_to_files([str(Path(args.input).with_name("tiny.zarr"))], args.model, Outputs(warm / "l.zarr"), axes="9", workdir=warm / "w")
+        predict_to_files(
+            [str(Path(args.input).with_name("tiny.zarr"))],
+            args.model,
+            Outputs(warm / "l.zarr"),
+            axes="9",
+            workdir=warm / "w",
+        )
     # Start the peak (VmHWM) afresh: the warm-up above may have peaked higher than
     # the baseline, and that peak is not the prediction's.
     Path("/proc/self/clear_refs").write_text("5")
@@ -103,13 +116,34 @@ def _child(args: argparse.Namespace) -> None:
     result: dict = {"baseline_rss": baseline}
     if args.case in ("mem3", "mem9"):
         image = np.load(args.input)
-        prediction = predict_volume(model, image, args.case[-1], return_probabilities=True, memory_budget=budget, predictor=predictor)
+        prediction = predict_volume(
+            model,
+            image,
+            args.case[-1],
+            return_probabilities=True,
+            memory_budget=budget,
+            predictor=predictor,
+        )
         stats = prediction.stats
     elif args.case in ("zarr9", "capped"):
         out = Path(args.out)
-        outputs = Outputs(out / "labels.zarr", out / "probabilities.zarr", out / "entropy.zarr", out / "disagreement.zarr")
+        outputs = Outputs(
+            out / "labels.zarr",
+            out / "probabilities.zarr",
+            out / "entropy.zarr",
+            out / "disagreement.zarr",
+        )
         axes = "9" if args.case == "zarr9" else "3"
-        run = predict_to_files([args.input], args.model, outputs, axes=axes, memory_budget=budget, chunks=(args.chunk,) * 3, device=args.device, workdir=out / "work")
+        run = predict_to_files(
+            [args.input],
+            args.model,
+            outputs,
+            axes=axes,
+            memory_budget=budget,
+            chunks=(args.chunk,) * 3,
+            device=args.device,
+            workdir=out / "work",
+        )
         stats = run["stats"]
     elif args.case == "naive9":
         image = np.load(args.input)
@@ -172,7 +206,11 @@ def _conv_efficiency(predictor, stats, size: int) -> dict:
     def hook(module, inputs, output):
         layers.append((module, inputs[0].shape))
 
-    handles = [m.register_forward_hook(hook) for m in network.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in network.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+    ]
     with torch.inference_mode():
         network(x)
     for h in handles:
@@ -188,7 +226,9 @@ def _conv_efficiency(predictor, stats, size: int) -> dict:
                 layer_flops = 2 * n * c * h * w * module.out_channels * kh * kw
                 run = lambda: F.conv_transpose2d(inputs, weight, module.bias, stride=module.stride)  # noqa: E731
             else:
-                layer_flops = 2 * n * h * w * module.out_channels * c * kh * kw  # stride 1, same padding
+                layer_flops = (
+                    2 * n * h * w * module.out_channels * c * kh * kw
+                )  # stride 1, same padding
                 run = lambda: F.conv2d(inputs, weight, module.bias, padding=module.padding)  # noqa: E731
             run()
             timings = []
@@ -201,17 +241,26 @@ def _conv_efficiency(predictor, stats, size: int) -> dict:
     flops_per_pixel = flops / (batch * size * size)
     achieved = flops_per_pixel * stats.network_pixels / stats.network_seconds
     peak = flops / seconds
-    return {"conv_flops_per_pixel": flops_per_pixel, "achieved_flops": achieved, "peak_flops": peak, "conv_probe_batch": batch}
+    return {
+        "conv_flops_per_pixel": flops_per_pixel,
+        "achieved_flops": achieved,
+        "peak_flops": peak,
+        "conv_probe_batch": batch,
+    }
 
 
 # --------------------------------------------------------------------------- parent side
 
 
-def _run_case(case: str, args: argparse.Namespace, files: dict, cap_bytes: int | None = None) -> dict:
+def _run_case(
+    case: str, args: argparse.Namespace, files: dict, cap_bytes: int | None = None
+) -> dict:
     out = Path(files["tmp"]) / case
     out.mkdir(exist_ok=True)
     json_path = out / "result.json"
-    input_path = files["capped"] if case == "capped" else files["zarr"] if case == "zarr9" else files["npy"]
+    input_path = (
+        files["capped"] if case == "capped" else files["zarr"] if case == "zarr9" else files["npy"]
+    )
     command = [
         sys.executable, __file__, "--child", case, "--model", files["capped_model" if case == "capped" else "model"], "--input", str(input_path), "--out", str(out),
         "--json", str(json_path), "--threads", str(args.threads), "--memory-mb", str({"capped": args.capped_memory_mb, "zarr9": args.zarr_memory_mb}.get(case, args.memory_mb)),
@@ -235,7 +284,11 @@ def _run_case(case: str, args: argparse.Namespace, files: dict, cap_bytes: int |
             break
         if state["baseline"] is not None:  # the prediction's peak, not the warm-up's
             state["peak"] = max(state["peak"], rss)
-        if cap_bytes is not None and state["baseline"] is not None and rss - state["baseline"] > cap_bytes:
+        if (
+            cap_bytes is not None
+            and state["baseline"] is not None
+            and rss - state["baseline"] > cap_bytes
+        ):
             state["killed"] = True
             child.kill()
             break
@@ -264,7 +317,15 @@ def _prepare(args: argparse.Namespace, tmp: Path) -> dict:
     for name, depth, width in (("model", args.depth, args.width), ("capped_model", 2, 4)):
         config = UNetConfig(depth=depth, base_width=width, input_size=2 ** (depth - 1) * 8)
         torch.manual_seed(0)
-        model = SunModel(config, UNet2D(config).state_dict(), Normalization((0.0,), (1.1,), (0.35,), (0.25,)), list(CLASS_NAMES), (5.0,) * 3, ("z", "y", "x"), "float32")
+        model = SunModel(
+            config,
+            UNet2D(config).state_dict(),
+            Normalization((0.0,), (1.1,), (0.35,), (0.25,)),
+            list(CLASS_NAMES),
+            (5.0,) * 3,
+            ("z", "y", "x"),
+            "float32",
+        )
         files[name] = str(save_model(tmp / f"{name}.pt", model))
     image, _ = make_implant_phantom((args.size,) * 3, seed=0)
     np.save(tmp / "input.npy", image)
@@ -285,16 +346,47 @@ def _mib(n: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=256, help="edge of the cubic test volume (default 256)")
-    parser.add_argument("--depth", type=int, default=4, help="U-Net depth (default 4, as mdlma sun train)")
-    parser.add_argument("--width", type=int, default=16, help="U-Net base width (default 16, as mdlma sun train)")
+    parser.add_argument(
+        "--size", type=int, default=256, help="edge of the cubic test volume (default 256)"
+    )
+    parser.add_argument(
+        "--depth", type=int, default=4, help="U-Net depth (default 4, as mdlma sun train)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=16, help="U-Net base width (default 16, as mdlma sun train)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--memory-mb", type=int, default=32, help="SUN working-memory budget of the in-memory cases (default 32)")
-    parser.add_argument("--zarr-memory-mb", type=int, default=256, help="memory budget of the zarr9 case, half of it caching accumulator chunks (default 256)")
+    parser.add_argument(
+        "--memory-mb",
+        type=int,
+        default=32,
+        help="SUN working-memory budget of the in-memory cases (default 32)",
+    )
+    parser.add_argument(
+        "--zarr-memory-mb",
+        type=int,
+        default=256,
+        help="memory budget of the zarr9 case, half of it caching accumulator chunks (default 256)",
+    )
     parser.add_argument("--chunk", type=int, default=64, help="Zarr chunk edge (default 64)")
-    parser.add_argument("--cap-mb", type=int, default=256, help="RSS-growth limit of the capped case (default 256; the volume is 4x that)")
-    parser.add_argument("--capped-size", type=int, help="edge of the capped case's volume (default: 4x the cap in float32)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("mem3", "mem9", "zarr9", "naive9", "capped"), help="cases to leave out")
+    parser.add_argument(
+        "--cap-mb",
+        type=int,
+        default=256,
+        help="RSS-growth limit of the capped case (default 256; the volume is 4x that)",
+    )
+    parser.add_argument(
+        "--capped-size",
+        type=int,
+        help="edge of the capped case's volume (default: 4x the cap in float32)",
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=("mem3", "mem9", "zarr9", "naive9", "capped"),
+        help="cases to leave out",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     for hidden in ("--model", "--input", "--out", "--json"):
@@ -341,7 +433,9 @@ def main() -> None:
             # The runtime (torch, numba) is resident before any input is read; no input size
             # changes it, so the absolute goal can only hold above some input + output size.
             floor = min(r["baseline_rss"] for r in results.values())
-            print(f"runtime before the input is read: {_mib(floor)} = {floor / io_bytes:.2f}x input + output")
+            print(
+                f"runtime before the input is read: {_mib(floor)} = {floor / io_bytes:.2f}x input + output"
+            )
             for case in ("mem9", "zarr9", "mem3"):
                 if case in results:
                     r = results[case]
@@ -358,24 +452,56 @@ def main() -> None:
             fraction = r["achieved_flops"] / r["peak_flops"]
             print(f"convolutions (mem9): {r['conv_flops_per_pixel'] / 1e3:.1f} kFLOP/pixel; achieved {r['achieved_flops'] / 1e9:.2f} GFLOP/s "
                   f"over network time, plain batched convolutions of the same shapes {r['peak_flops'] / 1e9:.2f} GFLOP/s -> {fraction:.0%}")  # fmt: skip
-            verdicts.append(("conv FLOP/s >= 50% of measured peak", fraction >= 0.5, f"{fraction:.0%}"))
+            verdicts.append(
+                ("conv FLOP/s >= 50% of measured peak", fraction >= 0.5, f"{fraction:.0%}")
+            )
         for case in ("mem3", "mem9", "zarr9"):
             if case in results:
                 r = results[case]
                 overhead = (r["fusion_seconds"] + r["sampling_seconds"]) / r["network_seconds"]
-                verdicts.append((f"fusion overhead <= 10% of network time ({case})", overhead <= 0.1, f"{overhead:.1%}"))
+                verdicts.append(
+                    (
+                        f"fusion overhead <= 10% of network time ({case})",
+                        overhead <= 0.1,
+                        f"{overhead:.1%}",
+                    )
+                )
         for case in ("mem9", "zarr9"):
             if case in results:
                 r = results[case]
                 growth = r["max_rss"] - r["baseline_rss"]
-                verdicts.append((f"peak RSS <= 1.2 x (input+output) ({case}, absolute)", r["max_rss"] <= 1.2 * io_bytes, f"{r['max_rss'] / io_bytes:.2f}x"))
-                verdicts.append((f"RSS growth <= 1.2 x (input+output) ({case})", growth <= 1.2 * io_bytes, f"{growth / io_bytes:.2f}x"))
+                verdicts.append(
+                    (
+                        f"peak RSS <= 1.2 x (input+output) ({case}, absolute)",
+                        r["max_rss"] <= 1.2 * io_bytes,
+                        f"{r['max_rss'] / io_bytes:.2f}x",
+                    )
+                )
+                verdicts.append(
+                    (
+                        f"RSS growth <= 1.2 x (input+output) ({case})",
+                        growth <= 1.2 * io_bytes,
+                        f"{growth / io_bytes:.2f}x",
+                    )
+                )
                 if "naive9" in results:
                     naive = results["naive9"]
                     ratio = r["max_rss"] / naive["max_rss"]
                     growth_ratio = growth / (naive["max_rss"] - naive["baseline_rss"])
-                    verdicts.append((f"peak RSS <= 1/5 of naive ({case}, absolute)", ratio <= 0.2, f"{ratio:.2f}"))
-                    verdicts.append((f"RSS growth <= 1/5 of naive's ({case})", growth_ratio <= 0.2, f"{growth_ratio:.2f}"))
+                    verdicts.append(
+                        (
+                            f"peak RSS <= 1/5 of naive ({case}, absolute)",
+                            ratio <= 0.2,
+                            f"{ratio:.2f}",
+                        )
+                    )
+                    verdicts.append(
+                        (
+                            f"RSS growth <= 1/5 of naive's ({case})",
+                            growth_ratio <= 0.2,
+                            f"{growth_ratio:.2f}",
+                        )
+                    )
         if args.capped_size:
             capped_bytes = args.capped_size**3 * 4
             r = _run_case("capped", args, files, cap_bytes=cap)
@@ -388,7 +514,13 @@ def main() -> None:
                 print(f"\ncapped: {args.capped_size}^3 float32 ({_mib(capped_bytes)} = {capped_bytes / cap:.1f}x the limit) in Zarr, 3 axes, U-Net depth 2 width 4, "
                       f"RSS growth limit {_mib(cap)}: done in {r['seconds']:.0f} s, peak growth {_mib(growth)} (sampled every 10 ms; "
                       f"VmHWM peak {_mib(r['max_rss'] - r['baseline_rss'])}), absolute peak {_mib(r['max_rss'])}")  # fmt: skip
-                verdicts.append(("volume 4x the memory limit via Zarr, within the limit", capped_bytes >= 4 * cap and r["max_rss"] - r["baseline_rss"] <= cap, f"{_mib(r['max_rss'] - r['baseline_rss'])} of {_mib(cap)}"))
+                verdicts.append(
+                    (
+                        "volume 4x the memory limit via Zarr, within the limit",
+                        capped_bytes >= 4 * cap and r["max_rss"] - r["baseline_rss"] <= cap,
+                        f"{_mib(r['max_rss'] - r['baseline_rss'])} of {_mib(cap)}",
+                    )
+                )
         print("\ngoals:")
         for text, ok, value in verdicts:
             print(f"  [{'met' if ok else 'NOT met':7}] {text}: {value}")

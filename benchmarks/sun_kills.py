@@ -24,20 +24,28 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 SIZE = (48, 48, 48)
 
 
-def run_killed(command: list[str], started: Callable[[], bool], kills: int, rng: random.Random, work_seconds: float) -> dict:
+def run_killed(
+    command: list[str],
+    started: Callable[[], bool],
+    kills: int,
+    rng: random.Random,
+    work_seconds: float,
+) -> dict:
     """Start ``command`` until it was killed ``kills`` times after ``started()``; then let it finish."""
     killed = starts = 0
     while True:
         starts += 1
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         if killed < kills:
             while process.poll() is None and not started():
                 time.sleep(0.01)
@@ -75,8 +83,16 @@ def predict_case(folder: Path, model: Path, scan: Path, kills: int, rng: random.
     plan = folder / ".killed.zarr.sun-work" / "plan.json"
     result = run_killed(command(out), plan.exists, kills, rng, seconds)
     names = ["", "_p", "_entropy", "_disagreement"]
-    same = all(np.array_equal(zarr.open_array(str(folder / f"killed{n}.zarr"), mode="r")[...], zarr.open_array(str(folder / f"ref{n}.zarr"), mode="r")[...]) for n in names)
-    print(f"sun predict: {result['kills']} SIGKILLs while working ({result['starts']} starts), uninterrupted {seconds:.1f} s; outputs bit-identical: {same}")
+    same = all(
+        np.array_equal(
+            zarr.open_array(str(folder / f"killed{n}.zarr"), mode="r")[...],
+            zarr.open_array(str(folder / f"ref{n}.zarr"), mode="r")[...],
+        )
+        for n in names
+    )
+    print(
+        f"sun predict: {result['kills']} SIGKILLs while working ({result['starts']} starts), uninterrupted {seconds:.1f} s; outputs bit-identical: {same}"
+    )
     return same
 
 
@@ -94,11 +110,20 @@ def train_case(folder: Path, image: Path, labels: Path, kills: int, rng: random.
 
     seconds = timed(command(folder / "ref.pt"))
     out = folder / "killed.pt"
-    result = run_killed(command(out), out.with_name(out.name + ".metrics.jsonl").exists, kills, rng, seconds)
+    result = run_killed(
+        command(out), out.with_name(out.name + ".metrics.jsonl").exists, kills, rng, seconds
+    )
     reference, resumed = load_model(folder / "ref.pt").state_dict, load_model(out).state_dict
-    differences = {k: float((resumed[k].double() - v.double()).abs().max()) for k, v in reference.items() if v.is_floating_point()}
+    differences = {
+        k: float((resumed[k].double() - v.double()).abs().max())
+        for k, v in reference.items()
+        if v.is_floating_point()
+    }
     same = all(torch.equal(resumed[k], v) for k, v in reference.items())
-    metrics = [json.loads(line) for line in out.with_name(out.name + ".metrics.jsonl").read_text().splitlines()]
+    metrics = [
+        json.loads(line)
+        for line in out.with_name(out.name + ".metrics.jsonl").read_text().splitlines()
+    ]
     steps = [m["step"] for m in metrics if m["phase"] == "train"]
     print(
         f"sun train: {result['kills']} SIGKILLs while working ({result['starts']} starts), uninterrupted {seconds:.1f} s; "
@@ -127,13 +152,24 @@ def main() -> int:
         write_volume(folder / "image.tif", image, spacing=(5.0,) * 3)
         write_volume(folder / "labels.tif", labels, spacing=(5.0,) * 3)
         if "predict" not in args.skip:
-            config = TrainingConfig(axes="9", depth=2, base_width=4, input_size=48, steps=50, val_every=50, patience=0)
-            model = train_sun([image], [labels], folder / "model.pt", config, class_names=CLASS_NAMES, voxel_size=(5.0,) * 3).model_path
+            config = TrainingConfig(
+                axes="9", depth=2, base_width=4, input_size=48, steps=50, val_every=50, patience=0
+            )
+            model = train_sun(
+                [image],
+                [labels],
+                folder / "model.pt",
+                config,
+                class_names=CLASS_NAMES,
+                voxel_size=(5.0,) * 3,
+            ).model_path
             (folder / "predict").mkdir()
             ok &= predict_case(folder / "predict", model, folder / "scan.zarr", args.kills, rng)
         if "train" not in args.skip:
             (folder / "train").mkdir()
-            ok &= train_case(folder / "train", folder / "image.tif", folder / "labels.tif", args.kills, rng)
+            ok &= train_case(
+                folder / "train", folder / "image.tif", folder / "labels.tif", args.kills, rng
+            )
     return 0 if ok else 1
 
 

@@ -6,8 +6,8 @@ the app works under any URL prefix (``--server.baseUrlPath``).
 """
 
 import streamlit as st
-
 from components.navigation import navigation
+
 from unified_framework.config import load_config
 from unified_framework.errors import InputError
 

@@ -43,7 +43,9 @@ c = get_config()  # noqa: F821 (provided by JupyterHub)
 here = Path(__file__).resolve().parent
 # The same checks as `scripts/hub start` (scripts/lib/state.sh), also when jupyterhub is
 # run by hand: a state folder another user planted would hand them the cookie secret.
-check = subprocess.run([str(here.parent / "scripts" / "hub"), "check"], capture_output=True, text=True, check=False)
+check = subprocess.run(
+    [str(here.parent / "scripts" / "hub"), "check"], capture_output=True, text=True, check=False
+)
 if check.returncode != 0:
     sys.exit(check.stderr.strip() or f"scripts/hub check failed (exit {check.returncode})")
 state = Path(check.stdout.strip())
@@ -56,7 +58,9 @@ prefix = Path(os.environ.get("MDLMA_PREFIX", here.parent / ".mdlma"))
 c.JupyterHub.bind_url = f"http://{ip}:{port}"
 c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{port + 1}"
 # On a real cluster the jobs run elsewhere: use the hub host's address they can reach.
-c.JupyterHub.hub_connect_url = os.environ.get("MDLMA_HUB_CONNECT_URL", f"http://127.0.0.1:{port + 1}")
+c.JupyterHub.hub_connect_url = os.environ.get(
+    "MDLMA_HUB_CONNECT_URL", f"http://127.0.0.1:{port + 1}"
+)
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{port + 2}"
 c.ConfigurableHTTPProxy.command = [os.environ.get("MDLMA_HUB_CHP", "configurable-http-proxy")]
 c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")

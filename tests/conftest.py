@@ -36,14 +36,20 @@ def repo() -> Path:
 def prefix() -> Path:
     """The install prefix made by ``scripts/install`` (default ``<clone>/.mdlma``)."""
     path = Path(os.environ.get("MDLMA_PREFIX", REPO / ".mdlma"))
-    require((path / "venv" / "bin" / "mdlma").exists(), f"no installation at {path}; run scripts/install")
+    require(
+        (path / "venv" / "bin" / "mdlma").exists(),
+        f"no installation at {path}; run scripts/install",
+    )
     return path
 
 
 @pytest.fixture(scope="session")
 def lmod_init() -> Path:
     init = Path(os.environ.get("LMOD_PKG", "/usr/share/lmod/lmod")) / "init" / "bash"
-    require(init.exists() and shutil.which("bash") is not None, "Lmod is not installed (scripts/system-deps lmod)")
+    require(
+        init.exists() and shutil.which("bash") is not None,
+        "Lmod is not installed (scripts/system-deps lmod)",
+    )
     return init
 
 

@@ -32,25 +32,38 @@ TEST_USER = "mdlmatest"
 def cluster_state_dir() -> Path:
     """The test cluster's state folder: ``$MDLMA_SLURM_STATE`` or the script's default."""
     script = REPO / "scripts" / "slurm-cluster"
-    return Path(subprocess.run([script, "state-dir"], capture_output=True, text=True, check=True).stdout.strip())
+    return Path(
+        subprocess.run(
+            [script, "state-dir"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Path:
     """Ensure the test cluster runs; return its state directory."""
     if shutil.which("sbatch") is None and not IN_CI:
-        pytest.skip("SLURM is not installed; run 'sudo scripts/slurm-cluster start' to get the test cluster")
+        pytest.skip(
+            "SLURM is not installed; run 'sudo scripts/slurm-cluster start' to get the test cluster"
+        )
     script = str(REPO / "scripts" / "slurm-cluster")
-    running = subprocess.run([script, "status"], capture_output=True, text=True, timeout=120).returncode == 0
+    running = (
+        subprocess.run([script, "status"], capture_output=True, text=True, timeout=120).returncode
+        == 0
+    )
     if running and os.geteuid() != 0:
         return cluster_state_dir()
     if os.geteuid() != 0:
         if IN_CI:
             pytest.fail("the SLURM test cluster is not running and starting it needs root")
-        pytest.skip("the SLURM test cluster is not running; start it with 'sudo scripts/slurm-cluster start'")
+        pytest.skip(
+            "the SLURM test cluster is not running; start it with 'sudo scripts/slurm-cluster start'"
+        )
     proc = subprocess.run([script, "start"], capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
-        pytest.fail(f"scripts/slurm-cluster start failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        pytest.fail(
+            f"scripts/slurm-cluster start failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return cluster_state_dir()
 
 
@@ -78,8 +91,12 @@ def planted_state() -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("planting a folder as another user needs root")
     user = ensure_test_user()
-    made = subprocess.run(["runuser", "-u", user, "--", "mktemp", "-d", "/var/tmp/mdlma-planted.XXXXXX"],
-                          capture_output=True, text=True, check=True)
+    made = subprocess.run(
+        ["runuser", "-u", user, "--", "mktemp", "-d", "/var/tmp/mdlma-planted.XXXXXX"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     folder = Path(made.stdout.strip())
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
@@ -88,6 +105,8 @@ def planted_state() -> Iterator[Path]:
 def as_test_user(*command: str) -> None:
     """Run ``command`` as ``mdlmatest`` (it must succeed)."""
     subprocess.run(["runuser", "-u", TEST_USER, "--", *command], check=True)
+
+
 def grant_traversal(path: Path) -> None:
     """Let other users reach ``path``: ``o+x`` (never ``o+r``) on it and every folder above it.
 
@@ -112,9 +131,18 @@ def test_user_python(slurm_test_user) -> list[str]:
     for target in (Path(sys.executable).resolve().parent, Path(sys.executable).parent, REPO):
         grant_traversal(target)
     command = ["runuser", "-u", slurm_test_user, "--", sys.executable]
-    check = subprocess.run([*command, "-c", "import unified_framework.cli.main"], capture_output=True, text=True,
-                           timeout=120, cwd="/", env={"PATH": os.environ["PATH"], "HOME": "/"}, check=False)
-    assert check.returncode == 0, f"{slurm_test_user} cannot run {sys.executable}: {check.stderr[-2000:]}"
+    check = subprocess.run(
+        [*command, "-c", "import unified_framework.cli.main"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+        env={"PATH": os.environ["PATH"], "HOME": "/"},
+        check=False,
+    )
+    assert check.returncode == 0, (
+        f"{slurm_test_user} cannot run {sys.executable}: {check.stderr[-2000:]}"
+    )
     return command
 
 

@@ -6,7 +6,7 @@ Dice per class, like a training job), and writes the best segmentation with an
 uncertainty map (the normalised gradient magnitude: high at class boundaries).
 """
 
-RESULT_SCRIPT = '''
+RESULT_SCRIPT = """
 import json
 import time
 
@@ -40,4 +40,4 @@ write_volume("prediction.tif", best[1], spacing=(5, 5, 5))
 edges = ndimage.gaussian_gradient_magnitude(image, 1.0)
 write_volume("prediction_entropy.tif", (edges / edges.max()).astype(np.float32), spacing=(5, 5, 5))
 print(f"results written; best loss {best[0]:.3f}")
-'''
+"""

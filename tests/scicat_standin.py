@@ -84,7 +84,7 @@ class SciCatStandIn:
         assert self._server is not None, "start() the stand-in first"
         return f"http://127.0.0.1:{self._server.server_address[1]}/api/v{version}"
 
-    def start(self) -> "SciCatStandIn":
+    def start(self) -> SciCatStandIn:
         standin = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -100,7 +100,9 @@ class SciCatStandIn:
                     body = json.loads(raw) if raw else None
                     query = {k: json.loads(v[0]) for k, v in parse_qs(parts.query).items()}
                     with standin._lock:
-                        status, answer = standin._route(method, parts.path, query, body, self.headers)
+                        status, answer = standin._route(
+                            method, parts.path, query, body, self.headers
+                        )
                 except HTTPError as exc:
                     status, answer = exc.status, {"statusCode": exc.status, "message": exc.message}
                 except json.JSONDecodeError as exc:
@@ -127,7 +129,9 @@ class SciCatStandIn:
                 self._handle("DELETE")
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:
@@ -137,7 +141,9 @@ class SciCatStandIn:
 
     # --- routing -----------------------------------------------------------------------
 
-    def _route(self, method: str, path: str, query: dict, body: Any, headers: Any) -> tuple[int, Any]:
+    def _route(
+        self, method: str, path: str, query: dict, body: Any, headers: Any
+    ) -> tuple[int, Any]:
         match = re.fullmatch(r"/api/v([34])/(.*)", path)
         if not match:
             raise HTTPError(404, f"Cannot {method} {path}")
@@ -152,7 +158,9 @@ class SciCatStandIn:
             return self._datasets(version, method, segments[1:], query, body)
         if version == 4 and segments == ["origdatablocks"]:
             if method == "POST":
-                return 201, self._add_origdatablock(body or {}, body.get("datasetId") if body else None)
+                return 201, self._add_origdatablock(
+                    body or {}, body.get("datasetId") if body else None
+                )
             if method == "GET":
                 where = query.get("filter", {}).get("where", {})
                 return 200, [b for b in self.origdatablocks if _matches(b, where)]
@@ -162,17 +170,27 @@ class SciCatStandIn:
         if body.get("username") != self.username or body.get("password") != self.password:
             raise HTTPError(401, "Unauthorized")
         token = self.issue_token()
-        return 201, {"access_token": token, "id": token, "expires_in": 3600, "ttl": 3600,
-                     "userId": self.username, "user": {"username": self.username}}
+        return 201, {
+            "access_token": token,
+            "id": token,
+            "expires_in": 3600,
+            "ttl": 3600,
+            "userId": self.username,
+            "user": {"username": self.username},
+        }
 
-    def _datasets(self, version: int, method: str, segments: list[str], query: dict, body: Any) -> tuple[int, Any]:
+    def _datasets(
+        self, version: int, method: str, segments: list[str], query: dict, body: Any
+    ) -> tuple[int, Any]:
         if not segments and method == "POST":
             return (200 if version == 3 else 201), self._create_dataset(version, body or {})
         if not segments and method == "GET" and version == 4:
             flt = query.get("filter", {})
             limits = flt.get("limits", {})
             sort = limits.get("sort") or {"createdAt": "desc"}
-            return 200, self._find(flt.get("where", {}), limits.get("skip", 0), limits.get("limit", 10), sort)
+            return 200, self._find(
+                flt.get("where", {}), limits.get("skip", 0), limits.get("limit", 10), sort
+            )
         if segments == ["count"] and method == "GET" and version == 4:
             where = query.get("filter", {}).get("where", {})
             return 200, {"count": sum(_matches(d, where) for d in self.datasets.values())}
@@ -227,14 +245,17 @@ class SciCatStandIn:
         pid = body.get("pid") or f"20.500.12269/{uuid.uuid4()}"
         if pid in self.datasets:
             raise HTTPError(409, "A dataset with this unique key already exists!")
-        now = _utc_text(dt.datetime.now(dt.timezone.utc))
+        now = _utc_text(dt.datetime.now(dt.UTC))
         dataset = {
             **body,
             "pid": pid,
             "creationTime": _utc_text(_parse_time(body["creationTime"])),
             "scientificMetadata": _with_si(body.get("scientificMetadata") or {}),
-            "createdBy": self.username, "updatedBy": self.username,
-            "createdAt": now, "updatedAt": now, "version": f"v{version}",
+            "createdBy": self.username,
+            "updatedBy": self.username,
+            "createdAt": now,
+            "updatedAt": now,
+            "version": f"v{version}",
         }
         self.datasets[pid] = dataset
         return dataset
@@ -243,7 +264,7 @@ class SciCatStandIn:
         update = dict(body)
         if "scientificMetadata" in update:
             update["scientificMetadata"] = _with_si(update["scientificMetadata"])
-        dataset.update(update, updatedAt=_utc_text(dt.datetime.now(dt.timezone.utc)))
+        dataset.update(update, updatedAt=_utc_text(dt.datetime.now(dt.UTC)))
         return dataset
 
     def _add_origdatablock(self, body: dict, pid: str | None) -> dict:
@@ -254,7 +275,12 @@ class SciCatStandIn:
         if not isinstance(body.get("dataFileList"), list) or "size" not in body:
             raise HTTPError(400, ["size and dataFileList are required"])
         dataset = self.datasets[pid]
-        block = {**body, "_id": str(uuid.uuid4()), "datasetId": pid, "ownerGroup": dataset["ownerGroup"]}
+        block = {
+            **body,
+            "_id": str(uuid.uuid4()),
+            "datasetId": pid,
+            "ownerGroup": dataset["ownerGroup"],
+        }
         self.origdatablocks.append(block)
         # as the backend does after adding a datablock
         blocks = [b for b in self.origdatablocks if b["datasetId"] == pid]
@@ -269,14 +295,16 @@ class SciCatStandIn:
             absent = [d for d in found if field not in d]
             present.sort(key=lambda d: d[field], reverse=str(direction).lower() in ("desc", "-1"))
             found = present + absent
-        return found[skip: skip + limit]
+        return found[skip : skip + limit]
 
 
 # --- MongoDB semantics ----------------------------------------------------------------
 
 
 def _utc_text(value: dt.datetime) -> str:
-    return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 def _parse_time(text: str) -> dt.datetime:
@@ -284,7 +312,7 @@ def _parse_time(text: str) -> dt.datetime:
         value = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     except ValueError:
         raise HTTPError(400, ["creationTime must be a valid ISO 8601 date string"]) from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def _with_si(metadata: dict) -> dict:
@@ -386,8 +414,12 @@ def _compare(values: list, op: str, operand: Any) -> bool:
     if op == "$eq":
         return any((pair := _comparable(v, operand)) and pair[0] == pair[1] for v in values)
     if op in ("$gt", "$gte", "$lt", "$lte"):
-        tests = {"$gt": lambda a, b: a > b, "$gte": lambda a, b: a >= b,
-                 "$lt": lambda a, b: a < b, "$lte": lambda a, b: a <= b}
+        tests = {
+            "$gt": lambda a, b: a > b,
+            "$gte": lambda a, b: a >= b,
+            "$lt": lambda a, b: a < b,
+            "$lte": lambda a, b: a <= b,
+        }
         return any((pair := _comparable(v, operand)) and tests[op](*pair) for v in values)
     if op == "$in":
         return any(_compare(values, "$eq", item) for item in operand)
@@ -412,7 +444,9 @@ def _text_match(document: dict, search: str) -> bool:
     phrases = re.findall(r'"([^"]*)"', search)
     if phrases:
         text = " " + " ".join(words) + " "
-        return all(" " + " ".join(w.lower() for w in _WORD.findall(p)) + " " in text for p in phrases)
+        return all(
+            " " + " ".join(w.lower() for w in _WORD.findall(p)) + " " in text for p in phrases
+        )
     terms = {w.lower() for w in _WORD.findall(search)}
     return bool(terms & set(words))
 
@@ -427,7 +461,11 @@ def _matches(document: dict, where: dict) -> bool:
             ok = _text_match(document, condition["$search"])
         else:
             values = _values_at(document, key)
-            if isinstance(condition, dict) and condition and all(k.startswith("$") for k in condition):
+            if (
+                isinstance(condition, dict)
+                and condition
+                and all(k.startswith("$") for k in condition)
+            ):
                 ok = all(_compare(values, op, operand) for op, operand in condition.items())
             else:
                 ok = _compare(values, "$eq", condition)

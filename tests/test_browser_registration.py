@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest_slurm import slurm_cluster  # noqa: F401 - fixture of the dashboard fixture
 from test_browser_dashboard import browser, dashboard, has_text, idle, screenshot, wait_until  # noqa: F401 - fixtures
 

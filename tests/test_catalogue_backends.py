@@ -37,12 +37,16 @@ from unified_framework.data import make_implant_phantom
 from unified_framework.errors import InputError
 from unified_framework.io import write_volume
 
-IDENTITY = {"owner": "Alice Doe", "contact_email": "alice@example.org", "creation_location": "/DESY/PETRA III/P05"}
+IDENTITY = {
+    "owner": "Alice Doe",
+    "contact_email": "alice@example.org",
+    "creation_location": "/DESY/PETRA III/P05",
+}
 BACKENDS = ["sqlite", "scicat-v3", "scicat-v4"]
 
 
 def _set_mtime(path, day: str) -> None:
-    stamp = dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc).timestamp()
+    stamp = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp()
     os.utime(path, (stamp, stamp))
 
 
@@ -52,11 +56,26 @@ def volumes(tmp_path_factory):
     folder = tmp_path_factory.mktemp("volumes")
     image, labels = make_implant_phantom((8, 16, 16), seed=2, spacing=(0.65, 0.65, 0.65))
     specs = {
-        "implant_a": (write_volume(folder / "implant_a.tif", image, spacing=(0.65,) * 3), "2024-03-01T10:00:00"),
-        "implant_b": (write_volume(folder / "implant_b.h5", image, spacing=(1.3,) * 3), "2024-06-15T10:00:00"),
-        "bone": (write_volume(folder / "bone.nii.gz", image, spacing=(5.0,) * 3), "2024-09-30T10:00:00"),
-        "ct": (shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct_small.dcm"), "2023-12-31T10:00:00"),
-        "labels": (write_volume(folder / "implant_a_labels.tif", labels, spacing=(0.65,) * 3), "2024-03-02T10:00:00"),
+        "implant_a": (
+            write_volume(folder / "implant_a.tif", image, spacing=(0.65,) * 3),
+            "2024-03-01T10:00:00",
+        ),
+        "implant_b": (
+            write_volume(folder / "implant_b.h5", image, spacing=(1.3,) * 3),
+            "2024-06-15T10:00:00",
+        ),
+        "bone": (
+            write_volume(folder / "bone.nii.gz", image, spacing=(5.0,) * 3),
+            "2024-09-30T10:00:00",
+        ),
+        "ct": (
+            shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct_small.dcm"),
+            "2023-12-31T10:00:00",
+        ),
+        "labels": (
+            write_volume(folder / "implant_a_labels.tif", labels, spacing=(0.65,) * 3),
+            "2024-03-02T10:00:00",
+        ),
     }
     for path, day in specs.values():
         _set_mtime(path, day)
@@ -64,7 +83,11 @@ def volumes(tmp_path_factory):
 
 
 OPTIONS = {
-    "implant_a": dict(owner_group="p05", keywords=["implant", "mg"], description="Mg-Gd screw in rat tibia, week 4"),
+    "implant_a": dict(
+        owner_group="p05",
+        keywords=["implant", "mg"],
+        description="Mg-Gd screw in rat tibia, week 4",
+    ),
     "implant_b": dict(owner_group="p05", keywords=["implant"], description="Mg-Gd screw week 12"),
     "bone": dict(owner_group="p07", keywords=["bone"], description="trabecular bone reference"),
     "ct": dict(owner_group="clinic", keywords=[]),
@@ -97,8 +120,14 @@ def filled(catalogue, records, volumes):
     """The catalogue with the four raw volumes and the labels derived from implant_a."""
     pids = {name: catalogue.ingest(record).pid for name, record in records.items()}
     inputs = catalogue.resolve_inputs([volumes["implant_a"]])
-    derived = extract_dataset(volumes["labels"], **IDENTITY, owner_group="p05", keywords=["segmentation"],
-                              input_datasets=inputs, used_software=["mdlma segment sun 0.1"])
+    derived = extract_dataset(
+        volumes["labels"],
+        **IDENTITY,
+        owner_group="p05",
+        keywords=["segmentation"],
+        input_datasets=inputs,
+        used_software=["mdlma segment sun 0.1"],
+    )
     pids["labels"] = catalogue.ingest(derived).pid
     return catalogue, pids
 
@@ -132,8 +161,11 @@ def test_the_same_files_by_another_name_exist_already(catalogue, tmp_path, monke
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
     first = catalogue.ingest(extract_dataset(path, **IDENTITY, owner_group="p05"))
-    for name in ("../beamtime/scans/scan.tif", tmp_path / "link" / "scans" / "scan.tif",
-                 "../link/scans/../scans/scan.tif"):
+    for name in (
+        "../beamtime/scans/scan.tif",
+        tmp_path / "link" / "scans" / "scan.tif",
+        "../link/scans/../scans/scan.tif",
+    ):
         again = catalogue.ingest(extract_dataset(name, **IDENTITY, owner_group="p05"))
         assert (again.action, again.pid) == ("none", first.pid), name
         assert catalogue.find_path(name) == first.pid
@@ -156,7 +188,12 @@ def test_get_and_files(filled, volumes):
     dataset = catalogue.get(pids["implant_b"])
     assert dataset["pid"] == pids["implant_b"]
     assert dataset["datasetName"] == "implant_b.h5"
-    assert dataset["scientificMetadata"]["voxel_size"] == {"value": 1.3, "unit": "um", "valueSI": 1.3e-6, "unitSI": "m"}
+    assert dataset["scientificMetadata"]["voxel_size"] == {
+        "value": 1.3,
+        "unit": "um",
+        "valueSI": 1.3e-6,
+        "unitSI": "m",
+    }
     files = catalogue.files(pids["implant_b"])
     with open(volumes["implant_b"], "rb") as handle:
         content = handle.read()
@@ -191,8 +228,13 @@ def test_derived_dataset_links_its_input(filled, volumes, tmp_path):
 
 def test_update_replaces_descriptive_fields(filled, volumes):
     catalogue, pids = filled
-    changed = extract_dataset(volumes["bone"], **IDENTITY, owner_group="p07", keywords=["bone", "femur"],
-                              description="femoral head, cortical")
+    changed = extract_dataset(
+        volumes["bone"],
+        **IDENTITY,
+        owner_group="p07",
+        keywords=["bone", "femur"],
+        description="femoral head, cortical",
+    )
     result = catalogue.ingest(changed, update=True)
     assert (result.action, result.pid) == ("update", pids["bone"])
     dataset = catalogue.get(pids["bone"])
@@ -213,7 +255,9 @@ def test_text_search(filled):
     assert _names(catalogue, pids, Query('"screw week 12"')) == {"implant_b"}  # phrases: all
     assert _names(catalogue, pids, Query('"week 12 screw"')) == set()
     assert _names(catalogue, pids, Query("CT")) == {"ct"}  # scientific metadata strings
-    assert _names(catalogue, pids, Query('zz"qq OR ) NEAR( * tibia')) == {"implant_a"}  # hostile text: words
+    assert _names(catalogue, pids, Query('zz"qq OR ) NEAR( * tibia')) == {
+        "implant_a"
+    }  # hostile text: words
 
 
 def test_conditions_with_units(filled):
@@ -223,7 +267,9 @@ def test_conditions_with_units(filled):
     assert _names(catalogue, pids, _where("voxel_size=650 nm")) == {"implant_a", "labels"}
     assert _names(catalogue, pids, _where("voxel_size>0.6 mm")) == {"ct"}  # DICOM stores mm
     # A range on one key: two conditions on the same key must both hold.
-    assert _names(catalogue, pids, _where("voxel_size>0.001 mm", "voxel_size<0.002 mm")) == {"implant_b"}
+    assert _names(catalogue, pids, _where("voxel_size>0.001 mm", "voxel_size<0.002 mm")) == {
+        "implant_b"
+    }
     assert _names(catalogue, pids, _where("ndim>1 um")) == set()  # unitless values have no SI value
 
 
@@ -231,7 +277,10 @@ def test_conditions_without_units(filled):
     catalogue, pids = filled
     assert _names(catalogue, pids, _where("dicom.Rows=128")) == {"ct"}
     assert _names(catalogue, pids, _where("dicom.Modality=CT")) == {"ct"}
-    assert _names(catalogue, pids, _where("format=tiff")) == {"implant_a", "labels"}  # io's format names
+    assert _names(catalogue, pids, _where("format=tiff")) == {
+        "implant_a",
+        "labels",
+    }  # io's format names
     assert _names(catalogue, pids, _where("ndim>2")) == {"implant_a", "implant_b", "bone", "labels"}
     assert _names(catalogue, pids, _where("format=tiff", "dtype=uint8")) == {"labels"}
 
@@ -242,10 +291,16 @@ def test_date_type_group_keyword_filters(filled):
     def names(**kwargs):
         return _names(catalogue, pids, Query(limit=100, **kwargs))
 
-    assert names(created_from=parse_time("2024-01-01")) == {"implant_a", "implant_b", "bone", "labels"}
+    assert names(created_from=parse_time("2024-01-01")) == {
+        "implant_a",
+        "implant_b",
+        "bone",
+        "labels",
+    }
     assert names(created_to=parse_time("2024-03-01", end_of_day=True)) == {"ct", "implant_a"}
-    assert names(created_from=parse_time("2024-03-02"), created_to=parse_time("2024-06-15", end_of_day=True)) == {
-        "labels", "implant_b"}
+    assert names(
+        created_from=parse_time("2024-03-02"), created_to=parse_time("2024-06-15", end_of_day=True)
+    ) == {"labels", "implant_b"}
     assert names(dataset_type="derived") == {"labels"}
     assert names(dataset_type="raw") == {"implant_a", "implant_b", "bone", "ct"}
     assert names(owner_groups=("p07",)) == {"bone"}
@@ -265,7 +320,9 @@ def test_sorting_and_paging(filled):
 
     assert order() == ["bone", "implant_b", "labels", "implant_a", "ct"]  # newest first
     assert order(descending=False) == ["ct", "implant_a", "labels", "implant_b", "bone"]
-    names = [catalogue.get(pids[n])["datasetName"] for n in order(sort="datasetName", descending=False)]
+    names = [
+        catalogue.get(pids[n])["datasetName"] for n in order(sort="datasetName", descending=False)
+    ]
     assert names == sorted(names)
     sizes = [catalogue.get(pids[n])["size"] for n in order(sort="size")]
     assert sizes == sorted(sizes, reverse=True)
@@ -322,7 +379,9 @@ def test_scicat_rejects_requests_without_a_valid_token(standin, records):
 
 @pytest.mark.parametrize("version", [3, 4])
 def test_scicat_login_with_credentials(standin, records, version):
-    catalogue = SciCatCatalogue(standin.url(version), username=standin.username, password=standin.password)
+    catalogue = SciCatCatalogue(
+        standin.url(version), username=standin.username, password=standin.password
+    )
     pid = catalogue.ingest(records["ct"]).pid
     assert catalogue.get(pid)["datasetName"] == "ct_small.dcm"
     assert ("POST", "/api/v3/auth/login") in standin.requests
@@ -351,10 +410,15 @@ def test_scicat_uses_the_documented_endpoints(standin, records):
     paths = {path for _, path in standin.requests}
     assert {"/api/v3/datasets/fullquery", "/api/v3/datasets/fullfacet", "/api/v3/datasets"} <= paths
     assert {"/api/v4/datasets", "/api/v4/datasets/count", "/api/v4/origdatablocks"} <= paths
-    assert any(p.startswith("/api/v3/datasets/20.500.12269") and p.endswith("/origdatablocks") for p in paths)
+    assert any(
+        p.startswith("/api/v3/datasets/20.500.12269") and p.endswith("/origdatablocks")
+        for p in paths
+    )
     stored = list(standin.datasets.values())
     assert stored[0]["principalInvestigator"] == "Alice Doe"  # v3 body
-    assert stored[1]["principalInvestigators"] == ["Alice Doe"]  # v4 body (the stand-in refuses v3 names)
+    assert stored[1]["principalInvestigators"] == [
+        "Alice Doe"
+    ]  # v4 body (the stand-in refuses v3 names)
     assert "principalInvestigator" not in stored[1]
 
 
@@ -372,11 +436,20 @@ def test_scicat_refused_file_list_leaves_no_dataset(standin, records, version):
 
 def test_open_catalogue_follows_the_configuration(standin, tmp_path):
     no_file = str(tmp_path / "no-config.toml")
-    local = open_catalogue(load_config(env={"MDLMA_CONFIG": no_file, "MDLMA_CATALOGUE": str(tmp_path / "local.sqlite")}))
+    local = open_catalogue(
+        load_config(
+            env={"MDLMA_CONFIG": no_file, "MDLMA_CATALOGUE": str(tmp_path / "local.sqlite")}
+        )
+    )
     assert isinstance(local, SQLiteCatalogue) and local.path == tmp_path / "local.sqlite"
-    remote = open_catalogue(load_config(env={
-        "MDLMA_CONFIG": no_file,
-        "MDLMA_SCICAT_URL": standin.url(4), "MDLMA_SCICAT_TOKEN": standin.issue_token(),
-    }))
+    remote = open_catalogue(
+        load_config(
+            env={
+                "MDLMA_CONFIG": no_file,
+                "MDLMA_SCICAT_URL": standin.url(4),
+                "MDLMA_SCICAT_TOKEN": standin.issue_token(),
+            }
+        )
+    )
     assert isinstance(remote, SciCatCatalogue) and remote.api_version == 4
     assert remote.search(Query()).total == 0

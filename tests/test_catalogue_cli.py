@@ -32,9 +32,17 @@ def local(tmp_path, monkeypatch):
 @pytest.fixture
 def volumes(tmp_path):
     rng = np.random.default_rng(0)
-    fine = write_volume(tmp_path / "fine.tif", rng.random((4, 8, 8), dtype=np.float32), spacing=(0.65,) * 3)
-    coarse = write_volume(tmp_path / "coarse.h5", rng.random((4, 8, 8), dtype=np.float32), spacing=(5.0,) * 3)
-    labels = write_volume(tmp_path / "fine_labels.tif", (rng.random((4, 8, 8)) > 0.5).astype(np.uint8), spacing=(0.65,) * 3)
+    fine = write_volume(
+        tmp_path / "fine.tif", rng.random((4, 8, 8), dtype=np.float32), spacing=(0.65,) * 3
+    )
+    coarse = write_volume(
+        tmp_path / "coarse.h5", rng.random((4, 8, 8), dtype=np.float32), spacing=(5.0,) * 3
+    )
+    labels = write_volume(
+        tmp_path / "fine_labels.tif",
+        (rng.random((4, 8, 8)) > 0.5).astype(np.uint8),
+        spacing=(0.65,) * 3,
+    )
     return str(fine), str(coarse), str(labels)
 
 
@@ -51,7 +59,21 @@ def test_ingest_search_show_on_the_embedded_catalogue(local, volumes, capsys):
     assert main(["catalogue", "ingest", fine]) == 0
     assert capsys.readouterr().out.startswith("exists\tlocal/")
 
-    assert main(["catalogue", "ingest", labels, "--derived-from", fine, "--software", "sun 0.1", "--json"]) == 0
+    assert (
+        main(
+            [
+                "catalogue",
+                "ingest",
+                labels,
+                "--derived-from",
+                fine,
+                "--software",
+                "sun 0.1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     [derived] = _json(capsys)
     assert derived["action"] == "create"
 
@@ -65,7 +87,22 @@ def test_ingest_search_show_on_the_embedded_catalogue(local, volumes, capsys):
     [labels_doc] = _json(capsys)["datasets"]
     fine_pid = labels_doc["inputDatasets"][0]
 
-    assert main(["catalogue", "search", "--keyword", "implant", "--limit", "1", "--sort", "datasetName", "--ascending"]) == 0
+    assert (
+        main(
+            [
+                "catalogue",
+                "search",
+                "--keyword",
+                "implant",
+                "--limit",
+                "1",
+                "--sort",
+                "datasetName",
+                "--ascending",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "coarse.h5" in captured.out and "fine.tif" not in captured.out
     assert "1-1 of 2 datasets (next: --page 2)" in captured.err
@@ -94,7 +131,10 @@ def test_dry_run_changes_nothing(local, volumes, capsys):
         (["catalogue", "search", "--page", "0"], "--page 0: expected a page number from 1 to"),
         (["catalogue", "search", "--page", "-3"], "--page -3: expected a page number from 1 to"),
         # Once a traceback: SQLite's OFFSET overflowed ("Python int too large to convert").
-        (["catalogue", "search", "--page", "99999999999999999999"], "--page 99999999999999999999: expected"),
+        (
+            ["catalogue", "search", "--page", "99999999999999999999"],
+            "--page 99999999999999999999: expected",
+        ),
         (["catalogue", "search", "--limit", "0"], "--limit 0: expected"),
         (["catalogue", "search", "--limit", "5000"], "--limit 5000: expected"),
         (["catalogue", "search", "x" * 600], "search text: 600 characters; expected at most 500"),
@@ -126,7 +166,9 @@ def test_ingest_of_a_corrupt_file_exits_2(local, tmp_path, capsys):
 
 @pytest.mark.parametrize("suffix", [".tif", ".nii", ".h5"])
 def test_a_truncated_file_is_not_ingested(local, tmp_path, capsys, suffix):
-    complete = write_volume(tmp_path / f"scan{suffix}", np.arange(4 * 16 * 16, dtype=np.uint16).reshape(4, 16, 16))
+    complete = write_volume(
+        tmp_path / f"scan{suffix}", np.arange(4 * 16 * 16, dtype=np.uint16).reshape(4, 16, 16)
+    )
     truncated = tmp_path / f"truncated{suffix}"
     truncated.write_bytes(complete.read_bytes()[: complete.stat().st_size // 2])
     assert main(["catalogue", "ingest", str(truncated)]) == 2
@@ -136,7 +178,9 @@ def test_a_truncated_file_is_not_ingested(local, tmp_path, capsys, suffix):
     assert _json(capsys)["total"] == 0
 
 
-def test_ingest_through_a_symlinked_folder_finds_the_dataset(local, volumes, tmp_path, capsys, monkeypatch):
+def test_ingest_through_a_symlinked_folder_finds_the_dataset(
+    local, volumes, tmp_path, capsys, monkeypatch
+):
     fine, _, _ = volumes
     assert main(["catalogue", "ingest", fine]) == 0
     created = capsys.readouterr().out
@@ -164,6 +208,8 @@ def test_cli_against_scicat_keeps_the_token_secret(volumes, monkeypatch, capsys,
         assert len(server.datasets) == 2
         captured = capsys.readouterr()
         assert token not in caplog.text + captured.out + captured.err
-        assert any(r.levelno == logging.DEBUG and "SciCat" in r.getMessage() for r in caplog.records)
+        assert any(
+            r.levelno == logging.DEBUG and "SciCat" in r.getMessage() for r in caplog.records
+        )
     finally:
         server.stop()

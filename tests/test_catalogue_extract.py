@@ -49,8 +49,10 @@ def assert_agrees_with_io(path) -> dict:
     assert metadata["format"]["value"] == volume.metadata["format"] == detect_format(path)
     assert metadata["shape"]["value"] == list(volume.shape) == list(volume.data.shape)
     assert metadata["dtype"]["value"] == volume.dtype.name
-    axes = "zyx"[-volume.ndim:]
-    assert [metadata[f"voxel_size_{a}"] for a in axes] == [{"value": s, "unit": "um"} for s in volume.spacing]
+    axes = "zyx"[-volume.ndim :]
+    assert [metadata[f"voxel_size_{a}"] for a in axes] == [
+        {"value": s, "unit": "um"} for s in volume.spacing
+    ]
     assert metadata["voxel_size"] == {"value": max(volume.spacing), "unit": "um"}
     return metadata
 
@@ -94,7 +96,9 @@ def test_nifti_header_from_nibabel_test_file():
     assert metadata["nifti"]["dim"]["value"] == image.header["dim"].tolist()
     assert metadata["nifti"]["datatype_name"]["value"] == image.get_data_dtype().name
     zooms_um = [float(Decimal(str(z)) * 1000) for z in reversed(image.header.get_zooms()[:3])]
-    assert [metadata[f"voxel_size_{a}"]["value"] for a in "zyx"] == pytest.approx(zooms_um, rel=1e-6)
+    assert [metadata[f"voxel_size_{a}"]["value"] for a in "zyx"] == pytest.approx(
+        zooms_um, rel=1e-6
+    )
 
 
 def test_tiff_tags_from_scikit_image_test_file():
@@ -182,11 +186,17 @@ def test_hdf5_nexus_values_become_nested_searchable_metadata(phantom, tmp_path):
     assert tags["entry"]["instrument"]["source"]["energy"] == {"value": 25.0, "unit": "keV"}
     assert tags["entry"]["instrument"]["source"]["NX_class"]["value"] == "NXsource"
     assert tags["entry"]["NX_class"]["value"] == "NXentry"
-    assert tags["volume_dataset"]["value"] == read_volume(path).metadata["dataset"] == "/entry/data/data"
+    assert (
+        tags["volume_dataset"]["value"]
+        == read_volume(path).metadata["dataset"]
+        == "/entry/data/data"
+    )
     catalogue = SQLiteCatalogue(tmp_path / "c.sqlite")
     catalogue.ingest(record)
-    for condition, total in (("hdf5.entry.instrument.source.energy>20000 eV", 1),
-                             ("hdf5.entry.instrument.source.energy>30 keV", 0)):
+    for condition, total in (
+        ("hdf5.entry.instrument.source.energy>20000 eV", 1),
+        ("hdf5.entry.instrument.source.energy>30 keV", 0),
+    ):
         assert catalogue.search(Query(conditions=(parse_condition(condition),))).total == total
 
 
@@ -211,12 +221,20 @@ def test_arrays_of_one_file_are_datasets_named_with_double_colon(tmp_path):
         extract_dataset(path, **IDENTITY)  # io reads neither by itself: neither does the catalogue
     recon, mask = (extract_dataset(f"{path}::/{name}", **IDENTITY) for name in ("recon", "mask"))
     assert recon.content_key != mask.content_key
-    assert extract_dataset(f"{tmp_path}/../{tmp_path.name}/two.h5::recon", **IDENTITY).content_key == recon.content_key
-    assert recon.dataset.datasetName == "two.h5::/recon" and mask.dataset.scientificMetadata["dtype"]["value"] == "uint8"
+    assert (
+        extract_dataset(f"{tmp_path}/../{tmp_path.name}/two.h5::recon", **IDENTITY).content_key
+        == recon.content_key
+    )
+    assert (
+        recon.dataset.datasetName == "two.h5::/recon"
+        and mask.dataset.scientificMetadata["dtype"]["value"] == "uint8"
+    )
     for record, name in ((recon, "/recon"), (mask, "/mask")):
         job_path = dataset_path(record.to_dict()["dataset"])
         assert job_path == f"{path}::{name}"
-        assert read_volume(job_path).dtype.name == record.dataset.scientificMetadata["dtype"]["value"]
+        assert (
+            read_volume(job_path).dtype.name == record.dataset.scientificMetadata["dtype"]["value"]
+        )
 
 
 def test_naming_the_array_io_reads_anyway_is_the_same_dataset(phantom, tmp_path):
@@ -230,20 +248,31 @@ def _ome_zarr(path: Path, unit: str, scale: tuple[float, float, float]) -> Path:
     root = zarr.open_group(str(path), mode="w")
     root.create_dataset("0", data=np.zeros((6, 8, 10), np.uint16), chunks=(3, 8, 10))
     root.create_dataset("1", data=np.zeros((3, 4, 5), np.uint16))
-    root.attrs["multiscales"] = [{
-        "version": "0.4",
-        "axes": [{"name": a, "type": "space", "unit": unit} for a in "zyx"],
-        "datasets": [{"path": str(level), "coordinateTransformations": [
-            {"type": "scale", "scale": [s * 2**level for s in scale]}]} for level in (0, 1)],
-    }]
+    root.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": a, "type": "space", "unit": unit} for a in "zyx"],
+            "datasets": [
+                {
+                    "path": str(level),
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": [s * 2**level for s in scale]}
+                    ],
+                }
+                for level in (0, 1)
+            ],
+        }
+    ]
     return path
 
 
 @pytest.mark.parametrize(
     "unit, scale, expected_um",
-    [("micrometer", (0.4, 0.2, 0.2), [0.4, 0.2, 0.2]),
-     ("millimeter", (0.004, 0.002, 0.002), [4.0, 2.0, 2.0]),
-     ("nanometer", (400.0, 200.0, 200.0), [0.4, 0.2, 0.2])],
+    [
+        ("micrometer", (0.4, 0.2, 0.2), [0.4, 0.2, 0.2]),
+        ("millimeter", (0.004, 0.002, 0.002), [4.0, 2.0, 2.0]),
+        ("nanometer", (400.0, 200.0, 200.0), [0.4, 0.2, 0.2]),
+    ],
 )
 def test_ome_zarr_level0_and_spacing_agree_with_io(tmp_path, unit, scale, expected_um):
     path = _ome_zarr(tmp_path / "ome.zarr", unit, scale)
@@ -288,7 +317,12 @@ def test_the_same_files_by_any_name_are_one_record(phantom, tmp_path, monkeypatc
     (tmp_path / "link").symlink_to(tmp_path / "data", target_is_directory=True)
     (tmp_path / "other").mkdir()
     monkeypatch.chdir(tmp_path / "other")
-    names = [path, "../data/a.tif", tmp_path / "link" / "a.tif", tmp_path / "other" / ".." / "link" / "a.tif"]
+    names = [
+        path,
+        "../data/a.tif",
+        tmp_path / "link" / "a.tif",
+        tmp_path / "other" / ".." / "link" / "a.tif",
+    ]
     records = [extract_dataset(name, **IDENTITY) for name in names]
     assert {r.content_key for r in records} == {records[0].content_key}
     assert {r.path for r in records} == {str(path)}
@@ -298,14 +332,22 @@ def test_the_same_files_by_any_name_are_one_record(phantom, tmp_path, monkeypatc
 
 def test_raw_and_derived_records(phantom, tmp_path):
     path = write_volume(tmp_path / "a.h5", phantom, spacing=PHANTOM_SPACING)
-    raw = extract_dataset(path, **IDENTITY, creation_location="/DESY/PETRA III/P05", keywords=["implant"])
+    raw = extract_dataset(
+        path, **IDENTITY, creation_location="/DESY/PETRA III/P05", keywords=["implant"]
+    )
     assert raw.dataset.type == "raw" and raw.dataset.principalInvestigator == "Alice Doe"
-    assert raw.dataset.creationLocation == "/DESY/PETRA III/P05" and raw.dataset.dataFormat == "hdf5"
+    assert (
+        raw.dataset.creationLocation == "/DESY/PETRA III/P05" and raw.dataset.dataFormat == "hdf5"
+    )
     assert raw.dataset.keywords == ["implant", "hdf5"]
     assert raw.dataset.datasetName == "a.h5" and raw.dataset.sourceFolder == str(tmp_path)
     assert raw.dataset.description == "hdf5 volume 10 x 18 x 22 float32, voxel 5/2.5/2.5 um"
-    derived = extract_dataset(path, **IDENTITY, input_datasets=["20.500.12269/abc"], job_parameters={"model": "sun"})
-    assert derived.dataset.type == "derived" and derived.dataset.inputDatasets == ["20.500.12269/abc"]
+    derived = extract_dataset(
+        path, **IDENTITY, input_datasets=["20.500.12269/abc"], job_parameters={"model": "sun"}
+    )
+    assert derived.dataset.type == "derived" and derived.dataset.inputDatasets == [
+        "20.500.12269/abc"
+    ]
     assert derived.dataset.usedSoftware[0].startswith("mdlma-unified-framework")
     assert derived.dataset.jobParameters == {"model": "sun"}
 

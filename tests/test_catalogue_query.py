@@ -50,7 +50,21 @@ def test_equal_quantities_normalise_to_the_same_float():
 
 
 @pytest.mark.parametrize(
-    "unit", ["um", "\u00b5m", "\u03bcm", "micron", "micrometers", "nm", "nanometre", "mm", "millimetre", "cm", "m", "inch"]
+    "unit",
+    [
+        "um",
+        "\u00b5m",
+        "\u03bcm",
+        "micron",
+        "micrometers",
+        "nm",
+        "nanometre",
+        "mm",
+        "millimetre",
+        "cm",
+        "m",
+        "inch",
+    ],
 )
 def test_length_units_are_those_of_io(unit):
     # One table of length spellings: what io reads from a file header, a search understands.
@@ -59,14 +73,22 @@ def test_length_units_are_those_of_io(unit):
 
 
 def test_unknown_unit():
-    with pytest.raises(InputError, match=r"unit 'parsec': unknown; expected a length \(m, cm, mm, um, nm, ...\) or one of"):
+    with pytest.raises(
+        InputError,
+        match=r"unit 'parsec': unknown; expected a length \(m, cm, mm, um, nm, ...\) or one of",
+    ):
         to_si(1, "parsec")
 
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("0.5 um", (0.5, "um")), ("0.5um", (0.5, "um")), ("128", (128.0, "")), ("-1.5e3 eV", (-1500.0, "eV")),
-     (".25 s", (0.25, "s"))],
+    [
+        ("0.5 um", (0.5, "um")),
+        ("0.5um", (0.5, "um")),
+        ("128", (128.0, "")),
+        ("-1.5e3 eV", (-1500.0, "eV")),
+        (".25 s", (0.25, "s")),
+    ],
 )
 def test_parse_quantity(text, expected):
     assert parse_quantity(text) == expected
@@ -82,7 +104,10 @@ def test_parse_quantity(text, expected):
         ("dicom.Modality=CT", Condition("dicom.Modality", "=", "CT")),
         ('name="128"', Condition("name", "=", "128")),
         ("sample=12abc", Condition("sample", "=", "12abc")),
-        ("hdf5.entry.instrument.source.energy>20 keV", Condition("hdf5.entry.instrument.source.energy", ">", 20.0, "keV")),
+        (
+            "hdf5.entry.instrument.source.energy>20 keV",
+            Condition("hdf5.entry.instrument.source.energy", ">", 20.0, "keV"),
+        ),
     ],
 )
 def test_parse_condition(text, expected):
@@ -124,18 +149,35 @@ def test_condition_validation():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"limit": 0}, "limit"), ({"limit": 1001}, "limit"), ({"skip": -1}, "skip"),
-     ({"sort": "pid"}, "sort field"), ({"dataset_type": "processed"}, "dataset type"),
-     ({"created_from": "2024-01-01"}, "created_from"),
-     ({"skip": MAX_SKIP + 1}, f"skip {MAX_SKIP + 1}: expected an integer from 0 to {MAX_SKIP}"),
-     ({"skip": 10**20}, "skip"),
-     ({"text": "x" * (MAX_TEXT_CHARS + 1)}, f"search text: {MAX_TEXT_CHARS + 1} characters; expected at most"),
-     ({"text": " ".join(["bone"] * (MAX_TERMS + 1))}, f"search text: {MAX_TERMS + 1} words; expected at most"),
-     ({"text": '"' + " ".join(["bone"] * (MAX_TERMS + 1)) + '"'}, "words"),  # phrase words count too
-     ({"conditions": [Condition("rows", "=", float(n)) for n in range(MAX_TERMS + 1)]}, "query conditions"),
-     ({"keywords": ["k"] * (MAX_TERMS + 1)}, "query keywords"),
-     ({"owner_groups": ["g"] * (MAX_TERMS + 1)}, "query owner_groups"),
-     ({"text": None}, "search text: expected a string")],
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 1001}, "limit"),
+        ({"skip": -1}, "skip"),
+        ({"sort": "pid"}, "sort field"),
+        ({"dataset_type": "processed"}, "dataset type"),
+        ({"created_from": "2024-01-01"}, "created_from"),
+        ({"skip": MAX_SKIP + 1}, f"skip {MAX_SKIP + 1}: expected an integer from 0 to {MAX_SKIP}"),
+        ({"skip": 10**20}, "skip"),
+        (
+            {"text": "x" * (MAX_TEXT_CHARS + 1)},
+            f"search text: {MAX_TEXT_CHARS + 1} characters; expected at most",
+        ),
+        (
+            {"text": " ".join(["bone"] * (MAX_TERMS + 1))},
+            f"search text: {MAX_TERMS + 1} words; expected at most",
+        ),
+        (
+            {"text": '"' + " ".join(["bone"] * (MAX_TERMS + 1)) + '"'},
+            "words",
+        ),  # phrase words count too
+        (
+            {"conditions": [Condition("rows", "=", float(n)) for n in range(MAX_TERMS + 1)]},
+            "query conditions",
+        ),
+        ({"keywords": ["k"] * (MAX_TERMS + 1)}, "query keywords"),
+        ({"owner_groups": ["g"] * (MAX_TERMS + 1)}, "query owner_groups"),
+        ({"text": None}, "search text: expected a string"),
+    ],
 )
 def test_query_validation(kwargs, message):
     with pytest.raises(InputError, match=message) as error:
@@ -144,8 +186,13 @@ def test_query_validation(kwargs, message):
 
 
 def test_queries_at_the_limits_are_accepted():
-    Query(text=" ".join(["x" * 14] * MAX_TERMS)[:MAX_TEXT_CHARS], skip=MAX_SKIP, limit=1000,
-          keywords=("k",) * MAX_TERMS, conditions=(parse_condition("rows=1"),) * MAX_TERMS)
+    Query(
+        text=" ".join(["x" * 14] * MAX_TERMS)[:MAX_TEXT_CHARS],
+        skip=MAX_SKIP,
+        limit=1000,
+        keywords=("k",) * MAX_TERMS,
+        conditions=(parse_condition("rows=1"),) * MAX_TERMS,
+    )
 
 
 def test_an_over_long_search_is_refused_quickly(tmp_path):
@@ -163,20 +210,25 @@ def test_an_over_long_search_is_refused_quickly(tmp_path):
 
 def test_query_text_terms():
     assert Query("Implant  screw-thread").text_terms() == (["implant", "screw", "thread"], [])
-    assert Query('"Mg-Gd screw" week "rat tibia"').text_terms() == (["week"], [["mg", "gd", "screw"], ["rat", "tibia"]])
+    assert Query('"Mg-Gd screw" week "rat tibia"').text_terms() == (
+        ["week"],
+        [["mg", "gd", "screw"], ["rat", "tibia"]],
+    )
     assert Query('stray " quote').text_terms() == (["stray", "quote"], [])
 
 
 def test_query_times_are_utc():
     naive = Query(created_from=dt.datetime(2024, 5, 1, 12))
-    assert naive.created_from == dt.datetime(2024, 5, 1, 12, tzinfo=dt.timezone.utc)
+    assert naive.created_from == dt.datetime(2024, 5, 1, 12, tzinfo=dt.UTC)
     cest = dt.timezone(dt.timedelta(hours=2))
     assert Query(created_to=dt.datetime(2024, 5, 1, 12, tzinfo=cest)).created_to.hour == 10
 
 
 def test_parse_time():
-    assert parse_time("2024-05-01") == dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
-    assert parse_time("2024-05-01", end_of_day=True) == dt.datetime(2024, 5, 1, 23, 59, 59, 999000, tzinfo=dt.timezone.utc)
+    assert parse_time("2024-05-01") == dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
+    assert parse_time("2024-05-01", end_of_day=True) == dt.datetime(
+        2024, 5, 1, 23, 59, 59, 999000, tzinfo=dt.UTC
+    )
     assert parse_time("2024-05-01T10:00:00Z").hour == 10
     with pytest.raises(InputError, match="date '01.05.2024'"):
         parse_time("01.05.2024")

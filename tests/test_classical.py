@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from unified_framework.classical import (
-    evaluate_command, majority_order, multi_otsu, relabel, run_classical, segment, watershed_classes,
+    evaluate_command,
+    majority_order,
+    multi_otsu,
+    relabel,
+    run_classical,
+    segment,
+    watershed_classes,
 )
 from unified_framework.cli.main import main
 from unified_framework.data.phantom import make_implant_phantom
@@ -68,12 +74,28 @@ def test_relabel_and_majority_order():
         (lambda: multi_otsu(np.full((4, 4), np.nan), classes=3), "NaN"),
         (lambda: multi_otsu(np.zeros((2, 2, 2, 2)), classes=3), "2D or 3D"),
         (lambda: multi_otsu(np.arange(27.0).reshape(3, 3, 3), classes=1), "classes"),
-        (lambda: multi_otsu(np.arange(27.0).reshape(3, 3, 3), classes=3, smoothing=-1), "smoothing"),
-        (lambda: watershed_classes(np.arange(27.0).reshape(3, 3, 3), classes=3, marker_fraction=0), "marker_fraction"),
+        (
+            lambda: multi_otsu(np.arange(27.0).reshape(3, 3, 3), classes=3, smoothing=-1),
+            "smoothing",
+        ),
+        (
+            lambda: watershed_classes(
+                np.arange(27.0).reshape(3, 3, 3), classes=3, marker_fraction=0
+            ),
+            "marker_fraction",
+        ),
         (lambda: segment(np.arange(27.0).reshape(3, 3, 3), "kmeans"), "method"),
-        (lambda: segment(np.arange(27.0).reshape(3, 3, 3), "multi-otsu", classes=3, order=[0, 1]), "label order"),
+        (
+            lambda: segment(
+                np.arange(27.0).reshape(3, 3, 3), "multi-otsu", classes=3, order=[0, 1]
+            ),
+            "label order",
+        ),
         (lambda: relabel(np.array([0, 1, 2]), [0, 1]), "label order"),
-        (lambda: majority_order(np.zeros((2, 2), np.uint8), np.zeros((3, 3), np.uint8), 2), "shape"),
+        (
+            lambda: majority_order(np.zeros((2, 2), np.uint8), np.zeros((3, 3), np.uint8), 2),
+            "shape",
+        ),
     ],
 )
 def test_bad_input_is_an_input_error(call, message):
@@ -85,25 +107,50 @@ def test_run_classical_on_files_scores_and_reports(tmp_path):
     image, truth = make_implant_phantom((24, 48, 48), seed=3)
     write_volume(tmp_path / "scan.tif", image, spacing=(5.0, 5.0, 5.0))
     write_volume(tmp_path / "scan_gt.tif", truth, spacing=(5.0, 5.0, 5.0))
-    result = run_classical(tmp_path / "scan.tif", tmp_path / "seg.tif", "watershed", classes=5, label_order="truth",
-                           ground_truth=tmp_path / "scan_gt.tif", report=tmp_path / "report.json",
-                           class_names=["background", "bone", "implant", "layer"])
+    result = run_classical(
+        tmp_path / "scan.tif",
+        tmp_path / "seg.tif",
+        "watershed",
+        classes=5,
+        label_order="truth",
+        ground_truth=tmp_path / "scan_gt.tif",
+        report=tmp_path / "report.json",
+        class_names=["background", "bone", "implant", "layer"],
+    )
     written = read_volume(tmp_path / "seg.tif")
     assert written.shape == truth.shape and tuple(written.spacing) == (5.0, 5.0, 5.0)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["label_order_from_truth"] is True and len(report["label_order"]) == 5
     implant = next(row for row in report["scores"] if row["label"] == 2)
     assert implant["name"] == "implant" and implant["dice"] > 0.8  # the bright implant is easy
-    assert report["resources"]["wall_time_s"] > 0 and report == json.loads(json.dumps(result, default=str))
+    assert report["resources"]["wall_time_s"] > 0 and report == json.loads(
+        json.dumps(result, default=str)
+    )
 
 
 def test_cli_segment_classical(tmp_path, capsys):
     image, truth = blocks()
     write_volume(tmp_path / "img.tif", image)
     write_volume(tmp_path / "img_gt.tif", truth)
-    status = main(["segment", "classical", str(tmp_path / "img.tif"), "-o", str(tmp_path / "out.tif"), "--classes", "4",
-                   "--smoothing", "1", "--ground-truth", str(tmp_path / "img_gt.tif"), "--label-order", "0,1,2,3",
-                   "--report", str(tmp_path / "r.json")])
+    status = main(
+        [
+            "segment",
+            "classical",
+            str(tmp_path / "img.tif"),
+            "-o",
+            str(tmp_path / "out.tif"),
+            "--classes",
+            "4",
+            "--smoothing",
+            "1",
+            "--ground-truth",
+            str(tmp_path / "img_gt.tif"),
+            "--label-order",
+            "0,1,2,3",
+            "--report",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert status == 0
     out = capsys.readouterr().out
     assert "label 3: dice" in out
@@ -114,8 +161,17 @@ def test_cli_segment_classical(tmp_path, capsys):
 def test_cli_bad_label_order_leaves_no_output(tmp_path, capsys):
     image, _ = blocks()
     write_volume(tmp_path / "img.tif", image)
-    status = main(["segment", "classical", str(tmp_path / "img.tif"), "-o", str(tmp_path / "out.tif"),
-                   "--label-order", "0,x"])
+    status = main(
+        [
+            "segment",
+            "classical",
+            str(tmp_path / "img.tif"),
+            "-o",
+            str(tmp_path / "out.tif"),
+            "--label-order",
+            "0,x",
+        ]
+    )
     assert status == 2
     assert "--label-order" in capsys.readouterr().err
     assert not (tmp_path / "out.tif").exists()
@@ -125,11 +181,36 @@ def test_evaluate_command_measures_and_scores_any_program(tmp_path, capsys):
     image, truth = blocks()
     write_volume(tmp_path / "img.tif", image)
     write_volume(tmp_path / "img_gt.tif", truth)
-    program = [sys.executable, "-m", "unified_framework", "segment", "classical", str(tmp_path / "img.tif"),
-               "-o", str(tmp_path / "seg.tif"), "--classes", "4", "--smoothing", "1"]
-    status = main(["segment", "evaluate", "--out", str(tmp_path / "seg.tif"), "--ground-truth",
-                   str(tmp_path / "img_gt.tif"), "--report", str(tmp_path / "r.json"), "--method", "otsu-cli", "--",
-                   *program])
+    program = [
+        sys.executable,
+        "-m",
+        "unified_framework",
+        "segment",
+        "classical",
+        str(tmp_path / "img.tif"),
+        "-o",
+        str(tmp_path / "seg.tif"),
+        "--classes",
+        "4",
+        "--smoothing",
+        "1",
+    ]
+    status = main(
+        [
+            "segment",
+            "evaluate",
+            "--out",
+            str(tmp_path / "seg.tif"),
+            "--ground-truth",
+            str(tmp_path / "img_gt.tif"),
+            "--report",
+            str(tmp_path / "r.json"),
+            "--method",
+            "otsu-cli",
+            "--",
+            *program,
+        ]
+    )
     assert status == 0 and "otsu-cli:" in capsys.readouterr().out
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["method"] == "otsu-cli" and report["command"] == program
@@ -140,8 +221,10 @@ def test_evaluate_command_measures_and_scores_any_program(tmp_path, capsys):
 
 def test_evaluate_command_reports_failures(tmp_path):
     with pytest.raises(InputError, match="exit status 3 \\(boom\\)"):
-        evaluate_command([sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"],
-                         tmp_path / "never.tif")
+        evaluate_command(
+            [sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"],
+            tmp_path / "never.tif",
+        )
     with pytest.raises(InputError, match="wrote no output"):
         evaluate_command([sys.executable, "-c", "pass"], tmp_path / "never.tif")
     assert not (tmp_path / "never.tif").exists()

@@ -6,7 +6,9 @@ from unified_framework.cli.main import main
 
 
 def test_version_and_help_list_verbs(capsys):
-    run = subprocess.run([sys.executable, "-m", "unified_framework", "--help"], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "unified_framework", "--help"], capture_output=True, text=True
+    )
     assert run.returncode == 0
     for verb in ("info", "modules"):
         assert verb in run.stdout

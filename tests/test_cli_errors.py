@@ -65,10 +65,17 @@ COMMANDS = [
 ]
 
 
-@pytest.mark.parametrize("name, chunk", [("scan.zarr", "chunk 1.1.1 (z 8:16, y 8:16, x 8:16)"),
-                                         ("scan.h5", "chunk 0.1.2 (z 0:8, y 8:16, x 16:24)")])
+@pytest.mark.parametrize(
+    "name, chunk",
+    [
+        ("scan.zarr", "chunk 1.1.1 (z 8:16, y 8:16, x 8:16)"),
+        ("scan.h5", "chunk 0.1.2 (z 0:8, y 8:16, x 16:24)"),
+    ],
+)
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
-def test_corrupt_chunk_gives_one_line_and_leaves_nothing(inputs, tmp_path, capsys, name, chunk, command):
+def test_corrupt_chunk_gives_one_line_and_leaves_nothing(
+    inputs, tmp_path, capsys, name, chunk, command
+):
     out = tmp_path / "out"
     out.mkdir()
     argv = [a.format(input=inputs / name, labels=inputs / "labels.tif", out=out) for a in command]
@@ -96,8 +103,14 @@ def test_hostile_zarray_shape_fails_fast_everywhere(inputs, tmp_path, capsys):
 
 def mdlma(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """The real ``mdlma`` process: its logging goes to stderr as a user sees it."""
-    return subprocess.run([sys.executable, "-m", "unified_framework", *map(str, argv)], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **(env or {})}, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "unified_framework", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 def test_tifffile_log_lines_do_not_precede_the_error(tmp_path):
@@ -105,7 +118,10 @@ def test_tifffile_log_lines_do_not_precede_the_error(tmp_path):
     path.write_bytes(path.read_bytes()[:9000])
     run_ = mdlma("io", "info", path)
     assert run_.returncode == 2
-    assert run_.stderr.startswith(f"mdlma: error: {path}: corrupt or truncated TIFF") and run_.stderr.count("\n") == 1, run_.stderr
+    assert (
+        run_.stderr.startswith(f"mdlma: error: {path}: corrupt or truncated TIFF")
+        and run_.stderr.count("\n") == 1
+    ), run_.stderr
 
 
 NASTY = "scan\ncreated\tlocal/forged\t\x1b[2Jx.tif"
@@ -139,10 +155,21 @@ def test_log_lines_built_from_names_are_escaped(tmp_path):
     assert warning.startswith("WARNING ") and "pred\\nWARNING forged.tif" in warning
 
 
-@pytest.mark.parametrize("env, config, expected", [
-    ({"MDLMA_DASHBOARD_PORT": "eighty"}, "", "MDLMA_DASHBOARD_PORT: expected an integer, got 'eighty'"),
-    ({}, '[dashboard]\nport = "eighty"\n', "[dashboard] port: expected an integer 1..65535, got 'eighty'"),
-])
+@pytest.mark.parametrize(
+    "env, config, expected",
+    [
+        (
+            {"MDLMA_DASHBOARD_PORT": "eighty"},
+            "",
+            "MDLMA_DASHBOARD_PORT: expected an integer, got 'eighty'",
+        ),
+        (
+            {},
+            '[dashboard]\nport = "eighty"\n',
+            "[dashboard] port: expected an integer 1..65535, got 'eighty'",
+        ),
+    ],
+)
 def test_bad_dashboard_port_is_one_line(tmp_path, monkeypatch, capsys, env, config, expected):
     (tmp_path / "config.toml").write_text(config)
     monkeypatch.setenv("MDLMA_CONFIG", str(tmp_path / "config.toml"))

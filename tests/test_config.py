@@ -14,13 +14,19 @@ def test_defaults_are_absolute_paths(tmp_path):
 
 def test_file_then_environment_precedence(tmp_path):
     path = tmp_path / "config.toml"
-    path.write_text('home = "/data/alice"\n[slurm]\ndefault_partition = "gpu"\n[dashboard]\nport = 9000\n')
+    path.write_text(
+        'home = "/data/alice"\n[slurm]\ndefault_partition = "gpu"\n[dashboard]\nport = 9000\n'
+    )
     env = {"MDLMA_CONFIG": str(path)}
     config = load_config(env)
     assert config["home"] == "/data/alice"
     assert config["slurm"]["default_partition"] == "gpu"
     assert config["dashboard"]["port"] == 9000
-    env.update(MDLMA_HOME="/scratch/alice", MDLMA_SLURM_DEFAULT_PARTITION="batch", MDLMA_DASHBOARD_PORT="9100")
+    env.update(
+        MDLMA_HOME="/scratch/alice",
+        MDLMA_SLURM_DEFAULT_PARTITION="batch",
+        MDLMA_DASHBOARD_PORT="9100",
+    )
     config = load_config(env)
     assert config["home"] == "/scratch/alice"
     assert config["slurm"]["default_partition"] == "batch"

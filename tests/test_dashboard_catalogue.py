@@ -16,10 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import streamlit as st
+from conftest_slurm import slurm_cluster  # noqa: F401 - fixture
 from streamlit.testing.v1 import AppTest
 
-from conftest_slurm import slurm_cluster  # noqa: F401 - fixture
-from unified_framework.catalogue import MAX_TERMS, MAX_TEXT_CHARS, SQLiteCatalogue, dataset_path, extract_dataset
+from unified_framework.catalogue import (
+    MAX_TERMS,
+    MAX_TEXT_CHARS,
+    SQLiteCatalogue,
+    dataset_path,
+    extract_dataset,
+)
 from unified_framework.data import make_implant_phantom
 from unified_framework.errors import InputError
 from unified_framework.io import open_volume, write_volume
@@ -29,7 +35,11 @@ APP = REPO / "dashboard" / "app.py"
 sys.path.insert(0, str(REPO / "dashboard"))
 from components import catalogue as page_logic  # noqa: E402 - needs dashboard/ on sys.path
 
-IDENTITY = {"owner": "Alice Doe", "contact_email": "alice@example.org", "creation_location": "/DESY/PETRA III/P05"}
+IDENTITY = {
+    "owner": "Alice Doe",
+    "contact_email": "alice@example.org",
+    "creation_location": "/DESY/PETRA III/P05",
+}
 
 
 @pytest.fixture
@@ -42,12 +52,21 @@ def filled(tmp_path, monkeypatch):
     image, _ = make_implant_phantom((12, 24, 24), seed=3)
     datasets = {}
     for number in range(3):
-        path = write_volume(tmp_path / f"screw_week{number}.tif", image + number, spacing=(0.65,) * 3)
-        record = extract_dataset(path, **IDENTITY, owner_group="p05", keywords=["implant"],
-                                 description=f"Mg screw week {number}")
+        path = write_volume(
+            tmp_path / f"screw_week{number}.tif", image + number, spacing=(0.65,) * 3
+        )
+        record = extract_dataset(
+            path,
+            **IDENTITY,
+            owner_group="p05",
+            keywords=["implant"],
+            description=f"Mg screw week {number}",
+        )
         datasets[path.name] = catalogue.get(catalogue.ingest(record).pid)
     path = write_volume(tmp_path / "bone.h5", image, spacing=(5.0,) * 3)
-    record = extract_dataset(path, **IDENTITY, owner_group="p07", keywords=["bone"], description="trabecular bone")
+    record = extract_dataset(
+        path, **IDENTITY, owner_group="p07", keywords=["bone"], description="trabecular bone"
+    )
     datasets[path.name] = catalogue.get(catalogue.ingest(record).pid)
     return datasets
 
@@ -59,7 +78,9 @@ def open_catalogue_page() -> AppTest:
     return app
 
 
-def search(app: AppTest, text: str = "", conditions: str = "", descending: bool = True, **fields) -> AppTest:
+def search(
+    app: AppTest, text: str = "", conditions: str = "", descending: bool = True, **fields
+) -> AppTest:
     app.text_input(key="catalogue_text").set_value(text)
     app.text_area(key="catalogue_conditions").set_value(conditions)
     app.toggle(key="catalogue_descending").set_value(descending)
@@ -93,7 +114,9 @@ def test_page_lists_searches_with_units_and_shows_a_dataset(filled):
 
     # Detail: metadata, files with checksums and a real thumbnail of the volume.
     assert app.selectbox(key="catalogue_dataset").value == filled["bone.h5"]["pid"]
-    metadata = next(f.value for f in app.dataframe if list(f.value.columns) == ["key", "value", "unit"])
+    metadata = next(
+        f.value for f in app.dataframe if list(f.value.columns) == ["key", "value", "unit"]
+    )
     assert metadata.set_index("key").loc["shape", "value"] == "[12, 24, 24]"
     files = next(f.value for f in app.dataframe if "checksum" in f.value.columns)
     assert list(files["path"]) == ["bone.h5"] and files["checksum"].str.len().iloc[0] >= 32
@@ -104,13 +127,18 @@ def test_page_lists_searches_with_units_and_shows_a_dataset(filled):
 def test_paging_moves_through_the_results(filled, tmp_path):
     catalogue = SQLiteCatalogue(tmp_path / "catalogue.sqlite")
     for number in range(8):
-        path = write_volume(tmp_path / f"extra{number:02d}.tif", np.full((2, 8, 8), number, np.uint8))
+        path = write_volume(
+            tmp_path / f"extra{number:02d}.tif", np.full((2, 8, 8), number, np.uint8)
+        )
         catalogue.ingest(extract_dataset(path, **IDENTITY, owner_group="p05"))
     names = sorted([*filled, *(f"extra{n:02d}.tif" for n in range(8))])
     app = open_catalogue_page()
     search(app, descending=False, sort="datasetName", per_page=10)
     assert list(results(app)["name"]) == names[:10]
-    assert app.button(key="catalogue_previous").disabled and not app.button(key="catalogue_next").disabled
+    assert (
+        app.button(key="catalogue_previous").disabled
+        and not app.button(key="catalogue_next").disabled
+    )
     app.button(key="catalogue_next").click().run()
     assert list(results(app)["name"]) == names[10:]
     assert any("showing 11–12" in str(m.value) for m in app.markdown)
@@ -132,7 +160,11 @@ def test_bad_conditions_and_dates_are_named_in_one_line(filled):
 
 def test_hostile_search_text_is_only_text(filled):
     app = open_catalogue_page()
-    search(app, text="zz'); DROP TABLE datasets; -- \" OR 1=1 $(rm -rf x)", conditions="name=x'; DELETE FROM datasets")
+    search(
+        app,
+        text="zz'); DROP TABLE datasets; -- \" OR 1=1 $(rm -rf x)",
+        conditions="name=x'; DELETE FROM datasets",
+    )
     assert not app.exception and not errors(app)
     assert any("No dataset matches" in str(i.value) for i in app.info)
     search(app)
@@ -154,7 +186,9 @@ def test_search_text_is_limited_in_the_box_and_in_the_query(filled):
     assert len(app.text_input(key="catalogue_text").value) == MAX_TEXT_CHARS and not errors(app)
     # Too many words within the limit: the query's one-line error names the field.
     search(app, text=" ".join(f"w{n}" for n in range(MAX_TERMS + 1)))
-    assert any(e.startswith(f"search text: {MAX_TERMS + 1} words") for e in errors(app)), errors(app)
+    assert any(e.startswith(f"search text: {MAX_TERMS + 1} words") for e in errors(app)), errors(
+        app
+    )
     assert not [f for f in app.dataframe if "voxel size" in f.value.columns]
 
 
@@ -162,8 +196,17 @@ def test_use_in_job_composer_fills_the_template(filled, slurm_cluster):  # noqa:
     app = open_catalogue_page()
     search(app, text="trabecular")
     app.selectbox(key="catalogue_template").set_value("sun-predict").run()
-    offered = [label.rsplit("(", 1)[1].rstrip(")") for label in app.selectbox(key="catalogue_template").options]
-    assert offered == ["histology-match", "register", "score", "sun-predict", "sun-train"]  # the templates with a `dataset: true` input
+    offered = [
+        label.rsplit("(", 1)[1].rstrip(")")
+        for label in app.selectbox(key="catalogue_template").options
+    ]
+    assert offered == [
+        "histology-match",
+        "register",
+        "score",
+        "sun-predict",
+        "sun-train",
+    ]  # the templates with a `dataset: true` input
     assert app.selectbox(key="catalogue_parameter").options == ["volume"]
     app.selectbox(key="catalogue_parameter").set_value("volume")
     app.button(key="catalogue_use").click().run()
@@ -182,6 +225,8 @@ def test_job_paths_and_tables_of_the_page_logic(filled):
     assert page_logic.slice_count(tiff) == 12
     table = page_logic.results_table([tiff, hdf5])
     assert list(table.columns) == list(page_logic.RESULT_COLUMNS)
-    assert list(table["format"]) == ["tiff", "hdf5"] and list(table["shape"]) == ["12 x 24 x 24"] * 2
+    assert (
+        list(table["format"]) == ["tiff", "hdf5"] and list(table["shape"]) == ["12 x 24 x 24"] * 2
+    )
     assert np.isclose(table["size MB"].iloc[0], tiff["size"] / 1e6, atol=0.01)
     assert page_logic.metadata_table({}).empty and page_logic.files_table([]).empty

@@ -33,7 +33,12 @@ def test_resolve_inside_refuses_traversal_and_symlinks(tmp_path):
 
     assert paths.resolve_inside(root / "job", [root]) == (root / "job").resolve()
     assert paths.resolve_inside("job/inner", [root], base=root) == (root / "job").resolve()
-    for hostile in (root / ".." / "secret" / "key", root / "job" / "out" / "key", "/etc/passwd", f"{root}/\x00"):
+    for hostile in (
+        root / ".." / "secret" / "key",
+        root / "job" / "out" / "key",
+        "/etc/passwd",
+        f"{root}/\x00",
+    ):
         with pytest.raises(paths.PathRefused):
             paths.resolve_inside(hostile, [root])
     with pytest.raises(paths.PathRefused, match="absolute"):
@@ -41,12 +46,16 @@ def test_resolve_inside_refuses_traversal_and_symlinks(tmp_path):
     # a root that is itself a symlink counts by its real location
     (tmp_path / "link-home").symlink_to(root)
     assert paths.resolve_inside(root / "job", [tmp_path / "link-home"]) == (root / "job").resolve()
-    assert paths.allowed([root / "job", root / "job" / "out" / "key"], [root]) == [(root / "job").resolve()]
+    assert paths.allowed([root / "job", root / "job" / "out" / "key"], [root]) == [
+        (root / "job").resolve()
+    ]
 
 
 def test_resolve_inside_refuses_names_too_long_for_the_file_system(tmp_path):
     for hostile in (f"{tmp_path}/{'a' * 6000}", f"{tmp_path}/" + "a/" * 3000):
-        with pytest.raises(paths.PathRefused, match="not a usable path .file name too long.") as info:
+        with pytest.raises(
+            paths.PathRefused, match="not a usable path .file name too long."
+        ) as info:
             paths.resolve_inside(hostile, [tmp_path])
         assert len(str(info.value)) < 300  # the echoed text is shortened
 
@@ -58,8 +67,14 @@ def test_walk_files_skips_hidden_and_symlinked_folders_and_stops_at_limits(tmp_p
         (tmp_path / folder / "m.jsonl").write_text("{}")
     (tmp_path / "loop").symlink_to(tmp_path)
     found = paths.walk_files(tmp_path, lambda p: p.suffix == ".jsonl", max_depth=2)
-    assert sorted(str(p.relative_to(tmp_path)) for p in found) == ["a/b/m.jsonl", "a/m.jsonl", "m.jsonl"]
-    assert len(paths.walk_files(tmp_path, lambda p: p.suffix == ".jsonl", max_depth=9, limit=2)) == 2
+    assert sorted(str(p.relative_to(tmp_path)) for p in found) == [
+        "a/b/m.jsonl",
+        "a/m.jsonl",
+        "m.jsonl",
+    ]
+    assert (
+        len(paths.walk_files(tmp_path, lambda p: p.suffix == ".jsonl", max_depth=9, limit=2)) == 2
+    )
 
 
 # ----------------------------------------------------------------------------- job tables
@@ -76,27 +91,33 @@ def test_parse_and_format_durations():
 
 def queue_table(n: int = 6) -> pd.DataFrame:
     states = ["RUNNING", "PENDING", "PENDING", "COMPLETED", "RUNNING", "FAILED"]
-    return pd.DataFrame({
-        "job_id": [str(100 + i) for i in range(n)],
-        "name": [f"train-{i}" if i % 2 else f"predict-{i}" for i in range(n)],
-        "user": ["alice" if i < 4 else "bob" for i in range(n)],
-        "state": [states[i % 6] for i in range(n)],
-        "reason": ["", "Priority", "JobHeldUser", "", "", "NonZeroExitCode"][:n],
-        "elapsed_s": [65.0, 0, 0, 10, 3700, 5][:n],
-        "time_limit_s": [600.0] * n,
-        "partition": ["debug", "batch"] * (n // 2),
-        "nodes": ["vm", "", "", "vm", "vm", "vm"][:n],
-        "cpus": [1] * n,
-        "submit_time": ["2026-01-01T10:00:00"] * n,
-        "workdir": ["/data/alice/run1"] * n,
-    })
+    return pd.DataFrame(
+        {
+            "job_id": [str(100 + i) for i in range(n)],
+            "name": [f"train-{i}" if i % 2 else f"predict-{i}" for i in range(n)],
+            "user": ["alice" if i < 4 else "bob" for i in range(n)],
+            "state": [states[i % 6] for i in range(n)],
+            "reason": ["", "Priority", "JobHeldUser", "", "", "NonZeroExitCode"][:n],
+            "elapsed_s": [65.0, 0, 0, 10, 3700, 5][:n],
+            "time_limit_s": [600.0] * n,
+            "partition": ["debug", "batch"] * (n // 2),
+            "nodes": ["vm", "", "", "vm", "vm", "vm"][:n],
+            "cpus": [1] * n,
+            "submit_time": ["2026-01-01T10:00:00"] * n,
+            "workdir": ["/data/alice/run1"] * n,
+        }
+    )
 
 
 def test_filter_jobs_by_user_state_partition_and_search():
     table = queue_table()
     assert len(joblist.filter_jobs(table, user="alice")) == 4
     assert joblist.filter_jobs(table, states=["PENDING"])["job_id"].tolist() == ["101", "102"]
-    assert joblist.filter_jobs(table, partitions=["debug"])["job_id"].tolist() == ["100", "102", "104"]
+    assert joblist.filter_jobs(table, partitions=["debug"])["job_id"].tolist() == [
+        "100",
+        "102",
+        "104",
+    ]
     assert joblist.filter_jobs(table, search="HELD")["job_id"].tolist() == ["102"]
     assert joblist.filter_jobs(table, search="train", user="bob")["job_id"].tolist() == ["105"]
     assert joblist.filter_jobs(table, search=".*").empty  # plain text, not a regular expression
@@ -113,13 +134,26 @@ def test_filters_stay_fast_with_thousands_of_jobs():
 
 
 def test_efficiency_from_accounting():
-    history = pd.DataFrame({
-        "job_id": ["1", "2"], "name": ["a", "b"], "user": ["u", "u"], "state": ["COMPLETED", "PENDING"],
-        "exit_code": [0, None], "partition": ["debug"] * 2, "nodes": ["vm", ""], "alloc_cpus": [4, 1],
-        "elapsed_s": [100.0, 0.0], "total_cpu_s": [200.0, None], "req_mem_bytes": [2.0 * 2**30, 2**30],
-        "max_rss_bytes": [0.5 * 2**30, None], "submit_time": ["x"] * 2, "start_time": ["x", ""],
-        "end_time": ["x", ""], "workdir": ["/w"] * 2,
-    })
+    history = pd.DataFrame(
+        {
+            "job_id": ["1", "2"],
+            "name": ["a", "b"],
+            "user": ["u", "u"],
+            "state": ["COMPLETED", "PENDING"],
+            "exit_code": [0, None],
+            "partition": ["debug"] * 2,
+            "nodes": ["vm", ""],
+            "alloc_cpus": [4, 1],
+            "elapsed_s": [100.0, 0.0],
+            "total_cpu_s": [200.0, None],
+            "req_mem_bytes": [2.0 * 2**30, 2**30],
+            "max_rss_bytes": [0.5 * 2**30, None],
+            "submit_time": ["x"] * 2,
+            "start_time": ["x", ""],
+            "end_time": ["x", ""],
+            "workdir": ["/w"] * 2,
+        }
+    )
     out = joblist.with_efficiency(history)
     assert out["cpu_efficiency"].tolist()[0] == 50.0 and np.isnan(out["cpu_efficiency"].tolist()[1])
     assert out["memory_efficiency"].tolist()[0] == 25.0
@@ -127,13 +161,19 @@ def test_efficiency_from_accounting():
 
 
 def test_timeline_figure():
-    info = {"submit_time": "2026-01-01T10:00:00", "start_time": "2026-01-01T10:01:00", "end_time": "2026-01-01T10:11:00"}
+    info = {
+        "submit_time": "2026-01-01T10:00:00",
+        "start_time": "2026-01-01T10:01:00",
+        "end_time": "2026-01-01T10:11:00",
+    }
     figure = joblist.timeline_figure(info)
     names = [trace.name for trace in figure.data]
     assert names == ["queued", "ran"]
     assert figure.data[1].x[0] == 600_000  # ten minutes in milliseconds
     assert joblist.timeline_figure({"submit_time": ""}) is None
-    pending = joblist.timeline_figure({"submit_time": "2026-01-01T10:00:00", "start_time": "", "end_time": ""})
+    pending = joblist.timeline_figure(
+        {"submit_time": "2026-01-01T10:00:00", "start_time": "", "end_time": ""}
+    )
     assert [t.name for t in pending.data] == ["queued"]
 
 
@@ -147,17 +187,39 @@ def test_tail_reads_the_end_of_growing_and_binary_logs(tmp_path):
 
 def test_read_metrics_tolerates_a_line_being_written(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    lines = [json.dumps({"step": s, "loss": 1 / s, "dice": {"1": 0.5, "2": s / 10}, "lr": 1e-3, "split": "train"})
-             for s in range(1, 6)]
-    lines += [json.dumps({"step": 5, "val_loss": 0.3, "dice": {"1": 0.6, "2": 0.4}, "split": "val"}), "[1, 2]"]
+    lines = [
+        json.dumps(
+            {
+                "step": s,
+                "loss": 1 / s,
+                "dice": {"1": 0.5, "2": s / 10},
+                "lr": 1e-3,
+                "split": "train",
+            }
+        )
+        for s in range(1, 6)
+    ]
+    lines += [
+        json.dumps({"step": 5, "val_loss": 0.3, "dice": {"1": 0.6, "2": 0.4}, "split": "val"}),
+        "[1, 2]",
+    ]
     path.write_text("\n".join(lines) + '\n{"step": 6, "loss": 0.1')  # last line still being written
     table = metrics.read_metrics(path)
     assert len(table) == 6 and table["step"].max() == 5
     assert {"dice.1", "dice.2", "loss", "val_loss", "lr"} <= set(table.columns)
     groups = metrics.metric_groups(table)
-    assert groups["loss"] == ["loss", "val_loss"] and groups["dice"] == ["dice.1", "dice.2"] and groups["lr"] == ["lr"]
+    assert (
+        groups["loss"] == ["loss", "val_loss"]
+        and groups["dice"] == ["dice.1", "dice.2"]
+        and groups["lr"] == ["lr"]
+    )
     figure = metrics.metric_figure(table, groups["dice"], "dice")
-    assert {t.name for t in figure.data} == {"dice.1 (train)", "dice.2 (train)", "dice.1 (val)", "dice.2 (val)"}
+    assert {t.name for t in figure.data} == {
+        "dice.1 (train)",
+        "dice.2 (train)",
+        "dice.1 (val)",
+        "dice.2 (val)",
+    }
     assert list(figure.data[-1].y) == [0.4]
 
 
@@ -208,8 +270,12 @@ def test_roles_from_file_names(tmp_path):
     found = volumes.find_volumes(tmp_path)
     assert [p.name for p in found] == ["entropy.h5", "prediction.nii.gz", "scan.tif", "scan_gt.tif"]
     roles = volumes.assign_roles(found)
-    assert (roles["image"].name, roles["labels"].name, roles["uncertainty"].name, roles["ground_truth"].name) == (
-        "scan.tif", "prediction.nii.gz", "entropy.h5", "scan_gt.tif")
+    assert (
+        roles["image"].name,
+        roles["labels"].name,
+        roles["uncertainty"].name,
+        roles["ground_truth"].name,
+    ) == ("scan.tif", "prediction.nii.gz", "entropy.h5", "scan_gt.tif")
 
 
 # ----------------------------------------------------------------------------- forms
@@ -218,7 +284,9 @@ def test_widget_specs_from_a_real_form(tmp_path):
 
     folder = tmp_path / "demo"
     folder.mkdir()
-    (folder / "script.sh.j2").write_text("#!/bin/bash\n#SBATCH --job-name={{ job_name }}\necho hi\n")
+    (folder / "script.sh.j2").write_text(
+        "#!/bin/bash\n#SBATCH --job-name={{ job_name }}\necho hi\n"
+    )
     (folder / "form.yml").write_text("""
 title: Demo
 description: test
@@ -235,7 +303,10 @@ parameters:
     template = load_template(folder)
     partitions = pd.DataFrame({"partition": ["debug", "gpu"]})
     nodes = pd.DataFrame({"gpus_total": [0, 4]})
-    specs = {name: forms.widget_spec(p, p.default, partitions, nodes) for name, p in template.parameters.items()}
+    specs = {
+        name: forms.widget_spec(p, p.default, partitions, nodes)
+        for name, p in template.parameters.items()
+    }
     assert specs["cpus"].kind == "int" and specs["cpus"].value == 2
     assert specs["partition"].options == ["", "debug", "gpu"]
     assert specs["gpus"].options == [0, 1, 2, 3, 4]
@@ -262,7 +333,9 @@ def test_pairs_and_datasets(tmp_path):
     write_volume(runs / "seg.tif", image)
     found = compare.find_datasets(tmp_path)
     assert [(d.name, d.image.name, d.truth.name) for d in found] == [
-        ("datasets/a/other", "other.tif", "other_labels.tif"), ("datasets/a/scan", "scan.tif", "scan_gt.tif")]
+        ("datasets/a/other", "other.tif", "other_labels.tif"),
+        ("datasets/a/scan", "scan.tif", "scan_gt.tif"),
+    ]
     assert found[0].class_names == ["bg", "fg"]
 
 
@@ -274,9 +347,14 @@ def test_method_commands_run_and_give_a_score_table(tmp_path):
     assert method.name == "multi-otsu-c5-s1"
     run_dir = compare.new_run_dir(tmp_path, dataset)
     args = compare.method_args(method, dataset, run_dir)
-    assert args[:2] == ["segment", "classical"] and "--ground-truth" in args and args[-4:] == [
-        "background", "bone", "residual implant", "degradation layer"]
-    bad = compare.Method("classical", "broken", {"method": "multi-otsu", "classes": 5, "label_order": "0,1"})
+    assert (
+        args[:2] == ["segment", "classical"]
+        and "--ground-truth" in args
+        and args[-4:] == ["background", "bone", "residual implant", "degradation layer"]
+    )
+    bad = compare.Method(
+        "classical", "broken", {"method": "multi-otsu", "classes": 5, "label_order": "0,1"}
+    )
     compare.save_run_plan(run_dir, dataset, [method, bad], "here")
     started = []
     scripts = {m.name: compare.write_method_script(m, dataset, run_dir) for m in (method, bad)}
@@ -285,7 +363,9 @@ def test_method_commands_run_and_give_a_score_table(tmp_path):
     assert started == ["multi-otsu-c5-s1", "broken"]
     assert list(errors) == ["broken"] and "label order" in errors["broken"]
     plan, reports = compare.read_run(run_dir)
-    assert plan["methods"] == ["multi-otsu-c5-s1", "broken"] and [r["name"] for r in reports] == ["multi-otsu-c5-s1"]
+    assert plan["methods"] == ["multi-otsu-c5-s1", "broken"] and [r["name"] for r in reports] == [
+        "multi-otsu-c5-s1"
+    ]
     table = compare.score_table(reports)
     assert table["label"].tolist() == [1, 2, 3]
     assert table["class"].tolist() == ["bone", "residual implant", "degradation layer"]
@@ -300,19 +380,31 @@ def dashboard_args(**overrides):
 
 
 def test_dashboard_command_line():
-    command = build_command(dashboard_args(base_url_path="/user/x/dashboard/", streamlit_options=["--theme.base", "dark"]),
-                            8600)
+    command = build_command(
+        dashboard_args(
+            base_url_path="/user/x/dashboard/", streamlit_options=["--theme.base", "dark"]
+        ),
+        8600,
+    )
     assert command[1:4] == ["-m", "streamlit", "run"] and command[4].endswith("dashboard/app.py")
     options = dict(zip(command[5::2], command[6::2]))
     assert options["--server.baseUrlPath"] == "/user/x/dashboard"
-    assert options["--server.enableXsrfProtection"] == "true" and options["--server.headless"] == "true"
+    assert (
+        options["--server.enableXsrfProtection"] == "true"
+        and options["--server.headless"] == "true"
+    )
     assert options["--server.port"] == "8600" and options["--server.address"] == "127.0.0.1"
     assert command[-2:] == ["--theme.base", "dark"]
     sock = build_command(dashboard_args(socket="dash.sock"), 8501)
     assert sock[1:5] == ["-m", "uvicorn", "--uds", os.path.abspath("dash.sock")]
     assert sock[-1] == "unified_framework.hub.dashboard_asgi:app"
-    for bad in ({"base_url_path": "user/x"}, {"base_url_path": "/a b"}, {"socket": "s", "address": "0.0.0.0"},
-                {"socket": "s", "base_url_path": "/x"}, {"address": "unix:///tmp/s"}):
+    for bad in (
+        {"base_url_path": "user/x"},
+        {"base_url_path": "/a b"},
+        {"socket": "s", "address": "0.0.0.0"},
+        {"socket": "s", "base_url_path": "/x"},
+        {"address": "unix:///tmp/s"},
+    ):
         with pytest.raises(InputError):
             build_command(dashboard_args(**bad), 8501)
     with pytest.raises(InputError, match="port"):
@@ -328,7 +420,9 @@ def test_composer_errors_go_to_the_field_the_error_names(tmp_path):
 
     folder = tmp_path / "demo"
     folder.mkdir()
-    (folder / "script.sh.j2").write_text("#!/bin/bash\n#SBATCH --job-name={{ job_name }}\necho {{ partition }}\n")
+    (folder / "script.sh.j2").write_text(
+        "#!/bin/bash\n#SBATCH --job-name={{ job_name }}\necho {{ partition }}\n"
+    )
     (folder / "form.yml").write_text("""
 parameters:
   job_name: {type: name, default: demo, help: Name.}
@@ -341,9 +435,13 @@ parameters:
     node = SEP.join(["n1", "debug*", "idle", "8", "0/8/0/8", "32000", "30000", "(null)", "(null)"])
     partitions, _ = parse_sinfo(SEP.join(["debug*", "up", "1:00:00", "10:00"]), node)
     cluster = ClusterLimits({p.name: p for p in partitions})
-    errors = forms.field_errors(template, {"queue": "nosuch", "mem": "9X"}, cwd=str(tmp_path), cluster=cluster)
+    errors = forms.field_errors(
+        template, {"queue": "nosuch", "mem": "9X"}, cwd=str(tmp_path), cluster=cluster
+    )
     assert errors == {
         "mem": "mem: '9X' is not a memory size; use e.g. 500M, 4G, 1T",
         "queue": "partition 'nosuch' does not exist here; available: debug",
     }
-    assert forms.field_errors(template, {"colour": "red"}, cwd=str(tmp_path))[""].startswith("unknown parameter")
+    assert forms.field_errors(template, {"colour": "red"}, cwd=str(tmp_path))[""].startswith(
+        "unknown parameter"
+    )

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import streamlit as st
+from conftest_slurm import slurm_cluster  # noqa: F401 - fixture: the start page (Resources) asks the cluster
 from streamlit.testing.v1 import AppTest
 
-from conftest_slurm import slurm_cluster  # noqa: F401 - fixture: the start page (Resources) asks the cluster
 from unified_framework.cli.main import main
 from unified_framework.histology import normal_from_angles
 
@@ -26,12 +26,47 @@ def match_home(tmp_path_factory) -> Path:
     """An MDLMA home with one real match result (48^3 phantom, narrow cone: about 15 s)."""
     home = tmp_path_factory.mktemp("home")
     work = home / "histology"
-    assert main(["sample", "section", str(work / "section.tif"), "--volume", str(work / "phantom.zarr"), "--truth", str(work / "truth.json"),
-                 "--shape", "48", "48", "48", "--seed", "7"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "section",
+                str(work / "section.tif"),
+                "--volume",
+                str(work / "phantom.zarr"),
+                "--truth",
+                str(work / "truth.json"),
+                "--shape",
+                "48",
+                "48",
+                "48",
+                "--seed",
+                "7",
+            ]
+        )
+        == 0
+    )
     truth = json.loads((work / "truth.json").read_text())
     axis = normal_from_angles(truth["tilt_deg"] + 4, truth["azimuth_deg"])
-    assert main(["histology", "match", str(work / "phantom.zarr"), str(work / "section.tif"), "--axis", *map(str, axis), "--cone", "8",
-                 "--candidates", "2", "--out", str(work / "match")]) == 0
+    assert (
+        main(
+            [
+                "histology",
+                "match",
+                str(work / "phantom.zarr"),
+                str(work / "section.tif"),
+                "--axis",
+                *map(str, axis),
+                "--cone",
+                "8",
+                "--candidates",
+                "2",
+                "--out",
+                str(work / "match"),
+            ]
+        )
+        == 0
+    )
     return home
 
 
@@ -50,10 +85,15 @@ def test_page_shows_match_overlay_landscape_and_candidates(match_home, monkeypat
     assert app.selectbox(key="histology_match").value == "histology/match"
     caption = " ".join(str(c.value) for c in app.caption)
     assert "tilt" in caption and "NMI" in caption
-    titles = [json.loads(c.proto.spec)["layout"].get("title", {}).get("text") for c in app.get("plotly_chart")]
+    titles = [
+        json.loads(c.proto.spec)["layout"].get("title", {}).get("text")
+        for c in app.get("plotly_chart")
+    ]
     assert "score over tilts" in titles and "score over offsets" in titles
     table = app.dataframe[0].value
-    assert list(table["rank"]) == [1, 2] and table["score_nmi"].iloc[0] >= table["score_nmi"].iloc[1]
+    assert (
+        list(table["rank"]) == [1, 2] and table["score_nmi"].iloc[0] >= table["score_nmi"].iloc[1]
+    )
     app.slider(key="histology_alpha").set_value(1.0).run()
     assert not app.exception
     app.radio(key="histology_overlay").set_value("checkerboard").run()

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
-from streamlit.testing.v1 import AppTest
-
 from conftest_slurm import slurm_cluster, slurm_test_user, wait_for  # noqa: F401 - fixtures
 from dashboard_result_job import RESULT_SCRIPT
+from streamlit.testing.v1 import AppTest
+
 from unified_framework import hpc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,8 +82,18 @@ def cancel_unfinished(job_id: str) -> None:
 
 def submit_held_array(home: Path, tasks: int, name: str) -> str:
     script = write_script(home, "print('never runs')\n", "held.py")
-    record = hpc.submit("python-script", {"job_name": name, "workdir": str(home), "script": str(script),
-                                          "array": f"0-{tasks - 1}", "time": "00:01:00", "mem": "100M"}, hold=True)
+    record = hpc.submit(
+        "python-script",
+        {
+            "job_name": name,
+            "workdir": str(home),
+            "script": str(script),
+            "array": f"0-{tasks - 1}",
+            "time": "00:01:00",
+            "mem": "100M",
+        },
+        hold=True,
+    )
     return record.job_ids[0]
 
 
@@ -139,7 +149,9 @@ def test_jobs_filter_search_and_cancel_with_confirmation(home):
 
         # nothing selected: cancelling is not offered
         assert app.button(key="jobs_cancel").disabled
-        app.session_state["jobs_queue_table"] = {"selection": {"rows": [0, 1], "columns": [], "cells": []}}
+        app.session_state["jobs_queue_table"] = {
+            "selection": {"rows": [0, 1], "columns": [], "cells": []}
+        }
         app.run()
         assert app.button(key="jobs_cancel").label == "Cancel selected (2)"
         app.button(key="jobs_cancel").click().run()
@@ -147,7 +159,9 @@ def test_jobs_filter_search_and_cancel_with_confirmation(home):
         app.button(key="jobs_cancel_abort").click().run()  # "Keep them"
         assert not hpc.status([f"{array_id}_0"])[0].finished
 
-        app.session_state["jobs_queue_table"] = {"selection": {"rows": [0, 1], "columns": [], "cells": []}}
+        app.session_state["jobs_queue_table"] = {
+            "selection": {"rows": [0, 1], "columns": [], "cells": []}
+        }
         app.run()
         app.button(key="jobs_cancel").click().run()
         app.button(key="jobs_cancel_confirm").click().run()
@@ -155,7 +169,9 @@ def test_jobs_filter_search_and_cancel_with_confirmation(home):
         assert any("Cancelled 2 job(s)" in s for s in texts(app.success))
         # cancelled tasks that never ran leave the queue; the others stay held
         states = {j.job_id: j.state for j in hpc.status([array_id])}
-        assert sorted(states) == [f"{array_id}_{i}" for i in range(2, 6)] and set(states.values()) == {"PENDING"}
+        assert sorted(states) == [f"{array_id}_{i}" for i in range(2, 6)] and set(
+            states.values()
+        ) == {"PENDING"}
         app.run()
         assert sorted(app.dataframe(key="jobs_queue_table").value["job"]) == sorted(states)
     finally:
@@ -164,28 +180,46 @@ def test_jobs_filter_search_and_cancel_with_confirmation(home):
 
 def test_jobs_search_is_plain_text_and_history_has_efficiency(home):
     # busy for 3 s so that accounting samples its CPU time and memory (every second here)
-    script = write_script(home, "import time\nstart = time.time()\nwhile time.time() - start < 3:\n    pass\n")
-    record = hpc.submit("python-script", {"job_name": "dash-eff", "workdir": str(home), "script": str(script),
-                                          "time": "00:02:00", "mem": "200M"})
+    script = write_script(
+        home, "import time\nstart = time.time()\nwhile time.time() - start < 3:\n    pass\n"
+    )
+    record = hpc.submit(
+        "python-script",
+        {
+            "job_name": "dash-eff",
+            "workdir": str(home),
+            "script": str(script),
+            "time": "00:02:00",
+            "mem": "200M",
+        },
+    )
     job_id = record.job_ids[0]
     try:
-        wait_for(lambda: (s := hpc.history([job_id])) and s[0].state == "COMPLETED" and s[0].max_rss_mb,
-                 timeout=JOB_WAIT_S, what=f"job {job_id} to complete with accounting data")
+        wait_for(
+            lambda: (s := hpc.history([job_id])) and s[0].state == "COMPLETED" and s[0].max_rss_mb,
+            timeout=JOB_WAIT_S,
+            what=f"job {job_id} to complete with accounting data",
+        )
     finally:
         cancel_unfinished(job_id)
     # The page asks for a time window (sacct --starttime), not for the job id: wait until
     # that query lists the job too, so that a failure below is the page's, not accounting's.
     from components import cluster
 
-    wait_for(lambda: job_id in set(cluster.history(hpc.current_user(), 7)["job_id"]), timeout=60,
-             what=f"job {job_id} in the 7-day accounting window")
+    wait_for(
+        lambda: job_id in set(cluster.history(hpc.current_user(), 7)["job_id"]),
+        timeout=60,
+        what=f"job {job_id} in the 7-day accounting window",
+    )
     app = open_page("jobs")
     app.text_input(key="jobs_search").set_value("[(*").run()  # not a regular expression
     assert_clean(app)
     assert app.dataframe(key="jobs_queue_table").value.empty
     app.text_input(key="jobs_search").set_value(job_id).run()
     history = app.dataframe(key="jobs_history_table").value
-    assert (history["job"] == job_id).any(), f"job {job_id} not in the history table:\n{history.to_string()}"
+    assert (history["job"] == job_id).any(), (
+        f"job {job_id} not in the history table:\n{history.to_string()}"
+    )
     row = history[history["job"] == job_id].iloc[0]
     assert row["state"] == "COMPLETED" and row["CPUs"] == 1
     assert 0 < row["CPU eff. %"] <= 100 and row["mem. eff. %"] > 0
@@ -194,8 +228,16 @@ def test_jobs_search_is_plain_text_and_history_has_efficiency(home):
 def test_jobs_are_owner_only_unless_all_users_is_on(home, slurm_test_user):  # noqa: F811
     name = f"other-{uuid.uuid4().hex[:6]}"
     job_id = subprocess.run(
-        ["su", slurm_test_user, "-c", f"sbatch --parsable --hold --job-name={name} --chdir=/tmp --wrap 'sleep 1'"],
-        capture_output=True, text=True, check=True).stdout.strip()
+        [
+            "su",
+            slurm_test_user,
+            "-c",
+            f"sbatch --parsable --hold --job-name={name} --chdir=/tmp --wrap 'sleep 1'",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     try:
         app = open_page("jobs")
         app.text_input(key="jobs_search").set_value(name).run()
@@ -203,7 +245,9 @@ def test_jobs_are_owner_only_unless_all_users_is_on(home, slurm_test_user):  # n
         app.toggle(key="jobs_all_users").set_value(True).run()
         table = app.dataframe(key="jobs_queue_table").value
         assert table["job"].tolist() == [job_id] and table["user"].tolist() == [slurm_test_user]
-        app.session_state["jobs_queue_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+        app.session_state["jobs_queue_table"] = {
+            "selection": {"rows": [0], "columns": [], "cells": []}
+        }
         app.run()
         assert app.button(key="jobs_cancel").disabled  # someone else's job
         # and the viewer does not open it either
@@ -236,8 +280,12 @@ def test_composer_explains_invalid_values_and_never_submits_them(home):
     app.number_input(key="composer_python-script_cpus").set_value(999)
     app.run()
     errors = texts(app.error)
-    for expected in ("job_name", "time: 99-00:00:00 is above the maximum", "mem: 'lots' is not a memory size",
-                     "cpus"):
+    for expected in (
+        "job_name",
+        "time: 99-00:00:00 is above the maximum",
+        "mem: 'lots' is not a memory size",
+        "cpus",
+    ):
         assert any(e.startswith(expected) for e in errors), (expected, errors)
     assert app.button(key="composer_submit").disabled
     assert not app.code  # no script preview for invalid values
@@ -293,15 +341,28 @@ def test_composer_shows_locked_fields_read_only(home):
 # ----------------------------------------------------------------------------- viewer
 def run_result_job(home: Path) -> str:
     script = write_script(home, RESULT_SCRIPT)
-    record = hpc.submit("python-script", {"job_name": "dash-result", "workdir": str(home), "script": str(script),
-                                          "time": "00:05:00", "mem": "1G"})
+    record = hpc.submit(
+        "python-script",
+        {
+            "job_name": "dash-result",
+            "workdir": str(home),
+            "script": str(script),
+            "time": "00:05:00",
+            "mem": "1G",
+        },
+    )
     job_id = record.job_ids[0]
     try:
-        wait_for(lambda: hpc.status([job_id])[0].state in hpc.FINISHED_STATES, timeout=JOB_WAIT_S,
-                 what=f"job {job_id}")
+        wait_for(
+            lambda: hpc.status([job_id])[0].state in hpc.FINISHED_STATES,
+            timeout=JOB_WAIT_S,
+            what=f"job {job_id}",
+        )
     finally:
         cancel_unfinished(job_id)
-    assert hpc.status([job_id])[0].state == "COMPLETED", [p.read_text() for p in home.rglob("slurm-*.out")]
+    assert hpc.status([job_id])[0].state == "COMPLETED", [
+        p.read_text() for p in home.rglob("slurm-*.out")
+    ]
     return job_id
 
 
@@ -316,23 +377,45 @@ def test_viewer_shows_log_metrics_volumes_and_scores(home):
     assert Path(app.selectbox(key="viewer_role_labels").value).name == "prediction.tif"
     assert Path(app.selectbox(key="viewer_role_uncertainty").value).name == "prediction_entropy.tif"
     assert Path(app.selectbox(key="viewer_role_ground_truth").value).name == "scan_gt.tif"
-    titles = [json.loads(c.proto.spec)["layout"].get("title", {}).get("text") for c in app.get("plotly_chart")]
-    assert {"loss", "dice", "marker_fraction", "z = 16", "uncertainty z = 16 (prediction_entropy.tif)"} <= set(titles)
+    titles = [
+        json.loads(c.proto.spec)["layout"].get("title", {}).get("text")
+        for c in app.get("plotly_chart")
+    ]
+    assert {
+        "loss",
+        "dice",
+        "marker_fraction",
+        "z = 16",
+        "uncertainty z = 16 (prediction_entropy.tif)",
+    } <= set(titles)
     scores = table_with(app, "label", "dice", "hd95")
-    assert scores["label"].tolist() == [1, 2, 3] and scores.loc[scores["label"] == 2, "dice"].iloc[0] > 0.8
+    assert (
+        scores["label"].tolist() == [1, 2, 3]
+        and scores.loc[scores["label"] == 2, "dice"].iloc[0] > 0.8
+    )
     # class toggles and axis switch
     app.pills(key="viewer_classes").set_value([2]).run()
     app.segmented_control(key="viewer_axis").set_value(2).run()
     app.slider(key="viewer_slice_2").set_value(5).run()
-    titles = [json.loads(c.proto.spec)["layout"].get("title", {}).get("text") for c in app.get("plotly_chart")]
+    titles = [
+        json.loads(c.proto.spec)["layout"].get("title", {}).get("text")
+        for c in app.get("plotly_chart")
+    ]
     assert "x = 5" in titles and "z = 16" not in titles
     app.segmented_control(key="viewer_layout").set_value("three").run()
-    titles = [json.loads(c.proto.spec)["layout"].get("title", {}).get("text") for c in app.get("plotly_chart")]
-    assert {"z = 16", "y = 32", "x = 32", "uncertainty x = 32 (prediction_entropy.tif)"} <= set(titles)
+    titles = [
+        json.loads(c.proto.spec)["layout"].get("title", {}).get("text")
+        for c in app.get("plotly_chart")
+    ]
+    assert {"z = 16", "y = 32", "x = 32", "uncertainty x = 32 (prediction_entropy.tif)"} <= set(
+        titles
+    )
     app.toggle(key="viewer_3d").set_value(True).run()
     assert_clean(app)
     figure = json.loads(app.get("plotly_chart")[-1].proto.spec)
-    assert [t["name"] for t in figure["data"]] == ["residual implant"] and figure["data"][0]["type"] == "scatter3d"
+    assert [t["name"] for t in figure["data"]] == ["residual implant"] and figure["data"][0][
+        "type"
+    ] == "scatter3d"
 
 
 def test_viewer_refuses_paths_outside_the_job_roots(home, tmp_path):
@@ -340,7 +423,9 @@ def test_viewer_refuses_paths_outside_the_job_roots(home, tmp_path):
     outside.mkdir()
     (outside / "secret.tif").write_bytes(b"")
     (home / "escape").symlink_to(outside)
-    from components.cluster import recorded_workdirs  # precondition: no earlier job ran above tmp_path
+    from components.cluster import (
+        recorded_workdirs,
+    )  # precondition: no earlier job ran above tmp_path
 
     assert not any(outside.is_relative_to(root) for root in recorded_workdirs(hpc.current_user()))
     app = open_page("viewer")
@@ -348,7 +433,9 @@ def test_viewer_refuses_paths_outside_the_job_roots(home, tmp_path):
     for hostile in (f"{home}/../outside", f"{home}/escape", "/etc", "relative/path"):
         app.text_input(key="viewer_folder").set_value(hostile).run()
         assert_clean(app)
-        assert any("outside your job folders" in e or "absolute path" in e for e in texts(app.error)), hostile
+        assert any(
+            "outside your job folders" in e or "absolute path" in e for e in texts(app.error)
+        ), hostile
         assert not app.tabs
     app.text_input(key="viewer_folder").set_value(str(home)).run()
     assert not app.error and app.tabs
@@ -388,19 +475,27 @@ def test_compare_runs_locally_and_scores(home):
     assert set(table["class"]) == {"bone", "residual implant", "degradation layer"}
     implant = table[table["class"] == "residual implant"]
     assert (implant["dice"] > 0.8).all() and (table["time_s"] > 0).all()
-    titles = [json.loads(c.proto.spec)["layout"].get("title", {}).get("text") for c in app.get("plotly_chart")]
+    titles = [
+        json.loads(c.proto.spec)["layout"].get("title", {}).get("text")
+        for c in app.get("plotly_chart")
+    ]
     assert "ground truth" in titles and "watershed-c5-s1" in titles and "Dice per class" in titles
 
 
 def test_compare_rejects_bad_settings(home):
     app = make_dataset(open_page("compare"))
     app.text_input(key="compare_order").set_value("0,0,x").run()
-    assert any("Label order" in e for e in texts(app.error)) and app.button(key="compare_run").disabled
+    assert (
+        any("Label order" in e for e in texts(app.error)) and app.button(key="compare_run").disabled
+    )
     app.text_input(key="compare_order").set_value("0,1").run()
     assert any("2 class numbers given, but 5" in e for e in texts(app.error))
     app.text_input(key="compare_order").set_value("truth").run()
     app.multiselect(key="compare_classical").set_value([]).run()
-    assert any("at least one method" in e for e in texts(app.error)) and app.button(key="compare_run").disabled
+    assert (
+        any("at least one method" in e for e in texts(app.error))
+        and app.button(key="compare_run").disabled
+    )
 
 
 def test_compare_runs_as_slurm_jobs(home):
@@ -415,8 +510,11 @@ def test_compare_runs_as_slurm_jobs(home):
     job_id = plan["jobs"]["watershed-c5-s1"]
     assert plan["where"] == "cluster" and hpc.load_record(next((run_dir / ".mdlma-jobs").iterdir()))
     try:
-        wait_for(lambda: hpc.status([job_id])[0].state in hpc.FINISHED_STATES, timeout=JOB_WAIT_S,
-                 what=f"job {job_id}")
+        wait_for(
+            lambda: hpc.status([job_id])[0].state in hpc.FINISHED_STATES,
+            timeout=JOB_WAIT_S,
+            what=f"job {job_id}",
+        )
     finally:
         cancel_unfinished(job_id)
     app.button(key="compare_refresh").click().run()

@@ -47,7 +47,11 @@ def test_registers_a_phantom_pair_and_shows_slices_jacobian_and_quality(home):
     app.number_input(key="registration_side").set_value(32)
     app.button(key="registration_create").click().run()
     assert_clean(app)
-    (table,) = [frame.value for frame in app.dataframe if list(frame.value.columns) == ["figure", "before", "after"]]
+    (table,) = [
+        frame.value
+        for frame in app.dataframe
+        if list(frame.value.columns) == ["figure", "before", "after"]
+    ]
     dice = table[table["figure"] == "mean Dice"].iloc[0]
     assert float(dice["after"]) > float(dice["before"])
     keys = {chart.proto.id for chart in app.get("plotly_chart")}

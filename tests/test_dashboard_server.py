@@ -37,8 +37,13 @@ def get(connect, path: str) -> http.client.HTTPResponse:
 def serve(args: list[str], tmp_path: Path, connect, health: str, timeout: float = 90):
     env = {**os.environ, "MDLMA_HOME": str(tmp_path / "home")}
     log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "unified_framework", "dashboard", *args], env=env, stdout=log,
-                              stderr=subprocess.STDOUT, cwd=tmp_path)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "unified_framework", "dashboard", *args],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -63,14 +68,23 @@ def test_tcp_under_a_url_prefix_with_xsrf(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     connect = lambda: http.client.HTTPConnection("127.0.0.1", port, timeout=5)  # noqa: E731
-    server = serve(["--port", str(port), "--base-url-path", PREFIX], tmp_path, connect, f"{PREFIX}/_stcore/health")
+    server = serve(
+        ["--port", str(port), "--base-url-path", PREFIX],
+        tmp_path,
+        connect,
+        f"{PREFIX}/_stcore/health",
+    )
     try:
         assert get(connect, "/_stcore/health").status == 404  # nothing outside the prefix
         page = get(connect, f"{PREFIX}/")
-        assert page.status == 200 and b"<div id=\"root\">" in page.read()
+        assert page.status == 200 and b'<div id="root">' in page.read()
         # XSRF protection on: the health answer hands out the token cookie the frontend echoes
-        assert "_streamlit_xsrf=" in (get(connect, f"{PREFIX}/_stcore/health").getheader("Set-Cookie") or "")
-        assert get(connect, f"{PREFIX}/viewer").status == 200  # pages are client-side routes under the prefix
+        assert "_streamlit_xsrf=" in (
+            get(connect, f"{PREFIX}/_stcore/health").getheader("Set-Cookie") or ""
+        )
+        assert (
+            get(connect, f"{PREFIX}/viewer").status == 200
+        )  # pages are client-side routes under the prefix
     finally:
         stop(server)
 
@@ -81,14 +95,17 @@ def test_unix_socket_at_the_root(tmp_path):
     server = serve(["--socket", path], tmp_path, connect, "/_stcore/health")
     try:
         page = get(connect, "/")
-        assert page.status == 200 and b"<div id=\"root\">" in page.read()
+        assert page.status == 200 and b'<div id="root">' in page.read()
         assert "_streamlit_xsrf=" in (get(connect, "/_stcore/health").getheader("Set-Cookie") or "")
     finally:
         stop(server)
 
 
 def test_bad_options_are_one_line_errors(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "unified_framework", "dashboard", "--address", "unix:///tmp/s"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "unified_framework", "dashboard", "--address", "unix:///tmp/s"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and done.stderr.strip().startswith("mdlma: error: --address")
     assert len(done.stderr.strip().splitlines()) == 1

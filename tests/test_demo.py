@@ -22,13 +22,23 @@ pytestmark = [pytest.mark.lmod, pytest.mark.slow]
 
 def test_demo_segments_the_held_out_phantom(tmp_path, lmod_init, prefix):
     out = tmp_path / "demo"
-    run = subprocess.run(["bash", str(REPO / "scripts" / "demo"), str(out)], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=900, env={**os.environ, "MDLMA_HOME": str(tmp_path / "home")})
+    run = subprocess.run(
+        ["bash", str(REPO / "scripts" / "demo"), str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "MDLMA_HOME": str(tmp_path / "home")},
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "== done" in run.stdout
 
     sun = {row["name"]: row for row in json.loads((out / "sun_scores.json").read_text())["rows"]}
-    assert sun["bone"]["dice"] > 0.85 and sun["implant"]["dice"] > 0.85 and sun["degradation"]["dice"] > 0.7
+    assert (
+        sun["bone"]["dice"] > 0.85
+        and sun["implant"]["dice"] > 0.85
+        and sun["degradation"]["dice"] > 0.7
+    )
     otsu = json.loads((out / "otsu_report.json").read_text())
     assert {row["label"] for row in otsu["scores"]} == {1, 2, 3}
     # The baseline cannot tell the degradation layer from bone by grey value: SUN can.
@@ -40,4 +50,6 @@ def test_demo_segments_the_held_out_phantom(tmp_path, lmod_init, prefix):
     assert labels.data.shape == entropy.data.shape == (64, 64, 64)
     assert labels.spacing == (5.0, 5.0, 5.0)
     metrics = [json.loads(line) for line in (out / "sun.pt.metrics.jsonl").read_text().splitlines()]
-    assert max(line["step"] for line in metrics) == 300 and any(line["phase"] == "val" for line in metrics)
+    assert max(line["step"] for line in metrics) == 300 and any(
+        line["phase"] == "val" for line in metrics
+    )

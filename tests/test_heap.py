@@ -32,7 +32,9 @@ def test_freed_buffers_are_reused_inside_the_block():
         assert active
         _faults_of_repeated_buffers(1)  # the first allocation maps the pages
         inside = _faults_of_repeated_buffers()
-    assert outside >= 8 * BLOCK // (2 * 2**20)  # every round faults its pages in afresh (at least once per 2 MiB huge page)
+    assert outside >= 8 * BLOCK // (
+        2 * 2**20
+    )  # every round faults its pages in afresh (at least once per 2 MiB huge page)
     assert inside < outside / 8
 
 

@@ -12,7 +12,13 @@ import tifffile
 
 from unified_framework.cli.main import main
 from unified_framework.errors import InputError
-from unified_framework.histology import Plane, angle_between, normal_from_angles, virtual_section, virtual_stack
+from unified_framework.histology import (
+    Plane,
+    angle_between,
+    normal_from_angles,
+    virtual_section,
+    virtual_stack,
+)
 from unified_framework.io import Volume, read_volume, write_volume
 
 
@@ -21,8 +27,12 @@ def _linear_volume() -> tuple[Volume, np.ndarray, float]:
     shape, spacing = (20, 24, 28), (3.0, 2.0, 1.5)
     a = math.radians(30)
     direction = np.array([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
-    vol = Volume(np.zeros(shape, np.float32), spacing, origin=(100.0, -20.0, 5.0), direction=direction)
-    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 4 - 1)
+    vol = Volume(
+        np.zeros(shape, np.float32), spacing, origin=(100.0, -20.0, 5.0), direction=direction
+    )
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(
+        -1, 4 - 1
+    )
     world = idx @ vol.affine[:3, :3].T + vol.affine[:3, 3]
     g, c = np.array([0.7, -0.3, 0.2]), 4.0
     vol.data[...] = (world @ g + c).reshape(shape)
@@ -54,7 +64,9 @@ def test_thickness_averages_the_slab_and_a_stack_steps_along_the_normal():
     thick = virtual_section(vol, Plane((5.0, 3.5, 3.5), (1, 0, 0)), 1.0, (8, 8), thickness=4.0)
     depths = (np.arange(8) + 0.5) / 8 * 4 - 2  # 8 samples per 4 µm: two per voxel
     assert np.allclose(thick.data, np.clip(5.0 + depths - 5, 0, 1).mean())
-    stack = virtual_stack(vol, Plane((5.5, 3.5, 3.5), (1, 0, 0)), 1.0, count=4, step=1.0, shape=(8, 8))
+    stack = virtual_stack(
+        vol, Plane((5.5, 3.5, 3.5), (1, 0, 0)), 1.0, count=4, step=1.0, shape=(8, 8)
+    )
     assert stack.shape == (4, 8, 8) and stack.spacing == (1.0, 1.0, 1.0)
     assert np.allclose(stack.data[:, 0, 0], [0, 0, 1, 1])
 
@@ -83,7 +95,9 @@ def test_only_chunks_near_the_plane_are_read():
     source = _CountingArray(rng.random((64, 64, 64), dtype=np.float32))
     lazy = Volume(da.from_array(source, chunks=16, asarray=False), (2.0, 2.0, 2.0))
     axial = virtual_section(lazy, Plane((80.0, 63.0, 63.0), (1, 0, 0)), 2.0, shape=(64, 64))
-    assert source.reads and {z for z, _, _ in source.reads} == {32}  # only the chunk layer holding z index 40
+    assert source.reads and {z for z, _, _ in source.reads} == {
+        32
+    }  # only the chunk layer holding z index 40
     assert np.allclose(axial.data, source.data[40], atol=1e-5)
 
     source.reads.clear()
@@ -108,20 +122,59 @@ def test_plane_and_sampling_refuse_bad_arguments():
     with pytest.raises(InputError, match="thickness"):
         virtual_section(vol, Plane((0, 0, 0), (1, 0, 0)), 1.0, thickness=-1)
     with pytest.raises(InputError, match="expected a grey 3D volume"):
-        virtual_section(Volume(np.zeros((4, 4, 3), np.uint8), axes="yxc"), Plane((0, 0, 0), (1, 0, 0)), 1.0)
+        virtual_section(
+            Volume(np.zeros((4, 4, 3), np.uint8), axes="yxc"), Plane((0, 0, 0), (1, 0, 0)), 1.0
+        )
 
 
 def test_sample_section_then_match_recovers_the_plane(tmp_path, capsys):
     """The whole workflow from the command line, with a cone prior to keep it fast."""
-    vol, sec, truth_path, out = tmp_path / "phantom.zarr", tmp_path / "section.tif", tmp_path / "truth.json", tmp_path / "match"
-    assert main(["sample", "section", str(sec), "--volume", str(vol), "--truth", str(truth_path), "--shape", "48", "48", "48", "--seed", "7"]) == 0
+    vol, sec, truth_path, out = (
+        tmp_path / "phantom.zarr",
+        tmp_path / "section.tif",
+        tmp_path / "truth.json",
+        tmp_path / "match",
+    )
+    assert (
+        main(
+            [
+                "sample",
+                "section",
+                str(sec),
+                "--volume",
+                str(vol),
+                "--truth",
+                str(truth_path),
+                "--shape",
+                "48",
+                "48",
+                "48",
+                "--seed",
+                "7",
+            ]
+        )
+        == 0
+    )
     section = read_volume(sec)
     assert section.axes == "yxc" and section.dtype == np.uint8 and section.spacing == (5.0, 5.0)
     truth = json.loads(truth_path.read_text())
     assert truth["tilt_deg"] <= 25
     # The prior: a cutting axis known to within 6 degrees, searched over a 12 degree cone.
     axis = normal_from_angles(truth["tilt_deg"] + 6, truth["azimuth_deg"])
-    argv = ["histology", "match", str(vol), str(sec), "--axis", *map(str, axis), "--cone", "12", "--candidates", "2", "--out", str(out)]
+    argv = [
+        "histology",
+        "match",
+        str(vol),
+        str(sec),
+        "--axis",
+        *map(str, axis),
+        "--cone",
+        "12",
+        "--candidates",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     report = json.loads((out / "match.json").read_text())
     best = report["best"]
@@ -129,18 +182,62 @@ def test_sample_section_then_match_recovers_the_plane(tmp_path, capsys):
     assert error < 3.0, (error, best, truth)
     assert abs(best["offset_um"] - truth["offset_um"]) <= 2 * 5.0
     assert abs(best["section_to_plane"]["scale"] - truth["section_to_plane"]["scale"]) < 0.1
-    assert report["candidates"] and best["landscape"]["nmi_by_offset"][5] == max(best["landscape"]["nmi_by_offset"])
+    assert report["candidates"] and best["landscape"]["nmi_by_offset"][5] == max(
+        best["landscape"]["nmi_by_offset"]
+    )
     assert read_volume(out / "section_on_virtual.tif").axes == "yxc"
-    assert read_volume(out / "virtual_section.tif").ndim == 2 and (out / "overlay.png").stat().st_size > 0
+    assert (
+        read_volume(out / "virtual_section.tif").ndim == 2
+        and (out / "overlay.png").stat().st_size > 0
+    )
 
 
 def test_histology_section_cli_writes_plane_and_stack(tmp_path, capsys):
     data = np.tile(np.arange(16, dtype=np.float32)[:, None, None], (1, 10, 10))
     write_volume(tmp_path / "v.zarr", data, spacing=(2.0, 2.0, 2.0))
-    assert main(["histology", "section", str(tmp_path / "v.zarr"), "--normal", "1", "0", "0", "--point", "10", "9", "9", "--out", str(tmp_path / "c.tif")]) == 0
+    assert (
+        main(
+            [
+                "histology",
+                "section",
+                str(tmp_path / "v.zarr"),
+                "--normal",
+                "1",
+                "0",
+                "0",
+                "--point",
+                "10",
+                "9",
+                "9",
+                "--out",
+                str(tmp_path / "c.tif"),
+            ]
+        )
+        == 0
+    )
     cut = read_volume(tmp_path / "c.tif")
     assert cut.spacing == (2.0, 2.0) and np.allclose(cut.data[1:-1, 1:-1], 5.0)
-    assert main(["histology", "section", str(tmp_path / "v.zarr"), "--angles", "0", "0", "--offset", "-4", "--count", "3", "--step", "2", "--out", str(tmp_path / "s.zarr")]) == 0
+    assert (
+        main(
+            [
+                "histology",
+                "section",
+                str(tmp_path / "v.zarr"),
+                "--angles",
+                "0",
+                "0",
+                "--offset",
+                "-4",
+                "--count",
+                "3",
+                "--step",
+                "2",
+                "--out",
+                str(tmp_path / "s.zarr"),
+            ]
+        )
+        == 0
+    )
     stack = read_volume(tmp_path / "s.zarr")
     assert stack.shape[0] == 3 and np.allclose(stack.data[:, 5, 5], [4.5, 5.5, 6.5])
 
@@ -157,27 +254,127 @@ def test_bad_inputs_give_one_line_and_write_nothing(tmp_path, capsys):
     from PIL import Image
 
     rng = np.random.default_rng(1)
-    tifffile.imwrite(tmp_path / "nosize.tif", rng.random((16, 16, 16), dtype=np.float32))  # no resolution tags
-    write_volume(tmp_path / "vol.zarr", rng.random((16, 16, 16), dtype=np.float32), spacing=(5.0, 5.0, 5.0))
+    tifffile.imwrite(
+        tmp_path / "nosize.tif", rng.random((16, 16, 16), dtype=np.float32)
+    )  # no resolution tags
+    write_volume(
+        tmp_path / "vol.zarr", rng.random((16, 16, 16), dtype=np.float32), spacing=(5.0, 5.0, 5.0)
+    )
     Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "nosize.png")
     big = Volume(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8), (50.0, 50.0), axes="yxc")
     write_volume(tmp_path / "big.tif", big)
-    nib.save(nib.Nifti1Image(rng.random((8, 8, 8, 2), dtype=np.float32), np.eye(4)), tmp_path / "4d.nii.gz")
+    nib.save(
+        nib.Nifti1Image(rng.random((8, 8, 8, 2), dtype=np.float32), np.eye(4)),
+        tmp_path / "4d.nii.gz",
+    )
     out = tmp_path / "out"
 
-    err = _error(capsys, ["histology", "match", str(tmp_path / "nosize.tif"), str(tmp_path / "big.tif"), "--out", str(out)])
+    err = _error(
+        capsys,
+        [
+            "histology",
+            "match",
+            str(tmp_path / "nosize.tif"),
+            str(tmp_path / "big.tif"),
+            "--out",
+            str(out),
+        ],
+    )
     assert "nosize.tif" in err and "voxel size" in err and "--voxel-size" in err
-    err = _error(capsys, ["histology", "match", str(tmp_path / "vol.zarr"), str(tmp_path / "nosize.png"), "--out", str(out)])
+    err = _error(
+        capsys,
+        [
+            "histology",
+            "match",
+            str(tmp_path / "vol.zarr"),
+            str(tmp_path / "nosize.png"),
+            "--out",
+            str(out),
+        ],
+    )
     assert "nosize.png" in err and "--pixel-size" in err
-    err = _error(capsys, ["histology", "match", str(tmp_path / "vol.zarr"), str(tmp_path / "big.tif"), "--axis", "1", "0", "0", "--out", str(out)])
+    err = _error(
+        capsys,
+        [
+            "histology",
+            "match",
+            str(tmp_path / "vol.zarr"),
+            str(tmp_path / "big.tif"),
+            "--axis",
+            "1",
+            "0",
+            "0",
+            "--out",
+            str(out),
+        ],
+    )
     assert "larger" in err or "longer than" in err
-    err = _error(capsys, ["histology", "match", str(tmp_path / "vol.zarr"), str(tmp_path / "big.tif"), "--axis", "1", "0", "0", "--cone", "-5", "--out", str(out)])
+    err = _error(
+        capsys,
+        [
+            "histology",
+            "match",
+            str(tmp_path / "vol.zarr"),
+            str(tmp_path / "big.tif"),
+            "--axis",
+            "1",
+            "0",
+            "0",
+            "--cone",
+            "-5",
+            "--out",
+            str(out),
+        ],
+    )
     assert "cone" in err
-    err = _error(capsys, ["histology", "match", str(tmp_path / "4d.nii.gz"), str(tmp_path / "big.tif"), "--out", str(out)])
+    err = _error(
+        capsys,
+        [
+            "histology",
+            "match",
+            str(tmp_path / "4d.nii.gz"),
+            str(tmp_path / "big.tif"),
+            "--out",
+            str(out),
+        ],
+    )
     assert "4d.nii.gz" in err
-    err = _error(capsys, ["histology", "section", str(tmp_path / "vol.zarr"), "--angles", "0", "0", "--point", "1", "2", "3", "--out", str(out)])
+    err = _error(
+        capsys,
+        [
+            "histology",
+            "section",
+            str(tmp_path / "vol.zarr"),
+            "--angles",
+            "0",
+            "0",
+            "--point",
+            "1",
+            "2",
+            "3",
+            "--out",
+            str(out),
+        ],
+    )
     assert "--point" in err
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
     # The voxel size can be given on the command line instead.
-    assert main(["histology", "section", str(tmp_path / "nosize.tif"), "--normal", "1", "0", "0", "--voxel-size", "2", "--out", str(tmp_path / "ok.tif")]) == 0
+    assert (
+        main(
+            [
+                "histology",
+                "section",
+                str(tmp_path / "nosize.tif"),
+                "--normal",
+                "1",
+                "0",
+                "0",
+                "--voxel-size",
+                "2",
+                "--out",
+                str(tmp_path / "ok.tif"),
+            ]
+        )
+        == 0
+    )
     assert read_volume(tmp_path / "ok.tif").spacing == (2.0, 2.0)

@@ -37,34 +37,150 @@ from unified_framework import hpc
 from unified_framework.config import load_config
 from unified_framework.errors import InputError
 from unified_framework.hpc.render import SBATCH_LINE_RE
-from unified_framework.hpc.validation import DEFAULT_MAX_LENGTH, SLURM_WORD_RE, check_module, check_partition
+from unified_framework.hpc.validation import (
+    DEFAULT_MAX_LENGTH,
+    SLURM_WORD_RE,
+    check_module,
+    check_partition,
+)
 
 #: Commands an injection would run; ``CANARY`` becomes a path that must never appear.
 PAYLOADS = ("touch CANARY", "sbatch --wrap=CANARY", "srun touch CANARY")
 #: Shell contexts a payload may try to break out of ('@' is the payload).
 WRAPPERS = (
-    "@", "$(@)", "`@`", ";@", "; @", "x; @ #", "&& @", "|| @", "| @", "& @ &", "\n@", "\r\n@", "\r@",
-    "'; @; '", '"; @; "', '"$(@)"', "'$(@)'", "\\$(@)", "$(eval '@')", "<(@)", ">(@)", "$({ @; })",
-    "\n#SBATCH --wrap='@'", "{{ '@' }}", "＄（@）",
+    "@",
+    "$(@)",
+    "`@`",
+    ";@",
+    "; @",
+    "x; @ #",
+    "&& @",
+    "|| @",
+    "| @",
+    "& @ &",
+    "\n@",
+    "\r\n@",
+    "\r@",
+    "'; @; '",
+    '"; @; "',
+    '"$(@)"',
+    "'$(@)'",
+    "\\$(@)",
+    "$(eval '@')",
+    "<(@)",
+    ">(@)",
+    "$({ @; })",
+    "\n#SBATCH --wrap='@'",
+    "{{ '@' }}",
+    "＄（@）",
 )
 FIXED = (
     # leading dashes: options where a file name or word is expected
-    "-", "--", "-x", "--help", "-rf /", "--job-name=evil", "--output=/tmp/evil", "-o /etc/passwd", "--chdir=/",
+    "-",
+    "--",
+    "-x",
+    "--help",
+    "-rf /",
+    "--job-name=evil",
+    "--output=/tmp/evil",
+    "-o /etc/passwd",
+    "--chdir=/",
     # SLURM filename patterns and backslashes (sbatch --output expands them)
-    "%", "%%", "%j", "%x", "%u", "%5a", "%A_%a", "100%", "a%jb", "%j %A %x", "50%%off", "%N%n%t%s",
-    "\\", "\\\\", "a\\b", "\\n", "\\%j", "trailing\\", "%\\j",
+    "%",
+    "%%",
+    "%j",
+    "%x",
+    "%u",
+    "%5a",
+    "%A_%a",
+    "100%",
+    "a%jb",
+    "%j %A %x",
+    "50%%off",
+    "%N%n%t%s",
+    "\\",
+    "\\\\",
+    "a\\b",
+    "\\n",
+    "\\%j",
+    "trailing\\",
+    "%\\j",
     # quotes and shell syntax
-    "'", '"', "''", "'\"'", "a'b", 'a"b', "\\'", "$'\\x41'", '$"x"', "$", "#", "$HOME", "${PATH}", "$((6*7))",
-    "!!", "!-1", "*", "?", "[a-z]*", "{a,b}", "~", "~root", "> CANARY", ">> CANARY", "< /etc/passwd", "2>&1",
-    "a b", "  leading", "trailing  ", " ", "",
+    "'",
+    '"',
+    "''",
+    "'\"'",
+    "a'b",
+    'a"b',
+    "\\'",
+    "$'\\x41'",
+    '$"x"',
+    "$",
+    "#",
+    "$HOME",
+    "${PATH}",
+    "$((6*7))",
+    "!!",
+    "!-1",
+    "*",
+    "?",
+    "[a-z]*",
+    "{a,b}",
+    "~",
+    "~root",
+    "> CANARY",
+    ">> CANARY",
+    "< /etc/passwd",
+    "2>&1",
+    "a b",
+    "  leading",
+    "trailing  ",
+    " ",
+    "",
     # paths
-    "..", "../", "../../../etc/passwd", "/", ".", "a/../b", "//x", "/etc/passwd", "a::/dataset",
+    "..",
+    "../",
+    "../../../etc/passwd",
+    "/",
+    ".",
+    "a/../b",
+    "//x",
+    "/etc/passwd",
+    "a::/dataset",
     # control characters and Unicode
-    "\x7f", "\x85next", "\x9b31m", "\x1b[31mred\x1b[0m", "\u2028", "\u2029", "\u202eevil", "\ufeffbom",
-    "\ud800", "a\udfffb", "ünïcödé", "日本語のファイル", "emoji 🙂", "e\u0301", "\u00a0nbsp", "zero\u200bwidth",
+    "\x7f",
+    "\x85next",
+    "\x9b31m",
+    "\x1b[31mred\x1b[0m",
+    "\u2028",
+    "\u2029",
+    "\u202eevil",
+    "\ufeffbom",
+    "\ud800",
+    "a\udfffb",
+    "ünïcödé",
+    "日本語のファイル",
+    "emoji 🙂",
+    "e\u0301",
+    "\u00a0nbsp",
+    "zero\u200bwidth",
     # template syntax and look-alike literals
-    "{{ 7*7 }}", "{% raw %}", "{#", "${{7*7}}", "#{7*7}",
-    "0", "-1", "1e9", "nan", "inf", "True", "None", "null", "[]", "{}", "0x10",
+    "{{ 7*7 }}",
+    "{% raw %}",
+    "{#",
+    "${{7*7}}",
+    "#{7*7}",
+    "0",
+    "-1",
+    "1e9",
+    "nan",
+    "inf",
+    "True",
+    "None",
+    "null",
+    "[]",
+    "{}",
+    "0x10",
 )
 
 
@@ -77,7 +193,9 @@ def hostile_values() -> list[str]:
     limits = set(DEFAULT_MAX_LENGTH.values()) | {
         p.max_length for t in hpc.list_templates() for p in t.parameters.values() if p.max_length
     }
-    values += ["x" * n for limit in sorted(limits) for n in (limit - 1, limit, limit + 1)] + ["y" * 100_000]
+    values += ["x" * n for limit in sorted(limits) for n in (limit - 1, limit, limit + 1)] + [
+        "y" * 100_000
+    ]
     return list(dict.fromkeys(values))
 
 
@@ -91,8 +209,15 @@ def _values(canary: Path) -> list[str]:
 def test_the_generated_list_covers_every_kind_of_hostile_value():
     assert len(HOSTILE) >= 200
     kinds = {
-        "NUL": "\x00", "newline": "\n", "command substitution": "$(", "backtick": "`", "quote": "'",
-        "percent": "%", "backslash": "\\", "non-ASCII": "ü", "line separator": "\u2028",
+        "NUL": "\x00",
+        "newline": "\n",
+        "command substitution": "$(",
+        "backtick": "`",
+        "quote": "'",
+        "percent": "%",
+        "backslash": "\\",
+        "non-ASCII": "ü",
+        "line separator": "\u2028",
     }
     for kind, needle in kinds.items():
         assert any(needle in value for value in HOSTILE), kind
@@ -106,7 +231,15 @@ def sandbox(tmp_path, monkeypatch):
     base = tmp_path / "work"
     base.mkdir()
     (base / "run.py").write_text("")
-    for name in ("pred.tif", "gt.tif", "volume.tif", "images.tif", "labels.tif", "model", "section.tif"):
+    for name in (
+        "pred.tif",
+        "gt.tif",
+        "volume.tif",
+        "images.tif",
+        "labels.tif",
+        "model",
+        "section.tif",
+    ):
         (base / name).write_bytes(b"")
     monkeypatch.chdir(base)
     return base, tmp_path / "canary"
@@ -137,7 +270,9 @@ def _allowed_options(template) -> set[str]:
 
 
 def _assert_one_line(message: str, prefix: str) -> None:
-    assert "\n" not in message and "\r" not in message and "\x00" not in message and len(message) < 400, repr(message)
+    assert (
+        "\n" not in message and "\r" not in message and "\x00" not in message and len(message) < 400
+    ), repr(message)
     assert message.startswith(prefix), message
 
 
@@ -147,7 +282,17 @@ STUB = """#!/bin/sh
 { printf '%s\\0' "${0##*/}" "$PWD" "$#"; for a in "$@"; do printf '%s\\0' "$a"; done; } >> "$MDLMA_STUB_LOG"
 """
 #: Commands the templates run (expected) and commands an injection would run (never).
-STUBS = ("mdlma", "python", "batchspawner-singleuser", "sbatch", "srun", "scancel", "scontrol", "squeue", "salloc")
+STUBS = (
+    "mdlma",
+    "python",
+    "batchspawner-singleuser",
+    "sbatch",
+    "srun",
+    "scancel",
+    "scontrol",
+    "squeue",
+    "salloc",
+)
 # Runs each script given as 'LOG SCRIPT' pairs in a subshell of one bash (a process per
 # script costs about eight times as much) and prints each exit status.
 DRIVER = """while [ $# -gt 0 ]; do
@@ -170,27 +315,80 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
         return "python", [v["script"], *v["args"]]
     if name == "score":
         surface = ["--no-surface"] if v["no_surface"] else []
-        return "mdlma", ["score", v["pred"], v["gt"], "--json", v["json_out"], *surface, *v["extra_args"]]
+        return "mdlma", [
+            "score",
+            v["pred"],
+            v["gt"],
+            "--json",
+            v["json_out"],
+            *surface,
+            *v["extra_args"],
+        ]
     if name == "sun-train":
         return "mdlma", [
-            "sun", "train", "--pair", v["images"], v["labels"], "--out", v["model"], "--axes", str(v["axes"]),
-            "--steps", str(v["steps"]), "--batch-size", str(v["batch_size"]), "--device", device,
-            "--threads", threads, *v["extra_args"],
+            "sun",
+            "train",
+            "--pair",
+            v["images"],
+            v["labels"],
+            "--out",
+            v["model"],
+            "--axes",
+            str(v["axes"]),
+            "--steps",
+            str(v["steps"]),
+            "--batch-size",
+            str(v["batch_size"]),
+            "--device",
+            device,
+            "--threads",
+            threads,
+            *v["extra_args"],
         ]
     if name == "sun-predict" and step == "merge":
         return "mdlma", ["sun", "merge", v["pieces_dir"], "--out", v["out"]]
     if name == "sun-predict":
         return "mdlma", [
-            "sun", "predict", v["volume"], "--model", v["model"], "--out", v["out"], "--work-dir", v["pieces_dir"],
-            "--axes", str(v["axes"]), "--slabs", str(v["slabs"]), "--piece-index", "0", "--device", device,
-            "--threads", threads, "--memory", "512",  # (SLURM_MEM_PER_NODE default 2048 - 1024) / 2
+            "sun",
+            "predict",
+            v["volume"],
+            "--model",
+            v["model"],
+            "--out",
+            v["out"],
+            "--work-dir",
+            v["pieces_dir"],
+            "--axes",
+            str(v["axes"]),
+            "--slabs",
+            str(v["slabs"]),
+            "--piece-index",
+            "0",
+            "--device",
+            device,
+            "--threads",
+            threads,
+            "--memory",
+            "512",  # (SLURM_MEM_PER_NODE default 2048 - 1024) / 2
         ]
     if name == "histology-match":
-        axis = {"z": ["1", "0", "0"], "y": ["0", "1", "0"], "x": ["0", "0", "1"]}.get(v["cutting_axis"])
+        axis = {"z": ["1", "0", "0"], "y": ["0", "1", "0"], "x": ["0", "0", "1"]}.get(
+            v["cutting_axis"]
+        )
         prior = ["--axis", *axis, "--cone", str(v["cone"])] if axis else []
         return "mdlma", [
-            "histology", "match", v["volume"], v["section"], "--out", v["out"], *prior,
-            "--candidates", str(v["candidates"]), "--device", device, *v["extra_args"],
+            "histology",
+            "match",
+            v["volume"],
+            v["section"],
+            "--out",
+            v["out"],
+            *prior,
+            "--candidates",
+            str(v["candidates"]),
+            "--device",
+            device,
+            *v["extra_args"],
         ]
     if name == "register":
         if v["method"] == "affine":
@@ -205,13 +403,25 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             *(["--landmarks", v["landmarks"]] if v["landmarks"] else []),
         ]
         return "mdlma", [
-            "register", v["method"], v["fixed"], v["moving"], "--out", v["out"], *method_options, *optional, *v["extra_args"],
+            "register",
+            v["method"],
+            v["fixed"],
+            v["moving"],
+            "--out",
+            v["out"],
+            *method_options,
+            *optional,
+            *v["extra_args"],
         ]
     if name == "jupyter":
         port = [f"--port={v['port']}"] if v["port"] else []
         command, *args = v["command"]
         return command, [
-            *args, f"--ip={v['ip']}", *port, f"--notebook-dir={v['notebook_dir']}", *v["extra_args"],
+            *args,
+            f"--ip={v['ip']}",
+            *port,
+            f"--notebook-dir={v['notebook_dir']}",
+            *v["extra_args"],
         ]
     raise AssertionError(f"no expected command for template {name}")
 
@@ -268,7 +478,9 @@ def _stub_dir(folder: Path, names) -> Path:
 def _assert_inert(template, jobs, allowed: set[str], context: tuple) -> None:
     """Rendering kept exactly the template's own directives, each a plain word."""
     for job in jobs:
-        budget = sum(line.startswith("#SBATCH") for line in template.sources[job.script_name].splitlines())
+        budget = sum(
+            line.startswith("#SBATCH") for line in template.sources[job.script_name].splitlines()
+        )
         assert len(job.directives) <= budget, context
         for line in job.directives:
             assert SBATCH_LINE_RE.fullmatch(line), (*context, line)
@@ -289,11 +501,17 @@ def test_hostile_values_are_refused_or_passed_on_literally(name, sandbox, tmp_pa
     _stub_dir(prefix / "venv" / "bin", STUBS)
     slurm_stubs = _stub_dir(tmp_path / "slurm-stubs", STUBS)
     config = load_config()
-    config["slurm"] = {**config["slurm"], "prefix": str(prefix), "modulepath": str(tmp_path / "nomodules")}
+    config["slurm"] = {
+        **config["slurm"],
+        "prefix": str(prefix),
+        "modulepath": str(tmp_path / "nomodules"),
+    }
     context = hpc.jobs.script_context(template, config)
     env = {
-        "PATH": f"{slurm_stubs}:/usr/bin:/bin", "HOME": str(tmp_path),
-        "BASH_FUNC_module%%": "() { return 1; }", "SLURM_ARRAY_TASK_ID": "0",
+        "PATH": f"{slurm_stubs}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "BASH_FUNC_module%%": "() { return 1; }",
+        "SLURM_ARRAY_TASK_ID": "0",
     }
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -305,7 +523,9 @@ def test_hostile_values_are_refused_or_passed_on_literally(name, sandbox, tmp_pa
         for pname, p in template.parameters.items():
             candidate = _candidate(p, value, base, BASELINE[name].values())
             try:
-                alone = hpc.validate_params(template, {**BASELINE[name], pname: candidate}, cwd=base)
+                alone = hpc.validate_params(
+                    template, {**BASELINE[name], pname: candidate}, cwd=base
+                )
             except InputError as exc:
                 _assert_one_line(str(exc), f"{name}: ")
                 rejected += 1
@@ -328,7 +548,9 @@ def test_hostile_values_are_refused_or_passed_on_literally(name, sandbox, tmp_pa
             jobs.append((value, values, job.step, script, runs / f"{index}-{job.step}.log"))
     # Both outcomes occur: strict fields refuse, free text and paths are quoted.
     assert rejected >= 1000 and len(jobs) >= 100
-    argv = ["bash", "-c", DRIVER, "driver"] + [str(item) for *_, script, log in jobs for item in (log, script)]
+    argv = ["bash", "-c", DRIVER, "driver"] + [
+        str(item) for *_, script, log in jobs for item in (log, script)
+    ]
     proc = subprocess.run(argv, env=env, cwd=base, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     statuses = proc.stdout.split()
@@ -353,7 +575,11 @@ def _slurm_expands(pattern: str, job_id: str, workdir: str) -> str:
         pattern = f"{workdir}/{pattern}"
     if "\\" in pattern:
         return pattern.replace("\\", "")
-    return re.sub(r"%(%|\d*[A-Za-z])", lambda m: "%" if m[1] == "%" else job_id if m[1] == "j" else f"<{m[1]}>", pattern)
+    return re.sub(
+        r"%(%|\d*[A-Za-z])",
+        lambda m: "%" if m[1] == "%" else job_id if m[1] == "j" else f"<{m[1]}>",
+        pattern,
+    )
 
 
 def test_working_folders_reach_sbatch_literally(sandbox, tmp_path, monkeypatch):
@@ -376,7 +602,10 @@ def test_working_folders_reach_sbatch_literally(sandbox, tmp_path, monkeypatch):
             prepared = hpc.prepare("python-script", params, backend="slurm", check_cluster=False)
         except InputError as exc:
             _assert_one_line(str(exc), "python-script: workdir: ")
-            assert "control character" in str(exc) or ("\\" in value and "backslash" in str(exc)), (value, exc)
+            assert "control character" in str(exc) or ("\\" in value and "backslash" in str(exc)), (
+                value,
+                exc,
+            )
             refused += "backslash" in str(exc)
             continue
         log.unlink(missing_ok=True)
@@ -384,7 +613,10 @@ def test_working_folders_reach_sbatch_literally(sandbox, tmp_path, monkeypatch):
         ((command, _cwd, argv),) = _read_calls(log)
         assert command == "sbatch" and argv[0] == f"--chdir={folder}", (value, argv)
         assert argv[1].startswith("--output=") and argv[-1] == str(Path(record.path) / "job.sh")
-        assert _slurm_expands(argv[1].removeprefix("--output="), "4242", str(folder)) == f"{record.path}/slurm-4242.out", value
+        assert (
+            _slurm_expands(argv[1].removeprefix("--output="), "4242", str(folder))
+            == f"{record.path}/slurm-4242.out"
+        ), value
         submitted += 1
     assert submitted >= 60 and refused >= 5
     assert not canary.exists()
@@ -398,20 +630,37 @@ def test_escaping_matters_for_slurms_filename_patterns():
     assert _slurm_expands(escaped, "7", "/elsewhere") == "/a%jb%%/slurm-7.out"
 
 
-@pytest.mark.parametrize(("check", "pattern"), [(check_partition, SLURM_WORD_RE), (check_module, None)])
+@pytest.mark.parametrize(
+    ("check", "pattern"), [(check_partition, SLURM_WORD_RE), (check_module, None)]
+)
 def test_hub_validators_return_clean_values_or_refuse(check, pattern):
     """The validators the hub's spawn form uses: what they return is safe to pass on as is."""
     field = check.__name__.removeprefix("check_")
-    for value in [*HOSTILE, " debug ", "debug\n", "\tdebug", "mdlma/unified-framework", "python/3.11.4-GCC+x"]:
+    for value in [
+        *HOSTILE,
+        " debug ",
+        "debug\n",
+        "\tdebug",
+        "mdlma/unified-framework",
+        "python/3.11.4-GCC+x",
+    ]:
         try:
             cleaned = check(value)
         except InputError as exc:
             _assert_one_line(str(exc), f"{field}: ")
             continue
-        assert cleaned == value.strip(" ") and cleaned.isascii() and cleaned.isprintable() and " " not in cleaned
+        assert (
+            cleaned == value.strip(" ")
+            and cleaned.isascii()
+            and cleaned.isprintable()
+            and " " not in cleaned
+        )
         if pattern is not None and cleaned:
             assert pattern.fullmatch(cleaned)
-    assert check_partition(" debug ") == "debug" and check_module(" mdlma/unified-framework") == "mdlma/unified-framework"
+    assert (
+        check_partition(" debug ") == "debug"
+        and check_module(" mdlma/unified-framework") == "mdlma/unified-framework"
+    )
     for bad in ("debug\n", "debug\r", "\x00debug", "de\u2028bug"):
         with pytest.raises(InputError, match="control character"):
             check(bad)

@@ -32,7 +32,11 @@ def test_python_script_runs_locally_with_record_and_log(tmp_path, caplog):
         "open('out.txt', 'w').write(os.environ['OMP_NUM_THREADS'])\n"
     )
     with caplog.at_level(logging.WARNING, logger="unified_framework.hpc.jobs"):
-        record = hpc.submit("python-script", {"script": "run.py", "args": "one 'two words'", "cpus": 1}, backend="local")
+        record = hpc.submit(
+            "python-script",
+            {"script": "run.py", "args": "one 'two words'", "cpus": 1},
+            backend="local",
+        )
     assert "running python-script locally as a subprocess" in caplog.text
     assert record.backend == "local" and "local subprocess" in record.note
     (job_id,) = record.job_ids
@@ -40,12 +44,18 @@ def test_python_script_runs_locally_with_record_and_log(tmp_path, caplog):
     assert [j.state for j in jobs] == ["COMPLETED"]
     folder = Path(record.path)
     assert folder.parent == tmp_path / ".mdlma-jobs"
-    assert {"params.json", "job.sh", "record.json", f"slurm-{job_id}.out"} <= {p.name for p in folder.iterdir()}
+    assert {"params.json", "job.sh", "record.json", f"slurm-{job_id}.out"} <= {
+        p.name for p in folder.iterdir()
+    }
     log = (folder / f"slurm-{job_id}.out").read_text()
     assert f"args ['one', 'two words'] job {job_id}" in log
     assert (tmp_path / "out.txt").read_text() == "1"  # ran in place, in the working directory
     saved = json.loads((folder / "record.json").read_text())
-    assert saved["backend"] == "local" and saved["job_ids"] == [job_id] and saved["template"] == "python-script"
+    assert (
+        saved["backend"] == "local"
+        and saved["job_ids"] == [job_id]
+        and saved["template"] == "python-script"
+    )
     assert json.loads((folder / "params.json").read_text())["args"] == ["one", "two words"]
     loaded = hpc.load_record(folder)
     assert loaded.job_ids == [job_id] and loaded.params["script"] == str(tmp_path / "run.py")
@@ -70,7 +80,9 @@ def test_array_then_merge_runs_in_order(tmp_path):
     work, merge = record.jobs
     assert work.array == "0-2" and merge.after == "work"
     jobs = wait_for(lambda: _finished(record.job_ids), timeout=90, what="array and merge")
-    assert sorted(j.job_id for j in jobs) == sorted([f"{work.job_id}_{i}" for i in range(3)] + [merge.job_id])
+    assert sorted(j.job_id for j in jobs) == sorted(
+        [f"{work.job_id}_{i}" for i in range(3)] + [merge.job_id]
+    )
     assert {j.state for j in jobs} == {"COMPLETED"}
     lines = (tmp_path / "merged.txt").read_text().splitlines()
     assert len(lines) == 4
@@ -84,7 +96,10 @@ def test_array_then_merge_runs_in_order(tmp_path):
 def test_failed_task_keeps_the_merge_from_running(tmp_path):
     template = hpc.load_template(make_chain_template(tmp_path / "templates"))
     record = hpc.submit(template, {"tasks": 3, "fail_task": 1, "seconds": 0}, backend="local")
-    jobs = {j.job_id: j for j in wait_for(lambda: _finished(record.job_ids), timeout=90, what="the chain")}
+    jobs = {
+        j.job_id: j
+        for j in wait_for(lambda: _finished(record.job_ids), timeout=90, what="the chain")
+    }
     work, merge = record.job_ids
     assert jobs[f"{work}_1"].state == "FAILED"
     assert jobs[f"{work}_0"].state == jobs[f"{work}_2"].state == "COMPLETED"
@@ -93,7 +108,9 @@ def test_failed_task_keeps_the_merge_from_running(tmp_path):
 
 
 def test_cancel_stops_a_running_local_job(tmp_path):
-    (tmp_path / "sleep.py").write_text("import time\nopen('started', 'w').close()\ntime.sleep(120)\n")
+    (tmp_path / "sleep.py").write_text(
+        "import time\nopen('started', 'w').close()\ntime.sleep(120)\n"
+    )
     record = hpc.submit("python-script", {"script": "sleep.py"}, backend="local")
     wait_for(lambda: (tmp_path / "started").exists(), timeout=60, what="the job to start")
     (running,) = hpc.status(record.job_ids, backend="local")
@@ -151,7 +168,10 @@ def test_cli_says_it_runs_locally(tmp_path, capsys):
     from unified_framework.cli.main import main
 
     (tmp_path / "run.py").write_text("print('cli')\n")
-    assert main(["jobs", "--backend", "local", "submit", "python-script", "--set", "script=run.py"]) == 0
+    assert (
+        main(["jobs", "--backend", "local", "submit", "python-script", "--set", "script=run.py"])
+        == 0
+    )
     captured = capsys.readouterr()
     assert captured.err.startswith("note: ") and "ran as a local subprocess" in captured.err
     job_id = captured.out.split("job ")[1].split()[0]

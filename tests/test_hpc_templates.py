@@ -10,16 +10,29 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from conftest_slurm import slurm_cluster, slurm_test_user, test_user_python  # noqa: F401 - fixtures
+
 from unified_framework import hpc
 from unified_framework.config import load_config
 from unified_framework.errors import InputError
 from unified_framework.hpc.render import SBATCH_LINE_RE, check_rendered
-from unified_framework.hpc.slurm import SEP, count_gpus, parse_duration, parse_memory_mb, parse_sinfo
+from unified_framework.hpc.slurm import (
+    SEP,
+    count_gpus,
+    parse_duration,
+    parse_memory_mb,
+    parse_sinfo,
+)
 from unified_framework.hpc.validation import ClusterLimits, array_indices
 
-REQUIRED_TEMPLATES = {"sun-train", "sun-predict", "score", "python-script", "jupyter", "histology-match"}
+REQUIRED_TEMPLATES = {
+    "sun-train",
+    "sun-predict",
+    "score",
+    "python-script",
+    "jupyter",
+    "histology-match",
+}
 
 
 @pytest.fixture()
@@ -56,7 +69,9 @@ def test_required_templates_exist_with_complete_forms():
         for p in template.parameters.values():
             assert p.help and p.type
             if p.type in {"int", "cpus", "gpus"}:
-                assert p.min is not None and p.max is not None, f"{template.name}.{p.name} needs a range"
+                assert p.min is not None and p.max is not None, (
+                    f"{template.name}.{p.name} needs a range"
+                )
         for source in template.sources.values():
             assert source.startswith("#!/bin/bash\n#SBATCH ")
             assert '{% include "environment.sh.j2" %}' in source
@@ -73,7 +88,10 @@ def test_every_template_renders_valid_bash_with_module_load(name, workdir, tmp_p
         lines = job.text.splitlines()
         assert lines[0] == "#!/bin/bash"
         assert all(SBATCH_LINE_RE.fullmatch(d) for d in job.directives)
-        assert 'module load "$mdlma_module"' in job.text and "mdlma_module=mdlma/unified-framework" in job.text
+        assert (
+            'module load "$mdlma_module"' in job.text
+            and "mdlma_module=mdlma/unified-framework" in job.text
+        )
         # Runs in place: changes into the working directory, copies nothing.
         assert f"cd -- {workdir}" in job.text and " cp " not in job.text
         script = tmp_path / f"{name}-{job.step}.sh"
@@ -85,7 +103,19 @@ def test_every_template_renders_valid_bash_with_module_load(name, workdir, tmp_p
 def test_issue_example_prints_the_batch_script(workdir, capsys):
     from unified_framework.cli.main import main
 
-    status = main(["jobs", "--backend", "local", "render", "python-script", "--set", "job_name=test", "--set", "script=run.py"])
+    status = main(
+        [
+            "jobs",
+            "--backend",
+            "local",
+            "render",
+            "python-script",
+            "--set",
+            "job_name=test",
+            "--set",
+            "script=run.py",
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 0
     assert "#SBATCH --job-name=test\n" in out
@@ -96,14 +126,28 @@ def test_params_file_and_set_precedence(workdir, capsys):
     from unified_framework.cli.main import main
 
     (workdir / "p.yml").write_text("job_name: from-file\nscript: run.py\ncpus: 2\n")
-    status = main(["jobs", "--backend", "local", "render", "python-script", "--params", "p.yml", "--set", "cpus=1"])
+    status = main(
+        [
+            "jobs",
+            "--backend",
+            "local",
+            "render",
+            "python-script",
+            "--params",
+            "p.yml",
+            "--set",
+            "cpus=1",
+        ]
+    )
     out = capsys.readouterr().out
     assert status == 0
     assert "#SBATCH --job-name=from-file" in out and "#SBATCH --cpus-per-task=1\n" in out
 
 
 def test_sun_predict_renders_array_and_merge_command_lines(workdir):
-    prepared = local_prepare("sun-predict", {**MINIMAL["sun-predict"], "axes": 9, "slabs": 2, "max_parallel": 4})
+    prepared = local_prepare(
+        "sun-predict", {**MINIMAL["sun-predict"], "axes": 9, "slabs": 2, "max_parallel": 4}
+    )
     predict, merge = prepared.scripts
     assert "#SBATCH --array=0-17%4" in predict.directives
     assert (
@@ -111,8 +155,12 @@ def test_sun_predict_renders_array_and_merge_command_lines(workdir):
         f'--work-dir {workdir / "sun-work"} --axes 9 --slabs 2 --piece-index "$SLURM_ARRAY_TASK_ID" --device cpu'
         in predict.text
     )
-    assert '--memory "$sun_memory"' in predict.text and "SLURM_MEM_PER_NODE" in predict.text  # the budget follows --mem
-    assert f"mdlma sun merge {workdir / 'sun-work'} --out {workdir / 'segmentation.tif'}" in merge.text
+    assert (
+        '--memory "$sun_memory"' in predict.text and "SLURM_MEM_PER_NODE" in predict.text
+    )  # the budget follows --mem
+    assert (
+        f"mdlma sun merge {workdir / 'sun-work'} --out {workdir / 'segmentation.tif'}" in merge.text
+    )
     assert "#SBATCH --job-name=sun-predict-merge" in merge.directives
     assert merge.after == "predict"
     gpu = local_prepare("sun-predict", {**MINIMAL["sun-predict"], "gpus": 1}).scripts[0]
@@ -120,25 +168,43 @@ def test_sun_predict_renders_array_and_merge_command_lines(workdir):
 
 
 def test_histology_match_command_line(workdir):
-    cone = local_prepare("histology-match", {**MINIMAL["histology-match"], "cone": 20, "extra_args": "--channel hed:0"}).scripts[0].text
+    cone = (
+        local_prepare(
+            "histology-match",
+            {**MINIMAL["histology-match"], "cone": 20, "extra_args": "--channel hed:0"},
+        )
+        .scripts[0]
+        .text
+    )
     assert (
         f"mdlma histology match {workdir / 'volume.tif'} {workdir / 'section.tif'} --out {workdir / 'histology-match'} "
         "--axis 1 0 0 --cone 20.0 --candidates 3 --device cpu --channel hed:0"
     ) in cone
-    anywhere = local_prepare("histology-match", {**MINIMAL["histology-match"], "cutting_axis": "none", "gpus": 1}).scripts[0].text
+    anywhere = (
+        local_prepare(
+            "histology-match", {**MINIMAL["histology-match"], "cutting_axis": "none", "gpus": 1}
+        )
+        .scripts[0]
+        .text
+    )
     assert "--axis" not in anywhere and "--cone" not in anywhere and "--device cuda" in anywhere
 
 
 def test_score_and_train_command_lines(workdir):
-    score = local_prepare("score", {**MINIMAL["score"], "no_surface": "yes", "extra_args": "--labels 1 2"})
+    score = local_prepare(
+        "score", {**MINIMAL["score"], "no_surface": "yes", "extra_args": "--labels 1 2"}
+    )
     assert (
         f"mdlma score {workdir / 'pred.tif'} {workdir / 'gt.tif'} --json {workdir / 'score.json'} --no-surface --labels 1 2"
         in score.scripts[0].text
     )
-    train = local_prepare("sun-train", {**MINIMAL["sun-train"], "steps": "3", "axes": "3", "extra_args": "--depth 2"})
+    train = local_prepare(
+        "sun-train", {**MINIMAL["sun-train"], "steps": "3", "axes": "3", "extra_args": "--depth 2"}
+    )
     assert (
         f"mdlma sun train --pair {workdir / 'images.tif'} {workdir / 'labels.tif'} --out {workdir / 'sun-model.pt'} "
-        '--axes 3 --steps 3 --batch-size 8 --device cpu --threads "$OMP_NUM_THREADS" --depth 2' in train.scripts[0].text
+        '--axes 3 --steps 3 --batch-size 8 --device cpu --threads "$OMP_NUM_THREADS" --depth 2'
+        in train.scripts[0].text
     )
     with pytest.raises(InputError, match="is not one of 3, 9"):
         local_prepare("sun-train", {**MINIMAL["sun-train"], "axes": 4})
@@ -146,11 +212,21 @@ def test_score_and_train_command_lines(workdir):
 
 def test_jupyter_command_is_locked_but_the_hub_may_change_it(workdir):
     prepared = local_prepare("jupyter", {"port": 8899, "ip": "127.0.0.1"})
-    assert "exec batchspawner-singleuser jupyterhub-singleuser --ip=127.0.0.1 --port=8899 --notebook-dir=" in prepared.scripts[0].text
+    assert (
+        "exec batchspawner-singleuser jupyterhub-singleuser --ip=127.0.0.1 --port=8899 --notebook-dir="
+        in prepared.scripts[0].text
+    )
     with pytest.raises(InputError, match="locked by the administrator"):
         local_prepare("jupyter", {"command": "bash -c evil"})
-    hub = local_prepare("jupyter", {"command": "python -m unified_framework.hub.singleuser jupyterhub-singleuser"}, allow_locked=True)
-    assert "exec python -m unified_framework.hub.singleuser jupyterhub-singleuser --ip=0.0.0.0 --notebook-dir=" in hub.scripts[0].text
+    hub = local_prepare(
+        "jupyter",
+        {"command": "python -m unified_framework.hub.singleuser jupyterhub-singleuser"},
+        allow_locked=True,
+    )
+    assert (
+        "exec python -m unified_framework.hub.singleuser jupyterhub-singleuser --ip=0.0.0.0 --notebook-dir="
+        in hub.scripts[0].text
+    )
 
 
 @pytest.mark.parametrize(
@@ -198,7 +274,8 @@ def test_validation_rejects_with_one_line_messages(workdir, name, params, messag
 def test_validation_normalises_values(workdir):
     template = hpc.load_template("python-script")
     values = hpc.validate_params(
-        template, {"script": "run.py", "mem": "512m", "args": "a 'b c' $(x)", "cpus": "2", "time": "90"},
+        template,
+        {"script": "run.py", "mem": "512m", "args": "a 'b c' $(x)", "cpus": "2", "time": "90"},
         cwd=workdir,
     )
     assert values["mem"] == "512M" and values["cpus"] == 2 and values["time"] == "90"
@@ -209,7 +286,9 @@ def test_validation_normalises_values(workdir):
     (sub / "inner.py").write_text("")
     nested = hpc.validate_params(template, {"workdir": "sub", "script": "inner.py"}, cwd=workdir)
     assert nested["script"] == str(sub / "inner.py")
-    assert hpc.validate_params(template, {"script": "sub/../run.py"}, cwd=workdir)["script"] == str(workdir / "run.py")
+    assert hpc.validate_params(template, {"script": "sub/../run.py"}, cwd=workdir)["script"] == str(
+        workdir / "run.py"
+    )
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may read any file (see the next test)")
@@ -242,21 +321,33 @@ def test_validation_checks_permissions_as_an_unprivileged_user(slurm_test_user, 
         for name, mode in (("open.py", 0o644), ("secret.py", 0o600)):  # owned by root
             (folder / name).write_text("")
             (folder / name).chmod(mode)
-        run = subprocess.run([*test_user_python, "-c", PERMISSION_CHECK, str(folder)],
-                             cwd=folder, capture_output=True, text=True, timeout=120,
-                             env={"PATH": os.environ["PATH"], "HOME": pwd.getpwnam(slurm_test_user).pw_dir})
+        run = subprocess.run(
+            [*test_user_python, "-c", PERMISSION_CHECK, str(folder)],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": os.environ["PATH"], "HOME": pwd.getpwnam(slurm_test_user).pw_dir},
+        )
         assert run.returncode == 0, run.stderr[-2000:]
-        assert run.stdout.strip() == f"refused: python-script: script: {folder / 'secret.py'} is not readable"
+        assert (
+            run.stdout.strip()
+            == f"refused: python-script: script: {folder / 'secret.py'} is not readable"
+        )
     finally:
         shutil.rmtree(folder)
 
 
 def test_hdf5_dataset_suffix_checks_the_file(workdir):
     (workdir / "vol.h5").write_bytes(b"\0")
-    values = hpc.validate_params(hpc.load_template("score"), {"pred": "vol.h5::/seg", "gt": "gt.tif"}, cwd=workdir)
+    values = hpc.validate_params(
+        hpc.load_template("score"), {"pred": "vol.h5::/seg", "gt": "gt.tif"}, cwd=workdir
+    )
     assert values["pred"] == f"{workdir / 'vol.h5'}::/seg"
     with pytest.raises(InputError, match="does not exist"):
-        hpc.validate_params(hpc.load_template("score"), {"pred": "none.h5::/seg", "gt": "gt.tif"}, cwd=workdir)
+        hpc.validate_params(
+            hpc.load_template("score"), {"pred": "none.h5::/seg", "gt": "gt.tif"}, cwd=workdir
+        )
 
 
 def _limits() -> ClusterLimits:
@@ -265,12 +356,26 @@ def _limits() -> ClusterLimits:
         for fields in [
             ["cpu1", "debug*", "idle", "8", "0/8/0/8", "32000", "30000", "(null)", "(null)"],
             ["cpu1", "batch", "idle", "8", "0/8/0/8", "32000", "30000", "(null)", "(null)"],
-            ["gpu1", "gpu", "mixed", "32", "4/28/0/32", "256000", "200000", "gpu:a100:4(S:0-1)", "a100"],
+            [
+                "gpu1",
+                "gpu",
+                "mixed",
+                "32",
+                "4/28/0/32",
+                "256000",
+                "200000",
+                "gpu:a100:4(S:0-1)",
+                "a100",
+            ],
         ]
     )
     parts = "\n".join(
         SEP.join(f)
-        for f in [["debug*", "up", "1:00:00", "10:00"], ["batch", "up", "7-00:00:00", "1:00:00"], ["gpu", "up", "2-00:00:00", "n/a"]]
+        for f in [
+            ["debug*", "up", "1:00:00", "10:00"],
+            ["batch", "up", "7-00:00:00", "1:00:00"],
+            ["gpu", "up", "2-00:00:00", "n/a"],
+        ]
     )
     partitions, _ = parse_sinfo(parts, nodes)
     return ClusterLimits({p.name: p for p in partitions}, qos=("normal", "long"))
@@ -279,7 +384,10 @@ def _limits() -> ClusterLimits:
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"partition": "nosuch"}, "partition 'nosuch' does not exist here; available: debug, batch, gpu"),
+        (
+            {"partition": "nosuch"},
+            "partition 'nosuch' does not exist here; available: debug, batch, gpu",
+        ),
         ({"gpus": 1}, "partition 'debug' has no GPUs"),
         ({"partition": "gpu", "gpus": 5}, "has at most 4 per node"),
         ({"time": "02:00:00"}, "exceeds partition 'debug''s limit 1:00:00"),
@@ -291,14 +399,25 @@ def _limits() -> ClusterLimits:
 def test_cluster_limits_from_sinfo(workdir, params, message):
     template = hpc.load_template("python-script")
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        hpc.validate_params(template, {"script": "run.py", **params}, cwd=workdir, cluster=_limits())
+        hpc.validate_params(
+            template, {"script": "run.py", **params}, cwd=workdir, cluster=_limits()
+        )
 
 
 def test_cluster_limits_accept_what_fits(workdir):
     template = hpc.load_template("python-script")
     values = hpc.validate_params(
-        template, {"script": "run.py", "partition": "gpu", "gpus": 4, "cpus": 32, "time": "1-00:00:00", "qos": "long"},
-        cwd=workdir, cluster=_limits(),
+        template,
+        {
+            "script": "run.py",
+            "partition": "gpu",
+            "gpus": 4,
+            "cpus": 32,
+            "time": "1-00:00:00",
+            "qos": "long",
+        },
+        cwd=workdir,
+        cluster=_limits(),
     )
     assert values["gpus"] == 4
     assert _limits().default_partition == "debug"
@@ -307,10 +426,17 @@ def test_cluster_limits_accept_what_fits(workdir):
 def test_config_supplies_prefix_modulepath_and_defaults(workdir, monkeypatch, tmp_path):
     config = load_config()
     config["slurm"] = {
-        **config["slurm"], "prefix": str(tmp_path / "pfx"), "modulepath": "/opt/modules", "module": "site/mdlma",
+        **config["slurm"],
+        "prefix": str(tmp_path / "pfx"),
+        "modulepath": "/opt/modules",
+        "module": "site/mdlma",
         "default_partition": "batch",
     }
-    text = hpc.prepare("python-script", MINIMAL["python-script"], backend="local", config=config).scripts[0].text
+    text = (
+        hpc.prepare("python-script", MINIMAL["python-script"], backend="local", config=config)
+        .scripts[0]
+        .text
+    )
     assert f"mdlma_prefix={tmp_path / 'pfx'}\n" in text
     assert "mdlma_modulepath=/opt/modules\n" in text and "mdlma_module=site/mdlma\n" in text
     assert "#SBATCH --partition=batch\n" in text
@@ -335,7 +461,9 @@ def _custom_template(root: Path, name: str, script: str, form_extra: str = "") -
 
 
 def test_renderer_refuses_free_text_in_sbatch_lines(tmp_path):
-    folder = _custom_template(tmp_path, "bad", "#!/bin/bash\n#SBATCH --comment={{ note }}\necho hi\n")
+    folder = _custom_template(
+        tmp_path, "bad", "#!/bin/bash\n#SBATCH --comment={{ note }}\necho hi\n"
+    )
     template = hpc.load_template(folder)
     values = hpc.validate_params(template, {"note": "two words"}, cwd=tmp_path)
     with pytest.raises(InputError, match="values in #SBATCH lines must be plain words"):
@@ -343,14 +471,22 @@ def test_renderer_refuses_free_text_in_sbatch_lines(tmp_path):
     # A plain word passes: the check is about content, not the option.
     assert "#SBATCH --comment=word" in hpc.render(template, {**values, "note": "word"})[0].text
     with pytest.raises(InputError, match="rendering added #SBATCH directives"):
-        check_rendered(template, "script.sh.j2", "#!/bin/bash\n#SBATCH --comment=a\n#SBATCH --nodes=2\n")
+        check_rendered(
+            template, "script.sh.j2", "#!/bin/bash\n#SBATCH --comment=a\n#SBATCH --nodes=2\n"
+        )
 
 
 def test_renderer_is_sandboxed_and_strict(tmp_path):
-    template = hpc.load_template(_custom_template(tmp_path, "undef", "#!/bin/bash\necho {{ nothing_here }}\n"))
+    template = hpc.load_template(
+        _custom_template(tmp_path, "undef", "#!/bin/bash\necho {{ nothing_here }}\n")
+    )
     with pytest.raises(InputError, match="'nothing_here' is undefined"):
         hpc.render(template, {"job_name": "t", "workdir": str(tmp_path), "note": ""})
-    sneaky = hpc.load_template(_custom_template(tmp_path, "sneaky", "#!/bin/bash\n{{ ''.__class__.__mro__[1].__subclasses__() }}\n"))
+    sneaky = hpc.load_template(
+        _custom_template(
+            tmp_path, "sneaky", "#!/bin/bash\n{{ ''.__class__.__mro__[1].__subclasses__() }}\n"
+        )
+    )
     with pytest.raises(InputError, match="template error"):
         hpc.render(sneaky, {"job_name": "t", "workdir": str(tmp_path), "note": ""})
 
@@ -358,14 +494,26 @@ def test_renderer_is_sandboxed_and_strict(tmp_path):
 @pytest.mark.parametrize(
     ("form", "message"),
     [
-        ("parameters:\n  job_name: {type: name, default: x}\n  workdir: {type: path, default: ., help: d}\n", "needs a default and a help"),
-        ("parameters:\n  job_name: {type: nope, default: x, help: h}\n  workdir: {type: path, default: ., help: d}\n", "type must be one of"),
-        ("parameters:\n  job_name: {type: name, default: x, help: h, colour: red}\n  workdir: {type: path, default: ., help: d}\n", "unknown keys"),
+        (
+            "parameters:\n  job_name: {type: name, default: x}\n  workdir: {type: path, default: ., help: d}\n",
+            "needs a default and a help",
+        ),
+        (
+            "parameters:\n  job_name: {type: nope, default: x, help: h}\n  workdir: {type: path, default: ., help: d}\n",
+            "type must be one of",
+        ),
+        (
+            "parameters:\n  job_name: {type: name, default: x, help: h, colour: red}\n  workdir: {type: path, default: ., help: d}\n",
+            "unknown keys",
+        ),
         ("parameters:\n  workdir: {type: path, default: ., help: d}\n", "'job_name' is required"),
         ("parameters: [1, 2]\n", "expected a mapping"),
         ("parameters: {a: [\n", "not valid YAML"),
-        ("jobs:\n  - {name: b, script: script.sh.j2, after: a}\nparameters:\n  job_name: {type: name, default: x, help: h}\n"
-         "  workdir: {type: path, default: ., help: d}\n", "not an earlier job"),
+        (
+            "jobs:\n  - {name: b, script: script.sh.j2, after: a}\nparameters:\n  job_name: {type: name, default: x, help: h}\n"
+            "  workdir: {type: path, default: ., help: d}\n",
+            "not an earlier job",
+        ),
     ],
 )
 def test_broken_forms_are_refused(tmp_path, form, message):
@@ -378,7 +526,9 @@ def test_broken_forms_are_refused(tmp_path, form, message):
 
 
 def test_unknown_template_lists_the_known_ones():
-    with pytest.raises(InputError, match="not found; expected one of histology-match, jupyter, python-script"):
+    with pytest.raises(
+        InputError, match="not found; expected one of histology-match, jupyter, python-script"
+    ):
         hpc.load_template("no-such-template")
 
 
@@ -388,7 +538,11 @@ def test_value_parsers():
     assert parse_duration("10:00") == 600 and parse_duration("90") == 5400
     assert parse_duration("UNLIMITED") == float("inf") and parse_duration("") is None
     assert parse_memory_mb("3120K") == pytest.approx(3.046875)
-    assert parse_memory_mb("4G") == 4096 and parse_memory_mb("24105") == 24105 and parse_memory_mb("") is None
+    assert (
+        parse_memory_mb("4G") == 4096
+        and parse_memory_mb("24105") == 24105
+        and parse_memory_mb("") is None
+    )
     assert count_gpus("gpu:a100:4(S:0-1),shard:8") == 4 and count_gpus("gpu:2,gpu:v100:1") == 3
     assert count_gpus("(null)") == 0
     assert array_indices("0-9:3,15%4") == [0, 3, 6, 9, 15]
@@ -409,7 +563,17 @@ def test_quota_parser():
 
 
 # ---- One #SBATCH header: the resource parameters and directives live in slurm_templates/_shared/.
-SHARED_RESOURCES = ("job_name", "workdir", "cpus", "mem", "time", "gpus", "partition", "account", "qos")
+SHARED_RESOURCES = (
+    "job_name",
+    "workdir",
+    "cpus",
+    "mem",
+    "time",
+    "gpus",
+    "partition",
+    "account",
+    "qos",
+)
 
 
 def test_shipped_templates_declare_only_their_own_parameters():
@@ -426,9 +590,11 @@ def test_shipped_templates_declare_only_their_own_parameters():
         for step in template.steps:
             source = (template.path / step.script).read_text()
             # Only the job's name is the script's own; every resource directive comes from the include.
-            assert [line for line in source.splitlines() if line.startswith("#SBATCH")] == [
-                line for line in source.splitlines() if line.startswith("#SBATCH --job-name=")
-            ] != []
+            assert (
+                [line for line in source.splitlines() if line.startswith("#SBATCH")]
+                == [line for line in source.splitlines() if line.startswith("#SBATCH --job-name=")]
+                != []
+            )
             assert '{% include "resources.sh.j2" %}' in source
             # Template.sources shows the header written out, for the directive checks.
             assert header.rstrip("\n") in template.sources[step.script]
@@ -457,12 +623,16 @@ def _shared_template(root: Path, resources: str, own: str = NOTE) -> Path:
 
 def test_a_new_template_gets_the_shared_header_from_a_site_folder(tmp_path):
     # A site's templates folder without its own _shared/ uses the framework's.
-    template = hpc.load_template(_shared_template(tmp_path, "  mem: {default: 3G}\n  gpus: {max: 2}\n"))
+    template = hpc.load_template(
+        _shared_template(tmp_path, "  mem: {default: 3G}\n  gpus: {max: 2}\n")
+    )
     assert list(template.parameters) == ["job_name", "workdir", "note", *SHARED_RESOURCES[2:]]
     assert template.parameters["job_name"].default == "mine"
     assert template.parameters["mem"].default == "3G" and template.parameters["gpus"].max == 2
     assert template.parameters["cpus"].help == "CPU cores."
-    values = hpc.validate_params(template, {"gpus": 2, "partition": "p", "qos": "q", "account": "a"}, cwd=tmp_path)
+    values = hpc.validate_params(
+        template, {"gpus": 2, "partition": "p", "qos": "q", "account": "a"}, cwd=tmp_path
+    )
     text = hpc.render(template, values)[0].text
     assert text.startswith(
         "#!/bin/bash\n#SBATCH --job-name=mine\n#SBATCH --nodes=1\n#SBATCH --ntasks=1\n#SBATCH --cpus-per-task=1\n"
@@ -477,7 +647,9 @@ def test_a_template_can_leave_out_a_resource(tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "form.yml").write_text("resources: {}\n")  # nothing of its own: no 'parameters:' needed
-    (bare / "script.sh.j2").write_text('#!/bin/bash\n#SBATCH --job-name={{ job_name }}\n{% include "resources.sh.j2" %}\n')
+    (bare / "script.sh.j2").write_text(
+        '#!/bin/bash\n#SBATCH --job-name={{ job_name }}\n{% include "resources.sh.j2" %}\n'
+    )
     assert list(hpc.load_template(bare).parameters) == list(SHARED_RESOURCES)
     template = hpc.load_template(_shared_template(tmp_path, "  gpus: false\n"))
     assert "gpus" not in template.parameters
@@ -488,10 +660,18 @@ def test_a_template_can_leave_out_a_resource(tmp_path):
 @pytest.mark.parametrize(
     ("resources", "own", "message"),
     [
-        ("  colour: {default: red}\n", "", "'colour' is not a shared resource; expected one of job_name, workdir"),
+        (
+            "  colour: {default: red}\n",
+            "",
+            "'colour' is not a shared resource; expected one of job_name, workdir",
+        ),
         ("  mem: 4G\n", "", "'mem' must be a mapping of changed keys or false"),
         ("  job_name: false\n", "", "'job_name' must be a mapping of changed keys$"),
-        ("  {}\n", "  cpus: {type: cpus, default: 1, min: 1, max: 2, help: c}\n", "'cpus' is a shared resource"),
+        (
+            "  {}\n",
+            "  cpus: {type: cpus, default: 1, min: 1, max: 2, help: c}\n",
+            "'cpus' is a shared resource",
+        ),
         ("  mem: {default: 4G, size: 2}\n", "", "parameter 'mem': unknown keys"),
     ],
 )
@@ -519,16 +699,24 @@ def test_input_error_carries_its_field_and_stays_compatible():
 @pytest.mark.parametrize(
     ("params", "field"),
     [
-        ({"mem": "lots"}, "mem"), ({"script": ""}, "script"), ({"job_name": "a b"}, "job_name"),
-        ({"workdir": "missing"}, "workdir"), ({"colour": "red"}, "colour"),
-        ({"partition": "nosuch"}, "partition"), ({"gpus": 1}, "gpus"), ({"qos": "high"}, "qos"),
-        ({"time": "02:00:00"}, "time"), ({"cpus": 16, "partition": "batch"}, "cpus"),
+        ({"mem": "lots"}, "mem"),
+        ({"script": ""}, "script"),
+        ({"job_name": "a b"}, "job_name"),
+        ({"workdir": "missing"}, "workdir"),
+        ({"colour": "red"}, "colour"),
+        ({"partition": "nosuch"}, "partition"),
+        ({"gpus": 1}, "gpus"),
+        ({"qos": "high"}, "qos"),
+        ({"time": "02:00:00"}, "time"),
+        ({"cpus": 16, "partition": "batch"}, "cpus"),
     ],
 )
 def test_validation_errors_name_their_field(workdir, params, field):
     template = hpc.load_template("python-script")
     with pytest.raises(InputError) as raised:
-        hpc.validate_params(template, {"script": "run.py", **params}, cwd=workdir, cluster=_limits())
+        hpc.validate_params(
+            template, {"script": "run.py", **params}, cwd=workdir, cluster=_limits()
+        )
     assert raised.value.field == field
 
 
@@ -545,7 +733,9 @@ def test_form_errors_reports_every_field_in_one_pass(workdir, monkeypatch):
     values = {"job_name": "bad; rm", "mem": "lots", "cpus": 0, "time": "02:00:00", "qos": "high"}
     calls = []
     real = validation._validate_one
-    monkeypatch.setattr(validation, "_validate_one", lambda p, *a: calls.append(p.name) or real(p, *a))
+    monkeypatch.setattr(
+        validation, "_validate_one", lambda p, *a: calls.append(p.name) or real(p, *a)
+    )
     errors = hpc.form_errors(template, values, cwd=workdir, cluster=_limits())
     # One pass: each parameter is checked once (the dashboard used to validate N+1 times).
     assert sorted(calls) == sorted(template.parameters)

@@ -22,13 +22,18 @@ from pathlib import Path
 
 import jinja2
 import pytest
-
 from conftest_slurm import as_test_user, ensure_test_user, planted_state  # noqa: F401 - fixture
+
 from unified_framework.errors import InputError
 from unified_framework.hub import serverproxy, singleuser
 from unified_framework.hub.auth import DevAuthenticator, service_account_reason
 from unified_framework.hub.cluster import (
-    Partition, format_minutes, list_modules, parse_gpus, parse_sinfo, parse_time_limit,
+    Partition,
+    format_minutes,
+    list_modules,
+    parse_gpus,
+    parse_sinfo,
+    parse_time_limit,
 )
 from unified_framework.hub.options import SpawnChoices, validate_options
 from unified_framework.hub.spawner import InvalidOptions, MdlmaSlurmSpawner
@@ -45,8 +50,16 @@ old|infinite|8|16000|(null)|down
 
 @pytest.mark.parametrize(
     ("text", "minutes"),
-    [("30", 30), ("1:00:00", 60), ("10:30", 11), ("7-00:00:00", 10080), ("1-12", 2160), ("2-01:30", 2970),
-     ("infinite", None), ("UNLIMITED", None)],
+    [
+        ("30", 30),
+        ("1:00:00", 60),
+        ("10:30", 11),
+        ("7-00:00:00", 10080),
+        ("1-12", 2160),
+        ("2-01:30", 2970),
+        ("infinite", None),
+        ("UNLIMITED", None),
+    ],
 )
 def test_parse_time_limit(text, minutes):
     assert parse_time_limit(text) == minutes
@@ -80,10 +93,18 @@ def test_parse_sinfo_merges_node_types_and_drops_down_partitions():
 
 
 def test_list_modules(tmp_path):
-    for rel in ("mdlma/unified-framework/0.1.0.lua", "mdlma/unified-framework/.0.0.9.lua", "other/2.lua", "top.lua"):
+    for rel in (
+        "mdlma/unified-framework/0.1.0.lua",
+        "mdlma/unified-framework/.0.0.9.lua",
+        "other/2.lua",
+        "top.lua",
+    ):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("-- module\n")
-    assert list_modules([tmp_path, tmp_path / "missing"]) == ["mdlma/unified-framework/0.1.0", "other/2"]
+    assert list_modules([tmp_path, tmp_path / "missing"]) == [
+        "mdlma/unified-framework/0.1.0",
+        "other/2",
+    ]
 
 
 @pytest.fixture
@@ -93,12 +114,26 @@ def choices():
 
 def test_validate_options_defaults_and_form_lists(choices):
     assert validate_options({}, choices) == {
-        "partition": "debug", "runtime": "0-01:00:00", "nprocs": "1", "memory": "2G", "gres": "",
+        "partition": "debug",
+        "runtime": "0-01:00:00",
+        "nprocs": "1",
+        "memory": "2G",
+        "gres": "",
         "module": "mdlma/unified-framework/0.1.0",
     }
-    form = {"partition": ["gpu"], "runtime_minutes": ["240"], "cpus": ["16"], "memory_gb": ["64"], "gpus": ["2"]}
+    form = {
+        "partition": ["gpu"],
+        "runtime_minutes": ["240"],
+        "cpus": ["16"],
+        "memory_gb": ["64"],
+        "gpus": ["2"],
+    }
     assert validate_options(form, choices) == {
-        "partition": "gpu", "runtime": "0-04:00:00", "nprocs": "16", "memory": "64G", "gres": "gpu:2",
+        "partition": "gpu",
+        "runtime": "0-04:00:00",
+        "nprocs": "16",
+        "memory": "64G",
+        "gres": "gpu:2",
         "module": "mdlma/unified-framework/0.1.0",
     }
 
@@ -106,7 +141,9 @@ def test_validate_options_defaults_and_form_lists(choices):
 def test_validate_options_passes_on_only_the_cleaned_values(choices):
     # The SLURM layer's validators strip blanks around names (after refusing control
     # characters); only the cleaned name reaches the script.
-    options = validate_options({"partition": " debug ", "module": "mdlma/unified-framework/0.1.0 "}, choices)
+    options = validate_options(
+        {"partition": " debug ", "module": "mdlma/unified-framework/0.1.0 "}, choices
+    )
     assert options["partition"] == "debug"
     assert options["module"] == "mdlma/unified-framework/0.1.0"
 
@@ -135,8 +172,11 @@ def test_validate_options_rejects(raw, field, choices):
 
 
 def test_options_form_renders_cluster_choices(choices):
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(REPO / "hub_config" / "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(REPO / "hub_config" / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
     html = env.get_template("options_form.html").render(choices=choices)
     for name in ("partition", "runtime_minutes", "cpus", "memory_gb", "gpus", "module"):
         assert f'name="{name}"' in html
@@ -154,14 +194,28 @@ def test_job_script_renders_valid_bash(choices, tmp_path):
     options = validate_options({"cpus": "2", "partition": "debug"}, choices)
     script = format_template(
         (REPO / "hub_config" / "templates" / "job.sh.j2").read_text(),
-        **options, homedir="/home/alice", keepvars="JUPYTERHUB_API_TOKEN,LANG", job_log="/home/alice/j-%j.log",
-        lmod_init="/usr/share/lmod/lmod/init/bash", modulepaths=["/opt/mdlma/modulefiles", "/x"], account="",
-        qos="", options="", prologue="", cmd="python -m unified_framework.hub.singleuser jupyterhub-singleuser",
+        **options,
+        homedir="/home/alice",
+        keepvars="JUPYTERHUB_API_TOKEN,LANG",
+        job_log="/home/alice/j-%j.log",
+        lmod_init="/usr/share/lmod/lmod/init/bash",
+        modulepaths=["/opt/mdlma/modulefiles", "/x"],
+        account="",
+        qos="",
+        options="",
+        prologue="",
+        cmd="python -m unified_framework.hub.singleuser jupyterhub-singleuser",
     )
     lines = script.splitlines()
     assert lines[0] == "#!/bin/bash"
-    for directive in ("--partition=debug", "--cpus-per-task=2", "--mem=2G", "--time=0-01:00:00",
-                      "--output=/home/alice/j-%j.log", "--export=JUPYTERHUB_API_TOKEN,LANG"):
+    for directive in (
+        "--partition=debug",
+        "--cpus-per-task=2",
+        "--mem=2G",
+        "--time=0-01:00:00",
+        "--output=/home/alice/j-%j.log",
+        "--export=JUPYTERHUB_API_TOKEN,LANG",
+    ):
         assert f"#SBATCH {directive}" in lines
     assert not any("--gres" in line for line in lines)
     assert "module use /opt/mdlma/modulefiles" in lines and "module use /x" in lines
@@ -216,16 +270,28 @@ def test_report_port_posts_to_the_hub_and_fails_loudly():
         singleuser.report_port(50123, {"JUPYTERHUB_API_URL": api, "JUPYTERHUB_API_TOKEN": "secret"})
         assert _Hub.received[-1] == {"port": 50123}
         with pytest.raises(RuntimeError, match="did not accept"):
-            singleuser.report_port(50124, {"JUPYTERHUB_API_URL": api, "JUPYTERHUB_API_TOKEN": "wrong"})
+            singleuser.report_port(
+                50124, {"JUPYTERHUB_API_URL": api, "JUPYTERHUB_API_TOKEN": "wrong"}
+            )
     finally:
         server.shutdown()
-    assert singleuser.service_url_with_port("http://0.0.0.0:0/user/a/", 50123) == "http://0.0.0.0:50123/user/a/"
+    assert (
+        singleuser.service_url_with_port("http://0.0.0.0:0/user/a/", 50123)
+        == "http://0.0.0.0:50123/user/a/"
+    )
 
 
 def test_serverproxy_entries_serve_the_dashboard_on_private_sockets():
-    entries = [serverproxy.setup_dashboard(), serverproxy.setup_job_composer(), serverproxy.setup_job_viewer()]
+    entries = [
+        serverproxy.setup_dashboard(),
+        serverproxy.setup_job_composer(),
+        serverproxy.setup_job_viewer(),
+    ]
     assert [e["launcher_entry"]["path_info"] for e in entries] == [
-        "mdlma-dashboard/", "mdlma-job-composer/composer", "mdlma-job-viewer/viewer"]
+        "mdlma-dashboard/",
+        "mdlma-job-composer/composer",
+        "mdlma-job-viewer/viewer",
+    ]
     for entry in entries:
         assert entry["unix_socket"] is True and entry["absolute_url"] is False
         assert ET.parse(entry["launcher_entry"]["icon_path"]).getroot().tag.endswith("svg")
@@ -233,7 +299,9 @@ def test_serverproxy_entries_serve_the_dashboard_on_private_sockets():
         assert command[1:5] == ["-m", "uvicorn", "--uds", "/tmp/x/socket"]
         assert command[-1] == "unified_framework.hub.dashboard_asgi:app"
         # XSRF protection stays at Streamlit's default (on): nothing may switch it off.
-        assert not any("xsrf" in key.lower() or "cors" in key.lower() for key in entry["environment"])
+        assert not any(
+            "xsrf" in key.lower() or "cors" in key.lower() for key in entry["environment"]
+        )
         assert not any("xsrf" in part.lower() for part in command)
 
 
@@ -247,7 +315,10 @@ def _hub_config(monkeypatch, tmp_path, **env):
         monkeypatch.setenv(key, value)
     config = Config()
     path = REPO / "hub_config" / "jupyterhub_config.py"
-    exec(compile(path.read_text(), str(path), "exec"), {"get_config": lambda: config, "__file__": str(path)})
+    exec(
+        compile(path.read_text(), str(path), "exec"),
+        {"get_config": lambda: config, "__file__": str(path)},
+    )
     return config
 
 
@@ -269,7 +340,10 @@ def test_hub_config_uses_pam_unless_dev(monkeypatch, tmp_path):
     assert [h for p, h in default_handlers if p == r"/api/batchspawner"] == [PortCallbackHandler]
     assert config.MdlmaSlurmSpawner.server_ip == "127.0.0.1"
     # The environment alone once switched to a login that takes any password.
-    assert _hub_config(monkeypatch, tmp_path, MDLMA_HUB_DEV="1").JupyterHub.authenticator_class == "pam"
+    assert (
+        _hub_config(monkeypatch, tmp_path, MDLMA_HUB_DEV="1").JupyterHub.authenticator_class
+        == "pam"
+    )
 
 
 def test_dev_login_only_from_the_command_line_of_scripts_hub(monkeypatch, tmp_path):
@@ -277,7 +351,11 @@ def test_dev_login_only_from_the_command_line_of_scripts_hub(monkeypatch, tmp_pa
     over the configuration file; JupyterHub's own parsing decides, as at a real start."""
     from jupyterhub.app import JupyterHub
 
-    line = next(l for l in (REPO / "scripts" / "hub").read_text().splitlines() if l.startswith("DEV_AUTHENTICATOR="))
+    line = next(
+        l
+        for l in (REPO / "scripts" / "hub").read_text().splitlines()
+        if l.startswith("DEV_AUTHENTICATOR=")
+    )
     monkeypatch.setenv("MDLMA_HUB_STATE", str(tmp_path))
     monkeypatch.setenv("MDLMA_HUB_DEV", "1")
     config_file = str(REPO / "hub_config" / "jupyterhub_config.py")
@@ -310,10 +388,16 @@ def test_dev_login_refuses_service_accounts_and_warns(caplog):
 def _spawner(tmp_path, **traits) -> MdlmaSlurmSpawner:
     """A spawner outside a running hub: the user and hub objects it reads, nothing else."""
     user = types.SimpleNamespace(name="root", url="/user/root/", escaped_name="root")
-    hub = types.SimpleNamespace(public_host="", api_url="http://127.0.0.1:8081/hub/api", base_url="/hub/",
-                                url="http://127.0.0.1:8081/hub/")
+    hub = types.SimpleNamespace(
+        public_host="",
+        api_url="http://127.0.0.1:8081/hub/api",
+        base_url="/hub/",
+        url="http://127.0.0.1:8081/hub/",
+    )
     script = (REPO / "hub_config" / "templates" / "job.sh.j2").read_text()
-    return MdlmaSlurmSpawner(user=user, hub=hub, batch_script=script, modulepaths=[str(tmp_path)], **traits)
+    return MdlmaSlurmSpawner(
+        user=user, hub=hub, batch_script=script, modulepaths=[str(tmp_path)], **traits
+    )
 
 
 def test_job_script_gets_the_validated_options_not_the_raw_ones(choices, tmp_path):
@@ -323,7 +407,10 @@ def test_job_script_gets_the_validated_options_not_the_raw_ones(choices, tmp_pat
     script = tmp_path / "submitted.sh"
     spawner = _spawner(tmp_path, exec_prefix="", batch_submit_cmd=f"cat > {script}; echo 42")
     spawner._job_options = validate_options({"partition": "batch"}, choices)
-    spawner.user_options = {"partition": "batch\n#SBATCH --uid=0", "module": "mdlma/unified-framework/0.1.0; id"}
+    spawner.user_options = {
+        "partition": "batch\n#SBATCH --uid=0",
+        "module": "mdlma/unified-framework/0.1.0; id",
+    }
     assert asyncio.run(spawner.submit_batch_script()) == "42"
     text = script.read_text()
     assert "#SBATCH --partition=batch\n#SBATCH --time=" in text
@@ -335,8 +422,12 @@ def test_job_log_in_a_home_folder_with_percent_signs_stays_literal(choices, tmp_
     """SLURM expands %j, %u, ... anywhere in --output, so a '%' in the home folder is
     doubled in the script, while the hub reads the log at the literal path."""
     script = tmp_path / "submitted.sh"
-    spawner = _spawner(tmp_path, exec_prefix="", batch_submit_cmd=f"cat > {script}; echo 42",
-                       req_homedir="/home/ann%u 100%")
+    spawner = _spawner(
+        tmp_path,
+        exec_prefix="",
+        batch_submit_cmd=f"cat > {script}; echo 42",
+        req_homedir="/home/ann%u 100%",
+    )
     spawner._job_options = validate_options({}, choices)
     assert asyncio.run(spawner.submit_batch_script()) == "42"
     assert "#SBATCH --output=/home/ann%%u 100%%/.mdlma-jupyterhub-%j.log\n" in script.read_text()
@@ -347,12 +438,16 @@ def test_job_log_in_a_home_folder_with_percent_signs_stays_literal(choices, tmp_
 
 def test_invalid_spawn_options_are_http_400_with_the_message(choices, tmp_path, monkeypatch):
     spawner = _spawner(tmp_path)
-    monkeypatch.setattr(MdlmaSlurmSpawner, "_choices_cache", (time.monotonic(), choices))  # no sinfo needed
+    monkeypatch.setattr(
+        MdlmaSlurmSpawner, "_choices_cache", (time.monotonic(), choices)
+    )  # no sinfo needed
     spawner.user_options = {"partition": "debug\n"}
     with pytest.raises(InvalidOptions) as caught:
         asyncio.run(spawner.start())
     assert caught.value.status_code == 400
-    assert caught.value.jupyterhub_message.startswith("Invalid server options: partition: control character U+000A")
+    assert caught.value.jupyterhub_message.startswith(
+        "Invalid server options: partition: control character U+000A"
+    )
     assert caught.value.log_message % caught.value.args == caught.value.jupyterhub_message
 
 
@@ -397,7 +492,9 @@ def test_hub_start_refuses_a_state_folder_another_user_planted(planted_state):
     as_test_user("sh", "-c", f"echo 00112233 > {secret} && chmod 600 {secret}")
     proc = _hub("start", state=planted_state)
     _refused(proc, f"state folder {planted_state} belongs to mdlmatest", "rm -rf")
-    assert secret.read_text() == "00112233\n" and sorted(p.name for p in planted_state.iterdir()) == [secret.name]
+    assert secret.read_text() == "00112233\n" and sorted(
+        p.name for p in planted_state.iterdir()
+    ) == [secret.name]
     assert _hub("check", state=planted_state).returncode != 0
 
 
@@ -405,7 +502,11 @@ def test_hub_start_refuses_unsafe_secrets_and_parents(root_state, local_user_dir
     secret = root_state / "jupyterhub_cookie_secret"
     secret.write_text("00112233\n")
     secret.chmod(0o620)  # group-writable
-    _refused(_hub("start", state=root_state), f"secret {secret} is accessible to group or others", "chmod 600")
+    _refused(
+        _hub("start", state=root_state),
+        f"secret {secret} is accessible to group or others",
+        "chmod 600",
+    )
     secret.chmod(0o600)
     (root_state / "jupyterhub.sqlite").write_bytes(b"")
     (root_state / "jupyterhub.sqlite").chmod(0o644)  # readable by all: it holds tokens
@@ -418,7 +519,11 @@ def test_hub_start_refuses_unsafe_secrets_and_parents(root_state, local_user_dir
     # A root-owned state folder inside a folder another user owns: they can swap it.
     below = local_user_dir / "state"
     below.mkdir(mode=0o700)
-    _refused(_hub("start", state=below), f"{local_user_dir} (above the state folder", "belongs to mdlmatest")
+    _refused(
+        _hub("start", state=below),
+        f"{local_user_dir} (above the state folder",
+        "belongs to mdlmatest",
+    )
 
 
 @pytest.fixture

@@ -44,40 +44,75 @@ def make_rgb(shape=(600, 700), seed=0) -> np.ndarray:
     return rng.integers(0, 256, shape + (3,), dtype=np.uint8)
 
 
-def write_ome_pyramid(path: Path, image: np.ndarray, pixel_um: float, levels: int = 3) -> list[np.ndarray]:
+def write_ome_pyramid(
+    path: Path, image: np.ndarray, pixel_um: float, levels: int = 3
+) -> list[np.ndarray]:
     """Pyramidal OME-TIFF: level 0 with reduced levels in SubIFDs (as bioformats2raw/QuPath write)."""
     pyramid = [image[:: 2**i, :: 2**i] for i in range(levels)]
     with tifffile.TiffWriter(path, ome=True) as tif:
-        tif.write(pyramid[0], subifds=levels - 1, tile=(128, 128), photometric="rgb", compression="zlib",
-                  metadata={"axes": "YXS", "PhysicalSizeX": pixel_um, "PhysicalSizeY": pixel_um,
-                            "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+        tif.write(
+            pyramid[0],
+            subifds=levels - 1,
+            tile=(128, 128),
+            photometric="rgb",
+            compression="zlib",
+            metadata={
+                "axes": "YXS",
+                "PhysicalSizeX": pixel_um,
+                "PhysicalSizeY": pixel_um,
+                "PhysicalSizeXUnit": "µm",
+                "PhysicalSizeYUnit": "µm",
+            },
+        )
         for level in pyramid[1:]:
             tif.write(level, subfiletype=1, tile=(128, 128), photometric="rgb", compression="zlib")
     return pyramid
 
 
-def write_svs(path: Path, image: np.ndarray, mpp: float, levels: int = 3, compression: str = "zlib") -> list[np.ndarray]:
+def write_svs(
+    path: Path, image: np.ndarray, mpp: float, levels: int = 3, compression: str = "zlib"
+) -> list[np.ndarray]:
     """Aperio SVS layout: tiled baseline, stripped thumbnail, tiled reduced levels, MPP in the description."""
     pyramid = [image[:: 2**i, :: 2**i] for i in range(levels)]
     height, width = image.shape[:2]
     with tifffile.TiffWriter(path) as tif:
-        tif.write(pyramid[0], tile=(128, 128), photometric="rgb", compression=compression, metadata=None,
-                  description=f"{SVS_HEADER}{width}x{height} [0,0 {width}x{height}] (128x128) RGB|AppMag = 20|MPP = {mpp}")
-        tif.write(image[::16, ::16], photometric="rgb", metadata=None, description=f"{SVS_HEADER}thumbnail")
+        tif.write(
+            pyramid[0],
+            tile=(128, 128),
+            photometric="rgb",
+            compression=compression,
+            metadata=None,
+            description=f"{SVS_HEADER}{width}x{height} [0,0 {width}x{height}] (128x128) RGB|AppMag = 20|MPP = {mpp}",
+        )
+        tif.write(
+            image[::16, ::16],
+            photometric="rgb",
+            metadata=None,
+            description=f"{SVS_HEADER}thumbnail",
+        )
         for level in pyramid[1:]:
-            tif.write(level, tile=(128, 128), photometric="rgb", compression=compression, metadata=None,
-                      description=f"{SVS_HEADER}{width}x{height} -> {level.shape[1]}x{level.shape[0]}")
+            tif.write(
+                level,
+                tile=(128, 128),
+                photometric="rgb",
+                compression=compression,
+                metadata=None,
+                description=f"{SVS_HEADER}{width}x{height} -> {level.shape[1]}x{level.shape[0]}",
+            )
     return pyramid
 
 
 # ----------------------------------------------------------------------------- shipped files
-@pytest.mark.parametrize("name, shape, axes", [
-    ("astronaut.png", (512, 512, 3), "yxc"),
-    ("logo.png", (500, 500, 4), "yxc"),              # RGBA
-    ("chessboard_GRAY.png", (200, 200), "yx"),
-    ("retina.jpg", (1411, 1411, 3), "yxc"),
-    ("hubble_deep_field.jpg", (872, 1000, 3), "yxc"),
-])
+@pytest.mark.parametrize(
+    "name, shape, axes",
+    [
+        ("astronaut.png", (512, 512, 3), "yxc"),
+        ("logo.png", (500, 500, 4), "yxc"),  # RGBA
+        ("chessboard_GRAY.png", (200, 200), "yx"),
+        ("retina.jpg", (1411, 1411, 3), "yxc"),
+        ("hubble_deep_field.jpg", (872, 1000, 3), "yxc"),
+    ],
+)
 def test_shipped_png_and_jpeg_read_as_y_x_c(name, shape, axes):
     path = DATA / name
     volume = read_volume(path)
@@ -114,7 +149,10 @@ def test_shipped_multipage_tiffs():
     stack = read_volume(DATA / "multipage.tif")
     assert stack.axes == "zyx" and stack.shape == (2, 15, 10)
     # two planar RGB pages: neither a 2D colour image nor a grey volume
-    with pytest.raises(InputError, match=r"multipage_rgb.tif: has colour/channel axes \(axes QSYX\); expected a 2D colour image"):
+    with pytest.raises(
+        InputError,
+        match=r"multipage_rgb.tif: has colour/channel axes \(axes QSYX\); expected a 2D colour image",
+    ):
         read_volume(DATA / "multipage_rgb.tif")
 
 
@@ -122,15 +160,27 @@ def test_shipped_multipage_tiffs():
 def test_16_bit_multichannel_tiff(tmp_path):
     data = np.random.default_rng(2).integers(0, 65535, (50, 60, 5), dtype=np.uint16)
     contiguous = tmp_path / "samples.tif"
-    tifffile.imwrite(contiguous, data, photometric="minisblack", planarconfig="contig",
-                     resolution=(1e4 / 0.3, 1e4 / 0.4), resolutionunit="CENTIMETER")  # (x, y) pixels per cm
+    tifffile.imwrite(
+        contiguous,
+        data,
+        photometric="minisblack",
+        planarconfig="contig",
+        resolution=(1e4 / 0.3, 1e4 / 0.4),
+        resolutionunit="CENTIMETER",
+    )  # (x, y) pixels per cm
     planes = tmp_path / "planes.ome.tif"
-    tifffile.imwrite(planes, np.moveaxis(data, -1, 0), metadata={"axes": "CYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.4},
-                     tile=(32, 32))
+    tifffile.imwrite(
+        planes,
+        np.moveaxis(data, -1, 0),
+        metadata={"axes": "CYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.4},
+        tile=(32, 32),
+    )
     for path in (contiguous, planes):
         for lazy in (False, True):
             volume = read_volume(path, lazy=lazy)
-            assert volume.axes == "yxc" and volume.dtype == np.uint16 and volume.shape == (50, 60, 5)
+            assert (
+                volume.axes == "yxc" and volume.dtype == np.uint16 and volume.shape == (50, 60, 5)
+            )
             assert volume.spacing == pytest.approx((0.4, 0.3))
             np.testing.assert_array_equal(np.asarray(volume.compute().data), data)
 
@@ -169,11 +219,19 @@ def test_compression_without_a_decoder_is_named(tmp_path, monkeypatch):
     # is simulated by taking LZW out of tifffile's decoder table.
     from tifffile import TIFF
 
-    without_imagecodecs = {1, 8, 32773, 32946}  # none, Deflate, PackBits, old Deflate: what zlib covers
+    without_imagecodecs = {
+        1,
+        8,
+        32773,
+        32946,
+    }  # none, Deflate, PackBits, old Deflate: what zlib covers
     monkeypatch.setattr(type(TIFF), "DECOMPRESSORS", property(lambda self: without_imagecodecs))
     path = tmp_path / "lzw.tif"
     Image.fromarray(make_rgb((40, 50))).save(path, compression="tiff_lzw")
-    with pytest.raises(InputError, match=r"lzw.tif: image data is LZW-compressed, which needs the 'imagecodecs' package"):
+    with pytest.raises(
+        InputError,
+        match=r"lzw.tif: image data is LZW-compressed, which needs the 'imagecodecs' package",
+    ):
         read_volume(path, lazy=True)
 
 
@@ -201,10 +259,17 @@ def test_grey_pyramid_is_a_y_x_image_with_levels(tmp_path):
     path = tmp_path / "grey.ome.tif"
     grey = np.random.default_rng(4).integers(0, 4096, (300, 260), dtype=np.uint16)
     with tifffile.TiffWriter(path, ome=True) as tif:
-        tif.write(grey, subifds=1, tile=(64, 64), metadata={"axes": "YX", "PhysicalSizeX": 2.0, "PhysicalSizeY": 2.0})
+        tif.write(
+            grey,
+            subifds=1,
+            tile=(64, 64),
+            metadata={"axes": "YX", "PhysicalSizeX": 2.0, "PhysicalSizeY": 2.0},
+        )
         tif.write(grey[::2, ::2], subfiletype=1, tile=(64, 64))
     volume = read_volume(path, lazy=True, level=1)
-    assert volume.axes == "yx" and volume.data.chunksize == (64, 64) and volume.spacing == (4.0, 4.0)
+    assert (
+        volume.axes == "yx" and volume.data.chunksize == (64, 64) and volume.spacing == (4.0, 4.0)
+    )
     np.testing.assert_array_equal(volume.data.compute(), grey[::2, ::2])
     assert read_volume(path, grey=True).shape == (300, 260)
 
@@ -216,8 +281,14 @@ def test_svs_pyramid_and_mpp(tmp_path):
     assert volume.metadata["format"] == "tiff" and volume.metadata["svs"]["MPP"] == 0.499
     assert volume.spacing == (0.499, 0.499)
     # the thumbnail page is no pyramid level
-    assert [lv["shape"] for lv in volume.metadata["levels"]] == [[520, 650, 3], [260, 325, 3], [130, 163, 3]]
-    assert volume.metadata["levels"][2]["spacing_um"] == pytest.approx([0.499 * 4, 0.499 * 650 / 163])
+    assert [lv["shape"] for lv in volume.metadata["levels"]] == [
+        [520, 650, 3],
+        [260, 325, 3],
+        [130, 163, 3],
+    ]
+    assert volume.metadata["levels"][2]["spacing_um"] == pytest.approx(
+        [0.499 * 4, 0.499 * 650 / 163]
+    )
     level2 = read_volume(path, level=2)
     np.testing.assert_array_equal(level2.data, pyramid[2])
 
@@ -232,8 +303,16 @@ def test_lazy_level_reads_only_the_tiles_it_needs(tmp_path):
             yield np.full((tile, tile, 3), index % 251, np.uint8)
 
     with tifffile.TiffWriter(path) as tif:
-        tif.write(tiles(), shape=(n * tile, n * tile, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
-                  compression="zlib", metadata=None, description=f"{SVS_HEADER}big|MPP = 0.25")
+        tif.write(
+            tiles(),
+            shape=(n * tile, n * tile, 3),
+            dtype=np.uint8,
+            tile=(tile, tile),
+            photometric="rgb",
+            compression="zlib",
+            metadata=None,
+            description=f"{SVS_HEADER}big|MPP = 0.25",
+        )
     volume = read_volume(path, lazy=True)
     assert volume.shape == (8192, 8192, 3) and volume.data.chunksize == (tile, tile, 3)
     tracemalloc.start()
@@ -262,7 +341,9 @@ def test_corrupt_tile_on_the_lazy_path_is_one_line(tmp_path):
     np.asarray(volume.data[:128, :128].compute())  # tile 0 is intact
     with pytest.raises(InputError) as error:
         volume.data[:128, 128:].compute()
-    assert str(error.value).startswith(f"{path}: cannot read TIFF file") and "\n" not in str(error.value)
+    assert str(error.value).startswith(f"{path}: cannot read TIFF file") and "\n" not in str(
+        error.value
+    )
 
 
 def test_level_errors(tmp_path):
@@ -283,13 +364,25 @@ def test_ome_zarr_level(tmp_path):
     data = np.arange(16 * 20, dtype=np.uint16).reshape(16, 20)
     for index, scale in enumerate((1, 2)):
         group.create_dataset(str(index), data=data[::scale, ::scale])
-    group.attrs["multiscales"] = [{"axes": [{"name": "y", "unit": "micrometer"}, {"name": "x", "unit": "micrometer"}],
-                                   "datasets": [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [0.5 * 2**i] * 2}]}
-                                                for i in range(2)]}]
+    group.attrs["multiscales"] = [
+        {
+            "axes": [{"name": "y", "unit": "micrometer"}, {"name": "x", "unit": "micrometer"}],
+            "datasets": [
+                {
+                    "path": str(i),
+                    "coordinateTransformations": [{"type": "scale", "scale": [0.5 * 2**i] * 2}],
+                }
+                for i in range(2)
+            ],
+        }
+    ]
     level1 = read_volume(tmp_path / "ome.zarr", level=1)
     np.testing.assert_array_equal(level1.data, data[::2, ::2])
     assert level1.spacing == (1.0, 1.0)
-    assert level1.metadata["levels"] == [{"shape": [16, 20], "spacing_um": [0.5, 0.5]}, {"shape": [8, 10], "spacing_um": [1.0, 1.0]}]
+    assert level1.metadata["levels"] == [
+        {"shape": [16, 20], "spacing_um": [0.5, 0.5]},
+        {"shape": [8, 10], "spacing_um": [1.0, 1.0]},
+    ]
     with pytest.raises(InputError, match="no pyramid level 2; expected 0..1"):
         read_volume(tmp_path / "ome.zarr", level=2)
 
@@ -297,8 +390,14 @@ def test_ome_zarr_level(tmp_path):
 # ----------------------------------------------------------------------------- writing
 @pytest.mark.parametrize("name", ["rgb.tif", "rgb.ome.tif", "rgb.zarr"])
 def test_colour_round_trip_keeps_channels_and_pixel_size(tmp_path, name):
-    for source in (Volume(make_rgb((300, 400)), (0.25, 0.5), axes="yxc"),
-                   Volume(np.random.default_rng(3).integers(0, 65535, (300, 400, 5), dtype=np.uint16), (0.65, 0.65), axes="yxc")):
+    for source in (
+        Volume(make_rgb((300, 400)), (0.25, 0.5), axes="yxc"),
+        Volume(
+            np.random.default_rng(3).integers(0, 65535, (300, 400, 5), dtype=np.uint16),
+            (0.65, 0.65),
+            axes="yxc",
+        ),
+    ):
         path = write_volume(tmp_path / name, Volume(source.data, source.spacing, axes="yxc"))
         back = read_volume(path, lazy=True)
         assert back.axes == "yxc" and back.dtype == source.dtype and back.spacing == source.spacing
@@ -320,7 +419,10 @@ def test_lazy_colour_conversion_is_written_tile_by_tile(tmp_path):
 def test_colour_refused_by_formats_without_channels(tmp_path):
     rgb = Volume(make_rgb((8, 9)), axes="yxc")
     for name in ("rgb.h5", "rgb.nii.gz", "slices"):
-        with pytest.raises(InputError, match="cannot hold a colour/multi-channel image here; expected an output .tif, .ome.tif or .zarr"):
+        with pytest.raises(
+            InputError,
+            match="cannot hold a colour/multi-channel image here; expected an output .tif, .ome.tif or .zarr",
+        ):
             write_volume(tmp_path / name, rgb)
         assert not (tmp_path / name).exists()
     with pytest.raises(InputError, match="PNG images are read, not written"):
@@ -345,7 +447,11 @@ def test_to_grey_and_stain_separation_match_scikit_image():
     assert grey.axes == "yx" and grey.spacing == ihc.spacing and grey.dtype == np.float32
     np.testing.assert_allclose(grey.data, skimage.color.rgb2gray(ihc.data), rtol=1e-6)
     hed = separate_stains(ihc, "hed")
-    assert hed.axes == "yxc" and hed.spacing == ihc.spacing and hed.metadata["channels"] == ["hematoxylin", "eosin", "DAB"]
+    assert (
+        hed.axes == "yxc"
+        and hed.spacing == ihc.spacing
+        and hed.metadata["channels"] == ["hematoxylin", "eosin", "DAB"]
+    )
     np.testing.assert_allclose(hed.data, skimage.color.rgb2hed(ihc.data), rtol=1e-5, atol=1e-6)
     lazy = read_volume(DATA / "ihc.png", lazy=True)
     np.testing.assert_allclose(separate_stains(lazy, "hed").data.compute(), hed.data)
@@ -354,7 +460,9 @@ def test_to_grey_and_stain_separation_match_scikit_image():
 
 def test_to_grey_channels_and_errors():
     rgba = read_volume(DATA / "logo.png")
-    np.testing.assert_allclose(to_grey(rgba).data, skimage.color.rgb2gray(rgba.data[..., :3]), rtol=1e-6)  # alpha ignored
+    np.testing.assert_allclose(
+        to_grey(rgba).data, skimage.color.rgb2gray(rgba.data[..., :3]), rtol=1e-6
+    )  # alpha ignored
     five = Volume(np.arange(2 * 3 * 5, dtype=np.uint16).reshape(2, 3, 5), (0.5, 0.5), axes="yxc")
     picked = to_grey(five, channel=3)
     assert picked.dtype == np.uint16 and picked.axes == "yx"
@@ -390,18 +498,46 @@ def test_cli_convert_colour(tmp_path, capsys):
     slide = tmp_path / "slide.svs"
     pyramid = write_svs(slide, make_rgb((520, 650)), 0.5)
     assert main(["io", "convert", f"{slide}::1", str(tmp_path / "level1.zarr")]) == 0
-    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'level1.zarr'}: 260x325x3 (y, x, c) uint8, voxel size 1 x 1 um")
+    assert capsys.readouterr().out.startswith(
+        f"wrote {tmp_path / 'level1.zarr'}: 260x325x3 (y, x, c) uint8, voxel size 1 x 1 um"
+    )
     np.testing.assert_array_equal(read_volume(tmp_path / "level1.zarr").data, pyramid[1])
-    assert main(["io", "convert", str(slide), str(tmp_path / "grey.nii.gz"), "--level", "2", "--grey"]) == 0
+    assert (
+        main(["io", "convert", str(slide), str(tmp_path / "grey.nii.gz"), "--level", "2", "--grey"])
+        == 0
+    )
     grey = read_volume(tmp_path / "grey.nii.gz")
     assert grey.shape == (130, 163) and grey.dtype == np.float32
     np.testing.assert_allclose(grey.data, skimage.color.rgb2gray(pyramid[2]), rtol=1e-6)
-    assert grey.spacing == pytest.approx((2.0, 0.5 * 650 / 163), rel=1e-6)  # NIfTI keeps float32 pixdim
-    assert main(["io", "convert", str(DATA / "ihc.png"), str(tmp_path / "hed.ome.tif"), "--stains", "hed"]) == 0
+    assert grey.spacing == pytest.approx(
+        (2.0, 0.5 * 650 / 163), rel=1e-6
+    )  # NIfTI keeps float32 pixdim
+    assert (
+        main(
+            [
+                "io",
+                "convert",
+                str(DATA / "ihc.png"),
+                str(tmp_path / "hed.ome.tif"),
+                "--stains",
+                "hed",
+            ]
+        )
+        == 0
+    )
     hed = read_volume(tmp_path / "hed.ome.tif")
-    assert hed.axes == "yxc" and hed.dtype == np.float32 and hed.spacing == read_volume(DATA / "ihc.png").spacing
-    assert main(["io", "convert", str(DATA / "ihc.png"), str(tmp_path / "red.tif"), "--channel", "0"]) == 0
-    np.testing.assert_array_equal(read_volume(tmp_path / "red.tif").data, skimage.data.immunohistochemistry()[..., 0])
+    assert (
+        hed.axes == "yxc"
+        and hed.dtype == np.float32
+        and hed.spacing == read_volume(DATA / "ihc.png").spacing
+    )
+    assert (
+        main(["io", "convert", str(DATA / "ihc.png"), str(tmp_path / "red.tif"), "--channel", "0"])
+        == 0
+    )
+    np.testing.assert_array_equal(
+        read_volume(tmp_path / "red.tif").data, skimage.data.immunohistochemistry()[..., 0]
+    )
 
 
 def test_cli_convert_colour_to_a_grey_only_format_says_what_to_do(tmp_path, capsys):
@@ -418,17 +554,36 @@ def test_score_refuses_a_colour_image(tmp_path, capsys):
     status = main(["score", str(DATA / "astronaut.png"), str(labels)])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1
-    assert "astronaut.png: is a colour/multi-channel image (512x512 pixels, 3 channels)" in err and "mdlma io convert IN OUT --grey" in err
+    assert (
+        "astronaut.png: is a colour/multi-channel image (512x512 pixels, 3 channels)" in err
+        and "mdlma io convert IN OUT --grey" in err
+    )
 
 
 def test_classical_segmentation_refuses_a_colour_image(tmp_path, capsys):
-    status = main(["segment", "classical", str(DATA / "ihc.png"), "-o", str(tmp_path / "labels.tif")])
+    status = main(
+        ["segment", "classical", str(DATA / "ihc.png"), "-o", str(tmp_path / "labels.tif")]
+    )
     err = capsys.readouterr().err
     assert status == 2 and "ihc.png: is a colour/multi-channel image" in err and "--grey" in err
     assert not (tmp_path / "labels.tif").exists()
     # the documented way: convert to grey first, then segment
-    assert main(["io", "convert", str(DATA / "ihc.png"), str(tmp_path / "ihc_grey.tif"), "--grey"]) == 0
-    assert main(["segment", "classical", str(tmp_path / "ihc_grey.tif"), "-o", str(tmp_path / "labels.tif")]) == 0
+    assert (
+        main(["io", "convert", str(DATA / "ihc.png"), str(tmp_path / "ihc_grey.tif"), "--grey"])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "segment",
+                "classical",
+                str(tmp_path / "ihc_grey.tif"),
+                "-o",
+                str(tmp_path / "labels.tif"),
+            ]
+        )
+        == 0
+    )
     assert read_volume(tmp_path / "labels.tif").shape == (512, 512)
 
 
@@ -436,12 +591,17 @@ def test_sun_refuses_a_colour_image(tmp_path, capsys):
     # SUN needs a 3D volume: a 2D colour image fails that check first ...
     status = main(["sun", "plan", str(DATA / "astronaut.png")])
     err = capsys.readouterr().err
-    assert status == 2 and "astronaut.png: has 2 dimensions (shape 512x512); expected a 3D volume" in err
+    assert (
+        status == 2
+        and "astronaut.png: has 2 dimensions (shape 512x512); expected a 3D volume" in err
+    )
     # ... also from Zarr, whose 20x30x3 array would pass as (z, y, x) without its axes marker
     rgb = tmp_path / "rgb.zarr"
     write_volume(rgb, Volume(make_rgb((20, 30)), axes="yxc"))
     assert main(["sun", "plan", str(rgb)]) == 2
-    assert "rgb.zarr: has 2 dimensions (shape 20x30); expected a 3D volume" in capsys.readouterr().err
+    assert (
+        "rgb.zarr: has 2 dimensions (shape 20x30); expected a 3D volume" in capsys.readouterr().err
+    )
 
 
 def test_grey_only_reading_refuses_a_slide_before_reading_its_pixels(tmp_path, monkeypatch):

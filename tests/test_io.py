@@ -107,7 +107,9 @@ def test_2d_image_round_trip(tmp_path, name, kwargs):
 def test_writes_dask_arrays_without_loading_them_whole(tmp_path, monkeypatch, name, kwargs):
     shape = (64, 256, 256)  # 8 MiB of uint16; slabs are limited to 2 slices (256 KiB) below
     monkeypatch.setattr(volume_module, "SLAB_BYTES", 2 * 256 * 256 * 2)
-    pattern = da.from_array(np.arange(np.prod(shape[1:]), dtype=np.uint16).reshape(shape[1:]), chunks=-1)
+    pattern = da.from_array(
+        np.arange(np.prod(shape[1:]), dtype=np.uint16).reshape(shape[1:]), chunks=-1
+    )
     lazy = da.stack([pattern + i for i in range(shape[0])]).rechunk((2, -1, -1))
     tracemalloc.start()
     try:
@@ -183,7 +185,11 @@ def test_hdf5_is_nexus_nxdata(tmp_path):
         assert f["entry"].attrs["NX_class"] == "NXentry" and f["entry"].attrs["default"] == "data"
         group = f["entry/data"]
         assert group.attrs["NX_class"] == "NXdata" and group.attrs["signal"] == "data"
-        assert [a.decode() if isinstance(a, bytes) else a for a in group.attrs["axes"]] == ["z", "y", "x"]
+        assert [a.decode() if isinstance(a, bytes) else a for a in group.attrs["axes"]] == [
+            "z",
+            "y",
+            "x",
+        ]
         for index, axis in enumerate("zyx"):
             assert group.attrs[f"{axis}_indices"] == index
             assert group[axis].attrs["units"] == "um"
@@ -227,8 +233,15 @@ def test_tiff_spacing_is_visible_to_imagej_readers(tmp_path):
 def test_reads_ome_tiff_physical_sizes(tmp_path):
     data = random_volume("uint16")
     path = tmp_path / "ome.ome.tif"
-    metadata = {"axes": "ZYX", "PhysicalSizeZ": 0.002, "PhysicalSizeZUnit": "mm", "PhysicalSizeY": 0.65,
-                "PhysicalSizeYUnit": "µm", "PhysicalSizeX": 700, "PhysicalSizeXUnit": "nm"}
+    metadata = {
+        "axes": "ZYX",
+        "PhysicalSizeZ": 0.002,
+        "PhysicalSizeZUnit": "mm",
+        "PhysicalSizeY": 0.65,
+        "PhysicalSizeYUnit": "µm",
+        "PhysicalSizeX": 700,
+        "PhysicalSizeXUnit": "nm",
+    }
     tifffile.imwrite(path, data, ome=True, metadata=metadata)
     volume = read_volume(path)
     assert volume.spacing == SPACING
@@ -237,7 +250,12 @@ def test_reads_ome_tiff_physical_sizes(tmp_path):
 
 def test_reads_plain_resolution_tags_in_centimetres(tmp_path):
     path = tmp_path / "plain.tif"
-    tifffile.imwrite(path, random_volume("uint8", SHAPE[1:]), resolution=(10000 / 0.7, 10000 / 0.65), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path,
+        random_volume("uint8", SHAPE[1:]),
+        resolution=(10000 / 0.7, 10000 / 0.65),
+        resolutionunit="CENTIMETER",
+    )
     assert read_volume(path).spacing == pytest.approx(SPACING[1:], rel=1e-9)
 
 
@@ -355,12 +373,22 @@ def test_reads_ome_zarr_multiscale_group(tmp_path):
     group = zarr.open_group(str(store), mode="w")
     group.create_dataset("0", data=data, chunks=(8, 16, 16))
     group.create_dataset("1", data=data[::2, ::2, ::2])
-    group.attrs["multiscales"] = [{
-        "version": "0.4",
-        "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": list(SPACING)}]},
-                     {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [4.0, 1.3, 1.4]}]}],
-    }]
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
+            "datasets": [
+                {
+                    "path": "0",
+                    "coordinateTransformations": [{"type": "scale", "scale": list(SPACING)}],
+                },
+                {
+                    "path": "1",
+                    "coordinateTransformations": [{"type": "scale", "scale": [4.0, 1.3, 1.4]}],
+                },
+            ],
+        }
+    ]
     volume = read_volume(store)
     assert volume.spacing == SPACING and volume.metadata["dataset"] == "/0"
     np.testing.assert_array_equal(volume.data, data)
@@ -412,8 +440,16 @@ def test_value_range_skips_non_finite():
 
 
 def test_supported_formats_are_all_detected(tmp_path):
-    names = {"tiff": "a.tif", "tiff-folder": "a", "hdf5": "a.h5", "nifti": "a.nii.gz", "dicom": "a.dcm", "zarr": "a.zarr",
-             "png": "a.png", "jpeg": "a.jpg"}
+    names = {
+        "tiff": "a.tif",
+        "tiff-folder": "a",
+        "hdf5": "a.h5",
+        "nifti": "a.nii.gz",
+        "dicom": "a.dcm",
+        "zarr": "a.zarr",
+        "png": "a.png",
+        "jpeg": "a.jpg",
+    }
     assert set(names) == set(SUPPORTED_FORMATS)
     for fmt, name in names.items():
         assert detect_format(tmp_path / name, for_writing=True) == fmt

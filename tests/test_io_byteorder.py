@@ -39,7 +39,9 @@ def big_endian_volume() -> np.ndarray:
 def test_big_endian_tiff_reads_as_native_uint16(tmp_path, imagej):
     data = big_endian_volume()
     path = tmp_path / "big.tif"
-    tifffile.imwrite(path, data, byteorder=">", imagej=imagej, photometric="minisblack", metadata={"axes": "ZYX"})
+    tifffile.imwrite(
+        path, data, byteorder=">", imagej=imagej, photometric="minisblack", metadata={"axes": "ZYX"}
+    )
     with tifffile.TiffFile(path) as tif:
         assert tif.byteorder == ">"
     for lazy in (False, True):
@@ -77,7 +79,18 @@ def uint16_model(tmp_path_factory) -> Path:
     torch.set_num_threads(2)
     image, labels = make_implant_phantom((24, 24, 24), seed=0)
     image = np.clip(image * 40000, 0, 65535).astype(np.uint16)
-    config = TrainingConfig(axes="3", depth=2, base_width=4, input_size=24, batch_size=4, steps=4, val_every=2, log_every=2, patience=0, checkpoint_every=4)
+    config = TrainingConfig(
+        axes="3",
+        depth=2,
+        base_width=4,
+        input_size=24,
+        batch_size=4,
+        steps=4,
+        val_every=2,
+        log_every=2,
+        patience=0,
+        checkpoint_every=4,
+    )
     path = tmp_path_factory.mktemp("sun-uint16") / "sun.pt"
     train_sun([image], [labels], path, config, class_names=CLASS_NAMES, voxel_size=(5.0, 5.0, 5.0))
     assert load_model(path).input_dtype == "uint16"
@@ -99,14 +112,37 @@ def test_sun_predict_on_big_endian_files(tmp_path, uint16_model, name):
     data = np.clip(image * 40000, 0, 65535).astype(BIG)
     path = tmp_path / name
     if name.endswith(".tif"):
-        tifffile.imwrite(path, data, byteorder=">", imagej=True, photometric="minisblack", metadata={"axes": "ZYX"})
+        tifffile.imwrite(
+            path,
+            data,
+            byteorder=">",
+            imagej=True,
+            photometric="minisblack",
+            metadata={"axes": "ZYX"},
+        )
     else:
         image = nib.Nifti1Image(data.T, LAS_AFFINE, nib.Nifti1Header(endianness=">"))
         image.set_data_dtype(BIG)  # stored as is, no scaling to float
         nib.save(image, path)
         assert nib.load(path).header.get_data_dtype() == BIG
     out = tmp_path / "labels.nii"
-    assert main(["sun", "predict", str(path), "--model", str(uint16_model), "--out", str(out), "--no-uncertainty", "--threads", "2"]) == 0
+    assert (
+        main(
+            [
+                "sun",
+                "predict",
+                str(path),
+                "--model",
+                str(uint16_model),
+                "--out",
+                str(out),
+                "--no-uncertainty",
+                "--threads",
+                "2",
+            ]
+        )
+        == 0
+    )
     labels = read_volume(out)
     assert labels.shape == data.shape and labels.dtype == np.uint8
     assert nib.load(out).header.endianness == nib.volumeutils.native_code
@@ -117,5 +153,21 @@ def test_sun_predict_on_big_endian_files(tmp_path, uint16_model, name):
     # The same prediction as for the native copy of the volume.
     native = tmp_path / "native.tif"
     write_volume(native, data.astype(np.uint16))
-    assert main(["sun", "predict", str(native), "--model", str(uint16_model), "--out", str(tmp_path / "n.nii"), "--no-uncertainty", "--threads", "2"]) == 0
+    assert (
+        main(
+            [
+                "sun",
+                "predict",
+                str(native),
+                "--model",
+                str(uint16_model),
+                "--out",
+                str(tmp_path / "n.nii"),
+                "--no-uncertainty",
+                "--threads",
+                "2",
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(labels.data, read_volume(tmp_path / "n.nii").data)

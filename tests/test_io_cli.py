@@ -8,8 +8,8 @@ import shlex
 import numpy as np
 import pytest
 
-from unified_framework.cli.main import main
 from unified_framework.cli import io as io_cli
+from unified_framework.cli.main import main
 from unified_framework.image import STAINS
 from unified_framework.io import SUPPORTED_FORMATS, read_volume, write_volume
 
@@ -52,8 +52,26 @@ def test_convert_chain_keeps_data_and_spacing(tmp_path, capsys):
 def test_convert_dataset_options_dtype_and_spacing(tmp_path):
     data = random_volume("float32")
     write_volume(tmp_path / "in.h5::/raw/volume", data, SPACING)
-    status = main(["io", "convert", str(tmp_path / "in.h5"), str(tmp_path / "out.h5"), "--dataset", "/raw/volume",
-                   "--out-dataset", "/seg/labels", "--dtype", "uint16", "--chunks", "6", "--spacing", "1", "2", "3"])
+    status = main(
+        [
+            "io",
+            "convert",
+            str(tmp_path / "in.h5"),
+            str(tmp_path / "out.h5"),
+            "--dataset",
+            "/raw/volume",
+            "--out-dataset",
+            "/seg/labels",
+            "--dtype",
+            "uint16",
+            "--chunks",
+            "6",
+            "--spacing",
+            "1",
+            "2",
+            "3",
+        ]
+    )
     assert status == 0
     volume = read_volume(tmp_path / "out.h5::/seg/labels")
     assert volume.dtype == np.uint16 and volume.spacing == (1.0, 2.0, 3.0)
@@ -67,7 +85,11 @@ def test_info_json(tmp_path, capsys):
     path = write_volume(tmp_path / "vol.nxs", data, SPACING)
     assert main(["io", "info", str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["format"] == "hdf5" and report["shape"] == [12, 20, 16] and report["dtype"] == "float32"
+    assert (
+        report["format"] == "hdf5"
+        and report["shape"] == [12, 20, 16]
+        and report["dtype"] == "float32"
+    )
     assert report["spacing_um"] == list(SPACING)
     assert report["min"] == float(np.nanmin(data)) and report["max"] == float(np.nanmax(data))
     assert report["non_finite"] == 1
@@ -85,13 +107,25 @@ def test_info_text(tmp_path, capsys):
     assert not any(line.startswith("range") for line in capsys.readouterr().out.splitlines())
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["io", "info", "{tmp}/missing.nii"], "missing.nii: no such file"),
-    (["io", "convert", "{tmp}/vol.tif", "{tmp}/out.dat"], "unknown image format"),
-    (["io", "convert", "{tmp}/vol.tif", "{tmp}/out.zarr", "--dtype", "nonsense"], "--dtype 'nonsense' is not a numpy data type"),
-    (["io", "convert", "{tmp}/vol.tif", "{tmp}/out.zarr", "--dtype", "uint8"], "do not fit uint8"),
-    (["io", "convert", "{tmp}/vol.tif", "{tmp}/out.zarr", "--dataset", "/x"], "has no datasets"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["io", "info", "{tmp}/missing.nii"], "missing.nii: no such file"),
+        (["io", "convert", "{tmp}/vol.tif", "{tmp}/out.dat"], "unknown image format"),
+        (
+            ["io", "convert", "{tmp}/vol.tif", "{tmp}/out.zarr", "--dtype", "nonsense"],
+            "--dtype 'nonsense' is not a numpy data type",
+        ),
+        (
+            ["io", "convert", "{tmp}/vol.tif", "{tmp}/out.zarr", "--dtype", "uint8"],
+            "do not fit uint8",
+        ),
+        (
+            ["io", "convert", "{tmp}/vol.tif", "{tmp}/out.zarr", "--dataset", "/x"],
+            "has no datasets",
+        ),
+    ],
+)
 def test_errors_are_one_line_with_exit_2(tmp_path, capsys, argv, expected):
     write_volume(tmp_path / "vol.tif", random_volume(), SPACING)
     status = main([a.format(tmp=tmp_path) for a in argv])
@@ -104,7 +138,12 @@ def test_errors_are_one_line_with_exit_2(tmp_path, capsys, argv, expected):
 def doc_commands(repo) -> list[str]:
     text = (repo / "docs" / "io.md").read_text()
     blocks = text.split("```bash")[1:]
-    return [line.strip() for block in blocks for line in block.split("```")[0].splitlines() if line.startswith("mdlma ")]
+    return [
+        line.strip()
+        for block in blocks
+        for line in block.split("```")[0].splitlines()
+        if line.startswith("mdlma ")
+    ]
 
 
 def test_docs_examples_work_as_written(repo, tmp_path, monkeypatch, capsys):
@@ -115,7 +154,13 @@ def test_docs_examples_work_as_written(repo, tmp_path, monkeypatch, capsys):
         assert main(shlex.split(command)[1:]) == 0, command
     capsys.readouterr()
     phantom = read_volume("phantom.tif")
-    for name in ("phantom.zarr", "phantom.nxs", "phantom.nii.gz", "phantom_slices", "phantom_copy.tif"):
+    for name in (
+        "phantom.zarr",
+        "phantom.nxs",
+        "phantom.nii.gz",
+        "phantom_slices",
+        "phantom_copy.tif",
+    ):
         np.testing.assert_array_equal(read_volume(name).data, phantom.data)
     labels = read_volume("labels.tif")
     for name in ("labels_dicom", "labels.h5::/segmentation/labels", "labels.nii"):
@@ -125,4 +170,6 @@ def test_docs_examples_work_as_written(repo, tmp_path, monkeypatch, capsys):
     assert ihc.axes == "yxc" and read_volume("ihc_hed.zarr").axes == "yxc"
     for name in ("ihc_grey.tif", "ihc_red.nii.gz", "ihc_labels.tif"):
         grey = read_volume(name)
-        assert grey.shape == (512, 512) and grey.spacing == pytest.approx(ihc.spacing, rel=1e-6), name
+        assert grey.shape == (512, 512) and grey.spacing == pytest.approx(ihc.spacing, rel=1e-6), (
+            name
+        )

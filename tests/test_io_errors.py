@@ -16,8 +16,17 @@ import tifffile
 import zarr
 
 from unified_framework.errors import InputError
-from unified_framework.io import Volume, check_finite, read_volume, write_volume
-from unified_framework.io import _dicom, _hdf5, _nifti, _tiff, _zarr
+from unified_framework.io import (
+    Volume,
+    _dicom,
+    _hdf5,
+    _nifti,
+    _tiff,
+    _zarr,
+    check_finite,
+    read_volume,
+    write_volume,
+)
 
 SHAPE = (16, 32, 24)
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -51,21 +60,31 @@ def test_unknown_suffix(tmp_path):
     path = tmp_path / "scan.raw"
     path.write_bytes(b"\0" * 100)
     raises([path, "unknown image format", "'.raw'", ".tif"], read_volume, path)
-    raises([tmp_path / "out.bmp", "unknown image format"], write_volume, tmp_path / "out.bmp", volume())
-    raises([tmp_path / "out.jpg", "JPEG images are read, not written", ".ome.tif"], write_volume, tmp_path / "out.jpg", volume())
+    raises(
+        [tmp_path / "out.bmp", "unknown image format"], write_volume, tmp_path / "out.bmp", volume()
+    )
+    raises(
+        [tmp_path / "out.jpg", "JPEG images are read, not written", ".ome.tif"],
+        write_volume,
+        tmp_path / "out.jpg",
+        volume(),
+    )
 
 
 def test_unknown_format_name(tmp_path):
     raises(["'bmp'", "tiff-folder"], write_volume, tmp_path / "out", volume(), format="bmp")
 
 
-@pytest.mark.parametrize("name, kwargs, expected", [
-    ("vol.tif", {}, "truncated TIFF"),                       # ImageJ layout
-    ("vol_int32.tif", {"dtype": "int32"}, "truncated TIFF"),  # tifffile "shaped" layout
-    ("vol.h5", {}, "truncated file"),
-    ("vol.nii", {}, "truncated NIfTI"),
-    ("vol.nii.gz", {}, "Compressed file ended"),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, expected",
+    [
+        ("vol.tif", {}, "truncated TIFF"),  # ImageJ layout
+        ("vol_int32.tif", {"dtype": "int32"}, "truncated TIFF"),  # tifffile "shaped" layout
+        ("vol.h5", {}, "truncated file"),
+        ("vol.nii", {}, "truncated NIfTI"),
+        ("vol.nii.gz", {}, "Compressed file ended"),
+    ],
+)
 def test_truncated_files(tmp_path, name, kwargs, expected):
     path = write_volume(tmp_path / name, volume(), **kwargs)
     cut(path)
@@ -125,12 +144,15 @@ def test_corrupt_dicom_slice_names_the_file(tmp_path):
     raises([bad, "DICOM"], read_volume, folder)
 
 
-@pytest.mark.parametrize("name, content, what", [
-    ("photo.tif", "png", "PNG"),
-    ("scan.nii", "hdf5", "HDF5"),
-    ("scan.h5", "tiff", "TIFF"),
-    ("scan.nii.gz", "tiff", "TIFF"),
-])
+@pytest.mark.parametrize(
+    "name, content, what",
+    [
+        ("photo.tif", "png", "PNG"),
+        ("scan.nii", "hdf5", "HDF5"),
+        ("scan.h5", "tiff", "TIFF"),
+        ("scan.nii.gz", "tiff", "TIFF"),
+    ],
+)
 def test_mislabelled_files(tmp_path, name, content, what):
     path = tmp_path / name
     if content == "png":
@@ -146,16 +168,27 @@ def test_four_dimensional_data(tmp_path):
     path = tmp_path / "4d.h5"
     with h5py.File(path, "w") as f:
         f["stack"] = np.zeros((2, 3, 4, 5), np.uint8)
-    raises([path, "4 dimensions", "2x3x4x5", "expected a 2D image or a 3D volume"], read_volume, path)
-    raises(["4 dimensions", "expected a 2D image or a 3D volume"], write_volume, tmp_path / "4d.tif", np.zeros((2, 3, 4, 5)))
+    raises(
+        [path, "4 dimensions", "2x3x4x5", "expected a 2D image or a 3D volume"], read_volume, path
+    )
+    raises(
+        ["4 dimensions", "expected a 2D image or a 3D volume"],
+        write_volume,
+        tmp_path / "4d.tif",
+        np.zeros((2, 3, 4, 5)),
+    )
     tif = tmp_path / "4d.tif"
-    tifffile.imwrite(tif, np.zeros((2, 3, 4, 5), np.uint8), photometric="minisblack", metadata={"axes": "TZYX"})
+    tifffile.imwrite(
+        tif, np.zeros((2, 3, 4, 5), np.uint8), photometric="minisblack", metadata={"axes": "TZYX"}
+    )
     raises([tif, "4 dimensions"], read_volume, tif)
 
 
 def test_expect_ndim(tmp_path):
     image = write_volume(tmp_path / "image.tif", volume(shape=SHAPE[1:]))
-    raises([image, "2 dimensions", "32x24", "expected a 3D volume"], read_volume, image, expect_ndim=3)
+    raises(
+        [image, "2 dimensions", "32x24", "expected a 3D volume"], read_volume, image, expect_ndim=3
+    )
     stack = write_volume(tmp_path / "stack.zarr", volume())
     raises([stack, "3 dimensions", "expected a 2D image"], read_volume, stack, expect_ndim=2)
     assert read_volume(stack, expect_ndim=3).ndim == 3
@@ -165,8 +198,15 @@ def test_colour_tiff_is_refused_where_grey_values_are_needed(tmp_path):
     path = tmp_path / "rgb.tif"
     tifffile.imwrite(path, np.zeros((8, 9, 3), np.uint8), photometric="rgb")
     assert read_volume(path).axes == "yxc"  # a 2D colour image is read as (y, x, c) ...
-    raises([path, "colour/multi-channel image (8x9 pixels, 3 channels)", "--grey"], read_volume, path, grey=True)
-    stack = tmp_path / "rgb_stack.tif"  # ... a stack of colour pages is neither that nor a grey volume
+    raises(
+        [path, "colour/multi-channel image (8x9 pixels, 3 channels)", "--grey"],
+        read_volume,
+        path,
+        grey=True,
+    )
+    stack = (
+        tmp_path / "rgb_stack.tif"
+    )  # ... a stack of colour pages is neither that nor a grey volume
     tifffile.imwrite(stack, np.zeros((2, 8, 9, 3), np.uint8), photometric="rgb")
     raises([stack, "channel", "expected a 2D colour image"], read_volume, stack)
 
@@ -186,7 +226,11 @@ def test_nan_and_inf(tmp_path):
 
 def test_hdf5_dataset_not_found_lists_available(tmp_path):
     path = write_volume(tmp_path / "scan.h5", volume())
-    raises([path, "'/entry/data/missing'", "/entry/data/data (16x32x24 uint16)"], read_volume, f"{path}::/entry/data/missing")
+    raises(
+        [path, "'/entry/data/missing'", "/entry/data/data (16x32x24 uint16)"],
+        read_volume,
+        f"{path}::/entry/data/missing",
+    )
     raises([path, "'/entry'"], read_volume, path, dataset="/entry")  # a group, not a dataset
 
 
@@ -196,7 +240,11 @@ def test_hdf5_without_default_and_several_volumes_lists_candidates(tmp_path):
         f["a"] = volume()
         f["b/c"] = volume("float32")
         f["axis"] = np.arange(3)
-    message = raises([path, "2 2D/3D datasets", "dataset=", "/a (16x32x24 uint16)", "/b/c (16x32x24 float32)"], read_volume, path)
+    message = raises(
+        [path, "2 2D/3D datasets", "dataset=", "/a (16x32x24 uint16)", "/b/c (16x32x24 float32)"],
+        read_volume,
+        path,
+    )
     assert "/axis (3 int64)" in message
     assert read_volume(path, dataset="/b/c").dtype == np.float32
 
@@ -233,9 +281,23 @@ def test_empty_slice_folder(tmp_path):
 def test_slices_of_different_shapes(tmp_path):
     folder = write_volume(tmp_path / "slices", volume())
     tifffile.imwrite(folder / "slice_00016.tif", np.zeros((31, 24), np.uint16))
-    raises([folder, "slice_00016.tif is 31x24 uint16", "slice_00000.tif is 32x24 uint16", "equal shape"], read_volume, folder)
+    raises(
+        [
+            folder,
+            "slice_00016.tif is 31x24 uint16",
+            "slice_00000.tif is 32x24 uint16",
+            "equal shape",
+        ],
+        read_volume,
+        folder,
+    )
     tifffile.imwrite(folder / "slice_00016.tif", np.zeros((32, 24), np.float32))
-    raises([folder, "slice_00016.tif", "float32", "equal shape and dtype"], read_volume, folder, lazy=True)
+    raises(
+        [folder, "slice_00016.tif", "float32", "equal shape and dtype"],
+        read_volume,
+        folder,
+        lazy=True,
+    )
 
 
 def test_dicom_slices_of_different_shapes_and_mixed_series(tmp_path):
@@ -250,19 +312,42 @@ def test_dicom_slices_of_different_shapes_and_mixed_series(tmp_path):
 
 
 def test_dtype_refused_by_format_or_cast(tmp_path):
-    raises(["series", "cannot store dtype float32", "uint8, uint16, int16"], write_volume,
-           tmp_path / "series", volume("float32"), format="dicom")
+    raises(
+        ["series", "cannot store dtype float32", "uint8, uint16, int16"],
+        write_volume,
+        tmp_path / "series",
+        volume("float32"),
+        format="dicom",
+    )
     raises(["cannot store dtype float16"], write_volume, tmp_path / "v.tif", volume("float16"))
     data = volume("float32")
     data[0, 0, 0] = 300
-    raises([tmp_path / "v.zarr", "0..300", "do not fit uint8"], write_volume, tmp_path / "v.zarr", data, dtype="uint8")
+    raises(
+        [tmp_path / "v.zarr", "0..300", "do not fit uint8"],
+        write_volume,
+        tmp_path / "v.zarr",
+        data,
+        dtype="uint8",
+    )
     assert not (tmp_path / "v.zarr").exists()
 
 
 def test_bad_spacing_and_chunks(tmp_path):
-    raises(["3 values", "expected 2"], write_volume, tmp_path / "v.tif", volume(shape=(4, 5)), (1.0, 2.0, 3.0))
+    raises(
+        ["3 values", "expected 2"],
+        write_volume,
+        tmp_path / "v.tif",
+        volume(shape=(4, 5)),
+        (1.0, 2.0, 3.0),
+    )
     raises(["positive"], write_volume, tmp_path / "v.tif", volume(), (1.0, 0.0, 1.0))
-    raises(["chunks (4, 4)", "3 positive sizes"], write_volume, tmp_path / "v.zarr", volume(), chunks=(4, 4))
+    raises(
+        ["chunks (4, 4)", "3 positive sizes"],
+        write_volume,
+        tmp_path / "v.zarr",
+        volume(),
+        chunks=(4, 4),
+    )
 
 
 def test_3d_volume_to_single_dicom_file_is_refused(tmp_path):
@@ -331,8 +416,16 @@ def hdf5_chunk(path: Path, index: int) -> tuple[int, int]:
 def test_corrupt_zarr_chunk_is_named_alike_lazily_and_eagerly(tmp_path, how):
     store = write_volume(tmp_path / "vol.zarr", volume(), chunks=8)
     damage(store / "1.2.0", how)
-    eager = raises([store, "chunk 1.2.0 (z 8:16, y 16:24, x 0:8)", "corrupt or truncated", "expected a complete, valid Zarr"],
-                   read_volume, store)
+    eager = raises(
+        [
+            store,
+            "chunk 1.2.0 (z 8:16, y 16:24, x 0:8)",
+            "corrupt or truncated",
+            "expected a complete, valid Zarr",
+        ],
+        read_volume,
+        store,
+    )
     assert raises([], read_volume(store, lazy=True).data.compute) == eager
     assert raises([], read_volume(store, lazy=True).data[8:10, 16:20, 2:4].compute) == eager
 
@@ -343,7 +436,11 @@ def test_corrupt_hdf5_chunk_is_named_alike_lazily_and_eagerly(tmp_path):
     with open(path, "r+b") as f:
         f.seek(offset)
         f.write(b"\xff" * size)
-    eager = raises([path, "chunk 0.1.2 (z 0:8, y 8:16, x 16:24)", "expected a complete, valid HDF5"], read_volume, path)
+    eager = raises(
+        [path, "chunk 0.1.2 (z 0:8, y 8:16, x 16:24)", "expected a complete, valid HDF5"],
+        read_volume,
+        path,
+    )
     assert raises([], read_volume(path, lazy=True).data.compute) == eager
 
 
@@ -353,15 +450,28 @@ def test_zarr_shape_far_beyond_the_stored_chunks_is_refused_at_once(tmp_path):
     meta["shape"] = [100000] * 3
     (store / ".zarray").write_text(json.dumps(meta))
     for lazy in (False, True):
-        raises([store, "shape 100000x100000x100000 uint16", "only 24 are stored", "expected a shape that matches"],
-               read_volume, store, lazy=lazy)
+        raises(
+            [
+                store,
+                "shape 100000x100000x100000 uint16",
+                "only 24 are stored",
+                "expected a shape that matches",
+            ],
+            read_volume,
+            store,
+            lazy=lazy,
+        )
 
 
 def test_hdf5_shape_far_beyond_the_stored_chunks_is_refused_at_once(tmp_path):
     path = tmp_path / "claims.h5"
     with h5py.File(path, "w") as f:
-        f.create_dataset("v", shape=(100000,) * 3, dtype="uint8", chunks=(64, 64, 64))[:64, :64, :64] = 1
-    raises([f"{path}::/v", "100000x100000x100000", "only 1 are stored"], read_volume, path, lazy=True)
+        f.create_dataset("v", shape=(100000,) * 3, dtype="uint8", chunks=(64, 64, 64))[
+            :64, :64, :64
+        ] = 1
+    raises(
+        [f"{path}::/v", "100000x100000x100000", "only 1 are stored"], read_volume, path, lazy=True
+    )
 
 
 @pytest.mark.parametrize("name", ["big.zarr", "big.h5"])
@@ -395,15 +505,21 @@ def test_corrupt_compressed_tiff_page_is_named_alike_lazily_and_eagerly(tmp_path
     with open(path, "r+b") as f:
         f.seek(offset)
         f.write(b"\0" * size)
-    eager = raises([path, "slice 5 cannot be read", "expected a complete, valid TIFF"], read_volume, path)
+    eager = raises(
+        [path, "slice 5 cannot be read", "expected a complete, valid TIFF"], read_volume, path
+    )
     assert raises([], read_volume(path, lazy=True).data.compute) == eager
 
 
 def test_nested_zarr_keys_are_counted_as_stored_chunks(tmp_path):
     # zarr's own count sees only the top folder of "/"-separated keys (1 here, of 1089).
-    options = dict(mode="w", shape=(65, 128, 128), chunks=(1, 1, 1), dtype="uint8", dimension_separator="/")
+    options = dict(
+        mode="w", shape=(65, 128, 128), chunks=(1, 1, 1), dtype="uint8", dimension_separator="/"
+    )
     sparse = tmp_path / "sparse.zarr"
-    zarr.open_array(str(sparse), **options)[:1, :33, :33] = 1  # 1089 of 1064960 chunks: sparse, not damaged
+    zarr.open_array(str(sparse), **options)[:1, :33, :33] = (
+        1  # 1089 of 1064960 chunks: sparse, not damaged
+    )
     assert read_volume(sparse, lazy=True).shape == (65, 128, 128)
     damaged = tmp_path / "damaged.zarr"
     zarr.open_array(str(damaged), **options)[0, 0, 0] = 1

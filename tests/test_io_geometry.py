@@ -26,7 +26,9 @@ from unified_framework.errors import InputError
 from unified_framework.io import Volume, read_volume, resample_to, write_volume
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
-LAS = NIBABEL_DATA / "anatomical.nii"  # big-endian int16, sform/qform code 2, origin (32, -40, -16) mm
+LAS = (
+    NIBABEL_DATA / "anatomical.nii"
+)  # big-endian int16, sform/qform code 2, origin (32, -40, -16) mm
 RAS = NIBABEL_DATA / "reoriented_anat_moved.nii"  # big-endian float32, RAS, non-zero origin
 SFORM_ONLY = NIBABEL_DATA / "standard.nii.gz"  # sform code 2, qform code 0
 
@@ -54,9 +56,13 @@ def assert_same_nifti(out: Path, source: Path) -> None:
 # ----------------------------------------------------------------------------- NIfTI
 @pytest.mark.parametrize("source", [LAS, RAS, SFORM_ONLY], ids=["LAS", "RAS", "sform-only"])
 @pytest.mark.parametrize("middle", ["vol.zarr", "vol.h5"])
-def test_nifti_round_trip_through_zarr_and_hdf5_keeps_affine_codes_and_data(tmp_path, source, middle):
+def test_nifti_round_trip_through_zarr_and_hdf5_keeps_affine_codes_and_data(
+    tmp_path, source, middle
+):
     between = write_volume(tmp_path / middle, read_volume(source, lazy=True))
-    back = write_volume(tmp_path / f"back{''.join(source.suffixes)}", read_volume(between, lazy=True))
+    back = write_volume(
+        tmp_path / f"back{''.join(source.suffixes)}", read_volume(between, lazy=True)
+    )
     assert_same_nifti(back, source)
 
 
@@ -68,7 +74,9 @@ def test_oblique_nifti_gz_round_trip(tmp_path):
     volume = read_volume(source)
     assert volume.orientation == "LAS"
     assert not np.allclose(volume.direction, np.diag(np.diag(volume.direction)))  # really oblique
-    back = write_volume(tmp_path / "back.nii.gz", read_volume(write_volume(tmp_path / "o.zarr", volume)))
+    back = write_volume(
+        tmp_path / "back.nii.gz", read_volume(write_volume(tmp_path / "o.zarr", volume))
+    )
     assert_same_nifti(back, source)
 
 
@@ -84,13 +92,17 @@ def test_worked_example_las_nifti():
     assert volume.shape == (25, 41, 33) and volume.orientation == "LAS"
     assert volume.spacing == (2000.0, 2000.0, 2000.0)
     assert volume.origin == (-16000.0, 40000.0, -32000.0)
-    expected = np.array([[2000, 0, 0, -16000], [0, -2000, 0, 40000], [0, 0, 2000, -32000], [0, 0, 0, 1]], float)
+    expected = np.array(
+        [[2000, 0, 0, -16000], [0, -2000, 0, 40000], [0, 0, 2000, -32000], [0, 0, 0, 1]], float
+    )
     np.testing.assert_array_equal(volume.affine, expected)
     # Every voxel agrees with nibabel's RAS+ mm position: (x, y, z)_LPS = (-R, -A, S).
     image = nib.load(LAS)
     for k, j, i in [(0, 0, 0), (24, 40, 32), (3, 17, 9)]:
         r, a, s = (image.affine @ [i, j, k, 1])[:3]
-        np.testing.assert_allclose(volume.affine @ [k, j, i, 1], [s * 1000, -a * 1000, -r * 1000, 1])
+        np.testing.assert_allclose(
+            volume.affine @ [k, j, i, 1], [s * 1000, -a * 1000, -r * 1000, 1]
+        )
 
 
 @pytest.mark.parametrize("source", [LAS, RAS], ids=["LAS", "RAS"])
@@ -118,7 +130,12 @@ def test_tiff_is_identity_at_origin_and_nifti_output_matches_itk(tmp_path):
 
 
 # ----------------------------------------------------------------------------- DICOM
-DICOM_GEOMETRY = ("PixelSpacing", "SliceThickness", "ImagePositionPatient", "ImageOrientationPatient")
+DICOM_GEOMETRY = (
+    "PixelSpacing",
+    "SliceThickness",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+)
 
 
 def assert_tags_close(written, original, keywords):
@@ -134,14 +151,20 @@ def assert_tags_close(written, original, keywords):
 def test_ct_single_file_round_trip_through_zarr(tmp_path):
     source = get_testdata_file("CT_small.dcm")
     volume = read_volume(source)
-    assert volume.origin == (-75699.997, -179035.797, -158135.803)  # ImagePositionPatient, reversed, µm
+    assert volume.origin == (
+        -75699.997,
+        -179035.797,
+        -158135.803,
+    )  # ImagePositionPatient, reversed, µm
     between = write_volume(tmp_path / "ct.zarr", volume)
     out = write_volume(tmp_path / "ct.dcm", read_volume(between), dtype="int16")
     written, original = pydicom.dcmread(out), pydicom.dcmread(source)
     assert_tags_close(written, original, DICOM_GEOMETRY)
     assert (written.Modality, written.SOPClassUID) == ("CT", original.SOPClassUID)
     assert written.FrameOfReferenceUID == original.FrameOfReferenceUID
-    expected = original.pixel_array.astype(np.int32) * int(original.RescaleSlope) + int(original.RescaleIntercept)
+    expected = original.pixel_array.astype(np.int32) * int(original.RescaleSlope) + int(
+        original.RescaleIntercept
+    )
     np.testing.assert_array_equal(written.pixel_array, expected)
 
 
@@ -156,7 +179,9 @@ def make_mr_series(folder: Path, slices: int = 4, step: float = 2.5) -> list[pyd
         ds = copy.deepcopy(source)
         ds.SOPInstanceUID = pydicom.uid.generate_uid()
         ds.ImageOrientationPatient = orientation
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in np.array([-83.9063, -91.2, 6.6406]) + k * step * normal]
+        ds.ImagePositionPatient = [
+            f"{v:.4f}" for v in np.array([-83.9063, -91.2, 6.6406]) + k * step * normal
+        ]
         ds.InstanceNumber = k + 1
         ds.PixelData = (ds.pixel_array + k).astype(np.int16).tobytes()
         ds.save_as(folder / f"im{slices - k}.dcm")
@@ -176,20 +201,34 @@ def test_mr_series_round_trip_through_zarr_keeps_positions_and_modality(tmp_path
         assert_tags_close(new, old, DICOM_GEOMETRY)
         assert (new.Modality, new.SOPClassUID) == ("MR", old.SOPClassUID)
         assert float(new.SpacingBetweenSlices) == 2.5
-        assert new.ScanningSequence == old.ScanningSequence and new.FrameOfReferenceUID == old.FrameOfReferenceUID
+        assert (
+            new.ScanningSequence == old.ScanningSequence
+            and new.FrameOfReferenceUID == old.FrameOfReferenceUID
+        )
         np.testing.assert_array_equal(new.pixel_array, old.pixel_array)
 
 
 def test_mr_data_that_no_mr_class_holds_becomes_secondary_capture_not_ct(tmp_path):
     volume = read_volume(get_testdata_file("MR_small.dcm"))
-    out = write_volume(tmp_path / "mr8.dcm", Volume((volume.data > 500).astype(np.uint8), volume.spacing, volume.metadata,
-                                                    origin=volume.origin, direction=volume.direction))
+    out = write_volume(
+        tmp_path / "mr8.dcm",
+        Volume(
+            (volume.data > 500).astype(np.uint8),
+            volume.spacing,
+            volume.metadata,
+            origin=volume.origin,
+            direction=volume.direction,
+        ),
+    )
     written = pydicom.dcmread(out)
     assert (written.SOPClassUID, written.Modality) == ("1.2.840.10008.5.1.4.1.1.7", "MR")
 
 
 def test_big_endian_dicom_reads_like_little_endian():
-    little, big = read_volume(get_testdata_file("MR_small.dcm")), read_volume(get_testdata_file("MR_small_bigendian.dcm"))
+    little, big = (
+        read_volume(get_testdata_file("MR_small.dcm")),
+        read_volume(get_testdata_file("MR_small_bigendian.dcm")),
+    )
     assert big.dtype.isnative and big.dtype == little.dtype
     np.testing.assert_array_equal(big.data, little.data)
     np.testing.assert_array_equal(big.affine, little.affine)
@@ -200,14 +239,26 @@ def test_rt_dose_multi_frame_takes_z_from_grid_frame_offsets(tmp_path):
     header = pydicom.dcmread(source)
     volume = read_volume(source)
     assert volume.shape == (15, 10, 10)
-    assert volume.spacing == (5000.0, 10000.0, 10000.0)  # GridFrameOffsetVector steps 5 mm, not the 1 µm default
+    assert volume.spacing == (
+        5000.0,
+        10000.0,
+        10000.0,
+    )  # GridFrameOffsetVector steps 5 mm, not the 1 µm default
     assert volume.origin == tuple(float(v) * 1000 for v in header.ImagePositionPatient)[::-1]
     # RT dose has no single-frame storage class: Secondary Capture keeping the modality.
-    scaled = Volume((volume.data // 100).astype(np.uint16), volume.spacing, volume.metadata, origin=volume.origin, direction=volume.direction)
+    scaled = Volume(
+        (volume.data // 100).astype(np.uint16),
+        volume.spacing,
+        volume.metadata,
+        origin=volume.origin,
+        direction=volume.direction,
+    )
     out = write_volume(tmp_path / "dose", scaled, format="dicom")
     files = [pydicom.dcmread(f) for f in sorted(out.glob("*.dcm"))]
     assert {(f.SOPClassUID, f.Modality) for f in files} == {("1.2.840.10008.5.1.4.1.1.7", "RTDOSE")}
-    offsets = [float(f.ImagePositionPatient[2]) - float(header.ImagePositionPatient[2]) for f in files]
+    offsets = [
+        float(f.ImagePositionPatient[2]) - float(header.ImagePositionPatient[2]) for f in files
+    ]
     np.testing.assert_allclose(offsets, [float(g) for g in header.GridFrameOffsetVector])
 
 
@@ -228,11 +279,18 @@ def test_enhanced_multi_frame_uses_per_frame_positions_and_sorts_frames(tmp_path
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     measures = Dataset()
-    measures.PixelSpacing, measures.SliceThickness, measures.SpacingBetweenSlices = ["0.5", "0.25"], "4", "5"
+    measures.PixelSpacing, measures.SliceThickness, measures.SpacingBetweenSlices = (
+        ["0.5", "0.25"],
+        "4",
+        "5",
+    )
     orientation = Dataset()
     orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     shared = Dataset()
-    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = Sequence([measures]), Sequence([orientation])
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = (
+        Sequence([measures]),
+        Sequence([orientation]),
+    )
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
     per_frame = []
     for z in z_positions:
@@ -247,12 +305,21 @@ def test_enhanced_multi_frame_uses_per_frame_positions_and_sorts_frames(tmp_path
 
     for lazy in (False, True):
         volume = read_volume(path, lazy=lazy)
-        assert volume.spacing == (5000.0, 500.0, 250.0) and volume.origin == (10000.0, 20000.0, -10000.0)
-        np.testing.assert_array_equal(np.asarray(volume.data)[:, 0, 0], [1, 2, 0])  # sorted by position
+        assert volume.spacing == (5000.0, 500.0, 250.0) and volume.origin == (
+            10000.0,
+            20000.0,
+            -10000.0,
+        )
+        np.testing.assert_array_equal(
+            np.asarray(volume.data)[:, 0, 0], [1, 2, 0]
+        )  # sorted by position
     assert volume.metadata["dicom"]["SliceThickness"] == 4.0
     out = write_volume(tmp_path / "classic", volume.compute(), format="dicom")
     first = pydicom.dcmread(sorted(out.glob("*.dcm"))[0])
-    assert (first.SOPClassUID, first.Modality) == ("1.2.840.10008.5.1.4.1.1.4", "MR")  # classic MR, not CT
+    assert (first.SOPClassUID, first.Modality) == (
+        "1.2.840.10008.5.1.4.1.1.4",
+        "MR",
+    )  # classic MR, not CT
     assert float(first.SliceThickness) == 4.0 and float(first.SpacingBetweenSlices) == 5.0
 
 
@@ -272,7 +339,12 @@ def test_nexus_axis_coordinates_give_the_origin(tmp_path):
 
 def test_hdf5_and_zarr_store_origin_and_direction(tmp_path):
     direction = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]])  # y and x swapped, one flipped
-    volume = Volume(np.arange(24, dtype=np.int16).reshape(2, 3, 4), (3.0, 2.0, 1.0), origin=(5.0, -6.0, 7.5), direction=direction)
+    volume = Volume(
+        np.arange(24, dtype=np.int16).reshape(2, 3, 4),
+        (3.0, 2.0, 1.0),
+        origin=(5.0, -6.0, 7.5),
+        direction=direction,
+    )
     for name in ("vol.h5", "vol.zarr"):
         back = read_volume(write_volume(tmp_path / name, volume))
         assert back.origin == volume.origin and back.spacing == volume.spacing
@@ -286,12 +358,21 @@ def test_ome_zarr_translation_is_the_origin(tmp_path):
     store = tmp_path / "ome.zarr"
     group = zarr.open_group(str(store), mode="w")
     group.create_dataset("0", data=np.zeros((2, 3, 4), np.uint8))
-    group.attrs["multiscales"] = [{
-        "version": "0.4",
-        "axes": [{"name": a, "type": "space", "unit": "millimeter"} for a in "zyx"],
-        "datasets": [{"path": "0", "coordinateTransformations": [
-            {"type": "scale", "scale": [0.004, 0.002, 0.001]}, {"type": "translation", "translation": [1.0, 0.5, -0.25]}]}],
-    }]
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": a, "type": "space", "unit": "millimeter"} for a in "zyx"],
+            "datasets": [
+                {
+                    "path": "0",
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": [0.004, 0.002, 0.001]},
+                        {"type": "translation", "translation": [1.0, 0.5, -0.25]},
+                    ],
+                }
+            ],
+        }
+    ]
     volume = read_volume(store)
     assert volume.spacing == (4.0, 2.0, 1.0) and volume.origin == (1000.0, 500.0, -250.0)
 
@@ -315,7 +396,11 @@ def test_volume_affine_is_derived_and_settable():
 
 def test_resample_to_undoes_a_known_shift_and_flip():
     rng = np.random.default_rng(0)
-    reference = Volume(rng.integers(0, 1000, (6, 7, 8)).astype(np.uint16), (2.0, 1.0, 1.0), origin=(10.0, 20.0, 30.0))
+    reference = Volume(
+        rng.integers(0, 1000, (6, 7, 8)).astype(np.uint16),
+        (2.0, 1.0, 1.0),
+        origin=(10.0, 20.0, 30.0),
+    )
     # The same voxels stored with x reversed and the grid shifted by 2 voxels in y.
     moved_data = np.zeros((6, 9, 8), np.uint16)
     moved_data[:, 2:] = reference.data[:, :, ::-1]
@@ -328,7 +413,9 @@ def test_resample_to_undoes_a_known_shift_and_flip():
     # Half a voxel along z with linear interpolation: the mean of neighbouring slices.
     shifted = Volume(reference.data.astype(np.float32), reference.spacing, origin=(9.0, 20.0, 30.0))
     result = resample_to(shifted, reference, order=1, fill=-1)
-    np.testing.assert_allclose(result.data[:-1], (reference.data[:-1] + reference.data[1:].astype(np.float32)) / 2)
+    np.testing.assert_allclose(
+        result.data[:-1], (reference.data[:-1] + reference.data[1:].astype(np.float32)) / 2
+    )
     assert np.all(result.data[-1] == -1)  # outside the moved volume
     with pytest.raises(InputError, match="order 7"):
         resample_to(moved, reference, order=7)
@@ -342,16 +429,21 @@ def test_io_info_prints_orientation_origin_and_spacing(capsys):
     assert "voxel size  2000 x 2000 x 2000 um" in out
     assert main(["io", "info", str(RAS), "--no-range", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["orientation"] == "RAS" and report["dtype"] == "float32" and report["byte_order"] == "big-endian"
+    assert (
+        report["orientation"] == "RAS"
+        and report["dtype"] == "float32"
+        and report["byte_order"] == "big-endian"
+    )
     assert report["origin_um"] == [-27599.41, 47977.585, 35297.897]
-
 
 
 def test_classical_labels_keep_the_input_grid(tmp_path):
     from unified_framework.classical import run_classical
 
     scan = tmp_path / "scan.nii.gz"
-    write_volume(tmp_path / "scan.zarr", read_volume(LAS))  # through Zarr: codes and geometry carried
+    write_volume(
+        tmp_path / "scan.zarr", read_volume(LAS)
+    )  # through Zarr: codes and geometry carried
     write_volume(scan, read_volume(tmp_path / "scan.zarr"))
     run_classical(scan, tmp_path / "labels.nii.gz", "multi-otsu", classes=2)
     float32_close(nib.load(tmp_path / "labels.nii.gz").affine, nib.load(LAS).affine)

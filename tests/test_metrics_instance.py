@@ -12,7 +12,9 @@ THRESHOLDS = (0.1, 0.3, 0.5, 0.75)
 
 
 def random_boxes(rng, shape, n_objects):
-    corners = np.stack([rng.integers(0, shape[0] - 3, n_objects), rng.integers(0, shape[1] - 3, n_objects)], axis=1)
+    corners = np.stack(
+        [rng.integers(0, shape[0] - 3, n_objects), rng.integers(0, shape[1] - 3, n_objects)], axis=1
+    )
     return np.concatenate([corners, rng.integers(2, 7, size=(n_objects, 2))], axis=1)
 
 
@@ -35,7 +37,9 @@ def perturbed_pair(seed, shape=(16, 18), n_objects=4):
     rng = np.random.default_rng(seed)
     boxes = random_boxes(rng, shape, n_objects)
     jittered = boxes + rng.integers(-1, 2, size=boxes.shape)
-    predicted = np.concatenate([jittered[rng.permutation(n_objects)[:-1]], random_boxes(rng, shape, 1)])
+    predicted = np.concatenate(
+        [jittered[rng.permutation(n_objects)[:-1]], random_boxes(rng, shape, 1)]
+    )
     gt = paint(boxes, shape, range(1, n_objects + 1))
     pred = paint(predicted, shape, rng.permutation(np.arange(10, 10 + n_objects)))
     return pred, gt
@@ -54,7 +58,9 @@ def brute_force(pred, gt, threshold):
     # Give every ground-truth object a distinct prediction or none.
     options = list(range(len(pred_ids))) + [None] * len(true_ids)
     for assignment in set(itertools.permutations(options, len(true_ids))):
-        matched = [iou[a, b] for a, b in enumerate(assignment) if b is not None and iou[a, b] >= threshold]
+        matched = [
+            iou[a, b] for a, b in enumerate(assignment) if b is not None and iou[a, b] >= threshold
+        ]
         best = max(best, (len(matched), float(np.sum(matched))))
     return len(true_ids), len(pred_ids), best, iou
 
@@ -64,7 +70,13 @@ def check_against_brute_force(pred, gt, method):
     for row, threshold in zip(ours, THRESHOLDS):
         n_true, n_pred, (tp, iou_sum), _ = brute_force(pred, gt, threshold)
         fp, fn = n_pred - tp, n_true - tp
-        assert (row["n_true"], row["n_pred"], row["tp"], row["fp"], row["fn"]) == (n_true, n_pred, tp, fp, fn)
+        assert (row["n_true"], row["n_pred"], row["tp"], row["fp"], row["fn"]) == (
+            n_true,
+            n_pred,
+            tp,
+            fp,
+            fn,
+        )
         if tp:
             assert row["mean_matched_iou"] == pytest.approx(iou_sum / tp)
             assert row["panoptic_quality"] == pytest.approx(iou_sum / (tp + fp / 2 + fn / 2))
@@ -76,7 +88,9 @@ def check_against_brute_force(pred, gt, method):
 @pytest.mark.parametrize("seed", range(10))
 def test_optimal_matching_equals_brute_force(seed):
     check_against_brute_force(*perturbed_pair(seed), "optimal")
-    check_against_brute_force(random_instances(seed + 1000, n_objects=5), random_instances(seed, n_objects=4), "optimal")
+    check_against_brute_force(
+        random_instances(seed + 1000, n_objects=5), random_instances(seed, n_objects=4), "optimal"
+    )
 
 
 def test_matching_of_shifted_copies_equals_brute_force():
@@ -91,7 +105,9 @@ def test_matching_of_shifted_copies_equals_brute_force():
 @pytest.mark.parametrize("seed", range(4))
 def test_greedy_equals_optimal_above_one_half(seed):
     pred, gt = perturbed_pair(seed)
-    for greedy, optimal in zip(instance_scores(pred, gt, (0.5, 0.8), "greedy"), instance_scores(pred, gt, (0.5, 0.8))):
+    for greedy, optimal in zip(
+        instance_scores(pred, gt, (0.5, 0.8), "greedy"), instance_scores(pred, gt, (0.5, 0.8))
+    ):
         assert greedy == optimal
 
 

@@ -42,7 +42,10 @@ def edge_cases():
 def sklearn_jaccard(y_true, y_pred, labels, zero_division):
     """``jaccard_score`` accepts only 0 or 1 for ``zero_division``: where those two
     disagree the score is undefined and gets ``zero_division``."""
-    as_zero, as_one = (skm.jaccard_score(y_true, y_pred, labels=labels, average=None, zero_division=z) for z in (0, 1))
+    as_zero, as_one = (
+        skm.jaccard_score(y_true, y_pred, labels=labels, average=None, zero_division=z)
+        for z in (0, 1)
+    )
     return np.where(as_zero != as_one, zero_division, as_zero)
 
 
@@ -63,14 +66,18 @@ def test_confusion_matrix_matches_sklearn(seed):
     pred, gt = random_pair(seed)
     matrix, labels = confusion_matrix(pred, gt)
     np.testing.assert_array_equal(labels, np.union1d(np.unique(pred), np.unique(gt)))
-    np.testing.assert_array_equal(matrix, skm.confusion_matrix(gt.ravel(), pred.ravel(), labels=labels))
+    np.testing.assert_array_equal(
+        matrix, skm.confusion_matrix(gt.ravel(), pred.ravel(), labels=labels)
+    )
 
 
 def test_confusion_matrix_with_label_subset_ignores_other_voxels_like_sklearn():
     pred, gt = random_pair(7, n_labels=5)
     matrix, labels = confusion_matrix(pred, gt, labels=[3, 1])
     np.testing.assert_array_equal(labels, [1, 3])
-    np.testing.assert_array_equal(matrix, skm.confusion_matrix(gt.ravel(), pred.ravel(), labels=[1, 3]))
+    np.testing.assert_array_equal(
+        matrix, skm.confusion_matrix(gt.ravel(), pred.ravel(), labels=[1, 3])
+    )
 
 
 @pytest.mark.parametrize("empty_score", [np.nan, 1.0, 0.0])
@@ -92,8 +99,12 @@ def test_scores_match_sklearn_on_edge_cases(case, empty_score):
     ours = overlap_scores(pred, gt, labels=labels, empty_score=empty_score)
     for name, reference in sklearn_scores(pred, gt, labels, empty_score).items():
         np.testing.assert_allclose(ours[name], reference, err_msg=f"{case}: {name}")
-    np.testing.assert_array_equal(ours["gt_voxels"], [np.count_nonzero(gt == label) for label in labels])
-    np.testing.assert_array_equal(ours["pred_voxels"], [np.count_nonzero(pred == label) for label in labels])
+    np.testing.assert_array_equal(
+        ours["gt_voxels"], [np.count_nonzero(gt == label) for label in labels]
+    )
+    np.testing.assert_array_equal(
+        ours["pred_voxels"], [np.count_nonzero(pred == label) for label in labels]
+    )
 
 
 def test_default_labels_exclude_background_and_include_pred_only_labels():
@@ -108,11 +119,17 @@ def test_dice_and_jaccard_match_simpleitk_label_overlap(seed):
     pred, gt = random_pair(seed, shape=(12, 10, 8), n_labels=4)
     measures = sitk.LabelOverlapMeasuresImageFilter()
     # SimpleITK's first image is the source (prediction), the second the target (ground truth).
-    measures.Execute(sitk.GetImageFromArray(pred.astype(np.uint16)), sitk.GetImageFromArray(gt.astype(np.uint16)))
+    measures.Execute(
+        sitk.GetImageFromArray(pred.astype(np.uint16)), sitk.GetImageFromArray(gt.astype(np.uint16))
+    )
     labels = [1, 2, 3]
     ours = overlap_scores(pred, gt, labels=labels)
-    np.testing.assert_allclose(ours["dice"], [measures.GetDiceCoefficient(label) for label in labels])
-    np.testing.assert_allclose(ours["iou"], [measures.GetJaccardCoefficient(label) for label in labels])
+    np.testing.assert_allclose(
+        ours["dice"], [measures.GetDiceCoefficient(label) for label in labels]
+    )
+    np.testing.assert_allclose(
+        ours["iou"], [measures.GetJaccardCoefficient(label) for label in labels]
+    )
 
 
 def test_large_and_negative_label_values_use_the_sorted_path():
@@ -157,7 +174,9 @@ def test_volumes_use_anisotropic_spacing():
         assert scores["gt_volume"][i] == pytest.approx(gt_volume)
         assert scores["volume_difference"][i] == pytest.approx(pred_volume - gt_volume)
         assert scores["abs_volume_difference"][i] == pytest.approx(abs(pred_volume - gt_volume))
-        assert scores["relative_volume_difference"][i] == pytest.approx((pred_volume - gt_volume) / gt_volume)
+        assert scores["relative_volume_difference"][i] == pytest.approx(
+            (pred_volume - gt_volume) / gt_volume
+        )
 
 
 def test_relative_volume_difference_conventions_for_empty_ground_truth():

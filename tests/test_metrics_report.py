@@ -28,11 +28,15 @@ def test_table_combines_overlap_and_surface_metrics():
     table = score_volumes(pred, gt, spacing=spacing, names=["shell", "core"])
     assert list(table.columns) == list(COLUMNS)
     assert table["name"].tolist() == ["shell", "core"] and table["label"].tolist() == [1, 2]
-    np.testing.assert_allclose(table["dice"], f1_score(gt.ravel(), pred.ravel(), labels=[1, 2], average=None))
+    np.testing.assert_allclose(
+        table["dice"], f1_score(gt.ravel(), pred.ravel(), labels=[1, 2], average=None)
+    )
     for row in table.itertuples():
         reference = surface_metrics(pred == row.label, gt == row.label, spacing)
         assert (row.hausdorff, row.hd95, row.assd) == pytest.approx(tuple(reference.values()))
-        assert row.gt_volume == pytest.approx(np.count_nonzero(gt == row.label) * 1.0)  # 2.0 * 0.5 * 1.0
+        assert row.gt_volume == pytest.approx(
+            np.count_nonzero(gt == row.label) * 1.0
+        )  # 2.0 * 0.5 * 1.0
     assert table.attrs["pred_only_labels"] == []
 
 
@@ -70,8 +74,14 @@ def test_float_labels_with_whole_numbers_and_booleans_are_accepted():
     "pred, message",
     [
         (np.full((4, 5, 6), 0.5), r"pred\.nii: expected integer labels, found non-integer values"),
-        (np.where(np.eye(6)[:4, :5, None] > 0, np.nan, 1.0) * np.ones((4, 5, 6)), r"pred\.nii: label image contains NaN"),
-        (np.zeros((4, 5, 7), dtype=np.uint8), r"shape mismatch: pred\.nii has shape \(4, 5, 7\) but gt\.nii has shape \(4, 5, 6\)"),
+        (
+            np.where(np.eye(6)[:4, :5, None] > 0, np.nan, 1.0) * np.ones((4, 5, 6)),
+            r"pred\.nii: label image contains NaN",
+        ),
+        (
+            np.zeros((4, 5, 7), dtype=np.uint8),
+            r"shape mismatch: pred\.nii has shape \(4, 5, 7\) but gt\.nii has shape \(4, 5, 6\)",
+        ),
         (np.full((4, 5, 6), "a"), r"pred\.nii: expected an integer label image, got dtype <U1"),
     ],
 )

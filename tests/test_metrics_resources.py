@@ -124,7 +124,9 @@ def fake_pynvml(energy_mj, memory_used, utilisation):
 
 
 def test_nvml_values_are_combined_correctly(monkeypatch):
-    fake = fake_pynvml(energy_mj=[1_000_000, 1_250_500], memory_used=[10, 500, 30], utilisation=[20, 80, 50])
+    fake = fake_pynvml(
+        energy_mj=[1_000_000, 1_250_500], memory_used=[10, 500, 30], utilisation=[20, 80, 50]
+    )
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
     # A long interval: only the samples at entry and exit are taken.
@@ -134,7 +136,10 @@ def test_nvml_values_are_combined_correctly(monkeypatch):
     assert usage.gpu_index == 3 and usage.gpu_name == "Fake GPU"
     assert usage.gpu_energy_j == pytest.approx(250.5)
     assert usage.gpu_memory_peak_bytes == 500
-    assert usage.gpu_utilisation_mean_percent == pytest.approx(50.0) and usage.gpu_utilisation_max_percent == 80
+    assert (
+        usage.gpu_utilisation_mean_percent == pytest.approx(50.0)
+        and usage.gpu_utilisation_max_percent == 80
+    )
     assert fake.calls == ["init", "shutdown"]
 
 

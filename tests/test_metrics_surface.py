@@ -9,7 +9,12 @@ from scipy import ndimage as ndi
 from scipy.spatial.distance import cdist
 
 from unified_framework.errors import InputError
-from unified_framework.metrics.surface import surface_distances, surface_mask, surface_metrics, surface_scores
+from unified_framework.metrics.surface import (
+    surface_distances,
+    surface_mask,
+    surface_metrics,
+    surface_scores,
+)
 
 SPACING = (2.0, 0.7, 1.3)
 
@@ -22,7 +27,11 @@ def blobs(seed, shape=(10, 12, 14), density=0.03):
 def brute_surface(mask, connectivity):
     """Surface voxels by explicit neighbour look-up on a zero-padded copy."""
     padded = np.pad(mask, 1)
-    offsets = [d for d in itertools.product((-1, 0, 1), repeat=mask.ndim) if 0 < sum(map(abs, d)) <= connectivity]
+    offsets = [
+        d
+        for d in itertools.product((-1, 0, 1), repeat=mask.ndim)
+        if 0 < sum(map(abs, d)) <= connectivity
+    ]
     touches_background = np.zeros(mask.shape, dtype=bool)
     for offset in offsets:
         window = tuple(slice(1 + o, 1 + o + n) for o, n in zip(offset, mask.shape))
@@ -70,13 +79,19 @@ def test_surface_metrics_match_brute_force_pairwise_distances(seed, connectivity
 def test_surface_mask_matches_neighbour_definition(connectivity):
     mask = blobs(9, density=0.1)
     mask[0] = True  # touching the border: the border counts as background
-    np.testing.assert_array_equal(surface_mask(mask, connectivity), brute_surface(mask, connectivity))
+    np.testing.assert_array_equal(
+        surface_mask(mask, connectivity), brute_surface(mask, connectivity)
+    )
 
 
 def test_surface_matches_simpleitk_binary_contour():
     mask = blobs(4, density=0.08)
-    contour = sitk.BinaryContour(sitk_image(mask, SPACING), fullyConnected=False, backgroundValue=0, foregroundValue=1)
-    np.testing.assert_array_equal(surface_mask(mask, 1), sitk.GetArrayFromImage(contour)[1:-1, 1:-1, 1:-1].astype(bool))
+    contour = sitk.BinaryContour(
+        sitk_image(mask, SPACING), fullyConnected=False, backgroundValue=0, foregroundValue=1
+    )
+    np.testing.assert_array_equal(
+        surface_mask(mask, 1), sitk.GetArrayFromImage(contour)[1:-1, 1:-1, 1:-1].astype(bool)
+    )
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -87,7 +102,9 @@ def test_hausdorff_matches_simpleitk_on_surfaces(seed):
         sitk.BinaryContour(sitk_image(pred, SPACING), fullyConnected=False),
         sitk.BinaryContour(sitk_image(gt, SPACING), fullyConnected=False),
     )
-    assert surface_metrics(pred, gt, SPACING)["hausdorff"] == pytest.approx(hausdorff.GetHausdorffDistance(), rel=1e-9)
+    assert surface_metrics(pred, gt, SPACING)["hausdorff"] == pytest.approx(
+        hausdorff.GetHausdorffDistance(), rel=1e-9
+    )
 
 
 def test_hausdorff_matches_simpleitk_on_filled_spheres():
@@ -97,18 +114,26 @@ def test_hausdorff_matches_simpleitk_on_filled_spheres():
     gt = sphere(shape, (12, 16, 14), 9.5, spacing)
     hausdorff = sitk.HausdorffDistanceImageFilter()
     hausdorff.Execute(sitk_image(pred, spacing), sitk_image(gt, spacing))
-    assert surface_metrics(pred, gt, spacing)["hausdorff"] == pytest.approx(hausdorff.GetHausdorffDistance(), rel=1e-9)
+    assert surface_metrics(pred, gt, spacing)["hausdorff"] == pytest.approx(
+        hausdorff.GetHausdorffDistance(), rel=1e-9
+    )
 
 
 def test_hd95_and_assd_match_simpleitk_maurer_distance_maps():
     shape, spacing = (24, 30, 28), (1.6, 0.8, 1.0)
     pred = sphere(shape, (11, 14, 13), 8.0, spacing) & ~sphere(shape, (11, 20, 13), 3.0, spacing)
     gt = sphere(shape, (12, 16, 14), 9.5, spacing)
-    contours = [sitk.BinaryContour(sitk_image(m, spacing), fullyConnected=False) for m in (pred, gt)]
+    contours = [
+        sitk.BinaryContour(sitk_image(m, spacing), fullyConnected=False) for m in (pred, gt)
+    ]
     directed = []
     for source, target in (contours, contours[::-1]):
-        distance = sitk.SignedMaurerDistanceMap(target, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
-        directed.append(np.abs(sitk.GetArrayFromImage(distance))[sitk.GetArrayFromImage(source).astype(bool)])
+        distance = sitk.SignedMaurerDistanceMap(
+            target, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
+        )
+        directed.append(
+            np.abs(sitk.GetArrayFromImage(distance))[sitk.GetArrayFromImage(source).astype(bool)]
+        )
     ours = surface_metrics(pred, gt, spacing)
     # Maurer maps are float32.
     assert ours["hd95"] == pytest.approx(max(np.percentile(d, 95) for d in directed), rel=1e-5)
@@ -143,7 +168,9 @@ def test_full_volume_masks_have_a_surface_on_the_border():
     shrunk = full.copy()
     shrunk[-1] = False
     assert surface_metrics(full, full, SPACING)["hausdorff"] == 0.0
-    assert surface_metrics(shrunk, full, SPACING) == pytest.approx(brute_metrics(shrunk, full, SPACING))
+    assert surface_metrics(shrunk, full, SPACING) == pytest.approx(
+        brute_metrics(shrunk, full, SPACING)
+    )
 
 
 def label_image(seed, shape=(12, 13, 14)):
@@ -183,4 +210,6 @@ def test_shape_and_spacing_errors():
 def test_two_dimensional_images():
     pred, gt = np.zeros((8, 9), bool), np.zeros((8, 9), bool)
     pred[2:5, 2:6], gt[3:6, 2:7] = True, True
-    assert surface_metrics(pred, gt, (0.5, 2.0)) == pytest.approx(brute_metrics(pred, gt, (0.5, 2.0)))
+    assert surface_metrics(pred, gt, (0.5, 2.0)) == pytest.approx(
+        brute_metrics(pred, gt, (0.5, 2.0))
+    )

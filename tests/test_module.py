@@ -30,8 +30,13 @@ def _clean_path() -> str:
 def _lmod(lmod_init: Path, script: str) -> subprocess.CompletedProcess:
     env = {"HOME": os.environ.get("HOME", "/root"), "PATH": _clean_path(), "LANG": "C.UTF-8"}
     full = f"set -e\nsource {lmod_init}\n{textwrap.dedent(script)}"
-    return subprocess.run(["bash", "--noprofile", "--norc", "-c", full], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        ["bash", "--noprofile", "--norc", "-c", full],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_repo_lmod_folder_is_generated_from_the_catalogue():
@@ -45,7 +50,9 @@ def test_modulefile_content_is_plain_lmod():
     text = render_modulefile(spec, "/opt/mdlma")
     assert "help([[" in text and 'whatis("Name: mdlma/unified-framework")' in text
     assert 'family("mdlma")' in text
-    assert 'prepend_path("JUPYTER_PATH"' in text and "conda" not in text.replace("conda environment", "")
+    assert 'prepend_path("JUPYTER_PATH"' in text and "conda" not in text.replace(
+        "conda environment", ""
+    )
 
 
 def _verbs(parser) -> dict:
@@ -64,18 +71,27 @@ PLANNED = {"regist": "register", "reconstruct": "reconstruct", "tomopy": "tomo"}
 def test_module_text_names_only_what_the_cli_has():
     verbs = _verbs(build_parser())
     for spec in load_catalogue(REPO / "modules"):
-        commands = [line.split() for line in spec.help.splitlines() if line.strip().startswith("mdlma ")]
+        commands = [
+            line.split() for line in spec.help.splitlines() if line.strip().startswith("mdlma ")
+        ]
         # Every verb is listed, and every listed verb (and sub-command) exists.
         assert sorted({c[1] for c in commands}) == sorted(verbs), spec.source
         for command in commands:
             actions = _verbs(verbs[command[1]])
-            if actions and len(command) > 2 and command[2].replace("|", "").isalpha() and command[2].islower():
+            if (
+                actions
+                and len(command) > 2
+                and command[2].replace("|", "").isalpha()
+                and command[2].islower()
+            ):
                 for action in command[2].split("|"):
                     assert action in actions, (command, sorted(actions))
         whatis = " ".join([spec.description, *spec.bundles, spec.help]).lower()
         for word, verb in PLANNED.items():
             if word in whatis.replace("tomopy only in the conda environment", ""):
-                assert verb in verbs, f"{spec.source}: names {word!r} but mdlma has no {verb!r} verb"
+                assert verb in verbs, (
+                    f"{spec.source}: names {word!r} but mdlma has no {verb!r} verb"
+                )
 
 
 @pytest.mark.parametrize(
@@ -96,9 +112,11 @@ def test_bad_module_description_names_file_and_field(tmp_path, content, field):
 
 @pytest.mark.lmod
 def test_real_lmod_loads_and_unloads_the_module(lmod_init, prefix):
-    result = _lmod(lmod_init, f"""
+    result = _lmod(
+        lmod_init,
+        f"""
         before="$PATH"
-        module use {REPO / 'lmod'}
+        module use {REPO / "lmod"}
         module load mdlma/unified-framework
         echo "which=$(command -v mdlma)"
         mdlma --version
@@ -107,20 +125,23 @@ def test_real_lmod_loads_and_unloads_the_module(lmod_init, prefix):
         module unload mdlma/unified-framework
         [ "$PATH" = "$before" ] && echo PATH-RESTORED
         [ -z "${{MDLMA_PREFIX:-}}" ] && echo ENV-CLEARED
-    """)
+    """,
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert f"which={prefix}/venv/bin/mdlma" in out
     assert "mdlma 0.1.0" in out and "import-ok" in out
-    kernels = json.loads(out[out.index("{"): out.rindex("}") + 1])["kernelspecs"]
+    kernels = json.loads(out[out.index("{") : out.rindex("}") + 1])["kernelspecs"]
     assert kernels["mdlma-unified-framework"]["spec"]["display_name"].startswith("Python 3 (MDLMA")
     assert "PATH-RESTORED" in out and "ENV-CLEARED" in out
 
 
 @pytest.mark.lmod
 def test_module_kernel_starts_and_runs_code(lmod_init, prefix):
-    result = _lmod(lmod_init, f"""
-        module use {REPO / 'lmod'}
+    result = _lmod(
+        lmod_init,
+        f"""
+        module use {REPO / "lmod"}
         module load mdlma/unified-framework
         python - <<'PY'
 from jupyter_client.manager import start_new_kernel
@@ -131,7 +152,8 @@ try:
 finally:
     kc.stop_channels(); km.shutdown_kernel(now=True)
 PY
-    """)
+    """,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "kernel 0.1.0 0.1.0" in result.stdout
 
@@ -140,18 +162,27 @@ PY
 def test_install_into_a_prefix_is_idempotent_and_loadable(lmod_init, prefix, tmp_path):
     target = tmp_path / "opt" / "mdlma"
     for _ in range(2):
-        run = subprocess.run(["bash", str(REPO / "scripts" / "install"), "--prefix", str(target)],
-                             capture_output=True, text=True, timeout=1800)
+        run = subprocess.run(
+            ["bash", str(REPO / "scripts" / "install"), "--prefix", str(target)],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         assert run.returncode == 0, run.stderr[-2000:]
     modulefile = target / "modulefiles" / "mdlma" / "unified-framework" / "0.1.0.lua"
     assert f'"{target}"' in modulefile.read_text() or f"[[{target}]]" in modulefile.read_text()
-    kernel = json.loads((target / "share/jupyter/kernels/mdlma-unified-framework/kernel.json").read_text())
+    kernel = json.loads(
+        (target / "share/jupyter/kernels/mdlma-unified-framework/kernel.json").read_text()
+    )
     assert kernel["argv"][0] == str(target / "venv" / "bin" / "python")
-    result = _lmod(lmod_init, f"""
-        module use {target / 'modulefiles'}
+    result = _lmod(
+        lmod_init,
+        f"""
+        module use {target / "modulefiles"}
         module load mdlma/unified-framework
         echo "prefix=$MDLMA_PREFIX"
         mdlma info --json > /dev/null && echo INFO-OK
-    """)
+    """,
+    )
     assert result.returncode == 0, result.stderr
     assert f"prefix={target}" in result.stdout and "INFO-OK" in result.stdout

@@ -18,13 +18,37 @@ from scipy import ndimage
 
 from unified_framework.data import make_registration_pair
 from unified_framework.errors import InputError
-from unified_framework.registration import compose, invert, jacobian_determinant, load_field, register_volumes, save_field, warp
+from unified_framework.registration import (
+    compose,
+    invert,
+    jacobian_determinant,
+    load_field,
+    register_volumes,
+    save_field,
+    warp,
+)
 from unified_framework.registration.affine import register_affine
 from unified_framework.registration.convexadam import ConvexAdamParams
-from unified_framework.registration.fields import affine_field, resample_field, to_fixed_grid, warp_lazy
-from unified_framework.registration.quality import folding_fraction, mutual_information, read_landmarks, target_registration_error, write_landmarks
+from unified_framework.registration.fields import (
+    affine_field,
+    resample_field,
+    to_fixed_grid,
+    warp_lazy,
+)
+from unified_framework.registration.quality import (
+    folding_fraction,
+    mutual_information,
+    read_landmarks,
+    target_registration_error,
+    write_landmarks,
+)
 from unified_framework.registration.run import bin_volume
-from unified_framework.registration.voxelmorph import VoxelMorphConfig, load_voxelmorph, register_voxelmorph, train_voxelmorph
+from unified_framework.registration.voxelmorph import (
+    VoxelMorphConfig,
+    load_voxelmorph,
+    register_voxelmorph,
+    train_voxelmorph,
+)
 
 torch.set_num_threads(2)
 SPACING = (4.0, 5.0, 6.0)  # anisotropic on purpose: catches swapped axes
@@ -32,7 +56,9 @@ SPACING = (4.0, 5.0, 6.0)  # anisotropic on purpose: catches swapped axes
 
 def smooth_field(shape, amplitude_um, seed=0, sigma=4.0):
     rng = np.random.default_rng(seed)
-    field = np.stack([ndimage.gaussian_filter(rng.standard_normal(shape), sigma) for _ in range(3)]).astype(np.float32)
+    field = np.stack(
+        [ndimage.gaussian_filter(rng.standard_normal(shape), sigma) for _ in range(3)]
+    ).astype(np.float32)
     return field * np.float32(amplitude_um / np.abs(field).max())
 
 
@@ -52,6 +78,7 @@ def multimodal_pair():
 
 # --- field convention -------------------------------------------------------------------
 
+
 def test_saved_field_is_a_simpleitk_displacement_transform_that_warps_like_ours(tmp_path):
     shape = (14, 18, 22)
     field = smooth_field(shape, 8.0)
@@ -62,9 +89,13 @@ def test_saved_field_is_a_simpleitk_displacement_transform_that_warps_like_ours(
     transform = sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64))
     moving_image = sitk.GetImageFromArray(moving)
     moving_image.SetSpacing(SPACING[::-1])
-    theirs = sitk.GetArrayFromImage(sitk.Resample(moving_image, moving_image, transform, sitk.sitkLinear, np.nan))
+    theirs = sitk.GetArrayFromImage(
+        sitk.Resample(moving_image, moving_image, transform, sitk.sitkLinear, np.nan)
+    )
     ours = warp(moving, field, SPACING)
-    inside = np.isfinite(theirs)  # ITK leaves samples outside the moving volume at the default value
+    inside = np.isfinite(
+        theirs
+    )  # ITK leaves samples outside the moving volume at the default value
     assert inside.mean() > 0.5
     np.testing.assert_allclose(ours[inside], theirs[inside], atol=1e-4)
 
@@ -72,7 +103,9 @@ def test_saved_field_is_a_simpleitk_displacement_transform_that_warps_like_ours(
     index = (5, 7, 9)
     point = tuple(float(i * s) for i, s in zip(index[::-1], SPACING[::-1]))
     moved = np.asarray(transform.TransformPoint(point))[::-1]
-    np.testing.assert_allclose(moved - np.asarray(index) * SPACING, field[(slice(None), *index)], atol=1e-4)
+    np.testing.assert_allclose(
+        moved - np.asarray(index) * SPACING, field[(slice(None), *index)], atol=1e-4
+    )
 
     loaded, spacing = load_field(tmp_path / "field.mha")
     assert spacing == SPACING
@@ -80,17 +113,24 @@ def test_saved_field_is_a_simpleitk_displacement_transform_that_warps_like_ours(
 
 
 def test_field_files_of_the_wrong_kind_or_grid_are_refused(tmp_path):
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 4, 4), np.float32)), str(tmp_path / "scalar.mha"))
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.zeros((4, 4, 4), np.float32)), str(tmp_path / "scalar.mha")
+    )
     with pytest.raises(InputError, match="expected a 3D displacement field with 3 components"):
         load_field(tmp_path / "scalar.mha")
     save_field(tmp_path / "f.mha", np.zeros((3, 4, 5, 6)), (1, 1, 1))
-    with pytest.raises(InputError, match=r"grid \(4, 5, 6\) does not match the volume's shape \(4, 5, 7\)"):
+    with pytest.raises(
+        InputError, match=r"grid \(4, 5, 6\) does not match the volume's shape \(4, 5, 7\)"
+    ):
         load_field(tmp_path / "f.mha", shape=(4, 5, 7))
     with pytest.raises(InputError, match="expected a displacement field"):
         warp(np.zeros((4, 5, 6)), np.zeros((2, 4, 5, 6)), (1, 1, 1))
     with pytest.raises(InputError, match="choose one of these suffixes"):
         save_field(tmp_path / "f.tif", np.zeros((3, 4, 4, 4)), (1, 1, 1))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.mha", "scalar.mha"]  # no temporaries left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "f.mha",
+        "scalar.mha",
+    ]  # no temporaries left
 
 
 def test_compose_equals_warping_twice_and_affine_field_moves_by_the_matrix():
@@ -101,7 +141,11 @@ def test_compose_equals_warping_twice_and_affine_field_moves_by_the_matrix():
     matrix[:3, 3] = (3.0, -4.0, 5.0)
     first = affine_field(matrix, shape, SPACING)
     point = np.array([7, 8, 9])
-    np.testing.assert_allclose(first[(slice(None), *point)], matrix[:3, :3] @ (point * SPACING) + matrix[:3, 3] - point * SPACING, atol=1e-4)
+    np.testing.assert_allclose(
+        first[(slice(None), *point)],
+        matrix[:3, :3] @ (point * SPACING) + matrix[:3, 3] - point * SPACING,
+        atol=1e-4,
+    )
     second = smooth_field(shape, 6.0, seed=4)
     once = warp(moving, compose(first, second, SPACING), SPACING)
     twice = warp(warp(moving, first, SPACING), second, SPACING)
@@ -144,10 +188,13 @@ def test_bin_volume_keeps_the_origin_so_a_binned_field_maps_back():
     small = bin_volume(image, 2)
     assert small.shape == (16, 16, 16)
     # voxel i of the binned copy is voxel 2 i of the original (after low-pass)
-    np.testing.assert_allclose(small, ndimage.gaussian_filter(image, 1.0, mode="nearest")[::2, ::2, ::2], atol=1e-6)
+    np.testing.assert_allclose(
+        small, ndimage.gaussian_filter(image, 1.0, mode="nearest")[::2, ::2, ::2], atol=1e-6
+    )
 
 
 # --- quality ----------------------------------------------------------------------------
+
 
 def test_jacobian_of_a_scaling_is_its_volume_change_and_folding_is_counted():
     matrix = np.diag([1.1, 0.9, 1.2, 1.0])
@@ -182,6 +229,7 @@ def test_mutual_information_sees_a_non_monotonic_relation_that_correlation_misse
 
 # --- methods ----------------------------------------------------------------------------
 
+
 def test_convexadam_parameters_are_the_package_defaults():
     from convexAdam.convex_adam_MIND import convex_adam_pt
 
@@ -205,13 +253,23 @@ def test_importing_convexadam_leaves_warning_filters_alone():
 def test_convexadam_recovers_the_known_deformation(which, request):
     pair = request.getfixturevalue(which)
     result = register_volumes(
-        pair.fixed, pair.moving, pair.spacing, "convexadam", prealign="none", device="cpu", params=ConvexAdamParams(selected_niter=40),
-        fixed_labels=pair.fixed_labels, moving_labels=pair.moving_labels, landmarks=(pair.fixed_points, pair.moving_points),
+        pair.fixed,
+        pair.moving,
+        pair.spacing,
+        "convexadam",
+        prealign="none",
+        device="cpu",
+        params=ConvexAdamParams(selected_niter=40),
+        fixed_labels=pair.fixed_labels,
+        moving_labels=pair.moving_labels,
+        landmarks=(pair.fixed_points, pair.moving_points),
     )
     report = result.report
     dice = report["labels"]["mean_dice"]
     tre = report["landmarks"]["tre_median_voxels"]
-    assert 1 - dice["after"] < 0.6 * (1 - dice["before"]), dice  # the Dice deficit shrinks by more than 40 %
+    assert 1 - dice["after"] < 0.6 * (1 - dice["before"]), (
+        dice
+    )  # the Dice deficit shrinks by more than 40 %
     assert tre["after"] < 0.5 * tre["before"], tre
     assert report["jacobian"]["folding_fraction"] < 0.005
     # the field itself: closer to the truth than no registration, inside the sample
@@ -232,20 +290,39 @@ def test_affine_prealignment_recovers_a_rigid_shift(pair):
 
 
 def test_voxelmorph_trains_resumes_and_applies_in_the_field_convention(tmp_path, pair):
-    config = VoxelMorphConfig(features=[8, 8, 8], steps=4, patch_size=32, checkpoint_every=2, log_every=1, val_every=2, device="cpu")
+    config = VoxelMorphConfig(
+        features=[8, 8, 8],
+        steps=4,
+        patch_size=32,
+        checkpoint_every=2,
+        log_every=1,
+        val_every=2,
+        device="cpu",
+    )
     pairs = [(pair.fixed, pair.moving)]
-    first = train_voxelmorph(pairs, tmp_path / "vxm.pt", config, val_pairs=pairs, max_steps_this_run=2)
+    first = train_voxelmorph(
+        pairs, tmp_path / "vxm.pt", config, val_pairs=pairs, max_steps_this_run=2
+    )
     assert first.steps == 2 and (tmp_path / "vxm.pt.checkpoint.pt").is_file()
     result = train_voxelmorph(pairs, tmp_path / "vxm.pt", config, val_pairs=pairs)
     assert result.steps == 4
-    lines = [json.loads(line) for line in (tmp_path / "vxm.pt.metrics.jsonl").read_text().splitlines()]
+    lines = [
+        json.loads(line) for line in (tmp_path / "vxm.pt.metrics.jsonl").read_text().splitlines()
+    ]
     assert [line["step"] for line in lines if line["phase"] == "train"] == [1, 2, 3, 4]
     assert [line["step"] for line in lines if line["phase"] == "val"] == [2, 4]
     with pytest.raises(InputError, match="different training configuration"):
-        train_voxelmorph(pairs, tmp_path / "vxm.pt", VoxelMorphConfig(features=[8, 8, 8], steps=5, patch_size=32, device="cpu"))
+        train_voxelmorph(
+            pairs,
+            tmp_path / "vxm.pt",
+            VoxelMorphConfig(features=[8, 8, 8], steps=5, patch_size=32, device="cpu"),
+        )
 
     model = load_voxelmorph(tmp_path / "vxm.pt")
-    fixed, moving = pair.fixed[:32, :40, :36], pair.moving[:32, :40, :36]  # not multiples of 8: padded inside
+    fixed, moving = (
+        pair.fixed[:32, :40, :36],
+        pair.moving[:32, :40, :36],
+    )  # not multiples of 8: padded inside
     field = register_voxelmorph(fixed, moving, pair.spacing, model, device="cpu")
     assert field.shape == (3, 32, 40, 36)
     # the network's own warp of the moving patch equals ours with the returned field
@@ -253,9 +330,20 @@ def test_voxelmorph_trains_resumes_and_applies_in_the_field_convention(tmp_path,
 
     network = model.network("cpu")
     with torch.no_grad():
-        disp, warped = network(torch.from_numpy(normalise(moving[:32, :40, :32]))[None, None], torch.from_numpy(normalise(fixed[:32, :40, :32]))[None, None], return_warped_source=True)
-    ours = warp(normalise(moving[:32, :40, :32]), disp[0].numpy() * np.asarray(pair.spacing, np.float32).reshape(3, 1, 1, 1), pair.spacing, fill="constant")
-    np.testing.assert_allclose(ours[2:-2, 2:-2, 2:-2], warped[0, 0].numpy()[2:-2, 2:-2, 2:-2], atol=1e-4)
+        disp, warped = network(
+            torch.from_numpy(normalise(moving[:32, :40, :32]))[None, None],
+            torch.from_numpy(normalise(fixed[:32, :40, :32]))[None, None],
+            return_warped_source=True,
+        )
+    ours = warp(
+        normalise(moving[:32, :40, :32]),
+        disp[0].numpy() * np.asarray(pair.spacing, np.float32).reshape(3, 1, 1, 1),
+        pair.spacing,
+        fill="constant",
+    )
+    np.testing.assert_allclose(
+        ours[2:-2, 2:-2, 2:-2], warped[0, 0].numpy()[2:-2, 2:-2, 2:-2], atol=1e-4
+    )
 
 
 def test_voxelmorph_model_file_errors(tmp_path):
@@ -266,6 +354,7 @@ def test_voxelmorph_model_file_errors(tmp_path):
 
 # --- bad input --------------------------------------------------------------------------
 
+
 def test_bad_inputs_are_one_line_input_errors(pair):
     fixed, moving, spacing = pair.fixed, pair.moving, pair.spacing
     with pytest.raises(InputError, match="expected a 3D volume"):
@@ -275,11 +364,28 @@ def test_bad_inputs_are_one_line_input_errors(pair):
     with pytest.raises(InputError, match="NaN"):
         register_volumes(fixed, nan, spacing, "affine")
     with pytest.raises(InputError, match="holds no label"):
-        register_volumes(fixed, moving, spacing, "affine", fixed_labels=pair.fixed_labels, moving_labels=np.zeros_like(pair.moving_labels))
+        register_volumes(
+            fixed,
+            moving,
+            spacing,
+            "affine",
+            fixed_labels=pair.fixed_labels,
+            moving_labels=np.zeros_like(pair.moving_labels),
+        )
     with pytest.raises(InputError, match="differs from the fixed volume's"):
         to_fixed_grid(moving[::5, ::5, ::5], tuple(5 * s for s in spacing), fixed.shape, spacing)
-    with pytest.raises(InputError, match=r"moving labels: shape \(20, 40, 40\); expected \(40, 40, 40\) like its image"):
-        register_volumes(fixed, moving, spacing, "affine", fixed_labels=pair.fixed_labels, moving_labels=pair.moving_labels[:20])
+    with pytest.raises(
+        InputError,
+        match=r"moving labels: shape \(20, 40, 40\); expected \(40, 40, 40\) like its image",
+    ):
+        register_volumes(
+            fixed,
+            moving,
+            spacing,
+            "affine",
+            fixed_labels=pair.fixed_labels,
+            moving_labels=pair.moving_labels[:20],
+        )
     with pytest.raises(InputError, match="needs a trained model"):
         register_volumes(fixed, moving, spacing, "voxelmorph")
 
@@ -287,6 +393,13 @@ def test_bad_inputs_are_one_line_input_errors(pair):
 def test_moving_on_another_grid_is_resampled_with_a_notice(pair, caplog):
     coarse = pair.moving[::2, ::2, ::2]
     with caplog.at_level("WARNING"):
-        result = register_volumes(pair.fixed, coarse, pair.spacing, "affine", prealign="rigid", moving_spacing=tuple(2 * s for s in pair.spacing))
+        result = register_volumes(
+            pair.fixed,
+            coarse,
+            pair.spacing,
+            "affine",
+            prealign="rigid",
+            moving_spacing=tuple(2 * s for s in pair.spacing),
+        )
     assert "resampling" in caplog.text
     assert result.warped.shape == pair.fixed.shape

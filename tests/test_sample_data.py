@@ -87,7 +87,9 @@ def test_anisotropic_shape_and_spacing_are_honoured():
     _, fine = make_implant_phantom((64, 64, 64), seed=1, spacing=(1, 1, 1))
     _, coarse = make_implant_phantom((32, 64, 64), seed=1, spacing=(2, 1, 1))
     np.testing.assert_allclose(
-        np.bincount(coarse.ravel(), minlength=4) / coarse.size, np.bincount(fine.ravel(), minlength=4) / fine.size, rtol=0.25
+        np.bincount(coarse.ravel(), minlength=4) / coarse.size,
+        np.bincount(fine.ravel(), minlength=4) / fine.size,
+        rtol=0.25,
     )
     # Anisotropic in-plane voxels keep the screw round in physical units.
     _, stretched = make_implant_phantom((16, 80, 40), seed=1, spacing=(1, 1, 2))
@@ -107,7 +109,9 @@ def test_ring_artefacts_are_concentric_about_the_axis():
     sums, counts = np.bincount(radius.ravel(), rings.ravel()), np.bincount(radius.ravel())
     profile = sums / np.maximum(counts, 1)
     # The pattern varies along the radius but is constant on each ring.
-    within_ring = np.sqrt(np.bincount(radius.ravel(), (rings - profile[radius]).ravel() ** 2) / np.maximum(counts, 1))
+    within_ring = np.sqrt(
+        np.bincount(radius.ravel(), (rings - profile[radius]).ravel() ** 2) / np.maximum(counts, 1)
+    )
     assert profile.std() > 0.02
     assert np.median(within_ring[counts > 0]) < 0.2 * profile.std()
 
@@ -121,7 +125,13 @@ def test_noise_strength_is_honoured():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(shape=(4, 64, 64)), dict(shape=(8, 8)), dict(spacing=(1, 0, 1)), dict(noise=-1), dict(rings=float("nan"))],
+    [
+        dict(shape=(4, 64, 64)),
+        dict(shape=(8, 8)),
+        dict(spacing=(1, 0, 1)),
+        dict(noise=-1),
+        dict(rings=float("nan")),
+    ],
 )
 def test_bad_arguments_raise_input_error(kwargs):
     with pytest.raises(InputError, match="phantom"):
@@ -159,7 +169,23 @@ def test_unknown_sample_or_parameters_raise():
 def test_cli_writes_readable_files(tmp_path, capsys, image_name, labels_name):
     out, gt = tmp_path / image_name, tmp_path / labels_name
     status = main(
-        ["sample", "implant", str(out), "--gt", str(gt), "--shape", "16", "24", "20", "--seed", "7", "--spacing", "4", "2", "2"]
+        [
+            "sample",
+            "implant",
+            str(out),
+            "--gt",
+            str(gt),
+            "--shape",
+            "16",
+            "24",
+            "20",
+            "--seed",
+            "7",
+            "--spacing",
+            "4",
+            "2",
+            "2",
+        ]
     )
     assert status == 0
     image, labels = make_implant_phantom((16, 24, 20), seed=7, spacing=(4, 2, 2))
@@ -178,6 +204,10 @@ def test_cli_list_and_save(tmp_path, capsys):
     assert read_volume(tmp_path / "s.tif").shape == (400, 400)
     assert main(["sample", "save", "ihc", str(tmp_path / "ihc.ome.tif")]) == 0
     ihc = read_volume(tmp_path / "ihc.ome.tif")
-    assert ihc.shape == (512, 512, 3) and ihc.axes == "yxc" and ihc.spacing == load_sample("ihc").spacing
+    assert (
+        ihc.shape == (512, 512, 3)
+        and ihc.axes == "yxc"
+        and ihc.spacing == load_sample("ihc").spacing
+    )
     assert main(["sample", "save", "nosuch", str(tmp_path / "x.tif")]) == 2
     assert "nosuch" in capsys.readouterr().err

@@ -37,12 +37,28 @@ def files(tmp_path):
 def test_prints_table_and_writes_json_and_csv(files, tmp_path, capsys):
     pred_path, gt_path, pred, gt = files
     out_json, out_csv = tmp_path / "out" / "scores.json", tmp_path / "scores.csv"
-    status = main(["score", str(pred_path), str(gt_path), "--names", "bone", "implant", "debris", "--json", str(out_json), "--csv", str(out_csv)])
+    status = main(
+        [
+            "score",
+            str(pred_path),
+            str(gt_path),
+            "--names",
+            "bone",
+            "implant",
+            "debris",
+            "--json",
+            str(out_json),
+            "--csv",
+            str(out_csv),
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     expected = score_volumes(pred, gt, spacing=SPACING, names=["bone", "implant", "debris"])
     # One aligned row per class: the dice column holds the same value in every row's format.
-    rows = [line.split() for line in printed.splitlines() if line.split()[:1] in (["1"], ["2"], ["3"])]
+    rows = [
+        line.split() for line in printed.splitlines() if line.split()[:1] in (["1"], ["2"], ["3"])
+    ]
     assert [row[1] for row in rows] == ["bone", "implant", "debris"]
     assert [float(row[4]) for row in rows] == pytest.approx(expected["dice"].tolist(), abs=1e-3)
     document = json.loads(out_json.read_text())
@@ -60,7 +76,24 @@ def test_prints_table_and_writes_json_and_csv(files, tmp_path, capsys):
 def test_spacing_option_overrides_the_files(files, tmp_path):
     pred_path, gt_path, pred, gt = files
     out = tmp_path / "s.json"
-    assert main(["score", str(pred_path), str(gt_path), "--labels", "1", "--spacing", "1", "1", "3", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(pred_path),
+                str(gt_path),
+                "--labels",
+                "1",
+                "--spacing",
+                "1",
+                "1",
+                "3",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     row = json.loads(out.read_text())["rows"][0]
     reference = score_volumes(pred, gt, labels=[1], spacing=(1, 1, 3))
     assert row["hausdorff"] == pytest.approx(reference["hausdorff"][0])
@@ -70,7 +103,22 @@ def test_spacing_option_overrides_the_files(files, tmp_path):
 def test_instances_mode(files, tmp_path, capsys):
     pred_path, gt_path, pred, gt = files
     out = tmp_path / "inst.csv"
-    assert main(["score", str(pred_path), str(gt_path), "--instances", "--thresholds", "0.5", "0.75", "--csv", str(out)]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(pred_path),
+                str(gt_path),
+                "--instances",
+                "--thresholds",
+                "0.5",
+                "0.75",
+                "--csv",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(out)
     expected = score_instances(pred, gt, [0.5, 0.75])
     assert table["threshold"].tolist() == [0.5, 0.75]
@@ -113,7 +161,15 @@ def test_errors_exit_2_with_one_line(files, tmp_path, capsys, problem):
 def test_console_script(files):
     pred_path, gt_path, _, _ = files
     done = subprocess.run(
-        [sys.executable, "-m", "unified_framework", "score", str(pred_path), str(gt_path), "--no-surface"],
+        [
+            sys.executable,
+            "-m",
+            "unified_framework",
+            "score",
+            str(pred_path),
+            str(gt_path),
+            "--no-surface",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -121,7 +177,9 @@ def test_console_script(files):
     assert done.returncode == 0, done.stderr
     assert "dice" in done.stdout and "hd95" not in done.stdout
     header = next(line for line in done.stdout.splitlines() if line.split()[:1] == ["label"])
-    assert len(header.split()) == 9  # label, name, voxel counts, dice, iou, precision, recall, volume
+    assert (
+        len(header.split()) == 9
+    )  # label, name, voxel counts, dice, iou, precision, recall, volume
 
 
 def test_prediction_spacing_differing_from_ground_truth_is_reported(files, tmp_path, caplog):
@@ -129,6 +187,18 @@ def test_prediction_spacing_differing_from_ground_truth_is_reported(files, tmp_p
     write_volume(tmp_path / "coarse.tif", pred, spacing=(4.0, 1.0, 1.0))
     out = tmp_path / "s.json"
     with caplog.at_level("WARNING"):
-        assert main(["score", str(tmp_path / "coarse.tif"), str(gt_path), "--no-surface", "--json", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "score",
+                    str(tmp_path / "coarse.tif"),
+                    str(gt_path),
+                    "--no-surface",
+                    "--json",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     assert "spacing differs" in caplog.text and "using the ground truth's" in caplog.text
     assert json.loads(out.read_text())["spacing"] == list(SPACING)

@@ -15,7 +15,9 @@ SCRIPT = str(REPO / "scripts" / "slurm-cluster")
 DAEMONS = ("munged", "mariadb", "slurmdbd", "slurmctld", "slurmd")
 
 
-def _run(*args: str, timeout: float = 600, state: Path | None = None) -> subprocess.CompletedProcess:
+def _run(
+    *args: str, timeout: float = 600, state: Path | None = None
+) -> subprocess.CompletedProcess:
     env = {**os.environ, **({"MDLMA_SLURM_STATE": str(state)} if state else {})}
     return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -23,15 +25,19 @@ def _run(*args: str, timeout: float = 600, state: Path | None = None) -> subproc
 def test_config_matches_this_machine(slurm_cluster):
     conf = (slurm_cluster / "etc" / "slurm.conf").read_text()
     for line in (
-        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
-        "AccountingStorageType=accounting_storage/slurmdbd", "JobAcctGatherType=jobacct_gather/linux",
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "AccountingStorageType=accounting_storage/slurmdbd",
+        "JobAcctGatherType=jobacct_gather/linux",
     ):
         assert line in conf
     node = next(line for line in conf.splitlines() if line.startswith("NodeName="))
     assert f"CPUs={os.cpu_count()} " in node and "Gres" not in node
     partitions = [line for line in conf.splitlines() if line.startswith("PartitionName=")]
     assert len(partitions) >= 2
-    assert (slurm_cluster / "etc" / "slurmdbd.conf").stat().st_mode & 0o077 == 0  # holds the DB password
+    assert (
+        slurm_cluster / "etc" / "slurmdbd.conf"
+    ).stat().st_mode & 0o077 == 0  # holds the DB password
 
 
 def test_status_lists_running_daemons_and_an_idle_node():
@@ -39,11 +45,24 @@ def test_status_lists_running_daemons_and_an_idle_node():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for daemon in DAEMONS:
         assert f"{daemon}" in proc.stdout and "stopped" not in proc.stdout
-    states = subprocess.run(["sinfo", "-h", "-o", "%P %T"], capture_output=True, text=True, check=True).stdout.split("\n")
-    assert any(line.startswith("debug* ") for line in states) and any(line.startswith("batch ") for line in states)
-    assert {line.split()[1] for line in states if line} <= {"idle", "mixed", "allocated", "completing"}
-    accounting = subprocess.run(["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster"],
-                                capture_output=True, text=True, check=True)
+    states = subprocess.run(
+        ["sinfo", "-h", "-o", "%P %T"], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert any(line.startswith("debug* ") for line in states) and any(
+        line.startswith("batch ") for line in states
+    )
+    assert {line.split()[1] for line in states if line} <= {
+        "idle",
+        "mixed",
+        "allocated",
+        "completing",
+    }
+    accounting = subprocess.run(
+        ["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "mdlma" in accounting.stdout.split()
 
 
@@ -84,10 +103,19 @@ def test_start_refuses_a_state_folder_another_user_planted(planted_state):
     """The attack: mdlmatest creates the folder first, with a munge key they know."""
     as_test_user("mkdir", str(planted_state / "etc"))
     as_test_user("sh", "-c", f"echo known-key > {planted_state}/etc/munge.key")
-    conf_before = os.readlink("/etc/slurm/slurm.conf") if os.path.islink("/etc/slurm/slurm.conf") else None
-    _refused(_run("start", state=planted_state), f"state folder {planted_state} belongs to mdlmatest")
-    assert sorted(p.name for p in planted_state.rglob("*")) == ["etc", "munge.key"]  # nothing created
-    assert (os.readlink("/etc/slurm/slurm.conf") if os.path.islink("/etc/slurm/slurm.conf") else None) == conf_before
+    conf_before = (
+        os.readlink("/etc/slurm/slurm.conf") if os.path.islink("/etc/slurm/slurm.conf") else None
+    )
+    _refused(
+        _run("start", state=planted_state), f"state folder {planted_state} belongs to mdlmatest"
+    )
+    assert sorted(p.name for p in planted_state.rglob("*")) == [
+        "etc",
+        "munge.key",
+    ]  # nothing created
+    assert (
+        os.readlink("/etc/slurm/slurm.conf") if os.path.islink("/etc/slurm/slurm.conf") else None
+    ) == conf_before
     _refused(_run("stop", state=planted_state), "belongs to mdlmatest")
 
 
@@ -98,7 +126,9 @@ def test_start_refuses_secrets_others_may_read_or_write(tmp_path):
     key = state / "etc" / "munge.key"
     key.write_bytes(b"k" * 1024)
     key.chmod(0o640)
-    _refused(_run("start", state=state), f"secret {key} is accessible to group or others", "chmod 600")
+    _refused(
+        _run("start", state=state), f"secret {key} is accessible to group or others", "chmod 600"
+    )
     key.chmod(0o600)
     (state / "etc" / "db.pass").write_text("x")
     (state / "etc" / "db.pass").chmod(0o660)  # group-writable
@@ -114,7 +144,9 @@ def test_stop_signals_only_processes_of_this_cluster(tmp_path):
     _root_only()
     state = tmp_path / "slurm-state"
     (state / "run").mkdir(parents=True, mode=0o700)
-    sleepers = {name: subprocess.Popen(["sleep", "300"]) for name in ("slurmd", "slurmctld", "munged")}
+    sleepers = {
+        name: subprocess.Popen(["sleep", "300"]) for name in ("slurmd", "slurmctld", "munged")
+    }
     try:
         for name, sleeper in sleepers.items():
             (state / "run" / f"{name}.pid").write_text(f"{sleeper.pid}\n")
@@ -135,13 +167,21 @@ def _daemon_pids() -> dict[str, str]:
     pids = {}
     for line in _run("status").stdout.splitlines():
         fields = line.replace("(", " ").replace(")", " ").split()
-        if len(fields) >= 4 and fields[0] in DAEMONS and fields[1] == "running" and fields[2] == "pid":
+        if (
+            len(fields) >= 4
+            and fields[0] in DAEMONS
+            and fields[1] == "running"
+            and fields[2] == "pid"
+        ):
             pids[fields[0]] = fields[3]
     return pids
 
 
 def _alive(pid: str) -> bool:
-    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    return (
+        Path(f"/proc/{pid}").exists()
+        and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    )
 
 
 @pytest.mark.slow

@@ -44,8 +44,11 @@ def _accounted(job_ids, count):
     """
     records = hpc.history(job_ids, backend="slurm")
     done = [
-        r for r in records
-        if r.state in hpc.FINISHED_STATES and r.end_time and (r.start_time is None or "batch" in r.steps or r.elapsed_s == 0)
+        r
+        for r in records
+        if r.state in hpc.FINISHED_STATES
+        and r.end_time
+        and (r.start_time is None or "batch" in r.steps or r.elapsed_s == 0)
         and r.name != "allocation"
     ]
     return records if len(done) >= count else None
@@ -58,7 +61,12 @@ def test_job_goes_pending_running_completed(workdir):
     (workdir / "run.py").write_text(
         "import os, sys, time\nprint('hello from', os.environ['SLURM_JOB_ID'], sys.argv[1:])\ntime.sleep(4)\n"
     )
-    record = hpc.submit("python-script", {"script": "run.py", "args": "x 'y z'", "mem": "200M", "time": "5"}, backend="slurm", hold=True)
+    record = hpc.submit(
+        "python-script",
+        {"script": "run.py", "args": "x 'y z'", "mem": "200M", "time": "5"},
+        backend="slurm",
+        hold=True,
+    )
     (job_id,) = record.job_ids
     (pending,) = hpc.status([job_id], backend="slurm")
     assert (pending.state, pending.reason) == ("PENDING", "JobHeldUser")
@@ -71,10 +79,17 @@ def test_job_goes_pending_running_completed(workdir):
         if state and state != seen[-1]:
             seen.append(state)
         time.sleep(0.2)
-    assert [s for s in seen if s in {"PENDING", "RUNNING", "COMPLETED"}] == ["PENDING", "RUNNING", "COMPLETED"], seen
+    assert [s for s in seen if s in {"PENDING", "RUNNING", "COMPLETED"}] == [
+        "PENDING",
+        "RUNNING",
+        "COMPLETED",
+    ], seen
     log = Path(record.path) / f"slurm-{job_id}.out"
     assert f"hello from {job_id} ['x', 'y z']" in log.read_text()
-    assert "mdlma: module mdlma/unified-framework loaded" in log.read_text() or "using" in log.read_text()
+    assert (
+        "mdlma: module mdlma/unified-framework loaded" in log.read_text()
+        or "using" in log.read_text()
+    )
     (account,) = wait_for(lambda: _accounted([job_id], 1), timeout=60, what="accounting")
     assert (account.state, account.exit_code) == ("COMPLETED", 0)
     assert account.elapsed_s >= 4 and account.workdir == str(workdir)
@@ -88,17 +103,26 @@ def test_array_with_dependent_merge(workdir):
     work, merge = record.jobs
     assert merge.dependency == f"afterok:{work.job_id}"
     jobs = wait_for(lambda: _all_finished(record.job_ids), timeout=180, what="array and merge")
-    assert sorted(j.job_id for j in jobs) == sorted([f"{work.job_id}_{i}" for i in range(3)] + [merge.job_id])
+    assert sorted(j.job_id for j in jobs) == sorted(
+        [f"{work.job_id}_{i}" for i in range(3)] + [merge.job_id]
+    )
     assert {j.state for j in jobs} == {"COMPLETED"}
     lines = (workdir / "merged.txt").read_text().splitlines()
     assert len(lines) == 4 and all(f"of {work.job_id} " in line for line in lines[1:])
     merged_at = float(lines[0].split()[1])
     assert all(float(line.split()[-1]) <= merged_at for line in lines[1:])
     logs = {p.name for p in Path(record.path).glob("slurm-*.out")}
-    assert logs == {f"slurm-{work.job_id}_{i}.out" for i in range(3)} | {f"slurm-{merge.job_id}.out"}
-    records = {r.job_id: r for r in wait_for(lambda: _accounted(record.job_ids, 4), timeout=60, what="accounting")}
+    assert logs == {f"slurm-{work.job_id}_{i}.out" for i in range(3)} | {
+        f"slurm-{merge.job_id}.out"
+    }
+    records = {
+        r.job_id: r
+        for r in wait_for(lambda: _accounted(record.job_ids, 4), timeout=60, what="accounting")
+    }
     assert {f"{work.job_id}_{i}" for i in range(3)} <= set(records)
-    assert all(records[f"{work.job_id}_{i}"].end_time <= records[merge.job_id].start_time for i in range(3))
+    assert all(
+        records[f"{work.job_id}_{i}"].end_time <= records[merge.job_id].start_time for i in range(3)
+    )
 
 
 def test_failed_task_holds_back_merge_which_can_be_cancelled(workdir):
@@ -108,14 +132,19 @@ def test_failed_task_holds_back_merge_which_can_be_cancelled(workdir):
 
     def merge_blocked():
         jobs = {j.job_id: j for j in hpc.status(record.job_ids, backend="slurm")}
-        return jobs if jobs.get(merge) and jobs[merge].reason == "DependencyNeverSatisfied" else None
+        return (
+            jobs if jobs.get(merge) and jobs[merge].reason == "DependencyNeverSatisfied" else None
+        )
 
     jobs = wait_for(merge_blocked, timeout=120, what="the merge to be blocked")
     assert jobs[merge].state == "PENDING"
     assert jobs[f"{work}_1"].state == "FAILED" and jobs[f"{work}_0"].state == "COMPLETED"
     hpc.cancel([merge], backend="slurm")
     wait_for(lambda: _state(merge) == "CANCELLED", timeout=60, what="the cancellation")
-    accounts = {r.job_id: r for r in wait_for(lambda: _accounted(record.job_ids, 3), timeout=60, what="accounting")}
+    accounts = {
+        r.job_id: r
+        for r in wait_for(lambda: _accounted(record.job_ids, 3), timeout=60, what="accounting")
+    }
     assert accounts[merge].state == "CANCELLED"
     assert (accounts[f"{work}_1"].state, accounts[f"{work}_1"].exit_code) == ("FAILED", 3)
     assert not (workdir / "merged.txt").exists()
@@ -126,14 +155,19 @@ def test_percent_signs_in_the_working_folder_keep_the_logs_where_expected(workdi
     prefixes: a folder named like this made the job die at launch with no log."""
     folder = workdir / "50%j %x %u %5a %%A 'q'"
     folder.mkdir()
-    (folder / "run.py").write_text("import os\nprint('task', os.environ['SLURM_ARRAY_TASK_ID'], 'in', os.getcwd())\n")
+    (folder / "run.py").write_text(
+        "import os\nprint('task', os.environ['SLURM_ARRAY_TASK_ID'], 'in', os.getcwd())\n"
+    )
     record = hpc.submit(
-        "python-script", {"script": "run.py", "workdir": str(folder), "array": "0-1", "mem": "200M", "time": "5"},
+        "python-script",
+        {"script": "run.py", "workdir": str(folder), "array": "0-1", "mem": "200M", "time": "5"},
         backend="slurm",
     )
     (array_id,) = record.job_ids
     jobs = wait_for(lambda: _all_finished(record.job_ids), timeout=180, what="the array tasks")
-    assert sorted((j.job_id, j.state) for j in jobs) == [(f"{array_id}_{i}", "COMPLETED") for i in range(2)]
+    assert sorted((j.job_id, j.state) for j in jobs) == [
+        (f"{array_id}_{i}", "COMPLETED") for i in range(2)
+    ]
     assert Path(record.path).parent.parent == folder
     for task in range(2):
         log = Path(record.path) / f"slurm-{array_id}_{task}.out"
@@ -148,20 +182,42 @@ def test_backslash_in_the_working_folder_is_refused_for_slurm(workdir, capsys):
     folder = workdir / "back\\slash"
     folder.mkdir()
     (folder / "run.py").write_text("")
-    with pytest.raises(InputError, match=r"^python-script: workdir: .* contains a backslash, which SLURM removes"):
+    with pytest.raises(
+        InputError, match=r"^python-script: workdir: .* contains a backslash, which SLURM removes"
+    ):
         hpc.submit("python-script", {"script": "run.py", "workdir": str(folder)}, backend="slurm")
-    assert main(["jobs", "--backend", "slurm", "submit", "python-script", "--set", "script=run.py",
-                 "--set", f"workdir={folder}"]) == 2
+    assert (
+        main(
+            [
+                "jobs",
+                "--backend",
+                "slurm",
+                "submit",
+                "python-script",
+                "--set",
+                "script=run.py",
+                "--set",
+                f"workdir={folder}",
+            ]
+        )
+        == 2
+    )
     message = capsys.readouterr().err
     assert message.startswith("mdlma: error: python-script: workdir: ") and message.count("\n") == 1
     assert sorted(p.name for p in folder.iterdir()) == ["run.py"]  # no record, nothing queued
     # The local backend has no such limit.
-    assert hpc.prepare("python-script", {"script": "run.py", "workdir": str(folder)}, backend="local").workdir == str(folder)
+    assert hpc.prepare(
+        "python-script", {"script": "run.py", "workdir": str(folder)}, backend="local"
+    ).workdir == str(folder)
 
 
 def test_cancel_a_running_job(workdir):
-    (workdir / "sleep.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(300)\n")
-    record = hpc.submit("python-script", {"script": "sleep.py", "mem": "200M", "time": "5"}, backend="slurm")
+    (workdir / "sleep.py").write_text(
+        "import time\nprint('started', flush=True)\ntime.sleep(300)\n"
+    )
+    record = hpc.submit(
+        "python-script", {"script": "sleep.py", "mem": "200M", "time": "5"}, backend="slurm"
+    )
     (job_id,) = record.job_ids
     wait_for(lambda: _state(job_id) == "RUNNING", timeout=120, what="the job to run")
     hpc.cancel([job_id], backend="slurm")
@@ -180,7 +236,11 @@ def test_sacct_efficiency_matches_what_the_job_used(workdir):
         "usage = resource.getrusage(resource.RUSAGE_SELF)\n"
         "print('cpu', usage.ru_utime + usage.ru_stime, 'rss_mb', usage.ru_maxrss / 1024, flush=True)\n"
     )
-    record = hpc.submit("python-script", {"script": "burn.py", "mem": "1G", "job_name": "burn", "time": "5"}, backend="slurm")
+    record = hpc.submit(
+        "python-script",
+        {"script": "burn.py", "mem": "1G", "job_name": "burn", "time": "5"},
+        backend="slurm",
+    )
     (job_id,) = record.job_ids
     (account,) = wait_for(lambda: _accounted([job_id], 1), timeout=180, what="the job's accounting")
     fields = (Path(record.path) / f"slurm-{job_id}.out").read_text().split("cpu ")[1].split()
@@ -189,7 +249,9 @@ def test_sacct_efficiency_matches_what_the_job_used(workdir):
     assert account.req_mem_mb == 1024
     # The whole job (module load, python start, the loop) used at least the loop's CPU.
     assert cpu_seen <= account.total_cpu_s <= cpu_seen + 10
-    assert account.cpu_efficiency == pytest.approx(min(1.0, account.total_cpu_s / account.elapsed_s))
+    assert account.cpu_efficiency == pytest.approx(
+        min(1.0, account.total_cpu_s / account.elapsed_s)
+    )
     assert 0.5 < account.cpu_efficiency <= 1
     assert 0.8 * rss_seen <= account.max_rss_mb
     assert account.memory_efficiency == pytest.approx(account.max_rss_mb / 1024)
@@ -209,12 +271,18 @@ def _phantoms(folder: Path) -> tuple[Path, Path]:
 
 def test_score_template_runs_mdlma_score(workdir):
     _phantoms(workdir)
-    record = hpc.submit("score", {"pred": "pred.tif", "gt": "gt.tif", "no_surface": True, "mem": "1G", "time": "5"}, backend="slurm")
+    record = hpc.submit(
+        "score",
+        {"pred": "pred.tif", "gt": "gt.tif", "no_surface": True, "mem": "1G", "time": "5"},
+        backend="slurm",
+    )
     jobs = wait_for(lambda: _all_finished(record.job_ids), timeout=240, what="the score job")
     log = (Path(record.path) / f"slurm-{record.job_ids[0]}.out").read_text()
     assert [j.state for j in jobs] == ["COMPLETED"], log
     (row,) = json.loads((workdir / "score.json").read_text())["rows"]
-    assert row["label"] == 1 and row["dice"] == pytest.approx(0.875)  # a box 8 wide shifted by one voxel
+    assert row["label"] == 1 and row["dice"] == pytest.approx(
+        0.875
+    )  # a box 8 wide shifted by one voxel
 
 
 MINIMAL = {
@@ -243,19 +311,38 @@ def test_every_template_is_accepted_by_slurm(workdir):
             assert jobs and {j.state for j in jobs} == {"PENDING"}, (name, jobs)
             if name == "sun-predict":
                 assert len([j for j in jobs if j.array_job_id == record.job_ids[0]]) == 3
-                assert hpc.load_record(record.path).jobs[1].dependency == f"afterok:{record.job_ids[0]}"
+                assert (
+                    hpc.load_record(record.path).jobs[1].dependency
+                    == f"afterok:{record.job_ids[0]}"
+                )
     finally:
         if submitted:
             hpc.cancel(submitted, backend="slurm")
-    wait_for(lambda: all(j.state == "CANCELLED" for j in hpc.status(submitted, backend="slurm")), timeout=60,
-             what="the cancellations")
+    wait_for(
+        lambda: all(j.state == "CANCELLED" for j in hpc.status(submitted, backend="slurm")),
+        timeout=60,
+        what="the cancellations",
+    )
 
 
 def test_owner_only_status(slurm_test_user):
     out = subprocess.run(
-        ["runuser", "-u", slurm_test_user, "--", "sbatch", "--parsable", "--hold", "--job-name=not-mine",
-         "--chdir=/tmp", "--output=/dev/null", "--wrap=true"],
-        capture_output=True, text=True, check=True,
+        [
+            "runuser",
+            "-u",
+            slurm_test_user,
+            "--",
+            "sbatch",
+            "--parsable",
+            "--hold",
+            "--job-name=not-mine",
+            "--chdir=/tmp",
+            "--output=/dev/null",
+            "--wrap=true",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     theirs = out.split(";")[0]
     try:
@@ -265,22 +352,30 @@ def test_owner_only_status(slurm_test_user):
         everyone = {j.job_id: j for j in hpc.status(all_users=True, backend="slurm")}
         assert everyone[theirs].user == slurm_test_user and everyone[theirs].name == "not-mine"
         # Asked for by id, someone else's job is not shown either, only marked unknown.
-        assert [(j.job_id, j.state) for j in hpc.status([theirs], backend="slurm")] == [(theirs, "UNKNOWN")]
+        assert [(j.job_id, j.state) for j in hpc.status([theirs], backend="slurm")] == [
+            (theirs, "UNKNOWN")
+        ]
     finally:
         hpc.cancel([theirs], backend="slurm")
 
 
 def test_slurm_errors_come_back_clearly(workdir):
     (workdir / "run.py").write_text("")
-    with pytest.raises(InputError, match=r"partition 'nosuch' does not exist here; available: debug, batch"):
+    with pytest.raises(
+        InputError, match=r"partition 'nosuch' does not exist here; available: debug, batch"
+    ):
         hpc.prepare("python-script", {"script": "run.py", "partition": "nosuch"}, backend="slurm")
     with pytest.raises(InputError, match="partition 'debug' has no GPUs"):
         hpc.prepare("python-script", {"script": "run.py", "gpus": 1}, backend="slurm")
     with pytest.raises(InputError, match="exceeds partition 'debug''s limit 1:00:00"):
         hpc.prepare("python-script", {"script": "run.py", "time": "02:00:00"}, backend="slurm")
     # Without our checks SLURM itself refuses; its message comes through on one line.
-    unchecked = hpc.prepare("python-script", {"script": "run.py", "partition": "nosuch"}, backend="slurm",
-                            check_cluster=False)
+    unchecked = hpc.prepare(
+        "python-script",
+        {"script": "run.py", "partition": "nosuch"},
+        backend="slurm",
+        check_cluster=False,
+    )
     with pytest.raises(SlurmRejected, match="sbatch: .*[Ii]nvalid partition") as info:
         hpc.submit(unchecked)
     assert "\n" not in str(info.value)
@@ -298,7 +393,9 @@ def test_unreachable_controller_is_an_error_not_dead_jobs(slurm_cluster, monkeyp
     bad.write_text(conf.replace("SlurmctldPort=6817", "SlurmctldPort=6999") + "MessageTimeout=2\n")
     monkeypatch.setenv("SLURM_CONF", str(bad))
     started = time.monotonic()
-    with pytest.raises(SlurmUnavailable, match="squeue: SLURM did not answer .*job states are unknown"):
+    with pytest.raises(
+        SlurmUnavailable, match="squeue: SLURM did not answer .*job states are unknown"
+    ):
         hpc.status(["1"], backend="slurm")
     assert time.monotonic() - started < 30
 
@@ -310,8 +407,12 @@ def test_brief_controller_outage_keeps_job_states(workdir, slurm_cluster):
     pid = int((slurm_cluster / "run" / "slurmctld.pid").read_text())
     os.kill(pid, 15)
     wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=30, what="slurmctld to stop")
-    restart = threading.Timer(2.0, lambda: subprocess.run([str(REPO / "scripts" / "slurm-cluster"), "start"],
-                                                          capture_output=True, timeout=300))
+    restart = threading.Timer(
+        2.0,
+        lambda: subprocess.run(
+            [str(REPO / "scripts" / "slurm-cluster"), "start"], capture_output=True, timeout=300
+        ),
+    )
     restart.start()
     try:
         jobs = hpc.status([job_id], backend="slurm")  # asked while the controller is down
@@ -341,8 +442,26 @@ def test_cli_submit_status_history_cancel(workdir, capsys):
     from unified_framework.cli.main import main
 
     (workdir / "run.py").write_text("print('via cli')\n")
-    assert main(["jobs", "--backend", "slurm", "submit", "python-script", "--set", "script=run.py",
-                 "--set", "mem=200M", "--set", "time=5", "--hold", "--json"]) == 0
+    assert (
+        main(
+            [
+                "jobs",
+                "--backend",
+                "slurm",
+                "submit",
+                "python-script",
+                "--set",
+                "script=run.py",
+                "--set",
+                "mem=200M",
+                "--set",
+                "time=5",
+                "--hold",
+                "--json",
+            ]
+        )
+        == 0
+    )
     record = json.loads(capsys.readouterr().out)
     (job_id,) = record["job_ids"]
     assert main(["jobs", "--backend", "slurm", "status", job_id, "--json"]) == 0
@@ -361,15 +480,36 @@ def test_cli_submit_status_history_cancel(workdir, capsys):
 def test_sun_train_then_predict_array_and_merge(workdir):
     """The SUN templates for real, on a tiny phantom and a two-step model."""
     subprocess.run(
-        [str(REPO / ".mdlma" / "venv" / "bin" / "mdlma"), "sample", "implant", "img.tif", "--gt", "lab.tif",
-         "--shape", "16", "32", "32"],
-        check=True, capture_output=True, cwd=workdir,
+        [
+            str(REPO / ".mdlma" / "venv" / "bin" / "mdlma"),
+            "sample",
+            "implant",
+            "img.tif",
+            "--gt",
+            "lab.tif",
+            "--shape",
+            "16",
+            "32",
+            "32",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=workdir,
     )
     tiny = "--depth 2 --width 4 --input-size 16 --batch-size 2 --val-every 1"
     train = hpc.submit(
         "sun-train",
-        {"images": "img.tif", "labels": "lab.tif", "model": "m.pt", "axes": 3, "steps": 2, "extra_args": tiny,
-         "time": "10", "mem": "2G", "cpus": 1},
+        {
+            "images": "img.tif",
+            "labels": "lab.tif",
+            "model": "m.pt",
+            "axes": 3,
+            "steps": 2,
+            "extra_args": tiny,
+            "time": "10",
+            "mem": "2G",
+            "cpus": 1,
+        },
         backend="slurm",
     )
     jobs = wait_for(lambda: _all_finished(train.job_ids), timeout=300, what="sun-train")
@@ -378,8 +518,17 @@ def test_sun_train_then_predict_array_and_merge(workdir):
     assert (workdir / "m.pt").is_file()
     predict = hpc.submit(
         "sun-predict",
-        {"volume": "img.tif", "model": "m.pt", "axes": 3, "out": "seg.tif", "mem": "2G", "merge_mem": "2G", "cpus": 1,
-         "time": "5", "merge_time": "5"},
+        {
+            "volume": "img.tif",
+            "model": "m.pt",
+            "axes": 3,
+            "out": "seg.tif",
+            "mem": "2G",
+            "merge_mem": "2G",
+            "cpus": 1,
+            "time": "5",
+            "merge_time": "5",
+        },
         backend="slurm",
     )
     array_id, merge_id = predict.job_ids

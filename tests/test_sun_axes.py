@@ -7,11 +7,24 @@ import pytest
 import torch
 
 from unified_framework.errors import InputError
-from unified_framework.sun.axes import AXES, AXIS_NAMES, ProbabilitySlab, axis_grid, parse_axes, sample_slices, slice_footprint
-from unified_framework.sun.inference.accumulator import MemoryAccumulator, ZarrAccumulator, chunk_regions, fuse
-from unified_framework.sun.votes import PROBABILITY_SCALE, accumulator_channels, pack_votes
+from unified_framework.sun.axes import (
+    AXES,
+    AXIS_NAMES,
+    ProbabilitySlab,
+    axis_grid,
+    parse_axes,
+    sample_slices,
+    slice_footprint,
+)
+from unified_framework.sun.inference.accumulator import (
+    MemoryAccumulator,
+    ZarrAccumulator,
+    chunk_regions,
+    fuse,
+)
 from unified_framework.sun.model_package import Normalization, SunModel, load_model, save_model
 from unified_framework.sun.networks import UNet2D, UNetConfig, fold_batch_norm
+from unified_framework.sun.votes import PROBABILITY_SCALE, accumulator_channels, pack_votes
 
 torch.set_num_threads(2)
 SHAPE = (7, 10, 6)  # odd, anisotropic, small: every corner case of the rotated grids
@@ -37,14 +50,19 @@ def _votes_per_voxel(name, shape, n_slabs):
         for tile in chunk_regions(shape, (3, 4, 5)):
             lo, hi = grid.unit_range(tile)
             if not grid.axis.diagonal:
-                tile = tuple(slice(max(t.start, u0), min(t.stop, u1)) if i == grid.axis.principal else t for i, t in enumerate(tile))
+                tile = tuple(
+                    slice(max(t.start, u0), min(t.stop, u1)) if i == grid.axis.principal else t
+                    for i, t in enumerate(tile)
+                )
                 if tile[grid.axis.principal].start >= tile[grid.axis.principal].stop:
                     continue
             elif hi <= u0 or lo >= u1:
                 continue
             values, owned = _on_voxels(slices, grid, u0, u1, tile)
             counts[tile] += 1 if owned is None else owned
-            np.testing.assert_allclose(values[0] if owned is None else values[0][owned], 1.0, rtol=1e-6)
+            np.testing.assert_allclose(
+                values[0] if owned is None else values[0][owned], 1.0, rtol=1e-6
+            )
     return counts
 
 
@@ -84,9 +102,14 @@ def test_diagonal_geometry_is_a_45_degree_rotation(name):
     np.testing.assert_allclose(step_a, np.sqrt(0.5), atol=1e-4)
     np.testing.assert_allclose(step_b, -axis.sign * np.sqrt(0.5), atol=1e-4)
     # Rows run along the principal axis and hit voxel centres (no interpolation along it).
-    np.testing.assert_allclose(slices[i, axis.principal, :, inside[0]], np.arange(shape[axis.principal]), atol=1e-5)
+    np.testing.assert_allclose(
+        slices[i, axis.principal, :, inside[0]], np.arange(shape[axis.principal]), atol=1e-5
+    )
     # Consecutive slices are one voxel pitch apart along the normal (e_a + s e_b)/sqrt(2).
-    normal = slices[i + 1, a, 3, inside[2]] - slices[i, a, 3, inside[2]], slices[i + 1, b, 3, inside[2]] - slices[i, b, 3, inside[2]]
+    normal = (
+        slices[i + 1, a, 3, inside[2]] - slices[i, a, 3, inside[2]],
+        slices[i + 1, b, 3, inside[2]] - slices[i, b, 3, inside[2]],
+    )
     np.testing.assert_allclose(normal, (np.sqrt(0.5), axis.sign * np.sqrt(0.5)), atol=1e-4)
     # Linear functions survive the round trip exactly away from the border (bilinear both ways).
     values, owned = _on_voxels(slices, grid, 0, grid.n_units, tuple(slice(0, n) for n in shape))
@@ -126,13 +149,17 @@ def test_pack_and_fuse():
     fused = fuse(accumulated, 3, 3)
     expected = (2 * probabilities + other) / 3
     assert fused["probabilities"].dtype == np.float16
-    np.testing.assert_allclose(fused["probabilities"], expected, atol=1 / PROBABILITY_SCALE + 2**-12)  # + float16 rounding
+    np.testing.assert_allclose(
+        fused["probabilities"], expected, atol=1 / PROBABILITY_SCALE + 2**-12
+    )  # + float16 rounding
     np.testing.assert_array_equal(fused["labels"].ravel(), [0, 2])
     # Voxel 0: fused class 0, one of three axes voted class 1. Voxel 1: fused class 2
     # (sums 0.5, 1.1, 1.4) although two of the three axes voted class 1.
     np.testing.assert_allclose(fused["disagreement"].ravel(), [1 / 3, 2 / 3], atol=2**-12)
     entropy = -(expected * np.log(expected)).sum(0) / np.log(3)
-    np.testing.assert_allclose(fused["entropy"], entropy, atol=1e-3)  # probabilities carry 1/PROBABILITY_SCALE steps
+    np.testing.assert_allclose(
+        fused["entropy"], entropy, atol=1e-3
+    )  # probabilities carry 1/PROBABILITY_SCALE steps
     owned = np.array([True, False]).reshape(2, 1, 1)
     assert (pack_votes(p, owned)[:, 1] == 0).all()
 
@@ -154,7 +181,9 @@ def test_integer_accumulation_is_order_independent():
 
 
 def test_zarr_accumulator_adds_each_unit_once(tmp_path):
-    accumulator = ZarrAccumulator(tmp_path / "acc.zarr", (6, 6, 6), 2, chunks=(3, 3, 3))  # no cache: written at once
+    accumulator = ZarrAccumulator(
+        tmp_path / "acc.zarr", (6, 6, 6), 2, chunks=(3, 3, 3)
+    )  # no cache: written at once
     block = np.full((2, 3, 3, 3), 5, np.uint16)
     region = (slice(0, 3), slice(0, 3), slice(3, 6))
     accumulator.add(0, region, block)
@@ -169,7 +198,9 @@ def test_zarr_accumulator_adds_each_unit_once(tmp_path):
 def test_zarr_accumulator_cache_loses_nothing_when_killed(tmp_path):
     """Chunks written on eviction hold their units; units after the checkpoint are re-run."""
     chunk_bytes = 3 * 3 * 3 * 3 * 2  # (2 channels + counter) x 3^3 uint16
-    accumulator = ZarrAccumulator(tmp_path / "acc.zarr", (6, 6, 6), 2, chunks=(3, 3, 3), cache_bytes=2 * chunk_bytes)
+    accumulator = ZarrAccumulator(
+        tmp_path / "acc.zarr", (6, 6, 6), 2, chunks=(3, 3, 3), cache_bytes=2 * chunk_bytes
+    )
     ones = np.ones((2, 3, 3, 3), np.uint16)
     regions = list(chunk_regions((6, 6, 6), (3, 3, 3)))
     for unit in range(2):
@@ -220,7 +251,15 @@ def test_thin_groups_across_rows_are_warned_about(caplog):
     assert not caplog.records
 
 
-@pytest.mark.parametrize("config", [dict(depth=1, base_width=4), dict(depth=3, base_width=8, norm="instance", dropout=0.2), dict(depth=4, base_width=6, norm="group", in_channels=3, num_classes=2, input_size=64), dict(norm="none", depth=2)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(depth=1, base_width=4),
+        dict(depth=3, base_width=8, norm="instance", dropout=0.2),
+        dict(depth=4, base_width=6, norm="group", in_channels=3, num_classes=2, input_size=64),
+        dict(norm="none", depth=2),
+    ],
+)
 def test_unet_shapes(config):
     net = UNet2D(UNetConfig(**config)).eval()
     cfg = net.config
@@ -229,7 +268,13 @@ def test_unet_shapes(config):
 
 
 def test_unet_config_is_validated():
-    for bad in (dict(depth=0), dict(norm="layer"), dict(num_classes=1), dict(depth=4, input_size=12), dict(dropout=1.0)):
+    for bad in (
+        dict(depth=0),
+        dict(norm="layer"),
+        dict(num_classes=1),
+        dict(depth=4, input_size=12),
+        dict(dropout=1.0),
+    ):
         with pytest.raises(InputError, match="U-Net"):
             UNetConfig(**bad)
 
@@ -267,7 +312,11 @@ def test_model_package_refuses_damaged_or_foreign_files(tmp_path):
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
-    for bad, message in ((truncated, "not a readable"), (foreign, "not a SUN model"), (tmp_path / "missing.pt", "no such")):
+    for bad, message in (
+        (truncated, "not a readable"),
+        (foreign, "not a SUN model"),
+        (tmp_path / "missing.pt", "no such"),
+    ):
         with pytest.raises(InputError, match=message) as info:
             load_model(bad)
         assert str(bad) in str(info.value) and "\n" not in str(info.value)
@@ -309,17 +358,25 @@ def test_volume_source_reads_chunked_arrays_box_by_box(tmp_path):
     from unified_framework.sun.inference import VolumeSource
 
     volume = np.random.default_rng(4).random((30, 20, 10)).astype(np.float32)
-    stored = zarr.open_array(str(tmp_path / "v.zarr"), mode="w", shape=volume.shape, chunks=(7, 8, 9), dtype=np.float32)
+    stored = zarr.open_array(
+        str(tmp_path / "v.zarr"), mode="w", shape=volume.shape, chunks=(7, 8, 9), dtype=np.float32
+    )
     stored[...] = volume
     chunked, in_memory = VolumeSource([stored]), VolumeSource([volume])
-    for region in [(slice(5, 29), slice(2, 19), slice(0, 10)), (slice(0, 30), slice(0, 20), slice(3, 4)), (slice(13, 14), slice(0, 20), slice(1, 9))]:
+    for region in [
+        (slice(5, 29), slice(2, 19), slice(0, 10)),
+        (slice(0, 30), slice(0, 20), slice(3, 4)),
+        (slice(13, 14), slice(0, 20), slice(1, 9)),
+    ]:
         np.testing.assert_array_equal(chunked.read(region), in_memory.read(region))
         np.testing.assert_array_equal(chunked.read(region)[0], volume[region])
 
 
 def _reference_votes(p: np.ndarray) -> np.ndarray:
     """The encoding of votes.py written out in numpy (4 classes: 3 sums and one word of counts)."""
-    levels = np.rint(np.clip(np.cumsum(p.astype(np.float64), axis=0), 0, 1) * PROBABILITY_SCALE).astype(np.int64)
+    levels = np.rint(
+        np.clip(np.cumsum(p.astype(np.float64), axis=0), 0, 1) * PROBABILITY_SCALE
+    ).astype(np.int64)
     sums = np.diff(levels, axis=0, prepend=0)[:-1]
     best = p.argmax(0)
     counts = np.where(best < 3, np.left_shift(1, 4 * np.minimum(best, 2)), 0)
@@ -335,7 +392,9 @@ def test_pack_votes_matches_a_plain_numpy_reference():
     owned = rng.random((6, 7, 8)) > 0.3
     expected = _reference_votes(p)
     assert accumulator_channels(4) == 4 and expected[3, 0, 0, 0] == 1 and expected[3, 0, 0, 1] == 0
-    strided = np.moveaxis(np.ascontiguousarray(np.moveaxis(p, 1, 0)), 0, 1)  # same values, other strides
+    strided = np.moveaxis(
+        np.ascontiguousarray(np.moveaxis(p, 1, 0)), 0, 1
+    )  # same values, other strides
     np.testing.assert_array_equal(pack_votes(strided), expected)
     np.testing.assert_array_equal(pack_votes(p, owned), expected * owned)
     target = np.full((4, 10, 7, 8), 5, np.uint16)
@@ -384,8 +443,33 @@ def test_float16_bits_match_numpy():
     from unified_framework.sun import _vote_kernels
 
     rng = np.random.default_rng(7)
-    special = np.array([0.0, -0.0, 1.0, 65504.0, 65520.0, 1e6, np.inf, -np.inf, np.nan, 2**-24, 2**-25, 3 * 2**-26, 6e-5, 1 - 2**-12, 0.1], np.float32)
-    values = np.concatenate([special, rng.random(100_000, np.float32), rng.standard_normal(100_000).astype(np.float32) * 10.0 ** rng.integers(-9, 6, 100_000)])
+    special = np.array(
+        [
+            0.0,
+            -0.0,
+            1.0,
+            65504.0,
+            65520.0,
+            1e6,
+            np.inf,
+            -np.inf,
+            np.nan,
+            2**-24,
+            2**-25,
+            3 * 2**-26,
+            6e-5,
+            1 - 2**-12,
+            0.1,
+        ],
+        np.float32,
+    )
+    values = np.concatenate(
+        [
+            special,
+            rng.random(100_000, np.float32),
+            rng.standard_normal(100_000).astype(np.float32) * 10.0 ** rng.integers(-9, 6, 100_000),
+        ]
+    )
     values = values.astype(np.float32)
     # Ties of rounding: values exactly half way between two float16 numbers.
     halves = (np.arange(1, 2049, dtype=np.float32) + 0.5) * 2**-10
@@ -405,7 +489,9 @@ def test_chunk_mirror_reads_each_input_chunk_once(tmp_path):
     from unified_framework.sun.inference.mirror import ChunkMirror, source_chunks
 
     volume = np.random.default_rng(3).random((20, 18, 23), dtype=np.float32)
-    stored = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=volume.shape, chunks=(8, 8, 8), dtype="f4")
+    stored = zarr.open_array(
+        str(tmp_path / "in.zarr"), mode="w", shape=volume.shape, chunks=(8, 8, 8), dtype="f4"
+    )
     stored[:] = volume
 
     class Counting:
@@ -417,7 +503,11 @@ def test_chunk_mirror_reads_each_input_chunk_once(tmp_path):
             return stored[box]
 
     mirror = ChunkMirror(Counting(), tmp_path / "mirror", source_chunks(stored, (64, 64, 64)))
-    boxes = [(slice(0, 20), slice(3, 17), slice(5, 21)), (slice(2, 19), slice(0, 18), slice(0, 23)), (slice(7, 9), slice(8, 9), slice(22, 23))]
+    boxes = [
+        (slice(0, 20), slice(3, 17), slice(5, 21)),
+        (slice(2, 19), slice(0, 18), slice(0, 23)),
+        (slice(7, 9), slice(8, 9), slice(22, 23)),
+    ]
     for _ in range(2):
         for box in boxes:
             np.testing.assert_array_equal(mirror[box], volume[box])

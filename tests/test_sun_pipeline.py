@@ -27,7 +27,14 @@ from unified_framework.cli.main import main
 from unified_framework.data import CLASS_NAMES, make_implant_phantom
 from unified_framework.errors import InputError
 from unified_framework.io import read_volume, write_volume
-from unified_framework.sun.inference import Outputs, WorkDir, ZarrAccumulator, merge_to_files, predict_to_files, predict_volume
+from unified_framework.sun.inference import (
+    Outputs,
+    WorkDir,
+    ZarrAccumulator,
+    merge_to_files,
+    predict_to_files,
+    predict_volume,
+)
 from unified_framework.sun.inference import accumulator as accumulator_module
 from unified_framework.sun.model_package import load_model
 from unified_framework.sun.training import TrainingConfig, train_sun
@@ -38,7 +45,17 @@ torch.set_num_threads(2)
 SLOW_FIXTURES = ("trained", "fusion_model")
 SIZE = (48, 48, 48)
 FIXTURE_CONFIG = TrainingConfig(
-    axes="9", depth=3, base_width=8, input_size=48, batch_size=8, steps=800, learning_rate=3e-3, val_every=100, log_every=20, patience=0, checkpoint_every=200
+    axes="9",
+    depth=3,
+    base_width=8,
+    input_size=48,
+    batch_size=8,
+    steps=800,
+    learning_rate=3e-3,
+    val_every=100,
+    log_every=20,
+    patience=0,
+    checkpoint_every=200,
 )
 
 
@@ -48,7 +65,13 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sun-model")
     pairs = [make_implant_phantom(SIZE, seed=s) for s in (0, 1)]
     result = train_sun(
-        [p[0] for p in pairs], [p[1] for p in pairs], folder / "sun.pt", FIXTURE_CONFIG, class_names=CLASS_NAMES, voxel_size=(5.0, 5.0, 5.0), sources=["seed 0", "seed 1"]
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+        folder / "sun.pt",
+        FIXTURE_CONFIG,
+        class_names=CLASS_NAMES,
+        voxel_size=(5.0, 5.0, 5.0),
+        sources=["seed 0", "seed 1"],
     )
     return result
 
@@ -61,7 +84,10 @@ def held_out():
 @pytest.fixture(scope="session")
 def predictions(trained, held_out):
     image, _ = held_out
-    return {axes: predict_volume(trained.model, image, axes, return_probabilities=True) for axes in ("3", "9")}
+    return {
+        axes: predict_volume(trained.model, image, axes, return_probabilities=True)
+        for axes in ("3", "9")
+    }
 
 
 @pytest.fixture(scope="session")
@@ -81,9 +107,13 @@ def test_training_writes_metrics_and_a_complete_model(trained):
     assert set(first) >= {"step", "loss", "dice", "lr", "throughput_px_per_s"}
     assert set(first["dice"]) == set(CLASS_NAMES) and first["throughput_px_per_s"] > 0
     assert train_lines[-1]["lr"] < train_lines[0]["lr"]
-    assert np.mean([line["loss"] for line in train_lines[-5:]]) < np.mean([line["loss"] for line in train_lines[:3]])
+    assert np.mean([line["loss"] for line in train_lines[-5:]]) < np.mean(
+        [line["loss"] for line in train_lines[:3]]
+    )
     model = load_model(trained.model_path)
-    assert model.class_names == list(CLASS_NAMES) and model.axes == tuple(json.loads('["z","y","x","y+x","y-x","z+x","z-x","z+y","z-y"]'))
+    assert model.class_names == list(CLASS_NAMES) and model.axes == tuple(
+        json.loads('["z","y","x","y+x","y-x","z+x","z-x","z+y","z-y"]')
+    )
     assert model.voxel_size == (5.0, 5.0, 5.0) and model.input_dtype == "float32"
     assert model.provenance["steps"] == 800 and model.provenance["best_step"] == trained.best_step
     assert model.provenance["training_data"][0]["name"] == "seed 0"
@@ -101,7 +131,17 @@ def test_held_out_dice(predictions, held_out):
 #: and 9 and 3 axes tie within 0.005 (docs/sun.md, "9 vs 3 axes").
 FUSION_SIZE = (128, 128, 128)
 FUSION_CONFIG = TrainingConfig(
-    axes="9", depth=3, base_width=8, input_size=96, batch_size=8, steps=1500, learning_rate=3e-3, val_every=100, log_every=50, patience=0, checkpoint_every=500
+    axes="9",
+    depth=3,
+    base_width=8,
+    input_size=96,
+    batch_size=8,
+    steps=1500,
+    learning_rate=3e-3,
+    val_every=100,
+    log_every=50,
+    patience=0,
+    checkpoint_every=500,
 )
 
 
@@ -110,7 +150,14 @@ def fusion_model(tmp_path_factory):
     """A model trained on two 128^3 phantoms (seeds 0, 1): about 70 s on 2 cores."""
     pairs = [make_implant_phantom(FUSION_SIZE, seed=s) for s in (0, 1)]
     folder = tmp_path_factory.mktemp("sun-fusion-model")
-    return train_sun([p[0] for p in pairs], [p[1] for p in pairs], folder / "sun.pt", FUSION_CONFIG, class_names=CLASS_NAMES, voxel_size=(5.0,) * 3).model
+    return train_sun(
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+        folder / "sun.pt",
+        FUSION_CONFIG,
+        class_names=CLASS_NAMES,
+        voxel_size=(5.0,) * 3,
+    ).model
 
 
 def test_nine_axes_score_at_least_as_well_as_three_and_beat_every_single_axis(fusion_model):
@@ -120,7 +167,11 @@ def test_nine_axes_score_at_least_as_well_as_three_and_beat_every_single_axis(fu
     for seed in (7, 8, 9):
         image, truth = make_implant_phantom(FUSION_SIZE, seed=seed)
         for axes in selections:
-            scores[axes].append(dice_per_class(predict_volume(fusion_model, image, axes).labels, truth, 4)[1:].mean())
+            scores[axes].append(
+                dice_per_class(predict_volume(fusion_model, image, axes).labels, truth, 4)[
+                    1:
+                ].mean()
+            )
     mean = {axes: float(np.mean(values)) for axes, values in scores.items()}
     assert mean["9"] >= mean["3"], mean
     assert all(mean["9"] > mean[axis] for axis in fusion_model.axes), mean
@@ -150,7 +201,9 @@ def test_accumulator_is_the_only_full_size_buffer(trained, held_out):
     image = held_out[0]
     probability_volume = 4 * 4 * image.size
     # Load the compiled vote-packing kernels first: compiling is not the prediction's memory.
-    predict_volume(trained.model, image[:20, :20, :20], "9", memory_budget=4 * 2**20, chunks=(16, 16, 16))
+    predict_volume(
+        trained.model, image[:20, :20, :20], "9", memory_budget=4 * 2**20, chunks=(16, 16, 16)
+    )
     tracemalloc.start()
     predict_volume(trained.model, image, "9", memory_budget=4 * 2**20, chunks=(16, 16, 16))
     peak = tracemalloc.get_traced_memory()[1]
@@ -159,7 +212,12 @@ def test_accumulator_is_the_only_full_size_buffer(trained, held_out):
 
 
 def _outputs(folder: Path, name: str) -> Outputs:
-    return Outputs(folder / f"{name}.zarr", folder / f"{name}_p.zarr", folder / f"{name}_e.h5", folder / f"{name}_d.tif")
+    return Outputs(
+        folder / f"{name}.zarr",
+        folder / f"{name}_p.zarr",
+        folder / f"{name}_e.h5",
+        folder / f"{name}_d.tif",
+    )
 
 
 def _read_all(outputs: Outputs) -> list[np.ndarray]:
@@ -212,7 +270,9 @@ def test_interrupted_run_resumes_bit_identically(trained, volume_file, reference
     _assert_identical(outputs, reference_run)
 
 
-def test_kill_while_writing_chunks_resumes_bit_identically(trained, volume_file, reference_run, tmp_path, monkeypatch):
+def test_kill_while_writing_chunks_resumes_bit_identically(
+    trained, volume_file, reference_run, tmp_path, monkeypatch
+):
     """Fault injection: the process dies after some chunks of a checkpoint were written."""
     outputs = _outputs(tmp_path, "faulty")
     kwargs = RUN
@@ -242,7 +302,11 @@ def test_sigkill_and_rerun_gives_identical_outputs(trained, volume_file, referen
         "--disagreement", str(outputs.disagreement), "--axes", "9", "--slabs", "2", "--memory", "32", "--chunks", "16", "16", "16",
         "--threads", "2",
     ]  # fmt: skip
-    manifest = outputs.labels.with_name(f".{outputs.labels.name}.sun-work") / "accumulator.zarr" / "manifest.json"
+    manifest = (
+        outputs.labels.with_name(f".{outputs.labels.name}.sun-work")
+        / "accumulator.zarr"
+        / "manifest.json"
+    )
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None and _pieces_recorded(manifest) < 2:
@@ -264,7 +328,9 @@ def _pieces_recorded(manifest: Path) -> int:
         return 0
 
 
-def test_split_pieces_in_any_order_then_merge_is_identical(trained, volume_file, reference_run, tmp_path):
+def test_split_pieces_in_any_order_then_merge_is_identical(
+    trained, volume_file, reference_run, tmp_path
+):
     outputs = _outputs(tmp_path, "split")
     workdir = tmp_path / "work"
     kwargs = dict(RUN, workdir=workdir)
@@ -275,7 +341,13 @@ def test_split_pieces_in_any_order_then_merge_is_identical(trained, volume_file,
         assert result["complete"] and not outputs.labels.exists()
     with pytest.raises(InputError, match="1 of 18 pieces not finished"):
         merge_to_files(workdir, outputs)
-    predict_to_files([volume_file], trained.model_path, outputs, piece=f"{WorkDir(workdir).load_plan().pieces[order[-1]].name}", **kwargs)
+    predict_to_files(
+        [volume_file],
+        trained.model_path,
+        outputs,
+        piece=f"{WorkDir(workdir).load_plan().pieces[order[-1]].name}",
+        **kwargs,
+    )
     # Summing the piece stores in another order gives the same accumulator.
     plan = WorkDir(workdir).load_plan()
     totals = []
@@ -294,11 +366,17 @@ def test_split_pieces_in_any_order_then_merge_is_identical(trained, volume_file,
 
 def test_work_directory_refuses_another_prediction(trained, volume_file, tmp_path):
     outputs = _outputs(tmp_path, "other")
-    predict_to_files([volume_file], trained.model_path, outputs, axes="3", max_groups=1, workdir=tmp_path / "w")
+    predict_to_files(
+        [volume_file], trained.model_path, outputs, axes="3", max_groups=1, workdir=tmp_path / "w"
+    )
     with pytest.raises(InputError, match="another prediction.*axes"):
-        predict_to_files([volume_file], trained.model_path, outputs, axes="9", workdir=tmp_path / "w")
+        predict_to_files(
+            [volume_file], trained.model_path, outputs, axes="9", workdir=tmp_path / "w"
+        )
     with pytest.raises(InputError, match="single-mode"):
-        predict_to_files([volume_file], trained.model_path, outputs, axes="3", piece=0, workdir=tmp_path / "w")
+        predict_to_files(
+            [volume_file], trained.model_path, outputs, axes="3", piece=0, workdir=tmp_path / "w"
+        )
 
 
 def test_cli_predict_plan_merge_and_bad_inputs(trained, volume_file, tmp_path, capsys):
@@ -308,14 +386,61 @@ def test_cli_predict_plan_merge_and_bad_inputs(trained, volume_file, tmp_path, c
     listing = capsys.readouterr().out
     assert "4 pieces (SLURM: --array=0-3)" in listing and "y+x:1" in listing
     out = tmp_path / "seg.tif"
-    assert main(["sun", "predict", str(volume_file), "--model", str(trained.model_path), "--out", str(out), "--axes", "3", "--threads", "2"]) == 0
+    assert (
+        main(
+            [
+                "sun",
+                "predict",
+                str(volume_file),
+                "--model",
+                str(trained.model_path),
+                "--out",
+                str(out),
+                "--axes",
+                "3",
+                "--threads",
+                "2",
+            ]
+        )
+        == 0
+    )
     labels = read_volume(out)
     assert labels.dtype == np.uint8 and labels.shape == SIZE
     assert read_volume(tmp_path / "seg_entropy.tif").dtype == np.float32  # TIFF holds no float16
     assert (tmp_path / "seg_disagreement.tif").exists()
     for index in range(3):
-        assert main(["sun", "predict", str(volume_file), "--model", str(trained.model_path), "--out", str(tmp_path / "s.tif"), "--axes", "3", "--piece-index", str(index), "--no-uncertainty"]) == 0
-    assert main(["sun", "merge", str(tmp_path / ".s.tif.sun-work"), "--out", str(tmp_path / "s.tif"), "--no-uncertainty"]) == 0
+        assert (
+            main(
+                [
+                    "sun",
+                    "predict",
+                    str(volume_file),
+                    "--model",
+                    str(trained.model_path),
+                    "--out",
+                    str(tmp_path / "s.tif"),
+                    "--axes",
+                    "3",
+                    "--piece-index",
+                    str(index),
+                    "--no-uncertainty",
+                ]
+            )
+            == 0
+        )
+    assert (
+        main(
+            [
+                "sun",
+                "merge",
+                str(tmp_path / ".s.tif.sun-work"),
+                "--out",
+                str(tmp_path / "s.tif"),
+                "--no-uncertainty",
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(read_volume(tmp_path / "s.tif").data, labels.data)
     assert not (tmp_path / "s_entropy.tif").exists()
     capsys.readouterr()
@@ -326,10 +451,32 @@ def test_cli_predict_plan_merge_and_bad_inputs(trained, volume_file, tmp_path, c
         ([str(tmp_path / "int.tif")], "uint16"),
     ]
     for volumes, message in bad_runs:
-        status = main(["sun", "predict", *volumes, "--model", str(trained.model_path), "--out", str(tmp_path / "bad.tif")])
+        status = main(
+            [
+                "sun",
+                "predict",
+                *volumes,
+                "--model",
+                str(trained.model_path),
+                "--out",
+                str(tmp_path / "bad.tif"),
+            ]
+        )
         err = capsys.readouterr().err
         assert status == 2 and message in err and err.count("\n") == 1
-    status = main(["sun", "predict", str(volume_file), "--model", str(trained.model_path), "--out", str(tmp_path / "bad.tif"), "--probabilities", str(tmp_path / "p.tif")])
+    status = main(
+        [
+            "sun",
+            "predict",
+            str(volume_file),
+            "--model",
+            str(trained.model_path),
+            "--out",
+            str(tmp_path / "bad.tif"),
+            "--probabilities",
+            str(tmp_path / "p.tif"),
+        ]
+    )
     assert status == 2 and "zarr" in capsys.readouterr().err
     assert main(["sun", "info", str(trained.model_path)]) == 0
     assert json.loads(capsys.readouterr().out)["class_names"] == list(CLASS_NAMES)
@@ -338,7 +485,18 @@ def test_cli_predict_plan_merge_and_bad_inputs(trained, volume_file, tmp_path, c
 @pytest.mark.slow  # trains a model (about 20-70 s on 2 cores)
 def test_training_resumes_after_a_kill(tmp_path):
     image, labels = make_implant_phantom((24, 32, 32), seed=2)
-    config = TrainingConfig(axes="z,y+x", depth=2, base_width=4, input_size=32, batch_size=4, steps=30, val_every=10, log_every=5, checkpoint_every=10, patience=0)
+    config = TrainingConfig(
+        axes="z,y+x",
+        depth=2,
+        base_width=4,
+        input_size=32,
+        batch_size=4,
+        steps=30,
+        val_every=10,
+        log_every=5,
+        checkpoint_every=10,
+        patience=0,
+    )
     whole = train_sun([image], [labels], tmp_path / "whole.pt", config)
     part = train_sun([image], [labels], tmp_path / "part.pt", config, max_steps_this_run=17)
     assert part.steps == 17 and (tmp_path / "part.pt.checkpoint.pt").exists()
@@ -347,7 +505,11 @@ def test_training_resumes_after_a_kill(tmp_path):
         handle.write('{"step": 999, "phase": "train"')
     resumed = train_sun([image], [labels], tmp_path / "part.pt", config)
     assert resumed.steps == 30
-    steps = [json.loads(line)["step"] for line in (tmp_path / "part.pt.metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "part.pt.metrics.jsonl").read_text().splitlines()
+        if '"train"' in line
+    ]
     assert steps == [5, 10, 15, 20, 25, 30]
     # Same random streams after the resume: the same weights as the uninterrupted run.
     for key, value in whole.model.state_dict.items():
@@ -360,7 +522,18 @@ def test_training_resumes_after_a_kill(tmp_path):
 @pytest.mark.slow  # trains a model (about 20-70 s on 2 cores)
 def test_training_stops_early_without_improvement(tmp_path):
     image, labels = make_implant_phantom((24, 32, 32), seed=2)
-    config = TrainingConfig(axes="3", depth=2, base_width=4, input_size=32, batch_size=2, steps=500, learning_rate=1e-9, val_every=5, patience=2, checkpoint_every=50)
+    config = TrainingConfig(
+        axes="3",
+        depth=2,
+        base_width=4,
+        input_size=32,
+        batch_size=2,
+        steps=500,
+        learning_rate=1e-9,
+        val_every=5,
+        patience=2,
+        checkpoint_every=50,
+    )
     result = train_sun([image], [labels], tmp_path / "m.pt", config)
     assert result.stopped_early and result.steps == 15 and result.best_step == 5
 
@@ -378,7 +551,12 @@ def test_training_refuses_bad_pairs(tmp_path):
     ]
     for (images, label_list), message in cases:
         with pytest.raises(InputError, match=message):
-            train_sun(images, label_list, tmp_path / "m.pt", TrainingConfig(steps=1, depth=2, base_width=4, input_size=16))
+            train_sun(
+                images,
+                label_list,
+                tmp_path / "m.pt",
+                TrainingConfig(steps=1, depth=2, base_width=4, input_size=16),
+            )
     with pytest.raises(InputError, match="input_size"):
         TrainingConfig(depth=4, input_size=12)
 
@@ -394,15 +572,25 @@ def test_cli_train_writes_model_and_metrics(tmp_path, capsys):
     ])  # fmt: skip
     assert status == 0, capsys.readouterr().err
     model = load_model(tmp_path / "m.pt")
-    assert model.class_names == ["bg", "bone", "implant", "layer"] and model.voxel_size == (5.0, 5.0, 5.0)
+    assert model.class_names == ["bg", "bone", "implant", "layer"] and model.voxel_size == (
+        5.0,
+        5.0,
+        5.0,
+    )
     assert len((tmp_path / "m.pt.metrics.jsonl").read_text().splitlines()) == 4 + 2
 
 
 def test_separate_validation_pairs_replace_the_z_split(tmp_path, capsys):
     image, labels = make_implant_phantom((16, 24, 24), seed=0)
     paths = {}
-    for name, (volume, truth) in {"train": (image, labels), "val": make_implant_phantom((16, 24, 24), seed=5)}.items():
-        paths[name] = (str(write_volume(tmp_path / f"{name}.tif", volume)), str(write_volume(tmp_path / f"{name}_gt.tif", truth)))
+    for name, (volume, truth) in {
+        "train": (image, labels),
+        "val": make_implant_phantom((16, 24, 24), seed=5),
+    }.items():
+        paths[name] = (
+            str(write_volume(tmp_path / f"{name}.tif", volume)),
+            str(write_volume(tmp_path / f"{name}_gt.tif", truth)),
+        )
     status = main([
         "sun", "train", "--pair", *paths["train"], "--val-pair", *paths["val"], "--out", str(tmp_path / "m.pt"),
         "--axes", "3", "--depth", "2", "--width", "4", "--input-size", "16", "--steps", "6", "--val-every", "3",
@@ -412,13 +600,25 @@ def test_separate_validation_pairs_replace_the_z_split(tmp_path, capsys):
     provenance = load_model(tmp_path / "m.pt").provenance
     assert provenance["training_data"][0]["shape"] == [16, 24, 24]  # used whole, not split along z
     assert [d["name"] for d in provenance["validation_data"]] == [" + ".join(paths["val"])]
-    lines = [json.loads(line) for line in (tmp_path / "m.pt.metrics.jsonl").read_text().splitlines()]
+    lines = [
+        json.loads(line) for line in (tmp_path / "m.pt.metrics.jsonl").read_text().splitlines()
+    ]
     validations = [line for line in lines if line["phase"] == "val"]
-    assert len(validations) == 2 and all(v["dice"]["class 2"] is not None for v in validations)  # the implant is there
+    assert len(validations) == 2 and all(
+        v["dice"]["class 2"] is not None for v in validations
+    )  # the implant is there
 
-    with pytest.raises(InputError, match="validation pair 0: 1 channel.* of float64; expected 1 of float32"):
-        train_sun([image], [labels], tmp_path / "bad.pt", TrainingConfig(steps=1, depth=2, base_width=4, input_size=16),
-                  val_images=[image.astype(np.float64)], val_labels=[labels])
+    with pytest.raises(
+        InputError, match="validation pair 0: 1 channel.* of float64; expected 1 of float32"
+    ):
+        train_sun(
+            [image],
+            [labels],
+            tmp_path / "bad.pt",
+            TrainingConfig(steps=1, depth=2, base_width=4, input_size=16),
+            val_images=[image.astype(np.float64)],
+            val_labels=[labels],
+        )
 
 
 # --- A kept work directory that lost or damaged files (issue 13, item 2) --------------------
@@ -432,9 +632,25 @@ _CHUNK_FILE = re.compile(r"0\.\d+\.\d+\.\d+")
 def quick_model(tmp_path_factory):
     """A barely trained small model (seconds): these tests compare runs with each other, not with the truth."""
     image, labels = make_implant_phantom((32, 32, 32), seed=4)
-    config = TrainingConfig(axes="9", depth=2, base_width=4, input_size=32, batch_size=4, steps=5, val_every=5, patience=0)
+    config = TrainingConfig(
+        axes="9",
+        depth=2,
+        base_width=4,
+        input_size=32,
+        batch_size=4,
+        steps=5,
+        val_every=5,
+        patience=0,
+    )
     folder = tmp_path_factory.mktemp("sun-quick-model")
-    return train_sun([image], [labels], folder / "quick.pt", config, class_names=CLASS_NAMES, voxel_size=(5.0,) * 3).model_path
+    return train_sun(
+        [image],
+        [labels],
+        folder / "quick.pt",
+        config,
+        class_names=CLASS_NAMES,
+        voxel_size=(5.0,) * 3,
+    ).model_path
 
 
 @pytest.fixture(scope="session")
@@ -442,9 +658,13 @@ def kept_run(quick_model, volume_file, tmp_path_factory):
     """An uninterrupted run whose work directory is kept, and its outputs."""
     folder = tmp_path_factory.mktemp("sun-kept")
     outputs = Outputs(folder / "kept.zarr", folder / "kept_p.zarr")
-    assert predict_to_files([volume_file], quick_model, outputs, workdir=folder / "work", keep_work=True, **DAMAGE_RUN)["complete"]
+    assert predict_to_files(
+        [volume_file], quick_model, outputs, workdir=folder / "work", keep_work=True, **DAMAGE_RUN
+    )["complete"]
     # ... and the work directory of a run stopped early, whose remaining groups read every input chunk again.
-    assert not predict_to_files([volume_file], quick_model, outputs, workdir=folder / "partial", max_groups=2, **DAMAGE_RUN)["complete"]
+    assert not predict_to_files(
+        [volume_file], quick_model, outputs, workdir=folder / "partial", max_groups=2, **DAMAGE_RUN
+    )["complete"]
     return outputs, folder / "work", folder / "partial"
 
 
@@ -452,7 +672,10 @@ def _assert_same_labels_and_probabilities(a: Outputs, b: Outputs) -> None:
     import zarr
 
     np.testing.assert_array_equal(read_volume(a.labels).data, read_volume(b.labels).data)
-    np.testing.assert_array_equal(zarr.open_array(str(a.probabilities), mode="r")[...], zarr.open_array(str(b.probabilities), mode="r")[...])
+    np.testing.assert_array_equal(
+        zarr.open_array(str(a.probabilities), mode="r")[...],
+        zarr.open_array(str(b.probabilities), mode="r")[...],
+    )
 
 
 def _chunk_files(store: Path) -> list[Path]:
@@ -480,14 +703,18 @@ def _damage_input_copies(work: Path, rng) -> None:
     copies[-1].write_bytes(copies[-1].read_bytes()[:-100])
     data = bytearray(copies[-2].read_bytes())
     middle = len(data) // 2
-    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])  # 64 flipped bytes among the voxels
+    data[middle : middle + 64] = bytes(
+        b ^ 0xFF for b in data[middle : middle + 64]
+    )  # 64 flipped bytes among the voxels
     copies[-2].write_bytes(bytes(data))
 
 
 def _delete_progress(work: Path, rng) -> None:
     for name in ("manifest.json", "manifest.journal"):
         (work / "accumulator.zarr" / name).unlink(missing_ok=True)
-    for path in (work / "progress").glob("*.json"):  # where work directories of plan version 2 kept it
+    for path in (work / "progress").glob(
+        "*.json"
+    ):  # where work directories of plan version 2 kept it
         path.unlink()
     _delete_chunks(work, rng)
 
@@ -499,20 +726,30 @@ def _killed_cleanup(work: Path, rng) -> None:
     shutil.rmtree(work / "input")
 
 
-@pytest.mark.parametrize("damage", [_delete_chunks, _damage_chunks, _damage_input_copies, _delete_progress, _killed_cleanup], ids=lambda f: f.__name__.strip("_"))
-def test_rerun_of_a_damaged_work_directory_is_bit_identical(quick_model, volume_file, kept_run, tmp_path, damage):
+@pytest.mark.parametrize(
+    "damage",
+    [_delete_chunks, _damage_chunks, _damage_input_copies, _delete_progress, _killed_cleanup],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_rerun_of_a_damaged_work_directory_is_bit_identical(
+    quick_model, volume_file, kept_run, tmp_path, damage
+):
     """Missing, truncated or changed files of a kept work directory are recomputed, never read as zeros."""
     reference, work, partial = kept_run
     copy = tmp_path / "work"
     shutil.copytree(partial if damage is _damage_input_copies else work, copy)
     damage(copy, np.random.default_rng(len(damage.__name__)))
     outputs = Outputs(tmp_path / "again.zarr", tmp_path / "again_p.zarr")
-    result = predict_to_files([volume_file], quick_model, outputs, workdir=copy, keep_work=True, **DAMAGE_RUN)
+    result = predict_to_files(
+        [volume_file], quick_model, outputs, workdir=copy, keep_work=True, **DAMAGE_RUN
+    )
     assert result["complete"] and result["stats"].units > 0
     _assert_same_labels_and_probabilities(outputs, reference)
 
 
-def test_merge_refuses_a_damaged_piece_until_it_is_run_again(quick_model, volume_file, kept_run, tmp_path):
+def test_merge_refuses_a_damaged_piece_until_it_is_run_again(
+    quick_model, volume_file, kept_run, tmp_path
+):
     reference = kept_run[0]
     outputs = Outputs(tmp_path / "split.zarr", tmp_path / "split_p.zarr")
     kwargs = dict(DAMAGE_RUN, workdir=tmp_path / "work")
@@ -521,7 +758,9 @@ def test_merge_refuses_a_damaged_piece_until_it_is_run_again(quick_model, volume
     plan = WorkDir(tmp_path / "work").load_plan()
     piece = plan.pieces[4]
     _chunk_files(tmp_path / "work" / "pieces" / f"{piece.key}.zarr")[0].unlink()
-    with pytest.raises(InputError, match=rf"1 chunks missing or damaged; run piece {re.escape(piece.name)} again"):
+    with pytest.raises(
+        InputError, match=rf"1 chunks missing or damaged; run piece {re.escape(piece.name)} again"
+    ):
         merge_to_files(tmp_path / "work", outputs, keep_work=True)
     assert not outputs.labels.exists()
     again = predict_to_files([volume_file], quick_model, outputs, piece=piece.name, **kwargs)
@@ -536,25 +775,35 @@ def test_merge_refuses_a_damaged_piece_until_it_is_run_again(quick_model, volume
 
 
 @pytest.mark.parametrize("corruption", ["garbage", "truncated"])
-def test_corrupt_input_chunk_is_a_one_line_error_and_leaves_no_work_directory(quick_model, volume_file, tmp_path, capsys, corruption):
+def test_corrupt_input_chunk_is_a_one_line_error_and_leaves_no_work_directory(
+    quick_model, volume_file, tmp_path, capsys, corruption
+):
     scan = tmp_path / "scan.zarr"
     shutil.copytree(volume_file, scan)
     chunk = scan / "2.1.0"
     good = chunk.read_bytes()
-    bad = np.random.default_rng(0).integers(0, 256, len(good), dtype=np.uint8).tobytes() if corruption == "garbage" else good[: len(good) // 3]
+    bad = (
+        np.random.default_rng(0).integers(0, 256, len(good), dtype=np.uint8).tobytes()
+        if corruption == "garbage"
+        else good[: len(good) // 3]
+    )
     chunk.write_bytes(bad)
     out = tmp_path / "seg.zarr"
     args = ["sun", "predict", str(scan), "--model", str(quick_model), "--out", str(out), "--axes", "z,x", "--chunks", "16", "16", "16", "--memory", "32", "--no-uncertainty", "--threads", "2"]  # fmt: skip
     work = out.with_name(f".{out.name}.sun-work")
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"mdlma: error: {chunk}: cannot read Zarr store") and err.count("\n") == 1, err
+    assert (
+        err.startswith(f"mdlma: error: {chunk}: cannot read Zarr store") and err.count("\n") == 1
+    ), err
     assert not work.exists() and not out.exists()
     # A work directory from an earlier run is resumable work: it stays, consistent, and
     # finishes once the input is repaired.
     chunk.write_bytes(good)
     assert main([*args, "--max-groups", "1"]) == 0
-    (work / "input" / "0" / "2.1.0.raw").unlink(missing_ok=True)  # as if that chunk had not been read yet
+    (work / "input" / "0" / "2.1.0.raw").unlink(
+        missing_ok=True
+    )  # as if that chunk had not been read yet
     chunk.write_bytes(bad)
     assert main(args) == 2 and str(chunk) in capsys.readouterr().err
     assert work.is_dir() and not out.exists()

@@ -8,7 +8,14 @@ import pytest
 
 from unified_framework.errors import InputError
 from unified_framework.utils import workdir_manifest
-from unified_framework.utils.workdir_manifest import INVALID_MARKER, Manifest, discard_if_invalid, read_checked, remove_work_folder, write_checked
+from unified_framework.utils.workdir_manifest import (
+    INVALID_MARKER,
+    Manifest,
+    discard_if_invalid,
+    read_checked,
+    remove_work_folder,
+    write_checked,
+)
 
 
 def test_manifest_reports_missing_and_damaged_pieces(tmp_path):
@@ -22,7 +29,9 @@ def test_manifest_reports_missing_and_damaged_pieces(tmp_path):
     loaded = Manifest(tmp_path)
     assert loaded.load() and loaded.state == {"done": 4}
     result = loaded.verify()
-    assert result.missing == ["a"] and result.damaged == ["b", "c"] and result.bad == ["a", "b", "c"]
+    assert (
+        result.missing == ["a"] and result.damaged == ["b", "c"] and result.bad == ["a", "b", "c"]
+    )
     with pytest.raises(InputError, match="missing"):
         loaded.read("a")
     with pytest.raises(InputError, match="50 bytes, 100 recorded"):
@@ -43,7 +52,9 @@ def test_pieces_rewritten_after_a_commit_verify_through_the_journal(tmp_path):
     assert sorted(killed.records) == ["chunk", "new"]
     # The previous version of a rewritten piece verifies too (the kill came before the rename).
     (tmp_path / "chunk").write_bytes(b"1" * 10)
-    assert killed.verify().ok and killed.records["chunk"].crc32 == workdir_manifest.checksum(b"1" * 10)
+    assert killed.verify().ok and killed.records["chunk"].crc32 == workdir_manifest.checksum(
+        b"1" * 10
+    )
     # A torn last journal line (killed while appending) is ignored.
     with open(tmp_path / workdir_manifest.JOURNAL_NAME, "a") as journal:
         journal.write("1 other 10 12")

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import InputError
 
@@ -35,12 +36,27 @@ DEFAULTS: dict[str, Any] = {
     # backend: auto (SLURM when sbatch exists, else local subprocesses), slurm or local.
     # prefix/modulepath/templates_dir: empty = the installation's (unified_framework.shipped:
     # <clone>/.mdlma or the folder holding the venv), <prefix>/modulefiles, its slurm_templates/.
-    "slurm": {"default_partition": "", "default_account": "", "module": "mdlma/unified-framework",
-              "backend": "auto", "prefix": "", "modulepath": "", "templates_dir": ""},
+    "slurm": {
+        "default_partition": "",
+        "default_account": "",
+        "module": "mdlma/unified-framework",
+        "backend": "auto",
+        "prefix": "",
+        "modulepath": "",
+        "templates_dir": "",
+    },
     # owner* / contact_email / creation_location fall back to the login name, its
     # primary group, user@host and the host name when empty.
-    "scicat": {"url": "", "token": "", "username": "", "password": "", "owner": "", "owner_group": "",
-               "contact_email": "", "creation_location": ""},
+    "scicat": {
+        "url": "",
+        "token": "",
+        "username": "",
+        "password": "",
+        "owner": "",
+        "owner_group": "",
+        "contact_email": "",
+        "creation_location": "",
+    },
     "dashboard": {"port": 8501},
 }
 
@@ -64,7 +80,9 @@ def _coerce(raw: str, like: Any, name: str) -> Any:
     try:
         return kind(raw)
     except ValueError:
-        raise InputError(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+        raise InputError(
+            f"{name}: expected {'an integer' if kind is int else 'a number'}, got {raw!r}"
+        ) from None
 
 
 def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:

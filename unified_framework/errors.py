@@ -54,5 +54,7 @@ def describe_os_error(exc: OSError, names: bool = True) -> str:
     """
     what = (exc.strerror or str(exc) or type(exc).__name__).strip()
     what = what[:1].lower() + what[1:]
-    files = [str(name) for name in (exc.filename, exc.filename2) if name is not None] if names else []
+    files = (
+        [str(name) for name in (exc.filename, exc.filename2) if name is not None] if names else []
+    )
     return f"{' -> '.join(files)}: {what}" if files else what

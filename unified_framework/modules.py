@@ -66,7 +66,9 @@ def load_module_spec(path: str | Path) -> ModuleSpec:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"{path}: cannot read module description ({exc.__class__.__name__})") from None
+        raise InputError(
+            f"{path}: cannot read module description ({exc.__class__.__name__})"
+        ) from None
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a YAML mapping with name, version, description, help")
     for key in ("name", "version", "description", "help"):
@@ -141,7 +143,7 @@ def render_modulefile(spec: ModuleSpec, prefix: str | Path | None) -> str:
         lines += [
             "-- In a clone: <clone>/lmod/<name>/<version>.lua -> prefix <clone>/.mdlma",
             "local here = myFileName()",
-            f"for _ = 1, {depth + 1} do here = here:match(\"^(.*)/[^/]*$\") end",
+            f'for _ = 1, {depth + 1} do here = here:match("^(.*)/[^/]*$") end',
             'local prefix = pathJoin(here, ".mdlma")',
         ]
     else:
@@ -152,7 +154,7 @@ def render_modulefile(spec: ModuleSpec, prefix: str | Path | None) -> str:
         'setenv("MDLMA_PREFIX", prefix)',
         f'setenv("MDLMA_MODULE_VERSION", "{spec.version}")',
     ]
-    lines += [f"setenv(\"{k}\", {_lua_string(v)})" for k, v in sorted(spec.environment.items())]
+    lines += [f'setenv("{k}", {_lua_string(v)})' for k, v in sorted(spec.environment.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -161,7 +163,13 @@ def render_kernelspec(spec: ModuleSpec, prefix: str | Path) -> dict:
     prefix = Path(prefix).absolute()
     env = {"MDLMA_PREFIX": str(prefix), "MDLMA_MODULE_VERSION": spec.version, **spec.environment}
     return {
-        "argv": [str(prefix / "venv" / "bin" / "python"), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": [
+            str(prefix / "venv" / "bin" / "python"),
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
+        ],
         "display_name": spec.kernel_display_name or f"Python 3 ({spec.name} {spec.version})",
         "language": "python",
         "env": env,
@@ -178,12 +186,17 @@ def install_modules(specs: list[ModuleSpec], prefix: str | Path) -> list[Path]:
     written = []
     for spec in specs:
         written.append(
-            write_text_atomic(prefix / "modulefiles" / spec.modulefile_relpath, render_modulefile(spec, prefix))
+            write_text_atomic(
+                prefix / "modulefiles" / spec.modulefile_relpath, render_modulefile(spec, prefix)
+            )
         )
         if spec.kernel_name:
             kernel_dir = prefix / "share" / "jupyter" / "kernels" / spec.kernel_name
             written.append(
-                write_text_atomic(kernel_dir / "kernel.json", json.dumps(render_kernelspec(spec, prefix), indent=2) + "\n")
+                write_text_atomic(
+                    kernel_dir / "kernel.json",
+                    json.dumps(render_kernelspec(spec, prefix), indent=2) + "\n",
+                )
             )
     return written
 
@@ -191,4 +204,7 @@ def install_modules(specs: list[ModuleSpec], prefix: str | Path) -> list[Path]:
 def sync_repo_modulefiles(specs: list[ModuleSpec], lmod_dir: str | Path) -> list[Path]:
     """Write the in-repository modulefiles (prefix relative to the clone) into ``lmod_dir``."""
     lmod_dir = Path(lmod_dir)
-    return [write_text_atomic(lmod_dir / s.modulefile_relpath, render_modulefile(s, None)) for s in specs]
+    return [
+        write_text_atomic(lmod_dir / s.modulefile_relpath, render_modulefile(s, None))
+        for s in specs
+    ]

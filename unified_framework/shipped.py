@@ -43,7 +43,11 @@ def checkout_root() -> Path | None:
     True
     """
     root = _PACKAGE.parent
-    return root if (root / "pyproject.toml").is_file() and (root / "slurm_templates").is_dir() else None
+    return (
+        root
+        if (root / "pyproject.toml").is_file() and (root / "slurm_templates").is_dir()
+        else None
+    )
 
 
 def _candidates(name: str) -> list[Path]:
@@ -53,7 +57,11 @@ def _candidates(name: str) -> list[Path]:
         found.append(root / name)
     # Installed data files: the environment's data directory (venv, prefix), the user
     # base (pip install --user) and a --target folder (its share/ is next to the package).
-    data_roots = [sysconfig.get_path("data"), sysconfig.get_path("data", f"{os.name}_user"), str(_PACKAGE.parent)]
+    data_roots = [
+        sysconfig.get_path("data"),
+        sysconfig.get_path("data", f"{os.name}_user"),
+        str(_PACKAGE.parent),
+    ]
     for data in dict.fromkeys(data_roots):
         found.append(Path(data) / _DATA_SUBDIR / name)
     return found
@@ -83,7 +91,9 @@ def shipped_dir(name: str) -> Path:
     True
     """
     if name not in SHIPPED:
-        raise ValueError(f"{name!r} is not one of {', '.join(SHIPPED)}")  # a programming error, not input
+        raise ValueError(
+            f"{name!r} is not one of {', '.join(SHIPPED)}"
+        )  # a programming error, not input
     candidates = _candidates(name)
     for folder in candidates:
         if folder.is_dir():

@@ -14,9 +14,23 @@ from .config import config_path
 
 #: Distribution names whose versions ``mdlma info`` reports.
 CORE_PACKAGES = (
-    "numpy", "scipy", "scikit-image", "SimpleITK", "dask", "zarr", "h5py", "tifffile",
-    "nibabel", "pydicom", "torch", "torchvision", "streamlit", "jupyterhub", "batchspawner",
-    "jupyter-server-proxy", "pyscicat",
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "SimpleITK",
+    "dask",
+    "zarr",
+    "h5py",
+    "tifffile",
+    "nibabel",
+    "pydicom",
+    "torch",
+    "torchvision",
+    "streamlit",
+    "jupyterhub",
+    "batchspawner",
+    "jupyter-server-proxy",
+    "pyscicat",
 )
 
 #: Optional backends: import name -> what the framework uses it for.
@@ -48,8 +62,14 @@ def _gpus() -> list[dict[str, Any]]:
     gpus = []
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
-        gpus.append({"index": index, "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
-                     "capability": f"{props.major}.{props.minor}"})
+        gpus.append(
+            {
+                "index": index,
+                "name": props.name,
+                "memory_gib": round(props.total_memory / 2**30, 1),
+                "capability": f"{props.major}.{props.minor}",
+            }
+        )
     return gpus
 
 
@@ -69,7 +89,9 @@ def available_memory() -> int:
     free = int(psutil.virtual_memory().available)
     try:
         with open("/proc/self/cgroup", encoding="utf-8") as f:
-            group = next((line.split(":", 2)[2].strip() for line in f if line.startswith("0::")), None)
+            group = next(
+                (line.split(":", 2)[2].strip() for line in f if line.startswith("0::")), None
+            )
         if group is not None:
             folder = os.path.join("/sys/fs/cgroup", group.lstrip("/"))
             with open(os.path.join(folder, "memory.max"), encoding="utf-8") as f:
@@ -97,7 +119,9 @@ def collect_system_info() -> dict[str, Any]:
     """
     import psutil
 
-    usable_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable_cpus = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    )
     return {
         "mdlma": __version__,
         "python": platform.python_version(),
@@ -113,6 +137,7 @@ def collect_system_info() -> dict[str, Any]:
             for name, purpose in OPTIONAL_BACKENDS.items()
         },
         "scheduler": {cmd: shutil.which(cmd) for cmd in ("sbatch", "squeue", "sacct", "sinfo")},
-        "module": os.environ.get("MDLMA_MODULE") and f"{os.environ['MDLMA_MODULE']}/{os.environ.get('MDLMA_MODULE_VERSION', '')}",
+        "module": os.environ.get("MDLMA_MODULE")
+        and f"{os.environ['MDLMA_MODULE']}/{os.environ.get('MDLMA_MODULE_VERSION', '')}",
         "config_file": str(config_path()),
     }

@@ -17,7 +17,18 @@ from unified_framework.catalogue.base import metadata_leaves
 from unified_framework.errors import InputError
 
 #: Result-table columns, in order.
-RESULT_COLUMNS = ("pid", "name", "type", "created", "format", "shape", "voxel size", "size MB", "files", "owner group")
+RESULT_COLUMNS = (
+    "pid",
+    "name",
+    "type",
+    "created",
+    "format",
+    "shape",
+    "voxel size",
+    "size MB",
+    "files",
+    "owner group",
+)
 
 
 def build_query(
@@ -64,8 +75,10 @@ def build_query(
                 raise InputError(f"Metadata conditions, line {number}: {exc}") from None
     if created_from and created_to and created_from > created_to:
         raise InputError(f"Created: the range starts {created_from} after it ends {created_to}")
-    start = dt.datetime.combine(created_from, dt.time.min, dt.timezone.utc) if created_from else None
-    end = dt.datetime.combine(created_to, dt.time.max, dt.timezone.utc) if created_to else None
+    start = (
+        dt.datetime.combine(created_from, dt.time.min, dt.UTC) if created_from else None
+    )
+    end = dt.datetime.combine(created_to, dt.time.max, dt.UTC) if created_to else None
     return Query(
         text=text.strip(),
         conditions=tuple(parsed),
@@ -98,25 +111,31 @@ def results_table(datasets: Sequence[dict]) -> pd.DataFrame:
     for d in datasets:
         shape = metadata_value(d, "shape")
         size = d.get("size")
-        rows.append({
-            "pid": d.get("pid", ""),
-            "name": d.get("datasetName", ""),
-            "type": d.get("type", ""),
-            "created": str(d.get("creationTime", ""))[:19].replace("T", " "),
-            "format": metadata_value(d, "format") or "",
-            "shape": " x ".join(map(str, shape)) if isinstance(shape, list) else "",
-            "voxel size": _voxel_size(d),
-            "size MB": round(size / 1e6, 2) if isinstance(size, (int, float)) else None,
-            "files": d.get("numberOfFiles"),
-            "owner group": d.get("ownerGroup", ""),
-        })
+        rows.append(
+            {
+                "pid": d.get("pid", ""),
+                "name": d.get("datasetName", ""),
+                "type": d.get("type", ""),
+                "created": str(d.get("creationTime", ""))[:19].replace("T", " "),
+                "format": metadata_value(d, "format") or "",
+                "shape": " x ".join(map(str, shape)) if isinstance(shape, list) else "",
+                "voxel size": _voxel_size(d),
+                "size MB": round(size / 1e6, 2) if isinstance(size, (int, float)) else None,
+                "files": d.get("numberOfFiles"),
+                "owner group": d.get("ownerGroup", ""),
+            }
+        )
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
 
 def metadata_table(dataset: dict) -> pd.DataFrame:
     """The scientific metadata as ``key, value, unit`` rows (nested keys dotted)."""
     rows = [
-        {"key": key, "value": json.dumps(value) if isinstance(value, (list, dict)) else str(value), "unit": unit}
+        {
+            "key": key,
+            "value": json.dumps(value) if isinstance(value, (list, dict)) else str(value),
+            "unit": unit,
+        }
         for key, value, unit in metadata_leaves(dataset.get("scientificMetadata") or {})
     ]
     return pd.DataFrame(rows, columns=["key", "value", "unit"])
@@ -125,7 +144,10 @@ def metadata_table(dataset: dict) -> pd.DataFrame:
 def files_table(files: Sequence[dict]) -> pd.DataFrame:
     """The dataset's files: path, size and checksum."""
     return pd.DataFrame(
-        [{"path": f.get("path", ""), "size": f.get("size"), "checksum": f.get("chk", "")} for f in files],
+        [
+            {"path": f.get("path", ""), "size": f.get("size"), "checksum": f.get("chk", "")}
+            for f in files
+        ],
         columns=["path", "size", "checksum"],
     )
 

@@ -23,11 +23,39 @@ from .joblist import HISTORY_COLUMNS, QUEUE_COLUMNS, parse_duration
 
 logger = logging.getLogger(__name__)
 
-PARTITION_COLUMNS = ("partition", "default", "available", "time_limit", "nodes", "cpus_total", "cpus_idle",
-                     "gpus_total", "gpus_used", "memory_total_bytes", "memory_free_bytes")
-NODE_COLUMNS = ("node", "state", "partitions", "cpus_total", "cpus_alloc", "cpus_idle", "gpus_total", "gpus_used",
-                "memory_total_bytes", "memory_free_bytes")
-DISK_COLUMNS = ("path", "total_bytes", "used_bytes", "free_bytes", "quota_used_bytes", "quota_limit_bytes")
+PARTITION_COLUMNS = (
+    "partition",
+    "default",
+    "available",
+    "time_limit",
+    "nodes",
+    "cpus_total",
+    "cpus_idle",
+    "gpus_total",
+    "gpus_used",
+    "memory_total_bytes",
+    "memory_free_bytes",
+)
+NODE_COLUMNS = (
+    "node",
+    "state",
+    "partitions",
+    "cpus_total",
+    "cpus_alloc",
+    "cpus_idle",
+    "gpus_total",
+    "gpus_used",
+    "memory_total_bytes",
+    "memory_free_bytes",
+)
+DISK_COLUMNS = (
+    "path",
+    "total_bytes",
+    "used_bytes",
+    "free_bytes",
+    "quota_used_bytes",
+    "quota_limit_bytes",
+)
 #: Job ids of SLURM (``123``, ``123_4``) and of the library's local backend (``local-...``).
 JOB_ID_RE = re.compile(r"\d+(_\d+)?|local-[0-9a-f]+\d*(_\d+)?")
 
@@ -45,16 +73,39 @@ def queue(user: str | None = None) -> pd.DataFrame:
     user : str, optional
         Only the current user's jobs when given; everyone's when None.
     """
-    raw = _table(hpc.status(all_users=user is None), ("job_id", "name", "user", "state", "reason", "elapsed",
-                                                      "time_limit", "partition", "nodes", "cpus", "submit_time",
-                                                      "workdir"))
-    table = pd.DataFrame({
-        "job_id": raw["job_id"], "name": raw["name"], "user": raw["user"], "state": raw["state"],
-        "reason": raw["reason"].fillna(""),
-        "elapsed_s": raw["elapsed"].map(parse_duration), "time_limit_s": raw["time_limit"].map(parse_duration),
-        "partition": raw["partition"], "nodes": raw["nodes"].fillna(""), "cpus": raw["cpus"],
-        "submit_time": raw["submit_time"], "workdir": raw["workdir"],
-    })
+    raw = _table(
+        hpc.status(all_users=user is None),
+        (
+            "job_id",
+            "name",
+            "user",
+            "state",
+            "reason",
+            "elapsed",
+            "time_limit",
+            "partition",
+            "nodes",
+            "cpus",
+            "submit_time",
+            "workdir",
+        ),
+    )
+    table = pd.DataFrame(
+        {
+            "job_id": raw["job_id"],
+            "name": raw["name"],
+            "user": raw["user"],
+            "state": raw["state"],
+            "reason": raw["reason"].fillna(""),
+            "elapsed_s": raw["elapsed"].map(parse_duration),
+            "time_limit_s": raw["time_limit"].map(parse_duration),
+            "partition": raw["partition"],
+            "nodes": raw["nodes"].fillna(""),
+            "cpus": raw["cpus"],
+            "submit_time": raw["submit_time"],
+            "workdir": raw["workdir"],
+        }
+    )
     if user is not None:
         table = table[table["user"] == user]
     return table.reindex(columns=list(QUEUE_COLUMNS))
@@ -62,54 +113,114 @@ def queue(user: str | None = None) -> pd.DataFrame:
 
 def history(user: str, days: int = 7) -> pd.DataFrame:
     """The user's jobs of the last ``days`` days from accounting, newest first."""
-    raw = _table(hpc.history(since=f"now-{int(days)}days"),
-                 ("job_id", "name", "user", "state", "exit_code", "partition", "nodes", "cpus", "elapsed_s",
-                  "total_cpu_s", "req_mem_mb", "max_rss_mb", "submit_time", "start_time", "end_time", "workdir"))
+    raw = _table(
+        hpc.history(since=f"now-{int(days)}days"),
+        (
+            "job_id",
+            "name",
+            "user",
+            "state",
+            "exit_code",
+            "partition",
+            "nodes",
+            "cpus",
+            "elapsed_s",
+            "total_cpu_s",
+            "req_mem_mb",
+            "max_rss_mb",
+            "submit_time",
+            "start_time",
+            "end_time",
+            "workdir",
+        ),
+    )
     raw = raw[raw["user"] == user]
-    table = pd.DataFrame({
-        "job_id": raw["job_id"], "name": raw["name"], "user": raw["user"], "state": raw["state"],
-        "exit_code": raw["exit_code"], "partition": raw["partition"], "nodes": raw["nodes"],
-        "alloc_cpus": raw["cpus"], "elapsed_s": raw["elapsed_s"], "total_cpu_s": raw["total_cpu_s"],
-        "req_mem_bytes": pd.to_numeric(raw["req_mem_mb"], errors="coerce") * 2**20,
-        "max_rss_bytes": pd.to_numeric(raw["max_rss_mb"], errors="coerce") * 2**20,
-        "submit_time": raw["submit_time"], "start_time": raw["start_time"], "end_time": raw["end_time"],
-        "workdir": raw["workdir"],
-    })
+    table = pd.DataFrame(
+        {
+            "job_id": raw["job_id"],
+            "name": raw["name"],
+            "user": raw["user"],
+            "state": raw["state"],
+            "exit_code": raw["exit_code"],
+            "partition": raw["partition"],
+            "nodes": raw["nodes"],
+            "alloc_cpus": raw["cpus"],
+            "elapsed_s": raw["elapsed_s"],
+            "total_cpu_s": raw["total_cpu_s"],
+            "req_mem_bytes": pd.to_numeric(raw["req_mem_mb"], errors="coerce") * 2**20,
+            "max_rss_bytes": pd.to_numeric(raw["max_rss_mb"], errors="coerce") * 2**20,
+            "submit_time": raw["submit_time"],
+            "start_time": raw["start_time"],
+            "end_time": raw["end_time"],
+            "workdir": raw["workdir"],
+        }
+    )
     return table.iloc[::-1].reset_index(drop=True).reindex(columns=list(HISTORY_COLUMNS))
 
 
 def _gpus_in_use() -> dict[str, int]:
     """GPUs allocated per node (``sinfo -O GresUsed``; the library's ``Node`` has only the total)."""
-    text = slurm.run_command(["sinfo", "--noheader", "--all", "--Node",
-                              f"--Format=NodeList:{slurm.SEP},GresUsed:{slurm.SEP}"])
+    text = slurm.run_command(
+        [
+            "sinfo",
+            "--noheader",
+            "--all",
+            "--Node",
+            f"--Format=NodeList:{slurm.SEP},GresUsed:{slurm.SEP}",
+        ]
+    )
     used: dict[str, int] = {}
     for line in text.splitlines():
         fields = line.split(slurm.SEP)
         if len(fields) >= 2 and fields[0].strip():
-            used[fields[0].strip()] = max(used.get(fields[0].strip(), 0), slurm.count_gpus(fields[1].strip()))
+            used[fields[0].strip()] = max(
+                used.get(fields[0].strip(), 0), slurm.count_gpus(fields[1].strip())
+            )
     return used
 
 
 def cluster_state(paths: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Partitions, nodes and disk space of ``paths`` (with the user's quotas where reported)."""
     found = hpc.resources([str(p) for p in paths])
-    gpus_used = _gpus_in_use() if found.backend == "slurm" and any(n.gpus for n in found.nodes) else {}
-    nodes = pd.DataFrame([{
-        "node": n.name, "state": n.state, "partitions": ",".join(n.partitions), "cpus_total": n.cpus,
-        "cpus_alloc": n.cpus_allocated, "cpus_idle": n.cpus_idle, "gpus_total": n.gpus,
-        "gpus_used": gpus_used.get(n.name, 0), "memory_total_bytes": n.memory_mb * 2**20,
-        "memory_free_bytes": (n.free_memory_mb or 0) * 2**20,
-    } for n in found.nodes], columns=list(NODE_COLUMNS))
+    gpus_used = (
+        _gpus_in_use() if found.backend == "slurm" and any(n.gpus for n in found.nodes) else {}
+    )
+    nodes = pd.DataFrame(
+        [
+            {
+                "node": n.name,
+                "state": n.state,
+                "partitions": ",".join(n.partitions),
+                "cpus_total": n.cpus,
+                "cpus_alloc": n.cpus_allocated,
+                "cpus_idle": n.cpus_idle,
+                "gpus_total": n.gpus,
+                "gpus_used": gpus_used.get(n.name, 0),
+                "memory_total_bytes": n.memory_mb * 2**20,
+                "memory_free_bytes": (n.free_memory_mb or 0) * 2**20,
+            }
+            for n in found.nodes
+        ],
+        columns=list(NODE_COLUMNS),
+    )
     rows = []
     for p in found.partitions:
         members = nodes[nodes["node"].isin(p.nodes)]
-        rows.append({
-            "partition": p.name, "default": p.default, "available": "up" if p.available else "down",
-            "time_limit": p.max_time, "nodes": len(p.nodes), "cpus_total": p.cpus, "cpus_idle": p.cpus_idle,
-            "gpus_total": p.gpus, "gpus_used": int(members["gpus_used"].sum()),
-            "memory_total_bytes": float(members["memory_total_bytes"].sum()),
-            "memory_free_bytes": float(members["memory_free_bytes"].sum()),
-        })
+        rows.append(
+            {
+                "partition": p.name,
+                "default": p.default,
+                "available": "up" if p.available else "down",
+                "time_limit": p.max_time,
+                "nodes": len(p.nodes),
+                "cpus_total": p.cpus,
+                "cpus_idle": p.cpus_idle,
+                "gpus_total": p.gpus,
+                "gpus_used": int(members["gpus_used"].sum()),
+                "memory_total_bytes": float(members["memory_total_bytes"].sum()),
+                "memory_free_bytes": float(members["memory_free_bytes"].sum()),
+            }
+        )
     disks = _table(found.disks, DISK_COLUMNS)
     return pd.DataFrame(rows, columns=list(PARTITION_COLUMNS)), nodes, disks
 
@@ -162,21 +273,38 @@ def job_info(job_id: str, user: str) -> dict | None:
     # The controller's view is authoritative while it knows the job; accounting adds the
     # end time and outlives it (right after submission its line is still a placeholder).
     queued = [j for j in hpc.status([job_id]) if j.job_id == job_id and j.user == user]
-    accounted = [r for r in hpc.history([job_id]) if r.job_id == job_id and r.user == user and r.workdir]
+    accounted = [
+        r for r in hpc.history([job_id]) if r.job_id == job_id and r.user == user and r.workdir
+    ]
     if not queued and not accounted:
         return None
     info = {"job_id": job_id, "user": user, "end_time": ""}
     if accounted:
         job = accounted[0]
-        info.update(name=job.name, state=job.state, partition=job.partition, nodes=job.nodes or "",
-                    elapsed_s=job.elapsed_s, time_limit_s=parse_duration(job.time_limit),
-                    submit_time=job.submit_time or "", start_time=job.start_time or "",
-                    end_time=job.end_time or "", workdir=job.workdir)
+        info.update(
+            name=job.name,
+            state=job.state,
+            partition=job.partition,
+            nodes=job.nodes or "",
+            elapsed_s=job.elapsed_s,
+            time_limit_s=parse_duration(job.time_limit),
+            submit_time=job.submit_time or "",
+            start_time=job.start_time or "",
+            end_time=job.end_time or "",
+            workdir=job.workdir,
+        )
     if queued:
         job = queued[0]
-        info.update(name=job.name, state=job.state, partition=job.partition, nodes=job.nodes or "",
-                    time_limit_s=parse_duration(job.time_limit), submit_time=job.submit_time or "",
-                    start_time=job.start_time or "", workdir=job.workdir)
+        info.update(
+            name=job.name,
+            state=job.state,
+            partition=job.partition,
+            nodes=job.nodes or "",
+            time_limit_s=parse_duration(job.time_limit),
+            submit_time=job.submit_time or "",
+            start_time=job.start_time or "",
+            workdir=job.workdir,
+        )
         if not accounted or job.state not in hpc.FINISHED_STATES:
             info["elapsed_s"] = parse_duration(job.elapsed)
         if job.state not in hpc.FINISHED_STATES:
@@ -185,8 +313,11 @@ def job_info(job_id: str, user: str) -> dict | None:
     stdout = _log_path(record, job_id) if record else None
     if stdout is None and info["workdir"]:
         stdout = Path(info["workdir"]) / f"slurm-{job_id}.out"  # sbatch's default
-    inputs = [str(v) for v in (record.params.values() if record else []) if isinstance(v, str) and v.startswith("/")
-              and Path(v).is_file()]
+    inputs = [
+        str(v)
+        for v in (record.params.values() if record else [])
+        if isinstance(v, str) and v.startswith("/") and Path(v).is_file()
+    ]
     info.update(stdout=str(stdout) if stdout else None, record=record, inputs=inputs)
     return info
 
@@ -227,5 +358,10 @@ def recorded_workdirs(user: str) -> list[Path]:
 
 def submit_script(script: Path, name: str, options: dict | None = None) -> str:
     """Submit a Python script with the ``python-script`` template, in the script's folder; returns the job id."""
-    values = {"job_name": name, "workdir": str(script.parent), "script": str(script), **(options or {})}
+    values = {
+        "job_name": name,
+        "workdir": str(script.parent),
+        "script": str(script),
+        **(options or {}),
+    }
     return hpc.submit("python-script", values).job_ids[0]

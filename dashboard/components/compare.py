@@ -16,9 +16,9 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -83,7 +83,9 @@ def find_datasets(root: Path, max_depth: int = 4) -> list[Dataset]:
     """Datasets (image + ground truth pairs) below ``root``, named by their folder and image."""
     root = Path(root)
     by_folder: dict[Path, list[Path]] = {}
-    for path in walk_files(root, lambda p: volume_suffix(p) is not None, max_depth=max_depth, limit=2000):
+    for path in walk_files(
+        root, lambda p: volume_suffix(p) is not None, max_depth=max_depth, limit=2000
+    ):
         if RUNS in path.relative_to(root).parts:
             continue  # outputs of earlier comparisons are not datasets
         by_folder.setdefault(path.parent, []).append(path)
@@ -115,10 +117,24 @@ def make_phantom_dataset(root: Path, shape: Sequence[int], seed: int) -> Dataset
     folder = Path(root) / DATASETS / f"phantom-{'x'.join(map(str, shape))}-seed{int(seed)}"
     write_volume(folder / "image.tif", image, spacing=(5.0, 5.0, 5.0))
     write_volume(folder / "image_gt.tif", labels, spacing=(5.0, 5.0, 5.0))
-    write_text_atomic(folder / "dataset.json", json.dumps({"class_names": list(CLASS_NAMES), "source": "implant phantom",
-                                                           "shape": list(shape), "seed": int(seed)}) + "\n")
-    return Dataset(str(folder.relative_to(root)) + "/image", folder / "image.tif", folder / "image_gt.tif",
-                   list(CLASS_NAMES))
+    write_text_atomic(
+        folder / "dataset.json",
+        json.dumps(
+            {
+                "class_names": list(CLASS_NAMES),
+                "source": "implant phantom",
+                "shape": list(shape),
+                "seed": int(seed),
+            }
+        )
+        + "\n",
+    )
+    return Dataset(
+        str(folder.relative_to(root)) + "/image",
+        folder / "image.tif",
+        folder / "image_gt.tif",
+        list(CLASS_NAMES),
+    )
 
 
 def voxels(path: Path) -> int:
@@ -144,19 +160,54 @@ def method_args(method: Method, dataset: Dataset, run_dir: Path) -> list[str]:
     names = ["--class-names", *dataset.class_names] if dataset.class_names else []
     if method.kind == "classical":
         options = method.options
-        args = ["segment", "classical", str(dataset.image), "-o", str(labels), "--method", options["method"],
-                "--classes", str(int(options["classes"])), "--ground-truth", str(dataset.truth),
-                "--report", str(report)]
+        args = [
+            "segment",
+            "classical",
+            str(dataset.image),
+            "-o",
+            str(labels),
+            "--method",
+            options["method"],
+            "--classes",
+            str(int(options["classes"])),
+            "--ground-truth",
+            str(dataset.truth),
+            "--report",
+            str(report),
+        ]
         if options.get("smoothing") is not None:
             args += ["--smoothing", str(float(options["smoothing"]))]
         if options.get("label_order"):
             args += ["--label-order", str(options["label_order"])]
         return args + names
     if method.kind == "sun":
-        predict = [sys.executable, "-m", "unified_framework", "sun", "predict", str(dataset.image),
-                   "--model", str(method.model), "--out", str(labels)]
-        return ["segment", "evaluate", "--out", str(labels), "--ground-truth", str(dataset.truth),
-                "--report", str(report), "--method", method.name, *names, "--", *predict]
+        predict = [
+            sys.executable,
+            "-m",
+            "unified_framework",
+            "sun",
+            "predict",
+            str(dataset.image),
+            "--model",
+            str(method.model),
+            "--out",
+            str(labels),
+        ]
+        return [
+            "segment",
+            "evaluate",
+            "--out",
+            str(labels),
+            "--ground-truth",
+            str(dataset.truth),
+            "--report",
+            str(report),
+            "--method",
+            method.name,
+            *names,
+            "--",
+            *predict,
+        ]
     raise InputError(f"method {method.name}: unknown kind {method.kind!r}")
 
 
@@ -165,15 +216,22 @@ def write_method_script(method: Method, dataset: Dataset, run_dir: Path) -> Path
     from unified_framework.utils.atomic import write_text_atomic
 
     args = method_args(method, dataset, run_dir)
-    text = (f'"""Comparison method {method.name} on {dataset.name} (written by the MDLMA dashboard)."""\n'
-            "import sys\n\nfrom unified_framework.cli.main import main\n\n"
-            f"sys.exit(main({args!r}))\n")
+    text = (
+        f'"""Comparison method {method.name} on {dataset.name} (written by the MDLMA dashboard)."""\n'
+        "import sys\n\nfrom unified_framework.cli.main import main\n\n"
+        f"sys.exit(main({args!r}))\n"
+    )
     return write_text_atomic(run_dir / f"{method.name}.py", text)
 
 
 def new_run_dir(root: Path, dataset: Dataset) -> Path:
     """A fresh, timestamped run folder for ``dataset``."""
-    folder = Path(root) / RUNS / re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.name) / time.strftime("%Y%m%d-%H%M%S")
+    folder = (
+        Path(root)
+        / RUNS
+        / re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset.name)
+        / time.strftime("%Y%m%d-%H%M%S")
+    )
     suffix = 0
     while folder.exists():
         suffix += 1
@@ -190,12 +248,24 @@ def list_runs(root: Path, dataset: Dataset) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir()), reverse=True)
 
 
-def save_run_plan(run_dir: Path, dataset: Dataset, methods: Sequence[Method], where: str, job_ids: dict | None = None) -> None:
+def save_run_plan(
+    run_dir: Path,
+    dataset: Dataset,
+    methods: Sequence[Method],
+    where: str,
+    job_ids: dict | None = None,
+) -> None:
     """Record what a run contains, so the page can show pending methods and their jobs."""
     from unified_framework.utils.atomic import write_text_atomic
 
-    plan = {"dataset": dataset.name, "image": str(dataset.image), "ground_truth": str(dataset.truth),
-            "where": where, "methods": [m.name for m in methods], "jobs": job_ids or {}}
+    plan = {
+        "dataset": dataset.name,
+        "image": str(dataset.image),
+        "ground_truth": str(dataset.truth),
+        "where": where,
+        "methods": [m.name for m in methods],
+        "jobs": job_ids or {},
+    }
     write_text_atomic(run_dir / "run.json", json.dumps(plan, indent=2) + "\n")
 
 
@@ -227,38 +297,73 @@ def score_table(reports: Sequence[dict]) -> pd.DataFrame:
         resources = report.get("resources") or {}
         gpu_memory = resources.get("gpu_memory_peak_bytes")
         for score in report.get("scores") or []:
-            rows.append({
-                "method": report["name"],
-                "label": score.get("label"),
-                "class": score.get("name"),
-                "dice": score.get("dice"),
-                "iou": score.get("iou"),
-                "f1": score.get("f1"),
-                "hd95": score.get("hd95"),
-                "time_s": resources.get("wall_time_s"),
-                "cpu_time_s": resources.get("cpu_time_s"),
-                "cpu_use": (resources["cpu_time_s"] / resources["wall_time_s"]
-                            if resources.get("wall_time_s") else None),
-                "peak_rss_mib": (resources["peak_rss_bytes"] / 2**20 if resources.get("peak_rss_bytes") else None),
-                "gpu": resources.get("gpu_name") or "",
-                "gpu_util_mean_pct": resources.get("gpu_utilisation_mean_percent"),
-                "gpu_memory_peak_mib": gpu_memory / 2**20 if gpu_memory else None,
-                "order_from_truth": bool(report.get("label_order_from_truth")),
-            })
-    return pd.DataFrame(rows, columns=["method", "label", "class", "dice", "iou", "f1", "hd95", "time_s", "cpu_time_s",
-                                       "cpu_use", "peak_rss_mib", "gpu", "gpu_util_mean_pct", "gpu_memory_peak_mib",
-                                       "order_from_truth"])
+            rows.append(
+                {
+                    "method": report["name"],
+                    "label": score.get("label"),
+                    "class": score.get("name"),
+                    "dice": score.get("dice"),
+                    "iou": score.get("iou"),
+                    "f1": score.get("f1"),
+                    "hd95": score.get("hd95"),
+                    "time_s": resources.get("wall_time_s"),
+                    "cpu_time_s": resources.get("cpu_time_s"),
+                    "cpu_use": (
+                        resources["cpu_time_s"] / resources["wall_time_s"]
+                        if resources.get("wall_time_s")
+                        else None
+                    ),
+                    "peak_rss_mib": (
+                        resources["peak_rss_bytes"] / 2**20
+                        if resources.get("peak_rss_bytes")
+                        else None
+                    ),
+                    "gpu": resources.get("gpu_name") or "",
+                    "gpu_util_mean_pct": resources.get("gpu_utilisation_mean_percent"),
+                    "gpu_memory_peak_mib": gpu_memory / 2**20 if gpu_memory else None,
+                    "order_from_truth": bool(report.get("label_order_from_truth")),
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "method",
+            "label",
+            "class",
+            "dice",
+            "iou",
+            "f1",
+            "hd95",
+            "time_s",
+            "cpu_time_s",
+            "cpu_use",
+            "peak_rss_mib",
+            "gpu",
+            "gpu_util_mean_pct",
+            "gpu_memory_peak_mib",
+            "order_from_truth",
+        ],
+    )
 
 
-def run_locally(scripts: dict[str, Path], on_start: Callable[[str, int], None] | None = None,
-                timeout: float = 3600) -> dict[str, str]:
+def run_locally(
+    scripts: dict[str, Path],
+    on_start: Callable[[str, int], None] | None = None,
+    timeout: float = 3600,
+) -> dict[str, str]:
     """Run method scripts one after another on this machine; returns the error line per failed method."""
     errors = {}
     for number, (name, script) in enumerate(scripts.items()):
         if on_start:
             on_start(name, number)
-        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=timeout,
-                              check=False, cwd=script.parent)
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=script.parent,
+        )
         if done.returncode != 0:
             lines = (done.stderr or done.stdout).strip().splitlines()
             errors[name] = lines[-1] if lines else f"exit status {done.returncode}"

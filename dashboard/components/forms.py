@@ -9,23 +9,41 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 
 #: Parameter type -> widget kind.
 WIDGETS = {
-    "int": "int", "cpus": "int", "float": "float", "bool": "bool", "choice": "select",
-    "partition": "select", "gpus": "select", "qos": "text", "account": "text",
-    "name": "text", "string": "text", "args": "text", "time": "text", "memory": "text",
-    "array": "text", "host": "text", "path": "text",
+    "int": "int",
+    "cpus": "int",
+    "float": "float",
+    "bool": "bool",
+    "choice": "select",
+    "partition": "select",
+    "gpus": "select",
+    "qos": "text",
+    "account": "text",
+    "name": "text",
+    "string": "text",
+    "args": "text",
+    "time": "text",
+    "memory": "text",
+    "array": "text",
+    "host": "text",
+    "path": "text",
 }
 #: Example values shown as placeholders of free-text parameters.
 PLACEHOLDERS = {
-    "time": "e.g. 01:30:00 or 2-00:00:00", "memory": "e.g. 4G or 500M", "array": "e.g. 0-9 or 1,3,5%2",
-    "path": "an absolute path", "args": "extra arguments", "host": "node name",
+    "time": "e.g. 01:30:00 or 2-00:00:00",
+    "memory": "e.g. 4G or 500M",
+    "array": "e.g. 0-9 or 1,3,5%2",
+    "path": "an absolute path",
+    "args": "extra arguments",
+    "host": "node name",
 }
 
 
@@ -59,8 +77,9 @@ def gpu_options(nodes: pd.DataFrame | None, maximum: int | None = None) -> list[
     return list(range(0, most + 1))
 
 
-def widget_spec(parameter, value: Any, partitions: pd.DataFrame | None = None,
-                nodes: pd.DataFrame | None = None) -> WidgetSpec:
+def widget_spec(
+    parameter, value: Any, partitions: pd.DataFrame | None = None, nodes: pd.DataFrame | None = None
+) -> WidgetSpec:
     """The widget for one template parameter.
 
     Parameters
@@ -76,10 +95,17 @@ def widget_spec(parameter, value: Any, partitions: pd.DataFrame | None = None,
     """
     kind = WIDGETS.get(parameter.type, "text")
     value = parameter.default if parameter.locked else value
-    spec = WidgetSpec(name=parameter.name, kind=kind, label=parameter.label or parameter.name,
-                      help=parameter.help + (" (set by the administrator)" if parameter.locked else ""),
-                      value=value, disabled=parameter.locked, min=parameter.min, max=parameter.max,
-                      placeholder=PLACEHOLDERS.get(parameter.type, ""))
+    spec = WidgetSpec(
+        name=parameter.name,
+        kind=kind,
+        label=parameter.label or parameter.name,
+        help=parameter.help + (" (set by the administrator)" if parameter.locked else ""),
+        value=value,
+        disabled=parameter.locked,
+        min=parameter.min,
+        max=parameter.max,
+        placeholder=PLACEHOLDERS.get(parameter.type, ""),
+    )
     if parameter.type == "choice":
         spec.options = list(parameter.choices)
     elif parameter.type == "partition":
@@ -87,7 +113,9 @@ def widget_spec(parameter, value: Any, partitions: pd.DataFrame | None = None,
     elif parameter.type == "gpus":
         spec.options = gpu_options(nodes, parameter.max)
         if parameter.min:
-            spec.options = [n for n in spec.options if n >= int(parameter.min)] or [int(parameter.min)]
+            spec.options = [n for n in spec.options if n >= int(parameter.min)] or [
+                int(parameter.min)
+            ]
     if spec.kind == "select" and spec.value not in spec.options:
         # Keep an unexpected saved value visible so validation can explain it.
         spec.options = [spec.value, *spec.options]
@@ -111,7 +139,9 @@ def _as_number(value: Any, kind: type):
         return None
 
 
-def field_errors(template, values: Mapping[str, Any], *, cwd: str | None = None, cluster=None) -> dict[str, str]:
+def field_errors(
+    template, values: Mapping[str, Any], *, cwd: str | None = None, cluster=None
+) -> dict[str, str]:
     """Validate the form and return a message per invalid parameter (empty when all is well).
 
     One pass of :func:`unified_framework.hpc.form_errors`: every problem comes with the
@@ -124,7 +154,9 @@ def field_errors(template, values: Mapping[str, Any], *, cwd: str | None = None,
     prefix = f"{template.name}: "
     errors: dict[str, str] = {}
     for name, error in form_errors(template, values, cwd=cwd, cluster=cluster).items():
-        errors.setdefault(name if name in template.parameters else "", str(error).removeprefix(prefix))
+        errors.setdefault(
+            name if name in template.parameters else "", str(error).removeprefix(prefix)
+        )
     return errors
 
 
@@ -139,8 +171,14 @@ def save_settings(template, values: Mapping[str, Any]) -> Path:
     """Save the non-locked values of a template's form (atomically); returns the file."""
     from unified_framework.utils.atomic import write_text_atomic
 
-    kept = {k: v for k, v in values.items() if k in template.parameters and not template.parameters[k].locked}
-    return write_text_atomic(settings_file(template.name), json.dumps(kept, indent=2, default=str) + "\n")
+    kept = {
+        k: v
+        for k, v in values.items()
+        if k in template.parameters and not template.parameters[k].locked
+    }
+    return write_text_atomic(
+        settings_file(template.name), json.dumps(kept, indent=2, default=str) + "\n"
+    )
 
 
 def load_settings(template) -> dict[str, Any]:
@@ -151,7 +189,11 @@ def load_settings(template) -> dict[str, Any]:
         return {}
     if not isinstance(saved, dict):
         return {}
-    return {k: v for k, v in saved.items() if k in template.parameters and not template.parameters[k].locked}
+    return {
+        k: v
+        for k, v in saved.items()
+        if k in template.parameters and not template.parameters[k].locked
+    }
 
 
 def initial_values(template, *layers: Mapping[str, Any]) -> dict[str, Any]:

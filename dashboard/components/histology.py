@@ -33,7 +33,9 @@ def load_match(folder: Path) -> tuple[dict, np.ndarray, np.ndarray]:
     lo, hi = np.percentile(virtual, [1, 99])
     virtual = np.clip((virtual - lo) / max(hi - lo, 1e-9), 0, 1)
     section = read_volume(folder / "section_on_virtual.tif")
-    grey = np.asarray(to_grey(section).data if section.axes == "yxc" else section.data, dtype=np.float32)
+    grey = np.asarray(
+        to_grey(section).data if section.axes == "yxc" else section.data, dtype=np.float32
+    )
     grey = 1 - np.clip(grey / max(float(grey.max()), 1e-9), 0, 1)
     return report, virtual, grey
 

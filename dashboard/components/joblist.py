@@ -13,15 +13,47 @@ import re
 import pandas as pd
 
 QUEUE_COLUMNS = (
-    "job_id", "name", "user", "state", "reason", "elapsed_s", "time_limit_s", "partition",
-    "nodes", "cpus", "submit_time", "workdir",
+    "job_id",
+    "name",
+    "user",
+    "state",
+    "reason",
+    "elapsed_s",
+    "time_limit_s",
+    "partition",
+    "nodes",
+    "cpus",
+    "submit_time",
+    "workdir",
 )
 HISTORY_COLUMNS = (
-    "job_id", "name", "user", "state", "exit_code", "partition", "nodes", "alloc_cpus", "elapsed_s",
-    "total_cpu_s", "req_mem_bytes", "max_rss_bytes", "submit_time", "start_time", "end_time", "workdir",
+    "job_id",
+    "name",
+    "user",
+    "state",
+    "exit_code",
+    "partition",
+    "nodes",
+    "alloc_cpus",
+    "elapsed_s",
+    "total_cpu_s",
+    "req_mem_bytes",
+    "max_rss_bytes",
+    "submit_time",
+    "start_time",
+    "end_time",
+    "workdir",
 )
 #: States in which a job still holds or waits for resources.
-ACTIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING")
+ACTIVE_STATES = (
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "REQUEUED",
+    "RESIZING",
+)
 #: States whose job can still be cancelled.
 CANCELLABLE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "SUSPENDED", "REQUEUED")
 
@@ -68,7 +100,11 @@ def _duration_text(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     days, hours = divmod(hours, 24)
-    return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}" if days else f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return (
+        f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}"
+        if days
+        else f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    )
 
 
 def format_duration(seconds):
@@ -112,7 +148,12 @@ def filter_jobs(
         found = pd.Series(False, index=table.index)
         for column in ("job_id", "name", "reason", "nodes", "workdir"):
             if column in table.columns:
-                found |= table[column].astype(str).str.lower().str.contains(search, regex=False, na=False)
+                found |= (
+                    table[column]
+                    .astype(str)
+                    .str.lower()
+                    .str.contains(search, regex=False, na=False)
+                )
         keep &= found
     return table[keep]
 
@@ -124,17 +165,19 @@ def state_counts(table: pd.DataFrame) -> dict[str, int]:
 
 def queue_view(table: pd.DataFrame) -> pd.DataFrame:
     """The queue table as shown on the page (durations as text, fixed column order)."""
-    view = pd.DataFrame({
-        "job": table["job_id"].astype(str),
-        "name": table["name"],
-        "state": table["state"],
-        "reason": table["reason"],
-        "elapsed": format_duration(table["elapsed_s"]),
-        "limit": format_duration(table["time_limit_s"]),
-        "partition": table["partition"],
-        "nodes": table["nodes"],
-        "user": table["user"],
-    })
+    view = pd.DataFrame(
+        {
+            "job": table["job_id"].astype(str),
+            "name": table["name"],
+            "state": table["state"],
+            "reason": table["reason"],
+            "elapsed": format_duration(table["elapsed_s"]),
+            "limit": format_duration(table["time_limit_s"]),
+            "partition": table["partition"],
+            "nodes": table["nodes"],
+            "user": table["user"],
+        }
+    )
     return view.reset_index(drop=True)
 
 
@@ -147,30 +190,38 @@ def with_efficiency(table: pd.DataFrame) -> pd.DataFrame:
     accounting data get NaN.
     """
     out = table.copy()
-    core_time = pd.to_numeric(out["elapsed_s"], errors="coerce") * pd.to_numeric(out["alloc_cpus"], errors="coerce")
+    core_time = pd.to_numeric(out["elapsed_s"], errors="coerce") * pd.to_numeric(
+        out["alloc_cpus"], errors="coerce"
+    )
     used = pd.to_numeric(out["total_cpu_s"], errors="coerce")
     out["cpu_efficiency"] = (100 * used / core_time.where(core_time > 0)).clip(upper=100).round(1)
     req = pd.to_numeric(out["req_mem_bytes"], errors="coerce")
-    out["memory_efficiency"] = (100 * pd.to_numeric(out["max_rss_bytes"], errors="coerce") / req.where(req > 0)).round(1)
+    out["memory_efficiency"] = (
+        100 * pd.to_numeric(out["max_rss_bytes"], errors="coerce") / req.where(req > 0)
+    ).round(1)
     return out
 
 
 def history_view(table: pd.DataFrame) -> pd.DataFrame:
     """The history table as shown on the page."""
     table = with_efficiency(table)
-    return pd.DataFrame({
-        "job": table["job_id"].astype(str),
-        "name": table["name"],
-        "state": table["state"],
-        "exit": table["exit_code"],
-        "partition": table["partition"],
-        "elapsed": format_duration(table["elapsed_s"]),
-        "CPUs": table["alloc_cpus"],
-        "CPU eff. %": table["cpu_efficiency"],
-        "max RSS MiB": (pd.to_numeric(table["max_rss_bytes"], errors="coerce") / 2**20).round(1),
-        "mem. eff. %": table["memory_efficiency"],
-        "end": table["end_time"],
-    }).reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "job": table["job_id"].astype(str),
+            "name": table["name"],
+            "state": table["state"],
+            "exit": table["exit_code"],
+            "partition": table["partition"],
+            "elapsed": format_duration(table["elapsed_s"]),
+            "CPUs": table["alloc_cpus"],
+            "CPU eff. %": table["cpu_efficiency"],
+            "max RSS MiB": (pd.to_numeric(table["max_rss_bytes"], errors="coerce") / 2**20).round(
+                1
+            ),
+            "mem. eff. %": table["memory_efficiency"],
+            "end": table["end_time"],
+        }
+    ).reset_index(drop=True)
 
 
 def timeline_figure(info: dict, now: pd.Timestamp | None = None):
@@ -194,8 +245,23 @@ def timeline_figure(info: dict, now: pd.Timestamp | None = None):
         bars.append(("running" if end is None else "ran", start, end or now, "#2e86de"))
     figure = go.Figure()
     for name, begin, finish, colour in bars:
-        figure.add_trace(go.Bar(x=[(finish - begin).total_seconds() * 1000], y=["job"], base=[begin], orientation="h",
-                                name=name, marker_color=colour, hovertext=f"{name}: {begin} to {finish}"))
-    figure.update_layout(barmode="overlay", height=140, margin=dict(l=10, r=10, t=30, b=10), xaxis_type="date",
-                         showlegend=True, legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+        figure.add_trace(
+            go.Bar(
+                x=[(finish - begin).total_seconds() * 1000],
+                y=["job"],
+                base=[begin],
+                orientation="h",
+                name=name,
+                marker_color=colour,
+                hovertext=f"{name}: {begin} to {finish}",
+            )
+        )
+    figure.update_layout(
+        barmode="overlay",
+        height=140,
+        margin=dict(l=10, r=10, t=30, b=10),
+        xaxis_type="date",
+        showlegend=True,
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+    )
     return figure

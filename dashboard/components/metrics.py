@@ -103,9 +103,20 @@ def metric_figure(table: pd.DataFrame, columns: list[str], title: str) -> go.Fig
             if values.notna().sum() == 0:
                 continue
             label = column if part_name is None else f"{column} ({part_name})"
-            figure.add_trace(go.Scatter(x=x, y=values, mode="lines+markers" if len(part) < 50 else "lines",
-                                        name=label, connectgaps=True))
-    figure.update_layout(title=title, xaxis_title=x_name or "record", height=320,
-                         margin=dict(l=10, r=10, t=60, b=10),
-                         legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0))
+            figure.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=values,
+                    mode="lines+markers" if len(part) < 50 else "lines",
+                    name=label,
+                    connectgaps=True,
+                )
+            )
+    figure.update_layout(
+        title=title,
+        xaxis_title=x_name or "record",
+        height=320,
+        margin=dict(l=10, r=10, t=60, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+    )
     return figure

@@ -9,8 +9,8 @@ directories recorded for the user's jobs).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from unified_framework.errors import InputError, describe_os_error
 from unified_framework.utils.text import shorten
@@ -32,7 +32,11 @@ def real_roots(roots: Iterable[str | os.PathLike]) -> list[Path]:
     return seen
 
 
-def resolve_inside(path: str | os.PathLike, roots: Iterable[str | os.PathLike], base: str | os.PathLike | None = None) -> Path:
+def resolve_inside(
+    path: str | os.PathLike,
+    roots: Iterable[str | os.PathLike],
+    base: str | os.PathLike | None = None,
+) -> Path:
     """Return the real path of ``path`` if it lies below one of ``roots``.
 
     Parameters
@@ -71,10 +75,14 @@ def resolve_inside(path: str | os.PathLike, roots: Iterable[str | os.PathLike], 
     for root in real_roots(roots):
         if real == root or real.is_relative_to(root):
             return real
-    raise PathRefused(f"{shorten(text)}: outside your job folders; the dashboard only reads below them")
+    raise PathRefused(
+        f"{shorten(text)}: outside your job folders; the dashboard only reads below them"
+    )
 
 
-def allowed(candidates: Iterable[str | os.PathLike], roots: Iterable[str | os.PathLike]) -> list[Path]:
+def allowed(
+    candidates: Iterable[str | os.PathLike], roots: Iterable[str | os.PathLike]
+) -> list[Path]:
     """The resolved candidates that lie below a root (others, e.g. symlinks out, dropped)."""
     roots = real_roots(roots)
     kept: list[Path] = []
@@ -88,7 +96,9 @@ def allowed(candidates: Iterable[str | os.PathLike], roots: Iterable[str | os.Pa
     return kept
 
 
-def walk_files(folder: Path, match: Callable[[Path], bool], max_depth: int = 3, limit: int = 200) -> list[Path]:
+def walk_files(
+    folder: Path, match: Callable[[Path], bool], max_depth: int = 3, limit: int = 200
+) -> list[Path]:
     """Entries below ``folder`` for which ``match`` is true, without descending into them.
 
     Hidden entries and symlinked folders are skipped; at most ``max_depth`` folder levels

@@ -39,7 +39,9 @@ class RegistrationFolder:
 def find_results(folder: Path, limit: int = 100) -> list[RegistrationFolder]:
     """Result folders below ``folder`` (newest first); unreadable reports are skipped."""
     found = []
-    for report_path in paths.walk_files(folder, lambda p: p.name == "quality.json" and p.is_file(), max_depth=5, limit=limit):
+    for report_path in paths.walk_files(
+        folder, lambda p: p.name == "quality.json" and p.is_file(), max_depth=5, limit=limit
+    ):
         try:
             report = json.loads(report_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -65,7 +67,9 @@ def checkerboard(fixed: np.ndarray, warped: np.ndarray, tile: int) -> np.ndarray
     return np.repeat(grey[..., None], 3, axis=2)
 
 
-def make_sample_registration(root: Path, shape: tuple[int, int, int], seed: int, multimodal: bool) -> Path:
+def make_sample_registration(
+    root: Path, shape: tuple[int, int, int], seed: int, multimodal: bool
+) -> Path:
     """Write a phantom pair and its convexAdam registration below ``root/registrations``."""
     from unified_framework.data import make_registration_pair
     from unified_framework.io import write_volume
@@ -80,8 +84,24 @@ def make_sample_registration(root: Path, shape: tuple[int, int, int], seed: int,
     for role in ("fixed", "moving", "fixed_labels", "moving_labels"):
         write_volume(folder / f"{role}.tif", getattr(pair, role), spacing=pair.spacing)
     write_landmarks(folder / "landmarks.csv", pair.fixed_points, pair.moving_points)
-    result = register_volumes(pair.fixed, pair.moving, pair.spacing, "convexadam", prealign="none", device="cpu",
-                              params=ConvexAdamParams(selected_niter=40), fixed_labels=pair.fixed_labels,
-                              moving_labels=pair.moving_labels, landmarks=(pair.fixed_points, pair.moving_points))
-    sources = {role: str(folder / f"{role}.tif") for role in ("fixed", "moving", "fixed_labels", "moving_labels")}
-    return write_outputs(folder / "convexadam", result, sources={**sources, "landmarks": str(folder / "landmarks.csv")})
+    result = register_volumes(
+        pair.fixed,
+        pair.moving,
+        pair.spacing,
+        "convexadam",
+        prealign="none",
+        device="cpu",
+        params=ConvexAdamParams(selected_niter=40),
+        fixed_labels=pair.fixed_labels,
+        moving_labels=pair.moving_labels,
+        landmarks=(pair.fixed_points, pair.moving_points),
+    )
+    sources = {
+        role: str(folder / f"{role}.tif")
+        for role in ("fixed", "moving", "fixed_labels", "moving_labels")
+    }
+    return write_outputs(
+        folder / "convexadam",
+        result,
+        sources={**sources, "landmarks": str(folder / "landmarks.csv")},
+    )

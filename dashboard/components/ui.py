@@ -62,13 +62,23 @@ def cached_recorded_workdirs(user: str) -> list[Path]:
 
 def clear_cluster_cache() -> None:
     """Forget cached cluster state (after submitting or cancelling)."""
-    for function in (cached_queue, cached_history, cached_cluster_state, cached_recent_jobs, cached_recorded_workdirs):
+    for function in (
+        cached_queue,
+        cached_history,
+        cached_cluster_state,
+        cached_recent_jobs,
+        cached_recorded_workdirs,
+    ):
         function.clear()
 
 
 def job_roots() -> list[Path]:
     """Folders the viewer may read: MDLMA_HOME and the work directories of recorded jobs."""
-    return list(dict.fromkeys([home().resolve(), *(p.resolve() for p in cached_recorded_workdirs(current_user()))]))
+    return list(
+        dict.fromkeys(
+            [home().resolve(), *(p.resolve() for p in cached_recorded_workdirs(current_user()))]
+        )
+    )
 
 
 def show_error(exc: BaseException, where=None) -> None:
@@ -82,8 +92,12 @@ def show_error(exc: BaseException, where=None) -> None:
 
 def viewer_link(job_id: str, label: str | None = None, where=None) -> None:
     """A link to the job viewer showing ``job_id`` (relative, so any URL prefix works)."""
-    (where or st).page_link("views/viewer.py", label=label or f"Open job {job_id} in the viewer",
-                            icon=":material/monitoring:", query_params={"job": str(job_id)})
+    (where or st).page_link(
+        "views/viewer.py",
+        label=label or f"Open job {job_id} in the viewer",
+        icon=":material/monitoring:",
+        query_params={"job": str(job_id)},
+    )
 
 
 def file_mtime(path: str | os.PathLike) -> float:

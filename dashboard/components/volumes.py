@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import io
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -29,9 +29,22 @@ ROLE_HINTS = (
 )
 #: Distinct colours for labels 1..; label 0 (background) is never painted.
 PALETTE = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
+    (170, 255, 195),
 )
 AXES = ("z", "y", "x")
 
@@ -44,7 +57,9 @@ def label_colour(label: int) -> tuple[int, int, int]:
 def volume_suffix(path: Path) -> str | None:
     """The volume suffix of ``path`` (``.nii.gz`` counts as one), or ``None``."""
     name = path.name.lower()
-    return next((s for s in sorted(VOLUME_SUFFIXES, key=len, reverse=True) if name.endswith(s)), None)
+    return next(
+        (s for s in sorted(VOLUME_SUFFIXES, key=len, reverse=True) if name.endswith(s)), None
+    )
 
 
 def find_volumes(folder: Path, max_depth: int = 3, limit: int = 200) -> list[Path]:
@@ -63,7 +78,12 @@ def guess_role(path: Path) -> str:
 
 def assign_roles(paths: Sequence[Path]) -> dict[str, Path | None]:
     """Pick one file per role (the first whose name suggests it)."""
-    roles: dict[str, Path | None] = {"image": None, "labels": None, "uncertainty": None, "ground_truth": None}
+    roles: dict[str, Path | None] = {
+        "image": None,
+        "labels": None,
+        "uncertainty": None,
+        "ground_truth": None,
+    }
     for path in paths:
         role = guess_role(path)
         if roles[role] is None:
@@ -96,7 +116,9 @@ def strided(data, max_voxels: int) -> tuple[np.ndarray, int]:
     return np.asarray(data[tuple(slice(None, None, step) for _ in data.shape)]), step
 
 
-def display_window(data, max_voxels: int = 2_000_000, percentiles: tuple[float, float] = (0.5, 99.5)) -> tuple[float, float]:
+def display_window(
+    data, max_voxels: int = 2_000_000, percentiles: tuple[float, float] = (0.5, 99.5)
+) -> tuple[float, float]:
     """Grey-value window from percentiles of a subsample (robust to outliers)."""
     sample, _ = strided(data, max_voxels)
     sample = sample[np.isfinite(sample)] if np.issubdtype(sample.dtype, np.floating) else sample
@@ -113,7 +135,9 @@ def to_grey(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return (np.nan_to_num(np.clip(scaled, 0, 1)) * 255).astype(np.uint8)
 
 
-def overlay(grey: np.ndarray, labels: np.ndarray | None, opacity: float, visible: Iterable[int]) -> np.ndarray:
+def overlay(
+    grey: np.ndarray, labels: np.ndarray | None, opacity: float, visible: Iterable[int]
+) -> np.ndarray:
     """Blend label colours onto a grey slice.
 
     Parameters
@@ -140,7 +164,9 @@ def overlay(grey: np.ndarray, labels: np.ndarray | None, opacity: float, visible
                 continue
             where = labels == label
             if where.any():
-                rgb[where] = (1 - opacity) * rgb[where] + opacity * np.asarray(label_colour(label), np.float32)
+                rgb[where] = (1 - opacity) * rgb[where] + opacity * np.asarray(
+                    label_colour(label), np.float32
+                )
     return rgb.round().astype(np.uint8)
 
 
@@ -167,12 +193,19 @@ def image_figure(rgb: np.ndarray, title: str, aspect: float = 1.0, height: int =
     return figure
 
 
-def heatmap_figure(values: np.ndarray, title: str, aspect: float = 1.0, height: int = 420,
-                   colorscale: str = "Inferno") -> go.Figure:
+def heatmap_figure(
+    values: np.ndarray,
+    title: str,
+    aspect: float = 1.0,
+    height: int = 420,
+    colorscale: str = "Inferno",
+) -> go.Figure:
     """Plotly heatmap of a 2D float slice (e.g. an uncertainty map) with a colour bar."""
     figure = go.Figure(go.Heatmap(z=np.asarray(values, dtype=np.float32), colorscale=colorscale))
     figure.update_layout(title=title, height=height, margin=dict(l=0, r=0, t=30, b=0))
-    figure.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=aspect, showticklabels=False)
+    figure.update_yaxes(
+        autorange="reversed", scaleanchor="x", scaleratio=aspect, showticklabels=False
+    )
     figure.update_xaxes(showticklabels=False)
     return figure
 
@@ -186,8 +219,14 @@ def surface_points(labels: np.ndarray, label: int) -> np.ndarray:
     return np.argwhere(mask & ~inner)
 
 
-def scatter_3d(labels, visible: Iterable[int], spacing: Sequence[float] = (1.0, 1.0, 1.0),
-               max_voxels: int = 64**3, max_points: int = 30_000, names: dict[int, str] | None = None) -> go.Figure:
+def scatter_3d(
+    labels,
+    visible: Iterable[int],
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    max_voxels: int = 64**3,
+    max_points: int = 30_000,
+    names: dict[int, str] | None = None,
+) -> go.Figure:
     """Downsampled 3D view: the surface voxels of each visible label as coloured points.
 
     Parameters
@@ -218,10 +257,22 @@ def scatter_3d(labels, visible: Iterable[int], spacing: Sequence[float] = (1.0, 
             points = points[:: int(np.ceil(len(points) / max_points))]
         z, y, x = (points * scale).T
         colour = "rgb({},{},{})".format(*label_colour(label))
-        figure.add_trace(go.Scatter3d(x=x, y=y, z=z, mode="markers", name=(names or {}).get(label, f"label {label}"),
-                                      marker=dict(size=2, color=colour, opacity=0.6)))
-    figure.update_layout(height=480, margin=dict(l=0, r=0, t=30, b=0), title=f"3D (every {step}. voxel)",
-                         scene=dict(aspectmode="data", xaxis_title="x", yaxis_title="y", zaxis_title="z"))
+        figure.add_trace(
+            go.Scatter3d(
+                x=x,
+                y=y,
+                z=z,
+                mode="markers",
+                name=(names or {}).get(label, f"label {label}"),
+                marker=dict(size=2, color=colour, opacity=0.6),
+            )
+        )
+    figure.update_layout(
+        height=480,
+        margin=dict(l=0, r=0, t=30, b=0),
+        title=f"3D (every {step}. voxel)",
+        scene=dict(aspectmode="data", xaxis_title="x", yaxis_title="y", zaxis_title="z"),
+    )
     return figure
 
 

@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import plotly.express as px
 import streamlit as st
-
 from components import cluster, compare, paths, ui, volume_view, volumes
 
 st.title("Segmentation comparison")
@@ -20,14 +19,20 @@ def datasets_below(folder: str) -> list[compare.Dataset]:
 
 @st.cache_data(ttl=30, show_spinner=False)
 def models_below(folder: str) -> list[Path]:
-    return paths.walk_files(Path(folder), lambda p: p.suffix in (".pt", ".pth") and p.is_file(), max_depth=4)
+    return paths.walk_files(
+        Path(folder), lambda p: p.suffix in (".pt", ".pth") and p.is_file(), max_depth=4
+    )
 
 
 datasets = datasets_below(str(root))
-with st.expander("Create a phantom dataset (implant in bone, with ground truth)", expanded=not datasets):
+with st.expander(
+    "Create a phantom dataset (implant in bone, with ground truth)", expanded=not datasets
+):
     size = st.columns(4)
-    shape = [size[i].number_input(axis, 16, 512, 64, step=16, key=f"compare_phantom_{axis}")
-             for i, axis in enumerate(("z", "y", "x"))]
+    shape = [
+        size[i].number_input(axis, 16, 512, 64, step=16, key=f"compare_phantom_{axis}")
+        for i, axis in enumerate(("z", "y", "x"))
+    ]
     seed = size[3].number_input("seed", 0, 10_000, 0, key="compare_phantom_seed")
     if st.button("Create dataset", key="compare_phantom_create"):
         with st.spinner("Generating the phantom ..."):
@@ -37,8 +42,10 @@ with st.expander("Create a phantom dataset (implant in bone, with ground truth)"
         st.rerun()
 
 if not datasets:
-    st.info(f"No dataset with ground truth below {root}. Create a phantom above, or put an image and its "
-            "ground truth (e.g. scan.tif and scan_gt.tif) into a folder there.")
+    st.info(
+        f"No dataset with ground truth below {root}. Create a phantom above, or put an image and its "
+        "ground truth (e.g. scan.tif and scan_gt.tif) into a folder there."
+    )
     st.stop()
 
 names = [d.name for d in datasets]
@@ -49,26 +56,59 @@ st.caption(f"image {dataset.image} · ground truth {dataset.truth} · {size / 1e
 
 st.subheader("Methods")
 left, right = st.columns(2)
-classical = left.multiselect("Classical baselines", ["multi-otsu", "watershed"], default=["multi-otsu", "watershed"],
-                             key="compare_classical")
+classical = left.multiselect(
+    "Classical baselines",
+    ["multi-otsu", "watershed"],
+    default=["multi-otsu", "watershed"],
+    key="compare_classical",
+)
 options = left.columns(3)
-classes = options[0].number_input("Intensity classes", 2, 16, 5, key="compare_classes",
-                                  help="Grey-value classes to find; background often has two (air and tissue).")
-smoothing = options[1].number_input("Smoothing σ", 0.0, 10.0, 1.0, 0.5, key="compare_smoothing",
-                                    help="Gaussian sigma in voxels before thresholding.")
-order = options[2].text_input("Label order", "truth", key="compare_order",
-                              help="Class number per intensity class, darkest first (e.g. 0,0,3,1,2), or 'truth' "
-                                   "to name each intensity class after the ground-truth class it overlaps most.")
+classes = options[0].number_input(
+    "Intensity classes",
+    2,
+    16,
+    5,
+    key="compare_classes",
+    help="Grey-value classes to find; background often has two (air and tissue).",
+)
+smoothing = options[1].number_input(
+    "Smoothing σ",
+    0.0,
+    10.0,
+    1.0,
+    0.5,
+    key="compare_smoothing",
+    help="Gaussian sigma in voxels before thresholding.",
+)
+order = options[2].text_input(
+    "Label order",
+    "truth",
+    key="compare_order",
+    help="Class number per intensity class, darkest first (e.g. 0,0,3,1,2), or 'truth' "
+    "to name each intensity class after the ground-truth class it overlaps most.",
+)
 models = models_below(str(root))
-chosen_models = right.multiselect("SUN models", models, format_func=lambda p: str(p.relative_to(root)),
-                                  key="compare_models", placeholder="trained models below your MDLMA home")
+chosen_models = right.multiselect(
+    "SUN models",
+    models,
+    format_func=lambda p: str(p.relative_to(root)),
+    key="compare_models",
+    placeholder="trained models below your MDLMA home",
+)
 if not models:
-    right.caption("No trained SUN model (.pt) below your MDLMA home yet (train one with `mdlma sun train`).")
+    right.caption(
+        "No trained SUN model (.pt) below your MDLMA home yet (train one with `mdlma sun train`)."
+    )
 
 local_ok = size <= compare.LOCAL_VOXEL_LIMIT
-where = st.segmented_control("Run", ["here", "cluster"], default="here" if local_ok else "cluster", required=True,
-                             format_func={"here": "Here (small data)", "cluster": "On the cluster (SLURM)"}.get,
-                             key="compare_where")
+where = st.segmented_control(
+    "Run",
+    ["here", "cluster"],
+    default="here" if local_ok else "cluster",
+    required=True,
+    format_func={"here": "Here (small data)", "cluster": "On the cluster (SLURM)"}.get,
+    key="compare_where",
+)
 
 job_options = {}
 if where == "cluster":
@@ -79,8 +119,12 @@ if where == "cluster":
         ui.show_error(exc)
         partition_names = [""]
     job_options = {
-        "partition": slurm_options[0].selectbox("Partition", partition_names, key="compare_partition",
-                                                format_func=lambda p: p or "(default)"),
+        "partition": slurm_options[0].selectbox(
+            "Partition",
+            partition_names,
+            key="compare_partition",
+            format_func=lambda p: p or "(default)",
+        ),
         "cpus": slurm_options[1].number_input("CPUs per method", 1, 128, 2, key="compare_cpus"),
         "mem": slurm_options[2].text_input("Memory per method", "4G", key="compare_mem"),
         "time": slurm_options[3].text_input("Time limit", "00:30:00", key="compare_time"),
@@ -91,12 +135,18 @@ if order.strip() and order.strip() != "truth":
     try:
         values = [int(v) for v in order.split(",")]
         if len(values) != classes:
-            problems.append(f"Label order: {len(values)} class numbers given, but {classes} intensity classes.")
+            problems.append(
+                f"Label order: {len(values)} class numbers given, but {classes} intensity classes."
+            )
     except ValueError:
-        problems.append("Label order: expected comma-separated integers such as 0,0,3,1,2, or 'truth'.")
+        problems.append(
+            "Label order: expected comma-separated integers such as 0,0,3,1,2, or 'truth'."
+        )
 if where == "here" and not local_ok:
-    problems.append(f"{size / 1e6:.0f} M voxels is too large to run here (limit "
-                    f"{compare.LOCAL_VOXEL_LIMIT / 1e6:.0f} M); run it on the cluster.")
+    problems.append(
+        f"{size / 1e6:.0f} M voxels is too large to run here (limit "
+        f"{compare.LOCAL_VOXEL_LIMIT / 1e6:.0f} M); run it on the cluster."
+    )
 if not classical and not chosen_models:
     problems.append("Choose at least one method.")
 for problem in problems:
@@ -104,7 +154,12 @@ for problem in problems:
 
 methods = []
 for method in classical:
-    opts = {"method": method, "classes": int(classes), "smoothing": float(smoothing), "label_order": order.strip()}
+    opts = {
+        "method": method,
+        "classes": int(classes),
+        "smoothing": float(smoothing),
+        "label_order": order.strip(),
+    }
     methods.append(compare.Method("classical", compare.method_name("classical", opts), opts))
 for model in chosen_models:
     methods.append(compare.Method("sun", compare.method_name("sun", {}, model), {}, model))
@@ -115,8 +170,12 @@ if st.button("Run comparison", type="primary", disabled=bool(problems), key="com
     if where == "here":
         compare.save_run_plan(run_dir, dataset, methods, "here")
         progress = st.progress(0.0, text="Starting ...")
-        errors = compare.run_locally(scripts, on_start=lambda name, i: progress.progress(
-            i / len(scripts), text=f"{name} ({i + 1}/{len(scripts)})"))
+        errors = compare.run_locally(
+            scripts,
+            on_start=lambda name, i: progress.progress(
+                i / len(scripts), text=f"{name} ({i + 1}/{len(scripts)})"
+            ),
+        )
         progress.progress(1.0, text="Done")
         for name, error in errors.items():
             st.error(f"{name}: {error}")
@@ -143,8 +202,13 @@ missing = [m for m in plan.get("methods", []) if m not in done]
 if missing:
     jobs = plan.get("jobs", {})
     states = cluster.job_states([jobs[m] for m in missing if m in jobs]) if jobs else {}
-    st.info("No results yet from: " + ", ".join(
-        f"{m} (job {jobs[m]}, {states.get(jobs[m], 'unknown')})" if m in jobs else m for m in missing))
+    st.info(
+        "No results yet from: "
+        + ", ".join(
+            f"{m} (job {jobs[m]}, {states.get(jobs[m], 'unknown')})" if m in jobs else m
+            for m in missing
+        )
+    )
     for name in missing:
         if name in jobs:
             ui.viewer_link(jobs[name], label=f"{name}: job {jobs[name]} (log)")
@@ -156,9 +220,19 @@ if table.empty:
     st.stop()
 st.dataframe(table.round(4), hide_index=True, key="compare_scores")
 if table["order_from_truth"].any():
-    st.caption("Classical rows marked order_from_truth name their intensity classes by majority vote against the "
-               "ground truth (the usual way to score unsupervised methods).")
-figure = px.bar(table, x="class", y="dice", color="method", barmode="group", title="Dice per class", range_y=(0, 1))
+    st.caption(
+        "Classical rows marked order_from_truth name their intensity classes by majority vote against the "
+        "ground truth (the usual way to score unsupervised methods)."
+    )
+figure = px.bar(
+    table,
+    x="class",
+    y="dice",
+    color="method",
+    barmode="group",
+    title="Dice per class",
+    range_y=(0, 1),
+)
 st.plotly_chart(figure, key="compare_dice_plot")
 
 st.subheader("Overlays")
@@ -171,11 +245,15 @@ panels = [("ground truth", dataset.truth)] + [(r["name"], Path(r["labels_path"])
 aspect = volumes.slice_aspect(image.spacing, axis) if image.ndim == 3 else 1.0
 for start in range(0, len(panels), 3):
     columns = st.columns(3)
-    for column, (name, path) in zip(columns, panels[start:start + 3]):
+    for column, (name, path) in zip(columns, panels[start : start + 3]):
         if not path.exists():
             column.warning(f"{name}: {path.name} missing")
             continue
         labels = volume_view.load(path)
         slice_labels = volumes.orthogonal_slice(labels.data, axis, index)
-        rgb = volumes.overlay(grey, slice_labels, opacity, [int(v) for v in np.unique(slice_labels)])
-        column.plotly_chart(volumes.image_figure(rgb, name, aspect, height=340), key=f"compare_overlay_{name}")
+        rgb = volumes.overlay(
+            grey, slice_labels, opacity, [int(v) for v in np.unique(slice_labels)]
+        )
+        column.plotly_chart(
+            volumes.image_figure(rgb, name, aspect, height=340), key=f"compare_overlay_{name}"
+        )

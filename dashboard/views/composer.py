@@ -8,8 +8,8 @@ catalogue page, which leaves ``composer_prefill`` (template, values, source) in 
 """
 
 import streamlit as st
-
 from components import forms, paths, ui
+
 from unified_framework import hpc
 from unified_framework.errors import MDLMAError
 
@@ -69,8 +69,12 @@ if prefill and prefill["template"] in by_name:
     st.session_state["composer_template"] = prefill["template"]
 if wanted in by_name and "composer_template" not in st.session_state:  # arriving from a link
     st.session_state["composer_template"] = wanted
-name = st.selectbox("Template", list(by_name), format_func=lambda n: f"{by_name[n].title}  ({n})",
-                    key="composer_template")
+name = st.selectbox(
+    "Template",
+    list(by_name),
+    format_func=lambda n: f"{by_name[n].title}  ({n})",
+    key="composer_template",
+)
 template = by_name[name]
 st.query_params["template"] = name
 st.caption(template.description)
@@ -87,17 +91,28 @@ if copy_path:
         if record.template != template.name:
             raise MDLMAError(f"{copy_path}: a {record.template} job, not {template.name}")
         load_values(template, forms.initial_values(template, record.params))
-        st.success(f"Copied the settings of the job submitted {record.submitted} ({', '.join(record.job_ids)}).")
+        st.success(
+            f"Copied the settings of the job submitted {record.submitted} ({', '.join(record.job_ids)})."
+        )
     except MDLMAError as exc:
         ui.show_error(exc)
 if prefill and prefill["template"] == template.name:
-    load_values(template, forms.initial_values(template, {"workdir": str(root)}, forms.load_settings(template),
-                                               prefill["values"]))
-    st.info(f"Filled {', '.join(prefill['values'])} with {prefill['source']} from the catalogue.",
-            icon=":material/dataset:")
+    load_values(
+        template,
+        forms.initial_values(
+            template, {"workdir": str(root)}, forms.load_settings(template), prefill["values"]
+        ),
+    )
+    st.info(
+        f"Filled {', '.join(prefill['values'])} with {prefill['source']} from the catalogue.",
+        icon=":material/dataset:",
+    )
 # Widget state is dropped when a page or template is left: fill the form again then.
 elif any(widget_key(template, name) not in st.session_state for name in template.parameters):
-    load_values(template, forms.initial_values(template, {"workdir": str(root)}, forms.load_settings(template)))
+    load_values(
+        template,
+        forms.initial_values(template, {"workdir": str(root)}, forms.load_settings(template)),
+    )
 
 with st.expander("Copy an earlier job"):
     folders = tuple(str(p) for p in ui.job_roots())
@@ -106,11 +121,20 @@ with st.expander("Copy an earlier job"):
         st.caption("No earlier job of this template in your folders.")
     else:
         by_path = {r.path: r for r in earlier}
-        chosen = st.selectbox("Earlier job", list(by_path), key="composer_copy_choice",
-                              format_func=lambda p: f"{by_path[p].submitted}  jobs {', '.join(by_path[p].job_ids)}  "
-                                                    f"in {by_path[p].workdir}")
-        st.button("Copy its settings", key="composer_copy_button",
-                  on_click=lambda: st.session_state.update(composer_copy=chosen))
+        chosen = st.selectbox(
+            "Earlier job",
+            list(by_path),
+            key="composer_copy_choice",
+            format_func=lambda p: (
+                f"{by_path[p].submitted}  jobs {', '.join(by_path[p].job_ids)}  "
+                f"in {by_path[p].workdir}"
+            ),
+        )
+        st.button(
+            "Copy its settings",
+            key="composer_copy_button",
+            on_click=lambda: st.session_state.update(composer_copy=chosen),
+        )
 
 # The form: one widget per parameter, problems under their field.
 values = {}
@@ -145,10 +169,18 @@ for number, (name, parameter) in enumerate(template.parameters.items()):
     elif spec.kind == "select":
         if st.session_state.get(key) not in spec.options:
             st.session_state[key] = spec.value
-        where.selectbox(label, spec.options, key=key, help=spec.help, disabled=spec.disabled,
-                        format_func=lambda v: "(cluster default)" if v == "" else str(v))
+        where.selectbox(
+            label,
+            spec.options,
+            key=key,
+            help=spec.help,
+            disabled=spec.disabled,
+            format_func=lambda v: "(cluster default)" if v == "" else str(v),
+        )
     else:
-        where.text_input(label, key=key, help=spec.help, disabled=spec.disabled, placeholder=spec.placeholder)
+        where.text_input(
+            label, key=key, help=spec.help, disabled=spec.disabled, placeholder=spec.placeholder
+        )
     if name in errors:
         where.error(errors[name], icon=":material/error:")
 
@@ -181,12 +213,20 @@ if actions[0].button("Submit", type="primary", disabled=prepared is None, key="c
         ui.clear_cluster_cache()
         records_of.clear()
         st.session_state["composer_submitted"] = (template.name, record.job_ids, record.path)
-if actions[1].button("Save settings", key="composer_save", disabled=bool(errors),
-                     help="Use these values next time you open this template."):
+if actions[1].button(
+    "Save settings",
+    key="composer_save",
+    disabled=bool(errors),
+    help="Use these values next time you open this template.",
+):
     saved = forms.save_settings(template, values)
     st.toast(f"Saved to {saved}")
-actions[2].button("Reset to defaults", key="composer_reset", on_click=load_values,
-                  args=(template, forms.initial_values(template, {"workdir": str(root)})))
+actions[2].button(
+    "Reset to defaults",
+    key="composer_reset",
+    on_click=load_values,
+    args=(template, forms.initial_values(template, {"workdir": str(root)})),
+)
 
 submitted = st.session_state.get("composer_submitted")
 if submitted and submitted[0] == template.name:

@@ -5,7 +5,6 @@ from pathlib import Path
 import pandas as pd
 import plotly.express as px
 import streamlit as st
-
 from components import histology, ui
 
 st.title("Virtual histology")
@@ -19,8 +18,10 @@ def matches_below(folder: str) -> list[Path]:
 
 found = matches_below(str(root))
 if not found:
-    st.info(f"No match result below {root}. Run `mdlma histology match VOLUME SECTION --out DIR` there "
-            "(or the histology-match job template); try it with `mdlma sample section`.")
+    st.info(
+        f"No match result below {root}. Run `mdlma histology match VOLUME SECTION --out DIR` there "
+        "(or the histology-match job template); try it with `mdlma sample section`."
+    )
     st.stop()
 
 names = [str(f.relative_to(root)) for f in found]
@@ -57,14 +58,29 @@ if landscape:
     cols = st.columns(2)
     tilts = landscape["tilt_deg"]
     cols[0].plotly_chart(
-        px.imshow(landscape["nmi_by_tilt"], x=tilts, y=tilts, labels={"x": "tilt about v (°)", "y": "tilt about u (°)", "color": "NMI"},
-                  title="score over tilts"),
+        px.imshow(
+            landscape["nmi_by_tilt"],
+            x=tilts,
+            y=tilts,
+            labels={"x": "tilt about v (°)", "y": "tilt about u (°)", "color": "NMI"},
+            title="score over tilts",
+        ),
         width="stretch",
     )
     offsets = [o * landscape["voxel_um"] for o in landscape["offset_voxels"]]
-    cols[1].plotly_chart(px.line(x=offsets, y=landscape["nmi_by_offset"], labels={"x": "offset (µm)", "y": "NMI"}, title="score over offsets"),
-                         width="stretch")
+    cols[1].plotly_chart(
+        px.line(
+            x=offsets,
+            y=landscape["nmi_by_offset"],
+            labels={"x": "offset (µm)", "y": "NMI"},
+            title="score over offsets",
+        ),
+        width="stretch",
+    )
 rows = [{"rank": 1, **{k: best[k] for k in ("tilt_deg", "azimuth_deg", "offset_um", "score_nmi")}}]
-rows += [{"rank": i, **{k: c[k] for k in ("tilt_deg", "azimuth_deg", "offset_um", "score_nmi")}} for i, c in enumerate(report.get("candidates", []), 2)]
+rows += [
+    {"rank": i, **{k: c[k] for k in ("tilt_deg", "azimuth_deg", "offset_um", "score_nmi")}}
+    for i, c in enumerate(report.get("candidates", []), 2)
+]
 st.dataframe(pd.DataFrame(rows), hide_index=True)
 st.caption("The deformable registration and the label transfer come with the registration package.")

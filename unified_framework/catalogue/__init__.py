@@ -22,7 +22,14 @@ import socket
 from typing import Any
 
 from .base import Catalogue, IngestResult
-from .extract import CONTENT_KEY, PATH_KEY, DatasetRecord, dataset_path, extract_dataset, metadata_value
+from .extract import (
+    CONTENT_KEY,
+    PATH_KEY,
+    DatasetRecord,
+    dataset_path,
+    extract_dataset,
+    metadata_value,
+)
 from .files import canonical_path
 from .query import (
     MAX_SKIP,
@@ -42,11 +49,33 @@ from .thumbnail import thumbnail_slice
 from .units import KNOWN_UNITS, to_si
 
 __all__ = [
-    "CONTENT_KEY", "KNOWN_UNITS", "MAX_SKIP", "MAX_TEXT_CHARS", "MAX_TERMS", "PATH_KEY", "SORT_FIELDS",
-    "TAG_GROUPS", "Catalogue", "Condition", "DatasetRecord", "IngestResult", "Query", "SQLiteCatalogue",
-    "SciCatCatalogue", "SearchPage", "canonical_path", "dataset_path", "extract_dataset", "format_tags",
-    "identity_from_config", "metadata_value", "open_catalogue", "parse_condition", "parse_time",
-    "thumbnail_slice", "to_si",
+    "CONTENT_KEY",
+    "KNOWN_UNITS",
+    "MAX_SKIP",
+    "MAX_TEXT_CHARS",
+    "MAX_TERMS",
+    "PATH_KEY",
+    "SORT_FIELDS",
+    "TAG_GROUPS",
+    "Catalogue",
+    "Condition",
+    "DatasetRecord",
+    "IngestResult",
+    "Query",
+    "SQLiteCatalogue",
+    "SciCatCatalogue",
+    "SearchPage",
+    "canonical_path",
+    "dataset_path",
+    "extract_dataset",
+    "format_tags",
+    "identity_from_config",
+    "metadata_value",
+    "open_catalogue",
+    "parse_condition",
+    "parse_time",
+    "thumbnail_slice",
+    "to_si",
 ]
 
 

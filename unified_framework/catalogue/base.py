@@ -5,8 +5,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ..errors import InputError
 from .extract import CONTENT_KEY, PATH_KEY, DatasetRecord
@@ -42,7 +43,9 @@ class Catalogue(abc.ABC):
     """Ingest, search and read datasets; see :class:`~.sqlite.SQLiteCatalogue` and
     :class:`~.scicat.SciCatCatalogue`."""
 
-    def ingest(self, record: DatasetRecord, *, dry_run: bool = False, update: bool = False) -> IngestResult:
+    def ingest(
+        self, record: DatasetRecord, *, dry_run: bool = False, update: bool = False
+    ) -> IngestResult:
         """Add a dataset unless the same files are already catalogued.
 
         Parameters
@@ -133,7 +136,11 @@ class Catalogue(abc.ABC):
 def updatable_fields(record: DatasetRecord) -> dict:
     """The fields :meth:`Catalogue.ingest` with ``update=True`` replaces."""
     body = record.dataset.model_dump(mode="json", exclude_none=True)
-    return {k: body[k] for k in ("datasetName", "description", "keywords", "scientificMetadata") if k in body}
+    return {
+        k: body[k]
+        for k in ("datasetName", "description", "keywords", "scientificMetadata")
+        if k in body
+    }
 
 
 def add_si_values(metadata: dict) -> dict:
@@ -144,7 +151,11 @@ def add_si_values(metadata: dict) -> dict:
         if isinstance(value, dict) and "value" in value:
             leaf = dict(value)
             number, unit = leaf.get("value"), leaf.get("unit") or ""
-            if isinstance(number, (int, float)) and not isinstance(number, bool) and is_known_unit(unit):
+            if (
+                isinstance(number, (int, float))
+                and not isinstance(number, bool)
+                and is_known_unit(unit)
+            ):
                 leaf["valueSI"], leaf["unitSI"] = to_si(number, unit)
             out[key] = leaf
         elif isinstance(value, dict):

@@ -22,8 +22,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pyscicat.model import CreateDatasetOrigDatablockDto, DerivedDataset, RawDataset
 
@@ -162,21 +163,26 @@ def extract_dataset(
         "ndim": entry(len(shape)),
         "dtype": entry(dtype),
         "voxel_size": entry(max(spacing), "um"),
-        **{f"voxel_size_{axis}": entry(value, "um") for axis, value in zip("zyx"[-volume.ndim:], spacing)},
+        **{
+            f"voxel_size_{axis}": entry(value, "um")
+            for axis, value in zip("zyx"[-volume.ndim :], spacing)
+        },
         **geometry_metadata(volume),
         PATH_KEY: entry(str(path)),
         CONTENT_KEY: entry(content_key(source_folder, data_files, array)),
         group: tags,
     }
-    summary = (f"{fmt} {'volume' if volume.ndim == 3 else 'image'} {' x '.join(map(str, shape))} {dtype},"
-               f" voxel {'/'.join(f'{v:g}' for v in spacing)} um")
+    summary = (
+        f"{fmt} {'volume' if volume.ndim == 3 else 'image'} {' x '.join(map(str, shape))} {dtype},"
+        f" voxel {'/'.join(f'{v:g}' for v in spacing)} um"
+    )
     common = dict(
         owner=owner,
         ownerEmail=contact_email,
         contactEmail=contact_email,
         ownerGroup=owner_group,
         accessGroups=list(access_groups),
-        creationTime=format_time(dt.datetime.fromtimestamp(newest, dt.timezone.utc)),
+        creationTime=format_time(dt.datetime.fromtimestamp(newest, dt.UTC)),
         datasetName=name or (f"{path.name}::{array}" if array else path.name),
         description=description or summary,
         keywords=_unique([*keywords, fmt]),
@@ -188,7 +194,9 @@ def extract_dataset(
     )
     for field in ("owner", "ownerGroup", "contactEmail"):
         if not str(common[field]).strip():
-            raise InputError(f"dataset {field}: must not be empty (set it in the [scicat] configuration)")
+            raise InputError(
+                f"dataset {field}: must not be empty (set it in the [scicat] configuration)"
+            )
     try:
         if input_datasets:
             dataset: RawDataset | DerivedDataset = DerivedDataset(
@@ -206,7 +214,9 @@ def extract_dataset(
                 dataFormat=fmt,
             )
     except ValueError as exc:  # pydantic.ValidationError
-        raise InputError(f"{path}: invalid dataset field ({str(exc).splitlines()[-1].strip()})") from None
+        raise InputError(
+            f"{path}: invalid dataset field ({str(exc).splitlines()[-1].strip()})"
+        ) from None
     datablock = OrigDatablockDto(size=size, dataFileList=data_files, chkAlg=CHECKSUM_ALGORITHM)
     return DatasetRecord(dataset, datablock)
 
@@ -262,7 +272,9 @@ def dataset_path(dataset: dict) -> str:
     """
     path = metadata_value(dataset, PATH_KEY)
     path = str(path) if path else str(dataset["sourceFolder"])
-    array = metadata_value(dataset, "hdf5", "volume_dataset") or metadata_value(dataset, "zarr", "volume_dataset")
+    array = metadata_value(dataset, "hdf5", "volume_dataset") or metadata_value(
+        dataset, "zarr", "volume_dataset"
+    )
     return f"{path}::{array}" if array else path
 
 

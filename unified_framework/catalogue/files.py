@@ -82,7 +82,9 @@ def file_checksum(path: str | os.PathLike, *, progress: tqdm | None = None) -> s
     return digest.hexdigest()
 
 
-def describe_files(source_folder: Path, files: list[Path], *, progress: bool = False) -> list[DataFile]:
+def describe_files(
+    source_folder: Path, files: list[Path], *, progress: bool = False
+) -> list[DataFile]:
     """SciCat ``DataFile`` entries (relative path, size, time, checksum, owner, mode).
 
     Parameters
@@ -96,14 +98,20 @@ def describe_files(source_folder: Path, files: list[Path], *, progress: bool = F
     stats = [f.stat() for f in files]
     total = sum(s.st_size for s in stats)
     entries = []
-    with tqdm(total=total, unit="B", unit_scale=True, desc="checksum", leave=False,
-              disable=None if progress else True) as bar:
+    with tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc="checksum",
+        leave=False,
+        disable=None if progress else True,
+    ) as bar:
         for file, stat in zip(files, stats):
             entries.append(
                 DataFile(
                     path=file.relative_to(source_folder).as_posix(),
                     size=stat.st_size,
-                    time=format_time(dt.datetime.fromtimestamp(stat.st_mtime, dt.timezone.utc)),
+                    time=format_time(dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC)),
                     chk=file_checksum(file, progress=bar),
                     uid=str(stat.st_uid),
                     gid=str(stat.st_gid),
@@ -113,7 +121,9 @@ def describe_files(source_folder: Path, files: list[Path], *, progress: bool = F
     return entries
 
 
-def content_key(source_folder: Path | str, entries: list[DataFile], array: str | None = None) -> str:
+def content_key(
+    source_folder: Path | str, entries: list[DataFile], array: str | None = None
+) -> str:
     """Idempotency key of a dataset: hash of its ``sourceFolder`` and file checksums.
 
     Re-ingesting the same files from the same place gives the same key, so the

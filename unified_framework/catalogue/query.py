@@ -83,7 +83,9 @@ class Condition:
         if isinstance(self.value, int):
             object.__setattr__(self, "value", float(self.value))
         if self.relation != "=" and not self.numeric:
-            raise InputError(f"condition {self.key}{self.relation}: needs a number, got {self.value!r}")
+            raise InputError(
+                f"condition {self.key}{self.relation}: needs a number, got {self.value!r}"
+            )
         if self.unit:
             if not self.numeric:
                 raise InputError(f"condition {self.key}: a unit needs a numeric value")
@@ -115,10 +117,14 @@ def parse_condition(text: str) -> Condition:
         If the text is not ``KEY RELATION VALUE``.
     """
     if re.search(r"[<>]=|=[<>]|!=", text):
-        raise InputError(f"condition {text!r}: use =, > or <; SciCat compares metadata with these three only")
+        raise InputError(
+            f"condition {text!r}: use =, > or <; SciCat compares metadata with these three only"
+        )
     match = _CONDITION.match(text)
     if not match or not match.group(3):
-        raise InputError(f"condition {text!r}: expected KEY=VALUE, KEY>NUMBER [UNIT] or KEY<NUMBER [UNIT]")
+        raise InputError(
+            f"condition {text!r}: expected KEY=VALUE, KEY>NUMBER [UNIT] or KEY<NUMBER [UNIT]"
+        )
     key, relation, raw = match.groups()
     relation = "=" if relation == "==" else relation
     if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
@@ -174,14 +180,18 @@ class Query:
         if not isinstance(self.text, str):
             raise InputError(f"search text: expected a string, got {type(self.text).__name__}")
         if len(self.text) > MAX_TEXT_CHARS:
-            raise InputError(f"search text: {len(self.text)} characters; expected at most {MAX_TEXT_CHARS}")
+            raise InputError(
+                f"search text: {len(self.text)} characters; expected at most {MAX_TEXT_CHARS}"
+            )
         loose, phrases = self.text_terms()
         if (words := len(loose) + sum(map(len, phrases))) > MAX_TERMS:
             raise InputError(f"search text: {words} words; expected at most {MAX_TERMS}")
         for name in ("conditions", "owner_groups", "keywords"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
             if len(getattr(self, name)) > MAX_TERMS:
-                raise InputError(f"query {name}: {len(getattr(self, name))} given; expected at most {MAX_TERMS}")
+                raise InputError(
+                    f"query {name}: {len(getattr(self, name))} given; expected at most {MAX_TERMS}"
+                )
         if not all(isinstance(c, Condition) for c in self.conditions):
             raise InputError("query conditions: expected Condition objects")
         if self.dataset_type not in (None, *DATASET_TYPES):
@@ -239,8 +249,8 @@ class SearchPage:
 def as_utc(value: dt.datetime) -> dt.datetime:
     """Return ``value`` as an aware UTC datetime (naive values are taken as UTC)."""
     if value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
 
 
 def format_time(value: dt.datetime) -> str:

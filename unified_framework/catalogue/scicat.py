@@ -81,7 +81,9 @@ class SciCatCatalogue(Catalogue):
         match = re.search(r"/v(\d+)$", self.url)
         self.api_version = int(api_version or (match.group(1) if match else 3))
         if self.api_version not in (3, 4):
-            raise InputError(f"scicat url {url!r}: API version {self.api_version} unsupported; expected 3 or 4")
+            raise InputError(
+                f"scicat url {url!r}: API version {self.api_version} unsupported; expected 3 or 4"
+            )
         self._timeout = timeout
         self._session = requests.Session()
         if not token:
@@ -101,7 +103,9 @@ class SciCatCatalogue(Catalogue):
         login_url = re.sub(r"/v4$", "/v3", self.url) + "/auth/login"
         response = self._send("POST", login_url, json={"username": username, "password": password})
         if not response.ok:
-            raise InputError(f"scicat {self.url}: login as {username!r} failed (HTTP {response.status_code})")
+            raise InputError(
+                f"scicat {self.url}: login as {username!r} failed (HTTP {response.status_code})"
+            )
         body = response.json()
         token = body.get("access_token") or body.get("id")
         if not token:
@@ -115,10 +119,19 @@ class SciCatCatalogue(Catalogue):
         try:
             return self._session.request(method, url, timeout=self._timeout, **kwargs)
         except requests.RequestException as exc:
-            raise BackendUnavailable(f"scicat {self.url}: unreachable ({type(exc).__name__})") from None
+            raise BackendUnavailable(
+                f"scicat {self.url}: unreachable ({type(exc).__name__})"
+            ) from None
 
-    def _call(self, method: str, endpoint: str, *, params: dict | None = None,
-              body: Any = None, missing: str | None = None) -> Any:
+    def _call(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        params: dict | None = None,
+        body: Any = None,
+        missing: str | None = None,
+    ) -> Any:
         """Send a request and return the decoded JSON answer.
 
         ``missing`` names the object for the error raised on HTTP 404 (or an empty answer).
@@ -126,11 +139,15 @@ class SciCatCatalogue(Catalogue):
         params = {k: json.dumps(v) for k, v in (params or {}).items()}
         response = self._send(method, f"{self.url}/{endpoint}", params=params, json=body)
         if response.status_code in (401, 403):
-            raise InputError(f"scicat {self.url}: not authorised (HTTP {response.status_code}); check the token or credentials")
+            raise InputError(
+                f"scicat {self.url}: not authorised (HTTP {response.status_code}); check the token or credentials"
+            )
         if response.status_code == 404 and missing:
             raise InputError(f"{missing}: not in the catalogue {self.url}")
         if not response.ok:
-            raise InputError(f"scicat {endpoint}: HTTP {response.status_code}: {response.text[:300]}")
+            raise InputError(
+                f"scicat {endpoint}: HTTP {response.status_code}: {response.text[:300]}"
+            )
         result = response.json() if response.content else None
         if result is None and missing:
             raise InputError(f"{missing}: not in the catalogue {self.url}")
@@ -143,26 +160,42 @@ class SciCatCatalogue(Catalogue):
 
     def files(self, pid: str) -> list[dict]:
         if self.api_version == 3:
-            blocks = self._call("GET", f"datasets/{_quote(pid)}/origdatablocks", missing=f"dataset {pid!r}")
+            blocks = self._call(
+                "GET", f"datasets/{_quote(pid)}/origdatablocks", missing=f"dataset {pid!r}"
+            )
         else:
             self.get(pid)  # raises for an unknown pid, as v3 does
-            blocks = self._call("GET", "origdatablocks", params={"filter": {"where": {"datasetId": pid}}})
+            blocks = self._call(
+                "GET", "origdatablocks", params={"filter": {"where": {"datasetId": pid}}}
+            )
         return [f for block in blocks or [] for f in block.get("dataFileList", [])]
 
     def search(self, query: Query) -> SearchPage:
         direction = "desc" if query.descending else "asc"
         if self.api_version == 3:
             fields = _fullquery_fields(query)
-            limits = {"skip": query.skip, "limit": query.limit, "order": f"{query.sort}:{direction}"}
-            datasets = self._call("GET", "datasets/fullquery", params={"fields": fields, "limits": limits})
-            facets = self._call("GET", "datasets/fullfacet", params={"fields": fields, "facets": []})
+            limits = {
+                "skip": query.skip,
+                "limit": query.limit,
+                "order": f"{query.sort}:{direction}",
+            }
+            datasets = self._call(
+                "GET", "datasets/fullquery", params={"fields": fields, "limits": limits}
+            )
+            facets = self._call(
+                "GET", "datasets/fullfacet", params={"fields": fields, "facets": []}
+            )
             counts = (facets or [{}])[0].get("all") or [{}]
             total = int(counts[0].get("totalSets", 0))
         else:
             where = _mongo_where(query)
             limits = {"skip": query.skip, "limit": query.limit, "sort": {query.sort: direction}}
-            datasets = self._call("GET", "datasets", params={"filter": {"where": where, "limits": limits}})
-            total = int(self._call("GET", "datasets/count", params={"filter": {"where": where}})["count"])
+            datasets = self._call(
+                "GET", "datasets", params={"filter": {"where": where, "limits": limits}}
+            )
+            total = int(
+                self._call("GET", "datasets/count", params={"filter": {"where": where}})["count"]
+            )
         return SearchPage(list(datasets or []), total, query.skip, query.limit)
 
     # --- writing -----------------------------------------------------------------------
@@ -177,7 +210,11 @@ class SciCatCatalogue(Catalogue):
             if self.api_version == 3:
                 self._call("POST", f"datasets/{_quote(pid)}/origdatablocks", body=block)
             else:
-                block.update(datasetId=pid, ownerGroup=body["ownerGroup"], accessGroups=body.get("accessGroups", []))
+                block.update(
+                    datasetId=pid,
+                    ownerGroup=body["ownerGroup"],
+                    accessGroups=body.get("accessGroups", []),
+                )
                 self._call("POST", "origdatablocks", body=block)
         except MDLMAError:
             # No dataset without its files: a re-run would take it for complete.
@@ -186,7 +223,12 @@ class SciCatCatalogue(Catalogue):
         return pid
 
     def _update(self, pid: str, record: DatasetRecord) -> None:
-        self._call("PATCH", f"datasets/{_quote(pid)}", body=updatable_fields(record), missing=f"dataset {pid!r}")
+        self._call(
+            "PATCH",
+            f"datasets/{_quote(pid)}",
+            body=updatable_fields(record),
+            missing=f"dataset {pid!r}",
+        )
 
 
 def _quote(pid: str) -> str:
@@ -219,7 +261,12 @@ def _scientific(condition: Condition) -> dict:
         relation = "EQUAL_TO_NUMERIC" if condition.numeric else "EQUAL_TO_STRING"
     else:
         relation = _RELATIONS[condition.relation]
-    return {"lhs": condition.key, "relation": relation, "rhs": condition.value, "unit": condition.unit}
+    return {
+        "lhs": condition.key,
+        "relation": relation,
+        "rhs": condition.value,
+        "unit": condition.unit,
+    }
 
 
 def _condition_filter(condition: Condition) -> dict:

@@ -23,8 +23,8 @@ import os
 import sqlite3
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import InputError
 from .base import Catalogue, add_si_values, document_strings, metadata_leaves, updatable_fields
@@ -105,7 +105,9 @@ class SQLiteCatalogue(Catalogue):
             conn.execute("PRAGMA journal_mode = WAL")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > _SCHEMA_VERSION:
-                raise InputError(f"{self.path}: catalogue schema {version} is newer than this framework")
+                raise InputError(
+                    f"{self.path}: catalogue schema {version} is newer than this framework"
+                )
             if version < _SCHEMA_VERSION:
                 conn.executescript(
                     f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {_SCHEMA_VERSION};COMMIT;"
@@ -171,7 +173,8 @@ class SQLiteCatalogue(Catalogue):
         with self._connect() as conn:
             dataset_id = self._dataset_id(conn, pid)
             rows = conn.execute(
-                "SELECT document FROM origdatablocks WHERE dataset = ? ORDER BY rowid", (dataset_id,)
+                "SELECT document FROM origdatablocks WHERE dataset = ? ORDER BY rowid",
+                (dataset_id,),
             ).fetchall()
         return [f for r in rows for f in json.loads(r[0])["dataFileList"]]
 
@@ -184,7 +187,7 @@ class SQLiteCatalogue(Catalogue):
     # --- writing -----------------------------------------------------------------------
 
     def _create(self, record: DatasetRecord) -> str:
-        now = format_time(dt.datetime.now(dt.timezone.utc))
+        now = format_time(dt.datetime.now(dt.UTC))
         pid = f"{PID_PREFIX}/{uuid.uuid4()}"
         document = record.dataset.model_dump(mode="json", exclude_none=True)
         document.update(
@@ -198,8 +201,12 @@ class SQLiteCatalogue(Catalogue):
         )
         datablock = record.datablock.model_dump(mode="json", exclude_none=True)
         datablock.update(
-            id=str(uuid.uuid4()), datasetId=pid, ownerGroup=document["ownerGroup"],
-            accessGroups=document.get("accessGroups", []), createdAt=now, updatedAt=now,
+            id=str(uuid.uuid4()),
+            datasetId=pid,
+            ownerGroup=document["ownerGroup"],
+            accessGroups=document.get("accessGroups", []),
+            createdAt=now,
+            updatedAt=now,
         )
         with self._connect() as conn, self._transaction(conn):
             existing = conn.execute(
@@ -210,9 +217,17 @@ class SQLiteCatalogue(Catalogue):
             cursor = conn.execute(
                 "INSERT INTO datasets (pid, content_key, type, dataset_name, owner_group,"
                 " creation_time, size, number_of_files, document) VALUES (?,?,?,?,?,?,?,?,?)",
-                (pid, record.content_key, document["type"], document.get("datasetName", ""),
-                 document["ownerGroup"], document["creationTime"], document["size"],
-                 document["numberOfFiles"], json.dumps(document)),
+                (
+                    pid,
+                    record.content_key,
+                    document["type"],
+                    document.get("datasetName", ""),
+                    document["ownerGroup"],
+                    document["creationTime"],
+                    document["size"],
+                    document["numberOfFiles"],
+                    json.dumps(document),
+                ),
             )
             dataset_id = cursor.lastrowid
             assert dataset_id is not None  # an INSERT always sets it; narrows the Optional type
@@ -229,9 +244,11 @@ class SQLiteCatalogue(Catalogue):
         with self._connect() as conn, self._transaction(conn):
             dataset_id = self._dataset_id(conn, pid)
             document = json.loads(
-                conn.execute("SELECT document FROM datasets WHERE id = ?", (dataset_id,)).fetchone()[0]
+                conn.execute(
+                    "SELECT document FROM datasets WHERE id = ?", (dataset_id,)
+                ).fetchone()[0]
             )
-            document.update(fields, updatedAt=format_time(dt.datetime.now(dt.timezone.utc)))
+            document.update(fields, updatedAt=format_time(dt.datetime.now(dt.UTC)))
             conn.execute(
                 "UPDATE datasets SET dataset_name = ?, document = ? WHERE id = ?",
                 (document.get("datasetName", ""), json.dumps(document), dataset_id),
@@ -245,8 +262,9 @@ def _index(conn: sqlite3.Connection, dataset_id: int, document: dict) -> None:
         conn.execute(f"DELETE FROM {table} WHERE dataset = ?", (dataset_id,))
     conn.execute("DELETE FROM datasets_fts WHERE rowid = ?", (dataset_id,))
     keywords = list(dict.fromkeys(document.get("keywords") or []))
-    conn.executemany("INSERT INTO keywords (keyword, dataset) VALUES (?, ?)",
-                     [(k, dataset_id) for k in keywords])
+    conn.executemany(
+        "INSERT INTO keywords (keyword, dataset) VALUES (?, ?)", [(k, dataset_id) for k in keywords]
+    )
     rows = []
     for key, value, unit in metadata_leaves(document.get("scientificMetadata") or {}):
         num = text = value_si = unit_si = None
@@ -262,7 +280,8 @@ def _index(conn: sqlite3.Connection, dataset_id: int, document: dict) -> None:
             continue  # lists (shapes, spacings) are shown, not searched by value
         rows.append((dataset_id, key, num, text, value_si, unit_si))
     conn.executemany(
-        "INSERT INTO metadata (dataset, key, num, text, value_si, unit_si) VALUES (?,?,?,?,?,?)", rows
+        "INSERT INTO metadata (dataset, key, num, text, value_si, unit_si) VALUES (?,?,?,?,?,?)",
+        rows,
     )
     named = {"datasetName", "description", "keywords", "scientificMetadata"}
     conn.execute(

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..io import Volume
 from ..io._common import jsonable
@@ -30,7 +31,14 @@ from ..io.formats import DICOM_SLICE_SUFFIXES, TIFF_SLICE_SUFFIXES, folder_slice
 
 #: Scientific-metadata key holding each io format's tags (a TIFF file and a folder of
 #: TIFF slices carry the same tags).
-TAG_GROUPS = {"dicom": "dicom", "tiff": "tiff", "tiff-folder": "tiff", "hdf5": "hdf5", "nifti": "nifti", "zarr": "zarr"}
+TAG_GROUPS = {
+    "dicom": "dicom",
+    "tiff": "tiff",
+    "tiff-folder": "tiff",
+    "hdf5": "hdf5",
+    "nifti": "nifti",
+    "zarr": "zarr",
+}
 _MAX_ENTRIES = 2000  # metadata entries per file: enough for NeXus, bounded for odd files
 _MAX_STRING = 1000  # characters kept of long strings (descriptions, XML)
 _MAX_ITEMS = 64  # list entries kept (longer lists are arrays, not tags)
@@ -65,7 +73,9 @@ def plain(value: Any) -> Any:
     if isinstance(value, str):
         return value.strip()[:_MAX_STRING]
     if isinstance(value, list):
-        flat = len(value) <= _MAX_ITEMS and all(isinstance(v, (bool, int, float, str)) for v in value)
+        flat = len(value) <= _MAX_ITEMS and all(
+            isinstance(v, (bool, int, float, str)) for v in value
+        )
         return value if flat else None
     return None if isinstance(value, dict) else value
 
@@ -119,17 +129,45 @@ def format_tags(volume: Volume) -> tuple[str, dict]:
 
 # keyword -> unit. Patient identification is left out on purpose (see module docstring).
 _DICOM_TAGS = {
-    "Modality": "", "Manufacturer": "", "ManufacturerModelName": "", "SoftwareVersions": "",
-    "StudyDate": "", "SeriesDate": "", "AcquisitionDate": "", "StudyDescription": "",
-    "SeriesDescription": "", "SeriesNumber": "", "SeriesInstanceUID": "",
-    "StudyInstanceUID": "", "SOPClassUID": "", "BodyPartExamined": "", "ImageType": "",
-    "Rows": "", "Columns": "", "NumberOfFrames": "", "BitsAllocated": "", "BitsStored": "",
-    "HighBit": "", "PixelRepresentation": "", "SamplesPerPixel": "",
-    "PhotometricInterpretation": "", "RescaleSlope": "", "RescaleIntercept": "",
-    "RescaleType": "", "PixelSpacing": "mm", "SliceThickness": "mm",
-    "SpacingBetweenSlices": "mm", "KVP": "kV", "XRayTubeCurrent": "mA", "ExposureTime": "ms",
-    "ConvolutionKernel": "", "MagneticFieldStrength": "T", "RepetitionTime": "ms",
-    "EchoTime": "ms", "FlipAngle": "deg", "ImageOrientationPatient": "",
+    "Modality": "",
+    "Manufacturer": "",
+    "ManufacturerModelName": "",
+    "SoftwareVersions": "",
+    "StudyDate": "",
+    "SeriesDate": "",
+    "AcquisitionDate": "",
+    "StudyDescription": "",
+    "SeriesDescription": "",
+    "SeriesNumber": "",
+    "SeriesInstanceUID": "",
+    "StudyInstanceUID": "",
+    "SOPClassUID": "",
+    "BodyPartExamined": "",
+    "ImageType": "",
+    "Rows": "",
+    "Columns": "",
+    "NumberOfFrames": "",
+    "BitsAllocated": "",
+    "BitsStored": "",
+    "HighBit": "",
+    "PixelRepresentation": "",
+    "SamplesPerPixel": "",
+    "PhotometricInterpretation": "",
+    "RescaleSlope": "",
+    "RescaleIntercept": "",
+    "RescaleType": "",
+    "PixelSpacing": "mm",
+    "SliceThickness": "mm",
+    "SpacingBetweenSlices": "mm",
+    "KVP": "kV",
+    "XRayTubeCurrent": "mA",
+    "ExposureTime": "ms",
+    "ConvolutionKernel": "",
+    "MagneticFieldStrength": "T",
+    "RepetitionTime": "ms",
+    "EchoTime": "ms",
+    "FlipAngle": "deg",
+    "ImageOrientationPatient": "",
 }
 
 
@@ -163,10 +201,26 @@ def _dicom_tags(volume: Volume, path: Path) -> dict:
 # --- TIFF ------------------------------------------------------------------------------
 
 _TIFF_TAGS = (
-    "ImageWidth", "ImageLength", "BitsPerSample", "SamplesPerPixel", "SampleFormat",
-    "Compression", "Predictor", "PhotometricInterpretation", "PlanarConfiguration",
-    "XResolution", "YResolution", "ResolutionUnit", "TileWidth", "TileLength",
-    "Software", "DateTime", "Artist", "Make", "Model", "ImageDescription",
+    "ImageWidth",
+    "ImageLength",
+    "BitsPerSample",
+    "SamplesPerPixel",
+    "SampleFormat",
+    "Compression",
+    "Predictor",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+    "XResolution",
+    "YResolution",
+    "ResolutionUnit",
+    "TileWidth",
+    "TileLength",
+    "Software",
+    "DateTime",
+    "Artist",
+    "Make",
+    "Model",
+    "ImageDescription",
 )
 
 
@@ -257,9 +311,24 @@ def _hdf5_tags(volume: Volume, path: Path) -> dict:
 # --- NIfTI -----------------------------------------------------------------------------
 
 _NIFTI_FIELDS = (
-    "sizeof_hdr", "dim", "pixdim", "datatype", "bitpix", "intent_code", "intent_name",
-    "qform_code", "sform_code", "scl_slope", "scl_inter", "cal_min", "cal_max",
-    "slice_duration", "toffset", "xyzt_units", "descrip", "aux_file",
+    "sizeof_hdr",
+    "dim",
+    "pixdim",
+    "datatype",
+    "bitpix",
+    "intent_code",
+    "intent_name",
+    "qform_code",
+    "sform_code",
+    "scl_slope",
+    "scl_inter",
+    "cal_min",
+    "cal_max",
+    "slice_duration",
+    "toffset",
+    "xyzt_units",
+    "descrip",
+    "aux_file",
 )
 
 
@@ -320,6 +389,10 @@ def _zarr_tags(volume: Volume, path: Path) -> dict:
 
 
 _READERS: dict[str, Callable[[Volume, Path], dict]] = {
-    "dicom": _dicom_tags, "tiff": _tiff_tags, "tiff-folder": _tiff_tags,
-    "hdf5": _hdf5_tags, "nifti": _nifti_tags, "zarr": _zarr_tags,
+    "dicom": _dicom_tags,
+    "tiff": _tiff_tags,
+    "tiff-folder": _tiff_tags,
+    "hdf5": _hdf5_tags,
+    "nifti": _nifti_tags,
+    "zarr": _zarr_tags,
 }

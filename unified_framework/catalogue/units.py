@@ -34,8 +34,15 @@ _add("m", {"pm": 1e-12, "\u00c5": 1e-10, "angstrom": 1e-10})  # atomic scales, u
 _add(
     "s",
     {
-        "s": 1.0, "sec": 1.0, "ms": 1e-3, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6,
-        "ns": 1e-9, "min": 60.0, "h": 3600.0,
+        "s": 1.0,
+        "sec": 1.0,
+        "ms": 1e-3,
+        "us": 1e-6,
+        "\u00b5s": 1e-6,
+        "\u03bcs": 1e-6,
+        "ns": 1e-9,
+        "min": 60.0,
+        "h": 3600.0,
     },
 )
 _add("J", {"J": 1.0, "eV": 1.602176634e-19, "keV": 1.602176634e-16, "MeV": 1.602176634e-13})
@@ -45,8 +52,20 @@ _add("V", {"V": 1.0, "kV": 1e3, "mV": 1e-3})
 _add("K", {"K": 1.0})
 _add("T", {"T": 1.0})
 _add("rad", {"rad": 1.0, "mrad": 1e-3, "deg": math.pi / 180.0, "degree": math.pi / 180.0})
-_add("B", {"B": 1.0, "kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KiB": 1024.0,
-           "MiB": 1024.0**2, "GiB": 1024.0**3, "TiB": 1024.0**4})
+_add(
+    "B",
+    {
+        "B": 1.0,
+        "kB": 1e3,
+        "MB": 1e6,
+        "GB": 1e9,
+        "TB": 1e12,
+        "KiB": 1024.0,
+        "MiB": 1024.0**2,
+        "GiB": 1024.0**3,
+        "TiB": 1024.0**4,
+    },
+)
 
 #: Units accepted in metadata and search conditions besides the length units of
 #: :mod:`unified_framework.io` (``m``, ``mm``, ``um``/``µm``/``micron``, ``nm``, ``inch``, ...).

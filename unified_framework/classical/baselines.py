@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -20,7 +20,11 @@ def _check_image(image, name: str) -> np.ndarray:
     array = np.asarray(image)
     if array.ndim not in (2, 3):
         raise InputError(f"{name}: expected a 2D or 3D grey-value image, got shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating) or array.dtype == bool):
+    if not (
+        np.issubdtype(array.dtype, np.integer)
+        or np.issubdtype(array.dtype, np.floating)
+        or array.dtype == bool
+    ):
         raise InputError(f"{name}: expected numbers, got dtype {array.dtype}")
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise InputError(f"{name}: contains NaN or infinite values")
@@ -28,7 +32,11 @@ def _check_image(image, name: str) -> np.ndarray:
 
 
 def _check_classes(classes: int) -> int:
-    if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or not 2 <= classes <= MAX_CLASSES:
+    if (
+        isinstance(classes, bool)
+        or not isinstance(classes, (int, np.integer))
+        or not 2 <= classes <= MAX_CLASSES
+    ):
         raise InputError(f"classes: expected an integer from 2 to {MAX_CLASSES}, got {classes!r}")
     return int(classes)
 
@@ -51,14 +59,18 @@ def _thresholds(data: np.ndarray, classes: int, nbins: int | None, name: str) ->
     counts, edges = np.histogram(data, bins=nbins, range=(low, high))
     centres = (edges[:-1] + edges[1:]) / 2
     if np.count_nonzero(counts) < classes:
-        raise InputError(f"{name}: has fewer than {classes} distinct grey levels; cannot split it into {classes} classes")
+        raise InputError(
+            f"{name}: has fewer than {classes} distinct grey levels; cannot split it into {classes} classes"
+        )
     try:
         return filters.threshold_multiotsu(classes=classes, hist=(counts, centres))
     except ValueError as exc:
         raise InputError(f"{name}: multi-Otsu failed ({exc})") from None
 
 
-def multi_otsu(image, classes: int = 3, smoothing: float = 0.0, nbins: int | None = None, name: str = "image") -> np.ndarray:
+def multi_otsu(
+    image, classes: int = 3, smoothing: float = 0.0, nbins: int | None = None, name: str = "image"
+) -> np.ndarray:
     """Split an image into intensity classes at the multi-Otsu thresholds.
 
     Parameters
@@ -172,11 +184,19 @@ def relabel(labels: np.ndarray, order: Sequence[int]) -> np.ndarray:
         If ``order`` is too short for the labels present or holds invalid numbers.
     """
     lut = np.asarray(list(order))
-    if lut.ndim != 1 or lut.size == 0 or not np.issubdtype(lut.dtype, np.integer) or lut.min() < 0 or lut.max() > 255:
+    if (
+        lut.ndim != 1
+        or lut.size == 0
+        or not np.issubdtype(lut.dtype, np.integer)
+        or lut.min() < 0
+        or lut.max() > 255
+    ):
         raise InputError(f"label order: expected class numbers from 0 to 255, got {list(order)!r}")
     top = int(labels.max()) if labels.size else 0
     if top >= lut.size:
-        raise InputError(f"label order: gives {lut.size} classes but the segmentation has {top + 1}")
+        raise InputError(
+            f"label order: gives {lut.size} classes but the segmentation has {top + 1}"
+        )
     return lut.astype(np.uint8)[labels]
 
 
@@ -204,12 +224,18 @@ def majority_order(labels: np.ndarray, truth: np.ndarray, classes: int) -> list[
     labels = np.asarray(labels)
     truth = np.asarray(truth)
     if labels.shape != truth.shape:
-        raise InputError(f"ground truth: shape {truth.shape} does not match the segmentation {labels.shape}")
+        raise InputError(
+            f"ground truth: shape {truth.shape} does not match the segmentation {labels.shape}"
+        )
     if truth.size and (truth.min() < 0 or not np.issubdtype(truth.dtype, np.integer)):
-        raise InputError(f"ground truth: expected non-negative integer labels, got dtype {truth.dtype}")
+        raise InputError(
+            f"ground truth: expected non-negative integer labels, got dtype {truth.dtype}"
+        )
     n_truth = int(truth.max()) + 1 if truth.size else 1
-    counts = np.bincount(labels.astype(np.int64).ravel() * n_truth + truth.astype(np.int64).ravel(),
-                         minlength=classes * n_truth).reshape(-1, n_truth)[:classes]
+    counts = np.bincount(
+        labels.astype(np.int64).ravel() * n_truth + truth.astype(np.int64).ravel(),
+        minlength=classes * n_truth,
+    ).reshape(-1, n_truth)[:classes]
     return [int(np.argmax(row)) if row.any() else 0 for row in counts]
 
 
@@ -219,8 +245,14 @@ METHODS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def segment(image, method: str, classes: int = 3, smoothing: float | None = None,
-            order: Sequence[int] | None = None, name: str = "image") -> np.ndarray:
+def segment(
+    image,
+    method: str,
+    classes: int = 3,
+    smoothing: float | None = None,
+    order: Sequence[int] | None = None,
+    name: str = "image",
+) -> np.ndarray:
     """Run a classical method by name and optionally map its classes with :func:`relabel`.
 
     Parameters
@@ -244,7 +276,9 @@ def segment(image, method: str, classes: int = 3, smoothing: float | None = None
     if method not in METHODS:
         raise InputError(f"method: expected one of {sorted(METHODS)}, got {method!r}")
     if order is not None and len(order) != classes:
-        raise InputError(f"label order: expected {classes} class numbers (one per intensity class), got {len(order)}")
+        raise InputError(
+            f"label order: expected {classes} class numbers (one per intensity class), got {len(order)}"
+        )
     kwargs = {} if smoothing is None else {"smoothing": float(smoothing)}
     labels = METHODS[method](image, classes=classes, name=name, **kwargs)
     return labels if order is None else relabel(labels, order)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .baselines import majority_order, relabel, segment
 
@@ -103,14 +104,22 @@ def run_classical(
     }
     if truth is not None:
         result["ground_truth"] = str(ground_truth)
-        result["scores"] = score_rows(labels, truth, volume.spacing, str(output), str(ground_truth), class_names)
+        result["scores"] = score_rows(
+            labels, truth, volume.spacing, str(output), str(ground_truth), class_names
+        )
     if report is not None:
         write_text_atomic(report, json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 
-def score_rows(labels, truth, spacing: Sequence[float], pred_name: str, gt_name: str,
-               class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def score_rows(
+    labels,
+    truth,
+    spacing: Sequence[float],
+    pred_name: str,
+    gt_name: str,
+    class_names: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
     """Per-class scores as JSON-ready dicts (:func:`~unified_framework.metrics.score_volumes` rows).
 
     ``class_names[label]`` names each class (``class_names[0]`` is the background);
@@ -120,8 +129,10 @@ def score_rows(labels, truth, spacing: Sequence[float], pred_name: str, gt_name:
 
     table = score_volumes(labels, truth, spacing=spacing, pred_name=pred_name, gt_name=gt_name)
     if class_names is not None:
-        table["name"] = [class_names[int(label)] if int(label) < len(class_names) else str(label)
-                         for label in table["label"]]
+        table["name"] = [
+            class_names[int(label)] if int(label) < len(class_names) else str(label)
+            for label in table["label"]
+        ]
     return [{k: _json_safe(v) for k, v in row.items()} for row in table.to_dict(orient="records")]
 
 
@@ -173,11 +184,15 @@ def evaluate_command(
     if not command:
         raise InputError("command: nothing to run")
     with ResourceMeter(gpu=True) as meter:
-        done = subprocess.run(command, capture_output=True, text=True, errors="replace", check=False)
+        done = subprocess.run(
+            command, capture_output=True, text=True, errors="replace", check=False
+        )
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
-        raise InputError(f"{Path(command[0]).name}: failed with exit status {done.returncode}"
-                         + (f" ({lines[-1]})" if lines else ""))
+        raise InputError(
+            f"{Path(command[0]).name}: failed with exit status {done.returncode}"
+            + (f" ({lines[-1]})" if lines else "")
+        )
     if not Path(output).exists():
         raise InputError(f"{output}: the command finished but wrote no output")
     labels = read_volume(output, grey=True)
@@ -192,8 +207,9 @@ def evaluate_command(
     if ground_truth is not None:
         truth = read_volume(ground_truth, grey=True)
         result["ground_truth"] = str(ground_truth)
-        result["scores"] = score_rows(labels.data, truth.data, labels.spacing, str(output), str(ground_truth),
-                                      class_names)
+        result["scores"] = score_rows(
+            labels.data, truth.data, labels.spacing, str(output), str(ground_truth), class_names
+        )
     if report is not None:
         write_text_atomic(report, json.dumps(result, indent=2, default=str) + "\n")
     return result

@@ -19,40 +19,95 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="catalogue_verb", required=True)
 
     ingest = sub.add_parser("ingest", help="extract metadata and catalogue volumes (idempotent)")
-    ingest.add_argument("paths", nargs="+", metavar="PATH",
-                        help="volume file (DICOM, TIFF, HDF5/NeXus, NIfTI) or folder (DICOM series, TIFF slices, Zarr)")
-    ingest.add_argument("--derived-from", action="append", default=[], metavar="PID_OR_PATH",
-                        help="input dataset (repeatable): the new datasets are derived from it")
-    ingest.add_argument("--software", action="append", default=[], metavar="NAME",
-                        help="software that produced a derived dataset (repeatable)")
-    ingest.add_argument("--job-parameters", metavar="JSON", help="parameters of the job that produced it")
+    ingest.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="volume file (DICOM, TIFF, HDF5/NeXus, NIfTI) or folder (DICOM series, TIFF slices, Zarr)",
+    )
+    ingest.add_argument(
+        "--derived-from",
+        action="append",
+        default=[],
+        metavar="PID_OR_PATH",
+        help="input dataset (repeatable): the new datasets are derived from it",
+    )
+    ingest.add_argument(
+        "--software",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="software that produced a derived dataset (repeatable)",
+    )
+    ingest.add_argument(
+        "--job-parameters", metavar="JSON", help="parameters of the job that produced it"
+    )
     ingest.add_argument("--name", help="dataset name (one PATH only; default: the file name)")
-    ingest.add_argument("--description", help="dataset description (default: a summary of the volume)")
+    ingest.add_argument(
+        "--description", help="dataset description (default: a summary of the volume)"
+    )
     ingest.add_argument("--keyword", action="append", default=[], help="keyword (repeatable)")
-    ingest.add_argument("--owner-group", help="owning group (default: [scicat] owner_group or your group)")
-    ingest.add_argument("--access-group", action="append", default=[], help="group allowed to read (repeatable)")
-    ingest.add_argument("--dry-run", action="store_true", help="show what would be catalogued; write nothing")
-    ingest.add_argument("--update", action="store_true",
-                        help="if already catalogued, replace name, description, keywords and metadata")
+    ingest.add_argument(
+        "--owner-group", help="owning group (default: [scicat] owner_group or your group)"
+    )
+    ingest.add_argument(
+        "--access-group", action="append", default=[], help="group allowed to read (repeatable)"
+    )
+    ingest.add_argument(
+        "--dry-run", action="store_true", help="show what would be catalogued; write nothing"
+    )
+    ingest.add_argument(
+        "--update",
+        action="store_true",
+        help="if already catalogued, replace name, description, keywords and metadata",
+    )
     ingest.add_argument("--json", action="store_true", help="print results as JSON")
     ingest.set_defaults(func=_ingest)
 
-    search = sub.add_parser("search", help="search datasets by text, metadata, date, type, group, keywords")
-    search.add_argument("text", nargs="*", metavar="TEXT",
-                        help='free text: any word matches; "quoted phrases" must all occur')
-    search.add_argument("--where", action="append", default=[], metavar="CONDITION",
-                        help="metadata condition (repeatable, all must hold): 'voxel_size<1.5 um',"
-                        " 'dicom.Rows=512', 'dicom.Modality=CT'")
-    search.add_argument("--from", dest="created_from", metavar="DATE", help="created on or after (YYYY-MM-DD or ISO)")
-    search.add_argument("--to", dest="created_to", metavar="DATE", help="created on or before (YYYY-MM-DD or ISO)")
+    search = sub.add_parser(
+        "search", help="search datasets by text, metadata, date, type, group, keywords"
+    )
+    search.add_argument(
+        "text",
+        nargs="*",
+        metavar="TEXT",
+        help='free text: any word matches; "quoted phrases" must all occur',
+    )
+    search.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="CONDITION",
+        help="metadata condition (repeatable, all must hold): 'voxel_size<1.5 um',"
+        " 'dicom.Rows=512', 'dicom.Modality=CT'",
+    )
+    search.add_argument(
+        "--from",
+        dest="created_from",
+        metavar="DATE",
+        help="created on or after (YYYY-MM-DD or ISO)",
+    )
+    search.add_argument(
+        "--to", dest="created_to", metavar="DATE", help="created on or before (YYYY-MM-DD or ISO)"
+    )
     search.add_argument("--type", choices=("raw", "derived"), help="dataset type")
-    search.add_argument("--owner-group", action="append", default=[], help="owning group (repeatable: any of)")
-    search.add_argument("--keyword", action="append", default=[], help="keyword (repeatable: all of)")
+    search.add_argument(
+        "--owner-group", action="append", default=[], help="owning group (repeatable: any of)"
+    )
+    search.add_argument(
+        "--keyword", action="append", default=[], help="keyword (repeatable: all of)"
+    )
     search.add_argument("--limit", type=int, default=25, help="results per page (default 25)")
     search.add_argument("--page", type=int, default=1, help="page number, from 1")
-    search.add_argument("--sort", default="creationTime", metavar="FIELD",
-                        help="creationTime (default), datasetName, size or numberOfFiles")
-    search.add_argument("--ascending", action="store_true", help="sort ascending (default: descending)")
+    search.add_argument(
+        "--sort",
+        default="creationTime",
+        metavar="FIELD",
+        help="creationTime (default), datasetName, size or numberOfFiles",
+    )
+    search.add_argument(
+        "--ascending", action="store_true", help="sort ascending (default: descending)"
+    )
     search.add_argument("--json", action="store_true", help="print the page as JSON")
     search.set_defaults(func=_search)
 
@@ -78,7 +133,9 @@ def _ingest(args: argparse.Namespace) -> int:
     if job_parameters is not None and not isinstance(job_parameters, dict):
         raise InputError("--job-parameters: expected a JSON object")
     if (args.software or job_parameters) and not args.derived_from:
-        raise InputError("--software/--job-parameters: describe derived datasets; add --derived-from")
+        raise InputError(
+            "--software/--job-parameters: describe derived datasets; add --derived-from"
+        )
     config = load_config()
     identity = identity_from_config(config)
     if args.owner_group:
@@ -86,11 +143,20 @@ def _ingest(args: argparse.Namespace) -> int:
     catalogue = open_catalogue(config)
     inputs = catalogue.resolve_inputs(args.derived_from)
     results = []
-    for path in tqdm(args.paths, desc="ingest", unit="dataset", disable=None if len(args.paths) > 1 else True):
+    for path in tqdm(
+        args.paths, desc="ingest", unit="dataset", disable=None if len(args.paths) > 1 else True
+    ):
         record = extract_dataset(
-            path, **identity, name=args.name, description=args.description, keywords=args.keyword,
-            access_groups=args.access_group, input_datasets=inputs, used_software=args.software,
-            job_parameters=job_parameters, progress=True,
+            path,
+            **identity,
+            name=args.name,
+            description=args.description,
+            keywords=args.keyword,
+            access_groups=args.access_group,
+            input_datasets=inputs,
+            used_software=args.software,
+            job_parameters=job_parameters,
+            progress=True,
         )
         result = catalogue.ingest(record, dry_run=args.dry_run, update=args.update)
         results.append(result)
@@ -101,11 +167,21 @@ def _ingest(args: argparse.Namespace) -> int:
             # Paths and PIDs come from file names: escaped, so no name can forge a line or a column.
             tqdm.write(f"{verb}\t{printable(result.pid or '-')}\t{printable(record.path)}")
     if args.json:
-        print(json.dumps([
-            {"path": r.record.path, "pid": r.pid, "action": r.action, "dry_run": r.dry_run,
-             **({"record": r.record.to_dict()} if r.dry_run else {})}
-            for r in results
-        ], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "path": r.record.path,
+                        "pid": r.pid,
+                        "action": r.action,
+                        "dry_run": r.dry_run,
+                        **({"record": r.record.to_dict()} if r.dry_run else {}),
+                    }
+                    for r in results
+                ],
+                indent=2,
+            )
+        )
     return 0
 
 
@@ -115,7 +191,9 @@ def _search(args: argparse.Namespace) -> int:
     from ..errors import InputError
 
     if not 1 <= args.limit <= MAX_LIMIT:
-        raise InputError(f"--limit {args.limit}: expected a number of results from 1 to {MAX_LIMIT}")
+        raise InputError(
+            f"--limit {args.limit}: expected a number of results from 1 to {MAX_LIMIT}"
+        )
     last_page = MAX_SKIP // args.limit + 1  # the skip of later pages overflows the backends
     if not 1 <= args.page <= last_page:
         raise InputError(f"--page {args.page}: expected a page number from 1 to {last_page}")
@@ -134,23 +212,48 @@ def _search(args: argparse.Namespace) -> int:
     )
     page = open_catalogue().search(query)
     if args.json:
-        print(json.dumps({"total": page.total, "skip": page.skip, "limit": page.limit,
-                          "datasets": page.datasets}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "total": page.total,
+                    "skip": page.skip,
+                    "limit": page.limit,
+                    "datasets": page.datasets,
+                },
+                indent=2,
+            )
+        )
         return 0
     if not page.datasets:
-        print("no datasets match" if page.total == 0 else
-              f"page {args.page} is past the last of {page.total} datasets", file=sys.stderr)
+        print(
+            "no datasets match"
+            if page.total == 0
+            else f"page {args.page} is past the last of {page.total} datasets",
+            file=sys.stderr,
+        )
         return 0
     rows = [("PID", "TYPE", "CREATED", "SIZE", "NAME")] + [
-        (d.get("pid", ""), d.get("type", ""), str(d.get("creationTime", ""))[:19].replace("T", " "),
-         _size(d.get("size")), d.get("datasetName", ""))
+        (
+            d.get("pid", ""),
+            d.get("type", ""),
+            str(d.get("creationTime", ""))[:19].replace("T", " "),
+            _size(d.get("size")),
+            d.get("datasetName", ""),
+        )
         for d in page.datasets
     ]
     widths = [max(len(printable(r[i])) for r in rows) for i in range(4)]
     for row in rows:
-        print("  ".join(printable(v).ljust(w) for v, w in zip(row[:4], widths)) + "  " + printable(row[4]))
-    print(f"{page.skip + 1}-{page.skip + len(page.datasets)} of {page.total} datasets"
-          + (f" (next: --page {args.page + 1})" if page.has_more else ""), file=sys.stderr)
+        print(
+            "  ".join(printable(v).ljust(w) for v, w in zip(row[:4], widths))
+            + "  "
+            + printable(row[4])
+        )
+    print(
+        f"{page.skip + 1}-{page.skip + len(page.datasets)} of {page.total} datasets"
+        + (f" (next: --page {args.page + 1})" if page.has_more else ""),
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -164,17 +267,38 @@ def _show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"dataset": dataset, "files": files}, indent=2))
         return 0
-    for key in ("pid", "type", "datasetName", "description", "owner", "ownerGroup", "creationTime",
-                "sourceFolder", "size", "numberOfFiles", "keywords", "inputDatasets", "usedSoftware"):
+    for key in (
+        "pid",
+        "type",
+        "datasetName",
+        "description",
+        "owner",
+        "ownerGroup",
+        "creationTime",
+        "sourceFolder",
+        "size",
+        "numberOfFiles",
+        "keywords",
+        "inputDatasets",
+        "usedSoftware",
+    ):
         if key in dataset:
             value = dataset[key]
-            print(f"{key}: {printable(', '.join(map(str, value)) if isinstance(value, list) else value)}")
+            print(
+                f"{key}: {printable(', '.join(map(str, value)) if isinstance(value, list) else value)}"
+            )
     print("scientificMetadata:")
     for key, value, unit in metadata_leaves(dataset.get("scientificMetadata") or {}):
-        print(printable(f"  {key}: {json.dumps(value) if isinstance(value, list) else value}{' ' + unit if unit else ''}"))
+        print(
+            printable(
+                f"  {key}: {json.dumps(value) if isinstance(value, list) else value}{' ' + unit if unit else ''}"
+            )
+        )
     print(f"files ({len(files)}):")
     for entry in files:
-        print(f"  {printable(entry.get('path'))}\t{_size(entry.get('size'))}\t{printable(entry.get('chk', ''))}")
+        print(
+            f"  {printable(entry.get('path'))}\t{_size(entry.get('size'))}\t{printable(entry.get('chk', ''))}"
+        )
     return 0
 
 

@@ -36,15 +36,38 @@ def register(subparsers) -> None:
         description="Start the Streamlit dashboard: cluster resources, jobs, job composer, job viewer "
         "and segmentation comparison. Extra Streamlit options may follow '--'.",
     )
-    parser.add_argument("--port", type=int, default=None, help="TCP port (default: [dashboard] port of the config, 8501)")
-    parser.add_argument("--address", default="127.0.0.1", help="TCP address to bind (default 127.0.0.1)")
-    parser.add_argument("--socket", default=None, metavar="PATH",
-                        help="serve on this unix socket instead of TCP, at the URL root (for jupyter-server-proxy)")
-    parser.add_argument("--base-url-path", default="", metavar="PREFIX",
-                        help="URL prefix the dashboard is served under, e.g. /user/alice/dashboard")
-    parser.add_argument("--print-command", action="store_true", help="print the streamlit command instead of running it")
-    parser.add_argument("streamlit_options", nargs="*", metavar="-- STREAMLIT_OPTION",
-                        help="further 'streamlit run' options, after '--'")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="TCP port (default: [dashboard] port of the config, 8501)",
+    )
+    parser.add_argument(
+        "--address", default="127.0.0.1", help="TCP address to bind (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--socket",
+        default=None,
+        metavar="PATH",
+        help="serve on this unix socket instead of TCP, at the URL root (for jupyter-server-proxy)",
+    )
+    parser.add_argument(
+        "--base-url-path",
+        default="",
+        metavar="PREFIX",
+        help="URL prefix the dashboard is served under, e.g. /user/alice/dashboard",
+    )
+    parser.add_argument(
+        "--print-command",
+        action="store_true",
+        help="print the streamlit command instead of running it",
+    )
+    parser.add_argument(
+        "streamlit_options",
+        nargs="*",
+        metavar="-- STREAMLIT_OPTION",
+        help="further 'streamlit run' options, after '--'",
+    )
     parser.set_defaults(func=_dashboard)
 
 
@@ -61,7 +84,9 @@ def dashboard_app() -> Path:
     """
     app = shipped_dir("dashboard") / "app.py"
     if not app.is_file():
-        raise BackendUnavailable(f"dashboard app not found at {app}; reinstall the framework (scripts/install)")
+        raise BackendUnavailable(
+            f"dashboard app not found at {app}; reinstall the framework (scripts/install)"
+        )
     return app
 
 
@@ -69,29 +94,55 @@ def build_command(args: argparse.Namespace, port: int) -> list[str]:
     """The command line that serves the dashboard for the parsed ``mdlma dashboard`` arguments."""
     prefix = args.base_url_path.strip()
     if prefix and (not prefix.startswith("/") or any(c in prefix for c in " ?#\\")):
-        raise InputError(f"--base-url-path: expected a URL path such as /user/alice/dashboard, got {prefix!r}")
+        raise InputError(
+            f"--base-url-path: expected a URL path such as /user/alice/dashboard, got {prefix!r}"
+        )
     if args.address.startswith("unix://"):
-        raise InputError("--address: Streamlit's server cannot bind unix sockets; use --socket PATH")
+        raise InputError(
+            "--address: Streamlit's server cannot bind unix sockets; use --socket PATH"
+        )
     if args.socket:
         if args.address != "127.0.0.1" or prefix or args.streamlit_options:
-            raise InputError("--socket: serves at the URL root on a unix socket; --address, --base-url-path "
-                             "and Streamlit options apply to TCP only")
+            raise InputError(
+                "--socket: serves at the URL root on a unix socket; --address, --base-url-path "
+                "and Streamlit options apply to TCP only"
+            )
         dashboard_app()  # fail early with a clear message when the app is missing
-        return [sys.executable, "-m", "uvicorn", "--uds", str(Path(args.socket).absolute()), "--no-access-log",
-                "unified_framework.hub.dashboard_asgi:app"]
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--uds",
+            str(Path(args.socket).absolute()),
+            "--no-access-log",
+            "unified_framework.hub.dashboard_asgi:app",
+        ]
     if not 0 < port < 65536:
         raise InputError(f"--port: expected 1..65535, got {port}")
     return [
-        sys.executable, "-m", "streamlit", "run", str(dashboard_app()),
-        "--server.headless", "true",
-        "--server.enableXsrfProtection", "true",
-        "--server.fileWatcherType", "none",
-        "--server.runOnSave", "false",
-        "--browser.gatherUsageStats", "false",
-        "--client.toolbarMode", "minimal",
-        "--server.address", args.address,
-        "--server.port", str(port),
-        "--server.baseUrlPath", prefix.rstrip("/"),
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(dashboard_app()),
+        "--server.headless",
+        "true",
+        "--server.enableXsrfProtection",
+        "true",
+        "--server.fileWatcherType",
+        "none",
+        "--server.runOnSave",
+        "false",
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
+        "--server.address",
+        args.address,
+        "--server.port",
+        str(port),
+        "--server.baseUrlPath",
+        prefix.rstrip("/"),
         *args.streamlit_options,
     ]
 

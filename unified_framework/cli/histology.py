@@ -34,21 +34,92 @@ def register(subparsers) -> None:
         "--angles TILT AZIMUTH (degrees from --axis) and --offset (µm from the volume centre along the normal). The image "
         "is centred on the point; only the chunks near the plane are read.",
     )
-    section.add_argument("volume", metavar="VOLUME", help="grey 3D volume with its voxel size (FILE.h5::/dataset allowed)")
+    section.add_argument(
+        "volume",
+        metavar="VOLUME",
+        help="grey 3D volume with its voxel size (FILE.h5::/dataset allowed)",
+    )
     plane = section.add_mutually_exclusive_group(required=True)
-    plane.add_argument("--normal", type=float, nargs=3, metavar=("Z", "Y", "X"), help="plane normal (world z y x)")
-    plane.add_argument("--angles", type=float, nargs=2, metavar=("TILT", "AZIMUTH"), help="normal tilted TILT degrees from --axis towards AZIMUTH")
-    section.add_argument("--point", type=float, nargs=3, metavar=("Z", "Y", "X"), help="a point of the plane, world µm (with --normal; default the volume centre)")
-    section.add_argument("--offset", type=float, default=0.0, metavar="UM", help="with --angles: distance from the volume centre along the normal (µm, default 0)")
-    section.add_argument("--axis", type=float, nargs=3, default=[1.0, 0.0, 0.0], metavar=("Z", "Y", "X"), help="axis the --angles are measured from (default the z axis)")
-    section.add_argument("--thickness", type=float, default=0.0, metavar="UM", help="section thickness in µm: mean over the slab (default 0: the plane)")
-    section.add_argument("--pixel-size", type=float, metavar="UM", help="pixel size of the image in µm (default the smallest voxel size)")
-    section.add_argument("--shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="image shape (default: the whole volume's projection)")
-    section.add_argument("--count", type=int, default=1, metavar="N", help="N parallel sections (a microtome series), written as a (N, y, x) stack")
-    section.add_argument("--step", type=float, metavar="UM", help="distance between the parallel sections (µm; default the thickness or the pixel size)")
-    section.add_argument("--voxel-size", type=float, nargs="+", metavar="UM", help="voxel size (z y x µm) for a volume whose file has none")
+    plane.add_argument(
+        "--normal", type=float, nargs=3, metavar=("Z", "Y", "X"), help="plane normal (world z y x)"
+    )
+    plane.add_argument(
+        "--angles",
+        type=float,
+        nargs=2,
+        metavar=("TILT", "AZIMUTH"),
+        help="normal tilted TILT degrees from --axis towards AZIMUTH",
+    )
+    section.add_argument(
+        "--point",
+        type=float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="a point of the plane, world µm (with --normal; default the volume centre)",
+    )
+    section.add_argument(
+        "--offset",
+        type=float,
+        default=0.0,
+        metavar="UM",
+        help="with --angles: distance from the volume centre along the normal (µm, default 0)",
+    )
+    section.add_argument(
+        "--axis",
+        type=float,
+        nargs=3,
+        default=[1.0, 0.0, 0.0],
+        metavar=("Z", "Y", "X"),
+        help="axis the --angles are measured from (default the z axis)",
+    )
+    section.add_argument(
+        "--thickness",
+        type=float,
+        default=0.0,
+        metavar="UM",
+        help="section thickness in µm: mean over the slab (default 0: the plane)",
+    )
+    section.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="UM",
+        help="pixel size of the image in µm (default the smallest voxel size)",
+    )
+    section.add_argument(
+        "--shape",
+        type=int,
+        nargs=2,
+        metavar=("ROWS", "COLS"),
+        help="image shape (default: the whole volume's projection)",
+    )
+    section.add_argument(
+        "--count",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N parallel sections (a microtome series), written as a (N, y, x) stack",
+    )
+    section.add_argument(
+        "--step",
+        type=float,
+        metavar="UM",
+        help="distance between the parallel sections (µm; default the thickness or the pixel size)",
+    )
+    section.add_argument(
+        "--voxel-size",
+        type=float,
+        nargs="+",
+        metavar="UM",
+        help="voxel size (z y x µm) for a volume whose file has none",
+    )
     section.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, auto")
-    section.add_argument("--out", required=True, type=Path, metavar="IMAGE", help="image to write (.tif, .zarr, .h5, .nii.gz ...)")
+    section.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="IMAGE",
+        help="image to write (.tif, .zarr, .h5, .nii.gz ...)",
+    )
     section.set_defaults(func=_section)
 
     match = actions.add_parser(
@@ -59,20 +130,71 @@ def register(subparsers) -> None:
         "candidates), DIR/virtual_section.tif, DIR/section_on_virtual.tif, DIR/overlay.png.",
     )
     match.add_argument("volume", metavar="VOLUME", help="grey 3D volume with its voxel size")
-    match.add_argument("section", metavar="SECTION", help="section image (RGB or grey; TIFF, OME-TIFF, SVS::LEVEL, PNG, JPEG, ...)")
-    match.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (replaced as a whole on success)")
-    match.add_argument("--axis", type=float, nargs=3, metavar=("Z", "Y", "X"), help="cutting axis: search a cone around it (default: all orientations)")
-    match.add_argument("--cone", type=float, default=30.0, metavar="DEG", help="half-angle of the cone around --axis (default 30)")
-    match.add_argument("--step", type=float, default=5.0, metavar="DEG", help="orientation grid step of the global search (default 5)")
-    match.add_argument("--channel", metavar="STAINS:I", help="score a stain channel (e.g. hed:0 hematoxylin) instead of luminance")
-    match.add_argument("--candidates", type=int, default=3, metavar="N", help="distinct candidates reported (default 3; at least 6 are refined)")
-    match.add_argument("--pixel-size", type=float, metavar="UM", help="pixel size of SECTION for an image whose file has none")
-    match.add_argument("--voxel-size", type=float, nargs="+", metavar="UM", help="voxel size (z y x µm) for a volume whose file has none")
+    match.add_argument(
+        "section",
+        metavar="SECTION",
+        help="section image (RGB or grey; TIFF, OME-TIFF, SVS::LEVEL, PNG, JPEG, ...)",
+    )
+    match.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="output folder (replaced as a whole on success)",
+    )
+    match.add_argument(
+        "--axis",
+        type=float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="cutting axis: search a cone around it (default: all orientations)",
+    )
+    match.add_argument(
+        "--cone",
+        type=float,
+        default=30.0,
+        metavar="DEG",
+        help="half-angle of the cone around --axis (default 30)",
+    )
+    match.add_argument(
+        "--step",
+        type=float,
+        default=5.0,
+        metavar="DEG",
+        help="orientation grid step of the global search (default 5)",
+    )
+    match.add_argument(
+        "--channel",
+        metavar="STAINS:I",
+        help="score a stain channel (e.g. hed:0 hematoxylin) instead of luminance",
+    )
+    match.add_argument(
+        "--candidates",
+        type=int,
+        default=3,
+        metavar="N",
+        help="distinct candidates reported (default 3; at least 6 are refined)",
+    )
+    match.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="UM",
+        help="pixel size of SECTION for an image whose file has none",
+    )
+    match.add_argument(
+        "--voxel-size",
+        type=float,
+        nargs="+",
+        metavar="UM",
+        help="voxel size (z y x µm) for a volume whose file has none",
+    )
     match.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, auto")
     match.set_defaults(func=_match)
 
 
-def _spacing(given: list[float] | None, read: tuple[float, ...], name: str, what: str, option: str) -> tuple[float, ...]:
+def _spacing(
+    given: list[float] | None, read: tuple[float, ...], name: str, what: str, option: str
+) -> tuple[float, ...]:
     """The file's voxel size, or ``given``; refuse a file without one (readers then report 1 µm everywhere)."""
     n = len(read)
     if given:
@@ -80,7 +202,9 @@ def _spacing(given: list[float] | None, read: tuple[float, ...], name: str, what
             raise InputError(f"{option}: {given}; expected 1 or {n} positive numbers (µm)")
         return tuple(given) * (n if len(given) == 1 else 1)
     if all(s == 1.0 for s in read):
-        raise InputError(f"{name}: the file gives no {what} (read as 1 µm); expected one in the file, or give it with {option}")
+        raise InputError(
+            f"{name}: the file gives no {what} (read as 1 µm); expected one in the file, or give it with {option}"
+        )
     return read
 
 
@@ -109,12 +233,18 @@ def _section(args: argparse.Namespace) -> int:
     pixel = args.pixel_size or min(volume.spacing)
     if args.count > 1:
         step = args.step or args.thickness or pixel
-        image = virtual_stack(volume, plane, pixel, args.count, step, args.shape, args.thickness, device=args.device)
+        image = virtual_stack(
+            volume, plane, pixel, args.count, step, args.shape, args.thickness, device=args.device
+        )
     else:
-        image = virtual_section(volume, plane, pixel, args.shape, args.thickness, device=args.device)
+        image = virtual_section(
+            volume, plane, pixel, args.shape, args.thickness, device=args.device
+        )
     write_volume(args.out, image)
     print(f"wrote {args.out} {image.shape} float32, pixel size {pixel:g} um")
-    print(f"plane: point {[round(float(p), 3) for p in plane.point]} um, normal {[round(float(n), 6) for n in plane.normal]} (world z y x)")
+    print(
+        f"plane: point {[round(float(p), 3) for p in plane.point]} um, normal {[round(float(n), 6) for n in plane.normal]} (world z y x)"
+    )
     return 0
 
 
@@ -125,21 +255,41 @@ def _match(args: argparse.Namespace) -> int:
 
     volume = _read_volume(args.volume, args.voxel_size)
     section = read_volume(args.section, expect_ndim=2)
-    section.spacing = _spacing([args.pixel_size] if args.pixel_size else None, section.spacing, args.section, "pixel size", "--pixel-size")
-    print(f"searching {'a ' + format(args.cone, 'g') + ' degree cone' if args.axis else 'all orientations'} ...", flush=True)
+    section.spacing = _spacing(
+        [args.pixel_size] if args.pixel_size else None,
+        section.spacing,
+        args.section,
+        "pixel size",
+        "--pixel-size",
+    )
+    print(
+        f"searching {'a ' + format(args.cone, 'g') + ' degree cone' if args.axis else 'all orientations'} ...",
+        flush=True,
+    )
     result = locate_section(
-        volume, section, axis=args.axis, cone=args.cone, orientation_step=args.step, channel=args.channel,
-        candidates=args.candidates, device=args.device, progress=True,
+        volume,
+        section,
+        axis=args.axis,
+        cone=args.cone,
+        orientation_step=args.step,
+        channel=args.channel,
+        candidates=args.candidates,
+        device=args.device,
+        progress=True,
     )
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
         _write_match(tmp, volume, section, result)
     best = result.best.to_dict(result.axis)
-    print(f"best: tilt {best['tilt_deg']:.2f} deg, azimuth {best['azimuth_deg']:.2f} deg, offset {best['offset_um']:.2f} um, "
-          f"rotation {best['section_to_plane']['rotation_deg']:.2f} deg, scale {best['section_to_plane']['scale']:.3f}, NMI {best['score_nmi']:.4f}")
+    print(
+        f"best: tilt {best['tilt_deg']:.2f} deg, azimuth {best['azimuth_deg']:.2f} deg, offset {best['offset_um']:.2f} um, "
+        f"rotation {best['section_to_plane']['rotation_deg']:.2f} deg, scale {best['section_to_plane']['scale']:.3f}, NMI {best['score_nmi']:.4f}"
+    )
     for k, other in enumerate(result.candidates, 2):
         d = other.to_dict(result.axis)
-        print(f"  #{k}: tilt {d['tilt_deg']:.2f} deg, azimuth {d['azimuth_deg']:.2f} deg, offset {d['offset_um']:.2f} um, NMI {d['score_nmi']:.4f}")
+        print(
+            f"  #{k}: tilt {d['tilt_deg']:.2f} deg, azimuth {d['azimuth_deg']:.2f} deg, offset {d['offset_um']:.2f} um, NMI {d['score_nmi']:.4f}"
+        )
     print(f"wrote {args.out}/match.json, virtual_section.tif, section_on_virtual.tif, overlay.png")
     return 0
 
@@ -160,7 +310,9 @@ def _write_match(folder: Path, volume: Any, section: Any, result: Any) -> None:
     virtual = virtual_section(volume, best.plane, pixel, default_shape(volume, best.plane, pixel))
     h, w = virtual.shape
     # Inverse similarity: plane point q (µm from the plane point) -> section pixel.
-    qv, qu = np.meshgrid((np.arange(h) - (h - 1) / 2) * pixel, (np.arange(w) - (w - 1) / 2) * pixel, indexing="ij")
+    qv, qu = np.meshgrid(
+        (np.arange(h) - (h - 1) / 2) * pixel, (np.arange(w) - (w - 1) / 2) * pixel, indexing="ij"
+    )
     a = math.radians(best.rotation_deg)
     dv, du = qv - best.translation_um[0], qu - best.translation_um[1]
     pv = (math.cos(a) * dv + math.sin(a) * du) / best.scale
@@ -171,9 +323,19 @@ def _write_match(folder: Path, volume: Any, section: Any, result: Any) -> None:
     data = np.asarray(section.data)
     channels = [data[..., c] for c in range(data.shape[-1])] if section.axes == "yxc" else [data]
     fill = 255 if data.dtype == np.uint8 else 0
-    mapped = np.stack([ndimage.map_coordinates(ch.astype(np.float32), [rows, cols], order=1, cval=fill) for ch in channels], axis=-1)
+    mapped = np.stack(
+        [
+            ndimage.map_coordinates(ch.astype(np.float32), [rows, cols], order=1, cval=fill)
+            for ch in channels
+        ],
+        axis=-1,
+    )
     mapped = mapped.astype(data.dtype) if data.dtype == np.uint8 else mapped
-    mapped_volume = Volume(mapped if section.axes == "yxc" else mapped[..., 0], (pixel, pixel), axes="yxc" if section.axes == "yxc" else "")
+    mapped_volume = Volume(
+        mapped if section.axes == "yxc" else mapped[..., 0],
+        (pixel, pixel),
+        axes="yxc" if section.axes == "yxc" else "",
+    )
     # Deformable 2D registration of the mapped section onto the virtual one and label transfer
     # (issue 17, items 3-4) plug in here once unified_framework.registration exists: they start
     # from `mapped_volume` on the grid of `virtual`.
@@ -184,11 +346,21 @@ def _write_match(folder: Path, volume: Any, section: Any, result: Any) -> None:
     lo, hi = np.percentile(v, [1, 99])
     v = np.clip((v - lo) / max(hi - lo, 1e-9), 0, 1)
     s = 1 - np.clip(grey / max(float(grey.max()), 1e-9), 0, 1)  # stained tissue bright
-    overlay = np.stack([v, s, v], axis=-1)  # virtual section magenta, section green: agreement looks white/grey
+    overlay = np.stack(
+        [v, s, v], axis=-1
+    )  # virtual section magenta, section green: agreement looks white/grey
     Image.fromarray((overlay * 255).astype(np.uint8)).save(folder / "overlay.png")
     report = result.to_dict()
-    report["section"] = {"path": str(section.path), "shape": list(section.shape), "pixel_size_um": pixel}
-    report["volume"] = {"path": str(volume.path), "shape": list(volume.shape), "spacing_um": list(volume.spacing)}
+    report["section"] = {
+        "path": str(section.path),
+        "shape": list(section.shape),
+        "pixel_size_um": pixel,
+    }
+    report["volume"] = {
+        "path": str(volume.path),
+        "shape": list(volume.shape),
+        "spacing_um": list(volume.spacing),
+    }
     report["outputs"] = {
         "virtual_section.tif": "the best plane of the volume at the section's pixel size, centred on plane.point",
         "section_on_virtual.tif": "the section mapped onto the virtual section by the similarity transform (no deformable step yet)",

@@ -7,7 +7,9 @@ import json
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("info", help="report versions, cores, memory, GPUs and optional backends")
+    parser = subparsers.add_parser(
+        "info", help="report versions, cores, memory, GPUs and optional backends"
+    )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.set_defaults(func=_info)
 
@@ -26,11 +28,15 @@ def _info(args: argparse.Namespace) -> int:
     print(f"memory      {info['memory_gib']} GiB ({info['memory_available_gib']} GiB available)")
     if info["gpus"]:
         for gpu in info["gpus"]:
-            print(f"GPU {gpu['index']}       {gpu['name']}, {gpu['memory_gib']} GiB, compute {gpu['capability']}")
+            print(
+                f"GPU {gpu['index']}       {gpu['name']}, {gpu['memory_gib']} GiB, compute {gpu['capability']}"
+            )
     else:
         print("GPUs        none visible to torch (CPU mode)")
     slurm = info["scheduler"]["sbatch"]
-    print(f"SLURM       {'sbatch at ' + slurm if slurm else 'not found (jobs run as local processes)'}")
+    print(
+        f"SLURM       {'sbatch at ' + slurm if slurm else 'not found (jobs run as local processes)'}"
+    )
     print("\npackages")
     for name, version in info["packages"].items():
         print(f"  {name:<22}{version or '-'}")

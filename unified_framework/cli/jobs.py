@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(slurm_templates/<name>/). Without SLURM installed, jobs run as local subprocesses."
         ),
     )
-    parser.add_argument("--backend", choices=("auto", "slurm", "local"), help="default: slurm.backend, else auto")
+    parser.add_argument(
+        "--backend", choices=("auto", "slurm", "local"), help="default: slurm.backend, else auto"
+    )
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     parser.set_defaults(func=lambda args: _usage(parser))
 
@@ -35,13 +37,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for action, text in (("render", "print the batch script(s)"), ("submit", "submit the job(s)")):
         p = actions.add_parser(action, help=text)
         p.add_argument("template", help="template name (see 'mdlma jobs templates')")
-        p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="set a parameter (repeatable)")
-        p.add_argument("--params", metavar="FILE.yml", help="parameters from a YAML mapping (--set wins)")
-        p.add_argument("--no-cluster-check", action="store_true", help="skip the partition/QoS/limit checks against sinfo")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="set a parameter (repeatable)",
+        )
+        p.add_argument(
+            "--params", metavar="FILE.yml", help="parameters from a YAML mapping (--set wins)"
+        )
+        p.add_argument(
+            "--no-cluster-check",
+            action="store_true",
+            help="skip the partition/QoS/limit checks against sinfo",
+        )
         if action == "submit":
-            p.add_argument("--hold", action="store_true", help="submit held (release with scontrol release)")
-            p.add_argument("--after", action="append", default=[], metavar="JOBID", help="start after this job succeeded")
-            p.add_argument("--test-only", action="store_true", help="ask 'sbatch --test-only' instead of submitting")
+            p.add_argument(
+                "--hold", action="store_true", help="submit held (release with scontrol release)"
+            )
+            p.add_argument(
+                "--after",
+                action="append",
+                default=[],
+                metavar="JOBID",
+                help="start after this job succeeded",
+            )
+            p.add_argument(
+                "--test-only",
+                action="store_true",
+                help="ask 'sbatch --test-only' instead of submitting",
+            )
             p.add_argument("--json", action="store_true", help="print the record as JSON")
         p.set_defaults(func=_render if action == "render" else _submit)
 
@@ -53,7 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = actions.add_parser("history", help="finished jobs with CPU and memory efficiency (sacct)")
     p.add_argument("job_ids", nargs="*", metavar="JOBID")
-    p.add_argument("--since", default=None, help="start of the window (sacct --starttime form; default now-7days)")
+    p.add_argument(
+        "--since",
+        default=None,
+        help="start of the window (sacct --starttime form; default now-7days)",
+    )
     p.add_argument("--all", action="store_true", help="everyone's jobs")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_history)
@@ -63,7 +93,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cancel)
 
     p = actions.add_parser("resources", help="partitions, nodes, CPUs, GPUs, memory and disk space")
-    p.add_argument("paths", nargs="*", metavar="PATH", help="folders to report disk space of (default: home and .)")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="folders to report disk space of (default: home and .)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_resources)
 
@@ -75,7 +110,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = actions.add_parser("resubmit", help="submit a recorded job again")
     p.add_argument("record", help="record folder (.mdlma-jobs/...)")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="change a parameter")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="change a parameter"
+    )
     p.set_defaults(func=_resubmit)
 
 
@@ -113,19 +150,30 @@ def _templates(args: argparse.Namespace) -> int:
     if args.name:
         template = load_template(args.name)
         if args.json:
-            _print_json({"name": template.name, "title": template.title, "description": template.description,
-                         "jobs": [asdict(s) for s in template.steps],
-                         "parameters": {n: asdict(p) for n, p in template.parameters.items()}})
+            _print_json(
+                {
+                    "name": template.name,
+                    "title": template.title,
+                    "description": template.description,
+                    "jobs": [asdict(s) for s in template.steps],
+                    "parameters": {n: asdict(p) for n, p in template.parameters.items()},
+                }
+            )
             return 0
         print(f"{template.name}: {template.title}\n{template.description}\n")
         _table(
-            [[p.name, p.describe(), repr(p.default) if p.default != "" else "", p.help] for p in template.parameters.values()],
+            [
+                [p.name, p.describe(), repr(p.default) if p.default != "" else "", p.help]
+                for p in template.parameters.values()
+            ],
             ["PARAMETER", "TYPE", "DEFAULT", "HELP"],
         )
         return 0
     templates = list_templates()
     if args.json:
-        _print_json([{"name": t.name, "title": t.title, "description": t.description} for t in templates])
+        _print_json(
+            [{"name": t.name, "title": t.title, "description": t.description} for t in templates]
+        )
         return 0
     _table([[t.name, t.title] for t in templates], ["TEMPLATE", "TITLE"])
     return 0
@@ -134,14 +182,21 @@ def _templates(args: argparse.Namespace) -> int:
 def _prepare(args: argparse.Namespace):
     from ..hpc import prepare
 
-    return prepare(args.template, _parameters(args), backend=args.backend, check_cluster=not args.no_cluster_check)
+    return prepare(
+        args.template,
+        _parameters(args),
+        backend=args.backend,
+        check_cluster=not args.no_cluster_check,
+    )
 
 
 def _render(args: argparse.Namespace) -> int:
     prepared = _prepare(args)
     for index, job in enumerate(prepared.scripts):
         if index:
-            print(f"\n# ===== job {index + 1} of {len(prepared.scripts)}: {job.step} (afterok: {job.after}) =====")
+            print(
+                f"\n# ===== job {index + 1} of {len(prepared.scripts)}: {job.step} (afterok: {job.after}) ====="
+            )
         sys.stdout.write(job.text)
     return 0
 
@@ -176,7 +231,19 @@ def _status(args: argparse.Namespace) -> int:
         _print_json([asdict(j) for j in jobs])
         return 0
     _table(
-        [[j.job_id, j.state, j.name, j.user, j.partition, j.elapsed, j.time_limit, j.nodes or j.reason] for j in jobs],
+        [
+            [
+                j.job_id,
+                j.state,
+                j.name,
+                j.user,
+                j.partition,
+                j.elapsed,
+                j.time_limit,
+                j.nodes or j.reason,
+            ]
+            for j in jobs
+        ],
         ["JOBID", "STATE", "NAME", "USER", "PARTITION", "ELAPSED", "LIMIT", "NODES/REASON"],
     )
     return 0
@@ -189,19 +256,40 @@ def _percent(value: float | None) -> str:
 def _history(args: argparse.Namespace) -> int:
     from ..hpc import history
 
-    records = history(args.job_ids or None, since=args.since, all_users=args.all, backend=args.backend)
+    records = history(
+        args.job_ids or None, since=args.since, all_users=args.all, backend=args.backend
+    )
     if args.json:
         _print_json([r.as_dict() for r in records])
         return 0
     _table(
         [
-            [r.job_id, r.name, r.state, "" if r.exit_code is None else f"{r.exit_code}:{r.signal or 0}",
-             f"{r.elapsed_s:.0f}s", r.cpus, _percent(r.cpu_efficiency),
-             "" if r.max_rss_mb is None else f"{r.max_rss_mb:.0f}M",
-             "" if r.req_mem_mb is None else f"{r.req_mem_mb:.0f}M", _percent(r.memory_efficiency)]
+            [
+                r.job_id,
+                r.name,
+                r.state,
+                "" if r.exit_code is None else f"{r.exit_code}:{r.signal or 0}",
+                f"{r.elapsed_s:.0f}s",
+                r.cpus,
+                _percent(r.cpu_efficiency),
+                "" if r.max_rss_mb is None else f"{r.max_rss_mb:.0f}M",
+                "" if r.req_mem_mb is None else f"{r.req_mem_mb:.0f}M",
+                _percent(r.memory_efficiency),
+            ]
             for r in records
         ],
-        ["JOBID", "NAME", "STATE", "EXIT", "ELAPSED", "CPUS", "CPU-EFF", "MAXRSS", "REQMEM", "MEM-EFF"],
+        [
+            "JOBID",
+            "NAME",
+            "STATE",
+            "EXIT",
+            "ELAPSED",
+            "CPUS",
+            "CPU-EFF",
+            "MAXRSS",
+            "REQMEM",
+            "MEM-EFF",
+        ],
     )
     return 0
 
@@ -227,22 +315,49 @@ def _resources(args: argparse.Namespace) -> int:
         return 0
     print(f"backend: {info.backend}")
     _table(
-        [[p.name + ("*" if p.default else ""), "up" if p.available else "down", p.max_time, len(p.nodes),
-          f"{p.cpus_idle}/{p.cpus}", f"{p.max_memory_mb_per_node:.0f}M", p.gpus] for p in info.partitions],
+        [
+            [
+                p.name + ("*" if p.default else ""),
+                "up" if p.available else "down",
+                p.max_time,
+                len(p.nodes),
+                f"{p.cpus_idle}/{p.cpus}",
+                f"{p.max_memory_mb_per_node:.0f}M",
+                p.gpus,
+            ]
+            for p in info.partitions
+        ],
         ["PARTITION", "STATE", "MAXTIME", "NODES", "CPUS(IDLE/ALL)", "MEM/NODE", "GPUS"],
     )
     print()
     _table(
-        [[n.name, n.state, f"{n.cpus_idle}/{n.cpus}", f"{n.memory_mb:.0f}M",
-          "" if n.free_memory_mb is None else f"{n.free_memory_mb:.0f}M", n.gpus, ",".join(n.partitions)]
-         for n in info.nodes],
+        [
+            [
+                n.name,
+                n.state,
+                f"{n.cpus_idle}/{n.cpus}",
+                f"{n.memory_mb:.0f}M",
+                "" if n.free_memory_mb is None else f"{n.free_memory_mb:.0f}M",
+                n.gpus,
+                ",".join(n.partitions),
+            ]
+            for n in info.nodes
+        ],
         ["NODE", "STATE", "CPUS(IDLE/ALL)", "MEMORY", "FREE", "GPUS", "PARTITIONS"],
     )
     print()
     _table(
-        [[d.path, _gib(d.free_bytes), _gib(d.total_bytes),
-          "" if d.quota_limit_bytes is None else f"{_gib(d.quota_used_bytes)} of {_gib(d.quota_limit_bytes)}"]
-         for d in info.disks],
+        [
+            [
+                d.path,
+                _gib(d.free_bytes),
+                _gib(d.total_bytes),
+                ""
+                if d.quota_limit_bytes is None
+                else f"{_gib(d.quota_used_bytes)} of {_gib(d.quota_limit_bytes)}",
+            ]
+            for d in info.disks
+        ],
         ["PATH", "FREE", "SIZE", "QUOTA"],
     )
     return 0

@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="MDLMA unified framework: volume I/O, scoring, segmentation and HPC workflows.",
     )
     parser.add_argument("--version", action="version", version=f"mdlma {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)"
+    )
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
     from . import __path__ as cli_path
 
@@ -49,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)], handlers=[handler])
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        handlers=[handler],
+    )
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.verb is None else 2

@@ -10,7 +10,9 @@ from ..shipped import checkout_root, shipped_dir
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("modules", help="module catalogue -> Lmod modulefiles and Jupyter kernels")
+    parser = subparsers.add_parser(
+        "modules", help="module catalogue -> Lmod modulefiles and Jupyter kernels"
+    )
     sub = parser.add_subparsers(dest="modules_verb", required=True)
     # The default catalogue is looked up when a verb runs, so a broken installation
     # breaks only 'mdlma modules', not the parser of every other verb.
@@ -20,12 +22,16 @@ def register(subparsers) -> None:
     show.add_argument("--catalogue", type=Path, default=None, help=catalogue_help)
     show.set_defaults(func=_list)
 
-    install = sub.add_parser("install", help="write modulefiles and kernelspecs into an install prefix")
+    install = sub.add_parser(
+        "install", help="write modulefiles and kernelspecs into an install prefix"
+    )
     install.add_argument("--prefix", type=Path, required=True)
     install.add_argument("--catalogue", type=Path, default=None, help=catalogue_help)
     install.set_defaults(func=_install)
 
-    sync = sub.add_parser("sync-repo", help="regenerate the repository's lmod/ folder from modules/")
+    sync = sub.add_parser(
+        "sync-repo", help="regenerate the repository's lmod/ folder from modules/"
+    )
     sync.add_argument("--catalogue", type=Path, default=None, help=catalogue_help)
     sync.add_argument("--lmod-dir", type=Path, default=None, help="default: lmod/ of the clone")
     sync.set_defaults(func=_sync)
@@ -58,7 +64,9 @@ def _sync(args: argparse.Namespace) -> int:
     if lmod_dir is None:
         root = checkout_root()
         if root is None:
-            raise InputError("--lmod-dir: needed outside a clone (sync-repo regenerates a clone's lmod/ folder)")
+            raise InputError(
+                "--lmod-dir: needed outside a clone (sync-repo regenerates a clone's lmod/ folder)"
+            )
         lmod_dir = root / "lmod"
     for path in sync_repo_modulefiles(_catalogue(args), lmod_dir):
         print(f"wrote {path}")

@@ -20,7 +20,9 @@ def volume_suffix(text: str) -> str:
     from ..io.formats import detect_format
 
     if not text.startswith(".") or "/" in text or len(text) > 10:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a file suffix such as .tif, .nii.gz or .zarr")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a file suffix such as .tif, .nii.gz or .zarr"
+        )
     try:
         detect_format(Path(f"volume{text}"), for_writing=True)
     except ValueError as exc:
@@ -38,7 +40,9 @@ def check_writable(path: Path) -> None:
     while not folder.exists():
         folder = folder.parent
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"{path}: cannot write in {folder} (permission denied); choose another output")
+        raise InputError(
+            f"{path}: cannot write in {folder} (permission denied); choose another output"
+        )
 
 
 def register(subparsers) -> None:
@@ -63,37 +67,129 @@ def register(subparsers) -> None:
 
 
 def _register_method(actions, method: str, text: str) -> None:
-    p = actions.add_parser(method, help=text, description=f"{text}. Writes field.mha, warped volume(s), jacobian.tif and quality.json to --out.")
+    p = actions.add_parser(
+        method,
+        help=text,
+        description=f"{text}. Writes field.mha, warped volume(s), jacobian.tif and quality.json to --out.",
+    )
     p.add_argument("fixed", type=Path, metavar="FIXED", help="the reference volume")
     p.add_argument("moving", type=Path, metavar="MOVING", help="the volume to align to FIXED")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="result folder (written atomically; replaced if it exists)")
-    p.add_argument("--fixed-labels", type=Path, metavar="LABELS", help="labels of FIXED (Dice/HD95 before and after)")
-    p.add_argument("--moving-labels", type=Path, metavar="LABELS", help="labels of MOVING (warped with the field)")
-    p.add_argument("--landmarks", type=Path, metavar="CSV", help="landmark pairs in micrometres: fixed_z,fixed_y,fixed_x,moving_z,moving_y,moving_x")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="result folder (written atomically; replaced if it exists)",
+    )
+    p.add_argument(
+        "--fixed-labels",
+        type=Path,
+        metavar="LABELS",
+        help="labels of FIXED (Dice/HD95 before and after)",
+    )
+    p.add_argument(
+        "--moving-labels",
+        type=Path,
+        metavar="LABELS",
+        help="labels of MOVING (warped with the field)",
+    )
+    p.add_argument(
+        "--landmarks",
+        type=Path,
+        metavar="CSV",
+        help="landmark pairs in micrometres: fixed_z,fixed_y,fixed_x,moving_z,moving_y,moving_x",
+    )
     if method == "affine":
-        p.add_argument("--kind", choices=("affine", "rigid"), default="affine", help="transform (default affine)")
+        p.add_argument(
+            "--kind",
+            choices=("affine", "rigid"),
+            default="affine",
+            help="transform (default affine)",
+        )
     else:
-        p.add_argument("--prealign", choices=("affine", "rigid", "none"), default="affine", help="SimpleITK pre-alignment first (default affine)")
-    p.add_argument("--bin", type=int, metavar="N", help="estimate on a copy binned N times (default: from the size, at most 256^3 voxels)")
-    p.add_argument("--suffix", type=volume_suffix, default=".tif", help="format of the warped volumes when not binned (default .tif; e.g. .nii.gz, .zarr)")
+        p.add_argument(
+            "--prealign",
+            choices=("affine", "rigid", "none"),
+            default="affine",
+            help="SimpleITK pre-alignment first (default affine)",
+        )
+    p.add_argument(
+        "--bin",
+        type=int,
+        metavar="N",
+        help="estimate on a copy binned N times (default: from the size, at most 256^3 voxels)",
+    )
+    p.add_argument(
+        "--suffix",
+        type=volume_suffix,
+        default=".tif",
+        help="format of the warped volumes when not binned (default .tif; e.g. .nii.gz, .zarr)",
+    )
     if method == "convexadam":
         from ..registration.convexadam import ConvexAdamParams
 
         d = ConvexAdamParams()
-        p.add_argument("--mind-r", type=int, default=d.mind_r, help=f"MIND-SSC patch radius (default {d.mind_r})")
-        p.add_argument("--mind-d", type=int, default=d.mind_d, help=f"MIND-SSC dilation (default {d.mind_d})")
-        p.add_argument("--lambda-weight", type=float, default=d.lambda_weight, help=f"regulariser weight of the Adam step (default {d.lambda_weight})")
-        p.add_argument("--grid-sp", type=int, default=d.grid_sp, help=f"control-point spacing of the convex step, voxels (default {d.grid_sp})")
-        p.add_argument("--disp-hw", type=int, default=d.disp_hw, help=f"search half width in control-point steps (default {d.disp_hw})")
-        p.add_argument("--niter", type=int, default=d.selected_niter, help=f"Adam iterations (default {d.selected_niter})")
-        p.add_argument("--smooth", type=int, default=d.selected_smooth, help=f"odd box size of a final smoothing, 0: none (default {d.selected_smooth})")
-        p.add_argument("--grid-sp-adam", type=int, default=d.grid_sp_adam, help=f"grid spacing of the Adam step, voxels (default {d.grid_sp_adam})")
+        p.add_argument(
+            "--mind-r",
+            type=int,
+            default=d.mind_r,
+            help=f"MIND-SSC patch radius (default {d.mind_r})",
+        )
+        p.add_argument(
+            "--mind-d", type=int, default=d.mind_d, help=f"MIND-SSC dilation (default {d.mind_d})"
+        )
+        p.add_argument(
+            "--lambda-weight",
+            type=float,
+            default=d.lambda_weight,
+            help=f"regulariser weight of the Adam step (default {d.lambda_weight})",
+        )
+        p.add_argument(
+            "--grid-sp",
+            type=int,
+            default=d.grid_sp,
+            help=f"control-point spacing of the convex step, voxels (default {d.grid_sp})",
+        )
+        p.add_argument(
+            "--disp-hw",
+            type=int,
+            default=d.disp_hw,
+            help=f"search half width in control-point steps (default {d.disp_hw})",
+        )
+        p.add_argument(
+            "--niter",
+            type=int,
+            default=d.selected_niter,
+            help=f"Adam iterations (default {d.selected_niter})",
+        )
+        p.add_argument(
+            "--smooth",
+            type=int,
+            default=d.selected_smooth,
+            help=f"odd box size of a final smoothing, 0: none (default {d.selected_smooth})",
+        )
+        p.add_argument(
+            "--grid-sp-adam",
+            type=int,
+            default=d.grid_sp_adam,
+            help=f"grid spacing of the Adam step, voxels (default {d.grid_sp_adam})",
+        )
         p.add_argument("--no-ic", action="store_true", help="skip the inverse-consistency step")
     if method == "voxelmorph":
-        p.add_argument("--model", type=Path, required=True, metavar="MODEL", help="model from 'mdlma register voxelmorph-train'")
+        p.add_argument(
+            "--model",
+            type=Path,
+            required=True,
+            metavar="MODEL",
+            help="model from 'mdlma register voxelmorph-train'",
+        )
     if method != "affine":
-        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU if present; default)")
-    p.add_argument("--json", action="store_true", help="print the quality report as JSON instead of a table")
+        p.add_argument(
+            "--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU if present; default)"
+        )
+    p.add_argument(
+        "--json", action="store_true", help="print the quality report as JSON instead of a table"
+    )
     p.set_defaults(func=_run, method=method)
 
 
@@ -106,21 +202,90 @@ def _register_train(actions) -> None:
         help="train a VoxelMorph model on (fixed, moving) pairs",
         description="Unsupervised training (similarity + smoothness). Resumes from the checkpoint next to --out unless --no-resume.",
     )
-    t.add_argument("--pair", nargs=2, action="append", required=True, metavar=("FIXED", "MOVING"), help="a training pair (repeatable)")
-    t.add_argument("--val-pair", nargs=2, action="append", default=[], metavar=("FIXED", "MOVING"), help="a validation pair (repeatable)")
-    t.add_argument("--out", type=Path, required=True, metavar="MODEL", help="model file to write (e.g. vxm.pt)")
-    t.add_argument("--loss", choices=("ncc", "mse"), default=d.loss, help=f"image similarity (default {d.loss})")
-    t.add_argument("--smoothness", type=float, default=d.smoothness, help=f"weight of the gradient penalty (default {d.smoothness})")
-    t.add_argument("--features", type=int, nargs="+", default=d.features, metavar="N", help="feature maps per U-Net level (default 16 16 16 16 16)")
-    t.add_argument("--steps", type=int, default=d.steps, help=f"optimisation steps (default {d.steps})")
-    t.add_argument("--patch-size", type=int, default=d.patch_size, help=f"side of the training patches (default {d.patch_size})")
-    t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"pairs per step (default {d.batch_size})")
-    t.add_argument("--lr", type=float, default=d.learning_rate, help=f"Adam learning rate (default {d.learning_rate})")
-    t.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help=f"checkpoint every N steps (default {d.checkpoint_every})")
-    t.add_argument("--log-every", type=int, default=d.log_every, help=f"metrics line every N steps (default {d.log_every})")
-    t.add_argument("--val-every", type=int, default=d.val_every, help=f"validate every N steps (default {d.val_every})")
-    t.add_argument("--metrics", type=Path, metavar="JSONL", help="metrics file (default MODEL.metrics.jsonl)")
-    t.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+    t.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        required=True,
+        metavar=("FIXED", "MOVING"),
+        help="a training pair (repeatable)",
+    )
+    t.add_argument(
+        "--val-pair",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("FIXED", "MOVING"),
+        help="a validation pair (repeatable)",
+    )
+    t.add_argument(
+        "--out", type=Path, required=True, metavar="MODEL", help="model file to write (e.g. vxm.pt)"
+    )
+    t.add_argument(
+        "--loss",
+        choices=("ncc", "mse"),
+        default=d.loss,
+        help=f"image similarity (default {d.loss})",
+    )
+    t.add_argument(
+        "--smoothness",
+        type=float,
+        default=d.smoothness,
+        help=f"weight of the gradient penalty (default {d.smoothness})",
+    )
+    t.add_argument(
+        "--features",
+        type=int,
+        nargs="+",
+        default=d.features,
+        metavar="N",
+        help="feature maps per U-Net level (default 16 16 16 16 16)",
+    )
+    t.add_argument(
+        "--steps", type=int, default=d.steps, help=f"optimisation steps (default {d.steps})"
+    )
+    t.add_argument(
+        "--patch-size",
+        type=int,
+        default=d.patch_size,
+        help=f"side of the training patches (default {d.patch_size})",
+    )
+    t.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help=f"pairs per step (default {d.batch_size})",
+    )
+    t.add_argument(
+        "--lr",
+        type=float,
+        default=d.learning_rate,
+        help=f"Adam learning rate (default {d.learning_rate})",
+    )
+    t.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every,
+        help=f"checkpoint every N steps (default {d.checkpoint_every})",
+    )
+    t.add_argument(
+        "--log-every",
+        type=int,
+        default=d.log_every,
+        help=f"metrics line every N steps (default {d.log_every})",
+    )
+    t.add_argument(
+        "--val-every",
+        type=int,
+        default=d.val_every,
+        help=f"validate every N steps (default {d.val_every})",
+    )
+    t.add_argument(
+        "--metrics", type=Path, metavar="JSONL", help="metrics file (default MODEL.metrics.jsonl)"
+    )
+    t.add_argument(
+        "--no-resume", action="store_true", help="start afresh even if a checkpoint exists"
+    )
     t.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     t.set_defaults(func=_train)
@@ -133,9 +298,22 @@ def _register_apply(actions) -> None:
         description="Warp VOLUME (on the fixed grid) with FIELD (field.mha of a registration); a binned field is upsampled block by block.",
     )
     a.add_argument("field", type=Path, metavar="FIELD", help="field.mha from 'mdlma register'")
-    a.add_argument("volume", type=Path, metavar="VOLUME", help="the moving volume or labels to warp")
-    a.add_argument("--out", type=Path, required=True, metavar="OUT", help="warped volume to write (format from the suffix)")
-    a.add_argument("--interpolation", choices=("linear", "nearest"), default="linear", help="linear for images, nearest for labels (default linear)")
+    a.add_argument(
+        "volume", type=Path, metavar="VOLUME", help="the moving volume or labels to warp"
+    )
+    a.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="OUT",
+        help="warped volume to write (format from the suffix)",
+    )
+    a.add_argument(
+        "--interpolation",
+        choices=("linear", "nearest"),
+        default="linear",
+        help="linear for images, nearest for labels (default linear)",
+    )
     a.set_defaults(func=_apply)
 
 
@@ -169,7 +347,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.method == "convexadam":
         from ..registration.convexadam import ConvexAdamParams
 
-        params = ConvexAdamParams(args.mind_r, args.mind_d, args.lambda_weight, args.grid_sp, args.disp_hw, args.niter, args.smooth, args.grid_sp_adam, not args.no_ic)
+        params = ConvexAdamParams(
+            args.mind_r,
+            args.mind_d,
+            args.lambda_weight,
+            args.grid_sp,
+            args.disp_hw,
+            args.niter,
+            args.smooth,
+            args.grid_sp_adam,
+            not args.no_ic,
+        )
     result = register_volumes(
         fixed.data,
         moving.data,
@@ -188,12 +376,18 @@ def _run(args: argparse.Namespace) -> int:
         progress=True,
     )
     # Absolute, so the dashboard's Registration view finds the inputs from the result folder.
-    sources = {key: str(Path(getattr(args, key)).absolute()) for key in ("fixed", "moving", "fixed_labels", "moving_labels", "landmarks") if getattr(args, key)}
+    sources = {
+        key: str(Path(getattr(args, key)).absolute())
+        for key in ("fixed", "moving", "fixed_labels", "moving_labels", "landmarks")
+        if getattr(args, key)
+    }
     write_outputs(
         args.out,
         result,
         moving_full=moving.data if lazy else None,
-        moving_labels_full=None if moving_labels_volume is None or not lazy else moving_labels_volume.data,
+        moving_labels_full=None
+        if moving_labels_volume is None or not lazy
+        else moving_labels_volume.data,
         full_spacing=fixed.spacing,
         suffix=args.suffix,
         sources=sources,
@@ -205,7 +399,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     rows = [("figure", "before", "after"), *quality_rows(result.report)]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    print(f"{args.method} ({result.report['prealign']} pre-alignment, bin {result.bin}) in {result.report['timings']['total_s']:.1f} s")
+    print(
+        f"{args.method} ({result.report['prealign']} pre-alignment, bin {result.bin}) in {result.report['timings']['total_s']:.1f} s"
+    )
     for row in rows:
         print(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:>{widths[2]}}")
     print(f"wrote {args.out}/ ({', '.join(sorted(p.name for p in args.out.iterdir()))})")
@@ -222,7 +418,13 @@ def _train(args: argparse.Namespace) -> int:
         out, names = [], []
         for fixed_path, moving_path in pairs:
             fixed, moving = _read(Path(fixed_path)), _read(Path(moving_path))
-            moving_data = to_fixed_grid(np.asarray(moving.data), moving.spacing, fixed.shape, fixed.spacing, name=str(moving_path))
+            moving_data = to_fixed_grid(
+                np.asarray(moving.data),
+                moving.spacing,
+                fixed.shape,
+                fixed.spacing,
+                name=str(moving_path),
+            )
             out.append((np.asarray(fixed.data), moving_data))
             names.append(f"{fixed_path} + {moving_path}")
         return out, names
@@ -244,7 +446,16 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=None if args.device == "auto" else args.device,
     )
-    result = train_voxelmorph(pairs, args.out, config, val_pairs=val_pairs, sources=names, metrics_path=args.metrics, resume=not args.no_resume, progress=True)
+    result = train_voxelmorph(
+        pairs,
+        args.out,
+        config,
+        val_pairs=val_pairs,
+        sources=names,
+        metrics_path=args.metrics,
+        resume=not args.no_resume,
+        progress=True,
+    )
     print(f"wrote {result.model_path} after {result.steps} steps")
     print(f"metrics: {result.metrics_path}")
     return 0
@@ -261,7 +472,10 @@ def _apply(args: argparse.Namespace) -> int:
     field, field_spacing = load_field(args.field)
     volume = _read(args.volume, lazy=True)
     # In memory only when it is small and the field is on its grid; else block by block.
-    small = tuple(field.shape[1:]) == volume.shape and int(np.prod(volume.shape)) <= MAX_ESTIMATION_VOXELS
+    small = (
+        tuple(field.shape[1:]) == volume.shape
+        and int(np.prod(volume.shape)) <= MAX_ESTIMATION_VOXELS
+    )
     data = volume.compute().data if small else volume.data
     warped = apply_field(data, field, volume.spacing, field_spacing, args.interpolation)
     write_volume(args.out, warped, volume.spacing)

@@ -38,15 +38,46 @@ def register(subparsers) -> None:
         ),
     )
     implant.add_argument("out", type=Path, metavar="OUT", help="grey-value volume to write")
-    implant.add_argument("--gt", type=Path, metavar="OUT_LABELS", help="also write the ground-truth labels here")
-    implant.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("Z", "Y", "X"), help="volume shape (default 64 64 64)")
-    implant.add_argument("--seed", type=int, default=0, help="random seed; other seeds give other anatomy (default 0)")
     implant.add_argument(
-        "--spacing", type=float, nargs=3, default=[5.0, 5.0, 5.0], metavar=("Z", "Y", "X"), help="voxel size in micrometres (default 5 5 5)"
+        "--gt", type=Path, metavar="OUT_LABELS", help="also write the ground-truth labels here"
     )
-    implant.add_argument("--noise", type=float, default=0.04, help="noise standard deviation at the implant's grey value (default 0.04)")
-    implant.add_argument("--rings", type=float, default=0.03, help="ring-artefact amplitude (default 0.03)")
-    implant.add_argument("--blur", type=float, default=0.8, help="partial-volume blur, Gaussian sigma in voxels (default 0.8)")
+    implant.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=[64, 64, 64],
+        metavar=("Z", "Y", "X"),
+        help="volume shape (default 64 64 64)",
+    )
+    implant.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed; other seeds give other anatomy (default 0)",
+    )
+    implant.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=[5.0, 5.0, 5.0],
+        metavar=("Z", "Y", "X"),
+        help="voxel size in micrometres (default 5 5 5)",
+    )
+    implant.add_argument(
+        "--noise",
+        type=float,
+        default=0.04,
+        help="noise standard deviation at the implant's grey value (default 0.04)",
+    )
+    implant.add_argument(
+        "--rings", type=float, default=0.03, help="ring-artefact amplitude (default 0.03)"
+    )
+    implant.add_argument(
+        "--blur",
+        type=float,
+        default=0.8,
+        help="partial-volume blur, Gaussian sigma in voxels (default 0.8)",
+    )
     implant.set_defaults(func=_implant)
 
     section = actions.add_parser(
@@ -58,15 +89,54 @@ def register(subparsers) -> None:
             "Writes the RGB section (.tif/.ome.tif/.zarr), the phantom volume (--volume) and the ground truth (--truth JSON)."
         ),
     )
-    section.add_argument("out", type=Path, metavar="OUT", help="RGB section image to write (.tif, .ome.tif, .zarr)")
-    section.add_argument("--volume", type=Path, required=True, metavar="VOLUME", help="write the phantom volume here")
-    section.add_argument("--truth", type=Path, required=True, metavar="JSON", help="write the ground-truth plane and transform here")
-    section.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("Z", "Y", "X"), help="phantom shape (default 64 64 64)")
-    section.add_argument("--seed", type=int, default=0, help="random seed of the phantom and the cut (default 0)")
-    section.add_argument("--spacing", type=float, default=5.0, metavar="UM", help="isotropic voxel size (default 5 µm)")
-    section.add_argument("--pixel-size", type=float, metavar="UM", help="section pixel size (default the voxel size)")
-    section.add_argument("--thickness", type=float, default=10.0, metavar="UM", help="section thickness (default 10 µm)")
-    section.add_argument("--max-tilt", type=float, default=25.0, metavar="DEG", help="largest tilt of the plane from the z axis (default 25)")
+    section.add_argument(
+        "out", type=Path, metavar="OUT", help="RGB section image to write (.tif, .ome.tif, .zarr)"
+    )
+    section.add_argument(
+        "--volume", type=Path, required=True, metavar="VOLUME", help="write the phantom volume here"
+    )
+    section.add_argument(
+        "--truth",
+        type=Path,
+        required=True,
+        metavar="JSON",
+        help="write the ground-truth plane and transform here",
+    )
+    section.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=[64, 64, 64],
+        metavar=("Z", "Y", "X"),
+        help="phantom shape (default 64 64 64)",
+    )
+    section.add_argument(
+        "--seed", type=int, default=0, help="random seed of the phantom and the cut (default 0)"
+    )
+    section.add_argument(
+        "--spacing",
+        type=float,
+        default=5.0,
+        metavar="UM",
+        help="isotropic voxel size (default 5 µm)",
+    )
+    section.add_argument(
+        "--pixel-size", type=float, metavar="UM", help="section pixel size (default the voxel size)"
+    )
+    section.add_argument(
+        "--thickness",
+        type=float,
+        default=10.0,
+        metavar="UM",
+        help="section thickness (default 10 µm)",
+    )
+    section.add_argument(
+        "--max-tilt",
+        type=float,
+        default=25.0,
+        metavar="DEG",
+        help="largest tilt of the plane from the z axis (default 25)",
+    )
     section.set_defaults(func=_section)
     pair = actions.add_parser(
         "pair",
@@ -77,22 +147,61 @@ def register(subparsers) -> None:
             "OUT/landmarks.csv. The folder appears atomically."
         ),
     )
-    pair.add_argument("out", type=Path, metavar="OUT", help="folder to write (replaced if it exists)")
-    pair.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("Z", "Y", "X"), help="volume shape (default 64 64 64)")
-    pair.add_argument("--seed", type=int, default=0, help="random seed of anatomy, deformation and noise (default 0)")
     pair.add_argument(
-        "--spacing", type=float, nargs=3, default=[5.0, 5.0, 5.0], metavar=("Z", "Y", "X"), help="voxel size in micrometres (default 5 5 5)"
+        "out", type=Path, metavar="OUT", help="folder to write (replaced if it exists)"
     )
-    pair.add_argument("--displacement", type=float, default=3.0, help="largest displacement in voxels (default 3)")
-    pair.add_argument("--smoothness", type=float, default=0.4, help="deformation correlation length as a share of the extent (default 0.4)")
-    pair.add_argument("--multimodal", action="store_true", help="moving scan as a second modality: non-monotonic grey values, other noise")
-    pair.add_argument("--landmarks", type=int, default=20, help="number of landmark pairs (default 20)")
-    pair.add_argument("--suffix", type=volume_suffix, default=".tif", help="volume format (default .tif; e.g. .nii.gz, .h5, .zarr)")
+    pair.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=[64, 64, 64],
+        metavar=("Z", "Y", "X"),
+        help="volume shape (default 64 64 64)",
+    )
+    pair.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed of anatomy, deformation and noise (default 0)",
+    )
+    pair.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=[5.0, 5.0, 5.0],
+        metavar=("Z", "Y", "X"),
+        help="voxel size in micrometres (default 5 5 5)",
+    )
+    pair.add_argument(
+        "--displacement", type=float, default=3.0, help="largest displacement in voxels (default 3)"
+    )
+    pair.add_argument(
+        "--smoothness",
+        type=float,
+        default=0.4,
+        help="deformation correlation length as a share of the extent (default 0.4)",
+    )
+    pair.add_argument(
+        "--multimodal",
+        action="store_true",
+        help="moving scan as a second modality: non-monotonic grey values, other noise",
+    )
+    pair.add_argument(
+        "--landmarks", type=int, default=20, help="number of landmark pairs (default 20)"
+    )
+    pair.add_argument(
+        "--suffix",
+        type=volume_suffix,
+        default=".tif",
+        help="volume format (default .tif; e.g. .nii.gz, .h5, .zarr)",
+    )
     pair.set_defaults(func=_pair)
 
     save = actions.add_parser("save", help="write a named sample (see 'mdlma sample list')")
     save.add_argument("name", metavar="NAME", help="sample name")
-    save.add_argument("out", type=Path, metavar="OUT", help="file or folder to write (format from the suffix)")
+    save.add_argument(
+        "out", type=Path, metavar="OUT", help="file or folder to write (format from the suffix)"
+    )
     save.set_defaults(func=_save)
 
 
@@ -111,7 +220,12 @@ def _implant(args: argparse.Namespace) -> int:
     from ..io import write_volume
 
     image, labels = make_implant_phantom(
-        shape=args.shape, seed=args.seed, spacing=args.spacing, noise=args.noise, rings=args.rings, blur=args.blur
+        shape=args.shape,
+        seed=args.seed,
+        spacing=args.spacing,
+        noise=args.noise,
+        rings=args.rings,
+        blur=args.blur,
     )
     write_volume(args.out, image, spacing=args.spacing)
     print(f"wrote {args.out} {image.shape} float32")
@@ -129,15 +243,26 @@ def _section(args: argparse.Namespace) -> int:
     from ..utils.atomic import write_text_atomic
 
     volume, section, truth = make_section_sample(
-        args.shape, seed=args.seed, spacing=args.spacing, pixel_size=args.pixel_size, thickness=args.thickness, max_tilt=args.max_tilt
+        args.shape,
+        seed=args.seed,
+        spacing=args.spacing,
+        pixel_size=args.pixel_size,
+        thickness=args.thickness,
+        max_tilt=args.max_tilt,
     )
     write_volume(args.volume, volume)
     write_volume(args.out, section)
     truth["volume"]["path"] = str(args.volume)
     truth["section_path"] = str(args.out)
     write_text_atomic(args.truth, json.dumps(truth, indent=2))
-    print(f"wrote {args.volume} {volume.shape} float32, {args.out} {section.shape} RGB, {args.truth}")
-    print(f"true plane: tilt {truth['tilt_deg']:.2f} deg, azimuth {truth['azimuth_deg']:.2f} deg, offset {truth['offset_um']:.2f} um")
+    print(
+        f"wrote {args.volume} {volume.shape} float32, {args.out} {section.shape} RGB, {args.truth}"
+    )
+    print(
+        f"true plane: tilt {truth['tilt_deg']:.2f} deg, azimuth {truth['azimuth_deg']:.2f} deg, offset {truth['offset_um']:.2f} um"
+    )
+
+
 def _pair(args: argparse.Namespace) -> int:
     from ..data import make_registration_pair
     from ..io import write_volume
@@ -147,10 +272,20 @@ def _pair(args: argparse.Namespace) -> int:
 
     check_writable(args.out)
     pair = make_registration_pair(
-        args.shape, seed=args.seed, spacing=args.spacing, displacement=args.displacement,
-        smoothness=args.smoothness, multimodal=args.multimodal, landmarks=args.landmarks,
+        args.shape,
+        seed=args.seed,
+        spacing=args.spacing,
+        displacement=args.displacement,
+        smoothness=args.smoothness,
+        multimodal=args.multimodal,
+        landmarks=args.landmarks,
     )
-    volumes = {"fixed": pair.fixed, "moving": pair.moving, "fixed_labels": pair.fixed_labels, "moving_labels": pair.moving_labels}
+    volumes = {
+        "fixed": pair.fixed,
+        "moving": pair.moving,
+        "fixed_labels": pair.fixed_labels,
+        "moving_labels": pair.moving_labels,
+    }
     with atomic_path(args.out) as tmp:
         tmp.mkdir(parents=True)
         for name, data in volumes.items():
@@ -158,7 +293,9 @@ def _pair(args: argparse.Namespace) -> int:
         save_field(tmp / "true_field.mha", pair.field, pair.spacing)
         write_landmarks(tmp / "landmarks.csv", pair.fixed_points, pair.moving_points)
     kind = "multi-modal " if args.multimodal else ""
-    print(f"wrote {kind}pair {args.out}/: {', '.join(f'{n}{args.suffix}' for n in volumes)}, true_field.mha, landmarks.csv {tuple(pair.fixed.shape)}")
+    print(
+        f"wrote {kind}pair {args.out}/: {', '.join(f'{n}{args.suffix}' for n in volumes)}, true_field.mha, landmarks.csv {tuple(pair.fixed.shape)}"
+    )
     return 0
 
 

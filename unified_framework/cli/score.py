@@ -48,10 +48,18 @@ def register(subparsers) -> None:
     )
     parser.add_argument("pred", metavar="PRED", help="predicted label volume")
     parser.add_argument("gt", metavar="GT", help="ground-truth label volume")
-    parser.add_argument("--labels", type=int, nargs="+", metavar="L", help="labels to score (default: all except 0)")
-    parser.add_argument("--names", nargs="+", metavar="NAME", help="one name per label, in the order of --labels")
     parser.add_argument(
-        "--spacing", type=float, nargs="+", metavar="S", help="voxel size per axis (Z Y X, micrometres); default: from GT"
+        "--labels", type=int, nargs="+", metavar="L", help="labels to score (default: all except 0)"
+    )
+    parser.add_argument(
+        "--names", nargs="+", metavar="NAME", help="one name per label, in the order of --labels"
+    )
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs="+",
+        metavar="S",
+        help="voxel size per axis (Z Y X, micrometres); default: from GT",
     )
     parser.add_argument(
         "--empty-score",
@@ -60,14 +68,28 @@ def register(subparsers) -> None:
         metavar="V",
         help="score of a ratio with zero denominator, e.g. Dice of a class absent from both (default: nan)",
     )
-    parser.add_argument("--no-surface", action="store_true", help="skip Hausdorff/HD95/ASSD (the slow part)")
-    parser.add_argument("--percentile", type=float, default=95.0, help="percentile of the hd95 column (default 95)")
-    parser.add_argument("--instances", action="store_true", help="treat PRED and GT as instance label images")
     parser.add_argument(
-        "--thresholds", type=float, nargs="+", default=[0.5], metavar="T", help="IoU thresholds for --instances (default 0.5)"
+        "--no-surface", action="store_true", help="skip Hausdorff/HD95/ASSD (the slow part)"
     )
     parser.add_argument(
-        "--matching", choices=("optimal", "greedy"), default="optimal", help="instance matching method (default optimal)"
+        "--percentile", type=float, default=95.0, help="percentile of the hd95 column (default 95)"
+    )
+    parser.add_argument(
+        "--instances", action="store_true", help="treat PRED and GT as instance label images"
+    )
+    parser.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=[0.5],
+        metavar="T",
+        help="IoU thresholds for --instances (default 0.5)",
+    )
+    parser.add_argument(
+        "--matching",
+        choices=("optimal", "greedy"),
+        default="optimal",
+        help="instance matching method (default optimal)",
     )
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON")
     parser.add_argument("--csv", type=Path, metavar="OUT", help="write the table as CSV")
@@ -92,7 +114,9 @@ def _score(args: argparse.Namespace) -> int:
     from ..utils.atomic import atomic_path, write_text_atomic
 
     if args.instances and (args.labels or args.names):
-        raise InputError("--labels/--names: not used with --instances (every non-zero value is an object)")
+        raise InputError(
+            "--labels/--names: not used with --instances (every non-zero value is an object)"
+        )
     pred_volume = read_volume(args.pred, grey=True)
     gt_volume = read_volume(args.gt, grey=True)
     pred_name, gt_name = str(args.pred), str(args.gt)
@@ -101,14 +125,22 @@ def _score(args: argparse.Namespace) -> int:
     else:
         spacing = tuple(gt_volume.spacing)
         # Different numbers of axes are reported by the shape check below.
-        if len(pred_volume.spacing) == len(spacing) and not np.allclose(pred_volume.spacing, spacing):
+        if len(pred_volume.spacing) == len(spacing) and not np.allclose(
+            pred_volume.spacing, spacing
+        ):
             logger.warning(
-                "spacing differs: %s %s, %s %s; using the ground truth's", pred_name, pred_volume.spacing, gt_name, spacing
+                "spacing differs: %s %s, %s %s; using the ground truth's",
+                pred_name,
+                pred_volume.spacing,
+                gt_name,
+                spacing,
             )
     pred, gt = np.asarray(pred_volume.data), np.asarray(gt_volume.data)
 
     if args.instances:
-        table = score_instances(pred, gt, args.thresholds, args.matching, args.empty_score, pred_name, gt_name)
+        table = score_instances(
+            pred, gt, args.thresholds, args.matching, args.empty_score, pred_name, gt_name
+        )
         printed = table
         extra = {}
     else:
@@ -132,7 +164,9 @@ def _score(args: argparse.Namespace) -> int:
 
     print(f"prediction   {printable(pred_name)}  shape {pred.shape}")
     print(f"ground truth {printable(gt_name)}  shape {gt.shape}")
-    print(f"spacing      {' x '.join(f'{s:g}' for s in spacing)} (distances in these units, volumes in their cube)")
+    print(
+        f"spacing      {' x '.join(f'{s:g}' for s in spacing)} (distances in these units, volumes in their cube)"
+    )
     print()
     print(printed.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
@@ -144,7 +178,10 @@ def _score(args: argparse.Namespace) -> int:
             "spacing": list(spacing),
             "mode": "instances" if args.instances else "semantic",
             **extra,
-            "rows": [{key: _json_value(value) for key, value in row.items()} for row in table.to_dict(orient="records")],
+            "rows": [
+                {key: _json_value(value) for key, value in row.items()}
+                for row in table.to_dict(orient="records")
+            ],
         }
         write_text_atomic(args.json, json.dumps(document, indent=2) + "\n")
         print(f"\nwrote {printable(args.json)}")

@@ -12,8 +12,8 @@ intensity-based similarity fails and MIND/mutual information are needed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -60,7 +60,9 @@ def remap_modality(image: np.ndarray) -> np.ndarray:
     >>> [round(float(v), 2) for v in remap_modality(np.array([0.0, 0.18, 1.0]))]
     [0.0, 0.45, 0.65]
     """
-    return (0.5 - 0.5 * np.cos(2.6 * np.pi * np.asarray(image, dtype=np.float32))).astype(np.float32)
+    return (0.5 - 0.5 * np.cos(2.6 * np.pi * np.asarray(image, dtype=np.float32))).astype(
+        np.float32
+    )
 
 
 def make_registration_pair(
@@ -113,15 +115,21 @@ def make_registration_pair(
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or min(shape) < 16:
         raise InputError(f"pair: shape {shape} must be 3 sizes (z, y, x) of at least 16")
-    if not (np.isfinite(displacement) and displacement >= 0) or not (np.isfinite(smoothness) and smoothness > 0):
-        raise InputError(f"pair: displacement={displacement!r} must be >= 0 and smoothness={smoothness!r} > 0")
+    if not (np.isfinite(displacement) and displacement >= 0) or not (
+        np.isfinite(smoothness) and smoothness > 0
+    ):
+        raise InputError(
+            f"pair: displacement={displacement!r} must be >= 0 and smoothness={smoothness!r} > 0"
+        )
     if landmarks < 0:
         raise InputError(f"pair: landmarks={landmarks!r}; expected a count >= 0")
     clean, labels = make_implant_phantom(shape, seed=seed, spacing=spacing, noise=0.0, rings=0.0)
     spacing = tuple(float(s) for s in spacing)
     rng = np.random.default_rng([seed, 7])
     extent = min(n * s for n, s in zip(shape, spacing))
-    components = np.stack([_random_field(shape, spacing, smoothness * extent, rng) for _ in range(3)])
+    components = np.stack(
+        [_random_field(shape, spacing, smoothness * extent, rng) for _ in range(3)]
+    )
     scale = displacement * min(spacing) / max(float(np.sqrt((components**2).sum(0)).max()), 1e-12)
     field = (components * np.float32(scale)).astype(np.float32)
 
@@ -136,14 +144,22 @@ def make_registration_pair(
     if multimodal:
         moving = remap_modality(moving)
         if noise > 0:
-            moving += np.float32(1.5 * noise) * np.random.default_rng([seed, 11]).standard_normal(shape, dtype=np.float32)
+            moving += np.float32(1.5 * noise) * np.random.default_rng([seed, 11]).standard_normal(
+                shape, dtype=np.float32
+            )
     elif noise > 0:
         add_noise(moving, noise, np.random.default_rng([seed, 11]))
 
     inside = np.argwhere(~_outside_sample(shape, spacing) & (fixed_labels > 0))
     if landmarks and len(inside) < landmarks:
         raise InputError(f"pair: shape {shape} leaves too few voxels for {landmarks} landmarks")
-    picked = inside[rng.choice(len(inside), size=landmarks, replace=False)] if landmarks else np.zeros((0, 3), int)
+    picked = (
+        inside[rng.choice(len(inside), size=landmarks, replace=False)]
+        if landmarks
+        else np.zeros((0, 3), int)
+    )
     fixed_points = picked * np.asarray(spacing)
     moving_points = fixed_points + field[:, picked[:, 0], picked[:, 1], picked[:, 2]].T
-    return RegistrationPair(fixed, moving, fixed_labels, labels, field, fixed_points, moving_points, spacing)  # type: ignore[arg-type]
+    return RegistrationPair(
+        fixed, moving, fixed_labels, labels, field, fixed_points, moving_points, spacing
+    )  # type: ignore[arg-type]

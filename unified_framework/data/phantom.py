@@ -42,7 +42,7 @@ usual Gaussian approximation of Poisson plus read-out noise) are added.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -115,7 +115,12 @@ def make_implant_phantom(
     labels, cortex, texture = _anatomy(shape, spacing, streams[_GEOMETRY])
 
     lut = np.array(
-        [GREY_VALUES["soft tissue"], GREY_VALUES["trabecular bone"], GREY_VALUES["residual implant"], GREY_VALUES["degradation layer"]],
+        [
+            GREY_VALUES["soft tissue"],
+            GREY_VALUES["trabecular bone"],
+            GREY_VALUES["residual implant"],
+            GREY_VALUES["degradation layer"],
+        ],
         dtype=np.float32,
     )
     image = lut[labels]
@@ -148,16 +153,22 @@ def add_noise(image: np.ndarray, noise: float, rng: np.random.Generator) -> np.n
     return image
 
 
-def _check_arguments(shape, spacing, noise, rings, blur) -> tuple[tuple[int, ...], tuple[float, ...]]:
+def _check_arguments(
+    shape, spacing, noise, rings, blur
+) -> tuple[tuple[int, ...], tuple[float, ...]]:
     try:
         shape = tuple(int(n) for n in shape)
         spacing = tuple(float(s) for s in spacing)
     except (TypeError, ValueError):
-        raise InputError(f"phantom: shape {shape!r} and spacing {spacing!r} must be sequences of numbers") from None
+        raise InputError(
+            f"phantom: shape {shape!r} and spacing {spacing!r} must be sequences of numbers"
+        ) from None
     if len(shape) != 3 or min(shape) < 8:
         raise InputError(f"phantom: shape {shape} must be 3 sizes (z, y, x) of at least 8")
     if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise InputError(f"phantom: spacing {spacing} must be 3 positive voxel sizes in micrometres")
+        raise InputError(
+            f"phantom: spacing {spacing} must be 3 positive voxel sizes in micrometres"
+        )
     for name, value in (("noise", noise), ("rings", rings), ("blur", blur)):
         if not (math.isfinite(value) and value >= 0):
             raise InputError(f"phantom: {name}={value!r} must be a finite number >= 0")
@@ -179,7 +190,9 @@ def _outside_sample(shape, spacing) -> np.ndarray:
     return np.broadcast_to(rho > 0.96 * half_width, shape)
 
 
-def _random_field(shape, spacing, length: float, rng: np.random.Generator, band_pass: bool = False) -> np.ndarray:
+def _random_field(
+    shape, spacing, length: float, rng: np.random.Generator, band_pass: bool = False
+) -> np.ndarray:
     """Smooth Gaussian random field with unit variance and correlation length ``length``.
 
     Drawn on a coarse grid of cell size ``length / 2`` (physical units) and interpolated
@@ -205,7 +218,9 @@ def _random_field(shape, spacing, length: float, rng: np.random.Generator, band_
 def _linear_interpolation_matrix(n_in: int, n_out: int) -> np.ndarray:
     """Matrix mapping ``n_in`` samples to ``n_out`` by linear interpolation (pixel-edge aligned)."""
     position = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-    left = np.minimum(np.floor(position).astype(int), n_in - 2) if n_in > 1 else np.zeros(n_out, int)
+    left = (
+        np.minimum(np.floor(position).astype(int), n_in - 2) if n_in > 1 else np.zeros(n_out, int)
+    )
     frac = (position - left).astype(np.float32)
     weights = np.zeros((n_out, n_in), dtype=np.float32)
     weights[np.arange(n_out), left] = 1 - frac
@@ -224,7 +239,11 @@ def _anatomy(shape, spacing, rng: np.random.Generator) -> tuple[np.ndarray, np.n
 
     # Screw surface: core plus trapezoidal helical thread, conical tip.
     pitch = 0.32 * r_unit
-    turn = theta[None] / np.float32(2 * np.pi) - (z / pitch)[:, None, None] + np.float32(phase0 / (2 * np.pi))
+    turn = (
+        theta[None] / np.float32(2 * np.pi)
+        - (z / pitch)[:, None, None]
+        + np.float32(phase0 / (2 * np.pi))
+    )
     turn -= np.floor(turn)
     thread = np.clip(1.6 * (1 - np.abs(2 * turn - 1)) - 0.3, 0, 1)
     del turn
@@ -235,22 +254,30 @@ def _anatomy(shape, spacing, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     surface *= taper[:, None, None]
 
     # Corrosion: smoothly varying erosion plus pits.
-    erosion = np.float32(0.05 * r_unit) * np.clip(1 + 0.6 * _random_field(shape, spacing, 0.25 * r_unit, rng), 0, None)
+    erosion = np.float32(0.05 * r_unit) * np.clip(
+        1 + 0.6 * _random_field(shape, spacing, 0.25 * r_unit, rng), 0, None
+    )
     pits = _random_field(shape, spacing, 0.08 * r_unit, rng)
     erosion += np.float32(0.06 * r_unit) * (pits > 1.3)
     del pits
     residual_radius = surface - erosion
-    layer = np.float32(0.05 * r_unit) * (1 + 0.4 * np.clip(_random_field(shape, spacing, 0.2 * r_unit, rng), -1, 1))
+    layer = np.float32(0.05 * r_unit) * (
+        1 + 0.4 * np.clip(_random_field(shape, spacing, 0.2 * r_unit, rng), -1, 1)
+    )
     layer += np.float32(0.9) * erosion
     layer_radius = residual_radius + layer
     del erosion, layer
-    has_screw = (surface > 0)
+    has_screw = surface > 0
     residual = (rho[None] < residual_radius) & has_screw
     degradation = (rho[None] < layer_radius) & has_screw & ~residual
     del residual_radius
 
     # Cortical shell with a wobbly outline.
-    wobble = 1 + 0.03 * np.sin(3 * theta + wobble_phase)[None] + 0.02 * np.sin(2 * np.pi * z / z_extent)[:, None, None]
+    wobble = (
+        1
+        + 0.03 * np.sin(3 * theta + wobble_phase)[None]
+        + 0.02 * np.sin(2 * np.pi * z / z_extent)[:, None, None]
+    )
     outer = np.float32(0.85 * r_unit) * wobble
     inner = outer - np.float32(0.12 * r_unit)
     cortex = (rho[None] < outer) & (rho[None] > inner)
@@ -262,7 +289,9 @@ def _anatomy(shape, spacing, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     trabecular = np.abs(_random_field(shape, spacing, length, rng, band_pass=True)) < 0.33
     trabecular &= rho[None] < inner
     del inner
-    contact = (_random_field(shape, spacing, 0.15 * r_unit, rng) > 0) & (rho[None] < layer_radius + np.float32(0.05 * r_unit))
+    contact = (_random_field(shape, spacing, 0.15 * r_unit, rng) > 0) & (
+        rho[None] < layer_radius + np.float32(0.05 * r_unit)
+    )
     bone = cortex | trabecular | contact
     del trabecular, contact, layer_radius
 
@@ -288,5 +317,7 @@ def _ring_pattern(shape, spacing, amplitude: float, rng: np.random.Generator) ->
     strong = rng.random(n_radii) < 0.06
     profile[strong] += rng.choice([-1.0, 1.0], strong.sum()) * rng.uniform(1.5, 3.0, strong.sum())
     profile[0] = 0.0
-    modulation = 1 + 0.25 * np.sin(2 * np.pi * np.arange(shape[0]) / max(shape[0], 16) + rng.uniform(0, 2 * np.pi))
+    modulation = 1 + 0.25 * np.sin(
+        2 * np.pi * np.arange(shape[0]) / max(shape[0], 16) + rng.uniform(0, 2 * np.pi)
+    )
     return (amplitude * modulation[:, None, None] * profile[radius][None]).astype(np.float32)

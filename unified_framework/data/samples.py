@@ -9,9 +9,10 @@ and friends download on first use, so they are not listed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,11 @@ def _implant(labels: bool, **kwargs: Any):
 
     kwargs.setdefault("spacing", PHANTOM_SPACING)
     image, truth = make_implant_phantom(**kwargs)
-    return Volume(truth if labels else image, kwargs["spacing"], {"sample": "implant-labels" if labels else "implant"})
+    return Volume(
+        truth if labels else image,
+        kwargs["spacing"],
+        {"sample": "implant-labels" if labels else "implant"},
+    )
 
 
 def _ct_small():
@@ -61,7 +66,11 @@ def _skimage(function: str, spacing: tuple[float, float]):
 
     from ..io import Volume
 
-    return Volume(np.asarray(getattr(skimage.data, function)()), spacing, {"sample": function, "source": "scikit-image"})
+    return Volume(
+        np.asarray(getattr(skimage.data, function)()),
+        spacing,
+        {"sample": function, "source": "scikit-image"},
+    )
 
 
 def _ihc():
@@ -91,32 +100,59 @@ def _catalogue() -> dict[str, tuple[Sample, Callable[..., Any], Callable[[], boo
 
     return {
         "implant": (
-            Sample("implant", "synthetic SRµCT of a degrading Mg screw in bone (64³ by default; see make_implant_phantom)", 3, "generated"),
+            Sample(
+                "implant",
+                "synthetic SRµCT of a degrading Mg screw in bone (64³ by default; see make_implant_phantom)",
+                3,
+                "generated",
+            ),
             lambda **kw: _implant(False, **kw),
             always,
         ),
         "implant-labels": (
-            Sample("implant-labels", "ground truth of 'implant': 0 background, 1 bone, 2 residual implant, 3 degradation layer", 3, "generated"),
+            Sample(
+                "implant-labels",
+                "ground truth of 'implant': 0 background, 1 bone, 2 residual implant, 3 degradation layer",
+                3,
+                "generated",
+            ),
             lambda **kw: _implant(True, **kw),
             always,
         ),
         "ct-small": (
-            Sample("ct-small", "one 128x128 CT slice (pydicom test file CT_small.dcm)", 2, "pydicom"),
+            Sample(
+                "ct-small", "one 128x128 CT slice (pydicom test file CT_small.dcm)", 2, "pydicom"
+            ),
             _ct_small,
             pydicom_ships,
         ),
         "shepp-logan": (
-            Sample("shepp-logan", "Shepp-Logan tomography phantom, 400x400 (scikit-image)", 2, "scikit-image"),
+            Sample(
+                "shepp-logan",
+                "Shepp-Logan tomography phantom, 400x400 (scikit-image)",
+                2,
+                "scikit-image",
+            ),
             lambda: _skimage("shepp_logan_phantom", (1.0, 1.0)),
             skimage_ships("phantom.png"),
         ),
         "cell": (
-            Sample("cell", "light-microscopy image of a cell, 660x550 (scikit-image)", 2, "scikit-image"),
+            Sample(
+                "cell",
+                "light-microscopy image of a cell, 660x550 (scikit-image)",
+                2,
+                "scikit-image",
+            ),
             lambda: _skimage("cell", (1.0, 1.0)),
             skimage_ships("cell.png"),
         ),
         "ihc": (
-            Sample("ihc", "RGB immunohistochemistry image (hematoxylin + DAB), 512x512x3 (scikit-image ihc.png)", 2, "scikit-image"),
+            Sample(
+                "ihc",
+                "RGB immunohistochemistry image (hematoxylin + DAB), 512x512x3 (scikit-image ihc.png)",
+                2,
+                "scikit-image",
+            ),
             _ihc,
             skimage_ships("ihc.png"),
         ),

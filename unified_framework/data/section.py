@@ -19,7 +19,8 @@ similarity transform); ``R(a) = [[cos a, -sin a], [sin a, cos a]]``.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -38,7 +39,9 @@ STAIN_COLOURS = np.array(
 _GLASS = 4
 
 
-def similarity_matrix(rotation_deg: float, scale: float, translation: Sequence[float]) -> np.ndarray:
+def similarity_matrix(
+    rotation_deg: float, scale: float, translation: Sequence[float]
+) -> np.ndarray:
     """3x3 homogeneous matrix of ``q = scale * R(rotation) p + translation`` on ``(row, column)`` µm.
 
     Examples
@@ -148,17 +151,30 @@ def make_section_sample(
     if torn:
         rgb[_tear_mask((side, side), rng)] = STAIN_COLOURS[_GLASS]
     rgb += noise * rng.standard_normal(rgb.shape)
-    section = Volume(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), (pixel_size, pixel_size), {"sample": "implant section"}, axes="yxc")
+    section = Volume(
+        np.clip(np.rint(rgb), 0, 255).astype(np.uint8),
+        (pixel_size, pixel_size),
+        {"sample": "implant section"},
+        axes="yxc",
+    )
     truth = {
         "plane": plane.to_dict(),
         "tilt_deg": tilt,
         "azimuth_deg": azimuth,
         "offset_um": offset,
         "axis": [1.0, 0.0, 0.0],
-        "section_to_plane": {"rotation_deg": rotation, "scale": scale, "translation_um": [float(t) for t in translation]},
+        "section_to_plane": {
+            "rotation_deg": rotation,
+            "scale": scale,
+            "translation_um": [float(t) for t in translation],
+        },
         "pixel_size_um": pixel_size,
         "thickness_um": float(thickness),
-        "volume": {"shape": [int(s) for s in shape], "spacing_um": [float(spacing)] * 3, "seed": int(seed)},
+        "volume": {
+            "shape": [int(s) for s in shape],
+            "spacing_um": [float(spacing)] * 3,
+            "seed": int(seed),
+        },
         "seed": int(seed),
     }
     return volume, section, truth
@@ -169,9 +185,14 @@ def _smooth_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator
     return field / (field.std() + 1e-12)
 
 
-def _elastic_field(shape: tuple[int, int], amplitude: float, rng: np.random.Generator) -> np.ndarray:
+def _elastic_field(
+    shape: tuple[int, int], amplitude: float, rng: np.random.Generator
+) -> np.ndarray:
     """Smooth 2D displacement (µm) whose largest magnitude is ``amplitude``."""
-    field = np.stack([ndimage.gaussian_filter(rng.standard_normal(shape), max(shape) / 6) for _ in range(2)], axis=-1)
+    field = np.stack(
+        [ndimage.gaussian_filter(rng.standard_normal(shape), max(shape) / 6) for _ in range(2)],
+        axis=-1,
+    )
     peak = np.abs(field).max()
     return field * (amplitude / peak) if peak > 0 else field
 
@@ -185,7 +206,11 @@ def _tear_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     ry, rx = rng.uniform(0.08, 0.14) * h, rng.uniform(0.08, 0.14) * w
     missing = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
     direction = rng.uniform(0, math.pi)
-    distance = np.abs((yy - (h - 1) / 2) * math.cos(direction) - (xx - (w - 1) / 2) * math.sin(direction) - rng.uniform(-0.2, 0.2) * h)
+    distance = np.abs(
+        (yy - (h - 1) / 2) * math.cos(direction)
+        - (xx - (w - 1) / 2) * math.sin(direction)
+        - rng.uniform(-0.2, 0.2) * h
+    )
     along = (yy - (h - 1) / 2) * math.sin(direction) + (xx - (w - 1) / 2) * math.cos(direction)
     strip = (distance < 1.0 + 0.01 * h) & (along > -0.1 * w) & (along < 0.35 * w)
     return missing | strip

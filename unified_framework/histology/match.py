@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -77,7 +78,11 @@ class Match:
             "tilt_deg": tilt,
             "azimuth_deg": azimuth,
             "offset_um": self.offset_um,
-            "section_to_plane": {"rotation_deg": self.rotation_deg, "scale": self.scale, "translation_um": list(self.translation_um)},
+            "section_to_plane": {
+                "rotation_deg": self.rotation_deg,
+                "scale": self.scale,
+                "translation_um": list(self.translation_um),
+            },
             "score_nmi": self.score,
             **({"landscape": self.landscape} if self.landscape else {}),
         }
@@ -116,7 +121,9 @@ def section_grey(section: Volume, channel: str | None = None) -> np.ndarray:
     from ..image import separate_stains, to_grey
 
     if section.axes == "zyx":
-        raise InputError(f"{section.path or 'section'}: is a 3D volume {section.shape}; expected a 2D section image")
+        raise InputError(
+            f"{section.path or 'section'}: is a 3D volume {section.shape}; expected a 2D section image"
+        )
     if channel:
         stains, _, index = channel.partition(":")
         hed = separate_stains(section, stains)
@@ -135,11 +142,18 @@ def _binned(volume: Volume, side: int) -> Volume:
     if is_lazy(volume.data):
         import dask.array as da
 
-        data = da.coarsen(np.mean, volume.data.astype(np.float32), {0: factor, 1: factor, 2: factor}, trim_excess=True).compute()
+        data = da.coarsen(
+            np.mean,
+            volume.data.astype(np.float32),
+            {0: factor, 1: factor, 2: factor},
+            trim_excess=True,
+        ).compute()
     else:
         import torch
 
-        data = torch.nn.functional.avg_pool3d(torch.from_numpy(np.asarray(volume.data, dtype=np.float32))[None], factor)[0].numpy()
+        data = torch.nn.functional.avg_pool3d(
+            torch.from_numpy(np.asarray(volume.data, dtype=np.float32))[None], factor
+        )[0].numpy()
     spacing = tuple(s * factor for s in volume.spacing)
     origin = volume.affine @ np.append(np.full(3, (factor - 1) / 2), 1.0)
     return Volume(data, spacing, {}, None, tuple(origin[:3]), volume.direction)
@@ -164,28 +178,44 @@ def _levels(values: np.ndarray, low: float, high: float, bins: int) -> np.ndarra
 class _Scorer:
     """Batched NMI between the section (fixed) and the volume sampled at candidate positions."""
 
-    def __init__(self, volume: Volume, grey: np.ndarray, pixel_size: float, bins: int, device: Any) -> None:
+    def __init__(
+        self, volume: Volume, grey: np.ndarray, pixel_size: float, bins: int, device: Any
+    ) -> None:
         import torch
 
         self.torch = torch
         self.device = device
         self.volume = volume
-        self.block = torch.from_numpy(np.ascontiguousarray(volume.data, dtype=np.float32)).to(device)
+        self.block = torch.from_numpy(np.ascontiguousarray(volume.data, dtype=np.float32)).to(
+            device
+        )
         self.index_of_world = np.linalg.inv(volume.affine)
         self.bins = bins
         lo, hi = np.percentile(volume.data, [0.5, 99.5])
         self.range = (float(lo), float(hi))
         slo, shi = np.percentile(grey, [0.5, 99.5])
-        self.section_levels = torch.from_numpy(_levels(grey.ravel(), float(slo), float(shi), bins)).to(device)
+        self.section_levels = torch.from_numpy(
+            _levels(grey.ravel(), float(slo), float(shi), bins)
+        ).to(device)
         h, w = grey.shape
         rows = (np.arange(h) - (h - 1) / 2) * pixel_size
         cols = (np.arange(w) - (w - 1) / 2) * pixel_size
-        self.p = torch.from_numpy(np.stack(np.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2).astype(np.float32)).to(device)
+        self.p = torch.from_numpy(
+            np.stack(np.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2).astype(np.float32)
+        ).to(device)
         counts = torch.bincount(self.section_levels, minlength=bins).to(torch.float64)
         prob = counts / counts.sum()
         self.h_section = float(-(prob[prob > 0] * prob[prob > 0].log()).sum())
 
-    def grid(self, points: np.ndarray, us: np.ndarray, vs: np.ndarray, rot: np.ndarray, scale: np.ndarray, trans: np.ndarray) -> Any:
+    def grid(
+        self,
+        points: np.ndarray,
+        us: np.ndarray,
+        vs: np.ndarray,
+        rot: np.ndarray,
+        scale: np.ndarray,
+        trans: np.ndarray,
+    ) -> Any:
         """``grid_sample`` coordinates (B, N, 3) of the section pixels for B candidates (arrays of length B).
 
         The affine chain world -> index -> [-1, 1] is applied to the B plane frames
@@ -204,21 +234,33 @@ class _Scorer:
         base = origin + trans[:, 0:1] * dv + trans[:, 1:2] * du
         along_pv = cv[:, 0:1] * dv + cu[:, 0:1] * du
         along_pu = cv[:, 1:2] * dv + cu[:, 1:2] * du
-        f = lambda x: torch.as_tensor(np.ascontiguousarray(x[:, ::-1]), dtype=torch.float32, device=self.device)  # noqa: E731
+        f = lambda x: torch.as_tensor(
+            np.ascontiguousarray(x[:, ::-1]), dtype=torch.float32, device=self.device
+        )  # noqa: E731
         pv, pu = self.p[:, 0][None, :, None], self.p[:, 1][None, :, None]
         return f(base)[:, None] + pv * f(along_pv)[:, None] + pu * f(along_pu)[:, None]
 
     def nmi(self, grid: Any) -> np.ndarray:
         torch = self.torch
-        values = torch.nn.functional.grid_sample(self.block[None, None], grid[None, None], mode="bilinear", padding_mode="zeros", align_corners=True)
+        values = torch.nn.functional.grid_sample(
+            self.block[None, None],
+            grid[None, None],
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=True,
+        )
         values = values.reshape(grid.shape[:2])
         lo, hi = self.range
         # Linear (Parzen) binning of the volume's values: the score then changes smoothly
         # with the parameters, which the pattern search of the refinement relies on.
-        position = ((values - lo) * (self.bins / max(hi - lo, 1e-12)) - 0.5).clamp_(0, self.bins - 1)
+        position = ((values - lo) * (self.bins / max(hi - lo, 1e-12)) - 0.5).clamp_(
+            0, self.bins - 1
+        )
         low = position.floor().clamp_(max=self.bins - 2).long()
         weight = position - low
-        joint = torch.zeros(grid.shape[0], self.bins * self.bins, device=self.device, dtype=torch.float32)
+        joint = torch.zeros(
+            grid.shape[0], self.bins * self.bins, device=self.device, dtype=torch.float32
+        )
         base = low * self.bins + self.section_levels[None]
         joint.scatter_add_(1, base, 1 - weight)
         joint.scatter_add_(1, base + self.bins, weight)
@@ -312,7 +354,9 @@ def locate_section(
     if not 0 <= cone <= 180:
         raise InputError(f"cone: {cone}; expected a half-angle of 0..180 degrees")
     if not orientation_step > 0:
-        raise InputError(f"orientation step: {orientation_step}; expected a positive number of degrees")
+        raise InputError(
+            f"orientation step: {orientation_step}; expected a positive number of degrees"
+        )
     if candidates < 1:
         raise InputError(f"candidates: {candidates}; expected at least 1")
     dev = torch_device(device)
@@ -336,10 +380,16 @@ def locate_section(
     voxel = float(min(coarse.spacing))
     small, small_px = _section_at(grey, pixel_size, voxel)
     volume_threshold = float(threshold_multiotsu(np.asarray(coarse.data), classes=3)[0])
-    glass = float(threshold_multiotsu(grey, classes=3)[-1]) if channel is None else float(threshold_multiotsu(grey, classes=3)[0])
+    glass = (
+        float(threshold_multiotsu(grey, classes=3)[-1])
+        if channel is None
+        else float(threshold_multiotsu(grey, classes=3)[0])
+    )
     section_fg = _foreground(small, glass, dark_is_foreground=channel is None)
     if section_fg.sum() < 4:
-        raise InputError(f"{section.path or 'section'}: no tissue found on the section (all pixels look like glass)")
+        raise InputError(
+            f"{section.path or 'section'}: no tissue found on the section (all pixels look like glass)"
+        )
     rows = (np.arange(small.shape[0]) - (small.shape[0] - 1) / 2) * small_px
     cols = (np.arange(small.shape[1]) - (small.shape[1] - 1) / 2) * small_px
     pv, pu = np.meshgrid(rows, cols, indexing="ij")
@@ -352,14 +402,22 @@ def locate_section(
     plane_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, float, float, np.ndarray]] = []
     for n in tqdm(normals, desc="planes", unit="orientation", disable=not progress, leave=False):
         reach = (corners - centre) @ n
-        offsets = np.arange(math.ceil(reach.min() / voxel), math.floor(reach.max() / voxel) + 1) * voxel
+        offsets = (
+            np.arange(math.ceil(reach.min() / voxel), math.floor(reach.max() / voxel) + 1) * voxel
+        )
         plane0 = Plane(centre, n)
         shape = default_shape(coarse, plane0, voxel)
         grids = np.stack([section_grid(Plane(centre + o * n, n), voxel, shape)[0] for o in offsets])
-        values, inside = grid_sample_world(scorer.block, scorer.index_of_world, torch.from_numpy(grids).to(dev))
+        values, inside = grid_sample_world(
+            scorer.block, scorer.index_of_world, torch.from_numpy(grids).to(dev)
+        )
         fg = (values.cpu().numpy() > volume_threshold) & inside.cpu().numpy()
         h, w = shape
-        gv, gu = np.meshgrid((np.arange(h) - (h - 1) / 2) * voxel, (np.arange(w) - (w - 1) / 2) * voxel, indexing="ij")
+        gv, gu = np.meshgrid(
+            (np.arange(h) - (h - 1) / 2) * voxel,
+            (np.arange(w) - (w - 1) / 2) * voxel,
+            indexing="ij",
+        )
         for k, o in enumerate(offsets):
             area = fg[k].sum() * voxel**2
             if area == 0:
@@ -368,7 +426,9 @@ def locate_section(
             if not (scale_range[0] * 0.9 <= scale <= scale_range[1] * 1.1):
                 continue
             centroid = np.array([gv[fg[k]].mean(), gu[fg[k]].mean()])
-            plane_rows.append((centre + o * n, n, plane0.u, o, float(np.clip(scale, *scale_range)), centroid))
+            plane_rows.append(
+                (centre + o * n, n, plane0.u, o, float(np.clip(scale, *scale_range)), centroid)
+            )
     if not plane_rows:
         raise InputError(
             f"{section.path or 'section'}: no plane of the volume holds as much tissue as the section (within scale {scale_range[0]}..{scale_range[1]}); "
@@ -384,16 +444,33 @@ def locate_section(
             trans = centroid - scale * r @ section_centroid
             params[i * len(rotations) + j] = [*n, o, rot, scale, *trans, *u]
     scores = np.empty(count)
-    for start in tqdm(range(0, count, BATCH), desc="global search", unit="batch", disable=not progress, leave=False):
-        scores[start : start + BATCH] = scorer.nmi(_world_of(scorer, centre, params[start : start + BATCH]))
+    for start in tqdm(
+        range(0, count, BATCH),
+        desc="global search",
+        unit="batch",
+        disable=not progress,
+        leave=False,
+    ):
+        scores[start : start + BATCH] = scorer.nmi(
+            _world_of(scorer, centre, params[start : start + BATCH])
+        )
     logger.info("global search: %d planes x %d rotations scored", len(plane_rows), len(rotations))
 
-    seeds = _distinct(params, scores, max(candidates, REFINED), min_angle=2 * orientation_step, min_offset=3 * voxel)
+    seeds = _distinct(
+        params,
+        scores,
+        max(candidates, REFINED),
+        min_angle=2 * orientation_step,
+        min_offset=3 * voxel,
+    )
     fine = _binned(volume, FINE_SIDE)
     fine_voxel = float(min(fine.spacing))
     grey_fine, fine_px = _section_at(grey, pixel_size, fine_voxel)
     fine_scorer = _Scorer(fine, grey_fine, fine_px, bins=24, device=dev)
-    refined = [_refine(fine_scorer, centre, params[i], fine_voxel, scale_range) for i in tqdm(seeds, desc="refine", disable=not progress, leave=False)]
+    refined = [
+        _refine(fine_scorer, centre, params[i], fine_voxel, scale_range)
+        for i in tqdm(seeds, desc="refine", disable=not progress, leave=False)
+    ]
     refined.sort(key=lambda m: -m.score)
     best = refined[0]
     best.landscape = _landscape(fine_scorer, centre, best, fine_voxel)
@@ -408,7 +485,9 @@ def locate_section(
         "fine_voxel_um": fine_voxel,
         "global_best_nmi": float(scores.max()),
     }
-    return MatchResult(best, refined[1:candidates], centre, tuple(float(a) for a in axis_v), searched)
+    return MatchResult(
+        best, refined[1:candidates], centre, tuple(float(a) for a in axis_v), searched
+    )
 
 
 def _world_of(scorer: _Scorer, centre: np.ndarray, params: np.ndarray) -> Any:
@@ -422,11 +501,15 @@ def _world_of(scorer: _Scorer, centre: np.ndarray, params: np.ndarray) -> Any:
     return scorer.grid(points, u, v, params[:, 4], params[:, 5], params[:, 6:8])
 
 
-def _distinct(params: np.ndarray, scores: np.ndarray, count: int, min_angle: float, min_offset: float) -> list[int]:
+def _distinct(
+    params: np.ndarray, scores: np.ndarray, count: int, min_angle: float, min_offset: float
+) -> list[int]:
     chosen: list[int] = []
     for i in np.argsort(-scores):
         if all(
-            angle_between(params[i, :3], params[j, :3]) > min_angle or abs(params[i, 3] - params[j, 3]) > min_offset or abs((params[i, 4] - params[j, 4] + 180) % 360 - 180) > 45
+            angle_between(params[i, :3], params[j, :3]) > min_angle
+            or abs(params[i, 3] - params[j, 3]) > min_offset
+            or abs((params[i, 4] - params[j, 4] + 180) % 360 - 180) > 45
             for j in chosen
         ):
             chosen.append(int(i))
@@ -450,7 +533,13 @@ def _perturb(base: np.ndarray, delta: np.ndarray) -> np.ndarray:
     return out
 
 
-def _refine(scorer: _Scorer, centre: np.ndarray, start: np.ndarray, voxel: float, scale_range: tuple[float, float]) -> Match:
+def _refine(
+    scorer: _Scorer,
+    centre: np.ndarray,
+    start: np.ndarray,
+    voxel: float,
+    scale_range: tuple[float, float],
+) -> Match:
     """Batched pattern search: try +-step on each parameter at once, move to the best, halve when stuck."""
     steps = np.array([2.0, 2.0, 2 * voxel, 4.0, 0.04, 2 * voxel, 2 * voxel])
     eye = np.vstack([np.eye(7), -np.eye(7)])
@@ -476,15 +565,33 @@ def _refine(scorer: _Scorer, centre: np.ndarray, start: np.ndarray, voxel: float
 def _as_match(params: np.ndarray, centre: np.ndarray, score: float) -> Match:
     n = params[0:3] / np.linalg.norm(params[0:3])
     plane = Plane(centre + params[3] * n, n, params[8:11])
-    return Match(plane, float((params[4] + 180) % 360 - 180), float(params[5]), (float(params[6]), float(params[7])), score, float(params[3]))
+    return Match(
+        plane,
+        float((params[4] + 180) % 360 - 180),
+        float(params[5]),
+        (float(params[6]), float(params[7])),
+        score,
+        float(params[3]),
+    )
 
 
 def _landscape(scorer: _Scorer, centre: np.ndarray, match: Match, voxel: float) -> dict[str, Any]:
     """NMI around the match: over tilts (two directions, degrees) and over offsets (voxels)."""
-    base = np.array([*match.plane.normal, match.offset_um, match.rotation_deg, match.scale, *match.translation_um, *match.plane.u])
+    base = np.array(
+        [
+            *match.plane.normal,
+            match.offset_um,
+            match.rotation_deg,
+            match.scale,
+            *match.translation_um,
+            *match.plane.u,
+        ]
+    )
     tilts = np.arange(-6.0, 6.01, 1.5)
     grid = np.array([[a, b, 0, 0, 0, 0, 0] for a in tilts for b in tilts])
-    tilt_scores = scorer.nmi(_world_of(scorer, centre, _perturb(base, grid))).reshape(len(tilts), len(tilts))
+    tilt_scores = scorer.nmi(_world_of(scorer, centre, _perturb(base, grid))).reshape(
+        len(tilts), len(tilts)
+    )
     shifts = np.arange(-5, 6)
     offs = np.array([[0, 0, s * voxel, 0, 0, 0, 0] for s in shifts])
     offset_scores = scorer.nmi(_world_of(scorer, centre, _perturb(base, offs)))

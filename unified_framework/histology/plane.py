@@ -10,8 +10,9 @@ is the centre of the image.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,9 @@ Z_AXIS = (1.0, 0.0, 0.0)
 def _unit(vector: Sequence[float], name: str) -> np.ndarray:
     v = np.asarray(vector, dtype=np.float64).reshape(-1)
     if v.shape != (3,) or not np.all(np.isfinite(v)):
-        raise InputError(f"{name}: {list(np.ravel(vector))} is not a vector of 3 finite numbers (z y x)")
+        raise InputError(
+            f"{name}: {list(np.ravel(vector))} is not a vector of 3 finite numbers (z y x)"
+        )
     length = float(np.linalg.norm(v))
     if length < 1e-12:
         raise InputError(f"{name}: is the zero vector; expected a direction (z y x)")
@@ -74,7 +77,9 @@ def normal_from_angles(tilt: float, azimuth: float, axis: Sequence[float] = Z_AX
     return rotation_between(Z_AXIS, axis) @ n
 
 
-def angles_from_normal(normal: Sequence[float], axis: Sequence[float] = Z_AXIS) -> tuple[float, float]:
+def angles_from_normal(
+    normal: Sequence[float], axis: Sequence[float] = Z_AXIS
+) -> tuple[float, float]:
     """Inverse of :func:`normal_from_angles`: ``(tilt, azimuth)`` in degrees.
 
     Examples
@@ -135,7 +140,9 @@ class Plane:
     def __post_init__(self) -> None:
         point = np.asarray(self.point, dtype=np.float64).reshape(-1)
         if point.shape != (3,) or not np.all(np.isfinite(point)):
-            raise InputError(f"plane point: {list(np.ravel(self.point))} is not 3 finite numbers (z y x, µm)")
+            raise InputError(
+                f"plane point: {list(np.ravel(self.point))} is not 3 finite numbers (z y x, µm)"
+            )
         normal = _unit(self.normal, "plane normal")
         if self.u is None:
             rot = rotation_between(Z_AXIS, normal)
@@ -155,8 +162,13 @@ class Plane:
 
     @classmethod
     def from_angles(
-        cls, tilt: float, azimuth: float, offset: float, centre: Sequence[float], axis: Sequence[float] = Z_AXIS
-    ) -> "Plane":
+        cls,
+        tilt: float,
+        azimuth: float,
+        offset: float,
+        centre: Sequence[float],
+        axis: Sequence[float] = Z_AXIS,
+    ) -> Plane:
         """The plane with normal :func:`normal_from_angles` through ``centre + offset * normal``.
 
         Examples
@@ -187,7 +199,7 @@ class Plane:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Plane":
+    def from_dict(cls, data: dict[str, Any]) -> Plane:
         """Inverse of :meth:`to_dict`."""
         try:
             return cls(data["point_um"], data["normal"], data.get("u"))
@@ -204,5 +216,9 @@ def volume_centre(volume: Any) -> np.ndarray:
 def volume_corners(volume: Any) -> np.ndarray:
     """World positions (8, 3) of the outer corners of a volume's voxel grid."""
     shape = np.asarray(volume.spatial_shape[:3], dtype=np.float64)
-    idx = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=np.float64) * shape - 0.5
+    idx = (
+        np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=np.float64)
+        * shape
+        - 0.5
+    )
     return (np.c_[idx, np.ones(8)] @ volume.affine.T)[:, :3]

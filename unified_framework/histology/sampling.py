@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +62,9 @@ def check_volume(volume: Volume, name: str | None = None) -> None:
     """
     name = name or str(volume.path or "volume")
     if volume.axes != "zyx":
-        raise InputError(f"{name}: is a {volume.ndim}D image with axes {volume.axes!r}; expected a grey 3D volume (z, y, x)")
+        raise InputError(
+            f"{name}: is a {volume.ndim}D image with axes {volume.axes!r}; expected a grey 3D volume (z, y, x)"
+        )
 
 
 def grid_sample_world(block: Any, index_of_world: np.ndarray, points: Any, order: int = 1) -> Any:
@@ -100,7 +103,11 @@ def grid_sample_world(block: Any, index_of_world: np.ndarray, points: Any, order
     # 1e5 µm keep about 0.01 µm precision, far below a voxel.
     m = torch.as_tensor(index_of_world, dtype=torch.float64, device=points.device)
     anchor = -torch.linalg.solve(m[:3, :3], m[:3, 3])  # world position of index 0
-    rel = (points.to(torch.float64) - anchor) if points.dtype == torch.float64 else points - anchor.to(points.dtype)
+    rel = (
+        (points.to(torch.float64) - anchor)
+        if points.dtype == torch.float64
+        else points - anchor.to(points.dtype)
+    )
     idx = rel.to(torch.float32) @ m[:3, :3].T.to(torch.float32)
     size = torch.tensor(block.shape, dtype=torch.float32, device=points.device)
     inside = ((idx >= -1e-6) & (idx <= size - 1 + 1e-6)).all(dim=-1)
@@ -109,16 +116,26 @@ def grid_sample_world(block: Any, index_of_world: np.ndarray, points: Any, order
     pad = [0, int(block.shape[2] == 1), 0, int(block.shape[1] == 1), 0, int(block.shape[0] == 1)]
     if any(pad):
         block = F.pad(block[None], pad, mode="replicate")[0]
-    span = torch.clamp(torch.tensor(block.shape, dtype=torch.float32, device=points.device) - 1, min=1)
+    span = torch.clamp(
+        torch.tensor(block.shape, dtype=torch.float32, device=points.device) - 1, min=1
+    )
     norm = (2 * idx / span - 1).flip(-1)  # grid_sample wants (x, y, z)
     flat = norm.reshape(1, 1, 1, -1, 3)
     mode = "nearest" if order == 0 else "bilinear"
-    out = F.grid_sample(block[None, None].to(torch.float32), flat, mode=mode, padding_mode="zeros", align_corners=True)
+    out = F.grid_sample(
+        block[None, None].to(torch.float32),
+        flat,
+        mode=mode,
+        padding_mode="zeros",
+        align_corners=True,
+    )
     values = out.reshape(points.shape[:-1])
     return values * inside, inside
 
 
-def section_grid(plane: Plane, pixel_size: float, shape: Sequence[int], depths: Sequence[float] = (0.0,)) -> np.ndarray:
+def section_grid(
+    plane: Plane, pixel_size: float, shape: Sequence[int], depths: Sequence[float] = (0.0,)
+) -> np.ndarray:
     """World positions ``(len(depths), H, W, 3)`` of the pixels of a section image.
 
     Pixel ``(r, c)`` lies at ``point + (r - (H-1)/2) p v + (c - (W-1)/2) p u + d n``
@@ -151,7 +168,9 @@ def slab_depths(thickness: float, spacing: Sequence[float]) -> np.ndarray:
     [-3.75, -1.25, 1.25, 3.75]
     """
     if not math.isfinite(thickness) or thickness < 0:
-        raise InputError(f"thickness: {thickness} is not a thickness; expected a finite number >= 0 (µm)")
+        raise InputError(
+            f"thickness: {thickness} is not a thickness; expected a finite number >= 0 (µm)"
+        )
     n = max(1, math.ceil(thickness / (0.5 * min(spacing))))
     return (np.arange(n) + 0.5) / n * thickness - thickness / 2
 
@@ -166,11 +185,19 @@ def default_shape(volume: Volume, plane: Plane, pixel_size: float) -> tuple[int,
 
 def _check_pixel_size(pixel_size: float) -> float:
     if not isinstance(pixel_size, (int, float)) or not math.isfinite(pixel_size) or pixel_size <= 0:
-        raise InputError(f"pixel size: {pixel_size!r} is not a length; expected a positive number of µm")
+        raise InputError(
+            f"pixel size: {pixel_size!r} is not a length; expected a positive number of µm"
+        )
     return float(pixel_size)
 
 
-def sample_points(volume: Volume, points: np.ndarray, order: int = 1, device: str | None = None, tile_points: int = TILE * TILE) -> tuple[np.ndarray, np.ndarray]:
+def sample_points(
+    volume: Volume,
+    points: np.ndarray,
+    order: int = 1,
+    device: str | None = None,
+    tile_points: int = TILE * TILE,
+) -> tuple[np.ndarray, np.ndarray]:
     """Values of ``volume`` at world positions ``points (N, ..., 3)``, reading only nearby data.
 
     The positions are processed in groups along their second-to-last axes (image
@@ -286,7 +313,9 @@ def virtual_section(
         shape = default_shape(volume, plane, pixel_size)
     shape = tuple(int(s) for s in shape)
     if len(shape) != 2 or min(shape) < 1:
-        raise InputError(f"section shape: {shape} is not an image shape; expected two positive integers (rows columns)")
+        raise InputError(
+            f"section shape: {shape} is not an image shape; expected two positive integers (rows columns)"
+        )
     depths = slab_depths(thickness, volume.spacing)
     points = section_grid(plane, pixel_size, shape, depths)
     values, inside = sample_points(volume, points, order=order, device=device)
@@ -294,7 +323,9 @@ def virtual_section(
         image = values[len(depths) // 2].astype(volume.dtype)
     else:
         image = values.mean(axis=0).astype(np.float32)
-    corner = plane.world(np.array([-(shape[0] - 1) / 2 * pixel_size, -(shape[1] - 1) / 2 * pixel_size]))
+    corner = plane.world(
+        np.array([-(shape[0] - 1) / 2 * pixel_size, -(shape[1] - 1) / 2 * pixel_size])
+    )
     metadata = {
         "plane": plane.to_dict(),
         "pixel_size_um": pixel_size,
@@ -303,7 +334,9 @@ def virtual_section(
         "source": str(volume.path) if volume.path else None,
     }
     direction = np.stack([plane.normal, plane.v, plane.u], axis=1)
-    return Volume(image, (pixel_size, pixel_size), metadata, None, tuple(float(c) for c in corner), direction)
+    return Volume(
+        image, (pixel_size, pixel_size), metadata, None, tuple(float(c) for c in corner), direction
+    )
 
 
 def virtual_stack(
@@ -340,10 +373,24 @@ def virtual_stack(
     if shape is None:
         shape = default_shape(volume, plane, pixel_size)
     cuts = [
-        virtual_section(volume, Plane(plane.point + (k - (count - 1) / 2) * step * plane.normal, plane.normal, plane.u), pixel_size, shape, thickness, device=device)
+        virtual_section(
+            volume,
+            Plane(plane.point + (k - (count - 1) / 2) * step * plane.normal, plane.normal, plane.u),
+            pixel_size,
+            shape,
+            thickness,
+            device=device,
+        )
         for k in range(count)
     ]
     images = [cut.data for cut in cuts]
     first = cuts[0]
     metadata = dict(first.metadata, plane=plane.to_dict(), count=count, step_um=float(step))
-    return Volume(np.stack(images), (float(step), pixel_size, pixel_size), metadata, None, first.origin, first.direction)
+    return Volume(
+        np.stack(images),
+        (float(step), pixel_size, pixel_size),
+        metadata,
+        None,
+        first.origin,
+        first.direction,
+    )

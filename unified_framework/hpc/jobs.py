@@ -20,9 +20,10 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -70,7 +71,9 @@ def backend_name(backend: str | None = None, config: Mapping[str, Any] | None = 
     if wanted == "auto":
         return "slurm" if slurm.slurm_available() else "local"
     if wanted == "slurm" and not slurm.slurm_available():
-        raise BackendUnavailable("SLURM is not installed here (no sbatch/squeue); use the local backend")
+        raise BackendUnavailable(
+            "SLURM is not installed here (no sbatch/squeue); use the local backend"
+        )
     return wanted
 
 
@@ -108,13 +111,21 @@ def cluster_limits() -> ClusterLimits:
     return ClusterLimits({p.name: p for p in partitions}, tuple(qos) if qos is not None else None)
 
 
-def _with_config_defaults(template: Template, params: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+def _with_config_defaults(
+    template: Template, params: Mapping[str, Any], config: Mapping[str, Any]
+) -> dict[str, Any]:
     """Fill partition/account from ``slurm.default_partition``/``default_account`` if unset."""
     values = dict(params)
     section = _slurm_section(config)
     for ptype, key in (("partition", "default_partition"), ("account", "default_account")):
         for name, p in template.parameters.items():
-            if p.type == ptype and name not in values and not p.locked and not p.default and section.get(key):
+            if (
+                p.type == ptype
+                and name not in values
+                and not p.locked
+                and not p.default
+                and section.get(key)
+            ):
                 values[name] = section[key]
     return values
 
@@ -166,7 +177,10 @@ def prepare(
     chosen = backend_name(backend, config)
     limits = cluster_limits() if chosen == "slurm" and check_cluster else None
     values = validate_params(
-        template, _with_config_defaults(template, params or {}, config), cwd=cwd, cluster=limits,
+        template,
+        _with_config_defaults(template, params or {}, config),
+        cwd=cwd,
+        cluster=limits,
         allow_locked=allow_locked,
     )
     if chosen == "slurm":
@@ -208,13 +222,19 @@ def check_submission(prepared: PreparedJob) -> list[str]:
     Dependent scripts are tested without their dependency (the jobs do not exist yet).
     """
     if prepared.backend != "slurm":
-        raise BackendUnavailable("sbatch --test-only needs SLURM; the local backend has no scheduler to ask")
+        raise BackendUnavailable(
+            "sbatch --test-only needs SLURM; the local backend has no scheduler to ask"
+        )
     answers = []
     with tempfile.TemporaryDirectory(prefix="mdlma-test-only-") as tmp:
         for job in prepared.scripts:
             script = Path(tmp) / f"{job.step}.sh"
             script.write_text(job.text, encoding="utf-8")
-            answers.append(slurm.sbatch(str(script), workdir=prepared.workdir, output="/dev/null", test_only=True))
+            answers.append(
+                slurm.sbatch(
+                    str(script), workdir=prepared.workdir, output="/dev/null", test_only=True
+                )
+            )
     return answers
 
 
@@ -253,34 +273,57 @@ def submit(
     prepared = (
         template
         if isinstance(template, PreparedJob)
-        else prepare(template, params, cwd=cwd, backend=backend, allow_locked=allow_locked, config=config)
+        else prepare(
+            template, params, cwd=cwd, backend=backend, allow_locked=allow_locked, config=config
+        )
     )
     after_ids = _after_ids(after)
     if prepared.backend == "local":
         if hold:
-            raise BackendUnavailable("holding jobs needs SLURM; the local backend runs jobs at once")
+            raise BackendUnavailable(
+                "holding jobs needs SLURM; the local backend runs jobs at once"
+            )
         if after_ids:
-            raise BackendUnavailable("dependencies on other submissions need SLURM; the local backend has none")
-        logger.warning("%s: running %s locally as a subprocess", _local_reason(), prepared.template.name)
+            raise BackendUnavailable(
+                "dependencies on other submissions need SLURM; the local backend has none"
+            )
+        logger.warning(
+            "%s: running %s locally as a subprocess", _local_reason(), prepared.template.name
+        )
     folder = new_record_dir(prepared.workdir, prepared.template.name)
     entries: list[JobEntry] = []
     try:
-        write_text_atomic(folder / "params.json", json.dumps(prepared.params, indent=2, ensure_ascii=False))
+        write_text_atomic(
+            folder / "params.json", json.dumps(prepared.params, indent=2, ensure_ascii=False)
+        )
         for index, job in enumerate(prepared.scripts):
             name = "job.sh" if index == 0 else f"{job.step}.sh"
             write_text_atomic(folder / name, job.text)
             array = _ARRAY_DIRECTIVE.search(job.text)
             entries.append(
                 JobEntry(
-                    step=job.step, script=name, job_id=None, array=array.group(1) if array else None,
-                    after=job.after, log="slurm-%A_%a.out" if array else "slurm-%j.out",
+                    step=job.step,
+                    script=name,
+                    job_id=None,
+                    array=array.group(1) if array else None,
+                    after=job.after,
+                    log="slurm-%A_%a.out" if array else "slurm-%j.out",
                 )
             )
         record = JobRecord(
-            template=prepared.template.name, backend=prepared.backend, user=current_user(),
-            host=platform.node(), submitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"), workdir=prepared.workdir,
-            path=str(folder.resolve()), jobs=entries, hold=hold, params=prepared.params,
-            note="" if prepared.backend == "slurm" else f"{_local_reason()}: ran as a local subprocess",
+            template=prepared.template.name,
+            backend=prepared.backend,
+            user=current_user(),
+            host=platform.node(),
+            submitted=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            workdir=prepared.workdir,
+            path=str(folder.resolve()),
+            jobs=entries,
+            hold=hold,
+            params=prepared.params,
+            note=""
+            if prepared.backend == "slurm"
+            else f"{_local_reason()}: ran as a local subprocess",
         )
         if prepared.backend == "slurm":
             _submit_slurm(record, folder, after_ids, hold)
@@ -301,7 +344,9 @@ def submit(
 
 
 def _local_reason() -> str:
-    return "the local backend was chosen" if slurm.slurm_available() else "SLURM is not installed here"
+    return (
+        "the local backend was chosen" if slurm.slurm_available() else "SLURM is not installed here"
+    )
 
 
 def _submit_slurm(record: JobRecord, folder: Path, after_ids: list[str], hold: bool) -> None:
@@ -333,7 +378,11 @@ def resubmit(
     config = _config(config)
     template = load_template(old.template, templates_dir(config))
     # Locked values are the administrator's: take today's, not the recorded ones.
-    params = {k: v for k, v in old.params.items() if k in template.parameters and not template.parameters[k].locked}
+    params = {
+        k: v
+        for k, v in old.params.items()
+        if k in template.parameters and not template.parameters[k].locked
+    }
     params.update(changes or {})
     return submit(template, params, backend=backend, config=config)
 
@@ -390,16 +439,26 @@ def _forgotten(job_ids: list[str], user: str | None) -> list[JobStatus]:
         records = {}
     result = []
     for job_id in job_ids:
-        matching = [r for r in records.values() if r.job_id == job_id or r.job_id.split("_")[0] == job_id]
+        matching = [
+            r for r in records.values() if r.job_id == job_id or r.job_id.split("_")[0] == job_id
+        ]
         for r in matching or [None]:
             result.append(
                 JobStatus(
-                    job_id=r.job_id if r else job_id, array_job_id=(r.job_id if r else job_id).split("_")[0],
+                    job_id=r.job_id if r else job_id,
+                    array_job_id=(r.job_id if r else job_id).split("_")[0],
                     array_task_id=(r.job_id.partition("_")[2] or None) if r else None,
-                    name=r.name if r else "", user=r.user if r else "", state=r.state if r else "UNKNOWN",
-                    reason=None if r else "not known to squeue or sacct", partition=r.partition if r else "",
-                    elapsed="", time_limit=r.time_limit or "" if r else "", submit_time=r.submit_time if r else None,
-                    start_time=r.start_time if r else None, nodes=r.nodes if r else None, cpus=r.cpus if r else 0,
+                    name=r.name if r else "",
+                    user=r.user if r else "",
+                    state=r.state if r else "UNKNOWN",
+                    reason=None if r else "not known to squeue or sacct",
+                    partition=r.partition if r else "",
+                    elapsed="",
+                    time_limit=r.time_limit or "" if r else "",
+                    submit_time=r.submit_time if r else None,
+                    start_time=r.start_time if r else None,
+                    nodes=r.nodes if r else None,
+                    cpus=r.cpus if r else 0,
                     workdir=r.workdir or "" if r else "",
                 )
             )
@@ -435,7 +494,9 @@ def history(
     return slurm.sacct(ids, None if all_users else current_user(), since or "now-7days")
 
 
-def cancel(job_ids: Sequence[str], *, backend: str | None = None, config: Mapping[str, Any] | None = None) -> None:
+def cancel(
+    job_ids: Sequence[str], *, backend: str | None = None, config: Mapping[str, Any] | None = None
+) -> None:
     """Cancel jobs by id (an array id cancels all its tasks)."""
     config = _config(config)
     if not job_ids:
@@ -499,7 +560,9 @@ def disk_usage(paths: Iterable[str | os.PathLike]) -> list[DiskUsage]:
     if shutil.which("quota"):
         proc = subprocess.run(
             ["quota", "--no-wrap", "--show-mntpoint", "-p", "-u", current_user()],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         quotas = parse_quota(proc.stdout)
     result = []
@@ -542,15 +605,33 @@ def resources(
         cpus = os.cpu_count() or 1
         memory = psutil.virtual_memory()
         node = Node(
-            name=platform.node(), partitions=["local"], state="idle", cpus=cpus, cpus_allocated=0, cpus_idle=cpus,
-            memory_mb=memory.total / 2**20, free_memory_mb=memory.available / 2**20, gpus=0, gres=None, features=None,
+            name=platform.node(),
+            partitions=["local"],
+            state="idle",
+            cpus=cpus,
+            cpus_allocated=0,
+            cpus_idle=cpus,
+            memory_mb=memory.total / 2**20,
+            free_memory_mb=memory.available / 2**20,
+            gpus=0,
+            gres=None,
+            features=None,
         )
         nodes = [node]
         partitions = [
             Partition(
-                name="local", default=True, available=True, max_time="UNLIMITED", default_time=None,
-                nodes=[node.name], cpus=cpus, cpus_idle=cpus, max_cpus_per_node=cpus,
-                max_memory_mb_per_node=node.memory_mb, gpus=0, max_gpus_per_node=0,
+                name="local",
+                default=True,
+                available=True,
+                max_time="UNLIMITED",
+                default_time=None,
+                nodes=[node.name],
+                cpus=cpus,
+                cpus_idle=cpus,
+                max_cpus_per_node=cpus,
+                max_memory_mb_per_node=node.memory_mb,
+                gpus=0,
+                max_gpus_per_node=0,
             )
         ]
     paths = list(paths) if paths is not None else [config["home"], os.getcwd()]
@@ -558,7 +639,24 @@ def resources(
 
 
 __all__ = [
-    "RECORDS_FOLDER", "DiskUsage", "PreparedJob", "Resources", "backend_name", "cancel", "cluster_limits",
-    "current_user", "disk_usage", "history", "install_prefix", "load_params_file", "prepare", "release",
-    "resources", "resubmit", "script_context", "status", "submit", "check_submission",
+    "RECORDS_FOLDER",
+    "DiskUsage",
+    "PreparedJob",
+    "Resources",
+    "backend_name",
+    "cancel",
+    "cluster_limits",
+    "current_user",
+    "disk_usage",
+    "history",
+    "install_prefix",
+    "load_params_file",
+    "prepare",
+    "release",
+    "resources",
+    "resubmit",
+    "script_context",
+    "status",
+    "submit",
+    "check_submission",
 ]

@@ -20,8 +20,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ..errors import InputError
 from ..utils.atomic import write_text_atomic
@@ -104,7 +105,11 @@ def _now() -> str:
 def _run_task(record: JobRecord, job_index: int, task: str, info: dict[str, Any]) -> None:
     folder = Path(record.path)
     job = record.jobs[job_index]
-    log_name = f"slurm-{job.job_id}_{info['array_task_id']}.out" if job.array else f"slurm-{job.job_id}.out"
+    log_name = (
+        f"slurm-{job.job_id}_{info['array_task_id']}.out"
+        if job.array
+        else f"slurm-{job.job_id}.out"
+    )
     env = dict(os.environ)
     env.update(
         SLURM_JOB_ID=task,
@@ -162,7 +167,9 @@ def run_record(record_dir: str | os.PathLike) -> None:
             with _locked_state(folder) as state:
                 for task in tasks:
                     if state["jobs"][task]["state"] == "PENDING":
-                        state["jobs"][task].update(state="CANCELLED", reason="DependencyNeverSatisfied", end=_now())
+                        state["jobs"][task].update(
+                            state="CANCELLED", reason="DependencyNeverSatisfied", end=_now()
+                        )
             finished[job.step] = False
             continue
         for task in tasks:
@@ -202,7 +209,9 @@ def _runner_alive(state: dict[str, Any]) -> bool:
     return True
 
 
-def _entries(cache_dir: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any], dict[str, Any], Path]]:
+def _entries(
+    cache_dir: str | os.PathLike,
+) -> Iterator[tuple[str, dict[str, Any], dict[str, Any], Path]]:
     folders = sorted(set(_records_by_id(cache_dir).values()))
     for folder in folders:
         if not (folder / STATE_FILE).is_file():
@@ -228,7 +237,9 @@ def status(cache_dir: str | os.PathLike, user: str) -> list[JobStatus]:
     for task, info, _state, folder in _entries(cache_dir):
         running_for = None
         if info["state"] == "RUNNING" and info.get("start"):
-            running_for = time.time() - time.mktime(time.strptime(info["start"], "%Y-%m-%dT%H:%M:%S"))
+            running_for = time.time() - time.mktime(
+                time.strptime(info["start"], "%Y-%m-%dT%H:%M:%S")
+            )
         jobs.append(
             JobStatus(
                 job_id=task,

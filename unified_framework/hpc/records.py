@@ -67,7 +67,10 @@ class JobRecord:
 
     def scripts(self) -> dict[str, str]:
         """The rendered scripts by file name."""
-        return {job.script: (Path(self.path) / job.script).read_text(encoding="utf-8") for job in self.jobs}
+        return {
+            job.script: (Path(self.path) / job.script).read_text(encoding="utf-8")
+            for job in self.jobs
+        }
 
     def log_files(self) -> list[Path]:
         """Output files written so far, sorted by name."""
@@ -109,7 +112,9 @@ def load_record(path: str | os.PathLike) -> JobRecord:
         data = json.loads((folder / "record.json").read_text(encoding="utf-8"))
         params = json.loads((folder / "params.json").read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise InputError(f"{folder}: not a job record ({Path(exc.filename).name} missing)") from None
+        raise InputError(
+            f"{folder}: not a job record ({Path(exc.filename).name} missing)"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{folder}: damaged job record ({exc})") from None
     try:
@@ -121,7 +126,9 @@ def load_record(path: str | os.PathLike) -> JobRecord:
         raise InputError(f"{folder}: damaged job record ({exc})") from None
 
 
-def list_records(root: str | os.PathLike, recursive: bool = False, max_depth: int = 4) -> list[JobRecord]:
+def list_records(
+    root: str | os.PathLike, recursive: bool = False, max_depth: int = 4
+) -> list[JobRecord]:
     """Records under ``root``, newest first.
 
     Parameters
@@ -143,7 +150,11 @@ def list_records(root: str | os.PathLike, recursive: bool = False, max_depth: in
             here = Path(current)
             if RECORDS_FOLDER in dirs:
                 folders.append(here / RECORDS_FOLDER)
-            dirs[:] = [d for d in dirs if not d.startswith(".") and len(here.parts) - base_depth < max_depth]
+            dirs[:] = [
+                d
+                for d in dirs
+                if not d.startswith(".") and len(here.parts) - base_depth < max_depth
+            ]
     elif (root / RECORDS_FOLDER).is_dir():
         folders.append(root / RECORDS_FOLDER)
     records = []

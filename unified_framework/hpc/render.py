@@ -13,9 +13,10 @@ from __future__ import annotations
 import functools
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
@@ -67,7 +68,9 @@ def _environment(folder: Path) -> SandboxedEnvironment:
     )
 
 
-def render(template: Template, values: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> list[RenderedJob]:
+def render(
+    template: Template, values: Mapping[str, Any], context: Mapping[str, Any] | None = None
+) -> list[RenderedJob]:
     """Render every job script of ``template``.
 
     Parameters
@@ -113,7 +116,11 @@ def check_rendered(template: Template, script: str, text: str) -> None:
     directives = [line for line in text.splitlines() if line.lstrip().startswith("#SBATCH")]
     for line in directives:
         if not SBATCH_LINE_RE.fullmatch(line):
-            raise InputError(f"{where}: refusing directive {line[:80]!r}: values in #SBATCH lines must be plain words")
+            raise InputError(
+                f"{where}: refusing directive {line[:80]!r}: values in #SBATCH lines must be plain words"
+            )
     source = template.sources.get(script, "")
-    if len(directives) > sum(1 for line in source.splitlines() if line.lstrip().startswith("#SBATCH")):
+    if len(directives) > sum(
+        1 for line in source.splitlines() if line.lstrip().startswith("#SBATCH")
+    ):
         raise InputError(f"{where}: rendering added #SBATCH directives")

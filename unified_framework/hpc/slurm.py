@@ -16,8 +16,8 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
 
 from ..errors import BackendUnavailable, InputError, MDLMAError
 
@@ -34,8 +34,17 @@ _TRANSIENT = re.compile(
 )
 # Environment variables that change what the commands print.
 _FORMAT_VARIABLES = (
-    "SQUEUE_FORMAT", "SQUEUE_FORMAT2", "SQUEUE_SORT", "SQUEUE_ARRAY", "SQUEUE_STATES", "SQUEUE_USERS",
-    "SACCT_FORMAT", "SINFO_FORMAT", "SINFO_SORT", "SLURM_TIME_FORMAT", "SACCT_FEDERATION",
+    "SQUEUE_FORMAT",
+    "SQUEUE_FORMAT2",
+    "SQUEUE_SORT",
+    "SQUEUE_ARRAY",
+    "SQUEUE_STATES",
+    "SQUEUE_USERS",
+    "SACCT_FORMAT",
+    "SINFO_FORMAT",
+    "SINFO_SORT",
+    "SLURM_TIME_FORMAT",
+    "SACCT_FEDERATION",
 )
 _NO_VALUE = {"", "N/A", "None", "(null)", "Unknown", "n/a", "None assigned"}
 
@@ -114,7 +123,12 @@ def run_command(
     for attempt in range(retries + 1):
         try:
             proc = subprocess.run(
-                list(args), capture_output=True, text=True, errors="replace", timeout=timeout, env=_environment()
+                list(args),
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout,
+                env=_environment(),
             )
         except subprocess.TimeoutExpired:
             message = f"no answer within {timeout:g} s"
@@ -124,16 +138,22 @@ def run_command(
             if proc.returncode == 0 and not failed_quietly:
                 return proc.stdout
             if failed_quietly:
-                proc.stderr = "\n".join(line for line in proc.stderr.splitlines() if ": error: " in line)
+                proc.stderr = "\n".join(
+                    line for line in proc.stderr.splitlines() if ": error: " in line
+                )
             message = _clean_message(command, proc.stderr, proc.stdout)
             transient = bool(_TRANSIENT.search(proc.stderr or ""))
         if not transient:
             error = SlurmRejected if rejects_are_input_errors else SlurmError
             raise error(f"{command}: {message}")
         if attempt < retries:
-            logger.info("%s: transient failure (%s); retry %d of %d", command, message, attempt + 1, retries)
+            logger.info(
+                "%s: transient failure (%s); retry %d of %d", command, message, attempt + 1, retries
+            )
             time.sleep(delay * 2**attempt)
-    raise SlurmUnavailable(f"{command}: SLURM did not answer ({message}); job states are unknown, try again later")
+    raise SlurmUnavailable(
+        f"{command}: SLURM did not answer ({message}); job states are unknown, try again later"
+    )
 
 
 # --------------------------------------------------------------------------- values
@@ -169,7 +189,14 @@ def parse_duration(text: str | None) -> float | None:
     return days * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-_MEMORY_UNITS = {"": 1 / 1024**2, "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2, "P": 1024.0**3}
+_MEMORY_UNITS = {
+    "": 1 / 1024**2,
+    "K": 1 / 1024,
+    "M": 1.0,
+    "G": 1024.0,
+    "T": 1024.0**2,
+    "P": 1024.0**3,
+}
 
 
 def parse_memory_mb(text: str | None) -> float | None:
@@ -236,16 +263,47 @@ class JobStatus:
 #: States after which a job does no more work.
 FINISHED_STATES = frozenset(
     {
-        "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
-        "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT",
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "OUT_OF_MEMORY",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "REVOKED",
+        "SPECIAL_EXIT",
     }
 )
-_SQUEUE_FIELDS = ("%i", "%F", "%K", "%u", "%T", "%r", "%P", "%M", "%l", "%V", "%S", "%N", "%C", "%j", "%Z")
+_SQUEUE_FIELDS = (
+    "%i",
+    "%F",
+    "%K",
+    "%u",
+    "%T",
+    "%r",
+    "%P",
+    "%M",
+    "%l",
+    "%V",
+    "%S",
+    "%N",
+    "%C",
+    "%j",
+    "%Z",
+)
 
 
 def squeue_command(user: str | None = None, states: str = "all") -> list[str]:
     """The single ``squeue`` call behind :func:`squeue`."""
-    command = ["squeue", "--noheader", "--array", f"--states={states}", "--format=" + SEP.join(_SQUEUE_FIELDS)]
+    command = [
+        "squeue",
+        "--noheader",
+        "--array",
+        f"--states={states}",
+        "--format=" + SEP.join(_SQUEUE_FIELDS),
+    ]
     if user:
         command.append(f"--user={user}")
     return command
@@ -332,12 +390,32 @@ class JobAccounting:
 
     def as_dict(self) -> dict:
         """Fields plus the two efficiencies (for tables and JSON)."""
-        return {**asdict(self), "cpu_efficiency": self.cpu_efficiency, "memory_efficiency": self.memory_efficiency}
+        return {
+            **asdict(self),
+            "cpu_efficiency": self.cpu_efficiency,
+            "memory_efficiency": self.memory_efficiency,
+        }
 
 
 _SACCT_FIELDS = (
-    "JobID", "JobIDRaw", "User", "Partition", "State", "ExitCode", "ElapsedRaw", "TotalCPU", "AllocCPUS",
-    "ReqTRES", "MaxRSS", "Submit", "Start", "End", "Timelimit", "NodeList", "JobName", "WorkDir",
+    "JobID",
+    "JobIDRaw",
+    "User",
+    "Partition",
+    "State",
+    "ExitCode",
+    "ElapsedRaw",
+    "TotalCPU",
+    "AllocCPUS",
+    "ReqTRES",
+    "MaxRSS",
+    "Submit",
+    "Start",
+    "End",
+    "Timelimit",
+    "NodeList",
+    "JobName",
+    "WorkDir",
 )
 
 
@@ -349,7 +427,11 @@ def sacct_command(
 ) -> list[str]:
     """A ``sacct`` call of :func:`sacct` (``allocations_only``: without step lines, ``-X``)."""
     command = [
-        "sacct", "--noheader", "--parsable2", f"--delimiter={SEP}", "--format=" + ",".join(_SACCT_FIELDS),
+        "sacct",
+        "--noheader",
+        "--parsable2",
+        f"--delimiter={SEP}",
+        "--format=" + ",".join(_SACCT_FIELDS),
     ]
     if allocations_only:
         command.append("--allocations")
@@ -473,8 +555,12 @@ _PARTITION_FIELDS = ("%P", "%a", "%l", "%L")
 
 def sinfo() -> tuple[list[Partition], list[Node]]:
     """Partitions and nodes (two ``sinfo`` calls)."""
-    node_text = run_command(["sinfo", "--noheader", "--all", "--Node", "--format=" + SEP.join(_NODE_FIELDS)])
-    part_text = run_command(["sinfo", "--noheader", "--all", "--format=" + SEP.join(_PARTITION_FIELDS)])
+    node_text = run_command(
+        ["sinfo", "--noheader", "--all", "--Node", "--format=" + SEP.join(_NODE_FIELDS)]
+    )
+    part_text = run_command(
+        ["sinfo", "--noheader", "--all", "--format=" + SEP.join(_PARTITION_FIELDS)]
+    )
     return parse_sinfo(part_text, node_text)
 
 
@@ -489,7 +575,9 @@ def parse_sinfo(partition_text: str, node_text: str) -> tuple[list[Partition], l
         if name in nodes:
             nodes[name].partitions.append(partition)
             continue
-        allocated, idle, _other, total = (int(x) if x.isdigit() else 0 for x in (f[4].split("/") + ["0"] * 4)[:4])
+        allocated, idle, _other, total = (
+            int(x) if x.isdigit() else 0 for x in (f[4].split("/") + ["0"] * 4)[:4]
+        )
         nodes[name] = Node(
             name=name,
             partitions=[partition],
@@ -532,7 +620,9 @@ def parse_sinfo(partition_text: str, node_text: str) -> tuple[list[Partition], l
 def qos_names() -> list[str] | None:
     """QoS names known to the accounting database, or None if it cannot be asked."""
     try:
-        text = run_command(["sacctmgr", "--noheader", "--parsable2", "show", "qos", "format=name"], retries=1)
+        text = run_command(
+            ["sacctmgr", "--noheader", "--parsable2", "show", "qos", "format=name"], retries=1
+        )
     except (SlurmError, BackendUnavailable) as exc:
         logger.info("QoS list unavailable: %s", exc)
         return None
@@ -575,7 +665,11 @@ def escape_filename_pattern(path: str, field: str = "path") -> str:
     """
     if "\\" in path:
         # Quoted as typed (a repr would double the backslash); control characters escaped.
-        shown = (path if len(path) <= 80 else path[:77] + "...") if path.isprintable() else ascii(path)[1:-1]
+        shown = (
+            (path if len(path) <= 80 else path[:77] + "...")
+            if path.isprintable()
+            else ascii(path)[1:-1]
+        )
         raise InputError(
             f"{field}: '{shown}' contains a backslash, which SLURM removes from the path of the job's log "
             "(sbatch --output); rename the folder or use the local backend"
@@ -622,7 +716,9 @@ def _run_test_only(command: list[str]) -> str:
     # sbatch --test-only answers on stderr even when it succeeds.
     if shutil.which("sbatch") is None:
         raise BackendUnavailable("sbatch: SLURM is not installed here")
-    proc = subprocess.run(command, capture_output=True, text=True, errors="replace", env=_environment(), timeout=120)
+    proc = subprocess.run(
+        command, capture_output=True, text=True, errors="replace", env=_environment(), timeout=120
+    )
     message = _clean_message("sbatch", proc.stderr, proc.stdout)
     if proc.returncode != 0:
         if _TRANSIENT.search(proc.stderr or ""):
@@ -636,7 +732,11 @@ def scancel(job_ids: Sequence[str]) -> None:
     for job_id in job_ids:
         if not re.fullmatch(r"\d+(_\d+)?", str(job_id)):
             raise InputError(f"job id {job_id!r}: expected digits, or ARRAYID_TASK")
-    run_command(["scancel", "--verbose", *map(str, job_ids)], rejects_are_input_errors=True, errors_in_stderr=True)
+    run_command(
+        ["scancel", "--verbose", *map(str, job_ids)],
+        rejects_are_input_errors=True,
+        errors_in_stderr=True,
+    )
 
 
 def scontrol_release(job_ids: Sequence[str]) -> None:

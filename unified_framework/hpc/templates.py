@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -45,14 +46,42 @@ from ..shipped import shipped_dir
 #: Parameter types understood by :mod:`.validation`.
 PARAMETER_TYPES = frozenset(
     {
-        "name", "string", "args", "int", "float", "bool", "choice", "path",
-        "partition", "qos", "account", "time", "memory", "cpus", "gpus", "array", "host",
+        "name",
+        "string",
+        "args",
+        "int",
+        "float",
+        "bool",
+        "choice",
+        "path",
+        "partition",
+        "qos",
+        "account",
+        "time",
+        "memory",
+        "cpus",
+        "gpus",
+        "array",
+        "host",
     }
 )
 _PARAMETER_KEYS = frozenset(
     {
-        "type", "default", "help", "label", "locked", "required", "min", "max", "choices",
-        "max_length", "exists", "kind", "access", "pattern", "dataset",
+        "type",
+        "default",
+        "help",
+        "label",
+        "locked",
+        "required",
+        "min",
+        "max",
+        "choices",
+        "max_length",
+        "exists",
+        "kind",
+        "access",
+        "pattern",
+        "dataset",
     }
 )
 #: Every template must have these parameters: the library relies on them.
@@ -91,9 +120,14 @@ class Parameter:
         if self.choices:
             parts.append("one of " + ", ".join(map(str, self.choices)))
         if self.min is not None or self.max is not None:
-            parts.append(f"{'' if self.min is None else self.min}..{'' if self.max is None else self.max}")
+            parts.append(
+                f"{'' if self.min is None else self.min}..{'' if self.max is None else self.max}"
+            )
         if self.type == "path":
-            parts.append(("existing " if self.exists else "new or existing ") + (self.kind if self.kind != "any" else "path"))
+            parts.append(
+                ("existing " if self.exists else "new or existing ")
+                + (self.kind if self.kind != "any" else "path")
+            )
         if self.locked:
             parts.append("locked")
         return ", ".join(parts)
@@ -169,7 +203,9 @@ def list_templates(root: str | os.PathLike | None = None) -> list[Template]:
     return [load_template(p) for p in sorted(root.iterdir()) if (p / "form.yml").is_file()]
 
 
-def load_template(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> Template:
+def load_template(
+    name_or_path: str | os.PathLike, root: str | os.PathLike | None = None
+) -> Template:
     """Load a template by name (a folder under ``root``) or by folder path.
 
     Raises
@@ -185,8 +221,14 @@ def load_template(name_or_path: str | os.PathLike, root: str | os.PathLike | Non
         path = root / text
     form = path / "form.yml"
     if not form.is_file():
-        known = sorted(p.name for p in root.iterdir() if (p / "form.yml").is_file()) if root.is_dir() else []
-        raise InputError(f"template {text!r}: not found; expected one of {', '.join(known) or '(none)'}")
+        known = (
+            sorted(p.name for p in root.iterdir() if (p / "form.yml").is_file())
+            if root.is_dir()
+            else []
+        )
+        raise InputError(
+            f"template {text!r}: not found; expected one of {', '.join(known) or '(none)'}"
+        )
     try:
         spec = yaml.safe_load(form.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -210,7 +252,9 @@ def load_template(name_or_path: str | os.PathLike, root: str | os.PathLike | Non
         if not script.is_file():
             raise InputError(f"{form}: job {step.name!r} names {step.script}, which does not exist")
         # Looked up as the renderer's loader does: the template's folder, then the shared ones.
-        sources[step.script] = _with_shared_directives(script.read_text(encoding="utf-8"), [path, *shared])
+        sources[step.script] = _with_shared_directives(
+            script.read_text(encoding="utf-8"), [path, *shared]
+        )
     readme = path / "README.md"
     return Template(
         name=path.name,
@@ -235,7 +279,9 @@ def _with_shared_directives(source: str, folders: list[Path]) -> str:
     return _INCLUDE_RE.sub(expand, source)
 
 
-def _with_resources(form: Path, template_name: str, resources: Any, own: dict[str, Any], shared: list[Path]) -> dict:
+def _with_resources(
+    form: Path, template_name: str, resources: Any, own: dict[str, Any], shared: list[Path]
+) -> dict:
     """The form's parameters with the shared resource parameters, changed as ``resources:`` says.
 
     Order: ``job_name`` and ``workdir``, the template's own parameters, then the other
@@ -243,7 +289,9 @@ def _with_resources(form: Path, template_name: str, resources: Any, own: dict[st
     """
     source = next((f / RESOURCES_FILE for f in shared if (f / RESOURCES_FILE).is_file()), None)
     if source is None:
-        raise InputError(f"{form}: 'resources' needs {SHARED_FOLDER}/{RESOURCES_FILE}, which was not found")
+        raise InputError(
+            f"{form}: 'resources' needs {SHARED_FOLDER}/{RESOURCES_FILE}, which was not found"
+        )
     try:
         declared = (yaml.safe_load(source.read_text(encoding="utf-8")) or {}).get("parameters")
     except (yaml.YAMLError, AttributeError):
@@ -253,7 +301,9 @@ def _with_resources(form: Path, template_name: str, resources: Any, own: dict[st
     if resources is None:
         resources = {}
     if not isinstance(resources, dict):
-        raise InputError(f"{form}: 'resources' must map resource names to changed keys (or false to leave one out)")
+        raise InputError(
+            f"{form}: 'resources' must map resource names to changed keys (or false to leave one out)"
+        )
     unknown = sorted(set(resources) - set(declared))
     if unknown:
         raise InputError(
@@ -261,15 +311,19 @@ def _with_resources(form: Path, template_name: str, resources: Any, own: dict[st
         )
     twice = sorted(set(own) & set(declared))
     if twice:
-        raise InputError(f"{form}: parameter {twice[0]!r} is a shared resource; change it under 'resources:' instead")
+        raise InputError(
+            f"{form}: parameter {twice[0]!r} is a shared resource; change it under 'resources:' instead"
+        )
     merged: dict[str, Any] = {}
     for name, entry in declared.items():
         change = resources.get(name, {})
         if change is False and name not in REQUIRED_PARAMETERS:
             continue
         if not isinstance(change, dict):
-            raise InputError(f"{form}: resources: {name!r} must be a mapping of changed keys" +
-                             ("" if name in REQUIRED_PARAMETERS else " or false"))
+            raise InputError(
+                f"{form}: resources: {name!r} must be a mapping of changed keys"
+                + ("" if name in REQUIRED_PARAMETERS else " or false")
+            )
         merged[name] = {**entry, **change}
     if not merged["job_name"].get("default") and "default" not in resources.get("job_name", {}):
         merged["job_name"]["default"] = template_name
@@ -329,6 +383,8 @@ def _steps(form: Path, jobs: Any) -> list[JobStep]:
             raise InputError(f"{form}: every job needs a name and a script")
         after = entry.get("after")
         if after is not None and after not in {s.name for s in steps}:
-            raise InputError(f"{form}: job {entry['name']!r} waits for {after!r}, which is not an earlier job")
+            raise InputError(
+                f"{form}: job {entry['name']!r} waits for {after!r}, which is not an earlier job"
+            )
         steps.append(JobStep(str(entry["name"]), str(entry["script"]), after))
     return steps

@@ -16,9 +16,10 @@ import os
 import re
 import shlex
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import InputError
 from .slurm import Partition, parse_duration, parse_memory_mb
@@ -26,10 +27,14 @@ from .templates import Parameter, Template
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 SLURM_WORD_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-TIME_RE = re.compile(r"\d{1,6}|\d{1,6}:\d{1,2}|\d{1,6}:\d{1,2}:\d{1,2}|\d{1,4}-\d{1,2}(:\d{1,2}(:\d{1,2})?)?")
+TIME_RE = re.compile(
+    r"\d{1,6}|\d{1,6}:\d{1,2}|\d{1,6}:\d{1,2}:\d{1,2}|\d{1,4}-\d{1,2}(:\d{1,2}(:\d{1,2})?)?"
+)
 MEMORY_RE = re.compile(r"(\d{1,9})([KMGT]?)B?", re.IGNORECASE)
 ARRAY_RE = re.compile(r"\d{1,7}(-\d{1,7}(:\d{1,7})?)?(,\d{1,7}(-\d{1,7}(:\d{1,7})?)?)*(%\d{1,5})?")
-MODULE_RE = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,127}(/[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,127}){0,7}")
+MODULE_RE = re.compile(
+    r"[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,127}(/[A-Za-z0-9_+][A-Za-z0-9_.+-]{0,127}){0,7}"
+)
 HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\]")
 DEFAULT_MAX_LENGTH = {"string": 1024, "args": 8192, "path": 4096}
 MAX_ARRAY_TASKS = 10000
@@ -51,7 +56,9 @@ class ClusterLimits:
 
 def _shown(value: Any, limit: int = 40) -> str:
     text = repr(value)
-    return text if len(text) <= limit else text[: limit - 5] + "...'" + f" ({len(str(value))} chars)"
+    return (
+        text if len(text) <= limit else text[: limit - 5] + "...'" + f" ({len(str(value))} chars)"
+    )
 
 
 def check_text(value: Any, field: str, max_length: int = 1024) -> str:
@@ -113,7 +120,9 @@ def check_partition(value: Any, field: str = "partition", kind: str = "partition
     """
     text = check_text(_as_text(value), field, 256).strip(" ")
     if text and not SLURM_WORD_RE.fullmatch(text):
-        raise InputError(f"{field}: {_shown(text)} is not a valid {kind} name (letters, digits, '_', '.', '-')")
+        raise InputError(
+            f"{field}: {_shown(text)} is not a valid {kind} name (letters, digits, '_', '.', '-')"
+        )
     return text
 
 
@@ -205,7 +214,9 @@ def time_seconds(text: str) -> float:
     return parse_duration(text) or 0.0
 
 
-def _validate_one(p: Parameter, value: Any, field: str, workdir: Path | None, check_paths: bool) -> Any:
+def _validate_one(
+    p: Parameter, value: Any, field: str, workdir: Path | None, check_paths: bool
+) -> Any:
     kind = p.type
     if kind == "int":
         number = _as_int(value, field)
@@ -236,7 +247,10 @@ def _validate_one(p: Parameter, value: Any, field: str, workdir: Path | None, ch
                 return choice
         raise InputError(f"{field}: {_shown(value)} is not one of {', '.join(map(str, p.choices))}")
     if kind == "args" and isinstance(value, (list, tuple)):
-        return [check_text(_as_text(v), field, p.max_length or DEFAULT_MAX_LENGTH["args"]) for v in value]
+        return [
+            check_text(_as_text(v), field, p.max_length or DEFAULT_MAX_LENGTH["args"])
+            for v in value
+        ]
     text = check_text(_as_text(value), field, p.max_length or DEFAULT_MAX_LENGTH.get(kind, 256))
     if kind == "name":
         if not NAME_RE.fullmatch(text):
@@ -256,7 +270,10 @@ def _validate_one(p: Parameter, value: Any, field: str, workdir: Path | None, ch
         seconds = time_seconds(text)
         if seconds <= 0:
             raise InputError(f"{field}: the time limit must be positive")
-        for bound, compare, word in ((p.min, seconds.__lt__, "below the minimum"), (p.max, seconds.__gt__, "above the maximum")):
+        for bound, compare, word in (
+            (p.min, seconds.__lt__, "below the minimum"),
+            (p.max, seconds.__gt__, "above the maximum"),
+        ):
             if bound is not None and compare(time_seconds(str(bound))):
                 raise InputError(f"{field}: {text} is {word} {bound}")
         return text
@@ -270,7 +287,9 @@ def _validate_one(p: Parameter, value: Any, field: str, workdir: Path | None, ch
             raise InputError(f"{field}: the memory size must be positive")
         for bound, word in ((p.min, "below the minimum"), (p.max, "above the maximum")):
             limit = parse_memory_mb(str(bound).upper().rstrip("B")) if bound is not None else None
-            if limit is not None and ((megabytes < limit) if word.startswith("below") else (megabytes > limit)):
+            if limit is not None and (
+                (megabytes < limit) if word.startswith("below") else (megabytes > limit)
+            ):
                 raise InputError(f"{field}: {memory} is {word} {bound}")
         return memory
     if kind == "array":
@@ -278,7 +297,9 @@ def _validate_one(p: Parameter, value: Any, field: str, workdir: Path | None, ch
         if not text:
             return ""
         if not ARRAY_RE.fullmatch(text):
-            raise InputError(f"{field}: {_shown(text)} is not a SLURM array spec; use e.g. 0-9, 1,3,5 or 0-99%10")
+            raise InputError(
+                f"{field}: {_shown(text)} is not a SLURM array spec; use e.g. 0-9, 1,3,5 or 0-99%10"
+            )
         if len(array_indices(text, field)) > MAX_ARRAY_TASKS:
             raise InputError(f"{field}: at most {MAX_ARRAY_TASKS} array tasks")
         return text
@@ -288,23 +309,31 @@ def _validate_one(p: Parameter, value: Any, field: str, workdir: Path | None, ch
         return text
     if kind == "string":
         if p.pattern and not re.fullmatch(p.pattern, text):
-            raise InputError(f"{field}: {_shown(text)} does not match the required form {p.pattern}")
+            raise InputError(
+                f"{field}: {_shown(text)} does not match the required form {p.pattern}"
+            )
         return text
     if kind == "args":
         try:
             return shlex.split(text)
         except ValueError as exc:
-            raise InputError(f"{field}: cannot split into arguments ({exc}); check the quotes") from None
+            raise InputError(
+                f"{field}: cannot split into arguments ({exc}); check the quotes"
+            ) from None
     if kind == "path":
         return _validate_path(p, text, field, workdir, check_paths)
     raise InputError(f"{field}: unknown parameter type {kind!r}")  # templates.py forbids this
 
 
-def _validate_path(p: Parameter, text: str, field: str, workdir: Path | None, check_paths: bool) -> str:
+def _validate_path(
+    p: Parameter, text: str, field: str, workdir: Path | None, check_paths: bool
+) -> str:
     if not text:
         # A path with a default (workdir '.') cannot be emptied: 'cd -- ""' would stay anywhere.
         if p.required or p.default:
-            raise InputError(f"{field}: a path is required" + (f" (default {p.default})" if p.default else ""))
+            raise InputError(
+                f"{field}: a path is required" + (f" (default {p.default})" if p.default else "")
+            )
         return ""
     if "::" in text:
         # 'file.h5::/dataset': the framework's readers name a dataset inside a file.
@@ -332,7 +361,9 @@ def _check_path(p: Parameter, path: Path, field: str) -> None:
             raise InputError(f"{field}: {path} is not a directory")
         for letter in p.access:
             if not os.access(path, wanted[letter]):
-                raise InputError(f"{field}: {path} is not {dict(r='readable', w='writable', x='executable')[letter]}")
+                raise InputError(
+                    f"{field}: {path} is not {dict(r='readable', w='writable', x='executable')[letter]}"
+                )
     elif p.exists:
         raise InputError(f"{field}: {path} does not exist")
     else:
@@ -459,18 +490,30 @@ def _check_all(
     values = dict(values or {})
     errors: list[InputError] = []
     for name in sorted(set(values) - set(template.parameters)):
-        errors.append(InputError(
-            f"{template.name}: unknown parameter {name!r}; expected one of {', '.join(template.parameters)}",
-            field=name,
-        ))
+        errors.append(
+            InputError(
+                f"{template.name}: unknown parameter {name!r}; expected one of {', '.join(template.parameters)}",
+                field=name,
+            )
+        )
         del values[name]
     for name, value in list(values.items()):
         p = template.parameters[name]
-        if p.locked and not allow_locked and value != p.default and _as_text(value) != _as_text(p.default):
-            errors.append(InputError(
-                f"{template.name}: {name} is locked by the administrator (fixed to {p.default!r})", field=name
-            ))
-            del values[name]  # the locked value is what counts; nothing more to say about this field
+        if (
+            p.locked
+            and not allow_locked
+            and value != p.default
+            and _as_text(value) != _as_text(p.default)
+        ):
+            errors.append(
+                InputError(
+                    f"{template.name}: {name} is locked by the administrator (fixed to {p.default!r})",
+                    field=name,
+                )
+            )
+            del values[
+                name
+            ]  # the locked value is what counts; nothing more to say about this field
 
     result: dict[str, Any] = {}
     # workdir first: other relative paths are relative to it.
@@ -497,58 +540,81 @@ def _check_all(
     return result, errors
 
 
-def _cluster_errors(template: Template, values: dict[str, Any], cluster: ClusterLimits) -> list[InputError]:
+def _cluster_errors(
+    template: Template, values: dict[str, Any], cluster: ClusterLimits
+) -> list[InputError]:
     """Problems of the valid ``values`` with partition, QoS, time, CPUs, memory and GPUs of the cluster."""
     by_type = {p.type: name for name, p in reversed(list(template.parameters.items()))}
     partition_field = by_type.get("partition")
     name = values.get(partition_field or "", "") or cluster.default_partition
     if name and name not in cluster.partitions:
-        return [InputError(
-            f"{template.name}: partition {name!r} does not exist here; available: {', '.join(cluster.partitions)}",
-            field=partition_field,
-        )]
+        return [
+            InputError(
+                f"{template.name}: partition {name!r} does not exist here; available: {', '.join(cluster.partitions)}",
+                field=partition_field,
+            )
+        ]
     errors: list[InputError] = []
     partition = cluster.partitions.get(name) if name else None
     qos = values.get(by_type.get("qos", ""), "")
     if qos and cluster.qos is not None and qos not in cluster.qos:
-        errors.append(InputError(
-            f"{template.name}: QoS {qos!r} does not exist here; available: {', '.join(cluster.qos)}",
-            field=by_type["qos"],
-        ))
+        errors.append(
+            InputError(
+                f"{template.name}: QoS {qos!r} does not exist here; available: {', '.join(cluster.qos)}",
+                field=by_type["qos"],
+            )
+        )
     if partition is None:
         return errors
     if not partition.available:
-        errors.append(InputError(
-            f"{template.name}: partition {partition.name!r} is not available (down or inactive)", field=partition_field
-        ))
+        errors.append(
+            InputError(
+                f"{template.name}: partition {partition.name!r} is not available (down or inactive)",
+                field=partition_field,
+            )
+        )
         return errors
     for pname, p in template.parameters.items():
         value = values.get(pname)
         if p.type == "time" and value and time_seconds(value) > partition.max_time_s:
-            errors.append(InputError(
-                f"{template.name}: {pname} {value} exceeds partition {partition.name!r}'s limit {partition.max_time}",
-                field=pname,
-            ))
-        if p.type == "cpus" and value and partition.max_cpus_per_node and value > partition.max_cpus_per_node:
-            errors.append(InputError(
-                f"{template.name}: {pname} {value} exceeds the {partition.max_cpus_per_node} CPUs of a node "
-                f"in partition {partition.name!r}",
-                field=pname,
-            ))
+            errors.append(
+                InputError(
+                    f"{template.name}: {pname} {value} exceeds partition {partition.name!r}'s limit {partition.max_time}",
+                    field=pname,
+                )
+            )
+        if (
+            p.type == "cpus"
+            and value
+            and partition.max_cpus_per_node
+            and value > partition.max_cpus_per_node
+        ):
+            errors.append(
+                InputError(
+                    f"{template.name}: {pname} {value} exceeds the {partition.max_cpus_per_node} CPUs of a node "
+                    f"in partition {partition.name!r}",
+                    field=pname,
+                )
+            )
         if p.type == "memory" and value and partition.max_memory_mb_per_node:
             if (parse_memory_mb(value) or 0) > partition.max_memory_mb_per_node:
-                errors.append(InputError(
-                    f"{template.name}: {pname} {value} exceeds the {partition.max_memory_mb_per_node:.0f} MB of a "
-                    f"node in partition {partition.name!r}",
-                    field=pname,
-                ))
+                errors.append(
+                    InputError(
+                        f"{template.name}: {pname} {value} exceeds the {partition.max_memory_mb_per_node:.0f} MB of a "
+                        f"node in partition {partition.name!r}",
+                        field=pname,
+                    )
+                )
         if p.type == "gpus" and value and value > partition.max_gpus_per_node:
             offered = (
                 f"at most {partition.max_gpus_per_node} per node"
                 if partition.max_gpus_per_node
                 else "no GPUs"
             )
-            errors.append(InputError(
-                f"{template.name}: {pname}={value} but partition {partition.name!r} has {offered}", field=pname
-            ))
+            errors.append(
+                InputError(
+                    f"{template.name}: {pname}={value} but partition {partition.name!r} has {offered}",
+                    field=pname,
+                )
+            )
     return errors

@@ -28,7 +28,9 @@ def login_shells(path: str | Path = "/etc/shells") -> frozenset[str]:
         lines = Path(path).read_text().splitlines()
     except OSError:
         return frozenset()
-    return frozenset(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    return frozenset(
+        line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")
+    )
 
 
 def service_account_reason(username: str, shells: frozenset[str] | None = None) -> str:

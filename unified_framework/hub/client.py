@@ -67,7 +67,11 @@ class HubClient:
         """A cookie-authenticated call to ``/hub/api/<path>``."""
         headers = {"X-XSRFToken": self.session.cookies.get("_xsrf", path="/hub/") or ""}
         return self.session.request(
-            method, f"{self.url}/hub/api/{path}", headers=headers, timeout=kwargs.pop("timeout", self.timeout), **kwargs
+            method,
+            f"{self.url}/hub/api/{path}",
+            headers=headers,
+            timeout=kwargs.pop("timeout", self.timeout),
+            **kwargs,
         )
 
     def options_form(self) -> str:
@@ -87,12 +91,16 @@ class HubClient:
             timeout=self.timeout,
         )
         if response.status_code not in (302, 303):
-            raise RuntimeError(f"the spawn form was refused (HTTP {response.status_code}): {response.text[-500:]}")
+            raise RuntimeError(
+                f"the spawn form was refused (HTTP {response.status_code}): {response.text[-500:]}"
+            )
         return self.follow_progress(start, timeout)
 
     def follow_progress(self, start: float, timeout: float) -> SpawnResult:
         events: list[dict] = []
-        with self.api("GET", f"users/{self.user}/server/progress", stream=True, timeout=timeout) as stream:
+        with self.api(
+            "GET", f"users/{self.user}/server/progress", stream=True, timeout=timeout
+        ) as stream:
             stream.raise_for_status()
             for line in stream.iter_lines(decode_unicode=True):  # the hub sends keep-alive lines
                 if time.monotonic() - start > timeout:
@@ -110,7 +118,9 @@ class HubClient:
         """Stop the user's server and wait until the hub reports it stopped."""
         response = self.api("DELETE", f"users/{self.user}/server")
         if response.status_code not in (202, 204, 400):  # 400: not running
-            raise RuntimeError(f"stopping the server failed (HTTP {response.status_code}): {response.text}")
+            raise RuntimeError(
+                f"stopping the server failed (HTTP {response.status_code}): {response.text}"
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             model = self.api("GET", f"users/{self.user}").json()
@@ -121,6 +131,8 @@ class HubClient:
 
     def new_token(self, note: str = "mdlma hub client") -> str:
         """An API token of the user (e.g. for the single-user server's REST API)."""
-        response = self.api("POST", f"users/{self.user}/tokens", json={"note": note, "expires_in": 3600})
+        response = self.api(
+            "POST", f"users/{self.user}/tokens", json={"note": note, "expires_in": 3600}
+        )
         response.raise_for_status()
         return response.json()["token"]

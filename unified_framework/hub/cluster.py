@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import re
 import subprocess
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from ..errors import BackendUnavailable, InputError
 
@@ -105,7 +105,9 @@ def parse_sinfo(text: str) -> list[Partition]:
             continue
         fields = line.split("|")
         if len(fields) != 6:
-            raise InputError(f"sinfo output line {number}: expected 6 '|'-separated fields, got {line!r}")
+            raise InputError(
+                f"sinfo output line {number}: expected 6 '|'-separated fields, got {line!r}"
+            )
         raw_name, limit, cpus, memory, gres, state = fields
         if state.strip() != "up":
             continue
@@ -121,8 +123,12 @@ def parse_sinfo(text: str) -> list[Partition]:
         if name in found:
             old = found[name]
             part = Partition(
-                name, old.default or part.default, old.max_minutes, max(old.cpus, part.cpus),
-                max(old.memory_mb, part.memory_mb), max(old.gpus, part.gpus),
+                name,
+                old.default or part.default,
+                old.max_minutes,
+                max(old.cpus, part.cpus),
+                max(old.memory_mb, part.memory_mb),
+                max(old.gpus, part.gpus),
             )
         found[name] = part
     return list(found.values())
@@ -138,7 +144,11 @@ def query_partitions(sinfo: str = "sinfo", timeout: float = 15.0) -> list[Partit
     """
     try:
         result = subprocess.run(
-            [sinfo, "-h", "-o", SINFO_FORMAT], capture_output=True, text=True, timeout=timeout, check=False
+            [sinfo, "-h", "-o", SINFO_FORMAT],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BackendUnavailable(f"sinfo could not be run: {exc}") from exc

@@ -10,8 +10,9 @@ value the job script gets.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import InputError
 from ..hpc.validation import check_module, check_partition, check_text
@@ -39,25 +40,31 @@ class SpawnChoices:
 
     partitions: list[Partition]
     modules: list[str]
-    defaults: Mapping[str, int] = field(default_factory=lambda: {"runtime_minutes": 60, "cpus": 1, "memory_gb": 2})
+    defaults: Mapping[str, int] = field(
+        default_factory=lambda: {"runtime_minutes": 60, "cpus": 1, "memory_gb": 2}
+    )
 
     def partition(self, name: str) -> Partition:
         for part in self.partitions:
             if part.name == name:
                 return part
-        raise InputError(f"partition: expected one of {[p.name for p in self.partitions]}, got {name!r}")
+        raise InputError(
+            f"partition: expected one of {[p.name for p in self.partitions]}, got {name!r}"
+        )
 
     @property
     def default_partition(self) -> Partition:
         return next((p for p in self.partitions if p.default), self.partitions[0])
 
     def runtimes(self, part: Partition) -> list[int]:
-        return [m for m in RUNTIME_MINUTES if part.max_minutes is None or m <= part.max_minutes] or [
-            part.max_minutes or RUNTIME_MINUTES[0]
-        ]
+        return [
+            m for m in RUNTIME_MINUTES if part.max_minutes is None or m <= part.max_minutes
+        ] or [part.max_minutes or RUNTIME_MINUTES[0]]
 
     def memories(self, part: Partition) -> list[int]:
-        return [g for g in MEMORY_GB if g * 1024 <= part.memory_mb] or [max(1, part.memory_mb // 1024)]
+        return [g for g in MEMORY_GB if g * 1024 <= part.memory_mb] or [
+            max(1, part.memory_mb // 1024)
+        ]
 
 
 #: Longest text accepted for any option (module names are the longest real values).
@@ -109,17 +116,29 @@ def validate_options(raw: Mapping[str, Any], choices: SpawnChoices) -> dict[str,
     InputError
         Naming the field and what was expected.
     """
-    unknown = sorted(set(raw) - {"partition", "runtime_minutes", "cpus", "memory_gb", "gpus", "module"})
+    unknown = sorted(
+        set(raw) - {"partition", "runtime_minutes", "cpus", "memory_gb", "gpus", "module"}
+    )
     if unknown:
         raise InputError(f"spawn options: unknown field(s) {unknown}")
     if not choices.modules:
         raise InputError("module: no module environment is configured for the hub")
-    part = choices.partition(check_partition(_scalar(raw, "partition", choices.default_partition.name)) or choices.default_partition.name)
+    part = choices.partition(
+        check_partition(_scalar(raw, "partition", choices.default_partition.name))
+        or choices.default_partition.name
+    )
     defaults = choices.defaults
-    runtime = _integer(raw, "runtime_minutes", defaults["runtime_minutes"], 1, part.max_minutes or 10**6)
+    runtime = _integer(
+        raw, "runtime_minutes", defaults["runtime_minutes"], 1, part.max_minutes or 10**6
+    )
     cpus = _integer(raw, "cpus", min(defaults["cpus"], part.cpus), 1, part.cpus)
-    memory_gb = _integer(raw, "memory_gb", min(defaults["memory_gb"], max(choices.memories(part))), 1,
-                         max(1, part.memory_mb // 1024))
+    memory_gb = _integer(
+        raw,
+        "memory_gb",
+        min(defaults["memory_gb"], max(choices.memories(part))),
+        1,
+        max(1, part.memory_mb // 1024),
+    )
     gpus = _integer(raw, "gpus", 0, 0, part.gpus)
     module = check_module(_scalar(raw, "module", choices.modules[0]))
     if module not in choices.modules:

@@ -24,7 +24,9 @@ class PortCallbackHandler(APIHandler):
     @web.authenticated
     def post(self) -> None:
         token = self.get_auth_token()
-        spawner = next((s for s in self.current_user.spawners.values() if s.api_token == token), None)
+        spawner = next(
+            (s for s in self.current_user.spawners.values() if s.api_token == token), None
+        )
         if spawner is None:
             raise web.HTTPError(403, "only a server's own token may report its port")
         data = self.get_json_body()

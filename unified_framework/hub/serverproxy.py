@@ -47,7 +47,12 @@ def dashboard_server(name: str, title: str, icon: str, page: str = "") -> dict:
     """
     return {
         "command": [
-            sys.executable, "-m", "uvicorn", "--uds", "{unix_socket}", "--no-access-log",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--uds",
+            "{unix_socket}",
+            "--no-access-log",
             "unified_framework.hub.dashboard_asgi:app",
         ],
         "environment": {"STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"},
@@ -71,10 +76,11 @@ def setup_dashboard() -> dict:
 
 def setup_job_composer() -> dict:
     """Launcher tile of the job composer (write and submit a SLURM job)."""
-    return dashboard_server("mdlma-job-composer", "Job composer", "job-composer.svg", page="composer")
+    return dashboard_server(
+        "mdlma-job-composer", "Job composer", "job-composer.svg", page="composer"
+    )
 
 
 def setup_job_viewer() -> dict:
     """Launcher tile of the job viewer (logs and resource use of a job)."""
     return dashboard_server("mdlma-job-viewer", "Job viewer", "job-viewer.svg", page="viewer")
-

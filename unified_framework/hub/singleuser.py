@@ -33,9 +33,13 @@ def parse_port_range(text: str) -> range:
     try:
         first, last = (int(part) for part in text.strip().split("-"))
     except ValueError:
-        raise InputError(f"MDLMA_HUB_PORT_RANGE: expected 'first-last' such as 50000-50999, got {text!r}") from None
+        raise InputError(
+            f"MDLMA_HUB_PORT_RANGE: expected 'first-last' such as 50000-50999, got {text!r}"
+        ) from None
     if not 1024 <= first <= last <= 65535:
-        raise InputError(f"MDLMA_HUB_PORT_RANGE: expected 1024 <= first <= last <= 65535, got {text!r}")
+        raise InputError(
+            f"MDLMA_HUB_PORT_RANGE: expected 1024 <= first <= last <= 65535, got {text!r}"
+        )
     return range(first, last + 1)
 
 
@@ -66,7 +70,10 @@ def report_port(port: int, env: dict[str, str] | None = None, timeout: float = 3
     request = urllib.request.Request(
         url,
         data=json.dumps({"port": port}).encode(),
-        headers={"Authorization": f"token {env['JUPYTERHUB_API_TOKEN']}", "Content-Type": "application/json"},
+        headers={
+            "Authorization": f"token {env['JUPYTERHUB_API_TOKEN']}",
+            "Content-Type": "application/json",
+        },
         method="POST",
     )
     try:
@@ -85,13 +92,19 @@ def service_url_with_port(service_url: str, port: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
-        sys.exit("usage: python -m unified_framework.hub.singleuser jupyterhub-singleuser [ARGS...]")
+        sys.exit(
+            "usage: python -m unified_framework.hub.singleuser jupyterhub-singleuser [ARGS...]"
+        )
     try:
-        port = pick_port(parse_port_range(os.environ.get("MDLMA_HUB_PORT_RANGE", DEFAULT_PORT_RANGE)))
+        port = pick_port(
+            parse_port_range(os.environ.get("MDLMA_HUB_PORT_RANGE", DEFAULT_PORT_RANGE))
+        )
         report_port(port)
     except (InputError, RuntimeError, KeyError) as exc:
         sys.exit(f"mdlma hub: cannot start the server: {exc}")
-    os.environ["JUPYTERHUB_SERVICE_URL"] = service_url_with_port(os.environ["JUPYTERHUB_SERVICE_URL"], port)
+    os.environ["JUPYTERHUB_SERVICE_URL"] = service_url_with_port(
+        os.environ["JUPYTERHUB_SERVICE_URL"], port
+    )
     print(f"[mdlma-hub] server port {port}", flush=True)
     os.execvp(argv[0], argv)
     return 0  # not reached

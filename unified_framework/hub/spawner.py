@@ -74,7 +74,8 @@ class MdlmaSlurmSpawner(SlurmSpawner):
     ).tag(config=True)
 
     lmod_init = Unicode(
-        "/usr/share/lmod/lmod/init/bash", help="Lmod's bash initialisation script on the compute nodes."
+        "/usr/share/lmod/lmod/init/bash",
+        help="Lmod's bash initialisation script on the compute nodes.",
     ).tag(config=True)
 
     port_range = Unicode(
@@ -90,7 +91,9 @@ class MdlmaSlurmSpawner(SlurmSpawner):
         "as the user when a job dies.",
     ).tag(config=True)
 
-    log_tail_lines = Integer(20, help="Lines of the job log shown when a job dies.").tag(config=True)
+    log_tail_lines = Integer(20, help="Lines of the job log shown when a job dies.").tag(
+        config=True
+    )
 
     server_ip = Unicode(
         "127.0.0.1",
@@ -99,12 +102,15 @@ class MdlmaSlurmSpawner(SlurmSpawner):
         "(0.0.0.0: every interface of the node).",
     ).tag(config=True)
 
-    choices_ttl = Float(30.0, help="Seconds a reading of sinfo and the module paths is reused.").tag(config=True)
+    choices_ttl = Float(
+        30.0, help="Seconds a reading of sinfo and the module paths is reused."
+    ).tag(config=True)
 
     # "state reason host": the reason (Resources, Priority, ...) feeds the progress messages.
     batch_query_cmd = Unicode("squeue -h -j {job_id} -o '%T %r %B'").tag(config=True)
     final_state_cmd = Unicode(
-        "sacct -n -X -P -j {job_id} -o State,ExitCode", help="How an ended job's state and exit code are read."
+        "sacct -n -X -P -j {job_id} -o State,ExitCode",
+        help="How an ended job's state and exit code are read.",
     ).tag(config=True)
 
     _choices_cache: tuple[float, SpawnChoices] | None = None
@@ -134,11 +140,13 @@ class MdlmaSlurmSpawner(SlurmSpawner):
     def _default_options_form(self):
         return self.render_options_form
 
-    def render_options_form(self, spawner: "MdlmaSlurmSpawner | None" = None) -> str:
+    def render_options_form(self, spawner: MdlmaSlurmSpawner | None = None) -> str:
         """The options form's HTML (JupyterHub calls this with the spawner)."""
         template_path = Path(self.options_form_template)
         environment = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(template_path.parent), autoescape=True, undefined=jinja2.StrictUndefined
+            loader=jinja2.FileSystemLoader(template_path.parent),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
         )
         try:
             choices = self.cluster_choices()
@@ -186,7 +194,9 @@ class MdlmaSlurmSpawner(SlurmSpawner):
         """Last lines of the job's log, read as the user ("" when it cannot be read)."""
         if not self.job_id:
             return ""
-        path = self.job_log.format(homedir=self.get_req_subvars()["homedir"]).replace("%j", self.job_id)
+        path = self.job_log.format(homedir=self.get_req_subvars()["homedir"]).replace(
+            "%j", self.job_id
+        )
         command = self._user_command(f"tail -n {int(self.log_tail_lines)} -- {shlex.quote(path)}")
         try:
             text = await self.run_command(command)
@@ -198,7 +208,9 @@ class MdlmaSlurmSpawner(SlurmSpawner):
         job_id = self.job_id
         tail = await self.job_log_tail()
         try:
-            state = await self.run_command(self._user_command(self.final_state_cmd.format(job_id=job_id)))
+            state = await self.run_command(
+                self._user_command(self.final_state_cmd.format(job_id=job_id))
+            )
             state = state.splitlines()[0].replace("|", ", exit code ") if state else "state unknown"
         except RuntimeError:
             state = "state unknown"
@@ -258,7 +270,9 @@ class MdlmaSlurmSpawner(SlurmSpawner):
                 break  # JupyterHub's own http_timeout check reports this
             await asyncio.sleep(self.startup_poll_interval)
         self.db.commit()
-        self.log.info("%s's server job %s listens at %s:%s", self.user.name, self.job_id, self.ip, self.port)
+        self.log.info(
+            "%s's server job %s listens at %s:%s", self.user.name, self.job_id, self.ip, self.port
+        )
         return self.ip, self.port
 
     def _connect_address(self, host: str) -> str:
@@ -282,8 +296,10 @@ class MdlmaSlurmSpawner(SlurmSpawner):
 
     async def _listening(self) -> bool:
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(self.ip, self.port), timeout=2)
-        except (OSError, asyncio.TimeoutError):
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.ip, self.port), timeout=2
+            )
+        except (TimeoutError, OSError):
             return False
         writer.close()
         return True
@@ -305,9 +321,15 @@ class MdlmaSlurmSpawner(SlurmSpawner):
                 reason = "about to start" if reason in ("", "None") else reason
                 event = {"progress": 30, "message": f"Job {self.job_id} is queued ({reason})..."}
             elif self.state_isrunning() and self.port == 0:
-                event = {"progress": 60, "message": f"Job {self.job_id} runs on {words[-1]}; starting JupyterLab..."}
+                event = {
+                    "progress": 60,
+                    "message": f"Job {self.job_id} runs on {words[-1]}; starting JupyterLab...",
+                }
             elif self.state_isrunning():
-                event = {"progress": 80, "message": f"Job {self.job_id}: JupyterLab starts on port {self.port}..."}
+                event = {
+                    "progress": 80,
+                    "message": f"Job {self.job_id}: JupyterLab starts on port {self.port}...",
+                }
             else:
                 event = {"progress": 10, "message": "Waiting for SLURM..."}
             if event != last:

@@ -68,12 +68,16 @@ def to_grey(volume: Volume, channel: int | None = None) -> Volume:
     """
     if "c" not in volume.axes:
         if channel is not None:
-            raise InputError(f"{_name(volume)}: is a grey image, it has no channel {channel}; expected a colour/multi-channel image")
+            raise InputError(
+                f"{_name(volume)}: is a grey image, it has no channel {channel}; expected a colour/multi-channel image"
+            )
         return volume
     n = volume.channels
     if channel is not None:
         if not -n <= channel < n:
-            raise InputError(f"{_name(volume)}: has {n} channels, no channel {channel}; expected 0..{n - 1}")
+            raise InputError(
+                f"{_name(volume)}: has {n} channels, no channel {channel}; expected 0..{n - 1}"
+            )
         return _derive(volume, volume.data[..., channel], "yx", {"grey": f"channel {channel % n}"})
     if n == 1:
         return _derive(volume, volume.data[..., 0], "yx", {"grey": "channel 0"})
@@ -86,7 +90,12 @@ def to_grey(volume: Volume, channel: int | None = None) -> Volume:
     def grey(block: np.ndarray) -> np.ndarray:
         return rgb2gray(block[..., :3]).astype(np.float32)
 
-    return _derive(volume, _per_pixel(volume.data, grey, None), "yx", {"grey": "luminance (skimage.color.rgb2gray)"})
+    return _derive(
+        volume,
+        _per_pixel(volume.data, grey, None),
+        "yx",
+        {"grey": "luminance (skimage.color.rgb2gray)"},
+    )
 
 
 def separate_stains(volume: Volume, stains: str = "hed") -> Volume:
@@ -129,7 +138,9 @@ def separate_stains(volume: Volume, stains: str = "hed") -> Volume:
         raise InputError(f"stains {stains!r} unknown; expected one of {', '.join(STAINS)}")
     if "c" not in volume.axes or volume.channels not in (3, 4):
         what = f"{volume.channels} channels" if "c" in volume.axes else "a grey image"
-        raise InputError(f"{_name(volume)}: has {what}; expected an RGB or RGBA image for stain separation")
+        raise InputError(
+            f"{_name(volume)}: has {what}; expected an RGB or RGBA image for stain separation"
+        )
     import skimage.color
 
     matrix = getattr(skimage.color, f"{key}_from_rgb")
@@ -157,7 +168,9 @@ def _derive(volume: Volume, data: Any, axes: str, extra: dict[str, Any]) -> Volu
     metadata = {**volume.metadata, **extra}
     if "shape" in metadata:  # what read_volume recorded describes the source
         metadata.update(dtype=str(data.dtype), shape=[int(n) for n in data.shape])
-    return Volume(data, volume.spacing, metadata, volume.path, volume.origin, volume.direction, axes)
+    return Volume(
+        data, volume.spacing, metadata, volume.path, volume.origin, volume.direction, axes
+    )
 
 
 def _name(volume: Volume) -> str:

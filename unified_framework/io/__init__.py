@@ -16,7 +16,15 @@ Examples
 
 from .api import SUPPORTED_FORMATS, detect_format, open_volume, read_volume, write_volume
 from .geometry import resample_to
-from .volume import Volume, check_finite, check_grey, check_ndim, describe_dtype, iter_slabs, value_range
+from .volume import (
+    Volume,
+    check_finite,
+    check_grey,
+    check_ndim,
+    describe_dtype,
+    iter_slabs,
+    value_range,
+)
 
 __all__ = [
     "SUPPORTED_FORMATS",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -15,13 +16,29 @@ from .volume import check_ndim
 
 # Length units seen in TIFF/HDF5/Zarr/NIfTI/DICOM metadata -> size in micrometres.
 _UNIT_IN_UM = {
-    "um": Decimal(1), "µm": Decimal(1), "μm": Decimal(1), "\\u00b5m": Decimal(1), "micron": Decimal(1),
-    "microns": Decimal(1), "micrometer": Decimal(1), "micrometre": Decimal(1), "micrometers": Decimal(1),
-    "nm": Decimal("0.001"), "nanometer": Decimal("0.001"), "nanometre": Decimal("0.001"),
-    "mm": Decimal(1000), "millimeter": Decimal(1000), "millimetre": Decimal(1000),
-    "cm": Decimal(10000), "centimeter": Decimal(10000), "centimetre": Decimal(10000),
-    "m": Decimal(1000000), "meter": Decimal(1000000), "metre": Decimal(1000000),
-    "inch": Decimal(25400), "in": Decimal(25400),
+    "um": Decimal(1),
+    "µm": Decimal(1),
+    "μm": Decimal(1),
+    "\\u00b5m": Decimal(1),
+    "micron": Decimal(1),
+    "microns": Decimal(1),
+    "micrometer": Decimal(1),
+    "micrometre": Decimal(1),
+    "micrometers": Decimal(1),
+    "nm": Decimal("0.001"),
+    "nanometer": Decimal("0.001"),
+    "nanometre": Decimal("0.001"),
+    "mm": Decimal(1000),
+    "millimeter": Decimal(1000),
+    "millimetre": Decimal(1000),
+    "cm": Decimal(10000),
+    "centimeter": Decimal(10000),
+    "centimetre": Decimal(10000),
+    "m": Decimal(1000000),
+    "meter": Decimal(1000000),
+    "metre": Decimal(1000000),
+    "inch": Decimal(25400),
+    "in": Decimal(25400),
 }
 
 
@@ -140,7 +157,9 @@ def default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(max(1, min(int(n), edge)) for n in shape)
 
 
-def pick_dataset(container: str, candidates: Mapping[str, tuple[tuple[int, ...], str]], expect_ndim: Any) -> str:
+def pick_dataset(
+    container: str, candidates: Mapping[str, tuple[tuple[int, ...], str]], expect_ndim: Any
+) -> str:
     """Choose the one image dataset among ``candidates`` (name -> (shape, dtype)).
 
     Raises
@@ -157,14 +176,27 @@ def pick_dataset(container: str, candidates: Mapping[str, tuple[tuple[int, ...],
     if not fitting:
         if len(candidates) == 1:
             # One dataset of the wrong rank: report the rank, as for any other file.
-            check_ndim(next(iter(candidates.values()))[0], allowed, f"{container}::{next(iter(candidates))}")
-        raise InputError(f"{container}: no {wanted} dataset found (datasets: {listing}); expected one image or volume dataset")
-    raise InputError(f"{container}: {len(fitting)} {wanted} datasets, choose one with dataset= or FILE::DATASET (datasets: {listing})")
+            check_ndim(
+                next(iter(candidates.values()))[0],
+                allowed,
+                f"{container}::{next(iter(candidates))}",
+            )
+        raise InputError(
+            f"{container}: no {wanted} dataset found (datasets: {listing}); expected one image or volume dataset"
+        )
+    raise InputError(
+        f"{container}: {len(fitting)} {wanted} datasets, choose one with dataset= or FILE::DATASET (datasets: {listing})"
+    )
 
 
-def describe_datasets(candidates: Mapping[str, tuple[tuple[int, ...], str]], limit: int = 20) -> str:
+def describe_datasets(
+    candidates: Mapping[str, tuple[tuple[int, ...], str]], limit: int = 20
+) -> str:
     """``'/a (16x32x24 uint16), /b (10 float64)'`` for an error message (at most ``limit``)."""
-    items = [f"{name} ({'x'.join(map(str, shape)) or 'scalar'} {dtype})" for name, (shape, dtype) in candidates.items()]
+    items = [
+        f"{name} ({'x'.join(map(str, shape)) or 'scalar'} {dtype})"
+        for name, (shape, dtype) in candidates.items()
+    ]
     more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
 

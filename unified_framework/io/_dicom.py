@@ -45,8 +45,18 @@ SECONDARY_CAPTURE_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 _STORAGE_BY_MODALITY = {"CT": CT_IMAGE_STORAGE, "MR": MR_IMAGE_STORAGE}
 #: Acquisition tags copied into written files when the source had them.
 _ACQUISITION = (
-    "BodyPartExamined", "PatientPosition", "KVP", "ConvolutionKernel", "ScanningSequence", "SequenceVariant",
-    "ScanOptions", "MRAcquisitionType", "RepetitionTime", "EchoTime", "EchoTrainLength", "MagneticFieldStrength",
+    "BodyPartExamined",
+    "PatientPosition",
+    "KVP",
+    "ConvolutionKernel",
+    "ScanningSequence",
+    "SequenceVariant",
+    "ScanOptions",
+    "MRAcquisitionType",
+    "RepetitionTime",
+    "EchoTime",
+    "EchoTrainLength",
+    "MagneticFieldStrength",
     "ImagingFrequency",
 )
 #: Kept in ``metadata["dicom"]`` and written back: what the acquisition was, not where pixels lie.
@@ -55,11 +65,34 @@ _CARRIED = ("Modality", "SOPClassUID", "SliceThickness", "FrameOfReferenceUID") 
 _MR_DEFAULTS = {"ScanningSequence": "RM", "SequenceVariant": "NONE"}
 # Descriptive, non-identifying attributes kept in Volume.metadata.
 _KEPT = (
-    "Modality", "Manufacturer", "ManufacturerModelName", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID",
-    "FrameOfReferenceUID", "SeriesDescription", "StudyDescription", "StudyDate", "SeriesNumber", "BodyPartExamined",
-    "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "SliceThickness", "SpacingBetweenSlices",
-    "RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth", "BitsAllocated", "BitsStored",
-    "PixelRepresentation", "PhotometricInterpretation", "KVP", "ConvolutionKernel",
+    "Modality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SOPClassUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "SeriesDescription",
+    "StudyDescription",
+    "StudyDate",
+    "SeriesNumber",
+    "BodyPartExamined",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "PixelSpacing",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
+    "WindowCenter",
+    "WindowWidth",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "KVP",
+    "ConvolutionKernel",
 )
 _INT_TYPES = [np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "int64")]
 
@@ -78,16 +111,26 @@ def _read_file(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
     header = pydicom.dcmread(path, stop_before_pixels=True)
     _check_grey(path, header)
     frames = int(header.get("NumberOfFrames", 1) or 1)
-    shape = (frames, int(header.Rows), int(header.Columns)) if frames > 1 else (int(header.Rows), int(header.Columns))
+    shape = (
+        (frames, int(header.Rows), int(header.Columns))
+        if frames > 1
+        else (int(header.Rows), int(header.Columns))
+    )
     check_ndim(shape, expect_ndim, str(path))
     dtype = _rescaled_dtype(header)
     measures = _frame_item(header, "PixelMeasuresSequence")
     # Enhanced multi-frame objects keep PixelSpacing in the (shared) pixel measures.
-    pixel = _pixel_spacing(measures if measures is not None and "PixelSpacing" in measures else header)
+    pixel = _pixel_spacing(
+        measures if measures is not None and "PixelSpacing" in measures else header
+    )
     thickness = (_thickness(measures) if measures is not None else None) or _thickness(header)
     orientation_item = _frame_item(header, "PlaneOrientationSequence")
-    orientation = (orientation_item if orientation_item is not None else header).get("ImageOrientationPatient")
-    order, step, origin, direction = _geometry(path, _frame_positions(header, frames), orientation, thickness or 1.0)
+    orientation = (orientation_item if orientation_item is not None else header).get(
+        "ImageOrientationPatient"
+    )
+    order, step, origin, direction = _geometry(
+        path, _frame_positions(header, frames), orientation, thickness or 1.0
+    )
     spacing = pixel if frames == 1 else (step,) + pixel
     if lazy:
         import dask
@@ -101,7 +144,12 @@ def _read_file(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
         data = data[np.asarray(order)]  # frames stored out of position order
     metadata: dict[str, Any] = {"tags": _tags(header), "dicom": _carried(header, measures)}
     syntax = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is not None and syntax.is_transfer_syntax and not syntax.is_little_endian and dtype.itemsize > 1:
+    if (
+        syntax is not None
+        and syntax.is_transfer_syntax
+        and not syntax.is_little_endian
+        and dtype.itemsize > 1
+    ):
         metadata["byte_order"] = "big-endian"  # pydicom hands the pixels over in native order
     return Volume(data, spacing, metadata, path, origin, direction)
 
@@ -127,7 +175,9 @@ def _frame_positions(header: Any, frames: int) -> list[Any] | None:
         pass
     position = header.get("ImagePositionPatient")
     if position is None:
-        position = getattr(_frame_item(header, "PlanePositionSequence"), "ImagePositionPatient", None)
+        position = getattr(
+            _frame_item(header, "PlanePositionSequence"), "ImagePositionPatient", None
+        )
     if position is None:
         return None
     offsets = header.get("GridFrameOffsetVector")
@@ -144,11 +194,16 @@ def _normal(orientation: Any) -> np.ndarray:
     """Unit slice normal of ImageOrientationPatient (NaN for zero cosines: refused as a direction later)."""
     cosines = np.asarray(orientation, dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
-        row, column = cosines[:3] / np.linalg.norm(cosines[:3]), cosines[3:] / np.linalg.norm(cosines[3:])
+        row, column = (
+            cosines[:3] / np.linalg.norm(cosines[:3]),
+            cosines[3:] / np.linalg.norm(cosines[3:]),
+        )
     return np.cross(row, column)
 
 
-def _geometry(path: Path, positions: list[Any] | None, orientation: Any, thickness: float) -> tuple[Any, float, Any, Any]:
+def _geometry(
+    path: Path, positions: list[Any] | None, orientation: Any, thickness: float
+) -> tuple[Any, float, Any, Any]:
     """``(order, slice step µm, origin, direction)`` from slice positions and orientation.
 
     ``order`` sorts the slices along the normal (None when positions are missing).
@@ -176,7 +231,12 @@ def _geometry(path: Path, positions: list[Any] | None, orientation: Any, thickne
                 expected = sorted_points[0] + np.arange(len(points))[:, None] * span
                 deviation = float(np.abs(sorted_points - expected).max())
                 if deviation > 0.01 * length:
-                    logger.warning("%s: slice positions deviate up to %.3g mm from an even grid; using the mean step %.6g mm", path, deviation, length)
+                    logger.warning(
+                        "%s: slice positions deviate up to %.3g mm from an even grid; using the mean step %.6g mm",
+                        path,
+                        deviation,
+                        length,
+                    )
     # LPS columns for index x, y, z; ours lists rows and columns reversed (z, y, x).
     direction = np.column_stack([step_vector, column, row])[::-1]
     return order, step_um, origin, direction
@@ -196,14 +256,20 @@ def _read_series(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
     for file, header in headers:
         series.setdefault(str(header.get("SeriesInstanceUID", "")), []).append((file, header))
     if len(series) > 1:
-        listing = ", ".join(f"{uid or '(none)'} ({len(items)} files)" for uid, items in series.items())
-        raise InputError(f"{path}: folder mixes {len(series)} DICOM series ({listing}); expected one series per folder")
+        listing = ", ".join(
+            f"{uid or '(none)'} ({len(items)} files)" for uid, items in series.items()
+        )
+        raise InputError(
+            f"{path}: folder mixes {len(series)} DICOM series ({listing}); expected one series per folder"
+        )
     first_file, first = headers[0]
     _check_grey(first_file, first)
     rows, cols = int(first.Rows), int(first.Columns)
     for file, header in headers:
         if int(header.get("NumberOfFrames", 1) or 1) != 1:
-            raise InputError(f"{file}: multi-frame file inside a series folder; expected one 2D slice per file")
+            raise InputError(
+                f"{file}: multi-frame file inside a series folder; expected one 2D slice per file"
+            )
         if (int(header.Rows), int(header.Columns)) != (rows, cols):
             raise InputError(
                 f"{path}: slice {file.name} is {header.Rows}x{header.Columns} but {first_file.name} is "
@@ -212,7 +278,9 @@ def _read_series(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
     check_ndim((len(headers), rows, cols), expect_ndim, str(path))
     with_positions = all("ImagePositionPatient" in h for _, h in headers)
     positions = [h.ImagePositionPatient for _, h in headers] if with_positions else None
-    order, z_spacing, origin, direction = _geometry(path, positions, first.get("ImageOrientationPatient"), _thickness(first) or 1.0)
+    order, z_spacing, origin, direction = _geometry(
+        path, positions, first.get("ImageOrientationPatient"), _thickness(first) or 1.0
+    )
     if order is not None:
         headers = [headers[i] for i in order]
     elif all("InstanceNumber" in h for _, h in headers):
@@ -229,9 +297,16 @@ def _read_series(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
     else:
         check_memory((len(ordered), rows, cols), dtype, str(path))
         data = np.empty((len(ordered), rows, cols), dtype)
-        for index, file in enumerate(tqdm(ordered, desc=f"reading {path.name}", unit="slice", disable=None, leave=False)):
+        for index, file in enumerate(
+            tqdm(ordered, desc=f"reading {path.name}", unit="slice", disable=None, leave=False)
+        ):
             data[index] = _read_pixels(file, dtype)
-    metadata = {"tags": _tags(headers[0][1]), "dicom": _carried(headers[0][1]), "slices": len(ordered), "files": [f.name for f in ordered[:3]]}
+    metadata = {
+        "tags": _tags(headers[0][1]),
+        "dicom": _carried(headers[0][1]),
+        "slices": len(ordered),
+        "files": [f.name for f in ordered[:3]],
+    }
     return Volume(data, spacing, metadata, path, origin, direction)
 
 
@@ -240,7 +315,9 @@ def _check_grey(path: Path, header: Any) -> None:
         if keyword not in header:
             raise InputError(f"{path}: DICOM file has no {keyword}; expected an image")
     if int(header.get("SamplesPerPixel", 1)) != 1:
-        raise InputError(f"{path}: DICOM image has {header.SamplesPerPixel} samples per pixel; expected greyscale")
+        raise InputError(
+            f"{path}: DICOM image has {header.SamplesPerPixel} samples per pixel; expected greyscale"
+        )
 
 
 def _read_pixels(file: Path, dtype: np.dtype) -> np.ndarray:
@@ -255,7 +332,9 @@ def _read_pixels(file: Path, dtype: np.dtype) -> np.ndarray:
         return pixels.astype(dtype, copy=False)
     if np.issubdtype(dtype, np.integer):
         return pixels.astype(dtype) * dtype.type(int(slope)) + dtype.type(int(intercept))
-    return (pixels.astype(dtype) * dtype.type(slope) + dtype.type(intercept)).astype(dtype, copy=False)
+    return (pixels.astype(dtype) * dtype.type(slope) + dtype.type(intercept)).astype(
+        dtype, copy=False
+    )
 
 
 def _rescale(ds: Any) -> tuple[float, float]:
@@ -302,13 +381,23 @@ def _thickness(ds: Any) -> float | None:
 
 
 def _plain(value: Any) -> Any:
-    return float(value) if isinstance(value, float) else int(value) if isinstance(value, int) else str(value)
+    return (
+        float(value)
+        if isinstance(value, float)
+        else int(value)
+        if isinstance(value, int)
+        else str(value)
+    )
 
 
 def _carried(ds: Any, measures: Any = None) -> dict[str, Any]:
     """The :data:`_CARRIED` tags (SliceThickness of enhanced files from their pixel measures)."""
     carried = _tags(ds, _CARRIED)
-    if "SliceThickness" not in carried and measures is not None and measures.get("SliceThickness") not in (None, ""):
+    if (
+        "SliceThickness" not in carried
+        and measures is not None
+        and measures.get("SliceThickness") not in (None, "")
+    ):
         carried["SliceThickness"] = float(measures.SliceThickness)
     return carried
 
@@ -338,8 +427,14 @@ def _storage_class(carried: dict[str, Any], dtype: np.dtype) -> tuple[str, str]:
     modality = str(carried.get("Modality") or "")
     if modality:
         storage = _STORAGE_BY_MODALITY.get(modality)
-        return (storage, modality) if storage and dtype.itemsize == 2 else (SECONDARY_CAPTURE_IMAGE_STORAGE, modality)
-    return (CT_IMAGE_STORAGE, "CT") if dtype.itemsize == 2 else (SECONDARY_CAPTURE_IMAGE_STORAGE, "OT")
+        return (
+            (storage, modality)
+            if storage and dtype.itemsize == 2
+            else (SECONDARY_CAPTURE_IMAGE_STORAGE, modality)
+        )
+    return (
+        (CT_IMAGE_STORAGE, "CT") if dtype.itemsize == 2 else (SECONDARY_CAPTURE_IMAGE_STORAGE, "OT")
+    )
 
 
 def _cosines(vector: Any) -> list[str]:
@@ -348,7 +443,9 @@ def _cosines(vector: Any) -> list[str]:
     return [format_number_as_ds(float(v)) if v != int(v) else str(int(v)) for v in vector]
 
 
-def write_dicom(path: Path, volume: Volume, dataset: str | None, chunks: tuple[int, ...] | None, name: str) -> None:
+def write_dicom(
+    path: Path, volume: Volume, dataset: str | None, chunks: tuple[int, ...] | None, name: str
+) -> None:
     """Write a series folder (``slice_00000.dcm`` ...), or one file for a 2D image named ``*.dcm``."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
@@ -358,11 +455,15 @@ def write_dicom(path: Path, volume: Volume, dataset: str | None, chunks: tuple[i
     data = volume.data
     single_file = suffix_of(path) == ".dcm"
     if single_file and data.ndim != 2:
-        raise InputError(f"{name}: a {data.ndim}D volume is written as a DICOM series folder; expected a folder path (no .dcm) with format 'dicom'")
+        raise InputError(
+            f"{name}: a {data.ndim}D volume is written as a DICOM series folder; expected a folder path (no .dcm) with format 'dicom'"
+        )
     carried = volume.metadata.get("dicom") if isinstance(volume.metadata.get("dicom"), dict) else {}
     if data.ndim == 2:
         data = data[None]
-        step = exact_decimal(carried.get("SliceThickness", 0)) * 1000 or Decimal(1000)  # µm; a 2D image's own thickness
+        step = exact_decimal(carried.get("SliceThickness", 0)) * 1000 or Decimal(
+            1000
+        )  # µm; a 2D image's own thickness
         spacing = (step,) + tuple(exact_decimal(s) for s in volume.spacing)
     else:
         spacing = tuple(exact_decimal(s) for s in volume.spacing)
@@ -386,7 +487,9 @@ def write_dicom(path: Path, volume: Volume, dataset: str | None, chunks: tuple[i
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
     ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
     ds.SeriesNumber, ds.AcquisitionNumber = 1, 1
-    ds.SeriesDescription = str(volume.metadata.get("description", "written by mdlma unified framework"))[:64]
+    ds.SeriesDescription = str(
+        volume.metadata.get("description", "written by mdlma unified framework")
+    )[:64]
     ds.Manufacturer = "MDLMA unified framework"
     ds.PositionReferenceIndicator = ""
     ds.Modality = modality
@@ -407,7 +510,9 @@ def write_dicom(path: Path, volume: Volume, dataset: str | None, chunks: tuple[i
     ds.ImageOrientationPatient = _cosines(direction[:, 2]) + _cosines(direction[:, 1])
     normal = np.cross(direction[:, 2], direction[:, 1])
     ds.PixelSpacing = [_ds(spacing_mm[1]), _ds(spacing_mm[2])]
-    ds.SliceThickness = _ds(exact_decimal(carried["SliceThickness"]) if "SliceThickness" in carried else spacing_mm[0])
+    ds.SliceThickness = _ds(
+        exact_decimal(carried["SliceThickness"]) if "SliceThickness" in carried else spacing_mm[0]
+    )
     ds.SpacingBetweenSlices = _ds(spacing_mm[0])
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = int(data.shape[1]), int(data.shape[2])
@@ -429,6 +534,11 @@ def write_dicom(path: Path, volume: Volume, dataset: str | None, chunks: tuple[i
             # Decimal arithmetic: axis-aligned positions come out exact (no 0.30000000000000004).
             position = [from_micrometres(o + index * d, "mm") for o, d in zip(origin, slice_step)]
             ds.ImagePositionPatient = [_ds(p) for p in position]
-            ds.SliceLocation = format_number_as_ds(float(np.dot([float(p) for p in position], normal)))
+            ds.SliceLocation = format_number_as_ds(
+                float(np.dot([float(p) for p in position], normal))
+            )
             ds.PixelData = np.ascontiguousarray(image, dtype=dtype.newbyteorder("<")).tobytes()
-            ds.save_as(path if single_file else path / f"slice_{index:0{width}d}.dcm", enforce_file_format=True)
+            ds.save_as(
+                path if single_file else path / f"slice_{index:0{width}d}.dcm",
+                enforce_file_format=True,
+            )

@@ -42,10 +42,14 @@ def read_hdf5(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
             dataset = _nexus_signal(f) or pick_dataset(str(path), _datasets(f), expect_ndim)
         node = f.get(dataset)
         if not isinstance(node, h5py.Dataset):
-            raise InputError(f"{path}: no dataset {dataset!r} (datasets: {describe_datasets(_datasets(f)) or 'none'})")
+            raise InputError(
+                f"{path}: no dataset {dataset!r} (datasets: {describe_datasets(_datasets(f)) or 'none'})"
+            )
         check_ndim(node.shape, expect_ndim, f"{path}::{node.name}")
         coords = _axis_coordinates(node)
-        spacing = _spacing(node) or (tuple(step for _, step in coords) if coords else (1.0,) * node.ndim)
+        spacing = _spacing(node) or (
+            tuple(step for _, step in coords) if coords else (1.0,) * node.ndim
+        )
         origin, direction = geometry_from_attributes(node.attrs, f"{path}::{node.name}")
         if origin is None and coords:
             origin = tuple([0.0] * (3 - node.ndim) + [first for first, _ in coords][-3:])
@@ -58,9 +62,20 @@ def read_hdf5(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
             "compression": node.compression,
         }
         if node.chunks:
-            check_stored_chunks(f"{path}::{node.name}", node.shape, node.dtype, node.chunks, node.id.get_num_chunks())
+            check_stored_chunks(
+                f"{path}::{node.name}",
+                node.shape,
+                node.dtype,
+                node.chunks,
+                node.id.get_num_chunks(),
+            )
         # Unchunked (contiguous) data is read in slabs of whole slices.
-        view = CheckedChunks(node, path, "hdf5", node.chunks or (slices_per_slab(node.shape, node.dtype),) + node.shape[1:])
+        view = CheckedChunks(
+            node,
+            path,
+            "hdf5",
+            node.chunks or (slices_per_slab(node.shape, node.dtype),) + node.shape[1:],
+        )
         if lazy:
             import dask.array as da
 
@@ -142,7 +157,12 @@ def _axis_coordinates(node: Any) -> list[tuple[float, float]] | None:
             return None
         first, second = coord[:2]
         # 12 significant digits drop the float noise of the difference.
-        values.append((to_micrometres(float(f"{first:.12g}"), unit), to_micrometres(float(f"{second - first:.12g}"), unit)))
+        values.append(
+            (
+                to_micrometres(float(f"{first:.12g}"), unit),
+                to_micrometres(float(f"{second - first:.12g}"), unit),
+            )
+        )
     return values
 
 
@@ -156,7 +176,9 @@ def _attrs(node: Any) -> dict[str, Any]:
     return attrs
 
 
-def write_hdf5(path: Path, volume: Volume, dataset: str | None, chunks: tuple[int, ...] | None, name: str) -> None:
+def write_hdf5(
+    path: Path, volume: Volume, dataset: str | None, chunks: tuple[int, ...] | None, name: str
+) -> None:
     """Write a gzip-compressed, chunked dataset; a three-level path gets the NeXus layout.
 
     ``/entry/data/data`` (the default) becomes ``NXroot -> NXentry -> NXdata`` with
@@ -175,7 +197,13 @@ def write_hdf5(path: Path, volume: Volume, dataset: str | None, chunks: tuple[in
         if len(parts) == 3:
             _nexus_groups(f, parts, volume, name)
         node = f.create_dataset(
-            name, shape=data.shape, dtype=data.dtype, chunks=chunks, compression="gzip", compression_opts=1, shuffle=True
+            name,
+            shape=data.shape,
+            dtype=data.dtype,
+            chunks=chunks,
+            compression="gzip",
+            compression_opts=1,
+            shuffle=True,
         )
         node.attrs["spacing"] = np.asarray(volume.spacing, dtype=np.float64)
         node.attrs["spacing_units"] = "um"
@@ -192,7 +220,9 @@ def _nexus_groups(f: Any, parts: list[str], volume: Volume, name: str) -> None:
     entry_name, data_name, signal = parts
     axes = list(AXES[-volume.ndim :])
     if signal in axes:
-        raise InputError(f"{name}: NeXus signal dataset may not be named {signal!r} (an axis name); expected another name")
+        raise InputError(
+            f"{name}: NeXus signal dataset may not be named {signal!r} (an axis name); expected another name"
+        )
     f.attrs["NX_class"] = "NXroot"
     f.attrs["default"] = entry_name
     entry = f.create_group(entry_name)
@@ -208,4 +238,8 @@ def _nexus_groups(f: Any, parts: list[str], volume: Volume, name: str) -> None:
         group.attrs[f"{axis}_indices"] = index
         coord = group.create_dataset(axis, data=start + np.arange(n, dtype=np.float64) * step)
         coord.attrs["units"] = "um"
-        coord.attrs["long_name"] = f"{axis} position of voxel centres (um)" if aligned else f"{axis} distance from voxel 0 along the axis (um)"
+        coord.attrs["long_name"] = (
+            f"{axis} position of voxel centres (um)"
+            if aligned
+            else f"{axis} distance from voxel 0 along the axis (um)"
+        )

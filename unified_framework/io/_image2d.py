@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,9 @@ def _read_pillow(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
         elif image.mode == "1":
             image = opened.convert("L")
         if image.format == "PNG" and image.mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
-            raise InputError(f"{path}: 16-bit colour PNG cannot be read without losing precision (Pillow reduces it to 8 bits); expected an 8-bit PNG or a TIFF")
+            raise InputError(
+                f"{path}: 16-bit colour PNG cannot be read without losing precision (Pillow reduces it to 8 bits); expected an 8-bit PNG or a TIFF"
+            )
         data = np.asarray(image)
         info, fmt, mode = dict(image.info), image.format, image.mode
     axes = "yxc" if data.ndim == 3 else "yx"
@@ -65,7 +68,10 @@ def _read_pillow(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
 
         data = da.from_array(data, chunks=data.shape, name=False)
     # Binary profiles are left out; what remains (dpi, gamma, text chunks) is small.
-    metadata = {"mode": mode, "info": jsonable({k: v for k, v in info.items() if k not in ("icc_profile", "exif")}) or {}}
+    metadata = {
+        "mode": mode,
+        "info": jsonable({k: v for k, v in info.items() if k not in ("icc_profile", "exif")}) or {},
+    }
     return Volume(data, _pillow_spacing(info, fmt), metadata, path, axes=axes)
 
 
@@ -106,7 +112,13 @@ def is_image2d(series: Any) -> bool:
 
 
 def read_tiff_image(
-    path: Path, tif: Any, series: Any, level: int | None, lazy: bool, expect_ndim: Any, grey: bool = False
+    path: Path,
+    tif: Any,
+    series: Any,
+    level: int | None,
+    lazy: bool,
+    expect_ndim: Any,
+    grey: bool = False,
 ) -> tuple[Volume, bool]:
     """Read one level of a 2D (colour, multi-channel or pyramidal) TIFF series.
 
@@ -116,9 +128,13 @@ def read_tiff_image(
     """
     axes = series.axes
     if axes.replace("S", "").replace("C", "") != "YX":
-        raise InputError(f"{path}: pyramid levels apply to 2D images, this TIFF has axes {axes}; expected a 2D (colour) image")
+        raise InputError(
+            f"{path}: pyramid levels apply to 2D images, this TIFF has axes {axes}; expected a 2D (colour) image"
+        )
     if "S" in axes and "C" in axes:
-        raise InputError(f"{path}: has both colour samples and channels (axes {axes}); expected one channel axis")
+        raise InputError(
+            f"{path}: has both colour samples and channels (axes {axes}); expected one channel axis"
+        )
     check_ndim(tuple(series.shape[axes.index(a)] for a in "YX"), expect_ndim, str(path))
     levels = series.levels
     index = 0 if level is None else level
@@ -150,10 +166,14 @@ def read_tiff_image(
     return volume, keep_open
 
 
-def _describe_level(level: Any, axes: str, base: tuple[int, ...], base_spacing: tuple[float, float]) -> dict[str, Any]:
+def _describe_level(
+    level: Any, axes: str, base: tuple[int, ...], base_spacing: tuple[float, float]
+) -> dict[str, Any]:
     """Shape ``(y, x[, c])`` and pixel size of a pyramid level (scaled from level 0)."""
     yx = [axes.index("Y"), axes.index("X")]
-    shape = [int(level.shape[i]) for i in yx] + [int(level.shape[i]) for i, a in enumerate(axes) if a in "SC"]
+    shape = [int(level.shape[i]) for i in yx] + [
+        int(level.shape[i]) for i, a in enumerate(axes) if a in "SC"
+    ]
     spacing = [float(exact_decimal(s) * base[i] / level.shape[i]) for s, i in zip(base_spacing, yx)]
     return {"shape": shape, "spacing_um": spacing}
 
@@ -198,10 +218,16 @@ def _check_level_complete(path: Path, level: Any) -> None:
     size = path.stat().st_size
     for page in level.pages:
         if page is None:
-            raise InputError(f"{path}: truncated TIFF: a page of the image is missing; expected a complete file")
-        end = max((int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts)), default=0)
+            raise InputError(
+                f"{path}: truncated TIFF: a page of the image is missing; expected a complete file"
+            )
+        end = max(
+            (int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts)), default=0
+        )
         if end > size:
-            raise InputError(f"{path}: truncated TIFF: data ends at byte {end} but file has {size} bytes; expected a complete file")
+            raise InputError(
+                f"{path}: truncated TIFF: data ends at byte {end} but file has {size} bytes; expected a complete file"
+            )
 
 
 def _lazy_level(path: Path, tif: Any, level: Any, axes: str, order: list[int]) -> tuple[Any, bool]:
@@ -213,17 +239,37 @@ def _lazy_level(path: Path, tif: Any, level: Any, axes: str, order: list[int]) -
     key = level.keyframe
     if level.dataoffset is not None:
         # Uncompressed and contiguous (one strip): a read-only memory map, in row slabs.
-        mm = np.memmap(path, dtype=level.dtype.newbyteorder(tif.byteorder), mode="r", offset=level.dataoffset, shape=level.shape)
-        data = da.from_array(mm, chunks=(slices_per_slab(level.shape, level.dtype),) + level.shape[1:], name=False)
+        mm = np.memmap(
+            path,
+            dtype=level.dtype.newbyteorder(tif.byteorder),
+            mode="r",
+            offset=level.dataoffset,
+            shape=level.shape,
+        )
+        data = da.from_array(
+            mm, chunks=(slices_per_slab(level.shape, level.dtype),) + level.shape[1:], name=False
+        )
         # Native byte order chunk by chunk, as the eager path and the tile decoder give it.
         return da.transpose(data.astype(level.dtype.newbyteorder("=")), order), False
-    tiled = key.planarconfig == 1 and key.shaped[:2] == (1, 1) and all(p.keyframe is key or p.keyframe.shape == key.shape for p in pages)
+    tiled = (
+        key.planarconfig == 1
+        and key.shaped[:2] == (1, 1)
+        and all(p.keyframe is key or p.keyframe.shape == key.shape for p in pages)
+    )
     if not tiled or axes not in ("YX", "YXS", "CYX") or (axes == "CYX") != (len(pages) > 1):
         # Planar or 3D tiles: one delayed read of the whole level (still nothing read now).
         whole = da.from_delayed(dask.delayed(level.asarray)(), level.shape, level.dtype)
         return da.transpose(whole, order), True
     lock = threading.Lock()  # tiles share the open file handle
-    arrays = [da.from_array(_Tiles(path, tif, page, lock), chunks=_Tiles.chunk_shape(page), name=False, asarray=False) for page in pages]
+    arrays = [
+        da.from_array(
+            _Tiles(path, tif, page, lock),
+            chunks=_Tiles.chunk_shape(page),
+            name=False,
+            asarray=False,
+        )
+        for page in pages
+    ]
     if axes == "CYX":
         return da.stack(arrays, axis=-1), True
     return arrays[0], True
@@ -256,7 +302,10 @@ class _Tiles:
         key = key + (slice(None),) * (self.ndim - len(key))
         if not all(isinstance(k, slice) for k in key[:2]):
             return self[(slice(None), slice(None))][key]
-        (y0, y1, ystep), (x0, x1, xstep) = key[0].indices(self.shape[0]), key[1].indices(self.shape[1])
+        (y0, y1, ystep), (x0, x1, xstep) = (
+            key[0].indices(self.shape[0]),
+            key[1].indices(self.shape[1]),
+        )
         if ystep != 1 or xstep != 1:
             return self[(slice(None), slice(None))][key]
         y1, x1 = max(y0, y1), max(x0, x1)
@@ -266,8 +315,15 @@ class _Tiles:
             for col in range(x0 // tw, -(-x1 // tw)):
                 tile = self._tile(row * self.across + col)
                 ty, tx = row * th, col * tw
-                ya, yb, xa, xb = max(y0, ty), min(y1, ty + tile.shape[0]), max(x0, tx), min(x1, tx + tile.shape[1])
-                out[ya - y0 : yb - y0, xa - x0 : xb - x0] = tile[ya - ty : yb - ty, xa - tx : xb - tx]
+                ya, yb, xa, xb = (
+                    max(y0, ty),
+                    min(y1, ty + tile.shape[0]),
+                    max(x0, tx),
+                    min(x1, tx + tile.shape[1]),
+                )
+                out[ya - y0 : yb - y0, xa - x0 : xb - x0] = tile[
+                    ya - ty : yb - ty, xa - tx : xb - tx
+                ]
         return out[(slice(None), slice(None)) + key[2:]]
 
     def _tile(self, index: int) -> np.ndarray:
@@ -282,7 +338,11 @@ class _Tiles:
                 handle = self.tif.filehandle
                 handle.seek(offset)
                 raw = handle.read(count)
-            extra = {name: value for name in ("jpegtables", "jpegheader") if (value := getattr(page, name, None) or getattr(key, name, None)) is not None}
+            extra = {
+                name: value
+                for name in ("jpegtables", "jpegheader")
+                if (value := getattr(page, name, None) or getattr(key, name, None)) is not None
+            }
             decoded = key.decode(raw, index, **extra)[0]
             if decoded is None:
                 raise ValueError(f"tile {index} could not be decoded")

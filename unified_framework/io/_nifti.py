@@ -30,7 +30,15 @@ from .formats import library_errors, suffix_of
 from .geometry import from_nifti_affine, split_affine, to_nifti_affine
 from .volume import Volume, check_memory, check_ndim, iter_slabs, slices_per_slab
 
-_HEADER_KEYS = ("descrip", "intent_name", "scl_slope", "scl_inter", "cal_min", "cal_max", "xyzt_units")
+_HEADER_KEYS = (
+    "descrip",
+    "intent_name",
+    "scl_slope",
+    "scl_inter",
+    "cal_min",
+    "cal_max",
+    "xyzt_units",
+)
 #: Codes written when the source is no NIfTI: 1, "scanner anatomical" (what dcm2niix writes).
 _DEFAULT_CODES = {"sform_code": 1, "qform_code": 1}
 
@@ -54,11 +62,15 @@ def read_nifti(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) ->
     _check_size(path, img, shape)
     unit = header.get_xyzt_units()[0]
     unit = unit if unit_factor(unit) else "mm"  # NIfTI: unknown spatial unit means mm
-    lengths, origin, direction = split_affine(from_nifti_affine(img.affine, unit), f"{path}: affine")
+    lengths, origin, direction = split_affine(
+        from_nifti_affine(img.affine, unit), f"{path}: affine"
+    )
     # The affine's column lengths are the voxel size; pixdim says the same in exact
     # decimals where they agree (a rotated affine's lengths carry float32 noise).
     zooms = [to_micrometres(z, unit) for z in header.get_zooms()[: len(shape)]][::-1]
-    spacing = tuple(z if abs(z - s) <= 1e-6 * s else s for s, z in zip(lengths[-len(shape) :], zooms))
+    spacing = tuple(
+        z if abs(z - s) <= 1e-6 * s else s for s, z in zip(lengths[-len(shape) :], zooms)
+    )
     proxy = img.dataobj.reshape(shape) if shape != tuple(img.shape) else img.dataobj
     if lazy:
         import dask.array as da
@@ -72,7 +84,9 @@ def read_nifti(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) ->
         data = np.asarray(proxy).T
         data = np.ascontiguousarray(data)
     metadata = {
-        "header": {key: value for key in _HEADER_KEYS if (value := jsonable(header[key])) is not None},
+        "header": {
+            key: value for key in _HEADER_KEYS if (value := jsonable(header[key])) is not None
+        },
         "nifti": {"sform_code": int(header["sform_code"]), "qform_code": int(header["qform_code"])},
         "spatial_unit": unit,
         "nifti_shape_xyz": list(shape),
@@ -109,10 +123,14 @@ def _check_size(path: Path, img: Any, shape: tuple[int, ...]) -> None:
     expected = offset + int(np.prod(shape)) * img.header.get_data_dtype().itemsize
     size = path.stat().st_size
     if size < expected:
-        raise InputError(f"{path}: truncated NIfTI: {size} bytes but the header promises {expected}; expected a complete file")
+        raise InputError(
+            f"{path}: truncated NIfTI: {size} bytes but the header promises {expected}; expected a complete file"
+        )
 
 
-def write_nifti(path: Path, volume: Volume, dataset: str | None, chunks: tuple[int, ...] | None, name: str) -> None:
+def write_nifti(
+    path: Path, volume: Volume, dataset: str | None, chunks: tuple[int, ...] | None, name: str
+) -> None:
     """Stream a NIfTI-1 file (gzip-compressed for ``.nii.gz``), slab by slab."""
     import nibabel as nib
 
@@ -131,7 +149,9 @@ def write_nifti(path: Path, volume: Volume, dataset: str | None, chunks: tuple[i
     offset = 352  # 348-byte header plus the 4-byte (empty) extension flag
     header.set_data_offset(offset)
     disk_dtype = header.get_data_dtype()
-    opener = gzip.open(path, "wb", compresslevel=4) if suffix_of(path) == ".nii.gz" else open(path, "wb")
+    opener = (
+        gzip.open(path, "wb", compresslevel=4) if suffix_of(path) == ".nii.gz" else open(path, "wb")
+    )
     with opener as f:
         f.write(header.binaryblock)
         f.write(b"\x00" * (offset - len(header.binaryblock)))

@@ -15,9 +15,10 @@ import contextlib
 import logging
 import threading
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -30,7 +31,13 @@ from .volume import Volume, byte_order, check_memory, check_ndim, iter_slabs, sl
 # Data types ImageJ opens natively; others are written as tifffile "shaped" TIFF.
 IMAGEJ_DTYPES = {np.dtype(t) for t in ("uint8", "uint16", "int16", "float32")}
 # Tags that locate data in the file: meaningless once the volume is read.
-_LAYOUT_TAGS = {"StripOffsets", "StripByteCounts", "TileOffsets", "TileByteCounts", "ImageDescription"}
+_LAYOUT_TAGS = {
+    "StripOffsets",
+    "StripByteCounts",
+    "TileOffsets",
+    "TileByteCounts",
+    "ImageDescription",
+}
 # Leave room for IFDs below the classic TIFF 4 GiB limit.
 _BIGTIFF_BYTES = 2**32 - 2**25
 
@@ -92,10 +99,19 @@ def tifffile_errors(path: Path, part: str = "") -> Iterator[None]:
 def _corrupt(path: Path, part: str, message: str) -> InputError:
     detail = " ".join(message.split()).replace(f"<tifffile.TiffFile '{path.name}'> ", "")
     where = f" ({part})" if part else ""
-    return InputError(f"{path}: corrupt or truncated TIFF{where} ({detail[:200]}); expected a complete, valid TIFF file")
+    return InputError(
+        f"{path}: corrupt or truncated TIFF{where} ({detail[:200]}); expected a complete, valid TIFF file"
+    )
 
 
-def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, level: int | None = None, grey: bool = False) -> Volume:
+def read_tiff(
+    path: Path,
+    dataset: str | None,
+    lazy: bool,
+    expect_ndim: Any,
+    level: int | None = None,
+    grey: bool = False,
+) -> Volume:
     """Read the first image series of a TIFF file (ImageJ, OME and shaped TIFFs included).
 
     2D colour, multi-channel and pyramidal images (and any ``level``) are read by
@@ -113,7 +129,9 @@ def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, lev
             from ._image2d import is_image2d, read_tiff_image
 
             if level is not None or is_image2d(series):
-                volume, keep_open = read_tiff_image(path, tif, series, level, lazy, expect_ndim, grey)
+                volume, keep_open = read_tiff_image(
+                    path, tif, series, level, lazy, expect_ndim, grey
+                )
                 return volume
             _check_channels(path, series.axes)
             check_ndim(series.shape, expect_ndim, str(path))
@@ -138,7 +156,11 @@ def read_tiff(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, lev
     return Volume(data, spacing, metadata, path)
 
 
-def _check_channels(path: Path, axes: str, expected: str = "a 2D colour image (Y, X, channels) or a single-channel 2D image or 3D volume") -> None:
+def _check_channels(
+    path: Path,
+    axes: str,
+    expected: str = "a 2D colour image (Y, X, channels) or a single-channel 2D image or 3D volume",
+) -> None:
     if "S" in axes or "C" in axes:
         raise InputError(f"{path}: has colour/channel axes (axes {axes}); expected {expected}")
 
@@ -149,13 +171,25 @@ def _check_complete(path: Path, tif: Any, series: Any) -> None:
     page_shape = series.keyframe.shape
     expected_pages = int(np.prod(series.shape)) // max(1, int(np.prod(page_shape)))
     if len(tif.pages) < expected_pages:
-        raise InputError(f"{path}: truncated TIFF: {len(tif.pages)} of {expected_pages} pages present; expected a complete file")
+        raise InputError(
+            f"{path}: truncated TIFF: {len(tif.pages)} of {expected_pages} pages present; expected a complete file"
+        )
     if series.dataoffset is not None:
         end = series.dataoffset + series.nbytes
     else:
-        end = max((int(o) + int(c) for page in series.pages if page is not None for o, c in zip(page.dataoffsets, page.databytecounts)), default=0)
+        end = max(
+            (
+                int(o) + int(c)
+                for page in series.pages
+                if page is not None
+                for o, c in zip(page.dataoffsets, page.databytecounts)
+            ),
+            default=0,
+        )
     if end > size:
-        raise InputError(f"{path}: truncated TIFF: data ends at byte {end} but file has {size} bytes; expected a complete file")
+        raise InputError(
+            f"{path}: truncated TIFF: data ends at byte {end} but file has {size} bytes; expected a complete file"
+        )
 
 
 def _lazy_series(path: Path, tif: Any, series: Any) -> tuple[Any, bool]:
@@ -180,7 +214,10 @@ def _lazy_series(path: Path, tif: Any, series: Any) -> tuple[Any, bool]:
             return _read_page(path, pages[index], index)
 
     shape = series.shape[1:]
-    slices = [da.from_delayed(dask.delayed(read_page)(i), shape, series.dtype) for i in range(series.shape[0])]
+    slices = [
+        da.from_delayed(dask.delayed(read_page)(i), shape, series.dtype)
+        for i in range(series.shape[0])
+    ]
     return da.stack(slices), True
 
 
@@ -190,7 +227,9 @@ def _read_page(path: Path, page: Any, index: int) -> np.ndarray:
         try:
             return page.asarray()
         except Exception as exc:
-            raise InputError(f"{path}: slice {index} cannot be read ({one_line(exc)}); expected a complete, valid TIFF file") from exc
+            raise InputError(
+                f"{path}: slice {index} cannot be read ({one_line(exc)}); expected a complete, valid TIFF file"
+            ) from exc
 
 
 def _spacing(tif: Any, ndim: int) -> tuple[float, ...]:
@@ -214,7 +253,9 @@ def _ome_spacing(tif: Any) -> tuple[float, ...] | None:
     for axis in "ZYX":
         size = pixels.get(f"PhysicalSize{axis}")
         unit = pixels.get(f"PhysicalSize{axis}Unit", "µm")
-        values.append(to_micrometres(size, unit) if size is not None and unit_factor(unit) else None)
+        values.append(
+            to_micrometres(size, unit) if size is not None and unit_factor(unit) else None
+        )
     if values[1] is None and values[2] is None:
         return None
     return tuple(1.0 if v is None else v for v in values)
@@ -264,7 +305,11 @@ def _resolution_spacing(tif: Any) -> tuple[float, ...] | None:
 
 
 def _metadata(tif: Any, series: Any) -> dict[str, Any]:
-    tags = {tag.name: value for tag in tif.pages.first.tags if tag.name not in _LAYOUT_TAGS and (value := jsonable(tag.value)) is not None}
+    tags = {
+        tag.name: value
+        for tag in tif.pages.first.tags
+        if tag.name not in _LAYOUT_TAGS and (value := jsonable(tag.value)) is not None
+    }
     metadata: dict[str, Any] = {"axes": series.axes, "tags": tags}
     stored = np.dtype(series.dtype).newbyteorder(tif.byteorder)
     if not stored.isnative:  # tifffile swaps to native order: say what the file holds
@@ -284,7 +329,9 @@ def read_tiff_folder(path: Path, dataset: str | None, lazy: bool, expect_ndim: A
 
     files = folder_slices(path, TIFF_SLICE_SUFFIXES)
     if not files:
-        raise InputError(f"{path}: folder holds no *.tif/*.tiff slices; expected a folder of 2D TIFF slices")
+        raise InputError(
+            f"{path}: folder holds no *.tif/*.tiff slices; expected a folder of 2D TIFF slices"
+        )
     check_ndim((len(files), 0, 0), expect_ndim, str(path))
     shape = dtype = None
     spacing: tuple[float, ...] = (1.0, 1.0, 1.0)
@@ -298,7 +345,11 @@ def read_tiff_folder(path: Path, dataset: str | None, lazy: bool, expect_ndim: A
                 check_ndim(series.shape, 2, str(file))
                 shape, dtype = series.shape, series.dtype
                 spacing = _spacing(tif, 3)
-                metadata = {"slices": len(files), "first_slice": file.name, **_metadata(tif, series)}
+                metadata = {
+                    "slices": len(files),
+                    "first_slice": file.name,
+                    **_metadata(tif, series),
+                }
             elif series.shape != shape or series.dtype != dtype:
                 raise InputError(
                     f"{path}: slice {file.name} is {'x'.join(map(str, series.shape))} {series.dtype} but "
@@ -313,7 +364,9 @@ def read_tiff_folder(path: Path, dataset: str | None, lazy: bool, expect_ndim: A
     else:
         check_memory((len(files),) + tuple(shape), dtype, str(path))
         data = np.empty((len(files),) + tuple(shape), dtype)
-        for index, file in enumerate(tqdm(files, desc=f"reading {path.name}", unit="slice", disable=None, leave=False)):
+        for index, file in enumerate(
+            tqdm(files, desc=f"reading {path.name}", unit="slice", disable=None, leave=False)
+        ):
             data[index] = _read_slice(file)
     return Volume(data, spacing, metadata, path)
 
@@ -336,16 +389,23 @@ def _tiff_options(volume: Volume, imagej: bool, slice_of_volume: bool = False) -
             metadata["spacing"] = float(spacing[0])
         if not slice_of_volume:
             metadata["axes"] = "ZYX"[-volume.ndim :]
-        return {"imagej": True, "metadata": metadata, "resolution": (rational(1 / Fraction(dx)), rational(1 / Fraction(dy)))}
+        return {
+            "imagej": True,
+            "metadata": metadata,
+            "resolution": (rational(1 / Fraction(dx)), rational(1 / Fraction(dy))),
+        }
     per_cm = Fraction(10000)
     return {
-        "metadata": {"spacing": [float(s) for s in spacing], "unit": "um"} | ({} if slice_of_volume else {"axes": "ZYX"[-volume.ndim :]}),
+        "metadata": {"spacing": [float(s) for s in spacing], "unit": "um"}
+        | ({} if slice_of_volume else {"axes": "ZYX"[-volume.ndim :]}),
         "resolution": (rational(per_cm / Fraction(dx)), rational(per_cm / Fraction(dy))),
         "resolutionunit": "CENTIMETER",
     }
 
 
-def write_tiff(path: Path, volume: Volume, dataset: str | None, chunks: tuple[int, ...] | None, name: str) -> None:
+def write_tiff(
+    path: Path, volume: Volume, dataset: str | None, chunks: tuple[int, ...] | None, name: str
+) -> None:
     """Write one multi-page TIFF, slab by slab; BigTIFF (not ImageJ) above ~4 GiB."""
     import tifffile
 
@@ -367,10 +427,14 @@ def write_tiff(path: Path, volume: Volume, dataset: str | None, chunks: tuple[in
         if data.ndim == 2:
             writer.write(np.asarray(data), photometric="minisblack", **options)
         else:
-            writer.write(pages(), shape=data.shape, dtype=data.dtype, photometric="minisblack", **options)
+            writer.write(
+                pages(), shape=data.shape, dtype=data.dtype, photometric="minisblack", **options
+            )
 
 
-def write_tiff_folder(path: Path, volume: Volume, dataset: str | None, chunks: tuple[int, ...] | None, name: str) -> None:
+def write_tiff_folder(
+    path: Path, volume: Volume, dataset: str | None, chunks: tuple[int, ...] | None, name: str
+) -> None:
     """Write ``slice_00000.tif``, ``slice_00001.tif`` ... into the folder ``path``."""
     import tifffile
 
@@ -383,4 +447,9 @@ def write_tiff_folder(path: Path, volume: Volume, dataset: str | None, chunks: t
     path.mkdir()
     for start, _, block in iter_slabs(data, desc=f"writing {name}"):
         for offset, image in enumerate(block):
-            tifffile.imwrite(path / f"slice_{start + offset:0{width}d}.tif", image, photometric="minisblack", **options)
+            tifffile.imwrite(
+                path / f"slice_{start + offset:0{width}d}.tif",
+                image,
+                photometric="minisblack",
+                **options,
+            )

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import InputError
 from ._common import (
@@ -29,7 +30,9 @@ from .volume import Volume, check_memory, check_ndim, iter_slabs
 AXES = ("z", "y", "x")
 
 
-def read_zarr(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, level: int | None = None) -> Volume:
+def read_zarr(
+    path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, level: int | None = None
+) -> Volume:
     """Read a Zarr array; in a group, ``dataset`` or the single 2D/3D array (OME-Zarr: ``level``, default 0)."""
     import zarr
 
@@ -37,10 +40,15 @@ def read_zarr(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, lev
     attrs: dict[str, Any] = dict(node.attrs) if isinstance(node, zarr.hierarchy.Group) else {}
     if level is not None and _ome_level(attrs, level) is None:
         count = len(_ome_levels(attrs))
-        raise InputError(f"{path}: no pyramid level {level}" + (f"; expected 0..{count - 1}" if count else "; expected an OME-Zarr multiscale group"))
+        raise InputError(
+            f"{path}: no pyramid level {level}"
+            + (f"; expected 0..{count - 1}" if count else "; expected an OME-Zarr multiscale group")
+        )
     if isinstance(node, zarr.hierarchy.Group):
         if dataset is None:
-            dataset = _ome_level(attrs, level or 0) or pick_dataset(str(path), _arrays(node), expect_ndim)
+            dataset = _ome_level(attrs, level or 0) or pick_dataset(
+                str(path), _arrays(node), expect_ndim
+            )
         if dataset.strip("/") not in node or not isinstance(node[dataset.strip("/")], zarr.Array):
             listing = ", ".join(_arrays(node)) or "none"
             raise InputError(f"{path}: no array {dataset!r} in Zarr group (arrays: {listing})")
@@ -79,7 +87,10 @@ def read_zarr(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any, lev
     if len(_ome_levels(attrs)) > 1:
         metadata["level"] = level or 0
         metadata["levels"] = [
-            {"shape": list(node[p].shape), "spacing_um": list((_ome_transforms(attrs, node[p].ndim, i) or ((),))[0])}
+            {
+                "shape": list(node[p].shape),
+                "spacing_um": list((_ome_transforms(attrs, node[p].ndim, i) or ((),))[0]),
+            }
             for i, p in enumerate(_ome_levels(attrs))
         ]
     return Volume(data, spacing, metadata, path, origin, direction, axes)
@@ -138,14 +149,21 @@ def _ome_level(attrs: dict, level: int) -> str | None:
     return levels[level] if 0 <= level < len(levels) else None
 
 
-def _ome_transforms(attrs: dict, ndim: int, level: int = 0) -> tuple[tuple[float, ...], tuple[float, float, float] | None] | None:
+def _ome_transforms(
+    attrs: dict, ndim: int, level: int = 0
+) -> tuple[tuple[float, ...], tuple[float, float, float] | None] | None:
     """Voxel size and origin (µm) of a level of an OME-Zarr group from its ``scale``/``translation``."""
     try:
         multiscale = attrs["multiscales"][0]
         transforms = multiscale["datasets"][level]["coordinateTransformations"]
         scale = next(t["scale"] for t in transforms if t.get("type") == "scale")
-        translation = next((t["translation"] for t in transforms if t.get("type") == "translation"), None)
-        units = [axis.get("unit") if isinstance(axis, dict) else None for axis in multiscale.get("axes", [])]
+        translation = next(
+            (t["translation"] for t in transforms if t.get("type") == "translation"), None
+        )
+        units = [
+            axis.get("unit") if isinstance(axis, dict) else None
+            for axis in multiscale.get("axes", [])
+        ]
     except (KeyError, IndexError, TypeError, StopIteration):
         return None
     units = units[-ndim:] if len(units) >= ndim else [None] * ndim
@@ -159,14 +177,21 @@ def _ome_transforms(attrs: dict, ndim: int, level: int = 0) -> tuple[tuple[float
     return spacing, origin  # type: ignore[return-value]
 
 
-def write_zarr(path: Path, volume: Volume, dataset: str | None, chunks: tuple[int, ...] | None, name: str) -> None:
+def write_zarr(
+    path: Path, volume: Volume, dataset: str | None, chunks: tuple[int, ...] | None, name: str
+) -> None:
     """Write a chunked, Blosc/zstd-compressed Zarr array with ``spacing``, ``origin`` and ``direction`` in ``.zattrs``."""
     import zarr
     from numcodecs import Blosc
 
     data = volume.data
     chunks = tuple(chunks or default_chunks(data.shape))
-    options = dict(shape=data.shape, chunks=chunks, dtype=data.dtype, compressor=Blosc("zstd", 3, Blosc.BITSHUFFLE))
+    options = dict(
+        shape=data.shape,
+        chunks=chunks,
+        dtype=data.dtype,
+        compressor=Blosc("zstd", 3, Blosc.BITSHUFFLE),
+    )
     # Created here so that a folder the user may not write to fails as an OSError
     # (zarr's store would turn it into a KeyError naming ".zarray").
     path.mkdir()
@@ -186,7 +211,6 @@ def write_zarr(path: Path, volume: Volume, dataset: str | None, chunks: tuple[in
     )
     for start, stop, block in iter_slabs(data, step=chunks[0], desc=f"writing {name}"):
         array[start:stop] = block
-
 
 
 def chunk_file(array: Any, index: Sequence[int]) -> Path:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,9 @@ def _backend(fmt: str, action: str) -> Callable[..., Any]:
 
 def _check_format(fmt: str | None, path: Path) -> None:
     if fmt is not None and fmt not in SUPPORTED_FORMATS:
-        raise InputError(f"{path}: unknown format {fmt!r}; expected one of {', '.join(SUPPORTED_FORMATS)}")
+        raise InputError(
+            f"{path}: unknown format {fmt!r}; expected one of {', '.join(SUPPORTED_FORMATS)}"
+        )
 
 
 def read_volume(
@@ -142,14 +145,22 @@ def read_volume(
             level = _tiff_level(path, dataset, level)
             dataset = None
         if dataset is not None and fmt not in _WITH_DATASETS:
-            raise InputError(f"{path}: a {FORMAT_TITLES[fmt]} has no datasets (got dataset {dataset!r}); datasets apply to HDF5 and Zarr only")
+            raise InputError(
+                f"{path}: a {FORMAT_TITLES[fmt]} has no datasets (got dataset {dataset!r}); datasets apply to HDF5 and Zarr only"
+            )
         if level is not None:
             if fmt not in _WITH_LEVELS:
-                raise InputError(f"{path}: a {FORMAT_TITLES[fmt]} has no pyramid levels (got level {level}); levels apply to TIFF/SVS and OME-Zarr")
+                raise InputError(
+                    f"{path}: a {FORMAT_TITLES[fmt]} has no pyramid levels (got level {level}); levels apply to TIFF/SVS and OME-Zarr"
+                )
             if dataset is not None:
-                raise InputError(f"{path}: give either a dataset ({dataset!r}) or a pyramid level ({level}), not both")
+                raise InputError(
+                    f"{path}: give either a dataset ({dataset!r}) or a pyramid level ({level}), not both"
+                )
             if isinstance(level, bool) or not isinstance(level, int) or level < 0:
-                raise InputError(f"{path}: pyramid level {level!r} is not a level number; expected 0, 1, 2, ...")
+                raise InputError(
+                    f"{path}: pyramid level {level!r} is not a level number; expected 0, 1, 2, ..."
+                )
         if path.is_file():
             verify_content(path, fmt)
     except OSError as exc:  # a folder on the way, the file or the folder itself is not readable
@@ -179,9 +190,13 @@ def read_volume(
 def _tiff_level(path: Path, dataset: str, level: int | None) -> int:
     """The pyramid level ``N`` named by ``slide.tif::N`` (TIFFs have no datasets)."""
     if not dataset.strip().isdigit():
-        raise InputError(f"{path}: a TIFF file has no datasets (got {dataset!r}); datasets apply to HDF5 and Zarr only (TIFF::N selects pyramid level N)")
+        raise InputError(
+            f"{path}: a TIFF file has no datasets (got {dataset!r}); datasets apply to HDF5 and Zarr only (TIFF::N selects pyramid level N)"
+        )
     if level is not None and level != int(dataset):
-        raise InputError(f"{path}: pyramid level {dataset} in the path and level={level} differ; give one")
+        raise InputError(
+            f"{path}: pyramid level {dataset} in the path and level={level} differ; give one"
+        )
     return int(dataset)
 
 
@@ -240,9 +255,13 @@ def write_volume(
     _check_format(format, path)
     fmt = format or detect_format(path, for_writing=True)
     if dataset is not None and fmt not in _WITH_DATASETS:
-        raise InputError(f"{path}: a {FORMAT_TITLES[fmt]} has no datasets (got dataset {dataset!r}); datasets apply to HDF5 and Zarr only")
+        raise InputError(
+            f"{path}: a {FORMAT_TITLES[fmt]} has no datasets (got dataset {dataset!r}); datasets apply to HDF5 and Zarr only"
+        )
     if not WRITABLE_DTYPES[fmt]:
-        raise InputError(f"{path}: {FORMAT_TITLES[fmt]}s are read, not written; expected an output .tif, .ome.tif or .zarr (or another volume format)")
+        raise InputError(
+            f"{path}: {FORMAT_TITLES[fmt]}s are read, not written; expected an output .tif, .ome.tif or .zarr (or another volume format)"
+        )
     origin = direction = None
     if isinstance(volume, Volume):
         data, metadata, source, axes = volume.data, volume.metadata, volume.path, volume.axes
@@ -259,7 +278,9 @@ def write_volume(
             f"{path}: a {FORMAT_TITLES[fmt]} cannot hold a colour/multi-channel image here; expected an output .tif, .ome.tif or .zarr "
             "(or convert to grey first: `mdlma io convert IN OUT --grey`)"
         )
-    spacing = validate_spacing((1.0,) * n_spatial if spacing is None else spacing, n_spatial, str(path))
+    spacing = validate_spacing(
+        (1.0,) * n_spatial if spacing is None else spacing, n_spatial, str(path)
+    )
     if "c" in axes and (chunks is None or isinstance(chunks, int)):
         # Channels stay together in every chunk: one pixel's colour is read as one.
         spatial = (chunks,) * n_spatial if chunks else default_chunks(data.shape[:n_spatial])
@@ -271,7 +292,9 @@ def write_volume(
     if dtype is not None:
         data = _cast(data, np.dtype(dtype), path)
     if not np.dtype(data.dtype).isnative:
-        data = data.astype(np.dtype(data.dtype).newbyteorder("="))  # a copy: the caller's array stays as it is
+        data = data.astype(
+            np.dtype(data.dtype).newbyteorder("=")
+        )  # a copy: the caller's array stays as it is
     if data.dtype == np.bool_ and "bool" not in WRITABLE_DTYPES[fmt]:
         data = data.astype(np.uint8)
     if np.dtype(data.dtype).name not in WRITABLE_DTYPES[fmt]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import gzip
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import InputError, describe_os_error
 
@@ -41,7 +42,10 @@ SUFFIX_FORMATS = {
 }
 
 # Types each writer stores as they are; bool is written as uint8 (0/1) where missing.
-_NUMBERS = tuple(f"{kind}{bits}" for kind in ("uint", "int") for bits in (8, 16, 32, 64)) + ("float32", "float64")
+_NUMBERS = tuple(f"{kind}{bits}" for kind in ("uint", "int") for bits in (8, 16, 32, 64)) + (
+    "float32",
+    "float64",
+)
 WRITABLE_DTYPES = {
     "tiff": _NUMBERS,
     "tiff-folder": _NUMBERS,
@@ -113,7 +117,11 @@ def natural_key(name: str) -> list:
 
 def folder_slices(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """Files in ``folder`` with one of ``suffixes`` (any case), sorted naturally."""
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")]
+    files = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
+    ]
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
@@ -141,7 +149,9 @@ def detect_format(path: str | Path, for_writing: bool = False) -> str:
             return "tiff-folder"
         if for_writing and not suffix:
             return "tiff-folder"
-        raise InputError(f"{path}: folder holds no *.tif/*.tiff or *.dcm slices and is no Zarr store; expected a folder of image slices")
+        raise InputError(
+            f"{path}: folder holds no *.tif/*.tiff or *.dcm slices and is no Zarr store; expected a folder of image slices"
+        )
     if suffix in SUFFIX_FORMATS:
         return SUFFIX_FORMATS[suffix]
     if not path.exists() and not for_writing:
@@ -149,7 +159,9 @@ def detect_format(path: str | Path, for_writing: bool = False) -> str:
     if for_writing and not suffix:
         return "tiff-folder"
     known = " ".join(SUFFIX_FORMATS)
-    raise InputError(f"{path}: unknown image format (suffix {suffix or 'none'!r}); expected one of {known} or a folder of slices")
+    raise InputError(
+        f"{path}: unknown image format (suffix {suffix or 'none'!r}); expected one of {known} or a folder of slices"
+    )
 
 
 def sniff(path: Path) -> str | None:
@@ -194,7 +206,9 @@ def verify_content(path: Path, fmt: str) -> None:
         # DICOM files without the 128-byte preamble exist; pydicom judges those.
         return
     what = f"{_KIND_WORDS[kind]} data" if kind else "not a recognised image format (corrupt?)"
-    raise InputError(f"{path}: content is {what} although the name says {FORMAT_TITLES[fmt]}; expected a valid {FORMAT_TITLES[fmt]}")
+    raise InputError(
+        f"{path}: content is {what} although the name says {FORMAT_TITLES[fmt]}; expected a valid {FORMAT_TITLES[fmt]}"
+    )
 
 
 def one_line(exc: BaseException) -> str:
@@ -220,7 +234,9 @@ def library_errors(path: Path, fmt: str) -> Iterator[None]:
         raise unreadable(path, exc) from exc
     except Exception as exc:
         title = FORMAT_TITLES[fmt]
-        raise InputError(f"{path}: cannot read {title} ({one_line(exc)}); expected a complete, valid {title}") from exc
+        raise InputError(
+            f"{path}: cannot read {title} ({one_line(exc)}); expected a complete, valid {title}"
+        ) from exc
 
 
 def unreadable(path: Path, exc: OSError) -> InputError:
@@ -231,8 +247,13 @@ def unreadable(path: Path, exc: OSError) -> InputError:
     >>> str(unreadable(Path("scan.tif"), PermissionError(13, "Permission denied", "scan.tif")))
     'scan.tif: cannot read (permission denied); expected a file or folder you may read'
     """
-    where = f" {exc.filename}" if exc.filename is not None and str(exc.filename) != str(path) else ""
-    return InputError(f"{path}: cannot read{where} ({describe_os_error(exc, names=False)}); expected a file or folder you may read")
+    where = (
+        f" {exc.filename}" if exc.filename is not None and str(exc.filename) != str(path) else ""
+    )
+    return InputError(
+        f"{path}: cannot read{where} ({describe_os_error(exc, names=False)}); expected a file or folder you may read"
+    )
+
 
 #: Chunk grids up to this size are accepted however few chunks are stored (absent
 #: chunks read as the fill value: sparse label volumes are normal). Larger grids must
@@ -241,7 +262,9 @@ SPARSE_GRID = 2**20
 MIN_STORED_FRACTION = 1 / 1000
 
 
-def check_stored_chunks(name: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...], stored: int) -> None:
+def check_stored_chunks(
+    name: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...], stored: int
+) -> None:
     """Refuse a huge chunk grid of which almost nothing is stored (a damaged or edited header).
 
     The work of every command grows with the grid, not with the stored data: a Zarr
@@ -294,7 +317,9 @@ class CheckedChunks:
     (2, 3, 4)
     """
 
-    def __init__(self, array: Any, path: Path, fmt: str, chunks: tuple[int, ...] | None = None) -> None:
+    def __init__(
+        self, array: Any, path: Path, fmt: str, chunks: tuple[int, ...] | None = None
+    ) -> None:
         self.array, self.path, self.fmt = array, path, fmt
         self.shape = tuple(int(n) for n in array.shape)
         self.dtype = array.dtype
@@ -330,18 +355,30 @@ class CheckedChunks:
 
         keys = key if isinstance(key, tuple) else (key,)
         grids = []
-        for item, n, c in zip(itertools.chain(keys, itertools.repeat(slice(None))), self.shape, self.chunks):
-            start, stop = item.indices(n)[:2] if isinstance(item, slice) else (int(item) % n, int(item) % n + 1)
+        for item, n, c in zip(
+            itertools.chain(keys, itertools.repeat(slice(None))), self.shape, self.chunks
+        ):
+            start, stop = (
+                item.indices(n)[:2]
+                if isinstance(item, slice)
+                else (int(item) % n, int(item) % n + 1)
+            )
             grids.append(range(start // c, -(-stop // c)))
         title = FORMAT_TITLES[self.fmt]
         for index in itertools.islice(itertools.product(*grids), 4096):
-            bounds = [(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape)]
+            bounds = [
+                (i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape)
+            ]
             try:
                 self.array[tuple(slice(a, b) for a, b in bounds)]
             except Exception as inner:  # noqa: BLE001 - whatever the library raises marks this chunk
-                where = ", ".join(f"{axis} {a}:{b}" for axis, (a, b) in zip("zyx"[-self.ndim:], bounds))
+                where = ", ".join(
+                    f"{axis} {a}:{b}" for axis, (a, b) in zip("zyx"[-self.ndim :], bounds)
+                )
                 return InputError(
                     f"{self.path}: chunk {'.'.join(map(str, index))} ({where}) is corrupt or truncated "
                     f"({one_line(inner)}); expected a complete, valid {title}"
                 )
-        return InputError(f"{self.path}: cannot read {title} ({one_line(exc)}); expected a complete, valid {title}")
+        return InputError(
+            f"{self.path}: cannot read {title} ({one_line(exc)}); expected a complete, valid {title}"
+        )

@@ -14,7 +14,8 @@ DICOM lists LPS millimetres ``(x, y, z)``: reversing them gives ours.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,9 @@ def compose_affine(spacing: Sequence[float], origin: Sequence[float], direction:
     return affine
 
 
-def split_affine(affine: Any, name: str = "affine") -> tuple[tuple[float, float, float], tuple[float, float, float], np.ndarray]:
+def split_affine(
+    affine: Any, name: str = "affine"
+) -> tuple[tuple[float, float, float], tuple[float, float, float], np.ndarray]:
     """``(spacing, origin, direction)`` of a 4x4 affine; spacing is the length of each column.
 
     Raises
@@ -72,7 +75,9 @@ def split_affine(affine: Any, name: str = "affine") -> tuple[tuple[float, float,
     linear = matrix[:3, :3]
     spacing = tuple(float(s) for s in np.linalg.norm(linear, axis=0))
     if min(spacing) <= 0:
-        raise InputError(f"{name}: affine {matrix[:3].round(6).tolist()} has a zero column; expected a voxel size on every axis")
+        raise InputError(
+            f"{name}: affine {matrix[:3].round(6).tolist()} has a zero column; expected a voxel size on every axis"
+        )
     direction = validate_direction(linear / np.asarray(spacing), name)
     return spacing, validate_origin(matrix[:3, 3], name), direction  # type: ignore[return-value]
 
@@ -107,7 +112,10 @@ def geometry_attributes(origin: Sequence[float], direction: Any) -> dict[str, An
     >>> geometry_attributes((0.0, 1.5, 2.0), np.eye(3))["origin"]
     [0.0, 1.5, 2.0]
     """
-    return {"origin": [float(v) for v in origin], "direction": [[float(v) for v in row] for row in np.asarray(direction)]}
+    return {
+        "origin": [float(v) for v in origin],
+        "direction": [[float(v) for v in row] for row in np.asarray(direction)],
+    }
 
 
 def geometry_from_attributes(attrs: Mapping[str, Any], name: str) -> tuple[Any, Any]:
@@ -124,7 +132,9 @@ def geometry_from_attributes(attrs: Mapping[str, Any], name: str) -> tuple[Any, 
     if origin is not None:
         unit = attrs.get("origin_units", attrs.get("unit", "um"))
         try:
-            origin = [to_micrometres(v, unit if unit_factor(unit) else "um") for v in np.ravel(origin)]
+            origin = [
+                to_micrometres(v, unit if unit_factor(unit) else "um") for v in np.ravel(origin)
+            ]
         except (TypeError, ValueError, ArithmeticError):
             pass  # validate_origin names the problem
         origin = validate_origin(origin, name)
@@ -205,7 +215,9 @@ def resample_to(volume: Any, reference: Any, order: int = 1, fill: float = 0) ->
         raise InputError(f"order {order!r}: expected a spline order from 0 (nearest) to 5")
     for name, item in (("volume", volume), ("reference", reference)):
         if item.ndim not in (2, 3):
-            raise InputError(f"{item.path or name}: has {item.ndim} dimensions; expected a 2D image or 3D volume to resample")
+            raise InputError(
+                f"{item.path or name}: has {item.ndim} dimensions; expected a 2D image or 3D volume to resample"
+            )
     # index in volume = inverse(volume affine) @ reference affine @ index in reference
     matrix = np.linalg.inv(volume.affine) @ reference.affine
     data = volume.data.compute() if volume.lazy else volume.data
@@ -216,7 +228,13 @@ def resample_to(volume: Any, reference: Any, order: int = 1, fill: float = 0) ->
     work = source.astype(np.uint8) if dtype == np.bool_ else source
     exact = order == 0 or dtype.kind == "f"
     out = ndimage.affine_transform(
-        work, matrix[:3, :3], offset=matrix[:3, 3], output_shape=shape, order=order, mode="constant", cval=fill,
+        work,
+        matrix[:3, :3],
+        offset=matrix[:3, 3],
+        output_shape=shape,
+        order=order,
+        mode="constant",
+        cval=fill,
         output=(work.dtype if exact else np.float64),
     )
     if not exact:
@@ -226,5 +244,8 @@ def resample_to(volume: Any, reference: Any, order: int = 1, fill: float = 0) ->
     out = out.astype(dtype, copy=False)
     if reference.ndim == 2:
         out = out[0]
-    metadata = {**volume.metadata, "resampled_to": str(reference.path) if reference.path else "reference grid"}
+    metadata = {
+        **volume.metadata,
+        "resampled_to": str(reference.path) if reference.path else "reference grid",
+    }
     return Volume(out, reference.spacing, metadata, None, reference.origin, reference.direction)

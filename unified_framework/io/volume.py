@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -153,7 +154,7 @@ class Volume:
         """True if ``data`` is a dask array."""
         return is_lazy(self.data)
 
-    def with_data(self, data: Any) -> "Volume":
+    def with_data(self, data: Any) -> Volume:
         """A volume on the same voxel grid (spacing, origin, direction) holding ``data``.
 
         For results derived voxel by voxel (labels, probabilities): written out, they
@@ -170,10 +171,18 @@ class Volume:
 
         return Volume(data, self.spacing, carried(self.metadata), None, self.origin, self.direction)
 
-    def compute(self) -> "Volume":
+    def compute(self) -> Volume:
         """Return a copy whose ``data`` is an in-memory numpy array."""
         data = self.data.compute() if self.lazy else self.data
-        return Volume(np.asarray(data), self.spacing, dict(self.metadata), self.path, self.origin, self.direction, self.axes)
+        return Volume(
+            np.asarray(data),
+            self.spacing,
+            dict(self.metadata),
+            self.path,
+            self.origin,
+            self.direction,
+            self.axes,
+        )
 
 
 def validate_origin(origin: Sequence[float] | None, name: str) -> tuple[float, float, float]:
@@ -191,7 +200,9 @@ def validate_origin(origin: Sequence[float] | None, name: str) -> tuple[float, f
     except (TypeError, ValueError):
         values = ()
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
-        raise InputError(f"{name}: origin {origin!r} must be 3 finite positions in micrometres (z, y, x)")
+        raise InputError(
+            f"{name}: origin {origin!r} must be 3 finite positions in micrometres (z, y, x)"
+        )
     return values  # type: ignore[return-value]
 
 
@@ -218,10 +229,14 @@ def validate_direction(direction: Any, name: str) -> np.ndarray:
             raise InputError(f"{name}: direction must be a 3x3 matrix of finite direction cosines")
         norms = np.linalg.norm(matrix, axis=0)
         if not np.all(np.abs(norms - 1) < 1e-3):
-            raise InputError(f"{name}: direction columns have lengths {norms.round(4).tolist()}; expected unit vectors")
+            raise InputError(
+                f"{name}: direction columns have lengths {norms.round(4).tolist()}; expected unit vectors"
+            )
         matrix = matrix / norms
         if abs(np.linalg.det(matrix)) < 1e-6:
-            raise InputError(f"{name}: direction {matrix.round(4).tolist()} is singular; expected three independent axes")
+            raise InputError(
+                f"{name}: direction {matrix.round(4).tolist()} is singular; expected three independent axes"
+            )
     matrix.flags.writeable = False
     return matrix
 
@@ -256,7 +271,12 @@ def native_order(data: Any) -> Any:
     if dtype.isnative:
         return data
     native = dtype.newbyteorder("=")
-    if not is_lazy(data) and isinstance(data, np.ndarray) and data.flags.writeable and data.flags.owndata:
+    if (
+        not is_lazy(data)
+        and isinstance(data, np.ndarray)
+        and data.flags.writeable
+        and data.flags.owndata
+    ):
         return data.byteswap(inplace=True).view(native)
     return data.astype(native)
 
@@ -279,11 +299,13 @@ def validate_axes(axes: str | None, ndim: int, name: str) -> str:
     if axes is None:
         return "yx" if ndim == 2 else "zyx" if ndim == 3 else "?" * ndim
     if axes not in AXES or len(axes) != ndim:
-        raise InputError(f"{name}: axes {axes!r} do not fit {ndim}D data; expected one of {', '.join(AXES)} with one letter per dimension")
+        raise InputError(
+            f"{name}: axes {axes!r} do not fit {ndim}D data; expected one of {', '.join(AXES)} with one letter per dimension"
+        )
     return axes
 
 
-def check_grey(volume: "Volume", name: str | None = None) -> None:
+def check_grey(volume: Volume, name: str | None = None) -> None:
     """Raise :class:`InputError` if ``volume`` is a colour or multi-channel image.
 
     Segmentation, SUN and scoring work on grey values; a ``(y, x, c)`` image would
@@ -319,11 +341,17 @@ def validate_spacing(spacing: Sequence[float], ndim: int, name: str) -> tuple[fl
     try:
         values = tuple(float(s) for s in spacing)
     except (TypeError, ValueError):
-        raise InputError(f"{name}: spacing {spacing!r} is not a sequence of numbers; expected {ndim} voxel sizes in micrometres") from None
+        raise InputError(
+            f"{name}: spacing {spacing!r} is not a sequence of numbers; expected {ndim} voxel sizes in micrometres"
+        ) from None
     if len(values) != ndim:
-        raise InputError(f"{name}: spacing {values} has {len(values)} values; expected {ndim} (one per axis)")
+        raise InputError(
+            f"{name}: spacing {values} has {len(values)} values; expected {ndim} (one per axis)"
+        )
     if not all(math.isfinite(s) and s > 0 for s in values):
-        raise InputError(f"{name}: spacing {values} must be positive finite voxel sizes in micrometres")
+        raise InputError(
+            f"{name}: spacing {values} must be positive finite voxel sizes in micrometres"
+        )
     return values
 
 
@@ -382,7 +410,9 @@ def slices_per_slab(shape: Sequence[int], dtype: Any, max_bytes: int | None = No
     return max(1, (SLAB_BYTES if max_bytes is None else max_bytes) // slice_bytes)
 
 
-def slab_bounds(data: Any, max_bytes: int | None = None, step: int | None = None) -> list[tuple[int, int]]:
+def slab_bounds(
+    data: Any, max_bytes: int | None = None, step: int | None = None
+) -> list[tuple[int, int]]:
     """Split axis 0 of ``data`` into ``(start, stop)`` slabs of about ``max_bytes``.
 
     Slab borders fall on multiples of ``step`` if given (an output chunk size), else on
@@ -416,14 +446,20 @@ def iter_slabs(
     ``step`` aligns slabs to an output chunk size (see :func:`slab_bounds`). With
     ``desc`` a progress bar counts slices on a terminal (never in logs or pipes).
     """
-    with tqdm(total=int(data.shape[0]), desc=desc, unit="slice", disable=None if desc else True, leave=False) as bar:
+    with tqdm(
+        total=int(data.shape[0]),
+        desc=desc,
+        unit="slice",
+        disable=None if desc else True,
+        leave=False,
+    ) as bar:
         for start, stop in slab_bounds(data, max_bytes, step):
             block = data[start:stop]
             yield start, stop, np.asarray(block.compute() if is_lazy(block) else block)
             bar.update(stop - start)
 
 
-def check_finite(volume: "Volume | Any", name: str | None = None) -> None:
+def check_finite(volume: Volume | Any, name: str | None = None) -> None:
     """Raise :class:`InputError` if a volume (or array) holds NaN or infinite values.
 
     Lazy data is checked slab by slab. Integer data is always finite.
@@ -445,7 +481,9 @@ def check_finite(volume: "Volume | Any", name: str | None = None) -> None:
         n_nan += int(np.count_nonzero(np.isnan(block)))
         n_inf += int(np.count_nonzero(np.isinf(block)))
     if n_nan or n_inf:
-        raise InputError(f"{name}: contains {n_nan} NaN and {n_inf} infinite values; expected finite numbers only")
+        raise InputError(
+            f"{name}: contains {n_nan} NaN and {n_inf} infinite values; expected finite numbers only"
+        )
 
 
 def value_range(data: Any, desc: str | None = None) -> tuple[float, float, int]:

@@ -23,7 +23,7 @@ so both give the same result.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import sparse
@@ -48,7 +48,9 @@ def _object_index(image: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray],
     return ids, lambda chunk: np.where(chunk != 0, np.searchsorted(ids, chunk) + 1, 0)
 
 
-def contingency_table(pred: np.ndarray, gt: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
+def contingency_table(
+    pred: np.ndarray, gt: np.ndarray
+) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
     """Sparse voxel counts per (ground-truth object, predicted object) pair.
 
     Parameters
@@ -78,11 +80,18 @@ def contingency_table(pred: np.ndarray, gt: np.ndarray) -> tuple[sparse.csr_matr
         keep = (rows > 0) | (cols > 0)
         rows, cols = rows[keep], cols[keep]
         # coo -> csr sums the duplicate (row, col) entries: a sparse histogram.
-        table = table + sparse.coo_matrix((np.ones(rows.size, dtype=np.int64), (rows, cols)), shape=shape).tocsr()
+        table = (
+            table
+            + sparse.coo_matrix(
+                (np.ones(rows.size, dtype=np.int64), (rows, cols)), shape=shape
+            ).tocsr()
+        )
     return table, true_ids, pred_ids
 
 
-def iou_matrix(pred: np.ndarray, gt: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
+def iou_matrix(
+    pred: np.ndarray, gt: np.ndarray
+) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
     """Sparse IoU between every ground-truth object (rows) and predicted object (columns).
 
     Returns
@@ -101,7 +110,9 @@ def iou_matrix(pred: np.ndarray, gt: np.ndarray) -> tuple[sparse.csr_matrix, np.
     return iou, true_ids, pred_ids
 
 
-def match_instances(iou: sparse.spmatrix | np.ndarray, threshold: float, method: str = "optimal") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def match_instances(
+    iou: sparse.spmatrix | np.ndarray, threshold: float, method: str = "optimal"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One-to-one matching of objects whose IoU reaches ``threshold``.
 
     Parameters

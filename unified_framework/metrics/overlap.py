@@ -16,7 +16,7 @@ perfect match" convention (MONAI's ``DiceMetric(ignore_empty=False)``).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -84,7 +84,9 @@ def _dense_confusion(pred: np.ndarray, gt: np.ndarray, low: int, n_values: int) 
     return counts.reshape(n_values, n_values)
 
 
-def _sparse_confusion(pred: np.ndarray, gt: np.ndarray, labels: np.ndarray, low: int, high: int) -> np.ndarray:
+def _sparse_confusion(
+    pred: np.ndarray, gt: np.ndarray, labels: np.ndarray, low: int, high: int
+) -> np.ndarray:
     """Confusion matrix over ``labels`` only, mapping values to label positions first."""
     n = labels.size
     index_of = _label_indexer(labels, low, high)
@@ -98,7 +100,9 @@ def _sparse_confusion(pred: np.ndarray, gt: np.ndarray, labels: np.ndarray, low:
     return counts.reshape(n, n)
 
 
-def confusion_matrix(pred: np.ndarray, gt: np.ndarray, labels: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def confusion_matrix(
+    pred: np.ndarray, gt: np.ndarray, labels: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Count voxels per (ground-truth label, predicted label) pair.
 
     Follows scikit-learn's convention: ``matrix[i, j]`` is the number of voxels whose
@@ -183,7 +187,12 @@ def scores_from_confusion(matrix: np.ndarray, empty_score: float = np.nan) -> di
     }
 
 
-def volume_scores(pred_voxels: np.ndarray, gt_voxels: np.ndarray, spacing: Sequence[float] | None = None, ndim: int = 3) -> dict[str, np.ndarray]:
+def volume_scores(
+    pred_voxels: np.ndarray,
+    gt_voxels: np.ndarray,
+    spacing: Sequence[float] | None = None,
+    ndim: int = 3,
+) -> dict[str, np.ndarray]:
     """Physical volumes and their differences from voxel counts.
 
     Parameters

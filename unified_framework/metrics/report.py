@@ -8,7 +8,7 @@ for instance label images with :mod:`.instance`.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,7 +43,9 @@ COLUMNS = (
 )
 
 
-def validate_pair(pred, gt, pred_name: str = "prediction", gt_name: str = "ground truth") -> tuple[np.ndarray, np.ndarray]:
+def validate_pair(
+    pred, gt, pred_name: str = "prediction", gt_name: str = "ground truth"
+) -> tuple[np.ndarray, np.ndarray]:
     """Return both images as integer arrays after checking dtype, NaNs and shapes.
 
     Raises
@@ -124,7 +126,9 @@ def score_volumes(
     if names is None:
         names = [str(label) for label in labels]
     elif len(names) != labels.size:
-        raise InputError(f"names: expected {labels.size} names (one per label {labels.tolist()}), got {len(names)}")
+        raise InputError(
+            f"names: expected {labels.size} names (one per label {labels.tolist()}), got {len(names)}"
+        )
     if surface:
         scores.update(surface_scores(pred, gt, labels, spacing, percentile, connectivity, progress))
     else:

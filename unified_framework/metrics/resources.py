@@ -231,9 +231,11 @@ class ResourceMeter:
             return None
         return torch.cuda
 
-    def __enter__(self) -> "ResourceMeter":
+    def __enter__(self) -> ResourceMeter:
         if self.gpu:
-            self._nvml = _NvmlWatcher(_default_gpu_selector() if self.gpu_index is None else self.gpu_index)
+            self._nvml = _NvmlWatcher(
+                _default_gpu_selector() if self.gpu_index is None else self.gpu_index
+            )
         cuda = self._torch_cuda()
         if cuda is not None:
             cuda.reset_peak_memory_stats()
@@ -268,10 +270,16 @@ class ResourceMeter:
             gpu_index=nvml.index if nvml else None,
             gpu_name=nvml.name if nvml else None,
             gpu_memory_peak_bytes=nvml.memory_peak if nvml else None,
-            gpu_utilisation_mean_percent=(sum(nvml.utilisation) / len(nvml.utilisation)) if nvml and nvml.utilisation else None,
-            gpu_utilisation_max_percent=max(nvml.utilisation) if nvml and nvml.utilisation else None,
+            gpu_utilisation_mean_percent=(sum(nvml.utilisation) / len(nvml.utilisation))
+            if nvml and nvml.utilisation
+            else None,
+            gpu_utilisation_max_percent=max(nvml.utilisation)
+            if nvml and nvml.utilisation
+            else None,
             gpu_energy_j=nvml.energy_j() if nvml else None,
-            torch_max_memory_allocated_bytes=int(cuda.max_memory_allocated()) if cuda is not None else None,
+            torch_max_memory_allocated_bytes=int(cuda.max_memory_allocated())
+            if cuda is not None
+            else None,
             samples=self._samples,
         )
         if self._nvml is not None:

@@ -29,7 +29,7 @@ distances.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -108,7 +108,9 @@ def surface_distances(
     # exactly those of the full arrays: no margin is needed.
     pred_surface = surface_mask(pred_mask[box], connectivity)
     gt_surface = surface_mask(gt_mask[box], connectivity)
-    return _nearest_distances(pred_surface, gt_surface, spacing), _nearest_distances(gt_surface, pred_surface, spacing)
+    return _nearest_distances(pred_surface, gt_surface, spacing), _nearest_distances(
+        gt_surface, pred_surface, spacing
+    )
 
 
 def _nearest_distances(source: np.ndarray, target: np.ndarray, spacing: np.ndarray) -> np.ndarray:
@@ -153,7 +155,9 @@ def surface_metrics(
         return dict.fromkeys(SURFACE_METRICS, np.inf)
     return {
         "hausdorff": float(max(pred_to_gt.max(), gt_to_pred.max())),
-        "hd95": float(max(np.percentile(pred_to_gt, percentile), np.percentile(gt_to_pred, percentile))),
+        "hd95": float(
+            max(np.percentile(pred_to_gt, percentile), np.percentile(gt_to_pred, percentile))
+        ),
         "assd": float((pred_to_gt.sum() + gt_to_pred.sum()) / (pred_to_gt.size + gt_to_pred.size)),
     }
 
@@ -163,7 +167,9 @@ def _check_percentile(percentile: float) -> None:
         raise InputError(f"percentile: expected a value between 0 and 100, got {percentile}")
 
 
-def _class_boxes(pred: np.ndarray, gt: np.ndarray, labels: np.ndarray) -> list[tuple[slice, ...] | None]:
+def _class_boxes(
+    pred: np.ndarray, gt: np.ndarray, labels: np.ndarray
+) -> list[tuple[slice, ...] | None]:
     """Bounding box of each label in either image, from one pass of ``find_objects`` per image."""
     if labels.size and labels.min() >= 1 and labels.max() < 1 << 24:
         max_label = int(labels.max())
@@ -171,12 +177,17 @@ def _class_boxes(pred: np.ndarray, gt: np.ndarray, labels: np.ndarray) -> list[t
         gt_objects = ndi.find_objects(gt, max_label=max_label)
         boxes = []
         for label in labels:
-            found = [box for box in (pred_objects[label - 1], gt_objects[label - 1]) if box is not None]
+            found = [
+                box for box in (pred_objects[label - 1], gt_objects[label - 1]) if box is not None
+            ]
             if not found:
                 boxes.append(None)
                 continue
             boxes.append(
-                tuple(slice(min(b[a].start for b in found), max(b[a].stop for b in found)) for a in range(pred.ndim))
+                tuple(
+                    slice(min(b[a].start for b in found), max(b[a].stop for b in found))
+                    for a in range(pred.ndim)
+                )
             )
         return boxes
     # Label 0 or negative labels: find_objects cannot index them.
@@ -222,11 +233,20 @@ def surface_scores(
     else:
         boxes = [bounding_box(pred == label, gt == label) for label in labels]
     out = {name: np.full(labels.size, np.nan) for name in SURFACE_METRICS}
-    steps = tqdm(zip(labels, boxes), total=labels.size, desc="surface distances", unit="class", disable=None if progress else True, leave=False)
+    steps = tqdm(
+        zip(labels, boxes),
+        total=labels.size,
+        desc="surface distances",
+        unit="class",
+        disable=None if progress else True,
+        leave=False,
+    )
     for i, (label, box) in enumerate(steps):
         if box is None:
             continue
-        result = surface_metrics(pred[box] == label, gt[box] == label, spacing, percentile, connectivity)
+        result = surface_metrics(
+            pred[box] == label, gt[box] == label, spacing, percentile, connectivity
+        )
         for name in SURFACE_METRICS:
             out[name][i] = result[name]
     return out

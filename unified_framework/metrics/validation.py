@@ -6,7 +6,7 @@ message naming the offending array (a file name where the caller knows it).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -50,11 +50,15 @@ def as_label_array(array, name: str = "array") -> np.ndarray:
         raise InputError(f"{name}: label image contains infinite values")
     as_int = array.astype(np.int64)
     if not np.array_equal(as_int, array):
-        raise InputError(f"{name}: expected integer labels, found non-integer values in a {array.dtype} image")
+        raise InputError(
+            f"{name}: expected integer labels, found non-integer values in a {array.dtype} image"
+        )
     return as_int
 
 
-def check_same_shape(pred: np.ndarray, gt: np.ndarray, pred_name: str = "prediction", gt_name: str = "ground truth") -> None:
+def check_same_shape(
+    pred: np.ndarray, gt: np.ndarray, pred_name: str = "prediction", gt_name: str = "ground truth"
+) -> None:
     """Raise :class:`InputError` unless ``pred`` and ``gt`` have the same shape."""
     if pred.shape != gt.shape:
         raise InputError(

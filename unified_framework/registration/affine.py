@@ -9,8 +9,9 @@ the moving volume (``p -> A p + t``, the same direction as the displacement fiel
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -93,11 +94,15 @@ def register_affine(
     if kind not in ("rigid", "affine"):
         raise InputError(f"affine: kind {kind!r}; expected 'rigid' or 'affine'")
     if len(shrink_factors) != len(smoothing_sigmas):
-        raise InputError("affine: shrink_factors and smoothing_sigmas need one value per level each")
+        raise InputError(
+            "affine: shrink_factors and smoothing_sigmas need one value per level each"
+        )
     fixed_image = grid_image(np.asarray(fixed, dtype=np.float32), spacing)
     moving_image = grid_image(np.asarray(moving, dtype=np.float32), spacing)
     base = sitk.Euler3DTransform() if kind == "rigid" else sitk.AffineTransform(3)
-    initial = sitk.CenteredTransformInitializer(fixed_image, moving_image, base, sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    initial = sitk.CenteredTransformInitializer(
+        fixed_image, moving_image, base, sitk.CenteredTransformInitializerFilter.GEOMETRY
+    )
 
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(bins))
@@ -105,7 +110,11 @@ def register_affine(
     method.SetMetricSamplingPercentage(float(sampling), int(seed))
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=1e-4, numberOfIterations=int(iterations), relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6
+        learningRate=1.0,
+        minStep=1e-4,
+        numberOfIterations=int(iterations),
+        relaxationFactor=0.6,
+        gradientMagnitudeTolerance=1e-6,
     )
     # Rotations (radians) and translations (micrometres) differ by orders of magnitude.
     method.SetOptimizerScalesFromPhysicalShift()
@@ -116,9 +125,21 @@ def register_affine(
     try:
         transform = method.Execute(fixed_image, moving_image)
     except RuntimeError as exc:
-        raise InputError(f"affine registration failed: {str(exc).strip().splitlines()[-1][:160]} (do the volumes overlap?)") from None
-    logger.info("affine (%s): %s after %d iterations, metric %.4f", kind, method.GetOptimizerStopConditionDescription(), method.GetOptimizerIteration(), method.GetMetricValue())
-    return AffineResult(transform_matrix(transform), float(method.GetMetricValue()), int(method.GetOptimizerIteration()))
+        raise InputError(
+            f"affine registration failed: {str(exc).strip().splitlines()[-1][:160]} (do the volumes overlap?)"
+        ) from None
+    logger.info(
+        "affine (%s): %s after %d iterations, metric %.4f",
+        kind,
+        method.GetOptimizerStopConditionDescription(),
+        method.GetOptimizerIteration(),
+        method.GetMetricValue(),
+    )
+    return AffineResult(
+        transform_matrix(transform),
+        float(method.GetMetricValue()),
+        int(method.GetOptimizerIteration()),
+    )
 
 
 def transform_matrix(transform: Any) -> np.ndarray:
@@ -134,7 +155,9 @@ def transform_matrix(transform: Any) -> np.ndarray:
     # Evaluate the transform on the origin and unit vectors: works for every
     # (composite, Euler, affine, translation) transform without knowing its type.
     origin = np.asarray(transform.TransformPoint((0.0,) * dim))
-    columns = [np.asarray(transform.TransformPoint(tuple(np.eye(dim)[i]))) - origin for i in range(dim)]
+    columns = [
+        np.asarray(transform.TransformPoint(tuple(np.eye(dim)[i]))) - origin for i in range(dim)
+    ]
     linear_xyz = np.stack(columns, axis=1)
     flip = np.eye(dim)[::-1]  # (x, y, z) <-> (z, y, x)
     matrix = np.eye(4)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,11 +63,15 @@ class ConvexAdamParams:
     def __post_init__(self) -> None:
         for name in ("mind_r", "mind_d", "grid_sp", "disp_hw", "grid_sp_adam"):
             if int(getattr(self, name)) < 1:
-                raise InputError(f"convexadam: {name}={getattr(self, name)!r}; expected a positive integer")
+                raise InputError(
+                    f"convexadam: {name}={getattr(self, name)!r}; expected a positive integer"
+                )
         if self.selected_niter < 0 or self.lambda_weight < 0:
             raise InputError("convexadam: selected_niter and lambda_weight must be >= 0")
         if self.selected_smooth and self.selected_smooth % 2 == 0:
-            raise InputError(f"convexadam: selected_smooth={self.selected_smooth}; expected 0 or an odd number")
+            raise InputError(
+                f"convexadam: selected_smooth={self.selected_smooth}; expected 0 or an odd number"
+            )
 
 
 def _convex_adam_pt() -> Any:
@@ -134,17 +139,23 @@ def register_convexadam(
     params = params or ConvexAdamParams()
     fixed, moving = np.asarray(fixed), np.asarray(moving)
     if fixed.shape != moving.shape or fixed.ndim != 3:
-        raise InputError(f"convexadam: fixed {fixed.shape} and moving {moving.shape}; expected two 3D volumes on one grid")
+        raise InputError(
+            f"convexadam: fixed {fixed.shape} and moving {moving.shape}; expected two 3D volumes on one grid"
+        )
     smallest = 2 * params.grid_sp
     if min(fixed.shape) < smallest:
-        raise InputError(f"convexadam: volume {fixed.shape} is too small for grid_sp={params.grid_sp}; expected every side >= {smallest}")
+        raise InputError(
+            f"convexadam: volume {fixed.shape} is too small for grid_sp={params.grid_sp}; expected every side >= {smallest}"
+        )
     torch_device = resolve_device(device)
     dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
     convex_adam_pt = _convex_adam_pt()
     # The Adam refinement needs gradients even when called under no_grad; the package's
     # implicit align_corners in grid_sample warns on every call (its results assume it).
     with torch.enable_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Default grid_sample and affine_grid behavior", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="Default grid_sample and affine_grid behavior", category=UserWarning
+        )
         displacement = convex_adam_pt(
             img_fixed=torch.from_numpy(normalise(fixed)),
             img_moving=torch.from_numpy(normalise(moving)),

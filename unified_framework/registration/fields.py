@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -51,7 +52,9 @@ FIELD_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nii", ".nii.gz")
 MAX_SPACING_RATIO = 4.0
 
 
-def physical_grid(shape: Sequence[int], spacing: Sequence[float], dtype: Any = np.float32) -> np.ndarray:
+def physical_grid(
+    shape: Sequence[int], spacing: Sequence[float], dtype: Any = np.float32
+) -> np.ndarray:
     """Positions of all voxel centres in micrometres, shape ``(3, z, y, x)``.
 
     Examples
@@ -99,17 +102,23 @@ def check_field(field: Any, shape: Sequence[int] | None = None, name: str = "fie
     >>> check_field(np.zeros((3, 2, 2, 2))).dtype
     dtype('float32')
     """
-    array = np.asarray(field.detach().cpu().numpy() if hasattr(field, "detach") else field, dtype=np.float32)
+    array = np.asarray(
+        field.detach().cpu().numpy() if hasattr(field, "detach") else field, dtype=np.float32
+    )
     if array.ndim != 4 or array.shape[0] != 3:
         raise InputError(f"{name}: shape {array.shape}; expected a displacement field (3, z, y, x)")
     if shape is not None and tuple(array.shape[1:]) != tuple(int(n) for n in shape):
-        raise InputError(f"{name}: grid {array.shape[1:]} does not match the volume's shape {tuple(shape)}; expected the field of this volume's grid")
+        raise InputError(
+            f"{name}: grid {array.shape[1:]} does not match the volume's shape {tuple(shape)}; expected the field of this volume's grid"
+        )
     if not np.isfinite(array).all():
         raise InputError(f"{name}: contains NaN or infinite displacements; expected finite numbers")
     return array
 
 
-def _coordinates(field: np.ndarray, spacing: Sequence[float], offset: Sequence[int] = (0, 0, 0)) -> np.ndarray:
+def _coordinates(
+    field: np.ndarray, spacing: Sequence[float], offset: Sequence[int] = (0, 0, 0)
+) -> np.ndarray:
     """Sampling positions in moving voxel indices: ``index + u / spacing``."""
     shape = field.shape[1:]
     coords = np.empty(field.shape, dtype=np.float32)
@@ -171,7 +180,14 @@ def _sample(moving: np.ndarray, coords: np.ndarray, interpolation: str, fill: st
         # map_coordinates with order 0 rounds half away from zero inconsistently across
         # SciPy versions; round ourselves so labels follow the nearest voxel centre.
         coords = np.floor(coords + 0.5)
-    out = ndimage.map_coordinates(source, coords, order=order, mode="nearest" if fill == "nearest" else "constant", cval=0.0, prefilter=False)
+    out = ndimage.map_coordinates(
+        source,
+        coords,
+        order=order,
+        mode="nearest" if fill == "nearest" else "constant",
+        cval=0.0,
+        prefilter=False,
+    )
     return out.astype(np.float32 if order else moving.dtype, copy=False)
 
 
@@ -208,7 +224,12 @@ def compose(first: Any, second: Any, spacing: Sequence[float]) -> np.ndarray:
     second = check_field(second, name="second field")
     first = check_field(first, second.shape[1:], "first field")
     coords = _coordinates(second, spacing)
-    sampled = np.stack([ndimage.map_coordinates(first[c], coords, order=1, mode="nearest", prefilter=False) for c in range(3)])
+    sampled = np.stack(
+        [
+            ndimage.map_coordinates(first[c], coords, order=1, mode="nearest", prefilter=False)
+            for c in range(3)
+        ]
+    )
     return (second + sampled).astype(np.float32)
 
 
@@ -228,14 +249,21 @@ def invert(field: Any, spacing: Sequence[float], iterations: int = 20) -> np.nda
     inverse = -field.copy()
     for _ in range(max(1, int(iterations))):
         coords = _coordinates(inverse, spacing)
-        sampled = np.stack([ndimage.map_coordinates(field[c], coords, order=1, mode="nearest", prefilter=False) for c in range(3)])
+        sampled = np.stack(
+            [
+                ndimage.map_coordinates(field[c], coords, order=1, mode="nearest", prefilter=False)
+                for c in range(3)
+            ]
+        )
         inverse = -sampled
     residual = float(np.abs(compose(field, inverse, spacing)).max())
     logger.info("inverse field: largest residual %.3g um after %d iterations", residual, iterations)
     return inverse.astype(np.float32)
 
 
-def resample_field(field: Any, shape: Sequence[int], spacing: Sequence[float], field_spacing: Sequence[float]) -> np.ndarray:
+def resample_field(
+    field: Any, shape: Sequence[int], spacing: Sequence[float], field_spacing: Sequence[float]
+) -> np.ndarray:
     """Upsample (or downsample) a field to another grid of the same extent, linearly.
 
     Displacements are in micrometres, so the values stay as they are; only the grid
@@ -248,7 +276,10 @@ def resample_field(field: Any, shape: Sequence[int], spacing: Sequence[float], f
     (3, 4, 4, 4)
     """
     field = check_field(field)
-    coords = [np.arange(n, dtype=np.float32) * np.float32(s / fs) for n, s, fs in zip(shape, spacing, field_spacing)]
+    coords = [
+        np.arange(n, dtype=np.float32) * np.float32(s / fs)
+        for n, s, fs in zip(shape, spacing, field_spacing)
+    ]
     return np.stack([_separable_linear(field[c], coords) for c in range(3)]).astype(np.float32)
 
 
@@ -262,7 +293,9 @@ def _separable_linear(values: np.ndarray, coords: Sequence[np.ndarray]) -> np.nd
         frac = (position - left).astype(np.float32) if n > 1 else np.zeros_like(position)
         right = np.minimum(left + 1, n - 1)
         shape = [-1 if a == axis else 1 for a in range(out.ndim)]
-        out = np.take(out, left, axis=axis) * (1 - frac).reshape(shape) + np.take(out, right, axis=axis) * frac.reshape(shape)
+        out = np.take(out, left, axis=axis) * (1 - frac).reshape(shape) + np.take(
+            out, right, axis=axis
+        ) * frac.reshape(shape)
     return out
 
 
@@ -311,16 +344,24 @@ def warp_lazy(
     if interpolation not in ("linear", "nearest"):
         raise InputError(f"interpolation {interpolation!r}; expected 'linear' or 'nearest'")
     field = check_field(field)
-    expected = tuple(max(1, math.ceil(n * s / fs - 1e-6)) for n, s, fs in zip(moving.shape, spacing, field_spacing))
+    expected = tuple(
+        max(1, math.ceil(n * s / fs - 1e-6))
+        for n, s, fs in zip(moving.shape, spacing, field_spacing)
+    )
     if any(abs(a - b) > 1 for a, b in zip(field.shape[1:], expected)):
-        raise InputError(f"field grid {field.shape[1:]} at spacing {tuple(field_spacing)} does not cover the volume {tuple(moving.shape)} at spacing {tuple(spacing)}")
+        raise InputError(
+            f"field grid {field.shape[1:]} at spacing {tuple(field_spacing)} does not cover the volume {tuple(moving.shape)} at spacing {tuple(spacing)}"
+        )
     out_dtype = np.float32 if interpolation == "linear" else np.dtype(moving.dtype)
     template = da.zeros(moving.shape, chunks=chunks, dtype=out_dtype)
 
     def block(_: np.ndarray, block_info: dict | None = None) -> np.ndarray:
         assert block_info is not None
         (z0, z1), (y0, y1), (x0, x1) = block_info[None]["array-location"]
-        coords = [np.arange(a, b, dtype=np.float32) * np.float32(s / fs) for (a, b), s, fs in zip(((z0, z1), (y0, y1), (x0, x1)), spacing, field_spacing)]
+        coords = [
+            np.arange(a, b, dtype=np.float32) * np.float32(s / fs)
+            for (a, b), s, fs in zip(((z0, z1), (y0, y1), (x0, x1)), spacing, field_spacing)
+        ]
         local = np.stack([_separable_linear(field[c], coords) for c in range(3)])
         sample = _coordinates(local, spacing, (z0, y0, x0))
         lo = [max(0, int(math.floor(sample[a].min())) - 1) for a in range(3)]
@@ -356,7 +397,9 @@ def save_field(path: str | Path, field: Any, spacing: Sequence[float]) -> Path:
 
     path = Path(path)
     if not str(path).lower().endswith(FIELD_SUFFIXES):
-        raise InputError(f"{path}: a field is written as {', '.join(FIELD_SUFFIXES)}; choose one of these suffixes")
+        raise InputError(
+            f"{path}: a field is written as {', '.join(FIELD_SUFFIXES)}; choose one of these suffixes"
+        )
     field = check_field(field)
     # ITK orders vector components like its axes, (x, y, z): reverse ours.
     image = grid_image(np.moveaxis(field[::-1], 0, -1).astype(np.float64), spacing, vector=True)
@@ -365,7 +408,9 @@ def save_field(path: str | Path, field: Any, spacing: Sequence[float]) -> Path:
     return path
 
 
-def load_field(path: str | Path, shape: Sequence[int] | None = None) -> tuple[np.ndarray, tuple[float, float, float]]:
+def load_field(
+    path: str | Path, shape: Sequence[int] | None = None
+) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Read a field written by :func:`save_field` (or any 3D ITK displacement field).
 
     Parameters
@@ -392,14 +437,20 @@ def load_field(path: str | Path, shape: Sequence[int] | None = None) -> tuple[np
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(f"{path}: not a readable ITK image ({str(exc).strip().splitlines()[-1][:120]})") from None
+        raise InputError(
+            f"{path}: not a readable ITK image ({str(exc).strip().splitlines()[-1][:120]})"
+        ) from None
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 3:
         raise InputError(
             f"{path}: a {image.GetDimension()}D image with {image.GetNumberOfComponentsPerPixel()} component(s) per voxel; "
             "expected a 3D displacement field with 3 components"
         )
-    if not np.allclose(image.GetDirection(), np.eye(3).ravel()) or not np.allclose(image.GetOrigin(), 0):
-        raise InputError(f"{path}: field with origin {image.GetOrigin()} and a rotated direction; expected origin 0 and axis-aligned (see docs/registration.md)")
+    if not np.allclose(image.GetDirection(), np.eye(3).ravel()) or not np.allclose(
+        image.GetOrigin(), 0
+    ):
+        raise InputError(
+            f"{path}: field with origin {image.GetOrigin()} and a rotated direction; expected origin 0 and axis-aligned (see docs/registration.md)"
+        )
     array = sitk.GetArrayFromImage(image)  # (z, y, x, 3) with components (x, y, z)
     field = np.ascontiguousarray(np.moveaxis(array, -1, 0)[::-1], dtype=np.float32)
     spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
@@ -429,7 +480,9 @@ def to_fixed_grid(
 
     moving = np.asarray(moving)
     if moving.ndim != 3 or len(fixed_shape) != 3:
-        raise InputError(f"{name}: has {moving.ndim} dimensions and the fixed volume {len(fixed_shape)}; expected two 3D volumes")
+        raise InputError(
+            f"{name}: has {moving.ndim} dimensions and the fixed volume {len(fixed_shape)}; expected two 3D volumes"
+        )
     ratios = [m / f for m, f in zip(moving_spacing, fixed_spacing)]
     if max(max(ratios), 1 / min(ratios)) > MAX_SPACING_RATIO:
         raise InputError(
@@ -438,8 +491,17 @@ def to_fixed_grid(
         )
     if tuple(moving.shape) == tuple(fixed_shape) and np.allclose(moving_spacing, fixed_spacing):
         return moving
-    logger.warning("%s: resampling %s at %s um onto the fixed grid %s at %s um", name, moving.shape, tuple(moving_spacing), tuple(fixed_shape), tuple(fixed_spacing))
-    source = grid_image(moving.astype(np.float32) if interpolation == "linear" else moving, moving_spacing)
+    logger.warning(
+        "%s: resampling %s at %s um onto the fixed grid %s at %s um",
+        name,
+        moving.shape,
+        tuple(moving_spacing),
+        tuple(fixed_shape),
+        tuple(fixed_spacing),
+    )
+    source = grid_image(
+        moving.astype(np.float32) if interpolation == "linear" else moving, moving_spacing
+    )
     reference = grid_image(np.zeros(tuple(fixed_shape), np.uint8), fixed_spacing)
     method = sitk.sitkLinear if interpolation == "linear" else sitk.sitkNearestNeighbor
     out = sitk.Resample(source, reference, sitk.Transform(), method, 0.0)

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -45,7 +46,9 @@ def jacobian_determinant(field: Any, spacing: Sequence[float]) -> np.ndarray:
     1.0
     """
     field = check_field(field)
-    grads = [np.gradient(field[c], *[float(s) for s in spacing]) for c in range(3)]  # grads[c][a] = du_c/dp_a
+    grads = [
+        np.gradient(field[c], *[float(s) for s in spacing]) for c in range(3)
+    ]  # grads[c][a] = du_c/dp_a
     j = [[grads[c][a] + (1.0 if a == c else 0.0) for a in range(3)] for c in range(3)]
     det = (
         j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
@@ -85,13 +88,17 @@ def read_landmarks(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         reader = csv.DictReader(handle)
         missing = [c for c in LANDMARK_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise InputError(f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(LANDMARK_COLUMNS)} (micrometres)")
+            raise InputError(
+                f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(LANDMARK_COLUMNS)} (micrometres)"
+            )
         rows = []
         for number, row in enumerate(reader, start=2):
             try:
                 values = [float(row[c]) for c in LANDMARK_COLUMNS]
             except (TypeError, ValueError):
-                raise InputError(f"{path}: line {number} has a value that is not a number; expected positions in micrometres") from None
+                raise InputError(
+                    f"{path}: line {number} has a value that is not a number; expected positions in micrometres"
+                ) from None
             if not all(math.isfinite(v) for v in values):
                 raise InputError(f"{path}: line {number} has a NaN or infinite position")
             rows.append(values)
@@ -111,11 +118,16 @@ def write_landmarks(path: str | Path, fixed: np.ndarray, moving: np.ndarray) -> 
     from ..utils.atomic import write_text_atomic
 
     lines = [",".join(LANDMARK_COLUMNS)]
-    lines += [",".join(f"{v:.4f}" for v in (*f, *m)) for f, m in zip(np.asarray(fixed), np.asarray(moving))]
+    lines += [
+        ",".join(f"{v:.4f}" for v in (*f, *m))
+        for f, m in zip(np.asarray(fixed), np.asarray(moving))
+    ]
     return write_text_atomic(path, "\n".join(lines) + "\n")
 
 
-def target_registration_error(field: Any, spacing: Sequence[float], fixed_points: np.ndarray, moving_points: np.ndarray) -> np.ndarray:
+def target_registration_error(
+    field: Any, spacing: Sequence[float], fixed_points: np.ndarray, moving_points: np.ndarray
+) -> np.ndarray:
     """Distance in micrometres between ``p + u(p)`` and the moving landmark, per pair.
 
     A zero field gives the error before registration.
@@ -131,8 +143,13 @@ def target_registration_error(field: Any, spacing: Sequence[float], fixed_points
     index = (fixed_points / np.asarray(spacing, dtype=np.float64)).T
     shape = np.asarray(field.shape[1:])
     if (index < -0.5).any() or (index > shape[:, None] - 0.5).any():
-        raise InputError("landmarks: a fixed landmark lies outside the fixed volume; expected positions in micrometres inside it")
-    moved = fixed_points + np.stack([ndimage.map_coordinates(field[c], index, order=1, mode="nearest") for c in range(3)], axis=1)
+        raise InputError(
+            "landmarks: a fixed landmark lies outside the fixed volume; expected positions in micrometres inside it"
+        )
+    moved = fixed_points + np.stack(
+        [ndimage.map_coordinates(field[c], index, order=1, mode="nearest") for c in range(3)],
+        axis=1,
+    )
     return np.linalg.norm(moved - np.asarray(moving_points, dtype=np.float64), axis=1)
 
 
@@ -170,10 +187,14 @@ def mutual_information(a: np.ndarray, b: np.ndarray, bins: int = 32) -> float:
     return float((joint[nonzero] * np.log(joint[nonzero] / (pa @ pb)[nonzero])).sum())
 
 
-def _label_scores(warped: np.ndarray, fixed: np.ndarray, spacing: Sequence[float]) -> dict[str, dict[str, float | None]]:
+def _label_scores(
+    warped: np.ndarray, fixed: np.ndarray, spacing: Sequence[float]
+) -> dict[str, dict[str, float | None]]:
     from ..metrics import score_volumes
 
-    table = score_volumes(warped, fixed, spacing=spacing, pred_name="warped moving labels", gt_name="fixed labels")
+    table = score_volumes(
+        warped, fixed, spacing=spacing, pred_name="warped moving labels", gt_name="fixed labels"
+    )
     out = {}
     for row in table.itertuples():
         out[str(row.label)] = {"dice": _number(row.dice), "hd95_um": _number(row.hd95)}
@@ -195,11 +216,15 @@ def check_labels(labels: Any, shape: Sequence[int], name: str) -> np.ndarray:
     """
     array = np.asarray(labels)
     if array.shape != tuple(shape):
-        raise InputError(f"{name}: shape {array.shape}; expected {tuple(shape)} like the fixed volume")
+        raise InputError(
+            f"{name}: shape {array.shape}; expected {tuple(shape)} like the fixed volume"
+        )
     if array.dtype.kind not in "uib":
         raise InputError(f"{name}: dtype {array.dtype}; expected integer class labels")
     if not np.any(array):
-        raise InputError(f"{name}: holds no label (only 0 = background); expected at least one labelled class")
+        raise InputError(
+            f"{name}: holds no label (only 0 = background); expected at least one labelled class"
+        )
     return array
 
 
@@ -260,28 +285,44 @@ def quality_report(
     }
     if fixed is not None and moving is not None and warped is not None:
         report["images"] = {
-            "ncc": {"before": normalised_cross_correlation(fixed, moving), "after": normalised_cross_correlation(fixed, warped)},
-            "mi": {"before": mutual_information(fixed, moving), "after": mutual_information(fixed, warped)},
+            "ncc": {
+                "before": normalised_cross_correlation(fixed, moving),
+                "after": normalised_cross_correlation(fixed, warped),
+            },
+            "mi": {
+                "before": mutual_information(fixed, moving),
+                "after": mutual_information(fixed, warped),
+            },
         }
     if fixed_labels is not None and moving_labels is not None and warped_labels is not None:
         before = _label_scores(moving_labels, fixed_labels, spacing)
         after = _label_scores(warped_labels, fixed_labels, spacing)
         report["labels"] = {
-            "per_class": {label: {"before": before.get(label), "after": after.get(label)} for label in sorted(set(before) | set(after), key=int)},
+            "per_class": {
+                label: {"before": before.get(label), "after": after.get(label)}
+                for label in sorted(set(before) | set(after), key=int)
+            },
             "mean_dice": {"before": _mean_dice(before), "after": _mean_dice(after)},
         }
     if landmarks is not None:
         fixed_points, moving_points = landmarks
         zero = np.zeros_like(field)
         voxel = float(np.mean(spacing))
-        tre = {"before": target_registration_error(zero, spacing, fixed_points, moving_points), "after": target_registration_error(field, spacing, fixed_points, moving_points)}
+        tre = {
+            "before": target_registration_error(zero, spacing, fixed_points, moving_points),
+            "after": target_registration_error(field, spacing, fixed_points, moving_points),
+        }
         report["landmarks"] = {
             "count": int(len(fixed_points)),
             **{
-                f"tre_{stat}_um": {when: float(getattr(np, stat)(values)) for when, values in tre.items()}
+                f"tre_{stat}_um": {
+                    when: float(getattr(np, stat)(values)) for when, values in tre.items()
+                }
                 for stat in ("median", "mean", "max")
             },
-            "tre_median_voxels": {when: float(np.median(values)) / voxel for when, values in tre.items()},
+            "tre_median_voxels": {
+                when: float(np.median(values)) / voxel for when, values in tre.items()
+            },
         }
     return report
 
@@ -310,16 +351,42 @@ def quality_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
     if "images" in report:
         for name in ("ncc", "mi"):
-            rows.append((name.upper(), fmt(report["images"][name]["before"]), fmt(report["images"][name]["after"])))
+            rows.append(
+                (
+                    name.upper(),
+                    fmt(report["images"][name]["before"]),
+                    fmt(report["images"][name]["after"]),
+                )
+            )
     if "labels" in report:
         labels = report["labels"]
-        rows.append(("mean Dice", fmt(labels["mean_dice"]["before"]), fmt(labels["mean_dice"]["after"])))
+        rows.append(
+            ("mean Dice", fmt(labels["mean_dice"]["before"]), fmt(labels["mean_dice"]["after"]))
+        )
         for label, scores in labels["per_class"].items():
             before, after = scores["before"] or {}, scores["after"] or {}
             rows.append((f"Dice class {label}", fmt(before.get("dice")), fmt(after.get("dice"))))
-            rows.append((f"HD95 class {label} (um)", fmt(before.get("hd95_um"), 1), fmt(after.get("hd95_um"), 1)))
+            rows.append(
+                (
+                    f"HD95 class {label} (um)",
+                    fmt(before.get("hd95_um"), 1),
+                    fmt(after.get("hd95_um"), 1),
+                )
+            )
     if "landmarks" in report:
         marks = report["landmarks"]
-        rows.append((f"TRE median (um, {marks['count']} landmarks)", fmt(marks["tre_median_um"]["before"], 2), fmt(marks["tre_median_um"]["after"], 2)))
-        rows.append(("TRE median (voxels)", fmt(marks["tre_median_voxels"]["before"], 2), fmt(marks["tre_median_voxels"]["after"], 2)))
+        rows.append(
+            (
+                f"TRE median (um, {marks['count']} landmarks)",
+                fmt(marks["tre_median_um"]["before"], 2),
+                fmt(marks["tre_median_um"]["after"], 2),
+            )
+        )
+        rows.append(
+            (
+                "TRE median (voxels)",
+                fmt(marks["tre_median_voxels"]["before"], 2),
+                fmt(marks["tre_median_voxels"]["after"], 2),
+            )
+        )
     return rows

@@ -10,9 +10,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,9 +70,17 @@ def bin_volume(data: Any, factor: int, labels: bool = False) -> np.ndarray:
         return np.asarray(small.compute() if is_lazy(small) else small)
     sigma = factor / 2
     if is_lazy(data):
-        smooth = data.astype(np.float32).map_overlap(ndimage.gaussian_filter, depth=int(math.ceil(4 * sigma)), boundary="nearest", sigma=sigma, mode="nearest")
+        smooth = data.astype(np.float32).map_overlap(
+            ndimage.gaussian_filter,
+            depth=int(math.ceil(4 * sigma)),
+            boundary="nearest",
+            sigma=sigma,
+            mode="nearest",
+        )
         return np.asarray(smooth[step].compute(), dtype=np.float32)
-    return np.ascontiguousarray(ndimage.gaussian_filter(np.asarray(data, dtype=np.float32), sigma, mode="nearest")[step])
+    return np.ascontiguousarray(
+        ndimage.gaussian_filter(np.asarray(data, dtype=np.float32), sigma, mode="nearest")[step]
+    )
 
 
 @dataclass
@@ -113,7 +122,9 @@ class RegistrationResult:
 
 def _check_image(data: Any, name: str) -> None:
     if len(data.shape) != 3:
-        raise InputError(f"{name}: has {len(data.shape)} dimensions (shape {tuple(data.shape)}); expected a 3D volume")
+        raise InputError(
+            f"{name}: has {len(data.shape)} dimensions (shape {tuple(data.shape)}); expected a 3D volume"
+        )
     if np.dtype(data.dtype).kind not in "uif":
         raise InputError(f"{name}: dtype {data.dtype}; expected real grey values")
 
@@ -194,20 +205,42 @@ def register_volumes(
     moving_spacing = tuple(float(s) for s in (moving_spacing or spacing))
     factor = auto_bin(fixed.shape) if bin is None else int(bin)
     if factor < 1 or -(-min(fixed.shape) // factor) < 8:
-        raise InputError(f"bin {factor}: the fixed volume {tuple(fixed.shape)} binned must keep every side >= 8 voxels")
-    if (tuple(moving.shape) != tuple(fixed.shape) or not np.allclose(moving_spacing, spacing)) and (is_lazy(moving) or is_lazy(fixed)):
-        raise InputError(f"{moving_name}: grid {tuple(moving.shape)} at {moving_spacing} um differs from the fixed grid; resample it onto the fixed grid first")
+        raise InputError(
+            f"bin {factor}: the fixed volume {tuple(fixed.shape)} binned must keep every side >= 8 voxels"
+        )
+    if (tuple(moving.shape) != tuple(fixed.shape) or not np.allclose(moving_spacing, spacing)) and (
+        is_lazy(moving) or is_lazy(fixed)
+    ):
+        raise InputError(
+            f"{moving_name}: grid {tuple(moving.shape)} at {moving_spacing} um differs from the fixed grid; resample it onto the fixed grid first"
+        )
 
     if (fixed_labels is None) != (moving_labels is None):
         raise InputError("labels: give both --fixed-labels and --moving-labels, or neither")
-    for name, labels, image in (("fixed labels", fixed_labels, fixed), ("moving labels", moving_labels, moving)):
+    for name, labels, image in (
+        ("fixed labels", fixed_labels, fixed),
+        ("moving labels", moving_labels, moving),
+    ):
         if labels is not None and tuple(labels.shape) != tuple(image.shape):
-            raise InputError(f"{name}: shape {tuple(labels.shape)}; expected {tuple(image.shape)} like its image")
+            raise InputError(
+                f"{name}: shape {tuple(labels.shape)}; expected {tuple(image.shape)} like its image"
+            )
 
     from tqdm.auto import tqdm
 
-    stages = ["prepare", *(["pre-align"] if prealign != "none" else []), *([method] if method != "affine" else []), "quality"]
-    bar = tqdm(total=len(stages), desc="register", unit="step", disable=None if progress else True, leave=False)
+    stages = [
+        "prepare",
+        *(["pre-align"] if prealign != "none" else []),
+        *([method] if method != "affine" else []),
+        "quality",
+    ]
+    bar = tqdm(
+        total=len(stages),
+        desc="register",
+        unit="step",
+        disable=None if progress else True,
+        leave=False,
+    )
 
     def stage(name: str) -> None:
         bar.set_postfix_str(name)
@@ -221,12 +254,31 @@ def register_volumes(
     for name, array in ((fixed_name, fixed_est), (moving_name, moving_small)):
         if not np.isfinite(array).all():
             raise InputError(f"{name}: contains NaN or infinite values; expected finite numbers")
-    moving_est = to_fixed_grid(moving_small, tuple(s * factor for s in moving_spacing), fixed_est.shape, est_spacing, name=moving_name)
+    moving_est = to_fixed_grid(
+        moving_small,
+        tuple(s * factor for s in moving_spacing),
+        fixed_est.shape,
+        est_spacing,
+        name=moving_name,
+    )
     labels_est: tuple[np.ndarray, np.ndarray] | None = None
     if fixed_labels is not None:
-        fl = check_labels(bin_volume(fixed_labels, factor, labels=True), fixed_est.shape, "fixed labels")
+        fl = check_labels(
+            bin_volume(fixed_labels, factor, labels=True), fixed_est.shape, "fixed labels"
+        )
         ml = bin_volume(moving_labels, factor, labels=True)
-        ml = check_labels(to_fixed_grid(ml, tuple(s * factor for s in moving_spacing), fixed_est.shape, est_spacing, "nearest", "moving labels"), fixed_est.shape, "moving labels")
+        ml = check_labels(
+            to_fixed_grid(
+                ml,
+                tuple(s * factor for s in moving_spacing),
+                fixed_est.shape,
+                est_spacing,
+                "nearest",
+                "moving labels",
+            ),
+            fixed_est.shape,
+            "moving labels",
+        )
         labels_est = (fl, ml)
 
     affine_matrix = None
@@ -291,7 +343,18 @@ def register_volumes(
     )
     bar.update()
     bar.close()
-    return RegistrationResult(total, est_spacing, factor, affine_matrix, jacobian, report, warped, warped_labels, fixed_est, moving_est)
+    return RegistrationResult(
+        total,
+        est_spacing,
+        factor,
+        affine_matrix,
+        jacobian,
+        report,
+        warped,
+        warped_labels,
+        fixed_est,
+        moving_est,
+    )
 
 
 def write_outputs(
@@ -328,18 +391,36 @@ def write_outputs(
         if result.bin > 1 and moving_full is not None:
             assert full_spacing is not None
             files["warped"] = "warped.zarr"
-            write_volume(tmp / "warped.zarr", warp_lazy(moving_full, result.field, full_spacing, result.field_spacing), full_spacing)
+            write_volume(
+                tmp / "warped.zarr",
+                warp_lazy(moving_full, result.field, full_spacing, result.field_spacing),
+                full_spacing,
+            )
             if moving_labels_full is not None:
                 files["warped_labels"] = "warped_labels.zarr"
-                write_volume(tmp / "warped_labels.zarr", warp_lazy(moving_labels_full, result.field, full_spacing, result.field_spacing, "nearest"), full_spacing)
+                write_volume(
+                    tmp / "warped_labels.zarr",
+                    warp_lazy(
+                        moving_labels_full,
+                        result.field,
+                        full_spacing,
+                        result.field_spacing,
+                        "nearest",
+                    ),
+                    full_spacing,
+                )
         else:
             files["warped"] = f"warped{suffix}"
             write_volume(tmp / files["warped"], result.warped, result.field_spacing)
             if result.warped_labels is not None:
                 files["warped_labels"] = f"warped_labels{suffix}"
-                write_volume(tmp / files["warped_labels"], result.warped_labels, result.field_spacing)
+                write_volume(
+                    tmp / files["warped_labels"], result.warped_labels, result.field_spacing
+                )
         report = {**result.report, "files": files, "sources": sources or {}}
-        (tmp / "quality.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8")
+        (tmp / "quality.json").write_text(
+            json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8"
+        )
     return out
 
 
@@ -351,7 +432,13 @@ def _json_default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def apply_field(volume: Any, field: Any, spacing: Sequence[float], field_spacing: Sequence[float], interpolation: str = "linear") -> Any:
+def apply_field(
+    volume: Any,
+    field: Any,
+    spacing: Sequence[float],
+    field_spacing: Sequence[float],
+    interpolation: str = "linear",
+) -> Any:
     """Warp a volume with a saved field; a coarser field (``--bin``) is upsampled on the fly.
 
     Returns a numpy array when the field is on the volume's grid and ``volume`` is in
@@ -365,7 +452,9 @@ def apply_field(volume: Any, field: Any, spacing: Sequence[float], field_spacing
     from .fields import warp_lazy
 
     field = check_field(field)
-    same_grid = tuple(field.shape[1:]) == tuple(volume.shape) and np.allclose(spacing, field_spacing)
+    same_grid = tuple(field.shape[1:]) == tuple(volume.shape) and np.allclose(
+        spacing, field_spacing
+    )
     if same_grid and not is_lazy(volume):
         return warp(np.asarray(volume), field, spacing, interpolation)
     expected = [n * s for n, s in zip(volume.shape, spacing)]
@@ -376,4 +465,3 @@ def apply_field(volume: Any, field: Any, spacing: Sequence[float], field_spacing
             "expected the field of this volume's fixed grid"
         )
     return warp_lazy(volume, field, spacing, field_spacing, interpolation)
-

@@ -23,10 +23,11 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -91,16 +92,32 @@ class VoxelMorphConfig:
     def __post_init__(self) -> None:
         self.features = [int(f) for f in self.features]
         if not self.features or min(self.features) < 1:
-            raise InputError(f"voxelmorph: features {self.features}; expected positive feature counts, one per level")
+            raise InputError(
+                f"voxelmorph: features {self.features}; expected positive feature counts, one per level"
+            )
         if self.loss not in ("ncc", "mse"):
             raise InputError(f"voxelmorph: loss {self.loss!r}; expected 'ncc' or 'mse'")
-        for name in ("steps", "patch_size", "batch_size", "checkpoint_every", "log_every", "val_every", "ncc_window"):
+        for name in (
+            "steps",
+            "patch_size",
+            "batch_size",
+            "checkpoint_every",
+            "log_every",
+            "val_every",
+            "ncc_window",
+        ):
             if int(getattr(self, name)) < 1:
-                raise InputError(f"voxelmorph: {name}={getattr(self, name)!r}; expected a positive integer")
-        if self.integration_steps < 0 or not (self.smoothness >= 0 and math.isfinite(self.smoothness)):
+                raise InputError(
+                    f"voxelmorph: {name}={getattr(self, name)!r}; expected a positive integer"
+                )
+        if self.integration_steps < 0 or not (
+            self.smoothness >= 0 and math.isfinite(self.smoothness)
+        ):
             raise InputError("voxelmorph: integration_steps and smoothness must be >= 0")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise InputError(f"voxelmorph: learning_rate={self.learning_rate!r}; expected a positive number")
+            raise InputError(
+                f"voxelmorph: learning_rate={self.learning_rate!r}; expected a positive number"
+            )
 
     @property
     def multiple(self) -> int:
@@ -127,7 +144,11 @@ def _build_network(config: VoxelMorphConfig) -> Any:
     import voxelmorph as vxm
 
     return vxm.nn.models.VxmPairwise(
-        ndim=3, source_channels=1, target_channels=1, nb_features=list(config.features), integration_steps=config.integration_steps
+        ndim=3,
+        source_channels=1,
+        target_channels=1,
+        nb_features=list(config.features),
+        integration_steps=config.integration_steps,
     )
 
 
@@ -160,14 +181,20 @@ def check_pair(fixed: Any, moving: Any, name: str) -> tuple[np.ndarray, np.ndarr
     """
     fixed, moving = np.asarray(fixed), np.asarray(moving)
     if fixed.ndim != 3 or moving.ndim != 3:
-        raise InputError(f"{name}: fixed has {fixed.ndim} and moving {moving.ndim} dimensions; expected two 3D volumes")
+        raise InputError(
+            f"{name}: fixed has {fixed.ndim} and moving {moving.ndim} dimensions; expected two 3D volumes"
+        )
     if fixed.shape != moving.shape:
-        raise InputError(f"{name}: fixed {fixed.shape} and moving {moving.shape}; expected one grid (resample first)")
+        raise InputError(
+            f"{name}: fixed {fixed.shape} and moving {moving.shape}; expected one grid (resample first)"
+        )
     for which, array in (("fixed", fixed), ("moving", moving)):
         if array.dtype.kind not in "uif":
             raise InputError(f"{name}: {which} has dtype {array.dtype}; expected real numbers")
         if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise InputError(f"{name}: {which} contains NaN or infinite values; expected finite numbers")
+            raise InputError(
+                f"{name}: {which} contains NaN or infinite values; expected finite numbers"
+            )
     return normalise(fixed), normalise(moving)
 
 
@@ -176,7 +203,9 @@ def _pad_to_multiple(array: np.ndarray, multiple: int) -> tuple[np.ndarray, tupl
     return np.pad(array, pads, mode="edge"), tuple(slice(0, n) for n in array.shape)
 
 
-def _sample_batch(pairs: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator, size: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+def _sample_batch(
+    pairs: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator, size: int, batch: int
+) -> tuple[np.ndarray, np.ndarray]:
     fixed_b, moving_b = [], []
     for _ in range(batch):
         fixed, moving = pairs[int(rng.integers(len(pairs)))]
@@ -258,17 +287,29 @@ def train_voxelmorph(
 
     config = config or VoxelMorphConfig()
     model_path = Path(model_path)
-    metrics_path = Path(metrics_path) if metrics_path else model_path.with_name(model_path.name + ".metrics.jsonl")
-    checkpoint_path = Path(checkpoint_path) if checkpoint_path else model_path.with_name(model_path.name + ".checkpoint.pt")
+    metrics_path = (
+        Path(metrics_path)
+        if metrics_path
+        else model_path.with_name(model_path.name + ".metrics.jsonl")
+    )
+    checkpoint_path = (
+        Path(checkpoint_path)
+        if checkpoint_path
+        else model_path.with_name(model_path.name + ".checkpoint.pt")
+    )
     if not pairs:
-        raise InputError("voxelmorph training: no training pairs; expected at least one (fixed, moving) pair")
+        raise InputError(
+            "voxelmorph training: no training pairs; expected at least one (fixed, moving) pair"
+        )
     names = list(sources) if sources else [f"pair {i}" for i in range(len(pairs))]
     data = [check_pair(f, m, n) for (f, m), n in zip(pairs, names)]
     val_data = [check_pair(f, m, f"validation pair {i}") for i, (f, m) in enumerate(val_pairs)]
     smallest = min(min(f.shape) for f, _ in data)
     size = min(config.patch_size, smallest) // config.multiple * config.multiple
     if size < config.multiple:
-        raise InputError(f"voxelmorph training: volumes of side {smallest}; expected at least {config.multiple} for {len(config.features)} U-Net levels")
+        raise InputError(
+            f"voxelmorph training: volumes of side {smallest}; expected at least {config.multiple} for {len(config.features)} U-Net levels"
+        )
 
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -281,7 +322,9 @@ def train_voxelmorph(
     if resume and checkpoint_path.is_file():
         state = _load_checkpoint(checkpoint_path, identity, network, optimizer, rng, device)
         truncate_metrics(metrics_path, state["step"])
-        logger.info("resumed VoxelMorph training from %s at step %d", checkpoint_path, state["step"])
+        logger.info(
+            "resumed VoxelMorph training from %s at step %d", checkpoint_path, state["step"]
+        )
     elif metrics_path.exists():
         metrics_path.unlink()
 
@@ -310,7 +353,10 @@ def train_voxelmorph(
             for fixed, moving in val_data:
                 fixed_p, _ = _pad_to_multiple(fixed, config.multiple)
                 moving_p, _ = _pad_to_multiple(moving, config.multiple)
-                values = losses(torch.from_numpy(fixed_p)[None, None].to(device), torch.from_numpy(moving_p)[None, None].to(device))
+                values = losses(
+                    torch.from_numpy(fixed_p)[None, None].to(device),
+                    torch.from_numpy(moving_p)[None, None].to(device),
+                )
                 totals += [float(v) for v in values]
         network.train()
         totals /= len(val_data)
@@ -320,7 +366,13 @@ def train_voxelmorph(
     started = time.perf_counter()
     window_start, window_voxels, steps_this_run = time.perf_counter(), 0, 0
     network.train()
-    bar = tqdm(total=config.steps, initial=state["step"], desc="VoxelMorph train", unit="step", disable=None if progress else True)
+    bar = tqdm(
+        total=config.steps,
+        initial=state["step"],
+        desc="VoxelMorph train",
+        unit="step",
+        disable=None if progress else True,
+    )
     while state["step"] < config.steps:
         if max_steps_this_run is not None and steps_this_run >= max_steps_this_run:
             save_checkpoint()
@@ -328,9 +380,13 @@ def train_voxelmorph(
         step = state["step"] + 1
         fixed_b, moving_b = _sample_batch(data, rng, size, config.batch_size)
         optimizer.zero_grad(set_to_none=True)
-        loss, sim, smooth = losses(torch.from_numpy(fixed_b).to(device), torch.from_numpy(moving_b).to(device))
+        loss, sim, smooth = losses(
+            torch.from_numpy(fixed_b).to(device), torch.from_numpy(moving_b).to(device)
+        )
         if not torch.isfinite(loss.detach()):
-            raise InputError(f"voxelmorph training diverged at step {step} (loss {loss.item()}); lower the learning rate")
+            raise InputError(
+                f"voxelmorph training diverged at step {step} (loss {loss.item()}); lower the learning rate"
+            )
         loss.backward()
         optimizer.step()
         state["step"] = step
@@ -354,14 +410,19 @@ def train_voxelmorph(
             bar.set_postfix(loss=f"{line['loss']:.3f}")
             window_start, window_voxels = time.perf_counter(), 0
         if val_data and (step % config.val_every == 0 or step == config.steps):
-            line = {"step": step, "phase": "val", **validate(), "time_s": time.perf_counter() - started}
+            line = {
+                "step": step,
+                "phase": "val",
+                **validate(),
+                "time_s": time.perf_counter() - started,
+            }
             append_metrics(metrics_path, line)
             history.append(line)
         if step % config.checkpoint_every == 0:
             save_checkpoint()
     bar.close()
     provenance = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "framework_version": __version__,
         "torch_version": str(torch.__version__),
         "device": str(device),
@@ -370,21 +431,29 @@ def train_voxelmorph(
         "steps": state["step"],
         "finished": state["step"] >= config.steps,
     }
-    model = VoxelMorphModel(config, {k: v.detach().cpu() for k, v in network.state_dict().items()}, provenance)
+    model = VoxelMorphModel(
+        config, {k: v.detach().cpu() for k, v in network.state_dict().items()}, provenance
+    )
     save_voxelmorph(model_path, model)
     return VoxelMorphTraining(model, model_path, state["step"], metrics_path, history)
 
 
-def _load_checkpoint(path: Path, identity: dict, network: Any, optimizer: Any, rng: np.random.Generator, device: Any) -> dict[str, Any]:
+def _load_checkpoint(
+    path: Path, identity: dict, network: Any, optimizer: Any, rng: np.random.Generator, device: Any
+) -> dict[str, Any]:
     import torch
 
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
         stored = json.loads(payload["identity"])
     except Exception as exc:  # damaged or foreign file
-        raise InputError(f"{path}: not a readable VoxelMorph training checkpoint ({type(exc).__name__}); remove it or train without resume") from None
+        raise InputError(
+            f"{path}: not a readable VoxelMorph training checkpoint ({type(exc).__name__}); remove it or train without resume"
+        ) from None
     if stored != json.loads(json.dumps(identity)):
-        raise InputError(f"{path}: checkpoint of a different training configuration; remove it or train without resume (--no-resume)")
+        raise InputError(
+            f"{path}: checkpoint of a different training configuration; remove it or train without resume (--no-resume)"
+        )
     network.load_state_dict(payload["network"])
     optimizer.load_state_dict(payload["optimizer"])
     rng.bit_generator.state = json.loads(payload["numpy_rng"])
@@ -401,7 +470,12 @@ def save_voxelmorph(path: str | Path, model: VoxelMorphModel) -> Path:
     """
     import torch
 
-    payload = {"format": MODEL_FORMAT, "config": json.dumps(asdict(model.config)), "provenance": json.dumps(model.provenance), "state": model.state}
+    payload = {
+        "format": MODEL_FORMAT,
+        "config": json.dumps(asdict(model.config)),
+        "provenance": json.dumps(model.provenance),
+        "state": model.state,
+    }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
@@ -428,10 +502,18 @@ def load_voxelmorph(path: str | Path) -> VoxelMorphModel:
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(f"{path}: not a VoxelMorph model of mdlma ({type(exc).__name__}); expected a file written by 'mdlma register voxelmorph-train'") from None
+        raise InputError(
+            f"{path}: not a VoxelMorph model of mdlma ({type(exc).__name__}); expected a file written by 'mdlma register voxelmorph-train'"
+        ) from None
 
 
-def register_voxelmorph(fixed: np.ndarray, moving: np.ndarray, spacing: Sequence[float], model: VoxelMorphModel | str | Path, device: str | None = None) -> np.ndarray:
+def register_voxelmorph(
+    fixed: np.ndarray,
+    moving: np.ndarray,
+    spacing: Sequence[float],
+    model: VoxelMorphModel | str | Path,
+    device: str | None = None,
+) -> np.ndarray:
     """Register a pair with a trained model: one forward pass.
 
     Parameters
@@ -465,7 +547,12 @@ def register_voxelmorph(fixed: np.ndarray, moving: np.ndarray, spacing: Sequence
     fixed_p, crop = _pad_to_multiple(fixed_n, model.config.multiple)
     moving_p, _ = _pad_to_multiple(moving_n, model.config.multiple)
     with torch.no_grad():
-        displacement = network(torch.from_numpy(moving_p)[None, None].to(torch_device), torch.from_numpy(fixed_p)[None, None].to(torch_device))
-    field = displacement[0].cpu().numpy()[(slice(None), *crop)].astype(np.float32)  # voxels, channel = array axis
+        displacement = network(
+            torch.from_numpy(moving_p)[None, None].to(torch_device),
+            torch.from_numpy(fixed_p)[None, None].to(torch_device),
+        )
+    field = (
+        displacement[0].cpu().numpy()[(slice(None), *crop)].astype(np.float32)
+    )  # voxels, channel = array axis
     field *= np.asarray(spacing, dtype=np.float32).reshape(3, 1, 1, 1)
     return np.ascontiguousarray(field)

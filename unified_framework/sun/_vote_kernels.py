@@ -21,10 +21,33 @@ _SCALE_INT = PROBABILITY_SCALE
 _BITS, _PER_CHANNEL = VOTE_BITS, VOTES_PER_CHANNEL
 _SQRT_HALF = SQRT_HALF
 
-_F4_4A, _F4_4C, _F4_1C = nt.Array(nt.float32, 4, "A"), nt.Array(nt.float32, 4, "C"), nt.Array(nt.float32, 1, "C")
-_U2_4A, _U2_3A, _U2_1C = nt.Array(nt.uint16, 4, "A"), nt.Array(nt.uint16, 3, "A"), nt.Array(nt.uint16, 1, "C")
-_B1_3A, _B1_2A, _U1_3A, _F8_1C = nt.Array(nt.boolean, 3, "A"), nt.Array(nt.boolean, 2, "A"), nt.Array(nt.uint8, 3, "A"), nt.Array(nt.float64, 1, "C")
-_GEOMETRY = (nt.int64, nt.float64, nt.float64, nt.int64, nt.int64, nt.int64, nt.int64, nt.int64, nt.int64)  # sign, w0, t0, n_units, u0, u1, p0, a0, b0
+_F4_4A, _F4_4C, _F4_1C = (
+    nt.Array(nt.float32, 4, "A"),
+    nt.Array(nt.float32, 4, "C"),
+    nt.Array(nt.float32, 1, "C"),
+)
+_U2_4A, _U2_3A, _U2_1C = (
+    nt.Array(nt.uint16, 4, "A"),
+    nt.Array(nt.uint16, 3, "A"),
+    nt.Array(nt.uint16, 1, "C"),
+)
+_B1_3A, _B1_2A, _U1_3A, _F8_1C = (
+    nt.Array(nt.boolean, 3, "A"),
+    nt.Array(nt.boolean, 2, "A"),
+    nt.Array(nt.uint8, 3, "A"),
+    nt.Array(nt.float64, 1, "C"),
+)
+_GEOMETRY = (
+    nt.int64,
+    nt.float64,
+    nt.float64,
+    nt.int64,
+    nt.int64,
+    nt.int64,
+    nt.int64,
+    nt.int64,
+    nt.int64,
+)  # sign, w0, t0, n_units, u0, u1, p0, a0, b0
 _KERNEL = dict(parallel=True, cache=True, nogil=True)
 
 
@@ -50,6 +73,7 @@ def store(values, out, i, j, k, accumulate):  # pragma: no cover - compiled
     if best < classes - 1:
         out[classes - 1 + best // _PER_CHANNEL, i, j, k] += 1 << (_BITS * (best % _PER_CHANNEL))
 
+
 @njit(nt.void(_F4_4A, _B1_3A, nt.boolean, _U2_4A, nt.boolean), **_KERNEL)
 def pack(probabilities, owned, masked, out, accumulate):  # pragma: no cover - compiled
     """Encode orthogonal probabilities; with ``masked``, only voxels where ``owned`` is true vote."""
@@ -67,6 +91,7 @@ def pack(probabilities, owned, masked, out, accumulate):  # pragma: no cover - c
                     values[c] = probabilities[c, z, y, x]
                 store(values, out, z, y, x, accumulate)
 
+
 @njit(inline="always")
 def plane(slab, sign, w0, t0, n_units, u0, u1, a0, b0, n_a, n_b):  # pragma: no cover - compiled
     """Per voxel of the (a, b) box: whether the slab owns it, the offset of its top-left
@@ -82,7 +107,9 @@ def plane(slab, sign, w0, t0, n_units, u0, u1, a0, b0, n_a, n_b):  # pragma: no 
             t = (a - sign * b) * _SQRT_HALF - t0  # along them
             unit = min(max(math.floor(w), 0), n_units - 1)
             owned[i, j] = u0 <= unit < u1
-            y = min(max(w - u0, 0.0), slices - 1.0)  # edge values continue, as grid_sample's "border"
+            y = min(
+                max(w - u0, 0.0), slices - 1.0
+            )  # edge values continue, as grid_sample's "border"
             x = min(max(t, 0.0), cols - 1.0)
             r, q = min(int(math.floor(y)), slices - 2), min(int(math.floor(x)), cols - 2)
             fy, fx = np.float32(y - r), np.float32(x - q)
@@ -91,15 +118,28 @@ def plane(slab, sign, w0, t0, n_units, u0, u1, a0, b0, n_a, n_b):  # pragma: no 
             weights[i, j, 2], weights[i, j, 3] = fy * (1 - fx), fy * fx
     return owned, offset, weights
 
+
 @njit(inline="always")
 def interpolate(images, p, cols, offset, weights, values):  # pragma: no cover - compiled
     """Bilinear values of all classes at one voxel; ``images`` is the slab as (rows, classes, slices * cols)."""
     for c in range(values.shape[0]):
-        values[c] = (images[p, c, offset] * weights[0] + images[p, c, offset + 1] * weights[1]
-                     + images[p, c, offset + cols] * weights[2] + images[p, c, offset + cols + 1] * weights[3])
+        values[c] = (
+            images[p, c, offset] * weights[0]
+            + images[p, c, offset + 1] * weights[1]
+            + images[p, c, offset + cols] * weights[2]
+            + images[p, c, offset + cols + 1] * weights[3]
+        )
 
-@njit(nt.void(_F4_4A, nt.int64, nt.float64, nt.float64, nt.int64, nt.int64, nt.int64, nt.int64, _F4_4A), **_KERNEL)
-def diagonal_sample(block, sign, w_start, t_start, a_lo, b_lo, n_a, n_b, out):  # pragma: no cover - compiled
+
+@njit(
+    nt.void(
+        _F4_4A, nt.int64, nt.float64, nt.float64, nt.int64, nt.int64, nt.int64, nt.int64, _F4_4A
+    ),
+    **_KERNEL,
+)
+def diagonal_sample(
+    block, sign, w_start, t_start, a_lo, b_lo, n_a, n_b, out
+):  # pragma: no cover - compiled
     """Bilinear diagonal slice images from a box of the volume.
 
     ``block`` is the box ``(channels, P, A, B)`` in ``(p, a, b)`` order, starting at
@@ -128,11 +168,18 @@ def diagonal_sample(block, sign, w_start, t_start, a_lo, b_lo, n_a, n_b, out):  
             for s in range(slices):
                 for j in range(length):
                     a0, a1, b0, b1 = at_a[s, j, 0], at_a[s, j, 1], at_b[s, j, 0], at_b[s, j, 1]
-                    out[s, c, p, j] = (block[c, p, a0, b0] * weights[s, j, 0] + block[c, p, a0, b1] * weights[s, j, 1]
-                                       + block[c, p, a1, b0] * weights[s, j, 2] + block[c, p, a1, b1] * weights[s, j, 3])
+                    out[s, c, p, j] = (
+                        block[c, p, a0, b0] * weights[s, j, 0]
+                        + block[c, p, a0, b1] * weights[s, j, 1]
+                        + block[c, p, a1, b0] * weights[s, j, 2]
+                        + block[c, p, a1, b1] * weights[s, j, 3]
+                    )
+
 
 @njit(nt.void(_F4_4C, *_GEOMETRY, _F4_4A, _B1_2A), **_KERNEL)
-def diagonal_values(slab, sign, w0, t0, n_units, u0, u1, p0, a0, b0, out, owned):  # pragma: no cover - compiled
+def diagonal_values(
+    slab, sign, w0, t0, n_units, u0, u1, p0, a0, b0, out, owned
+):  # pragma: no cover - compiled
     classes, n_p, n_a, n_b = out.shape
     inside, offset, weights = plane(slab, sign, w0, t0, n_units, u0, u1, a0, b0, n_a, n_b)
     owned[...] = inside
@@ -146,8 +193,11 @@ def diagonal_values(slab, sign, w0, t0, n_units, u0, u1, p0, a0, b0, out, owned)
                 for c in range(classes):
                     out[c, k, i, j] = values[c]
 
+
 @njit(nt.void(_F4_4C, *_GEOMETRY, _U2_4A, nt.boolean), **_KERNEL)
-def diagonal_votes(slab, sign, w0, t0, n_units, u0, u1, p0, a0, b0, out, accumulate):  # pragma: no cover - compiled
+def diagonal_votes(
+    slab, sign, w0, t0, n_units, u0, u1, p0, a0, b0, out, accumulate
+):  # pragma: no cover - compiled
     classes = slab.shape[1]
     n_p, n_a, n_b = out.shape[1], out.shape[2], out.shape[3]
     owned, offset, weights = plane(slab, sign, w0, t0, n_units, u0, u1, a0, b0, n_a, n_b)
@@ -163,7 +213,6 @@ def diagonal_votes(slab, sign, w0, t0, n_units, u0, u1, p0, a0, b0, out, accumul
             i, j = at_a[n], at_b[n]
             interpolate(images, p0 + k, cols, offset[i, j], weights[i, j], values)
             store(values, out, k, i, j, True)
-
 
 
 @njit(inline="always")
@@ -191,7 +240,9 @@ def half_bits(f):  # pragma: no cover - compiled
     significand = f & 0x007FFFFF
     if (significand & 0x3FFF) != 0x1000:
         significand += 0x1000
-    return sign + ((exponent - 0x38000000) >> 13) + (significand >> 13)  # a carry into the exponent is right
+    return (
+        sign + ((exponent - 0x38000000) >> 13) + (significand >> 13)
+    )  # a carry into the exponent is right
 
 
 @njit(nt.void(_F4_1C, _U2_1C), **_KERNEL)
@@ -203,7 +254,9 @@ def to_half_bits(values, out):  # pragma: no cover - compiled
 
 
 @njit(nt.void(_U2_4A, nt.int64, _F8_1C, _U1_3A, _U2_4A, _U2_3A, _U2_3A), **_KERNEL)
-def fuse(accumulated, n_axes, s_log_s, labels, probabilities, entropy, disagreement):  # pragma: no cover - compiled
+def fuse(
+    accumulated, n_axes, s_log_s, labels, probabilities, entropy, disagreement
+):  # pragma: no cover - compiled
     """Decode the sums into labels and float16 bits (``uint16`` arrays) of the fused measures.
 
     ``probabilities`` may be ``accumulated`` itself (same channel count): each voxel is
@@ -232,14 +285,19 @@ def fuse(accumulated, n_axes, s_log_s, labels, probabilities, entropy, disagreem
                     best = last
                 counted, agreeing = 0, 0
                 for c in range(last):
-                    count = (np.int64(accumulated[last + c // _PER_CHANNEL, z, y, x]) >> (_BITS * (c % _PER_CHANNEL))) & (2**_BITS - 1)
+                    count = (
+                        np.int64(accumulated[last + c // _PER_CHANNEL, z, y, x])
+                        >> (_BITS * (c % _PER_CHANNEL))
+                    ) & (2**_BITS - 1)
                     counted += count
                     if c == best:
                         agreeing = count
                 if best == last:
                     agreeing = n_axes - counted
                 sum_s_log_s = 0.0
-                for c in range(classes):  # written only now: probabilities may share accumulated's memory
+                for c in range(
+                    classes
+                ):  # written only now: probabilities may share accumulated's memory
                     sum_s_log_s += s_log_s[sums[c]]
                     single[0] = sums[c] / total
                     probabilities[c, z, y, x] = half_bits(np.int64(bits[0]))

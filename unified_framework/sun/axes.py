@@ -52,8 +52,8 @@ a range of units ``[u0, u1)`` needs slices ``u0 .. u1 - 1`` (orthogonal) or
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -120,13 +120,21 @@ def parse_axes(spec: str | int | Iterable[str]) -> tuple[str, ...]:
     if isinstance(spec, int) or (isinstance(spec, str) and spec.strip() in {"3", "9"}):
         count = int(spec)
         if count not in (3, 9):
-            raise InputError(f"axes: {count} is not a preset; expected 3, 9 or a list of names from {', '.join(AXIS_NAMES)}")
+            raise InputError(
+                f"axes: {count} is not a preset; expected 3, 9 or a list of names from {', '.join(AXIS_NAMES)}"
+            )
         return AXIS_NAMES[:count]
-    names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else [str(n).strip() for n in spec]
+    names = (
+        [n.strip() for n in spec.split(",")]
+        if isinstance(spec, str)
+        else [str(n).strip() for n in spec]
+    )
     names = [n for n in names if n]
     unknown = [n for n in names if n not in AXES]
     if unknown or not names:
-        raise InputError(f"axes: {', '.join(unknown) or 'none given'} not understood; expected 3, 9 or names from {', '.join(AXIS_NAMES)}")
+        raise InputError(
+            f"axes: {', '.join(unknown) or 'none given'} not understood; expected 3, 9 or names from {', '.join(AXIS_NAMES)}"
+        )
     return tuple(n for n in AXIS_NAMES if n in names)
 
 
@@ -170,7 +178,9 @@ class AxisGrid:
         a, b = self.axis.plane
         corners_a = (region[a].start, region[a].stop - 1)
         corners_b = (region[b].start, region[b].stop - 1)
-        ws = [(ca + self.axis.sign * cb) * SQRT_HALF - self.w0 for ca in corners_a for cb in corners_b]
+        ws = [
+            (ca + self.axis.sign * cb) * SQRT_HALF - self.w0 for ca in corners_a for cb in corners_b
+        ]
         lo = min(max(math.floor(min(ws)), 0), self.n_units - 1)
         hi = min(max(math.floor(max(ws)), 0), self.n_units - 1) + 1
         return lo, hi
@@ -198,7 +208,9 @@ Reader = Callable[[tuple[slice, slice, slice]], np.ndarray]
 """Returns the float32 block ``(channels, z, y, x)`` of a box of the volume."""
 
 
-def sample_slices(read: Reader, grid: AxisGrid, s0: int, s1: int, channels: int, block_bytes: int = 64 * 2**20) -> np.ndarray:
+def sample_slices(
+    read: Reader, grid: AxisGrid, s0: int, s1: int, channels: int, block_bytes: int = 64 * 2**20
+) -> np.ndarray:
     """Slice images ``s0 .. s1 - 1`` of ``grid``, shape ``(k, channels, rows, cols)``, float32.
 
     Orthogonal axes copy voxels. Diagonal axes interpolate bilinearly, reading the
@@ -232,8 +244,21 @@ def sample_slices(read: Reader, grid: AxisGrid, s0: int, s1: int, channels: int,
         b_lo, b_hi = int(cb.min()), min(int(cb.max()) + 2, grid.shape[b])
         region = [slice(0, n) for n in grid.shape]
         region[a], region[b] = slice(a_lo, a_hi), slice(b_lo, b_hi)
-        block = np.moveaxis(read(tuple(region)), (1 + p, 1 + a, 1 + b), (1, 2, 3))  # (C, n_p, A, B) view
-        run_kernel("diagonal_sample", block, s, grid.w0 + float(s0), grid.t0 + float(j0), a_lo, b_lo, grid.shape[a], grid.shape[b], out[..., j0 : j0 + t.shape[1]])
+        block = np.moveaxis(
+            read(tuple(region)), (1 + p, 1 + a, 1 + b), (1, 2, 3)
+        )  # (C, n_p, A, B) view
+        run_kernel(
+            "diagonal_sample",
+            block,
+            s,
+            grid.w0 + float(s0),
+            grid.t0 + float(j0),
+            a_lo,
+            b_lo,
+            grid.shape[a],
+            grid.shape[b],
+            out[..., j0 : j0 + t.shape[1]],
+        )
     return out
 
 
@@ -270,7 +295,9 @@ class ProbabilitySlab:
         and contiguous (as :func:`diagonal_layout` fills it), which saves a copy.
     """
 
-    def __init__(self, probabilities: np.ndarray, grid: AxisGrid, u0: int, u1: int, rows_first: bool = False) -> None:
+    def __init__(
+        self, probabilities: np.ndarray, grid: AxisGrid, u0: int, u1: int, rows_first: bool = False
+    ) -> None:
         self.grid, self.u0, self.u1 = grid, u0, u1
         self.slices = probabilities.shape[2 if rows_first else 0]
         if grid.axis.diagonal and not rows_first:
@@ -299,13 +326,21 @@ class ProbabilitySlab:
         if not axis.diagonal:
             rows, cols = axis.plane
             r = region[axis.principal]
-            block = self.probabilities[r.start - self.u0 : r.stop - self.u0, :, region[rows], region[cols]]  # (k, C, rows, cols)
+            block = self.probabilities[
+                r.start - self.u0 : r.stop - self.u0, :, region[rows], region[cols]
+            ]  # (k, C, rows, cols)
             return np.moveaxis(block, 0, 1 + axis.principal), None
         shape = tuple(r.stop - r.start for r in region)
         values = np.empty((self.num_classes, *shape), np.float32)
         p, (a, b) = axis.principal, axis.plane
         owned = np.empty((shape[a], shape[b]), bool)
-        diagonal_values(self.probabilities, self._geometry(), (region[p], region[a], region[b]), values.transpose(0, 1 + p, 1 + a, 1 + b), owned)
+        diagonal_values(
+            self.probabilities,
+            self._geometry(),
+            (region[p], region[a], region[b]),
+            values.transpose(0, 1 + p, 1 + a, 1 + b),
+            owned,
+        )
         return values, np.broadcast_to(np.expand_dims(owned, p), shape)
 
     def add_votes(self, region: Sequence[slice], out: np.ndarray, accumulate: bool = True) -> None:
@@ -321,7 +356,13 @@ class ProbabilitySlab:
             pack_votes(self.on_voxels(region)[0], out=out, accumulate=accumulate)
             return
         p, (a, b) = axis.principal, axis.plane
-        diagonal_votes(self.probabilities, self._geometry(), (region[p], region[a], region[b]), out.transpose(0, 1 + p, 1 + a, 1 + b), accumulate)
+        diagonal_votes(
+            self.probabilities,
+            self._geometry(),
+            (region[p], region[a], region[b]),
+            out.transpose(0, 1 + p, 1 + a, 1 + b),
+            accumulate,
+        )
 
     def _geometry(self) -> tuple:
         grid = self.grid

@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,13 @@ class Normalization:
     std: tuple[float, ...]
 
     @classmethod
-    def fit(cls, volumes: Sequence[np.ndarray], percentiles: tuple[float, float] = (0.5, 99.5), max_samples: int = 2_000_000, seed: int = 0) -> "Normalization":
+    def fit(
+        cls,
+        volumes: Sequence[np.ndarray],
+        percentiles: tuple[float, float] = (0.5, 99.5),
+        max_samples: int = 2_000_000,
+        seed: int = 0,
+    ) -> Normalization:
         """Fit on channel-first volumes ``(channels, z, y, x)`` (nnU-Net's CT scheme)."""
         rng = np.random.default_rng(seed)
         channels = volumes[0].shape[0]
@@ -52,7 +59,11 @@ class Normalization:
             for volume in volumes:
                 flat = volume[c].reshape(-1)
                 take = min(flat.size, max_samples // len(volumes))
-                parts.append(flat[np.sort(rng.choice(flat.size, take, replace=False))] if take < flat.size else flat)
+                parts.append(
+                    flat[np.sort(rng.choice(flat.size, take, replace=False))]
+                    if take < flat.size
+                    else flat
+                )
             values = np.concatenate(parts).astype(np.float64)
             lo, hi = np.percentile(values, percentiles)
             clipped = np.clip(values, lo, hi)
@@ -131,13 +142,19 @@ class SunModel:
         """
         channels = 1 if len(shape) == 3 else (shape[0] if len(shape) == 4 else None)
         if channels is None:
-            raise InputError(f"{name}: has shape {tuple(shape)}; expected a 3D volume (z, y, x) or (channels, z, y, x)")
+            raise InputError(
+                f"{name}: has shape {tuple(shape)}; expected a 3D volume (z, y, x) or (channels, z, y, x)"
+            )
         if channels != self.config.in_channels:
-            raise InputError(f"{name}: has {channels} channel(s); the model expects {self.config.in_channels}")
+            raise InputError(
+                f"{name}: has {channels} channel(s); the model expects {self.config.in_channels}"
+            )
         dtype = np.dtype(dtype)
         trained = np.dtype(self.input_dtype)
         if dtype.kind not in "uif":
-            raise InputError(f"{name}: has dtype {dtype}; expected real numbers ({trained} like the training data)")
+            raise InputError(
+                f"{name}: has dtype {dtype}; expected real numbers ({trained} like the training data)"
+            )
         # Kind and size, not byte order: a big-endian uint16 volume holds the same intensities.
         same = (dtype.kind, dtype.itemsize) == (trained.kind, trained.itemsize)
         if not same and not (dtype.kind == "f" and trained.kind == "f"):
@@ -187,14 +204,23 @@ def load_model(path: str | Path) -> SunModel:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged archives
-        raise InputError(f"{path}: not a readable SUN model package ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+        raise InputError(
+            f"{path}: not a readable SUN model package ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{path}: not a SUN model package (no format {FORMAT!r})")
     if payload.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{path}: model format version {payload.get('format_version')!r}; this framework reads version {FORMAT_VERSION}")
+        raise InputError(
+            f"{path}: model format version {payload.get('format_version')!r}; this framework reads version {FORMAT_VERSION}"
+        )
     try:
         config = UNetConfig(**payload["architecture"])
-        normalization = Normalization(**{k: tuple(float(v) for v in payload["normalization"][k]) for k in ("low", "high", "mean", "std")})
+        normalization = Normalization(
+            **{
+                k: tuple(float(v) for v in payload["normalization"][k])
+                for k in ("low", "high", "mean", "std")
+            }
+        )
         class_names = [str(n) for n in payload["class_names"]]
         voxel_size = tuple(float(v) for v in payload["voxel_size"])
         axes = parse_axes(payload["axes"])
@@ -204,16 +230,24 @@ def load_model(path: str | Path) -> SunModel:
     except InputError as exc:
         raise InputError(f"{path}: invalid model package: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{path}: invalid model package: missing or malformed field {exc}") from None
+        raise InputError(
+            f"{path}: invalid model package: missing or malformed field {exc}"
+        ) from None
     if len(class_names) != config.num_classes:
         raise InputError(f"{path}: {len(class_names)} class names for {config.num_classes} classes")
     if len(normalization.mean) != config.in_channels:
-        raise InputError(f"{path}: normalisation for {len(normalization.mean)} channels, network has {config.in_channels}")
-    model = SunModel(config, state_dict, normalization, class_names, voxel_size, axes, input_dtype, provenance)
+        raise InputError(
+            f"{path}: normalisation for {len(normalization.mean)} channels, network has {config.in_channels}"
+        )
+    model = SunModel(
+        config, state_dict, normalization, class_names, voxel_size, axes, input_dtype, provenance
+    )
     try:
         model.network()
     except RuntimeError as exc:
-        raise InputError(f"{path}: weights do not fit the architecture ({str(exc).splitlines()[0][:160]})") from None
+        raise InputError(
+            f"{path}: weights do not fit the architecture ({str(exc).splitlines()[0][:160]})"
+        ) from None
     return model
 
 

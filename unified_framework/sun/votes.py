@@ -44,7 +44,12 @@ def accumulator_channels(num_classes: int) -> int:
     return num_classes - 1 + -(-(num_classes - 1) // VOTES_PER_CHANNEL)
 
 
-def pack_votes(probabilities: np.ndarray, owned: np.ndarray | None = None, out: np.ndarray | None = None, accumulate: bool = False) -> np.ndarray:
+def pack_votes(
+    probabilities: np.ndarray,
+    owned: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+    accumulate: bool = False,
+) -> np.ndarray:
     """Encode the votes of class probabilities (one axis) and optionally add them.
 
     Parameters
@@ -66,16 +71,33 @@ def pack_votes(probabilities: np.ndarray, owned: np.ndarray | None = None, out: 
     """
     probabilities = np.asarray(probabilities, dtype=np.float32)
     if probabilities.ndim != 4:
-        raise ValueError(f"probabilities of shape {probabilities.shape}; expected (classes, z, y, x)")
+        raise ValueError(
+            f"probabilities of shape {probabilities.shape}; expected (classes, z, y, x)"
+        )
     if out is None:
-        out, accumulate = np.empty((accumulator_channels(probabilities.shape[0]), *probabilities.shape[1:]), np.uint16), False
+        out, accumulate = (
+            np.empty(
+                (accumulator_channels(probabilities.shape[0]), *probabilities.shape[1:]), np.uint16
+            ),
+            False,
+        )
     masked = owned is not None
-    owned = np.broadcast_to(owned, probabilities.shape[1:]).copy() if masked else np.ones((1, 1, 1), bool)
+    owned = (
+        np.broadcast_to(owned, probabilities.shape[1:]).copy()
+        if masked
+        else np.ones((1, 1, 1), bool)
+    )
     run_kernel("pack", probabilities, owned, masked, out, accumulate)
     return out
 
 
-def diagonal_values(slab: np.ndarray, geometry: tuple, region_pab: tuple[slice, slice, slice], out: np.ndarray, owned: np.ndarray) -> None:
+def diagonal_values(
+    slab: np.ndarray,
+    geometry: tuple,
+    region_pab: tuple[slice, slice, slice],
+    out: np.ndarray,
+    owned: np.ndarray,
+) -> None:
     """Resample a diagonal axis' probabilities onto the voxels of a box (bilinear in ``(w, t)``).
 
     Parameters
@@ -92,17 +114,41 @@ def diagonal_values(slab: np.ndarray, geometry: tuple, region_pab: tuple[slice, 
     owned : numpy.ndarray of bool
         ``(A, B)``: which voxels belong to the slab's units.
     """
-    run_kernel("diagonal_values", slab, *geometry, region_pab[0].start, region_pab[1].start, region_pab[2].start, out, owned)
+    run_kernel(
+        "diagonal_values",
+        slab,
+        *geometry,
+        region_pab[0].start,
+        region_pab[1].start,
+        region_pab[2].start,
+        out,
+        owned,
+    )
 
 
-def diagonal_votes(slab: np.ndarray, geometry: tuple, region_pab: tuple[slice, slice, slice], out: np.ndarray, accumulate: bool) -> None:
+def diagonal_votes(
+    slab: np.ndarray,
+    geometry: tuple,
+    region_pab: tuple[slice, slice, slice],
+    out: np.ndarray,
+    accumulate: bool,
+) -> None:
     """Resample, encode and add a diagonal axis' votes for the voxels of a box it owns.
 
     As :func:`diagonal_values`, but ``out`` is the ``(channels, P, A, B)`` uint16 view of
     an accumulator region in ``(p, a, b)`` order; voxels outside the slab's units are
     left alone (``accumulate``) or set to zero.
     """
-    run_kernel("diagonal_votes", slab, *geometry, region_pab[0].start, region_pab[1].start, region_pab[2].start, out, accumulate)
+    run_kernel(
+        "diagonal_votes",
+        slab,
+        *geometry,
+        region_pab[0].start,
+        region_pab[1].start,
+        region_pab[2].start,
+        out,
+        accumulate,
+    )
 
 
 def run_kernel(name: str, *args) -> None:
@@ -112,6 +158,10 @@ def run_kernel(name: str, *args) -> None:
 
     from . import _vote_kernels
 
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    numba.set_num_threads(max(1, min(usable, torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    usable = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
+    numba.set_num_threads(
+        max(1, min(usable, torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    )
     getattr(_vote_kernels, name)(*args)

@@ -7,13 +7,21 @@ import errno
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import InputError, describe_os_error
 
 # Failures that say the destination cannot take the output (not a fault in the data).
-_OUTPUT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.ENOTDIR}
+_OUTPUT_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.ENAMETOOLONG,
+    errno.ENOTDIR,
+}
 
 
 @contextlib.contextmanager
@@ -95,7 +103,9 @@ def _about_output(exc: OSError, final: Path, tmp: Path) -> bool:
 
 
 def _unwritable(final: Path, exc: OSError) -> InputError:
-    return InputError(f"{final}: cannot write ({describe_os_error(exc, names=False)}); expected a destination in a folder you may write to with free space")
+    return InputError(
+        f"{final}: cannot write ({describe_os_error(exc, names=False)}); expected a destination in a folder you may write to with free space"
+    )
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

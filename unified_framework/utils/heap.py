@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 # mallopt(3) parameters and glibc's ceilings for its dynamic thresholds (64-bit).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4

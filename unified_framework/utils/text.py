@@ -6,9 +6,11 @@ import unicodedata
 
 # Line and paragraph separators and bidirectional overrides are not Cc controls but can
 # still end a line or reorder what a terminal shows.
-_INVISIBLE_FORMAT = {"\u2028", "\u2029", "\u061c", "\u200e", "\u200f"} | {chr(c) for c in range(0x202A, 0x202F)} | {
-    chr(c) for c in range(0x2066, 0x206A)
-}
+_INVISIBLE_FORMAT = (
+    {"\u2028", "\u2029", "\u061c", "\u200e", "\u200f"}
+    | {chr(c) for c in range(0x202A, 0x202F)}
+    | {chr(c) for c in range(0x2066, 0x206A)}
+)
 
 
 def printable(text: object) -> str:
@@ -40,7 +42,9 @@ def printable(text: object) -> str:
     text = str(text)
     if text.isprintable():
         return text
-    return "".join(_escape(c) if unicodedata.category(c) == "Cc" or c in _INVISIBLE_FORMAT else c for c in text)
+    return "".join(
+        _escape(c) if unicodedata.category(c) == "Cc" or c in _INVISIBLE_FORMAT else c for c in text
+    )
 
 
 def shorten(text: object, limit: int = 200) -> str:

@@ -33,9 +33,10 @@ import logging
 import os
 import shutil
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .atomic import atomic_path, write_text_atomic
 
@@ -131,10 +132,15 @@ class Manifest:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             if data.get("version") != MANIFEST_VERSION:
                 raise ValueError(f"version {data.get('version')}")
-            records = {str(name): Record(int(size), int(crc)) for name, (size, crc) in data["pieces"].items()}
+            records = {
+                str(name): Record(int(size), int(crc))
+                for name, (size, crc) in data["pieces"].items()
+            }
             state, sequence = dict(data["state"]), int(data["sequence"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            logger.warning("%s: unreadable manifest (%s); its folder is treated as empty", self.path, exc)
+            logger.warning(
+                "%s: unreadable manifest (%s); its folder is treated as empty", self.path, exc
+            )
             return False
         self.records, self.state, self._sequence = records, state, sequence
         for name, record in self._journal_lines():
@@ -151,7 +157,12 @@ class Manifest:
             return
         for line in text.splitlines():
             parts = line.split(" ")
-            if len(parts) == 4 and parts[0] == str(self._sequence) and parts[2].isdigit() and parts[3].isdigit():
+            if (
+                len(parts) == 4
+                and parts[0] == str(self._sequence)
+                and parts[2].isdigit()
+                and parts[3].isdigit()
+            ):
                 yield parts[1], Record(int(parts[2]), int(parts[3]))
 
     def write(self, name: str, data: Any) -> None:
@@ -187,9 +198,13 @@ class Manifest:
         try:
             data = (self.folder / name).read_bytes()
         except FileNotFoundError:
-            raise InputError(f"{self.folder / name}: recorded in {self.path} but missing; something deleted it while the job ran, run it again") from None
+            raise InputError(
+                f"{self.folder / name}: recorded in {self.path} but missing; something deleted it while the job ran, run it again"
+            ) from None
         if len(data) != self.records[name].size:
-            raise InputError(f"{self.folder / name}: {len(data)} bytes, {self.records[name].size} recorded in {self.path}; run the job again")
+            raise InputError(
+                f"{self.folder / name}: {len(data)} bytes, {self.records[name].size} recorded in {self.path}; run the job again"
+            )
         return data
 
     def forget(self, names: Iterable[str]) -> None:
@@ -237,7 +252,9 @@ class Manifest:
                 missing.append(name)
                 continue
             found = Record(len(data), checksum(data))
-            if found in self._earlier.get(name, ()):  # killed between the journal line and the rename
+            if found in self._earlier.get(
+                name, ()
+            ):  # killed between the journal line and the rename
                 self.records[name] = found
             elif found != record:
                 damaged.append(name)
@@ -310,7 +327,9 @@ def remove_work_folder(path: str | os.PathLike) -> None:
     folder = Path(path)
     if not folder.is_dir():
         return
-    write_text_atomic(folder / INVALID_MARKER, "this work folder is being deleted; nothing in it is valid\n")
+    write_text_atomic(
+        folder / INVALID_MARKER, "this work folder is being deleted; nothing in it is valid\n"
+    )
     for child in folder.iterdir():
         if child.name == INVALID_MARKER:
             continue

@@ -23,8 +23,8 @@ import logging
 import re
 import shutil
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -44,7 +44,9 @@ Region = tuple[slice, slice, slice]
 _CHUNK_KEY = re.compile(r"\d+(\.\d+){3}")
 
 
-def fuse(accumulated: np.ndarray, n_axes: int, num_classes: int, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def fuse(
+    accumulated: np.ndarray, n_axes: int, num_classes: int, out: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
     """Labels and confidence measures from an accumulator block.
 
     Parameters
@@ -70,7 +72,9 @@ def fuse(accumulated: np.ndarray, n_axes: int, num_classes: int, out: dict[str, 
         whose own most probable class differs from the fused label).
     """
     if accumulated.shape[0] != accumulator_channels(num_classes):
-        raise ValueError(f"accumulator block of {accumulated.shape[0]} channels; {num_classes} classes need {accumulator_channels(num_classes)}")
+        raise ValueError(
+            f"accumulator block of {accumulated.shape[0]} channels; {num_classes} classes need {accumulator_channels(num_classes)}"
+        )
     shape = accumulated.shape[1:]
     fused = {
         "labels": np.empty(shape, np.uint8),
@@ -90,7 +94,9 @@ def _s_log_s() -> np.ndarray:
     return s * np.log(np.maximum(s, 1))
 
 
-def chunk_regions(shape: Sequence[int], chunks: Sequence[int], within: Sequence[slice] | None = None) -> Iterator[Region]:
+def chunk_regions(
+    shape: Sequence[int], chunks: Sequence[int], within: Sequence[slice] | None = None
+) -> Iterator[Region]:
     """Chunk-aligned boxes (clipped to ``shape``) that intersect ``within``, in C order."""
     within = within or [slice(0, n) for n in shape]
     ranges = []
@@ -112,7 +118,9 @@ class MemoryAccumulator:
         Tile size in which work is added (bounds temporary memory).
     """
 
-    def __init__(self, shape: Sequence[int], num_classes: int, chunks: Sequence[int] = (DEFAULT_CHUNK,) * 3) -> None:
+    def __init__(
+        self, shape: Sequence[int], num_classes: int, chunks: Sequence[int] = (DEFAULT_CHUNK,) * 3
+    ) -> None:
         self.shape = tuple(int(n) for n in shape)
         self.num_classes = num_classes
         self.chunks = tuple(int(c) for c in chunks)
@@ -167,7 +175,13 @@ class ZarrAccumulator:
     """
 
     def __init__(
-        self, path: str | Path, shape: Sequence[int], num_classes: int, chunks: Sequence[int] = (DEFAULT_CHUNK,) * 3, cache_bytes: int = 0, repair: bool = True
+        self,
+        path: str | Path,
+        shape: Sequence[int],
+        num_classes: int,
+        chunks: Sequence[int] = (DEFAULT_CHUNK,) * 3,
+        cache_bytes: int = 0,
+        repair: bool = True,
     ) -> None:
         self.path = Path(path)
         self.shape = tuple(int(n) for n in shape)
@@ -175,7 +189,9 @@ class ZarrAccumulator:
         self.chunks = tuple(int(c) for c in chunks)
         self.channels = accumulator_channels(num_classes)
         self.cache_bytes = int(cache_bytes)
-        self._cache: OrderedDict[tuple[int, ...], list] = OrderedDict()  # chunk index -> [block, dirty]
+        self._cache: OrderedDict[tuple[int, ...], list] = (
+            OrderedDict()
+        )  # chunk index -> [block, dirty]
         self._cached_bytes = 0
         self._written = False  # chunks written since the last commit of the manifest
         self._full_chunk = (self.channels + 1, *self.chunks)
@@ -193,17 +209,31 @@ class ZarrAccumulator:
             return not repair  # read-only: an empty store
         try:
             array = zarr.open_array(str(self.path), mode="r")
-            usable = array.shape == (self.channels + 1, *self.shape) and array.chunks == self._full_chunk and array.dtype == ACCUMULATOR_DTYPE
+            usable = (
+                array.shape == (self.channels + 1, *self.shape)
+                and array.chunks == self._full_chunk
+                and array.dtype == ACCUMULATOR_DTYPE
+            )
         except Exception:  # damaged metadata: the store is scratch space, made again below
             usable = False
         if not usable or not self.manifest.load():
             if repair:
-                logger.warning("%s: no manifest or damaged metadata; the stored votes are discarded and computed again", self.path)
+                logger.warning(
+                    "%s: no manifest or damaged metadata; the stored votes are discarded and computed again",
+                    self.path,
+                )
             return not repair  # read-only: an empty store
         verification = self.manifest.verify()
         if not verification.ok:
-            logger.warning("%s: %d chunks missing, %d damaged; their votes are computed again", self.path, len(verification.missing), len(verification.damaged))
-            self.lost = [_chunk_index(name) for name in verification.bad if _CHUNK_KEY.fullmatch(name)]
+            logger.warning(
+                "%s: %d chunks missing, %d damaged; their votes are computed again",
+                self.path,
+                len(verification.missing),
+                len(verification.damaged),
+            )
+            self.lost = [
+                _chunk_index(name) for name in verification.bad if _CHUNK_KEY.fullmatch(name)
+            ]
             if repair:
                 self.manifest.forget(verification.bad)
         return True
@@ -244,11 +274,15 @@ class ZarrAccumulator:
     def _update(self, unit: int, region: Region, add_to) -> None:
         """Let ``add_to`` add to the votes of ``region`` and mark ``unit`` done there, unless it is already."""
         if unit >= MAX_UNITS:
-            raise ValueError(f"{self.path}: work unit {unit}; at most {MAX_UNITS} fit the chunk counter")
+            raise ValueError(
+                f"{self.path}: work unit {unit}; at most {MAX_UNITS} fit the chunk counter"
+            )
         index, local = self._locate(region)
         entry = self._entry(index)
         block = entry[0][(slice(None), *local)]
-        if block[self.channels].flat[0] <= unit:  # the counter of the first voxel stands for the region's
+        if (
+            block[self.channels].flat[0] <= unit
+        ):  # the counter of the first voxel stands for the region's
             add_to(block[: self.channels])
             block[self.channels] = unit + 1
             entry[1] = True
@@ -288,10 +322,14 @@ class ZarrAccumulator:
     def _locate(self, region: Region) -> tuple[tuple[int, ...], tuple[slice, ...]]:
         """The chunk that ``region`` lies in, and ``region`` relative to it."""
         index = tuple(r.start // c for r, c in zip(region, self.chunks))
-        return index, tuple(slice(r.start - i * c, r.stop - i * c) for r, i, c in zip(region, index, self.chunks))
+        return index, tuple(
+            slice(r.start - i * c, r.stop - i * c) for r, i, c in zip(region, index, self.chunks)
+        )
 
     def _chunk_box(self, index: Sequence[int]) -> Region:
-        return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape))
+        return tuple(
+            slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape)
+        )
 
     def _entry(self, index: tuple[int, ...]) -> list:
         entry = self._cache.get(index)
@@ -309,7 +347,9 @@ class ZarrAccumulator:
         name = _chunk_name(index)
         if name not in self.manifest.records:
             return np.zeros((self.channels + 1, *(s.stop for s in inside[1:])), ACCUMULATOR_DTYPE)
-        stored = np.frombuffer(self.manifest.read(name), ACCUMULATOR_DTYPE).reshape(self._full_chunk)
+        stored = np.frombuffer(self.manifest.read(name), ACCUMULATOR_DTYPE).reshape(
+            self._full_chunk
+        )
         return stored[inside].copy()
 
     def _write(self, index: tuple[int, ...], block: np.ndarray) -> None:

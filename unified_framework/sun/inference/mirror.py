@@ -12,8 +12,9 @@ read by a process: a missing, truncated or damaged copy is read from the input a
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any, ContextManager
 
 import numpy as np
 
@@ -43,7 +44,11 @@ class ChunkMirror:
     """
 
     def __init__(
-        self, source: Any, directory: str | Path, chunks: Sequence[int], read_errors: Callable[[tuple[int, ...]], ContextManager[Any]] | None = None
+        self,
+        source: Any,
+        directory: str | Path,
+        chunks: Sequence[int],
+        read_errors: Callable[[tuple[int, ...]], ContextManager[Any]] | None = None,
     ) -> None:
         self.source = source
         self.shape = tuple(int(n) for n in source.shape)
@@ -51,7 +56,9 @@ class ChunkMirror:
         self.chunks = tuple(int(c) for c in chunks)
         self.directory = Path(directory)
         self.read_errors = read_errors or (lambda index: contextlib.nullcontext())
-        self._verified: set[tuple[int, ...]] = set()  # copies whose checksum this process has checked
+        self._verified: set[tuple[int, ...]] = (
+            set()
+        )  # copies whose checksum this process has checked
 
     def __getitem__(self, region: tuple[slice, slice, slice]) -> np.ndarray:
         out = np.empty(tuple(r.stop - r.start for r in region), self.dtype)
@@ -89,6 +96,10 @@ def source_chunks(array: Any, default: Sequence[int]) -> tuple[int, int, int]:
     read from a raw copy of such a chunk would load the whole slice every time.
     """
     chunks = getattr(array, "chunks", None)
-    if chunks is not None and len(chunks) == 3 and all(isinstance(c, (int, np.integer)) for c in chunks):
+    if (
+        chunks is not None
+        and len(chunks) == 3
+        and all(isinstance(c, (int, np.integer)) for c in chunks)
+    ):
         return tuple(int(c) for c in chunks)
     return tuple(int(c) for c in default)

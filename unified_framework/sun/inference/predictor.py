@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,13 @@ def activation_bytes_per_pixel(model: SunModel) -> int:
     """Rough upper bound of inference activation memory per input pixel (float32)."""
     widths = model.config.widths()
     skips = sum(w / 4**level for level, w in enumerate(widths))
-    return int(4 * (3 * skips + 4 * widths[0] + 2 * model.config.num_classes + model.config.in_channels)) + 1
+    return (
+        int(
+            4
+            * (3 * skips + 4 * widths[0] + 2 * model.config.num_classes + model.config.in_channels)
+        )
+        + 1
+    )
 
 
 class VolumeSource:
@@ -57,7 +64,9 @@ class VolumeSource:
     def __init__(self, channels: Sequence[Any], name: str = "volume") -> None:
         shapes = {tuple(int(n) for n in c.shape) for c in channels}
         if len(shapes) != 1:
-            raise InputError(f"{name}: channels have different shapes {sorted(shapes)}; expected one shape")
+            raise InputError(
+                f"{name}: channels have different shapes {sorted(shapes)}; expected one shape"
+            )
         self.channels = list(channels)
         self.shape = shapes.pop()
         if len(self.shape) != 3:
@@ -66,13 +75,15 @@ class VolumeSource:
         self.name = name
 
     @classmethod
-    def from_array(cls, array: Any, name: str = "volume") -> "VolumeSource":
+    def from_array(cls, array: Any, name: str = "volume") -> VolumeSource:
         """A ``(z, y, x)`` or ``(channels, z, y, x)`` array."""
         if array.ndim == 3:
             return cls([array], name)
         if array.ndim == 4:
             return cls([array[c] for c in range(array.shape[0])], name)
-        raise InputError(f"{name}: has shape {tuple(array.shape)}; expected (z, y, x) or (channels, z, y, x)")
+        raise InputError(
+            f"{name}: has shape {tuple(array.shape)}; expected (z, y, x) or (channels, z, y, x)"
+        )
 
     @property
     def full_shape(self) -> tuple[int, ...]:
@@ -88,11 +99,17 @@ class VolumeSource:
         """
         shape = tuple(r.stop - r.start for r in region)
         if len(self.channels) == 1 and not hasattr(self.channels[0], "chunks"):
-            return np.asarray(self.channels[0][region], dtype=np.float32)[None]  # in memory: no copy if float32
+            return np.asarray(self.channels[0][region], dtype=np.float32)[
+                None
+            ]  # in memory: no copy if float32
         out = np.empty((len(self.channels), *shape), dtype=np.float32)
         for c, channel in enumerate(self.channels):
             chunks = getattr(channel, "chunks", None)
-            step = int(chunks[0]) if chunks and isinstance(chunks[0], (int, np.integer)) else shape[0] or 1
+            step = (
+                int(chunks[0])
+                if chunks and isinstance(chunks[0], (int, np.integer))
+                else shape[0] or 1
+            )
             z0 = region[0].start
             while z0 < region[0].stop:
                 z1 = min(z0 - z0 % step + step, region[0].stop)  # up to the next chunk border
@@ -138,7 +155,14 @@ class SlicePredictor:
         Mixed precision (default: on for GPUs, off on the CPU).
     """
 
-    def __init__(self, model: SunModel, device: Any = None, batch_pixels: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET, amp: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: SunModel,
+        device: Any = None,
+        batch_pixels: int | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        amp: bool | None = None,
+    ) -> None:
         import torch
 
         from ..networks import fold_batch_norm
@@ -146,10 +170,16 @@ class SlicePredictor:
         self.model = model
         self.device = resolve_device(device)
         # channels_last is markedly faster for oneDNN convolutions on CPUs.
-        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
-        self.network = fold_batch_norm(model.network(self.device)).to(memory_format=self.memory_format)
+        self.memory_format = (
+            torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        )
+        self.network = fold_batch_norm(model.network(self.device)).to(
+            memory_format=self.memory_format
+        )
         self.amp = (self.device.type == "cuda") if amp is None else bool(amp)
-        self.batch_pixels = batch_pixels or max(memory_budget // 2 // activation_bytes_per_pixel(model), 1)
+        self.batch_pixels = batch_pixels or max(
+            memory_budget // 2 // activation_bytes_per_pixel(model), 1
+        )
 
     def batch_size(self, rows: int, cols: int) -> int:
         """Slices of this size per network batch (at least 1)."""
@@ -157,7 +187,9 @@ class SlicePredictor:
         padded = (rows + -rows % divisor) * (cols + -cols % divisor)
         return max(1, self.batch_pixels // padded)
 
-    def __call__(self, images: np.ndarray, stats: RunStats | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    def __call__(
+        self, images: np.ndarray, stats: RunStats | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Class probabilities ``(k, classes, rows, cols)`` float32 of raw images ``(k, channels, rows, cols)``.
 
         ``out`` takes them in place (e.g. part of a group's buffer, any strides).
@@ -182,7 +214,9 @@ class SlicePredictor:
                 with torch.autocast(self.device.type, enabled=self.amp):
                     logits = self.network(x)
                 probabilities = torch.softmax(logits.float(), dim=1)[:, :, :rows, :cols]
-                torch.from_numpy(out[i : i + batch]).copy_(probabilities)  # any strides, e.g. a transposed view
+                torch.from_numpy(out[i : i + batch]).copy_(
+                    probabilities
+                )  # any strides, e.g. a transposed view
         if stats is not None:
             stats.network_seconds += time.perf_counter() - started
             stats.slice_pixels += k * rows * cols
@@ -190,7 +224,9 @@ class SlicePredictor:
         return out
 
 
-def unit_groups(grid: AxisGrid, start: int, stop: int, max_units: int, chunk: int) -> list[tuple[int, int]]:
+def unit_groups(
+    grid: AxisGrid, start: int, stop: int, max_units: int, chunk: int
+) -> list[tuple[int, int]]:
     """Split units ``[start, stop)`` into groups of at most ``max_units``.
 
     Groups of orthogonal axes end on chunk borders where they can, so that each chunk
@@ -222,7 +258,9 @@ def max_group_units(grid: AxisGrid, classes: int, channels: int, memory_budget: 
 THIN_GROUP_UNITS = 8
 
 
-def group_units_by_axis(shape: Sequence[int], axes: Sequence[str], classes: int, channels: int, memory_budget: int) -> dict[str, int]:
+def group_units_by_axis(
+    shape: Sequence[int], axes: Sequence[str], classes: int, channels: int, memory_budget: int
+) -> dict[str, int]:
     """:func:`max_group_units` of each axis; logs a warning when the budget makes groups thin.
 
     The accumulator is ``(classes, z, y, x)`` in C order. A group along ``x``, or along a
@@ -242,7 +280,11 @@ def group_units_by_axis(shape: Sequence[int], axes: Sequence[str], classes: int,
         narrowest = min(limits[name] for name in thin)
         logger.warning(
             "working memory %.0f MiB: groups of %d slice(s) along %s; their votes slow down several-fold below %d slices per group, "
-            "about %.0fx the memory budget avoids that", memory_budget / 2**20, narrowest, ", ".join(thin), THIN_GROUP_UNITS,
+            "about %.0fx the memory budget avoids that",
+            memory_budget / 2**20,
+            narrowest,
+            ", ".join(thin),
+            THIN_GROUP_UNITS,
             math.ceil(THIN_GROUP_UNITS / narrowest),
         )
     return limits
@@ -279,7 +321,9 @@ def vote_unit(
     started = time.perf_counter()
     images = sample_slices(source.read, grid, s0, s1, len(source.channels), block_bytes)
     stats.sampling_seconds += time.perf_counter() - started
-    probabilities = np.empty((rows, classes, s1 - s0, cols) if diagonal else (s1 - s0, classes, rows, cols), np.float32)
+    probabilities = np.empty(
+        (rows, classes, s1 - s0, cols) if diagonal else (s1 - s0, classes, rows, cols), np.float32
+    )
     # Slice-major view of the buffer, so that the network writes each batch in place.
     slices_first = probabilities.transpose(2, 1, 0, 3) if diagonal else probabilities
     for b0 in range(0, s1 - s0, batch):
@@ -294,7 +338,9 @@ def vote_unit(
     stats.units += 1
 
 
-def group_tiles(grid: AxisGrid, chunks: Sequence[int], u0: int, u1: int) -> Iterable[tuple[slice, slice, slice]]:
+def group_tiles(
+    grid: AxisGrid, chunks: Sequence[int], u0: int, u1: int
+) -> Iterable[tuple[slice, slice, slice]]:
     """The parts of accumulator chunks that units ``[u0, u1)`` of an axis vote on, one per chunk.
 
     Also tells which groups a chunk needs again when it was lost (see
@@ -304,7 +350,9 @@ def group_tiles(grid: AxisGrid, chunks: Sequence[int], u0: int, u1: int) -> Iter
     if not grid.axis.diagonal:
         within[grid.axis.principal] = slice(u0, u1)
     for tile in chunk_regions(grid.shape, chunks, within):
-        tile = tuple(slice(max(t.start, w.start), min(t.stop, w.stop)) for t, w in zip(tile, within))
+        tile = tuple(
+            slice(max(t.start, w.start), min(t.stop, w.stop)) for t, w in zip(tile, within)
+        )
         lo, hi = grid.unit_range(tile)
         if hi > u0 and lo < u1:
             yield tile
@@ -378,10 +426,19 @@ def predict_volume(
     limits = group_units_by_axis(source.shape, axes, classes, len(source.channels), memory_budget)
     for name in axes:
         grid = axis_grid(name, source.shape)
-        work += [(grid, u0, u1) for u0, u1 in unit_groups(grid, 0, grid.n_units, limits[name], chunks[grid.axis.principal])]
+        work += [
+            (grid, u0, u1)
+            for u0, u1 in unit_groups(
+                grid, 0, grid.n_units, limits[name], chunks[grid.axis.principal]
+            )
+        ]
     with reuse_freed_memory():  # every group allocates the same buffers again
-        for number, (grid, u0, u1) in enumerate(tqdm(work, desc="SUN", unit="slab", disable=None if progress else True)):
-            vote_unit(source, predictor, accumulator, grid, number, u0, u1, stats, memory_budget // 8)
+        for number, (grid, u0, u1) in enumerate(
+            tqdm(work, desc="SUN", unit="slab", disable=None if progress else True)
+        ):
+            vote_unit(
+                source, predictor, accumulator, grid, number, u0, u1, stats, memory_budget // 8
+            )
     started = time.perf_counter()
     labels = np.empty(source.shape, np.uint8)
     entropy = np.empty(source.shape, np.float16)
@@ -391,9 +448,15 @@ def predict_volume(
     if accumulator.array.shape[0] == classes:
         fused_probabilities = accumulator.array.view(np.float16)
     else:
-        fused_probabilities = np.empty((classes, *source.shape), np.float16) if return_probabilities else None
+        fused_probabilities = (
+            np.empty((classes, *source.shape), np.float16) if return_probabilities else None
+        )
     for region in chunk_regions(source.shape, chunks):
-        out = {"labels": labels[region], "entropy": entropy[region], "disagreement": disagreement[region]}
+        out = {
+            "labels": labels[region],
+            "entropy": entropy[region],
+            "disagreement": disagreement[region],
+        }
         if fused_probabilities is not None:
             out["probabilities"] = fused_probabilities[(slice(None), *region)]
         fuse(accumulator.read(region), len(axes), classes, out)
@@ -401,7 +464,11 @@ def predict_volume(
     del accumulator
     stats.fusion_seconds += time.perf_counter() - started
     logger.info(
-        "SUN %s axes: network %.1f s, sampling %.1f s, fusion %.1f s", len(axes), stats.network_seconds, stats.sampling_seconds, stats.fusion_seconds
+        "SUN %s axes: network %.1f s, sampling %.1f s, fusion %.1f s",
+        len(axes),
+        stats.network_seconds,
+        stats.sampling_seconds,
+        stats.fusion_seconds,
     )
     return SunPrediction(labels, entropy, disagreement, probabilities, axes, stats)
 

@@ -31,9 +31,10 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,16 @@ from ..model_package import SunModel
 from ..votes import MAX_AXES, accumulator_channels
 from .accumulator import DEFAULT_CHUNK, MAX_UNITS, ZarrAccumulator, chunk_regions, fuse
 from .mirror import ChunkMirror, source_chunks
-from .predictor import DEFAULT_MEMORY_BUDGET, RunStats, SlicePredictor, VolumeSource, group_tiles, group_units_by_axis, unit_groups, vote_unit
+from .predictor import (
+    DEFAULT_MEMORY_BUDGET,
+    RunStats,
+    SlicePredictor,
+    VolumeSource,
+    group_tiles,
+    group_units_by_axis,
+    unit_groups,
+    vote_unit,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +107,11 @@ class Plan:
     pieces: list[Piece] = field(default_factory=list)
     #: World geometry of the input (see docs/io.md), given to the outputs.
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    direction: tuple[tuple[float, float, float], ...] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+    direction: tuple[tuple[float, float, float], ...] = (
+        (1.0, 0.0, 0.0),
+        (0.0, 1.0, 0.0),
+        (0.0, 0.0, 1.0),
+    )
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -105,13 +119,22 @@ class Plan:
         return json.dumps(data, indent=1)
 
     @classmethod
-    def from_json(cls, text: str, name: str) -> "Plan":
+    def from_json(cls, text: str, name: str) -> Plan:
         try:
             data = json.loads(text)
             version = data.pop("version", None)
             if version != PLAN_VERSION:
                 raise ValueError(f"plan version {version}, this mdlma reads version {PLAN_VERSION}")
-            data["pieces"] = [Piece(p["index"], p["axis"], p["slab"], tuple(map(tuple, p["groups"])), p["first_unit"]) for p in data["pieces"]]
+            data["pieces"] = [
+                Piece(
+                    p["index"],
+                    p["axis"],
+                    p["slab"],
+                    tuple(map(tuple, p["groups"])),
+                    p["first_unit"],
+                )
+                for p in data["pieces"]
+            ]
             for key in ("shape", "spacing", "axes", "chunks", "origin"):
                 if key in data:
                     data[key] = tuple(data[key])
@@ -119,7 +142,9 @@ class Plan:
                 data["direction"] = tuple(tuple(row) for row in data["direction"])
             return cls(**data)
         except (ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{name}: damaged SUN plan ({exc}); remove the work directory and start again") from None
+            raise InputError(
+                f"{name}: damaged SUN plan ({exc}); remove the work directory and start again"
+            ) from None
 
     def arithmetic(self) -> dict[str, Any]:
         """The fields that two runs must share to add into the same accumulator."""
@@ -135,13 +160,17 @@ class Plan:
         if text.isdigit():
             index = int(text)
             if index >= len(self.pieces):
-                raise InputError(f"piece index {index}: the plan has {len(self.pieces)} pieces (0..{len(self.pieces) - 1})")
+                raise InputError(
+                    f"piece index {index}: the plan has {len(self.pieces)} pieces (0..{len(self.pieces) - 1})"
+                )
             return self.pieces[index]
         axis, _, slab = text.partition(":")
         for piece in self.pieces:
             if piece.axis == axis and str(piece.slab) == (slab or "0"):
                 return piece
-        names = ", ".join(p.name for p in self.pieces[:12]) + (" ..." if len(self.pieces) > 12 else "")
+        names = ", ".join(p.name for p in self.pieces[:12]) + (
+            " ..." if len(self.pieces) > 12 else ""
+        )
         raise InputError(f"piece {text!r}: not in the plan; expected AXIS[:SLAB] such as {names}")
 
 
@@ -178,14 +207,22 @@ def make_plan(
     classes = model.config.num_classes
     pieces: list[Piece] = []
     unit = 0
-    limits = group_units_by_axis(source.shape, axes, classes, len(source.channels), memory_split(source.shape, chunks, classes, memory_budget)[0])
+    limits = group_units_by_axis(
+        source.shape,
+        axes,
+        classes,
+        len(source.channels),
+        memory_split(source.shape, chunks, classes, memory_budget)[0],
+    )
     for name, slab, start, stop in slab_bounds(source.shape, axes, slabs):
         grid = axis_grid(name, source.shape)
         groups = tuple(unit_groups(grid, start, stop, limits[name], chunks[grid.axis.principal]))
         pieces.append(Piece(len(pieces), name, slab, groups, unit))
         unit += len(groups)
     if unit > MAX_UNITS:
-        raise InputError(f"memory budget {memory_budget / 2**20:.0f} MiB: cuts the prediction into {unit} groups of slices, more than {MAX_UNITS}; give more memory")
+        raise InputError(
+            f"memory budget {memory_budget / 2**20:.0f} MiB: cuts the prediction into {unit} groups of slices, more than {MAX_UNITS}; give more memory"
+        )
     return Plan(
         volume=source.name,
         shape=source.shape,
@@ -193,7 +230,9 @@ def make_plan(
         dtype=str(source.dtype),
         spacing=tuple(float(s) for s in spacing),
         origin=tuple(float(v) for v in origin),  # type: ignore[arg-type]
-        direction=tuple(tuple(float(v) for v in row) for row in (np.eye(3) if direction is None else direction)),
+        direction=tuple(
+            tuple(float(v) for v in row) for row in (np.eye(3) if direction is None else direction)
+        ),
         model_digest=model_digest,
         class_names=list(model.class_names),
         axes=axes,
@@ -205,7 +244,9 @@ def make_plan(
     )
 
 
-def slab_bounds(shape: Sequence[int], axes: Sequence[str], slabs: int) -> list[tuple[str, int, int, int]]:
+def slab_bounds(
+    shape: Sequence[int], axes: Sequence[str], slabs: int
+) -> list[tuple[str, int, int, int]]:
     """``(axis, slab, first unit, end unit)`` of every piece, in plan order.
 
     Each axis' units are cut into ``slabs`` near-equal slabs (fewer if it has fewer units).
@@ -214,7 +255,9 @@ def slab_bounds(shape: Sequence[int], axes: Sequence[str], slabs: int) -> list[t
     for name in axes:
         n_units = axis_grid(name, shape).n_units
         bounds = np.linspace(0, n_units, min(slabs, n_units) + 1).round().astype(int)
-        pieces += [(name, slab, int(a), int(b)) for slab, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+        pieces += [
+            (name, slab, int(a), int(b)) for slab, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))
+        ]
     return pieces
 
 
@@ -249,7 +292,9 @@ class WorkDir:
             write_text_atomic(self.plan_file, plan.to_json())
             return plan
         if stored.arithmetic() != plan.arithmetic():
-            differing = sorted(k for k, v in plan.arithmetic().items() if stored.arithmetic().get(k) != v)
+            differing = sorted(
+                k for k, v in plan.arithmetic().items() if stored.arithmetic().get(k) != v
+            )
             raise InputError(
                 f"{self.path}: work directory of another prediction (different {', '.join(differing)}); "
                 "use another --work-dir or remove it"
@@ -261,7 +306,9 @@ class WorkDir:
             )
         return stored
 
-    def accumulator(self, plan: Plan, piece: Piece | None = None, *, repair: bool = True) -> ZarrAccumulator:
+    def accumulator(
+        self, plan: Plan, piece: Piece | None = None, *, repair: bool = True
+    ) -> ZarrAccumulator:
         """The run's accumulator, or (split mode) the store of ``piece``, verified.
 
         With ``repair`` (the store's owner), chunks found missing or damaged are dropped
@@ -274,7 +321,9 @@ class WorkDir:
         if repair and path in self._open:
             return self._open[path]
         cache = memory_split(plan.shape, plan.chunks, len(plan.class_names), plan.memory_budget)[1]
-        store = ZarrAccumulator(path, plan.shape, len(plan.class_names), plan.chunks, cache_bytes=cache, repair=repair)
+        store = ZarrAccumulator(
+            path, plan.shape, len(plan.class_names), plan.chunks, cache_bytes=cache, repair=repair
+        )
         if repair:
             if store.lost:
                 store.flush(_rewound(plan, piece, store))
@@ -300,16 +349,27 @@ def _rewound(plan: Plan, piece: Piece | None, store: ZarrAccumulator) -> dict[st
     def first_group_voting_on_lost(p: Piece, done: int) -> int:
         grid = axis_grid(p.axis, plan.shape)
         for group, (u0, u1) in enumerate(p.groups[:done]):
-            if any(tuple(t.start // c for t, c in zip(tile, plan.chunks)) in lost for tile in group_tiles(grid, plan.chunks, u0, u1)):
+            if any(
+                tuple(t.start // c for t, c in zip(tile, plan.chunks)) in lost
+                for tile in group_tiles(grid, plan.chunks, u0, u1)
+            ):
                 return group
         return done
 
     if piece is not None:
-        return {"groups_done": first_group_voting_on_lost(piece, int(store.state.get("groups_done", 0)))}
+        return {
+            "groups_done": first_group_voting_on_lost(piece, int(store.state.get("groups_done", 0)))
+        }
     if plan.mode == SPLIT:
-        return {"pieces_merged": 0}  # merging adds each piece to a chunk at most once: merge all again
+        return {
+            "pieces_merged": 0
+        }  # merging adds each piece to a chunk at most once: merge all again
     done = store.state.get("groups_done", {})
-    return {"groups_done": {p.key: first_group_voting_on_lost(p, int(done.get(p.key, 0))) for p in plan.pieces}}
+    return {
+        "groups_done": {
+            p.key: first_group_voting_on_lost(p, int(done.get(p.key, 0))) for p in plan.pieces
+        }
+    }
 
 
 def run_pieces(
@@ -363,7 +423,13 @@ def run_pieces(
     working = memory_split(plan.shape, plan.chunks, len(plan.class_names), plan.memory_budget)[0]
     predictor = predictor or SlicePredictor(model, device, memory_budget=working)
     shared = None if split else workdir.accumulator(plan)
-    bar = tqdm(total=sum(len(p.groups) for p in selected), initial=sum(len(p.groups) for p in selected) - len(remaining), desc="SUN predict", unit="group", disable=None if progress else True)
+    bar = tqdm(
+        total=sum(len(p.groups) for p in selected),
+        initial=sum(len(p.groups) for p in selected) - len(remaining),
+        desc="SUN predict",
+        unit="group",
+        disable=None if progress else True,
+    )
     unrecorded: dict[str, int] = {}  # groups done since the last checkpoint, by piece key
     last_checkpoint = time.monotonic()
 
@@ -389,9 +455,14 @@ def run_pieces(
             else:
                 accumulator, unit_number = shared, piece.first_unit + group
             u0, u1 = piece.groups[group]
-            vote_unit(source, predictor, accumulator, grid, unit_number, u0, u1, stats, working // 8)
+            vote_unit(
+                source, predictor, accumulator, grid, unit_number, u0, u1, stats, working // 8
+            )
             unrecorded[piece.key] = group + 1
-            if group + 1 == len(piece.groups) or time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS:
+            if (
+                group + 1 == len(piece.groups)
+                or time.monotonic() - last_checkpoint > CHECKPOINT_SECONDS
+            ):
                 checkpoint()
                 last_checkpoint = time.monotonic()
             count += 1
@@ -402,7 +473,9 @@ def run_pieces(
     return stats, complete
 
 
-def memory_split(shape: Sequence[int], chunks: Sequence[int], num_classes: int, memory_budget: int) -> tuple[int, int]:
+def memory_split(
+    shape: Sequence[int], chunks: Sequence[int], num_classes: int, memory_budget: int
+) -> tuple[int, int]:
     """``(working memory, chunk cache)`` of a file run's memory budget.
 
     The cache pays off when it holds a layer of accumulator chunks across the volume
@@ -431,10 +504,14 @@ def merge_pieces(workdir: WorkDir, plan: Plan, progress: bool = False) -> None:
     missing = [p.name for p in plan.pieces if workdir.recorded_groups(p) < len(p.groups)]
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
-        raise InputError(f"{workdir.path}: {len(missing)} of {len(plan.pieces)} pieces not finished: {shown}")
+        raise InputError(
+            f"{workdir.path}: {len(missing)} of {len(plan.pieces)} pieces not finished: {shown}"
+        )
     accumulator = workdir.accumulator(plan)
     start = int(accumulator.state.get("pieces_merged", 0))
-    for piece in tqdm(plan.pieces[start:], desc="SUN merge", unit="piece", disable=None if progress else True):
+    for piece in tqdm(
+        plan.pieces[start:], desc="SUN merge", unit="piece", disable=None if progress else True
+    ):
         store = workdir.accumulator(plan, piece, repair=False)
         if store.lost:
             raise InputError(
@@ -456,7 +533,9 @@ class Outputs:
     disagreement: Path | None = None
 
 
-def write_outputs(workdir: WorkDir, plan: Plan, outputs: Outputs, progress: bool = False) -> list[Path]:
+def write_outputs(
+    workdir: WorkDir, plan: Plan, outputs: Outputs, progress: bool = False
+) -> list[Path]:
     """Fuse the accumulator chunk by chunk and write the requested outputs.
 
     Labels are uint8; entropy and disagreement float16 where the format can hold it
@@ -480,29 +559,72 @@ def write_outputs(workdir: WorkDir, plan: Plan, outputs: Outputs, progress: bool
     from ...io import Volume, detect_format, write_volume
     from ...io.geometry import geometry_attributes
 
-    if outputs.probabilities is not None and detect_format(outputs.probabilities, for_writing=True) != "zarr":
-        raise InputError(f"{outputs.probabilities}: fused probabilities are 4D (classes, z, y, x) and go to a .zarr store")
+    if (
+        outputs.probabilities is not None
+        and detect_format(outputs.probabilities, for_writing=True) != "zarr"
+    ):
+        raise InputError(
+            f"{outputs.probabilities}: fused probabilities are 4D (classes, z, y, x) and go to a .zarr store"
+        )
     accumulator = workdir.accumulator(plan)
     classes = len(plan.class_names)
     staging = workdir.path / "outputs"
     shutil.rmtree(staging, ignore_errors=True)
     compressor = Blosc("zstd", 3, Blosc.BITSHUFFLE)
-    attributes = {"spacing": list(plan.spacing), **geometry_attributes(plan.origin, plan.direction), "unit": "micrometer", "class_names": plan.class_names, "sun_axes": list(plan.axes)}
-    requested = {name: getattr(outputs, name) for name in ("labels", "entropy", "disagreement", "probabilities")}
+    attributes = {
+        "spacing": list(plan.spacing),
+        **geometry_attributes(plan.origin, plan.direction),
+        "unit": "micrometer",
+        "class_names": plan.class_names,
+        "sun_axes": list(plan.axes),
+    }
+    requested = {
+        name: getattr(outputs, name)
+        for name in ("labels", "entropy", "disagreement", "probabilities")
+    }
     requested = {name: Path(path) for name, path in requested.items() if path is not None}
-    dtypes = {"labels": np.uint8, "entropy": np.float16, "disagreement": np.float16, "probabilities": np.float16}
+    dtypes = {
+        "labels": np.uint8,
+        "entropy": np.float16,
+        "disagreement": np.float16,
+        "probabilities": np.float16,
+    }
     with contextlib.ExitStack() as stack:
         arrays, staged = {}, []
         for name, destination in requested.items():
-            direct = detect_format(destination, for_writing=True) == "zarr" and "::" not in str(destination)
-            target = stack.enter_context(atomic_path(destination)) if direct else staging / f"{name}.zarr"
-            shape, chunks = (plan.shape, plan.chunks) if name != "probabilities" else ((classes, *plan.shape), (classes, *plan.chunks))
-            arrays[name] = zarr.open_array(str(target), mode="w", shape=shape, chunks=chunks, dtype=dtypes[name], compressor=compressor)
-            arrays[name].attrs.update({**attributes, "axes": ["c", "z", "y", "x"] if name == "probabilities" else ["z", "y", "x"]})
+            direct = detect_format(destination, for_writing=True) == "zarr" and "::" not in str(
+                destination
+            )
+            target = (
+                stack.enter_context(atomic_path(destination))
+                if direct
+                else staging / f"{name}.zarr"
+            )
+            shape, chunks = (
+                (plan.shape, plan.chunks)
+                if name != "probabilities"
+                else ((classes, *plan.shape), (classes, *plan.chunks))
+            )
+            arrays[name] = zarr.open_array(
+                str(target),
+                mode="w",
+                shape=shape,
+                chunks=chunks,
+                dtype=dtypes[name],
+                compressor=compressor,
+            )
+            arrays[name].attrs.update(
+                {
+                    **attributes,
+                    "axes": ["c", "z", "y", "x"] if name == "probabilities" else ["z", "y", "x"],
+                }
+            )
             if not direct:
                 staged.append(name)
         regions = list(chunk_regions(plan.shape, plan.chunks))
-        for region in tqdm(regions, desc="SUN fuse", unit="chunk", disable=None if progress else True):
+        for region in tqdm(
+            regions, desc="SUN fuse", unit="chunk", disable=None if progress else True
+        ):
             fused = fuse(accumulator.read(region), len(plan.axes), len(plan.class_names))
             for name, array in arrays.items():
                 array[(slice(None), *region) if name == "probabilities" else region] = fused[name]
@@ -510,7 +632,10 @@ def write_outputs(workdir: WorkDir, plan: Plan, outputs: Outputs, progress: bool
             data = da.from_zarr(arrays[name])
             if name != "labels" and detect_format(requested[name], for_writing=True) != "hdf5":
                 data = data.astype(np.float32)  # TIFF and NIfTI hold no float16
-            write_volume(requested[name], Volume(data, plan.spacing, origin=plan.origin, direction=plan.direction))
+            write_volume(
+                requested[name],
+                Volume(data, plan.spacing, origin=plan.origin, direction=plan.direction),
+            )
     shutil.rmtree(staging, ignore_errors=True)
     return list(requested.values())
 
@@ -577,23 +702,54 @@ def predict_to_files(
         readable = [_box_readable(v) for v in volumes]
         # Lazily read inputs go through raw copies of their chunks (see .mirror).
         channels = [
-            ChunkMirror(r, work.path / "input" / str(i), source_chunks(r, chunks), _chunk_errors(v, r)) if hasattr(r, "chunks") else r
+            ChunkMirror(
+                r, work.path / "input" / str(i), source_chunks(r, chunks), _chunk_errors(v, r)
+            )
+            if hasattr(r, "chunks")
+            else r
             for i, (v, r) in enumerate(zip(volumes, readable))
         ]
         source = VolumeSource(channels, name=", ".join(str(p) for p in volume_paths))
         spacing = volumes[0].spacing
         _warn_voxel_size(model, spacing)
         plan = make_plan(
-            source, model, file_digest(model_path), axes, slabs=slabs, chunks=chunks, memory_budget=memory_budget, spacing=spacing, mode=SPLIT if piece is not None else SINGLE,
-            origin=volumes[0].origin, direction=volumes[0].direction,
+            source,
+            model,
+            file_digest(model_path),
+            axes,
+            slabs=slabs,
+            chunks=chunks,
+            memory_budget=memory_budget,
+            spacing=spacing,
+            mode=SPLIT if piece is not None else SINGLE,
+            origin=volumes[0].origin,
+            direction=volumes[0].direction,
         )
         plan = work.adopt(plan)
         started = time.perf_counter()
         if piece is not None:
             chosen = plan.find_piece(piece)
-            stats, complete = run_pieces(work, plan, source, model, [chosen], device=device, max_groups=max_groups, progress=progress)
-            return {"complete": complete, "written": [], "stats": stats, "workdir": work.path, "plan": plan, "seconds": time.perf_counter() - started}
-        stats, complete = run_pieces(work, plan, source, model, device=device, max_groups=max_groups, progress=progress)
+            stats, complete = run_pieces(
+                work,
+                plan,
+                source,
+                model,
+                [chosen],
+                device=device,
+                max_groups=max_groups,
+                progress=progress,
+            )
+            return {
+                "complete": complete,
+                "written": [],
+                "stats": stats,
+                "workdir": work.path,
+                "plan": plan,
+                "seconds": time.perf_counter() - started,
+            }
+        stats, complete = run_pieces(
+            work, plan, source, model, device=device, max_groups=max_groups, progress=progress
+        )
         written = write_outputs(work, plan, outputs, progress) if complete else []
     except InputError:
         # A bad input found on the way (a corrupt chunk): remove what this run began. A
@@ -604,19 +760,32 @@ def predict_to_files(
         raise
     if complete and not keep_work:
         remove_work_folder(work.path)
-    return {"complete": complete, "written": written, "stats": stats, "workdir": work.path, "plan": plan, "seconds": time.perf_counter() - started}
+    return {
+        "complete": complete,
+        "written": written,
+        "stats": stats,
+        "workdir": work.path,
+        "plan": plan,
+        "seconds": time.perf_counter() - started,
+    }
 
 
-def merge_to_files(workdir: str | Path, outputs: Outputs, *, keep_work: bool = False, progress: bool = False) -> list[Path]:
+def merge_to_files(
+    workdir: str | Path, outputs: Outputs, *, keep_work: bool = False, progress: bool = False
+) -> list[Path]:
     """Fuse the pieces of a split-mode work directory and write the outputs."""
     work = WorkDir(workdir)
     if discard_if_invalid(work.path):
-        raise InputError(f"{workdir}: was being removed after its outputs were written (a clean-up was interrupted); nothing left to merge")
+        raise InputError(
+            f"{workdir}: was being removed after its outputs were written (a clean-up was interrupted); nothing left to merge"
+        )
     plan = work.load_plan()
     if plan is None:
         raise InputError(f"{workdir}: not a SUN work directory (no plan.json)")
     if plan.mode != SPLIT:
-        raise InputError(f"{workdir}: a single-mode work directory; finish it with mdlma sun predict (no merge needed)")
+        raise InputError(
+            f"{workdir}: a single-mode work directory; finish it with mdlma sun predict (no merge needed)"
+        )
     merge_pieces(work, plan, progress)
     written = write_outputs(work, plan, outputs, progress)
     if not keep_work:
@@ -658,4 +827,8 @@ def default_workdir(labels_path: str | Path) -> Path:
 def _warn_voxel_size(model: SunModel, spacing: Sequence[float]) -> None:
     ratio = np.asarray(spacing, float) / np.asarray(model.voxel_size, float)
     if np.any(np.abs(ratio - 1) > 0.1):
-        logger.warning("volume voxel size %s differs from the training data's %s; results may suffer", tuple(spacing), model.voxel_size)
+        logger.warning(
+            "volume voxel size %s differs from the training data's %s; results may suffer",
+            tuple(spacing),
+            model.voxel_size,
+        )

@@ -57,8 +57,11 @@ class UNetConfig:
             (self.base_width >= 1, "base_width must be >= 1"),
             (self.norm in NORMS, f"norm must be one of {', '.join(NORMS)}"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
-            (self.input_size >= 2 ** (self.depth - 1) and self.input_size % 2 ** (self.depth - 1) == 0,
-             f"input_size must be a multiple of 2**(depth-1) = {2 ** (self.depth - 1)}"),
+            (
+                self.input_size >= 2 ** (self.depth - 1)
+                and self.input_size % 2 ** (self.depth - 1) == 0,
+                f"input_size must be a multiple of 2**(depth-1) = {2 ** (self.depth - 1)}",
+            ),
             (self.max_width >= self.base_width, "max_width must be >= base_width"),
         )
         for ok, message in checks:
@@ -92,7 +95,11 @@ class ConvBlock(nn.Sequential):
         bias = norm == "none"
         layers: list[nn.Module] = []
         for channels in (in_channels, out_channels):
-            layers += [nn.Conv2d(channels, out_channels, 3, padding=1, bias=bias), _norm(norm, out_channels), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(channels, out_channels, 3, padding=1, bias=bias),
+                _norm(norm, out_channels),
+                nn.ReLU(inplace=True),
+            ]
         if dropout > 0:
             layers.append(nn.Dropout2d(dropout))
         super().__init__(*layers)
@@ -128,7 +135,9 @@ class UNet2D(nn.Module):
         self.decoder = nn.ModuleList()
         for level in reversed(range(config.depth - 1)):
             self.upsample.append(nn.ConvTranspose2d(widths[level + 1], widths[level], 2, stride=2))
-            self.decoder.append(ConvBlock(2 * widths[level], widths[level], config.norm, deep(level)))
+            self.decoder.append(
+                ConvBlock(2 * widths[level], widths[level], config.norm, deep(level))
+            )
         self.head = nn.Conv2d(widths[0], config.num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

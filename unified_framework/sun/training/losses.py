@@ -8,13 +8,20 @@ import torch
 
 def class_weights(labels: list[np.ndarray], classes: int) -> np.ndarray:
     """Inverse square-root class frequencies, normalised to mean 1 (absent classes get the largest)."""
-    counts = sum(np.bincount(lab.ravel(), minlength=classes)[:classes].astype(np.float64) for lab in labels)
+    counts = sum(
+        np.bincount(lab.ravel(), minlength=classes)[:classes].astype(np.float64) for lab in labels
+    )
     frequency = counts / counts.sum()
     weights = 1.0 / np.sqrt(np.maximum(frequency, frequency[frequency > 0].min()))
     return (weights / weights.mean()).astype(np.float32)
 
 
-def soft_dice_ce_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def soft_dice_ce_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    valid: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Weighted cross-entropy plus (1 - mean soft Dice), both over valid pixels.
 
     Parameters
@@ -40,7 +47,6 @@ def soft_dice_ce_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.
     denominator = p.sum(dim=(0, 2, 3)) + t.sum(dim=(0, 2, 3))
     dice = (2 * intersection + 1e-5) / (denominator + 1e-5)
     return cross_entropy + (1 - dice.mean())
-
 
 
 def dice_per_class(predicted: np.ndarray, truth: np.ndarray, classes: int) -> np.ndarray:

@@ -6,8 +6,8 @@ slices get soft targets (interpolated probabilities) and labels are never interp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -34,10 +34,14 @@ class TrainingVolume:
 
     def read_one_hot(self, region, classes: int) -> np.ndarray:
         block = self.labels[tuple(region)]
-        return (np.arange(classes, dtype=np.uint8).reshape(-1, 1, 1, 1) == block[None]).astype(np.float32)
+        return (np.arange(classes, dtype=np.uint8).reshape(-1, 1, 1, 1) == block[None]).astype(
+            np.float32
+        )
 
 
-def split_volume(volume: TrainingVolume, val_fraction: float) -> tuple[TrainingVolume, TrainingVolume | None]:
+def split_volume(
+    volume: TrainingVolume, val_fraction: float
+) -> tuple[TrainingVolume, TrainingVolume | None]:
     """Split along ``z``: the first part trains, the last ``val_fraction`` validates."""
     depth = volume.labels.shape[0]
     n_val = int(round(val_fraction * depth))
@@ -65,7 +69,14 @@ class PatchSampler:
         in the slice (as nnU-Net oversamples foreground).
     """
 
-    def __init__(self, volumes: Sequence[TrainingVolume], axes: Sequence[str], classes: int, patch_size: int, foreground_fraction: float = 0.33) -> None:
+    def __init__(
+        self,
+        volumes: Sequence[TrainingVolume],
+        axes: Sequence[str],
+        classes: int,
+        patch_size: int,
+        foreground_fraction: float = 0.33,
+    ) -> None:
         self.volumes = list(volumes)
         self.axes = list(axes)
         self.classes = classes
@@ -74,10 +85,14 @@ class PatchSampler:
         sizes = np.array([v.labels.size for v in self.volumes], dtype=np.float64)
         self.volume_weights = sizes / sizes.sum()
         self.grids: dict[tuple[int, str], AxisGrid] = {
-            (i, name): axis_grid(name, v.labels.shape) for i, v in enumerate(self.volumes) for name in self.axes
+            (i, name): axis_grid(name, v.labels.shape)
+            for i, v in enumerate(self.volumes)
+            for name in self.axes
         }
 
-    def sample(self, rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample(
+        self, rng: np.random.Generator, count: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``count`` patches: images ``(n, channels, P, P)``, targets ``(n, classes, P, P)``, valid ``(n, P, P)``."""
         patches = [self._one(rng) for _ in range(count)]
         return tuple(np.stack(parts) for parts in zip(*patches))  # type: ignore[return-value]
@@ -92,15 +107,22 @@ class PatchSampler:
             inside = slice_footprint(grid, i, i + 1)[0]
         channels = volume.image.shape[0]
         image = sample_slices(volume.read_image, grid, i, i + 1, channels)[0]
-        target = sample_slices(lambda r: volume.read_one_hot(r, self.classes), grid, i, i + 1, self.classes)[0]
+        target = sample_slices(
+            lambda r: volume.read_one_hot(r, self.classes), grid, i, i + 1, self.classes
+        )[0]
         return self._crop(rng, image, target, inside)
 
-    def _crop(self, rng: np.random.Generator, image: np.ndarray, target: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _crop(
+        self, rng: np.random.Generator, image: np.ndarray, target: np.ndarray, inside: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A ``patch_size`` window; only columns inside the volume count in the loss."""
         size = self.patch_size
         rows = image.shape[1]
         columns = np.flatnonzero(inside)
-        lo_col, hi_col = int(columns[0]), int(columns[-1]) + 1  # the footprint is one run of columns
+        lo_col, hi_col = (
+            int(columns[0]),
+            int(columns[-1]) + 1,
+        )  # the footprint is one run of columns
         centre = None
         if rng.random() < self.foreground_fraction:
             hard = target[:, :, lo_col:hi_col].argmax(axis=0)
@@ -128,7 +150,9 @@ class PatchSampler:
         return image, target, valid
 
 
-def augment(rng: np.random.Generator, images: np.ndarray, targets: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def augment(
+    rng: np.random.Generator, images: np.ndarray, targets: np.ndarray, valid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Random flips, 90-degree rotations, blur, intensity scale/shift and Gaussian noise.
 
     Works on normalised images ``(n, channels, P, P)``; geometry changes apply to
@@ -148,7 +172,9 @@ def augment(rng: np.random.Generator, images: np.ndarray, targets: np.ndarray, v
         patch = np.rot90(valid[n], turns)
         valid[n] = patch[..., ::-1] if flip else patch
         if rng.random() < 0.3:
-            images[n] = ndimage.gaussian_filter(images[n], (0, rng.uniform(0.3, 0.8), rng.uniform(0.3, 0.8)), mode="nearest")
+            images[n] = ndimage.gaussian_filter(
+                images[n], (0, rng.uniform(0.3, 0.8), rng.uniform(0.3, 0.8)), mode="nearest"
+            )
         images[n] = images[n] * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
         images[n] += rng.normal(0, rng.uniform(0, 0.1), images[n].shape).astype(np.float32)
     return images, targets, valid

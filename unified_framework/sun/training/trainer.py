@@ -16,10 +16,11 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -107,15 +108,30 @@ class TrainingConfig:
     amp: bool | None = None
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "steps", "val_every", "val_patches", "checkpoint_every", "log_every"):
+        for name in (
+            "batch_size",
+            "steps",
+            "val_every",
+            "val_patches",
+            "checkpoint_every",
+            "log_every",
+        ):
             if int(getattr(self, name)) < 1:
-                raise InputError(f"training: {name}={getattr(self, name)!r}; expected a positive integer")
+                raise InputError(
+                    f"training: {name}={getattr(self, name)!r}; expected a positive integer"
+                )
         if not 0 <= self.val_fraction < 1:
-            raise InputError(f"training: val_fraction={self.val_fraction!r}; expected 0 <= value < 1")
+            raise InputError(
+                f"training: val_fraction={self.val_fraction!r}; expected 0 <= value < 1"
+            )
         if self.learning_rate <= 0 or not math.isfinite(self.learning_rate):
-            raise InputError(f"training: learning_rate={self.learning_rate!r}; expected a positive number")
+            raise InputError(
+                f"training: learning_rate={self.learning_rate!r}; expected a positive number"
+            )
         parse_axes(self.axes)
-        UNetConfig(1, 2, self.depth, self.base_width, self.norm, self.dropout, self.input_size)  # check the sizes early
+        UNetConfig(
+            1, 2, self.depth, self.base_width, self.norm, self.dropout, self.input_size
+        )  # check the sizes early
 
 
 @dataclass
@@ -132,7 +148,12 @@ class TrainingResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def prepare_pairs(images: Sequence[Any], labels: Sequence[Any], names: Sequence[str] | None = None, num_classes: int | None = None) -> tuple[list[TrainingVolume], int, str]:
+def prepare_pairs(
+    images: Sequence[Any],
+    labels: Sequence[Any],
+    names: Sequence[str] | None = None,
+    num_classes: int | None = None,
+) -> tuple[list[TrainingVolume], int, str]:
     """Check (image, labels) pairs and convert them for training.
 
     Returns
@@ -150,7 +171,9 @@ def prepare_pairs(images: Sequence[Any], labels: Sequence[Any], names: Sequence[
         beyond ``num_classes``, NaN/infinite image values.
     """
     if not images or len(images) != len(labels):
-        raise InputError(f"training: got {len(images)} images and {len(labels)} label volumes; expected matching, non-empty lists")
+        raise InputError(
+            f"training: got {len(images)} images and {len(labels)} label volumes; expected matching, non-empty lists"
+        )
     names = list(names) if names else [f"pair {i}" for i in range(len(images))]
     volumes, dtypes, top = [], set(), 0
     for name, image, label in zip(names, images, labels):
@@ -158,24 +181,38 @@ def prepare_pairs(images: Sequence[Any], labels: Sequence[Any], names: Sequence[
         if image.ndim == 3:
             image = image[None]
         if image.ndim != 4:
-            raise InputError(f"{name}: image has shape {image.shape}; expected (z, y, x) or (channels, z, y, x)")
+            raise InputError(
+                f"{name}: image has shape {image.shape}; expected (z, y, x) or (channels, z, y, x)"
+            )
         if label.shape != image.shape[1:]:
-            raise InputError(f"{name}: labels have shape {label.shape} but the image {image.shape[1:]}; expected the same (z, y, x)")
+            raise InputError(
+                f"{name}: labels have shape {label.shape} but the image {image.shape[1:]}; expected the same (z, y, x)"
+            )
         if image.dtype.kind not in "uif":
             raise InputError(f"{name}: image dtype {image.dtype}; expected real numbers")
         if label.dtype.kind not in "ui":
-            raise InputError(f"{name}: labels have dtype {label.dtype}; expected integer class indices")
+            raise InputError(
+                f"{name}: labels have dtype {label.dtype}; expected integer class indices"
+            )
         if image.dtype.kind == "f" and not np.isfinite(image).all():
-            raise InputError(f"{name}: image contains NaN or infinite values; expected finite numbers")
+            raise InputError(
+                f"{name}: image contains NaN or infinite values; expected finite numbers"
+            )
         if label.size and label.min() < 0:
-            raise InputError(f"{name}: labels contain negative values; expected class indices 0..N-1")
+            raise InputError(
+                f"{name}: labels contain negative values; expected class indices 0..N-1"
+            )
         top = max(top, int(label.max()) if label.size else 0)
         dtypes.add(str(image.dtype))
         volumes.append(TrainingVolume(image.astype(np.float32), label.astype(np.uint8)))
     if len({v.image.shape[0] for v in volumes}) != 1:
-        raise InputError("training: images have different numbers of channels; expected the same for all")
+        raise InputError(
+            "training: images have different numbers of channels; expected the same for all"
+        )
     if len(dtypes) != 1:
-        raise InputError(f"training: images have different dtypes {sorted(dtypes)}; expected one (the model records it)")
+        raise InputError(
+            f"training: images have different dtypes {sorted(dtypes)}; expected one (the model records it)"
+        )
     classes = num_classes or top + 1
     if top >= classes:
         raise InputError(f"training: labels go up to {top} but num_classes is {classes}")
@@ -250,48 +287,94 @@ def train_sun(
 
     config = config or TrainingConfig()
     model_path = Path(model_path)
-    metrics_path = Path(metrics_path) if metrics_path else model_path.with_name(model_path.name + ".metrics.jsonl")
-    checkpoint_path = Path(checkpoint_path) if checkpoint_path else model_path.with_name(model_path.name + ".checkpoint.pt")
+    metrics_path = (
+        Path(metrics_path)
+        if metrics_path
+        else model_path.with_name(model_path.name + ".metrics.jsonl")
+    )
+    checkpoint_path = (
+        Path(checkpoint_path)
+        if checkpoint_path
+        else model_path.with_name(model_path.name + ".checkpoint.pt")
+    )
     volumes, classes, input_dtype = prepare_pairs(images, labels, sources, num_classes)
     class_names = list(class_names) if class_names else [f"class {c}" for c in range(classes)]
     if len(class_names) != classes:
         raise InputError(f"training: {len(class_names)} class names for {classes} classes")
     axes = parse_axes(config.axes)
     channels = volumes[0].image.shape[0]
-    architecture = UNetConfig(channels, classes, config.depth, config.base_width, config.norm, config.dropout, config.input_size)
+    architecture = UNetConfig(
+        channels,
+        classes,
+        config.depth,
+        config.base_width,
+        config.norm,
+        config.dropout,
+        config.input_size,
+    )
     device = resolve_device(config.device)
     amp = (device.type == "cuda") if config.amp is None else bool(config.amp)
 
     held_out: list[TrainingVolume] = []
     if len(val_images) or len(val_labels):
-        val_sources = list(val_sources) if val_sources else [f"validation pair {i}" for i in range(len(val_images))]
+        val_sources = (
+            list(val_sources)
+            if val_sources
+            else [f"validation pair {i}" for i in range(len(val_images))]
+        )
         held_out, _, val_dtype = prepare_pairs(val_images, val_labels, val_sources, classes)
         if held_out[0].image.shape[0] != channels or val_dtype != input_dtype:
-            raise InputError(f"{val_sources[0]}: {held_out[0].image.shape[0]} channel(s) of {val_dtype}; expected "
-                             f"{channels} of {input_dtype} like the training images")
+            raise InputError(
+                f"{val_sources[0]}: {held_out[0].image.shape[0]} channel(s) of {val_dtype}; expected "
+                f"{channels} of {input_dtype} like the training images"
+            )
         train_volumes, val_volumes = volumes, held_out
     else:
         splits = [split_volume(v, config.val_fraction) for v in volumes]  # views into ``volumes``
         train_volumes = [train for train, _ in splits]
         val_volumes = [val for _, val in splits if val is not None]
     normalization = Normalization.fit([v.image for v in train_volumes], seed=config.seed)
-    for volume in [*volumes, *held_out]:  # normalise in place once (views follow); patches come from normalised data
+    for volume in [
+        *volumes,
+        *held_out,
+    ]:  # normalise in place once (views follow); patches come from normalised data
         normalization.apply(volume.image, channel_axis=0)
-    weights = class_weights([v.labels for v in train_volumes], classes) if config.class_weighting else np.ones(classes, np.float32)
-    sampler = PatchSampler(train_volumes, axes, classes, config.input_size, config.foreground_fraction)
+    weights = (
+        class_weights([v.labels for v in train_volumes], classes)
+        if config.class_weighting
+        else np.ones(classes, np.float32)
+    )
+    sampler = PatchSampler(
+        train_volumes, axes, classes, config.input_size, config.foreground_fraction
+    )
     validation = None
     if val_volumes:
         val_rng = np.random.default_rng([config.seed, 1])
-        validation = PatchSampler(val_volumes, axes, classes, config.input_size, config.foreground_fraction).sample(val_rng, config.val_patches)
+        validation = PatchSampler(
+            val_volumes, axes, classes, config.input_size, config.foreground_fraction
+        ).sample(val_rng, config.val_patches)
 
     torch.manual_seed(config.seed)
     network = UNet2D(architecture).to(device)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     weight_tensor = torch.from_numpy(weights).to(device)
     rng = np.random.default_rng([config.seed, 0])
-    state = {"step": 0, "best_score": -math.inf, "best_step": 0, "bad_validations": 0, "best_state": None, "stopped_early": False}
-    identity = {"config": asdict(config), "architecture": asdict(architecture), "class_names": class_names}
+    state = {
+        "step": 0,
+        "best_score": -math.inf,
+        "best_step": 0,
+        "bad_validations": 0,
+        "best_state": None,
+        "stopped_early": False,
+    }
+    identity = {
+        "config": asdict(config),
+        "architecture": asdict(architecture),
+        "class_names": class_names,
+    }
     if resume and checkpoint_path.is_file():
         state = _load_checkpoint(checkpoint_path, identity, network, optimizer, scaler, rng, device)
         truncate_metrics(metrics_path, state["step"])
@@ -330,14 +413,24 @@ def train_sun(
         mask = valid_v > 0
         dice = dice_per_class(np.concatenate(predicted)[mask], targets_v.argmax(1)[mask], classes)
         foreground = dice[1:][~np.isnan(dice[1:])]
-        return {"loss": float(np.mean(losses)), "dice": _named(dice, class_names), "mean_dice": float(foreground.mean()) if foreground.size else 0.0}
+        return {
+            "loss": float(np.mean(losses)),
+            "dice": _named(dice, class_names),
+            "mean_dice": float(foreground.mean()) if foreground.size else 0.0,
+        }
 
     network.train()
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
     window_start, window_pixels = time.perf_counter(), 0
     steps_this_run = 0
-    bar = tqdm(total=config.steps, initial=state["step"], desc="SUN train", unit="step", disable=None if progress else True)
+    bar = tqdm(
+        total=config.steps,
+        initial=state["step"],
+        desc="SUN train",
+        unit="step",
+        disable=None if progress else True,
+    )
     # Every step allocates the same activations and gradients again (see utils.heap).
     with reuse_freed_memory():
         while state["step"] < config.steps and not state["stopped_early"]:
@@ -359,7 +452,9 @@ def train_sun(
                 logits = network(x)
             loss = soft_dice_ce_loss(logits, t, v, weight_tensor)
             if not torch.isfinite(loss.detach()):
-                raise InputError(f"training diverged at step {step} (loss {loss.item()}); lower the learning rate")
+                raise InputError(
+                    f"training diverged at step {step} (loss {loss.item()}); lower the learning rate"
+                )
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -369,7 +464,9 @@ def train_sun(
             bar.update()
             if step % config.log_every == 0 or step == config.steps:
                 mask = valid_b > 0
-                dice = dice_per_class(logits.argmax(1).cpu().numpy()[mask], targets_b.argmax(1)[mask], classes)
+                dice = dice_per_class(
+                    logits.argmax(1).cpu().numpy()[mask], targets_b.argmax(1)[mask], classes
+                )
                 elapsed = time.perf_counter() - window_start
                 line = {
                     "step": step,
@@ -389,26 +486,41 @@ def train_sun(
                 improved = scores["mean_dice"] > state["best_score"] + 1e-4
                 if improved:
                     state.update(best_score=scores["mean_dice"], best_step=step, bad_validations=0)
-                    state["best_state"] = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+                    state["best_state"] = {
+                        k: v.detach().cpu().clone() for k, v in network.state_dict().items()
+                    }
                 else:
                     state["bad_validations"] += 1
                     if config.patience and state["bad_validations"] >= config.patience:
                         state["stopped_early"] = True
-                line = {"step": step, "phase": "val", **scores, "best": improved, "time_s": time.perf_counter() - started}
+                line = {
+                    "step": step,
+                    "phase": "val",
+                    **scores,
+                    "best": improved,
+                    "time_s": time.perf_counter() - started,
+                }
                 append_metrics(metrics_path, line)
                 history.append(line)
             if step % config.checkpoint_every == 0 or state["stopped_early"]:
                 save_checkpoint()
     bar.close()
     finished = state["step"] >= config.steps or state["stopped_early"]
-    best_state = state["best_state"] or {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    best_state = state["best_state"] or {
+        k: v.detach().cpu() for k, v in network.state_dict().items()
+    }
     provenance = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "framework_version": __version__,
         "torch_version": str(torch.__version__),
         "device": str(device),
-        "training_data": [{"name": n, "shape": list(v.labels.shape)} for n, v in zip(sources or [f"pair {i}" for i in range(len(volumes))], volumes)],
-        "validation_data": [{"name": n, "shape": list(v.labels.shape)} for n, v in zip(val_sources or [], held_out)],
+        "training_data": [
+            {"name": n, "shape": list(v.labels.shape)}
+            for n, v in zip(sources or [f"pair {i}" for i in range(len(volumes))], volumes)
+        ],
+        "validation_data": [
+            {"name": n, "shape": list(v.labels.shape)} for n, v in zip(val_sources or [], held_out)
+        ],
         "config": asdict(config),
         "class_weights": weights.tolist(),
         "steps": state["step"],
@@ -417,25 +529,49 @@ def train_sun(
         "stopped_early": state["stopped_early"],
         "finished": finished,
     }
-    model = SunModel(architecture, best_state, normalization, class_names, tuple(float(v) for v in voxel_size), axes, input_dtype, provenance)
+    model = SunModel(
+        architecture,
+        best_state,
+        normalization,
+        class_names,
+        tuple(float(v) for v in voxel_size),
+        axes,
+        input_dtype,
+        provenance,
+    )
     save_model(model_path, model)
-    return TrainingResult(model, model_path, state["step"], state["best_step"], state["best_score"], state["stopped_early"], metrics_path, history)
+    return TrainingResult(
+        model,
+        model_path,
+        state["step"],
+        state["best_step"],
+        state["best_score"],
+        state["stopped_early"],
+        metrics_path,
+        history,
+    )
 
 
 def _named(scores: np.ndarray, names: Sequence[str]) -> dict[str, float | None]:
     return {name: (None if np.isnan(value) else float(value)) for name, value in zip(names, scores)}
 
 
-def _load_checkpoint(path: Path, identity: dict, network, optimizer, scaler, rng: np.random.Generator, device) -> dict[str, Any]:
+def _load_checkpoint(
+    path: Path, identity: dict, network, optimizer, scaler, rng: np.random.Generator, device
+) -> dict[str, Any]:
     import torch
 
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
         stored_identity = json.loads(payload["identity"])
     except Exception as exc:  # damaged or foreign file
-        raise InputError(f"{path}: not a readable SUN training checkpoint ({type(exc).__name__}); remove it or train without resume") from None
+        raise InputError(
+            f"{path}: not a readable SUN training checkpoint ({type(exc).__name__}); remove it or train without resume"
+        ) from None
     if stored_identity != json.loads(json.dumps(identity)):
-        raise InputError(f"{path}: checkpoint of a different training configuration; remove it or train without resume (--no-resume)")
+        raise InputError(
+            f"{path}: checkpoint of a different training configuration; remove it or train without resume (--no-resume)"
+        )
     network.load_state_dict(payload["network"])
     optimizer.load_state_dict(payload["optimizer"])
     scaler.load_state_dict(payload["scaler"])
