@@ -532,6 +532,32 @@ def test_unknown_template_lists_the_known_ones():
         hpc.load_template("no-such-template")
 
 
+@pytest.mark.parametrize(
+    ("gres", "gpus"),
+    [
+        ("gpu", 1),  # a bare 'gpu' is one GPU
+        ("gpu:2", 2),
+        ("gpu:a100:4(S:0-1)", 4),
+        ("gpu:a100:4(S:0-1),gpu:v100:2,shard:8", 6),  # several entries; only gpu counts
+        ("gpu:a100:2(IDX:0,2),gpu(S:0)", 3),  # commas inside (...) do not split
+        ("gpu:a100:0(IDX:N/A)", 0),  # GresUsed of a node with none allocated
+        ("gpu:a100", 1),
+        ("shard:8", 0),
+        ("(null)", 0),
+        ("", 0),
+        (None, 0),
+    ],
+)
+def test_count_gpus_edge_cases(gres, gpus):
+    assert count_gpus(gres) == gpus
+
+
+def test_parse_duration_refuses_garbage_with_an_input_error():
+    for text in ("soon", "1:2:3:4", "-5", "1-"):
+        with pytest.raises(InputError, match="SLURM time limit"):
+            parse_duration(text)
+
+
 def test_value_parsers():
     assert parse_duration("1-02:03:04") == 93784
     assert parse_duration("00:01.009") == pytest.approx(1.009)

@@ -25,27 +25,40 @@ import pytest
 from conftest_slurm import as_test_user, ensure_test_user, planted_state  # noqa: F401 - fixture
 
 from unified_framework.errors import InputError
+from unified_framework.hpc.slurm import SEP, format_minutes, parse_duration, parse_sinfo
 from unified_framework.hub import serverproxy, singleuser
 from unified_framework.hub.auth import DevAuthenticator, service_account_reason
-from unified_framework.hub.cluster import (
-    Partition,
-    format_minutes,
-    list_modules,
-    parse_gpus,
-    parse_sinfo,
-    parse_time_limit,
-)
+from unified_framework.hub.cluster import list_modules
 from unified_framework.hub.options import SpawnChoices, validate_options
 from unified_framework.hub.spawner import InvalidOptions, MdlmaSlurmSpawner
 
 REPO = Path(__file__).resolve().parents[1]
 
-SINFO = """debug*|1:00:00|2|3900|(null)|up
-batch|7-00:00:00|2|3900|(null)|up
-gpu|2-00:00:00|32|256000|gpu:a100:4(S:0-1)|up
-gpu|2-00:00:00|64+|512000|gpu:a100:8|up
-old|infinite|8|16000|(null)|down
-"""
+# What the hub's options form is built from: the SLURM layer's two sinfo readings
+# (partitions; nodes), as unified_framework.hpc.slurm.sinfo asks for them.
+SINFO_PARTITIONS = "\n".join(
+    SEP.join(f)
+    for f in [
+        ["debug*", "up", "1:00:00", "n/a"],
+        ["batch", "up", "7-00:00:00", "n/a"],
+        ["gpu", "up", "2-00:00:00", "n/a"],
+        ["old", "down", "infinite", "n/a"],
+    ]
+)
+SINFO_NODES = "\n".join(
+    SEP.join(f)
+    for f in [
+        ["n1", "debug*", "idle", "2", "0/2/0/2", "3900", "3000", "(null)", "(null)"],
+        ["n1", "batch", "idle", "2", "0/2/0/2", "3900", "3000", "(null)", "(null)"],
+        ["g1", "gpu", "idle", "32", "0/32/0/32", "256000", "1", "gpu:a100:4(S:0-1)", "(null)"],
+        ["g2", "gpu", "idle", "64", "0/64/0/64", "512000+", "1", "gpu:a100:8", "(null)"],
+        ["o1", "old", "down", "8", "0/0/8/8", "16000", "1", "(null)", "(null)"],
+    ]
+)
+
+
+def up_partitions(partition_text: str = SINFO_PARTITIONS):
+    return [p for p in parse_sinfo(partition_text, SINFO_NODES)[0] if p.available]
 
 
 @pytest.mark.parametrize(
@@ -62,34 +75,40 @@ old|infinite|8|16000|(null)|down
     ],
 )
 def test_parse_time_limit(text, minutes):
-    assert parse_time_limit(text) == minutes
+    # The one SLURM time parser (seconds); a part minute counts as a minute of the limit.
+    seconds = parse_duration(text)
+    assert (None if seconds == float("inf") else -(-seconds // 60)) == minutes
 
 
 def test_parse_time_limit_rejects_garbage():
     with pytest.raises(InputError, match="time limit"):
-        parse_time_limit("soon")
+        parse_duration("soon")
 
 
 def test_format_minutes_round_trips():
     for minutes in (30, 60, 1441, 10080):
-        assert parse_time_limit(format_minutes(minutes)) == minutes
+        assert parse_duration(format_minutes(minutes)) == minutes * 60
     with pytest.raises(InputError):
         format_minutes(0)
 
 
 def test_parse_gpus():
-    assert parse_gpus("(null)") == 0
-    assert parse_gpus("gpu:a100:4(S:0-1)") == 4
-    assert parse_gpus("gpu:2,shard:8") == 2
+    from unified_framework.hpc.slurm import count_gpus
+
+    assert count_gpus("(null)") == 0
+    assert count_gpus("gpu:a100:4(S:0-1)") == 4
+    assert count_gpus("gpu:2,shard:8") == 2
 
 
 def test_parse_sinfo_merges_node_types_and_drops_down_partitions():
-    parts = {p.name: p for p in parse_sinfo(SINFO)}
+    parts = {p.name: p for p in up_partitions()}
     assert list(parts) == ["debug", "batch", "gpu"]
     assert parts["debug"].default and not parts["batch"].default
-    assert parts["gpu"] == Partition("gpu", False, 2880, 64, 512000, 8)
-    with pytest.raises(InputError, match="line 1"):
-        parse_sinfo("debug|1:00:00|2\n")
+    gpu = parts["gpu"]
+    assert (gpu.default, gpu.max_minutes, gpu.max_cpus_per_node) == (False, 2880, 64)
+    assert (gpu.max_memory_mb_per_node, gpu.max_gpus_per_node) == (512000, 8)
+    # A line with too few fields is not a partition.
+    assert parse_sinfo("debug|1:00:00|2\n", SINFO_NODES)[0] == []
 
 
 def test_list_modules(tmp_path):
@@ -109,7 +128,7 @@ def test_list_modules(tmp_path):
 
 @pytest.fixture
 def choices():
-    return SpawnChoices(partitions=parse_sinfo(SINFO), modules=["mdlma/unified-framework/0.1.0"])
+    return SpawnChoices(partitions=up_partitions(), modules=["mdlma/unified-framework/0.1.0"])
 
 
 def test_validate_options_defaults_and_form_lists(choices):
@@ -182,7 +201,9 @@ def test_options_form_renders_cluster_choices(choices):
         assert f'name="{name}"' in html
     assert 'value="gpu" data-cpus="64"' in html and 'value="old"' not in html
     assert '<option value="8">8</option>' in html  # GPUs offered up to the best node
-    no_gpus = SpawnChoices(partitions=parse_sinfo(SINFO.splitlines()[0]), modules=["<b>x/1</b>"])
+    no_gpus = SpawnChoices(
+        partitions=up_partitions(SINFO_PARTITIONS.splitlines()[0]), modules=["<b>x/1</b>"]
+    )
     html = env.get_template("options_form.html").render(choices=no_gpus)
     assert 'name="gpus" disabled' in html
     assert "<b>x/1</b>" not in html and "&lt;b&gt;x/1&lt;/b&gt;" in html

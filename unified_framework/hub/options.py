@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
+from ..hpc.slurm import Partition, format_minutes
 from ..hpc.validation import check_module, check_partition, check_text
-from .cluster import Partition, format_minutes
 
 #: Run times offered (minutes); each partition shows those within its limit.
 RUNTIME_MINUTES = (30, 60, 120, 240, 480, 720, 1440, 2880, 4320, 10080)
@@ -31,7 +31,7 @@ class SpawnChoices:
     Attributes
     ----------
     partitions : list of Partition
-        Partitions that are up.
+        Partitions that are up (:class:`unified_framework.hpc.Partition`, from ``sinfo``).
     modules : list of str
         Lmod module environments (``name/version``) that can run the server.
     defaults : dict
@@ -62,8 +62,8 @@ class SpawnChoices:
         ] or [part.max_minutes or RUNTIME_MINUTES[0]]
 
     def memories(self, part: Partition) -> list[int]:
-        return [g for g in MEMORY_GB if g * 1024 <= part.memory_mb] or [
-            max(1, part.memory_mb // 1024)
+        return [g for g in MEMORY_GB if g * 1024 <= part.max_memory_mb_per_node] or [
+            max(1, int(part.max_memory_mb_per_node) // 1024)
         ]
 
 
@@ -131,15 +131,17 @@ def validate_options(raw: Mapping[str, Any], choices: SpawnChoices) -> dict[str,
     runtime = _integer(
         raw, "runtime_minutes", defaults["runtime_minutes"], 1, part.max_minutes or 10**6
     )
-    cpus = _integer(raw, "cpus", min(defaults["cpus"], part.cpus), 1, part.cpus)
+    cpus = _integer(
+        raw, "cpus", min(defaults["cpus"], part.max_cpus_per_node), 1, part.max_cpus_per_node
+    )
     memory_gb = _integer(
         raw,
         "memory_gb",
         min(defaults["memory_gb"], max(choices.memories(part))),
         1,
-        max(1, part.memory_mb // 1024),
+        max(1, int(part.max_memory_mb_per_node) // 1024),
     )
-    gpus = _integer(raw, "gpus", 0, 0, part.gpus)
+    gpus = _integer(raw, "gpus", 0, 0, part.max_gpus_per_node)
     module = check_module(_scalar(raw, "module", choices.modules[0]))
     if module not in choices.modules:
         raise InputError(f"module: expected one of {choices.modules}, got {module[:80]!r}")

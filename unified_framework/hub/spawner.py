@@ -24,8 +24,9 @@ from tornado import web
 from traitlets import Float, Integer, List, Unicode, default
 
 from ..errors import BackendUnavailable, InputError
+from ..hpc import slurm
 from ..hpc.slurm import escape_filename_pattern
-from .cluster import list_modules, query_partitions
+from .cluster import list_modules
 from .options import SpawnChoices, validate_options
 
 
@@ -129,9 +130,11 @@ class MdlmaSlurmSpawner(SlurmSpawner):
         if cache is not None and time.monotonic() - cache[0] < self.choices_ttl:
             return cache[1]
         try:
-            partitions = query_partitions()
-        except BackendUnavailable as exc:
+            partitions = [p for p in slurm.sinfo()[0] if p.available]
+        except (BackendUnavailable, slurm.SlurmError) as exc:
             raise SpawnFailed(f"The SLURM cluster does not answer: {exc}") from exc
+        if not partitions:
+            raise SpawnFailed("The SLURM cluster has no partition that is up")
         choices = SpawnChoices(partitions=partitions, modules=list_modules(self.modulepaths))
         MdlmaSlurmSpawner._choices_cache = (time.monotonic(), choices)
         return choices
