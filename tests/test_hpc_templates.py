@@ -20,6 +20,7 @@ from unified_framework.hpc.slurm import (
     SEP,
     count_gpus,
     parse_duration,
+    parse_gres_used,
     parse_memory_mb,
     parse_sinfo,
 )
@@ -550,6 +551,45 @@ def test_unknown_template_lists_the_known_ones():
 )
 def test_count_gpus_edge_cases(gres, gpus):
     assert count_gpus(gres) == gpus
+
+
+def test_gres_used_counts_each_node_once():
+    text = "\n".join(
+        SEP.join(f)
+        for f in [
+            ["g1", "gpu:a100:2(IDX:0-1)", ""],
+            ["g1", "gpu:a100:2(IDX:0-1)", ""],  # the same node again, for another partition
+            ["g2", "gpu:a100:0(IDX:N/A),gpu:v100:1(IDX:0)", ""],
+            ["n1", "(null)", ""],
+        ]
+    )
+    assert parse_gres_used(text) == {"g1": 2, "g2": 1, "n1": 0}
+
+
+def test_job_log_path_of_records_array_tasks_and_foreign_jobs(tmp_path):
+    from unified_framework.hpc import JobEntry, JobRecord, find_record, job_log_path
+
+    record = JobRecord(
+        "t",
+        "slurm",
+        "u",
+        "h",
+        "",
+        str(tmp_path),
+        str(tmp_path / "rec"),
+        [
+            JobEntry("main", "job.sh", "7", array="0-3", log="slurm-%A_%a.out"),
+            JobEntry("merge", "merge.sh", "8"),
+        ],
+    )
+    assert record.log_path("7_3") == tmp_path / "rec" / "slurm-7_3.out"
+    assert record.log_path("8") == tmp_path / "rec" / "slurm-8.out"
+    assert record.log_path("9") is None
+    assert job_log_path("8", tmp_path, record) == tmp_path / "rec" / "slurm-8.out"
+    # A job the framework did not submit: sbatch's default in its working directory.
+    assert find_record(tmp_path, "9") is None
+    assert job_log_path("9", tmp_path) == tmp_path / "slurm-9.out"
+    assert job_log_path("9", "") is None
 
 
 def test_parse_duration_refuses_garbage_with_an_input_error():

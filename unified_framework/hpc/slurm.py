@@ -688,6 +688,33 @@ def parse_sinfo(partition_text: str, node_text: str) -> tuple[list[Partition], l
     return partitions, list(nodes.values())
 
 
+def gpus_in_use() -> dict[str, int]:
+    """GPUs allocated per node, read with ``sinfo -O GresUsed`` (:class:`Node` has the totals)."""
+    text = run_command(
+        ["sinfo", "--noheader", "--all", "--Node", f"--Format=NodeList:{SEP},GresUsed:{SEP}"]
+    )
+    return parse_gres_used(text)
+
+
+def parse_gres_used(text: str) -> dict[str, int]:
+    """Parse :func:`gpus_in_use`'s ``sinfo`` output: node -> GPUs allocated.
+
+    A node listed once per partition counts once (the largest figure).
+
+    Examples
+    --------
+    >>> parse_gres_used(f"g1{SEP}gpu:a100:2(IDX:0-1){SEP}\\ng2{SEP}gpu:0{SEP}\\n")
+    {'g1': 2, 'g2': 0}
+    """
+    used: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split(SEP)
+        name = fields[0].strip()
+        if len(fields) >= 2 and name:
+            used[name] = max(used.get(name, 0), count_gpus(fields[1].strip()))
+    return used
+
+
 def qos_names() -> list[str] | None:
     """QoS names known to the accounting database, or None if it cannot be asked."""
     try:
