@@ -211,6 +211,33 @@ def test_score_and_train_command_lines(workdir):
         local_prepare("sun-train", {**MINIMAL["sun-train"], "axes": 4})
 
 
+def test_jupyter_module_parameter_loads_exactly_that_module(workdir):
+    template = hpc.load_template("jupyter")
+    values = hpc.validate_params(
+        template, {"module": " mdlma/unified-framework/0.1.0 "}, cwd=workdir
+    )
+    assert values["module"] == "mdlma/unified-framework/0.1.0"  # blanks go, after the checks
+    text = hpc.render(template, {**values, "modulepaths": ["/opt/m f"]})[0].text
+    assert "module use '/opt/m f'\n" in text
+    assert "module load mdlma/unified-framework/0.1.0 ||" in text and "mdlma_prefix=" not in text
+    for bad, message in (
+        ("../etc/x", "is not a module name"),
+        ("a; id", "is not a module name"),
+        ("a\nb", "control character"),
+    ):
+        with pytest.raises(InputError, match=message) as caught:
+            hpc.validate_params(template, {"module": bad}, cwd=workdir)
+        assert caught.value.field == "module"
+    with pytest.raises(InputError, match="locked by the administrator"):
+        hpc.validate_params(template, {"modulepaths": "/tmp/evil"}, cwd=workdir)
+    narrowed = hpc.Parameter(**{**vars(template.parameters["module"]), "choices": ("a/1",)})
+    only = hpc.Template(
+        **{**vars(template), "parameters": {**template.parameters, "module": narrowed}}
+    )
+    with pytest.raises(InputError, match="'b/1' is not one of a/1"):
+        hpc.validate_params(only, {"module": "b/1"}, cwd=workdir)
+
+
 def test_jupyter_command_is_locked_but_the_hub_may_change_it(workdir):
     prepared = local_prepare("jupyter", {"port": 8899, "ip": "127.0.0.1"})
     assert (

@@ -86,6 +86,7 @@ class SpawnChoices:
         return [p for p in self.cluster.partitions.values() if p.available]
 
     def partition(self, name: str) -> Partition:
+        """The partition ``name`` if it is up (:class:`InputError` otherwise)."""
         for part in self.partitions:
             if part.name == name:
                 return part
@@ -96,6 +97,7 @@ class SpawnChoices:
 
     @property
     def default_partition(self) -> Partition:
+        """The cluster's default partition, else the first that is up."""
         return next((p for p in self.partitions if p.default), self.partitions[0])
 
     def _limit(self, name: str) -> Any:
@@ -109,23 +111,28 @@ class SpawnChoices:
         return min(limits) if limits else None
 
     def cpus(self, part: Partition) -> int:
+        """Most CPUs a server in ``part`` may have (its largest node, the template's maximum)."""
         return min(part.max_cpus_per_node, self._limit("cpus") or part.max_cpus_per_node)
 
     def gpus(self, part: Partition) -> int:
+        """Most GPUs a server in ``part`` may have (its best node, the template's maximum)."""
         limit = self._limit("gpus") if "gpus" in self.template.parameters else 0
         return min(part.max_gpus_per_node, part.max_gpus_per_node if limit is None else limit)
 
     def memory_mb(self, part: Partition) -> float:
+        """Most memory (MB) a server in ``part`` may have (its largest node, the template's maximum)."""
         limit = parse_memory_mb(str(self._limit("mem") or "").upper().rstrip("B"))
         return min(part.max_memory_mb_per_node, limit or part.max_memory_mb_per_node)
 
     def runtimes(self, part: Partition) -> list[int]:
+        """The run times (minutes) the form offers for ``part``."""
         limit = self.max_minutes(part)
         return [m for m in RUNTIME_MINUTES if limit is None or m <= limit] or [
             limit or RUNTIME_MINUTES[0]
         ]
 
     def memories(self, part: Partition) -> list[int]:
+        """The memory sizes (GB) the form offers for ``part``."""
         return [g for g in MEMORY_GB if g * 1024 <= self.memory_mb(part)] or [
             max(1, int(self.memory_mb(part)) // 1024)
         ]

@@ -38,7 +38,7 @@ from ..hpc import cluster_limits, render, slurm
 from ..hpc.jobs import script_context
 from ..hpc.slurm import escape_filename_pattern
 from .cluster import list_modules
-from .options import FORM_FIELDS, SpawnChoices, validate_options
+from .options import FORM_FIELDS, SpawnChoices, jupyter_template, validate_options
 
 
 class SpawnFailed(RuntimeError):
@@ -215,7 +215,7 @@ class MdlmaSlurmSpawner(SlurmSpawner):
         :func:`validate_options` returned in :meth:`start`.
         """
         params = self._job_params if self._job_params is not None else self.job_params()
-        template = self.cluster_choices().template
+        template = jupyter_template()  # validation narrowed the modules; rendering needs no sinfo
         return render(template, params, script_context(template))[0].text
 
     def get_req_subvars(self) -> dict[str, str]:
