@@ -303,6 +303,15 @@ def _validate_one(
         if len(array_indices(text, field)) > MAX_ARRAY_TASKS:
             raise InputError(f"{field}: at most {MAX_ARRAY_TASKS} array tasks")
         return text
+    if kind == "module":
+        if not text.strip(" "):
+            return ""
+        module = check_module(text, field)
+        if p.choices and module not in p.choices:
+            raise InputError(
+                f"{field}: {_shown(module)} is not one of {', '.join(map(str, p.choices))}"
+            )
+        return module
     if kind == "host":
         if text and not HOST_RE.fullmatch(text):
             raise InputError(f"{field}: {_shown(text)} is not a host name or IP address")
