@@ -155,9 +155,7 @@ def test_sun_predict_renders_array_and_merge_command_lines(workdir):
         f'--work-dir {workdir / "sun-work"} --axes 9 --slabs 2 --piece-index "$SLURM_ARRAY_TASK_ID" --device cpu'
         in predict.text
     )
-    assert (
-        '--memory "$sun_memory"' in predict.text and "SLURM_MEM_PER_NODE" in predict.text
-    )  # the budget follows --mem
+    assert '--job-memory "${SLURM_MEM_PER_NODE:-2048}"' in predict.text  # the budget follows --mem
     assert (
         f"mdlma sun merge {workdir / 'sun-work'} --out {workdir / 'segmentation.tif'}" in merge.text
     )
