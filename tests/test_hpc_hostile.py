@@ -368,8 +368,8 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             device,
             "--threads",
             threads,
-            "--memory",
-            "512",  # (SLURM_MEM_PER_NODE default 2048 - 1024) / 2
+            "--job-memory",
+            "2048",  # SLURM_MEM_PER_NODE's default; the budget is (2048 - 1024) / 2
         ]
     if name == "histology-match":
         axis = {"z": ["1", "0", "0"], "y": ["0", "1", "0"], "x": ["0", "0", "1"]}.get(

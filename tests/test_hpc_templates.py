@@ -156,9 +156,7 @@ def test_sun_predict_renders_array_and_merge_command_lines(workdir):
         f'--work-dir {workdir / "sun-work"} --axes 9 --slabs 2 --piece-index "$SLURM_ARRAY_TASK_ID" --device cpu'
         in predict.text
     )
-    assert (
-        '--memory "$sun_memory"' in predict.text and "SLURM_MEM_PER_NODE" in predict.text
-    )  # the budget follows --mem
+    assert '--job-memory "${SLURM_MEM_PER_NODE:-2048}"' in predict.text  # the budget follows --mem
     assert (
         f"mdlma sun merge {workdir / 'sun-work'} --out {workdir / 'segmentation.tif'}" in merge.text
     )
@@ -317,6 +315,13 @@ def test_validation_normalises_values(workdir):
     assert hpc.validate_params(template, {"script": "sub/../run.py"}, cwd=workdir)["script"] == str(
         workdir / "run.py"
     )
+
+
+def test_every_parameter_type_has_one_validator():
+    from unified_framework.hpc.templates import PARAMETER_TYPES
+    from unified_framework.hpc.validation import VALIDATORS
+
+    assert set(VALIDATORS) == PARAMETER_TYPES
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may read any file (see the next test)")

@@ -222,22 +222,35 @@ def test_zarr_accumulator_cache_loses_nothing_when_killed(tmp_path):
 
 
 def test_file_runs_cache_chunks_only_when_a_layer_fits():
-    from unified_framework.sun.inference.workdir import memory_split
+    from unified_framework.sun.inference.budget import MemoryBudget
+
+    def split(shape, chunks, classes, total):
+        budget = MemoryBudget.for_file_run(total, shape, chunks, classes)
+        assert budget.activations + budget.groups + budget.reading == budget.working
+        return budget.working, budget.chunk_cache
 
     # 256^3, 64^3 chunks, 4 classes: a layer of chunks is 256 x 256 x 64 x 10 bytes = 40 MiB.
-    assert memory_split((256,) * 3, (64,) * 3, 4, 256 * 2**20) == (128 * 2**20, 128 * 2**20)
-    assert memory_split((256,) * 3, (64,) * 3, 4, 64 * 2**20) == (64 * 2**20, 0)
+    assert split((256,) * 3, (64,) * 3, 4, 256 * 2**20) == (128 * 2**20, 128 * 2**20)
+    assert split((256,) * 3, (64,) * 3, 4, 64 * 2**20) == (64 * 2**20, 0)
     # Along x the layer is the whole 256 x 256 x 64 volume (40 MiB), with 16-voxel chunks a quarter.
-    assert memory_split((256, 256, 64), (64,) * 3, 4, 64 * 2**20)[1] == 0
-    assert memory_split((256, 256, 64), (64, 64, 16), 4, 64 * 2**20)[1] == 32 * 2**20
+    assert split((256, 256, 64), (64,) * 3, 4, 64 * 2**20)[1] == 0
+    assert split((256, 256, 64), (64, 64, 16), 4, 64 * 2**20)[1] == 32 * 2**20
+
+
+def test_a_jobs_memory_gives_half_of_what_the_runtime_leaves():
+    from unified_framework.sun.inference.budget import MemoryBudget
+
+    # The sun-predict template passes SLURM_MEM_PER_NODE (default 2048) as --job-memory.
+    assert MemoryBudget.job_budget_mb(2048) == 512 and MemoryBudget.job_budget_mb(900) == 64
 
 
 def test_thin_groups_across_rows_are_warned_about(caplog):
+    from unified_framework.sun.inference.budget import MemoryBudget
     from unified_framework.sun.inference.predictor import THIN_GROUP_UNITS, group_units_by_axis
 
     shape = (64, 512, 512)  # 4 classes + 1 channel: 20 bytes per slice pixel
     with caplog.at_level("WARNING", logger="unified_framework.sun.inference.predictor"):
-        limits = group_units_by_axis(shape, AXIS_NAMES, 4, 1, 16 * 2**20)
+        limits = group_units_by_axis(shape, AXIS_NAMES, 4, 1, MemoryBudget.in_memory(16 * 2**20))
     # 6 MiB for groups: 1 slice of 512 x 512 (z), 9 of 64 x 512 (y and x)
     assert limits["z"] == 1 and limits["y"] == limits["x"] == 9
     assert all(limits[name] < THIN_GROUP_UNITS for name in ("y+x", "y-x", "z+y", "z-y"))
@@ -247,7 +260,7 @@ def test_thin_groups_across_rows_are_warned_about(caplog):
     assert len(warnings) == 1 and "along y+x, y-x, z+x, z-x;" in warnings[0], warnings
     caplog.clear()
     with caplog.at_level("WARNING", logger="unified_framework.sun.inference.predictor"):
-        group_units_by_axis(shape, AXIS_NAMES, 4, 1, 2048 * 2**20)
+        group_units_by_axis(shape, AXIS_NAMES, 4, 1, MemoryBudget.in_memory(2048 * 2**20))
     assert not caplog.records
 
 

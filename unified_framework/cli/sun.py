@@ -206,12 +206,19 @@ def _register_predict(actions) -> None:
         metavar="I",
         help="run only piece I of 'mdlma sun plan' (SLURM array index)",
     )
-    predict.add_argument(
+    budget = predict.add_mutually_exclusive_group()
+    budget.add_argument(
         "--memory",
         type=int,
-        default=512,
+        default=None,
         metavar="MB",
         help="memory budget: half for activations, slices and reading, half caching accumulator chunks (default 512)",
+    )
+    budget.add_argument(
+        "--job-memory",
+        type=int,
+        metavar="MB",
+        help="the job's memory instead of --memory: the budget is half of what the runtime (1 GB) leaves, at least 64 MB",
     )
     predict.add_argument(
         "--chunks",
@@ -395,10 +402,15 @@ def _train(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..sun.inference import predict_to_files
+    from ..sun.inference.budget import MemoryBudget
 
     _set_threads(args)
-    if args.memory < 16:
-        raise InputError(f"--memory {args.memory}: expected at least 16 MB")
+    if args.job_memory is not None:
+        memory_mb = MemoryBudget.job_budget_mb(args.job_memory)
+    else:
+        memory_mb = 512 if args.memory is None else args.memory
+        if memory_mb < 16:
+            raise InputError(f"--memory {memory_mb}: expected at least 16 MB")
     piece = args.piece if args.piece is not None else args.piece_index
     result = predict_to_files(
         args.volume,
@@ -409,7 +421,7 @@ def _predict(args: argparse.Namespace) -> int:
         slabs=args.slabs,
         piece=piece,
         chunks=args.chunks,
-        memory_budget=args.memory * 2**20,
+        memory_budget=memory_mb * 2**20,
         device=args.device,
         max_groups=args.max_groups,
         keep_work=args.keep_work,

@@ -35,6 +35,7 @@ from .jobs import (
 )
 from .records import JobEntry, JobRecord, find_record, job_log_path, list_records, load_record
 from .render import RenderedJob, render
+from .settings import HpcSettings
 from .slurm import (
     FINISHED_STATES,
     JobAccounting,
@@ -52,6 +53,7 @@ __all__ = [
     "FINISHED_STATES",
     "ClusterLimits",
     "DiskUsage",
+    "HpcSettings",
     "JobAccounting",
     "JobEntry",
     "JobRecord",

@@ -28,13 +28,13 @@ from typing import Any
 import yaml
 
 from .. import __version__
-from ..config import load_config
 from ..errors import BackendUnavailable, InputError
 from ..shipped import default_prefix
 from ..utils.atomic import write_text_atomic
 from . import local, slurm
 from .records import RECORDS_FOLDER, JobEntry, JobRecord, load_record, new_record_dir
 from .render import RenderedJob, render
+from .settings import HpcSettings
 from .slurm import JobAccounting, JobStatus, Node, Partition
 from .templates import Template, load_template, templates_dir
 from .validation import ClusterLimits, validate_params
@@ -50,22 +50,18 @@ def current_user() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
-def _config(config: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return load_config() if config is None else config
+#: What every public function takes as ``config=`` (see :mod:`.settings`).
+Settings = HpcSettings | Mapping[str, Any] | None
 
 
-def _slurm_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
-    return config.get("slurm") or {}
-
-
-def backend_name(backend: str | None = None, config: Mapping[str, Any] | None = None) -> str:
+def backend_name(backend: str | None = None, config: Settings = None) -> str:
     """``slurm`` or ``local``: the backend to use.
 
     ``backend`` (or ``slurm.backend`` in the configuration) ``auto`` picks SLURM when
     ``sbatch`` is installed. Asking for ``slurm`` where it is missing raises
     :class:`BackendUnavailable`.
     """
-    wanted = backend or _slurm_section(_config(config)).get("backend") or "auto"
+    wanted = backend or HpcSettings.of(config).backend or "auto"
     if wanted not in BACKENDS:
         raise InputError(f"backend {wanted!r}: expected one of {', '.join(BACKENDS)}")
     if wanted == "auto":
@@ -77,27 +73,26 @@ def backend_name(backend: str | None = None, config: Mapping[str, Any] | None = 
     return wanted
 
 
-def install_prefix(config: Mapping[str, Any] | None = None) -> Path:
+def install_prefix(config: Settings = None) -> Path:
     """The framework's install prefix, used by batch scripts without Lmod.
 
     ``slurm.prefix`` in the configuration, else ``$MDLMA_PREFIX``, else
     :func:`unified_framework.shipped.default_prefix` (``<clone>/.mdlma`` in a checkout,
     the folder holding the running venv otherwise).
     """
-    configured = _slurm_section(_config(config)).get("prefix") or os.environ.get("MDLMA_PREFIX")
+    configured = HpcSettings.of(config).prefix or os.environ.get("MDLMA_PREFIX")
     return Path(configured).expanduser().absolute() if configured else default_prefix()
 
 
-def script_context(template: Template, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def script_context(template: Template, config: Settings = None) -> dict[str, Any]:
     """The ``mdlma`` names every script may use: module, prefix, modulepath, template, version."""
-    config = _config(config)
-    section = _slurm_section(config)
-    prefix = install_prefix(config)
+    settings = HpcSettings.of(config)
+    prefix = install_prefix(settings)
     return {
         "mdlma": {
-            "module": section.get("module") or "mdlma/unified-framework",
+            "module": settings.module or "mdlma/unified-framework",
             "prefix": str(prefix),
-            "modulepath": str(section.get("modulepath") or prefix / "modulefiles"),
+            "modulepath": str(settings.modulepath or prefix / "modulefiles"),
             "template": template.name,
             "version": __version__,
         }
@@ -112,21 +107,23 @@ def cluster_limits() -> ClusterLimits:
 
 
 def _with_config_defaults(
-    template: Template, params: Mapping[str, Any], config: Mapping[str, Any]
+    template: Template, params: Mapping[str, Any], settings: HpcSettings
 ) -> dict[str, Any]:
     """Fill partition/account from ``slurm.default_partition``/``default_account`` if unset."""
     values = dict(params)
-    section = _slurm_section(config)
-    for ptype, key in (("partition", "default_partition"), ("account", "default_account")):
+    for ptype, default in (
+        ("partition", settings.default_partition),
+        ("account", settings.default_account),
+    ):
         for name, p in template.parameters.items():
             if (
                 p.type == ptype
                 and name not in values
                 and not p.locked
                 and not p.default
-                and section.get(key)
+                and default
             ):
-                values[name] = section[key]
+                values[name] = default
     return values
 
 
@@ -152,7 +149,7 @@ def prepare(
     backend: str | None = None,
     allow_locked: bool = False,
     check_cluster: bool = True,
-    config: Mapping[str, Any] | None = None,
+    config: Settings = None,
 ) -> PreparedJob:
     """Load, validate and render a template (no side effects).
 
@@ -171,14 +168,14 @@ def prepare(
     check_cluster : bool
         With SLURM, check partition, QoS, CPUs, memory, time and GPUs against ``sinfo``.
     """
-    config = _config(config)
+    settings = HpcSettings.of(config)
     if not isinstance(template, Template):
-        template = load_template(template, templates_dir(config))
-    chosen = backend_name(backend, config)
+        template = load_template(template, templates_dir(settings))
+    chosen = backend_name(backend, settings)
     limits = cluster_limits() if chosen == "slurm" and check_cluster else None
     values = validate_params(
         template,
-        _with_config_defaults(template, params or {}, config),
+        _with_config_defaults(template, params or {}, settings),
         cwd=cwd,
         cluster=limits,
         allow_locked=allow_locked,
@@ -186,7 +183,7 @@ def prepare(
     if chosen == "slurm":
         # The job's log goes under the working directory: refuse now what SLURM cannot write.
         slurm.escape_filename_pattern(values["workdir"], f"{template.name}: workdir")
-    scripts = render(template, values, script_context(template, config))
+    scripts = render(template, values, script_context(template, settings))
     return PreparedJob(template, values, scripts, chosen)
 
 
@@ -247,7 +244,7 @@ def submit(
     after: str | Iterable[str] | None = None,
     hold: bool = False,
     allow_locked: bool = False,
-    config: Mapping[str, Any] | None = None,
+    config: Settings = None,
 ) -> JobRecord:
     """Validate, render and submit a template's jobs; write their record.
 
@@ -269,12 +266,12 @@ def submit(
     SlurmUnavailable
         The controller did not answer.
     """
-    config = _config(config)
+    settings = HpcSettings.of(config)
     prepared = (
         template
         if isinstance(template, PreparedJob)
         else prepare(
-            template, params, cwd=cwd, backend=backend, allow_locked=allow_locked, config=config
+            template, params, cwd=cwd, backend=backend, allow_locked=allow_locked, config=settings
         )
     )
     after_ids = _after_ids(after)
@@ -328,7 +325,7 @@ def submit(
         if prepared.backend == "slurm":
             _submit_slurm(record, folder, after_ids, hold)
         else:
-            local.submit(record, _config(config)["cache_dir"])
+            local.submit(record, settings.cache_dir)
         write_text_atomic(folder / "record.json", record.to_json())
     except BaseException:
         submitted = [e.job_id for e in entries if e.job_id] if prepared.backend == "slurm" else []
@@ -371,12 +368,12 @@ def resubmit(
     changes: Mapping[str, Any] | None = None,
     *,
     backend: str | None = None,
-    config: Mapping[str, Any] | None = None,
+    config: Settings = None,
 ) -> JobRecord:
     """Submit a recorded job again (same template and parameters, optionally changed)."""
     old = record if isinstance(record, JobRecord) else load_record(record)
-    config = _config(config)
-    template = load_template(old.template, templates_dir(config))
+    settings = HpcSettings.of(config)
+    template = load_template(old.template, templates_dir(settings))
     # Locked values are the administrator's: take today's, not the recorded ones.
     params = {
         k: v
@@ -384,7 +381,7 @@ def resubmit(
         if k in template.parameters and not template.parameters[k].locked
     }
     params.update(changes or {})
-    return submit(template, params, backend=backend, config=config)
+    return submit(template, params, backend=backend, config=settings)
 
 
 def _matches(job_id: str, array_job_id: str, wanted: set[str]) -> bool:
@@ -396,7 +393,7 @@ def status(
     *,
     all_users: bool = False,
     backend: str | None = None,
-    config: Mapping[str, Any] | None = None,
+    config: Settings = None,
 ) -> list[JobStatus]:
     """Current state of the user's jobs (one ``squeue`` call; array tasks one per row).
 
@@ -414,18 +411,18 @@ def status(
     SlurmUnavailable
         The controller did not answer after a few retries (states unknown).
     """
-    config = _config(config)
+    settings = HpcSettings.of(config)
     wanted = {str(j) for j in job_ids} if job_ids is not None else None
     user = None if all_users else current_user()
-    if backend_name(backend, config) == "local":
-        jobs = local.status(config["cache_dir"], current_user())
+    if backend_name(backend, settings) == "local":
+        jobs = local.status(settings.cache_dir, current_user())
     else:
         jobs = slurm.squeue(user)
     if wanted is None:
         return jobs
     found = [j for j in jobs if _matches(j.job_id, j.array_job_id, wanted)]
     missing = wanted - {j.job_id for j in found} - {j.array_job_id for j in found}
-    if missing and backend_name(backend, config) == "slurm":
+    if missing and backend_name(backend, settings) == "slurm":
         found += _forgotten(sorted(missing), user)
     return found
 
@@ -471,7 +468,7 @@ def history(
     since: str | None = None,
     all_users: bool = False,
     backend: str | None = None,
-    config: Mapping[str, Any] | None = None,
+    config: Settings = None,
 ) -> list[JobAccounting]:
     """Accounting with efficiency: elapsed, CPU and memory efficiency, exit code, state.
 
@@ -483,9 +480,9 @@ def history(
         Start of the window, any ``sacct --starttime`` form (``now-7days``, ISO date);
         default seven days ago.
     """
-    config = _config(config)
-    if backend_name(backend, config) == "local":
-        records = local.history(config["cache_dir"], current_user())
+    settings = HpcSettings.of(config)
+    if backend_name(backend, settings) == "local":
+        records = local.history(settings.cache_dir, current_user())
         if job_ids is not None:
             wanted = {str(j) for j in job_ids}
             records = [r for r in records if r.job_id in wanted or r.job_id.split("_")[0] in wanted]
@@ -494,15 +491,13 @@ def history(
     return slurm.sacct(ids, None if all_users else current_user(), since or "now-7days")
 
 
-def cancel(
-    job_ids: Sequence[str], *, backend: str | None = None, config: Mapping[str, Any] | None = None
-) -> None:
+def cancel(job_ids: Sequence[str], *, backend: str | None = None, config: Settings = None) -> None:
     """Cancel jobs by id (an array id cancels all its tasks)."""
-    config = _config(config)
+    settings = HpcSettings.of(config)
     if not job_ids:
         raise InputError("cancel: no job ids given")
-    if backend_name(backend, config) == "local":
-        local.cancel(config["cache_dir"], [str(j) for j in job_ids])
+    if backend_name(backend, settings) == "local":
+        local.cancel(settings.cache_dir, [str(j) for j in job_ids])
     else:
         slurm.scancel([str(j) for j in job_ids])
 
@@ -589,14 +584,14 @@ def resources(
     paths: Iterable[str | os.PathLike] | None = None,
     *,
     backend: str | None = None,
-    config: Mapping[str, Any] | None = None,
+    config: Settings = None,
 ) -> Resources:
     """Partitions, nodes (CPUs, GPUs, memory) and disk space of the user's folders.
 
     ``paths`` defaults to the configured ``home`` and the current directory.
     """
-    config = _config(config)
-    chosen = backend_name(backend, config)
+    settings = HpcSettings.of(config)
+    chosen = backend_name(backend, settings)
     if chosen == "slurm":
         partitions, nodes = slurm.sinfo()
     else:
@@ -634,7 +629,7 @@ def resources(
                 max_gpus_per_node=0,
             )
         ]
-    paths = list(paths) if paths is not None else [config["home"], os.getcwd()]
+    paths = list(paths) if paths is not None else [settings.home, os.getcwd()]
     return Resources(chosen, partitions, nodes, disk_usage(paths))
 
 

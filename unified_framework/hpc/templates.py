@@ -39,9 +39,9 @@ from typing import Any
 
 import yaml
 
-from ..config import load_config
 from ..errors import BackendUnavailable, InputError
 from ..shipped import shipped_dir
+from .settings import HpcSettings
 
 #: Parameter types understood by :mod:`.validation`.
 PARAMETER_TYPES = frozenset(
@@ -164,7 +164,7 @@ class Template:
         return {name: p.default for name, p in self.parameters.items()}
 
 
-def templates_dir(config: Mapping[str, Any] | None = None) -> Path:
+def templates_dir(config: HpcSettings | Mapping[str, Any] | None = None) -> Path:
     """Folder holding the template folders.
 
     ``slurm.templates_dir`` in the configuration (``MDLMA_SLURM_TEMPLATES_DIR``) if set,
@@ -176,9 +176,7 @@ def templates_dir(config: Mapping[str, Any] | None = None) -> Path:
     >>> (templates_dir({"slurm": {}}) / "python-script" / "form.yml").is_file()
     True
     """
-    if config is None:
-        config = load_config()
-    configured = (config.get("slurm") or {}).get("templates_dir")
+    configured = HpcSettings.of(config).templates_dir
     return Path(configured).expanduser() if configured else shipped_dir("slurm_templates")
 
 

@@ -12,28 +12,15 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
+from ...utils.device import resolve_device
 from ...utils.heap import reuse_freed_memory
 from ..axes import AxisGrid, ProbabilitySlab, axis_grid, parse_axes, sample_slices
 from ..model_package import SunModel
 from ..votes import MAX_AXES
 from .accumulator import DEFAULT_CHUNK, MemoryAccumulator, chunk_regions, fuse
+from .budget import DEFAULT_MEMORY_BUDGET, MemoryBudget
 
 logger = logging.getLogger(__name__)
-
-#: Default working memory (bytes) for network activations and the current group of slices.
-DEFAULT_MEMORY_BUDGET = 512 * 2**20
-
-
-def resolve_device(device: Any = None):
-    """``None``/``"auto"``: the first CUDA GPU if there is one, else the CPU."""
-    import torch
-
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device}: no CUDA GPU is available here; use --device cpu")
-    return device
 
 
 def activation_bytes_per_pixel(model: SunModel) -> int:
@@ -146,11 +133,9 @@ class SlicePredictor:
     device : str or torch.device, optional
         ``None``/``"auto"``: a GPU if present, else the CPU.
     batch_pixels : int, optional
-        Pixels per network batch; by default what fits in ``memory_budget / 2``.
-    memory_budget : int
-        Working memory of a prediction; half of it is for network activations (the
-        other half for the current group of slices and reading the volume, see
-        :func:`max_group_units`).
+        Pixels per network batch; by default what fits in the budget's ``activations``.
+    memory_budget : int or MemoryBudget
+        The prediction's budget (bytes: an in-memory run's, see :mod:`.budget`).
     amp : bool, optional
         Mixed precision (default: on for GPUs, off on the CPU).
     """
@@ -160,7 +145,7 @@ class SlicePredictor:
         model: SunModel,
         device: Any = None,
         batch_pixels: int | None = None,
-        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        memory_budget: int | MemoryBudget = DEFAULT_MEMORY_BUDGET,
         amp: bool | None = None,
     ) -> None:
         import torch
@@ -178,7 +163,7 @@ class SlicePredictor:
         )
         self.amp = (self.device.type == "cuda") if amp is None else bool(amp)
         self.batch_pixels = batch_pixels or max(
-            memory_budget // 2 // activation_bytes_per_pixel(model), 1
+            MemoryBudget.of(memory_budget).activations // activation_bytes_per_pixel(model), 1
         )
 
     def batch_size(self, rows: int, cols: int) -> int:
@@ -242,16 +227,15 @@ def unit_groups(
     return groups
 
 
-def max_group_units(grid: AxisGrid, classes: int, channels: int, memory_budget: int) -> int:
-    """Units per group so that a group's slice images and probabilities fit ``3/8`` of ``memory_budget``.
+def max_group_units(grid: AxisGrid, classes: int, channels: int, group_bytes: int) -> int:
+    """Units per group so that a group's slice images and probabilities fit ``group_bytes``.
 
-    (Half the budget is for network activations, see :class:`SlicePredictor`, and an
-    eighth for the boxes of the volume that diagonal slices are sampled from.)
+    ``group_bytes`` is a budget's :attr:`~.budget.MemoryBudget.groups`.
     """
     rows, cols = grid.slice_shape
     per_slice = 4 * (classes + channels) * rows * cols
     extra = 1 if grid.axis.diagonal else 0
-    return max(1, memory_budget * 3 // 8 // per_slice - extra)
+    return max(1, group_bytes // per_slice - extra)
 
 
 #: Groups narrower than this make the votes of axes that cross the volume's rows slow.
@@ -259,7 +243,11 @@ THIN_GROUP_UNITS = 8
 
 
 def group_units_by_axis(
-    shape: Sequence[int], axes: Sequence[str], classes: int, channels: int, memory_budget: int
+    shape: Sequence[int],
+    axes: Sequence[str],
+    classes: int,
+    channels: int,
+    budget: MemoryBudget,
 ) -> dict[str, int]:
     """:func:`max_group_units` of each axis; logs a warning when the budget makes groups thin.
 
@@ -272,7 +260,7 @@ def group_units_by_axis(
     limits, thin = {}, []
     for name in axes:
         grid = axis_grid(name, shape)
-        limits[name] = max_group_units(grid, classes, channels, memory_budget)
+        limits[name] = max_group_units(grid, classes, channels, budget.groups)
         crosses_rows = 2 in grid.axis.plane if grid.axis.diagonal else grid.axis.principal == 2
         if crosses_rows and limits[name] < min(THIN_GROUP_UNITS, grid.n_units):
             thin.append(name)
@@ -281,7 +269,7 @@ def group_units_by_axis(
         logger.warning(
             "working memory %.0f MiB: groups of %d slice(s) along %s; their votes slow down several-fold below %d slices per group, "
             "about %.0fx the memory budget avoids that",
-            memory_budget / 2**20,
+            budget.working / 2**20,
             narrowest,
             ", ".join(thin),
             THIN_GROUP_UNITS,
@@ -299,7 +287,7 @@ def vote_unit(
     u0: int,
     u1: int,
     stats: RunStats,
-    block_bytes: int = DEFAULT_MEMORY_BUDGET // 8,
+    block_bytes: int = MemoryBudget.in_memory(DEFAULT_MEMORY_BUDGET).reading,
 ) -> None:
     """Predict the slices of units ``[u0, u1)`` of one axis and add their votes.
 
@@ -395,7 +383,8 @@ def predict_volume(
     device : str, optional
         ``cpu``, ``cuda``; default a GPU if present.
     memory_budget : int
-        Bytes for slice stacks and activations (the accumulator comes on top).
+        Bytes for slice stacks, activations and reading (the accumulator comes on top;
+        see :class:`~.budget.MemoryBudget`).
     return_probabilities : bool
         Also return the fused probabilities (float16, ``(classes, z, y, x)``).
     chunks : sequence of 3 int
@@ -418,12 +407,13 @@ def predict_volume(
         raise InputError(f"axes: at most {MAX_AXES} axes can vote")
     source = VolumeSource.from_array(volume)
     model.check_volume(source.full_shape, source.dtype, "volume")
-    predictor = predictor or SlicePredictor(model, device, memory_budget=memory_budget)
+    budget = MemoryBudget.in_memory(memory_budget)
+    predictor = predictor or SlicePredictor(model, device, memory_budget=budget)
     classes = model.config.num_classes
     accumulator = MemoryAccumulator(source.shape, classes, chunks)
     stats = RunStats()
     work = []
-    limits = group_units_by_axis(source.shape, axes, classes, len(source.channels), memory_budget)
+    limits = group_units_by_axis(source.shape, axes, classes, len(source.channels), budget)
     for name in axes:
         grid = axis_grid(name, source.shape)
         work += [
@@ -436,9 +426,7 @@ def predict_volume(
         for number, (grid, u0, u1) in enumerate(
             tqdm(work, desc="SUN", unit="slab", disable=None if progress else True)
         ):
-            vote_unit(
-                source, predictor, accumulator, grid, number, u0, u1, stats, memory_budget // 8
-            )
+            vote_unit(source, predictor, accumulator, grid, number, u0, u1, stats, budget.reading)
     started = time.perf_counter()
     labels = np.empty(source.shape, np.uint8)
     entropy = np.empty(source.shape, np.float16)

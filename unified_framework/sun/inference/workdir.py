@@ -44,11 +44,11 @@ from ...utils.heap import reuse_freed_memory
 from ...utils.workdir_manifest import Manifest, discard_if_invalid, remove_work_folder
 from ..axes import axis_grid, parse_axes
 from ..model_package import SunModel
-from ..votes import MAX_AXES, accumulator_channels
+from ..votes import MAX_AXES
 from .accumulator import DEFAULT_CHUNK, MAX_UNITS, ZarrAccumulator, chunk_regions, fuse
+from .budget import DEFAULT_MEMORY_BUDGET, MemoryBudget
 from .mirror import ChunkMirror, source_chunks
 from .predictor import (
-    DEFAULT_MEMORY_BUDGET,
     RunStats,
     SlicePredictor,
     VolumeSource,
@@ -112,6 +112,13 @@ class Plan:
         (0.0, 1.0, 0.0),
         (0.0, 0.0, 1.0),
     )
+
+    @property
+    def budget(self) -> MemoryBudget:
+        """The parts of :attr:`memory_budget` (bytes) for this volume and chunk shape."""
+        return MemoryBudget.for_file_run(
+            self.memory_budget, self.shape, self.chunks, len(self.class_names)
+        )
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -212,7 +219,7 @@ def make_plan(
         axes,
         classes,
         len(source.channels),
-        memory_split(source.shape, chunks, classes, memory_budget)[0],
+        MemoryBudget.for_file_run(memory_budget, source.shape, chunks, classes),
     )
     for name, slab, start, stop in slab_bounds(source.shape, axes, slabs):
         grid = axis_grid(name, source.shape)
@@ -320,9 +327,13 @@ class WorkDir:
         path = self.path / ("accumulator.zarr" if piece is None else f"pieces/{piece.key}.zarr")
         if repair and path in self._open:
             return self._open[path]
-        cache = memory_split(plan.shape, plan.chunks, len(plan.class_names), plan.memory_budget)[1]
         store = ZarrAccumulator(
-            path, plan.shape, len(plan.class_names), plan.chunks, cache_bytes=cache, repair=repair
+            path,
+            plan.shape,
+            len(plan.class_names),
+            plan.chunks,
+            cache_bytes=plan.budget.chunk_cache,
+            repair=repair,
         )
         if repair:
             if store.lost:
@@ -420,8 +431,8 @@ def run_pieces(
     stats = RunStats()
     if not remaining:
         return stats, True
-    working = memory_split(plan.shape, plan.chunks, len(plan.class_names), plan.memory_budget)[0]
-    predictor = predictor or SlicePredictor(model, device, memory_budget=working)
+    budget = plan.budget
+    predictor = predictor or SlicePredictor(model, device, memory_budget=budget)
     shared = None if split else workdir.accumulator(plan)
     bar = tqdm(
         total=sum(len(p.groups) for p in selected),
@@ -456,7 +467,7 @@ def run_pieces(
                 accumulator, unit_number = shared, piece.first_unit + group
             u0, u1 = piece.groups[group]
             vote_unit(
-                source, predictor, accumulator, grid, unit_number, u0, u1, stats, working // 8
+                source, predictor, accumulator, grid, unit_number, u0, u1, stats, budget.reading
             )
             unrecorded[piece.key] = group + 1
             if (
@@ -471,24 +482,6 @@ def run_pieces(
     bar.close()
     complete = all(done[p.key] == len(p.groups) for p in selected)
     return stats, complete
-
-
-def memory_split(
-    shape: Sequence[int], chunks: Sequence[int], num_classes: int, memory_budget: int
-) -> tuple[int, int]:
-    """``(working memory, chunk cache)`` of a file run's memory budget.
-
-    The cache pays off when it holds a layer of accumulator chunks across the volume
-    (what a sweep along an axis keeps touching): then half the budget caches chunks
-    and each is written about once per axis. When a layer does not fit, least-recently
-    used caching would evict every chunk before its next use, so the whole budget goes
-    to the working memory (larger groups of slices, fewer rewrites).
-    """
-    channel_bytes = 2 * (accumulator_channels(num_classes) + 1)
-    voxels = int(np.prod(shape))
-    layer = max(voxels // n * min(c, n) for n, c in zip(shape, chunks)) * channel_bytes
-    half = memory_budget // 2
-    return (half, memory_budget - half) if layer <= memory_budget - half else (memory_budget, 0)
 
 
 def merge_pieces(workdir: WorkDir, plan: Plan, progress: bool = False) -> None:
