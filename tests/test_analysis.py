@@ -192,3 +192,98 @@ def test_series_recedes_at_the_known_rate():
     v0 = quantify(l0, SPACING, shells=0).values["residual_volume_mm3"]
     v1 = quantify(l1, SPACING, shells=0).values["residual_volume_mm3"]
     assert v1 / v0 == pytest.approx(t1["residual_volume_mm3"] / t0["residual_volume_mm3"], rel=0.03)
+
+
+def test_uncertainty_ranges_hold_the_truth_of_a_blurred_segmentation():
+    from scipy import ndimage
+
+    from unified_framework.analysis.uncertainty import quantify_uncertainty
+
+    labels, truth = make_degrading_cylinder((4, 112, 112), SPACING)
+    onehot = np.stack([(labels == c).astype(np.float32) for c in range(4)])
+    prob = np.stack([ndimage.gaussian_filter(p, (0, 1.2, 1.2)) for p in onehot])
+    prob /= prob.sum(axis=0)
+    u = quantify_uncertainty(labels, SPACING, prob.astype(np.float16), shells=2, shell_width=30)
+    assert 0 < u.uncertain_fraction < 0.2
+    for key in (
+        "residual_volume_mm3",
+        "layer_volume_mm3",
+        "layer_thickness_mean_um",
+        "bic_percent",
+    ):
+        low, high = u.ranges[key]
+        assert low <= u.result.values[key] <= high, key
+        assert low < high, key
+    low, high = u.ranges["residual_volume_mm3"]
+    assert low <= truth["residual_volume_mm3"] <= high
+    # entropy only: neighbours give the alternatives
+    entropy = -(prob * np.log(np.clip(prob, 1e-6, 1))).sum(axis=0) / np.log(4)
+    e = quantify_uncertainty(labels, SPACING, entropy=entropy, shells=0)
+    assert e.ranges["layer_volume_mm3"][0] < e.ranges["layer_volume_mm3"][1]
+    with pytest.raises(InputError, match="probabilities: shape"):
+        quantify_uncertainty(labels, SPACING, prob[:, :2])
+
+
+def test_time_series_registers_and_recovers_the_rate():
+    from unified_framework.analysis.timeseries import analyse_series
+
+    series = make_degrading_series(
+        [0, 40], rate=1.0, shape=(16, 96, 96), layer=20.0, shell_width=20.0
+    )
+    r0 = series[0][1]["initial_radius_um"]
+    out = analyse_series(
+        [s[0] for s in series],
+        SPACING,
+        [0, 40],
+        shells=1,
+        shell_width=20.0,
+        cylinder=True,
+        initial_radius=r0,
+    )
+    # the known motion (10 µm along y, -5 µm along x) is found
+    translation = np.asarray(out.registration[0]["affine"])[:3, 3]
+    assert translation[1:] == pytest.approx([10.0, -5.0], abs=1.5)
+    assert out.rates["degradation_depth_um"] == pytest.approx(1.0, rel=0.1)
+    assert out.change["transitions_mm3"]["residual->layer"] > 0
+    assert out.change_map.shape == series[0][0].shape
+    assert out.table()[1]["change_residual_volume_mm3"] < 0
+    with pytest.raises(InputError, match="at least two"):
+        analyse_series([series[0][0]], SPACING, [0])
+
+
+def test_compare_methods_against_truth(cylinder):
+    from unified_framework.analysis.compare import compare_methods
+
+    labels, truth = cylinder
+    thick = labels.copy()
+    thick[ndimage_dilate(labels == 3) & (labels == 1)] = 3
+    table = compare_methods(
+        {"exact": labels, "thicker layer": thick}, SPACING, truth=truth, shells=0
+    )
+    err = table["relative_error"]
+    assert abs(err["residual_volume_mm3"]["exact"]) < 0.02
+    assert err["layer_volume_mm3"]["thicker layer"] > err["layer_volume_mm3"]["exact"]
+    gt = compare_methods({"exact": labels}, SPACING, truth=labels, shells=0)
+    assert gt["relative_error"]["layer_volume_mm3"]["exact"] == 0
+
+
+def ndimage_dilate(mask):
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, iterations=2)
+
+
+def test_report_json_and_csv(tmp_path, cylinder):
+    from unified_framework.analysis.report import read_report, write_csv, write_json
+
+    labels, _ = cylinder
+    result = quantify(labels, SPACING, shells=2, shell_width=30)
+    write_json(tmp_path / "r.json", {"samples": [{"name": "a", **result.to_dict()}]})
+    write_csv(tmp_path / "r.csv", [{"sample": "a", **result.row()}])
+    doc = read_report(tmp_path / "r.json")
+    assert doc["samples"][0]["values"]["fragments"] == 1
+    header, row = (tmp_path / "r.csv").read_text().splitlines()
+    assert header.startswith("sample,roi_volume_mm3") and row.startswith("a,")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(InputError, match="not an analysis report"):
+        read_report(tmp_path / "bad.json")

@@ -292,8 +292,9 @@ def fit_cylinder(
 ) -> dict[str, Any]:
     """Fit the initial implant as a cylinder to the residual material.
 
-    The axis is the principal direction (largest variance) of the residual voxels'
-    positions through their centroid (a screw is longer than it is wide). The radius is
+    The axis runs through the centroid of the residual voxels along the one of their
+    three principal directions whose enclosing cylinder (99th percentile radius times
+    extent) is smallest. The radius is
     ``radius`` (the nominal implant radius, µm) or, when not given, the 99th percentile
     of the residual voxels' distances from the axis plus half a voxel: the least
     degraded places are taken to still reach the original surface. The cylinder spans
@@ -325,10 +326,21 @@ def fit_cylinder(
     xyz = (points + np.asarray(offset)) * spacing_arr
     centre = xyz.mean(axis=0)
     _, _, vt = np.linalg.svd(xyz - centre, full_matrices=False)
-    axis = vt[0] / np.linalg.norm(vt[0])
+    rel = xyz - centre
+    # Of the three principal directions take the one whose enclosing cylinder (99th
+    # percentile radius, full extent) is smallest: the longest direction is not the
+    # axis when the scan holds a short piece of a thick implant.
+    best = None
+    for candidate in vt:
+        along_c = rel @ candidate
+        radial_c = np.linalg.norm(rel - along_c[:, None] * candidate, axis=1)
+        size = float(np.percentile(radial_c, 99)) ** 2 * float(np.ptp(along_c) + 1e-9)
+        if best is None or size < best[0]:
+            best = (size, candidate)
+    assert best is not None
+    axis = best[1] / np.linalg.norm(best[1])
     if axis[np.argmax(np.abs(axis))] < 0:
         axis = -axis
-    rel = xyz - centre
     along = rel @ axis
     radial = np.linalg.norm(rel - along[:, None] * axis, axis=1)
     h = float(spacing_arr.min())

@@ -140,6 +140,14 @@ def make_degrading_cylinder(
     for k, f in enumerate(fractions):
         ring = (rho >= r_out + k * w) & (rho < r_out + (k + 1) * w) & (turn < f)
         plane[ring] = 1
+    # Asymmetric bone blocks in three corners, beyond the shells: landmarks that let
+    # a registration find the motion between scans (the rings alone are symmetric).
+    outer = r_out + len(fractions) * w
+    for cy, cx, size in ((-0.78, -0.78, 0.16), (-0.78, 0.72, 0.1), (0.7, 0.8, 0.12)):
+        block = (np.abs(y[:, None] - cy * half) < size * half) & (
+            np.abs(x[None, :] - cx * half) < 0.6 * size * half
+        )
+        plane[block & (rho > outer + w)] = 1
     plane[(rho >= r) & (rho < r_out)] = 3
     plane[rho < r] = 2
     labels = np.broadcast_to(plane, shape).copy()
