@@ -32,6 +32,7 @@ REQUIRED_TEMPLATES = {
     "python-script",
     "jupyter",
     "histology-match",
+    "quantify",
 }
 
 
@@ -53,6 +54,7 @@ MINIMAL = {
     "sun-predict": {"volume": "volume.tif", "model": "model"},
     "jupyter": {},
     "histology-match": {"volume": "volume.tif", "section": "section.tif"},
+    "quantify": {"labels": "labels.tif"},
 }
 
 
