@@ -81,6 +81,31 @@ def test_uncertainty_from_probabilities(analytic, tmp_path):
     low, high = doc["samples"][0]["uncertainty"]["ranges"]["residual_volume_mm3"]
     assert low < high
     assert "residual_volume_mm3_low" in out.with_suffix(".csv").read_text().splitlines()[0]
+    # SUN's layout: a Zarr array (classes, z, y, x) of float16, read slab by slab
+    import zarr
+
+    store = zarr.open_array(
+        str(tmp_path / "p.zarr"), mode="w", shape=prob.shape, chunks=(4, 4, 64, 64), dtype="f2"
+    )
+    store[:] = prob.astype(np.float16)
+    assert (
+        main(
+            [
+                "quantify",
+                str(analytic / "l.tif"),
+                "--out",
+                str(out),
+                "--shells",
+                "0",
+                "--uncertainty",
+                str(tmp_path / "p.zarr"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(out.read_text())["samples"][0]["uncertainty"]["ranges"][
+        "residual_volume_mm3"
+    ] == [low, high]
 
 
 def test_time_series_and_change_map(tmp_path):
