@@ -705,6 +705,16 @@ def quantify(
     values["bic_percent"] = (
         100.0 * values["contact_area_mm2"] * UM2_PER_MM2 / imp_area if imp_area > 0 else None
     )
+    # Keep only what later steps need: the residual surface points (for the depth) and,
+    # for the cylinder fit, the implant mask (then dropped).
+    res_points = res_mesh.centroids * spacing_arr
+    del contact, imp_mesh, res_mesh
+    settings_cyl = None
+    if initial_arr is None and cylinder:
+        settings_cyl = fit_cylinder(
+            residual, spacing_t, r_offset, initial_radius, extent_mask=implant, extent_offset=offset
+        )
+    del implant
 
     # Residual fragments (26-connected).
     res_roi = residual & region[rbox] if region is not None else residual
@@ -764,14 +774,10 @@ def quantify(
         "volume_loss_rate_mm3_per_day",
     ):
         values[key] = None
-    settings_cyl = None
     init_box_arr = None
     if initial_arr is not None:
         init_box_arr = initial_arr[box]
-    elif cylinder:
-        settings_cyl = fit_cylinder(
-            residual, spacing_t, r_offset, initial_radius, extent_mask=implant, extent_offset=offset
-        )
+    elif settings_cyl is not None:
         init_box_arr = rasterize_cylinder(settings_cyl, shape, spacing_t, box)
     values["days"] = n_days
     if init_box_arr is not None:
@@ -795,7 +801,7 @@ def quantify(
             # (nearest facet centre of the residual's marching-cubes surface), 0 where
             # the initial surface still lies in residual material.
             c = init_mesh.centroids[keep]
-            d = _distance_to_mesh(c * spacing_arr, res_mesh.centroids * spacing_arr)
+            d = _distance_to_mesh(c * spacing_arr, res_points)
             idx = np.clip(
                 np.rint(c - np.asarray(offset, float)).astype(np.intp), 0, np.asarray(lab.shape) - 1
             )

@@ -149,10 +149,12 @@ def local_thickness(
     radii = radii[::-1].astype(np.float64)
     lt = _porespy().filters.local_thickness(work, dt=dt, method="legacy", sizes=radii)
     del dt
-    lt = np.asarray(lt, dtype=np.float32)
-    thickness = 2.0 * lt * np.float32(h)
+    # In place: the map may be large (one float32 copy at most).
+    thickness = np.asarray(lt, dtype=np.float32)
+    del lt
+    thickness *= np.float32(2.0 * h)
     if convention == "unbiased":
-        thickness = np.where(lt > 0, thickness - np.float32(h / 4), np.float32(0))
+        np.subtract(thickness, np.float32(h / 4), out=thickness, where=thickness > 0)
     if not isotropic:
         # Read back at the original voxel centres.
         back = []
