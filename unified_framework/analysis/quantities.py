@@ -282,18 +282,29 @@ def surface_mesh(
         empty = np.zeros((0, 3))
         return _Mesh(empty, empty, np.zeros(0))
     verts, faces, _, _ = measure.marching_cubes(padded, 0.5, spacing=tuple(spacing_arr))
-    tri = verts[faces]  # (n, 3, 3) in µm, padded frame
-    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    areas = 0.5 * np.linalg.norm(cross, axis=1)
-    keep = areas > 0
-    tri, cross, areas = tri[keep], cross[keep], areas[keep]
-    normals = cross / (2 * areas[:, None])
-    centroids = tri.mean(axis=1) / spacing_arr  # index coordinates of the padded array
-    # Orient outwards: a point a little along the normal must lie outside.
-    probe = centroids + 0.5 * normals * float(spacing_arr.min()) / spacing_arr
-    inside = ndi.map_coordinates(padded, probe.T, order=1, mode="nearest") > 0.5
-    normals[inside] *= -1
-    centroids += np.asarray(offset, float) - 1.0
+    # Facet by facet in chunks (a 512³ implant has millions of facets).
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    shift = np.asarray(offset, float) - 1.0
+    for start in range(0, faces.shape[0], 500_000):
+        tri = verts[faces[start : start + 500_000]]  # (n, 3, 3) in µm, padded frame
+        cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        areas = 0.5 * np.linalg.norm(cross, axis=1)
+        keep = areas > 0
+        tri, cross, areas = tri[keep], cross[keep], areas[keep]
+        normals = cross / (2 * areas[:, None])
+        centroids = tri.mean(axis=1) / spacing_arr  # index coordinates of the padded array
+        del tri, cross
+        # Orient outwards: a point a little along the normal must lie outside.
+        probe = centroids + 0.5 * normals * float(spacing_arr.min()) / spacing_arr
+        inside = ndi.map_coordinates(padded, probe.T, order=1, mode="nearest") > 0.5
+        del probe
+        normals[inside] *= -1
+        centroids += shift
+        parts.append((centroids, normals.astype(np.float32), areas.astype(np.float64)))
+    del padded, verts, faces
+    centroids = np.concatenate([p[0] for p in parts])
+    normals = np.concatenate([p[1] for p in parts])
+    areas = np.concatenate([p[2] for p in parts])
     return _Mesh(centroids, normals, areas)
 
 
