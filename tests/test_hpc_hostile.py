@@ -253,6 +253,7 @@ BASELINE = {
     "jupyter": {},
     "histology-match": {"volume": "volume.tif", "section": "section.tif"},
     "register": {"fixed": "volume.tif", "moving": "images.tif"},
+    "quantify": {"labels": "labels.tif"},
 }
 
 
@@ -410,6 +411,29 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             "--out",
             v["out"],
             *method_options,
+            *optional,
+            *v["extra_args"],
+        ]
+    if name == "quantify":
+        optional = [
+            *(["--days", str(v["days"])] if v["days"] else []),
+            *(["--cylinder"] if v["cylinder"] else []),
+            *(
+                ["--initial-radius", str(v["initial_radius"])]
+                if v["cylinder"] and v["initial_radius"]
+                else []
+            ),
+            *(["--uncertainty", v["uncertainty"]] if v["uncertainty"] else []),
+        ]
+        return "mdlma", [
+            "quantify",
+            v["labels"],
+            "--out",
+            v["out"],
+            "--shell-width",
+            str(v["shell_width"]),
+            "--shells",
+            str(v["shells"]),
             *optional,
             *v["extra_args"],
         ]

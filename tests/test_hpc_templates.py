@@ -33,6 +33,7 @@ REQUIRED_TEMPLATES = {
     "python-script",
     "jupyter",
     "histology-match",
+    "quantify",
 }
 
 
@@ -54,6 +55,7 @@ MINIMAL = {
     "sun-predict": {"volume": "volume.tif", "model": "model"},
     "jupyter": {},
     "histology-match": {"volume": "volume.tif", "section": "section.tif"},
+    "quantify": {"labels": "labels.tif"},
 }
 
 

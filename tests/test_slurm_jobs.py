@@ -292,6 +292,7 @@ MINIMAL = {
     "sun-predict": {"volume": "pred.tif", "model": "gt.tif"},
     "jupyter": {"port": 8899},
     "histology-match": {"volume": "pred.tif", "section": "gt.tif"},
+    "quantify": {"labels": "gt.tif"},
 }
 
 

@@ -78,6 +78,53 @@ def register(subparsers) -> None:
         default=0.8,
         help="partial-volume blur, Gaussian sigma in voxels (default 0.8)",
     )
+    implant.add_argument(
+        "--analytic",
+        action="store_true",
+        help="the analytic degrading cylinder (exact degradation quantities, see docs/analysis.md) instead of the screw",
+    )
+    implant.add_argument(
+        "--days",
+        type=float,
+        nargs="+",
+        metavar="D",
+        help="with --analytic: a time series, one scan per day (OUT and OUT_LABELS get _dayNNN before the suffix)",
+    )
+    implant.add_argument(
+        "--rate",
+        type=float,
+        default=1.0,
+        metavar="UM_PER_DAY",
+        help="with --days: radial degradation rate (default 1 µm/day)",
+    )
+    implant.add_argument(
+        "--depth", type=float, metavar="UM", help="with --analytic: degradation depth (one scan)"
+    )
+    implant.add_argument(
+        "--layer",
+        type=float,
+        metavar="UM",
+        help="with --analytic: layer thickness (default 6 voxels)",
+    )
+    implant.add_argument(
+        "--shell-width",
+        type=float,
+        metavar="UM",
+        help="with --analytic: width of the bone shells (default 6 voxels)",
+    )
+    implant.add_argument(
+        "--motion",
+        type=float,
+        default=2.0,
+        metavar="VOXELS",
+        help="with --days: sample motion between scans (default 2 voxels)",
+    )
+    implant.add_argument(
+        "--truth",
+        type=Path,
+        metavar="JSON",
+        help="with --analytic: write the exact quantities here",
+    )
     implant.set_defaults(func=_implant)
 
     section = actions.add_parser(
@@ -215,9 +262,76 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _day_path(path: Path, day: float) -> Path:
+    """``scan.nii.gz`` -> ``scan_day028.nii.gz`` (a folder: ``scan_day028``)."""
+    name = path.name
+    stem = name.split(".")[0]
+    rest = name[len(stem) :]
+    tag = f"{int(day):03d}" if float(day).is_integer() else f"{day:g}"
+    return path.with_name(f"{stem}_day{tag}{rest}")
+
+
+def _analytic(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from ..data.degrading import make_degrading_cylinder, make_degrading_series
+    from ..data.phantom import add_noise
+    from ..errors import InputError
+    from ..io import write_volume
+    from ..utils.atomic import write_text_atomic
+
+    extra = {"layer": args.layer, "shell_width": args.shell_width}
+    if args.days:
+        if args.depth is not None:
+            raise InputError("--depth and --days exclude each other (the depth is rate x day)")
+        series = make_degrading_series(
+            args.days, args.rate, args.shape, args.spacing, motion=args.motion, **extra
+        )
+        scans = [
+            (_day_path(args.out, d), _day_path(args.gt, d) if args.gt else None, lab)
+            for d, (lab, _) in zip(args.days, series)
+        ]
+        truth: dict = {
+            "rate_um_per_day": args.rate,
+            "days": list(args.days),
+            "time_points": [t for _, t in series],
+        }
+    else:
+        labels, truth = make_degrading_cylinder(args.shape, args.spacing, depth=args.depth, **extra)
+        scans = [(args.out, args.gt, labels)]
+    rng = np.random.default_rng(args.seed)
+    lut = np.array([0.18, 0.62, 1.0, 0.5], np.float32)
+    for out, gt, labels in scans:
+        image = lut[labels]
+        if args.blur > 0:
+            from scipy import ndimage
+
+            ndimage.gaussian_filter(image, args.blur, output=image, mode="nearest")
+        if args.noise > 0:
+            add_noise(image, args.noise, rng)
+        write_volume(out, image, spacing=args.spacing)
+        message = f"wrote {out} {image.shape} float32"
+        if gt is not None:
+            write_volume(gt, labels, spacing=args.spacing)
+            message += f", {gt} uint8"
+        print(message)
+    if args.truth is not None:
+        write_text_atomic(args.truth, json.dumps(truth, indent=2))
+        print(f"wrote {args.truth} (exact quantities)")
+    return 0
+
+
 def _implant(args: argparse.Namespace) -> int:
     from ..data import make_implant_phantom
+    from ..errors import InputError
     from ..io import write_volume
+
+    if args.analytic:
+        return _analytic(args)
+    if args.days or args.truth or args.depth is not None:
+        raise InputError("--days, --depth and --truth need --analytic (the degrading cylinder)")
 
     image, labels = make_implant_phantom(
         shape=args.shape,

@@ -10,6 +10,7 @@ Commands:
   mdlma sun train|predict    SUN multi-axis (3 or 9) U-Net segmentation
   mdlma register convexadam  affine, convexAdam and VoxelMorph registration with quality report
   mdlma histology match      virtual sections of a volume; locate a histology section in it
+  mdlma quantify LABELS      degradation quantities (depth, rate, layer thickness, BV/TV, BIC), time series
   mdlma catalogue search     dataset catalogue (SciCat, or a local SQLite file)
   mdlma jobs ...             SLURM job templates, submission and status
   mdlma dashboard            Streamlit dashboard
@@ -21,7 +22,7 @@ Documentation: docs/ in the source tree.
 ]])
 whatis("Name: mdlma/unified-framework")
 whatis("Version: 0.1.0")
-whatis([[Description: MDLMA unified framework: volume and whole-slide image I/O, segmentation (SUN U-Net, classical baselines), registration (convexAdam, VoxelMorph), virtual histology, scoring, a dataset catalogue and SLURM/Jupyter/Streamlit workflows for large 3D micro-CT and microscopy images.]])
+whatis([[Description: MDLMA unified framework: volume and whole-slide image I/O, segmentation (SUN U-Net, classical baselines), registration (convexAdam, VoxelMorph), virtual histology, scoring, degradation analysis (implant volumes, depth and rate, layer thickness, BV/TV, BIC), a dataset catalogue and SLURM/Jupyter/Streamlit workflows for large 3D micro-CT and microscopy images.]])
 whatis([[Bundles: unified_framework (CLI mdlma)]])
 whatis([[Bundles: PyTorch 2.14.1 + torchvision 0.29.1 (CPU and CUDA)]])
 whatis([[Bundles: numpy, scipy, scikit-image, SimpleITK, dask, dask-jobqueue, zarr, h5py, tifffile + imagecodecs, nibabel, pydicom]])

@@ -1,0 +1,86 @@
+"""The dashboard's Analysis page, driven with Streamlit's AppTest (no SLURM job needed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "dashboard" / "app.py"
+sys.path.insert(0, str(REPO / "dashboard"))
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "home"
+    folder.mkdir()
+    monkeypatch.setenv("MDLMA_HOME", str(folder))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    return folder
+
+
+def open_page() -> AppTest:
+    app = AppTest.from_file(str(APP), default_timeout=180)
+    app.run()
+    app.switch_page("views/analysis.py").run()
+    return app
+
+
+def assert_clean(app: AppTest) -> None:
+    assert not app.exception, [e.message for e in app.exception]
+
+
+def test_analyses_a_phantom_series_and_shows_table_plots_and_map(home):
+    app = open_page()
+    assert_clean(app)
+    assert any("No analysis report" in str(i.value) for i in app.info)
+    app.button(key="analysis_create").click().run()
+    assert_clean(app)
+    (frame,) = [f.value for f in app.dataframe if "residual_volume_mm3" in f.value.columns]
+    assert list(frame["sample"]) == ["day000", "day020", "day040"]
+    assert frame["residual_volume_mm3"].is_monotonic_decreasing
+    keys = {chart.proto.id for chart in app.get("plotly_chart")}
+    assert len(keys) == 4  # histogram, BV/TV curve, trend across time points, thickness map
+    app.selectbox(key="analysis_quantity").set_value("layer_thickness_mean_um").run()
+    assert_clean(app)
+    app.selectbox(key="analysis_map_sample").set_value(
+        app.selectbox(key="analysis_map_sample").options[1]
+    ).run()
+    assert_clean(app)
+    report = json.loads(next(home.rglob("report.json")).read_text())
+    assert report["rates_per_day"]["degradation_depth_um"] == pytest.approx(1.0, rel=0.1)
+
+
+def test_a_report_of_the_cli_and_a_foreign_json_side_by_side(home):
+    from unified_framework.cli.main import main
+
+    labels = home / "l.tif"
+    assert (
+        main(
+            [
+                "sample",
+                "implant",
+                str(home / "s.tif"),
+                "--gt",
+                str(labels),
+                "--analytic",
+                "--shape",
+                "8",
+                "96",
+                "96",
+            ]
+        )
+        == 0
+    )
+    assert main(["quantify", str(labels), "--out", str(home / "one.json"), "--shells", "2"]) == 0
+    (home / "other.json").write_text(json.dumps({"not": "a report"}))
+    app = open_page()
+    assert_clean(app)
+    assert len(app.multiselect(key="analysis_reports").options) == 1
+    assert any("No thickness map" in str(c.value) for c in app.caption)
