@@ -300,6 +300,37 @@ def test_cli(tmp_path, data, capsys):
         == 0
     )
     assert read_volume(tmp_path / "l.tif").shape == (8, 32, 32)
+    assert (
+        main(
+            [
+                "search",
+                "apply",
+                str(tmp_path / "best.yml"),
+                data[0][0],
+                "--out",
+                str(tmp_path / "l2.tif"),
+                "--set",
+                "otsu.classes=2",
+            ]
+        )
+        == 0
+    )
+    assert int(read_volume(tmp_path / "l2.tif").data.max()) == 1
+    assert (
+        main(
+            [
+                "search",
+                "apply",
+                str(tmp_path / "best.yml"),
+                data[0][0],
+                "--out",
+                str(tmp_path / "l3.tif"),
+                "--set",
+                "nostep.x=2",
+            ]
+        )
+        == 2
+    )
     assert main(["search", "apply", str(path), data[0][0], "--out", str(tmp_path / "x.tif")]) == 2
     assert "still search spaces" in capsys.readouterr().err
     assert main(["search", "run", "--study", study, "--executor", "bogus"]) == 2

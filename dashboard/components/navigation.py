@@ -17,6 +17,8 @@ PAGES: dict[str, list[tuple[str, str, str, str]]] = {
         ("views/compare.py", "Segmentation comparison", ":material/compare:", "compare"),
         ("views/registration.py", "Registration", ":material/join_inner:", "registration"),
         ("views/histology.py", "Virtual histology", ":material/biotech:", "histology"),
+        ("views/search.py", "Parameter search", ":material/tune:", "search"),
+        ("views/denoise.py", "Denoising", ":material/blur_on:", "denoise"),
     ],
     "Data": [
         ("views/catalogue.py", "Catalogue", ":material/dataset:", "catalogue"),

@@ -91,6 +91,12 @@ def register(subparsers) -> None:
     apply.add_argument("pipeline", help="pipeline YAML whose parameters are all constants")
     apply.add_argument("input", help="grey-value image or volume")
     apply.add_argument("-o", "--out", required=True, help="label volume to write")
+    apply.add_argument(
+        "--set",
+        action="append",
+        metavar="STEP.PARAM=VALUE",
+        help="override a constant, e.g. --set otsu.classes=4 (value read as YAML; repeatable)",
+    )
     apply.set_defaults(func=_apply)
 
 
@@ -211,6 +217,27 @@ def _apply(args: argparse.Namespace) -> int:
     from ..search import load_pipeline
 
     pipeline = load_pipeline(args.pipeline)
+    if args.set:
+        import yaml
+
+        source = dict(pipeline.source)
+        steps = [dict(item) for item in source["steps"]]
+        names = [step.name for step in pipeline.steps]
+        for item in args.set:
+            key, sep, text = item.partition("=")
+            step_name, dot, param = key.rpartition(".")
+            if not sep or not dot or step_name not in names:
+                raise InputError(
+                    f"--set: expected STEP.PARAM=VALUE with STEP one of {', '.join(names)}, got {item!r}",
+                    field="set",
+                )
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                value = text
+            target = steps[names.index(step_name)]
+            target["params"] = {**(target.get("params") or {}), param: value}
+        pipeline = load_pipeline({**source, "steps": steps})
     if pipeline.space:
         raise InputError(
             f"{args.pipeline}: parameters {', '.join(pipeline.space)} are still search spaces; export the best trial first"

@@ -21,6 +21,7 @@ def dask_slurm_cluster(
     account: str | None = None,
     python: str | None = None,
     local_directory: str | None = None,
+    log_directory: str | None = None,
     extra_directives: list[str] | None = None,
 ) -> Any:
     """A dask-jobqueue ``SLURMCluster`` of one single-threaded worker per job.
@@ -35,6 +36,8 @@ def dask_slurm_cluster(
         Interpreter the workers run (default: this one, so they import this framework).
     local_directory : str, optional
         Workers' scratch folder.
+    log_directory : str, optional
+        Folder of the jobs' output files (default: SLURM's, the submitting folder).
     extra_directives : list of str, optional
         More ``#SBATCH`` options, e.g. ``["--qos=short"]``.
 
@@ -76,6 +79,8 @@ def dask_slurm_cluster(
         account=account,
         python=python or sys.executable,
         local_directory=local_directory,
+        log_directory=log_directory,
+        scheduler_options={"dashboard_address": ":0"},
         job_extra_directives=list(extra_directives or []),
         worker_extra_args=["--nthreads", "1"],
         job_name="mdlma-search",

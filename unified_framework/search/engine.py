@@ -216,7 +216,8 @@ def _executor(executor: str, workers: int, slurm: dict[str, Any] | None):
     if executor == "slurm":
         from ..hpc import dask_slurm_cluster
 
-        cluster = dask_slurm_cluster(workers=workers, **(slurm or {}))
+        options = {k: v for k, v in (slurm or {}).items() if v is not None}
+        cluster = dask_slurm_cluster(workers=workers, **options)
         cluster.scale(jobs=workers)
         return Client(cluster), cluster
     return Client(executor), None  # the address of a running scheduler
@@ -348,6 +349,8 @@ def run_search(
         target = min(target, size)  # a grid is searched once
     limit = target - done if stop_after is None else min(target - done, stop_after)
     if limit > 0:
+        if executor == "slurm":
+            slurm = {"log_directory": str(folder / "slurm-logs"), **(slurm or {})}
         submit, close = _submitter(executor, workers, slurm)
         try:
             in_flight: dict[Any, Any] = {}
