@@ -70,7 +70,8 @@ def evaluate_trial(
         pipeline = load_pipeline(source)
         per_image = []
         rows_all = []
-        with ResourceMeter(gpu=False) as meter:
+        # NVML is asked only where a GPU device exists (a trial may use one, e.g. a command step).
+        with ResourceMeter(gpu=Path("/dev/nvidia0").exists()) as meter:
             for image_path, truth_path in data:
                 image, truth = _read(str(image_path)), _read(str(truth_path))
                 labels = pipeline.run(image, params)
