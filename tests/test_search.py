@@ -355,3 +355,14 @@ def test_umap_landscape():
     frame, how = landscape(trials)
     assert how == "umap" and np.isfinite(frame[["x", "y"]].to_numpy()).all()
     assert "tensorflow" not in sys.modules or os.environ.get("MDLMA_TF_LOADED")
+
+
+def test_dask_slurm_cluster_checks_resources():
+    import shutil
+
+    from unified_framework.errors import BackendUnavailable
+    from unified_framework.hpc import dask_slurm_cluster
+
+    expected = InputError if shutil.which("sbatch") else BackendUnavailable
+    with pytest.raises(expected):
+        dask_slurm_cluster(workers=1, memory="lots")

@@ -37,13 +37,24 @@ except Exception as exc:  # a damaged or half-copied study: say so, keep the pag
     ui.show_error(exc)
     st.stop()
 
-progress = search.progress_of(info, trials)
-st.progress(
-    min(1.0, progress["done"] / max(1, progress["target"])),
-    text=f"{progress['done']} of {progress['target']} trials ({progress['failed']} failed) · "
-    f"sampler {info['sampler']} · best {info['metric']} "
-    + (f"{progress['best']:.4f}" if progress["best"] is not None else "-"),
-)
+follow = st.toggle("Follow a running search (refresh every 5 s)", key="search_follow")
+
+
+@st.fragment(run_every=5 if follow else None)
+def show_progress() -> None:
+    current, done = search.load_study(folder)
+    progress = search.progress_of(current, done)
+    st.progress(
+        min(1.0, progress["done"] / max(1, progress["target"])),
+        text=f"{progress['done']} of {progress['target']} trials ({progress['failed']} failed) · "
+        f"sampler {current['sampler']} · best {current['metric']} "
+        + (f"{progress['best']:.4f}" if progress["best"] is not None else "-"),
+    )
+    if follow and progress["done"] != len(trials):
+        st.rerun()  # new trials: redraw the tables and the landscape
+
+
+show_progress()
 if st.button("Refresh", key="search_refresh"):
     st.cache_data.clear()
     st.rerun()
