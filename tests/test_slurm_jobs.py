@@ -292,6 +292,9 @@ MINIMAL = {
     "sun-predict": {"volume": "pred.tif", "model": "gt.tif"},
     "jupyter": {"port": 8899},
     "histology-match": {"volume": "pred.tif", "section": "gt.tif"},
+    "denoise": {"input": "pred.tif"},
+    "search": {"pipeline": "run.py", "image": "pred.tif", "truth": "gt.tif"},
+    "pipeline": {"pipeline": "run.py", "input": "pred.tif"},
 }
 
 
