@@ -139,3 +139,17 @@ def test_before_after_helpers():
     assert x.shape == (3, 5) and np.all(diff == 1)
     profile = search.line_profile(x, y, 1)
     assert len(profile) == 10 and set(profile["volume"]) == {"before", "after"}
+
+
+def test_denoise_page_takes_paths_from_the_link(home, monkeypatch, slurm_cluster):  # noqa: F811
+    monkeypatch.setenv("MDLMA_HOME", str(home))
+    st.cache_data.clear()
+    app = AppTest.from_file(str(APP), default_timeout=120)
+    app.run()
+    app.query_params.update(
+        {"before": str(home / "search/img.tif"), "after": str(home / "search/smooth.tif")}
+    )
+    app.switch_page("views/denoise.py").run()
+    assert not app.exception, [e.message for e in app.exception]
+    assert app.text_input(key="denoise_after").value.endswith("smooth.tif")
+    assert any("noise removed" in str(c.value) for c in app.caption)

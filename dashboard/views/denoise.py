@@ -11,8 +11,11 @@ st.title("Denoising")
 root = ui.home()
 st.caption(
     "Compare a volume with its filtered version (`mdlma denoise METHOD IN --out OUT` or the denoise job "
-    "template). Paths are relative to your home folder or absolute."
+    "template; the job viewer links here for those jobs). Paths are relative to your home folder or absolute."
 )
+for side in ("before", "after"):  # arriving from the job viewer's link of a denoise job
+    if st.query_params.get(side) and f"denoise_{side}" not in st.session_state:
+        st.session_state[f"denoise_{side}"] = st.query_params[side]
 cols = st.columns(2)
 before_path = cols[0].text_input("Before", key="denoise_before")
 after_path = cols[1].text_input("After", key="denoise_after")
