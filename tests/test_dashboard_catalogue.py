@@ -201,10 +201,13 @@ def test_use_in_job_composer_fills_the_template(filled, slurm_cluster):  # noqa:
         for label in app.selectbox(key="catalogue_template").options
     ]
     assert offered == [
+        "denoise",
         "histology-match",
         "quantify",
+        "pipeline",
         "register",
         "score",
+        "search",
         "sun-predict",
         "sun-train",
     ]  # the templates with a `dataset: true` input

@@ -254,6 +254,9 @@ BASELINE = {
     "histology-match": {"volume": "volume.tif", "section": "section.tif"},
     "register": {"fixed": "volume.tif", "moving": "images.tif"},
     "quantify": {"labels": "labels.tif"},
+    "denoise": {"input": "volume.tif"},
+    "search": {"pipeline": "run.py", "image": "volume.tif", "truth": "gt.tif"},
+    "pipeline": {"pipeline": "run.py", "input": "volume.tif"},
 }
 
 
@@ -435,6 +438,40 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             "--shells",
             str(v["shells"]),
             *optional,
+            *v["extra_args"],
+        ]
+    if name == "denoise":
+        params = [word for item in v["params"] for word in ("--param", item)]
+        chunks = ["--chunks", str(v["chunks"])] if v["chunks"] else []
+        return "mdlma", ["denoise", v["method"], v["input"], "--out", v["out"], *params, *chunks]
+    if name == "search":
+        return "mdlma", [
+            "search",
+            "run",
+            v["pipeline"],
+            "--study",
+            v["study"],
+            "--data",
+            v["image"],
+            v["truth"],
+            "--trials",
+            str(v["trials"]),
+            "--sampler",
+            v["sampler"],
+            "--executor",
+            "local",
+            "--workers",
+            str(v["cpus"]),
+            *v["extra_args"],
+        ]
+    if name == "pipeline":
+        return "mdlma", [
+            "search",
+            "apply",
+            v["pipeline"],
+            v["input"],
+            "--out",
+            v["out"],
             *v["extra_args"],
         ]
     if name == "jupyter":

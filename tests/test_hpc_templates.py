@@ -34,6 +34,9 @@ REQUIRED_TEMPLATES = {
     "jupyter",
     "histology-match",
     "quantify",
+    "denoise",
+    "search",
+    "pipeline",
 }
 
 
@@ -56,6 +59,9 @@ MINIMAL = {
     "jupyter": {},
     "histology-match": {"volume": "volume.tif", "section": "section.tif"},
     "quantify": {"labels": "labels.tif"},
+    "denoise": {"input": "volume.tif"},
+    "search": {"pipeline": "run.py", "image": "volume.tif", "truth": "gt.tif"},
+    "pipeline": {"pipeline": "run.py", "input": "volume.tif"},
 }
 
 
@@ -189,6 +195,33 @@ def test_histology_match_command_line(workdir):
         .text
     )
     assert "--axis" not in anywhere and "--cone" not in anywhere and "--device cuda" in anywhere
+
+
+def test_denoise_search_and_pipeline_command_lines(workdir):
+    denoise = local_prepare(
+        "denoise",
+        {
+            **MINIMAL["denoise"],
+            "method": "nl-means",
+            "params": "h=0.04 patch_distance=4",
+            "chunks": 64,
+        },
+    )
+    assert (
+        f"mdlma denoise nl-means {workdir / 'volume.tif'} --out {workdir / 'denoised.zarr'} --param h=0.04 --param patch_distance=4 --chunks 64"
+        in denoise.scripts[0].text
+    )
+    search = local_prepare("search", {**MINIMAL["search"], "trials": 7, "cpus": 2})
+    assert (
+        f"mdlma search run {workdir / 'run.py'} --study {workdir / 'search-study'} --data {workdir / 'volume.tif'} "
+        f"{workdir / 'gt.tif'} --trials 7 --sampler random --executor local --workers 2"
+        in search.scripts[0].text
+    )
+    pipeline = local_prepare("pipeline", MINIMAL["pipeline"])
+    assert (
+        f"mdlma search apply {workdir / 'run.py'} {workdir / 'volume.tif'} --out {workdir / 'labels.tif'}"
+        in pipeline.scripts[0].text
+    )
 
 
 def test_score_and_train_command_lines(workdir):
@@ -562,7 +595,8 @@ def test_broken_forms_are_refused(tmp_path, form, message):
 
 def test_unknown_template_lists_the_known_ones():
     with pytest.raises(
-        InputError, match="not found; expected one of histology-match, jupyter, python-script"
+        InputError,
+        match="not found; expected one of denoise, histology-match, jupyter, pipeline, python-script",
     ):
         hpc.load_template("no-such-template")
 

@@ -65,7 +65,7 @@ def _verbs(parser) -> dict:
 
 #: Words of features that are planned but have no verb yet: the module may name them
 #: only once the CLI has the verb.
-PLANNED = {"regist": "register", "reconstruct": "reconstruct", "tomopy": "tomo"}
+PLANNED = {"regist": "register", "reconstruct": "recon", "tomopy": "recon"}
 
 
 def test_module_text_names_only_what_the_cli_has():

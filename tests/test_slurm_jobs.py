@@ -293,6 +293,9 @@ MINIMAL = {
     "jupyter": {"port": 8899},
     "histology-match": {"volume": "pred.tif", "section": "gt.tif"},
     "quantify": {"labels": "gt.tif"},
+    "denoise": {"input": "pred.tif"},
+    "search": {"pipeline": "run.py", "image": "pred.tif", "truth": "gt.tif"},
+    "pipeline": {"pipeline": "run.py", "input": "pred.tif"},
 }
 
 

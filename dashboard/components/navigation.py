@@ -18,6 +18,8 @@ PAGES: dict[str, list[tuple[str, str, str, str]]] = {
         ("views/registration.py", "Registration", ":material/join_inner:", "registration"),
         ("views/histology.py", "Virtual histology", ":material/biotech:", "histology"),
         ("views/analysis.py", "Analysis", ":material/analytics:", "analysis"),
+        ("views/search.py", "Parameter search", ":material/tune:", "search"),
+        ("views/denoise.py", "Denoising", ":material/blur_on:", "denoise"),
     ],
     "Data": [
         ("views/catalogue.py", "Catalogue", ":material/dataset:", "catalogue"),

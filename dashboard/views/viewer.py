@@ -123,6 +123,13 @@ if info is not None:
             icon=":material/content_copy:",
             query_params={"template": record.template, "copy": record.path},
         )
+        if record.template == "denoise" and record.params.get("input") and record.params.get("out"):
+            st.page_link(
+                "views/denoise.py",
+                label="Before and after (slices, difference, line profile)",
+                icon=":material/blur_on:",
+                query_params={"before": record.params["input"], "after": record.params["out"]},
+            )
 
 if folder is not None:
     refresh = REFRESH_S if active else None

@@ -13,6 +13,7 @@ Without SLURM the same calls run the scripts as local subprocesses (``backend="l
 See ``docs/slurm.md``.
 """
 
+from .dask_cluster import dask_slurm_cluster
 from .jobs import (
     DiskUsage,
     PreparedJob,
@@ -73,6 +74,7 @@ __all__ = [
     "check_submission",
     "cluster_limits",
     "current_user",
+    "dask_slurm_cluster",
     "disk_usage",
     "find_record",
     "form_errors",

@@ -7,6 +7,9 @@ Commands:
   mdlma io convert IN OUT    convert between TIFF, HDF5/NeXus, NIfTI, DICOM and Zarr (+ PNG, JPEG, SVS in)
   mdlma score PRED GT        Dice, IoU, F1, Hausdorff/HD95 per class
   mdlma segment classical    classical baselines (multi-Otsu, watershed)
+  mdlma denoise METHOD IN    Gaussian, median, bilateral, NL-means, TV, wavelet, BM3D, ring removal (chunked)
+  mdlma recon IN --out OUT   reconstruction from projections (FBP, SIRT, SART, CGLS; more with tomopy)
+  mdlma search run|status|best|report|export|apply   parameter search over pipelines (optuna, dask, SLURM)
   mdlma sun train|predict    SUN multi-axis (3 or 9) U-Net segmentation
   mdlma register convexadam  affine, convexAdam and VoxelMorph registration with quality report
   mdlma histology match      virtual sections of a volume; locate a histology section in it
@@ -22,7 +25,7 @@ Documentation: docs/ in the source tree.
 ]])
 whatis("Name: mdlma/unified-framework")
 whatis("Version: 0.1.0")
-whatis([[Description: MDLMA unified framework: volume and whole-slide image I/O, segmentation (SUN U-Net, classical baselines), registration (convexAdam, VoxelMorph), virtual histology, scoring, degradation analysis (implant volumes, depth and rate, layer thickness, BV/TV, BIC), a dataset catalogue and SLURM/Jupyter/Streamlit workflows for large 3D micro-CT and microscopy images.]])
+whatis([[Description: MDLMA unified framework: volume and whole-slide image I/O, denoising, tomographic reconstruction, segmentation (SUN U-Net, classical baselines), parameter search over pipelines, registration (convexAdam, VoxelMorph), virtual histology, scoring, degradation analysis (implant volumes, depth and rate, layer thickness, BV/TV, BIC), a dataset catalogue and SLURM/Jupyter/Streamlit workflows for large 3D micro-CT and microscopy images.]])
 whatis([[Bundles: unified_framework (CLI mdlma)]])
 whatis([[Bundles: PyTorch 2.14.1 + torchvision 0.29.1 (CPU and CUDA)]])
 whatis([[Bundles: numpy, scipy, scikit-image, SimpleITK, dask, dask-jobqueue, zarr, h5py, tifffile + imagecodecs, nibabel, pydicom]])
@@ -30,7 +33,8 @@ whatis([[Bundles: convexAdam, voxelmorph + neurite (torch backend)]])
 whatis([[Bundles: Streamlit + plotly dashboard apps]])
 whatis([[Bundles: JupyterLab, JupyterHub batchspawner, jupyter-server-proxy]])
 whatis([[Bundles: pyscicat (SciCat catalogue client)]])
-whatis([[Bundles: algotom, astra-toolbox (tomography libraries for your own scripts; tomopy only in the conda environment)]])
+whatis([[Bundles: algotom, astra-toolbox (ring removal and reconstruction; tomopy only in the conda environment)]])
+whatis([[Bundles: bm3d, optuna, umap-learn, dask distributed (denoising, parameter search, score landscape)]])
 family("mdlma")
 -- In a clone: <clone>/lmod/<name>/<version>.lua -> prefix <clone>/.mdlma
 local here = myFileName()
