@@ -203,8 +203,8 @@ def test_use_in_job_composer_fills_the_template(filled, slurm_cluster):  # noqa:
     assert offered == [
         "denoise",
         "histology-match",
-        "quantify",
         "pipeline",
+        "quantify",
         "register",
         "score",
         "search",
