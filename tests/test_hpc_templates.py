@@ -32,6 +32,8 @@ REQUIRED_TEMPLATES = {
     "python-script",
     "jupyter",
     "histology-match",
+    "al-train",
+    "al-simulate",
 }
 
 
@@ -53,6 +55,8 @@ MINIMAL = {
     "sun-predict": {"volume": "volume.tif", "model": "model"},
     "jupyter": {},
     "histology-match": {"volume": "volume.tif", "section": "section.tif"},
+    "al-train": {"project": "model"},
+    "al-simulate": {"pairs": "images.tif labels.tif", "test_pairs": "volume.tif gt.tif"},
 }
 
 
@@ -165,6 +169,28 @@ def test_sun_predict_renders_array_and_merge_command_lines(workdir):
     assert merge.after == "predict"
     gpu = local_prepare("sun-predict", {**MINIMAL["sun-predict"], "gpus": 1}).scripts[0]
     assert "#SBATCH --gres=gpu:1" in gpu.directives and "--device cuda" in gpu.text
+
+
+def test_al_templates_render_the_cell_array_merge_and_training(workdir):
+    simulate, merge = local_prepare(
+        "al-simulate",
+        {**MINIMAL["al-simulate"], "functions": "random entropy", "seeds": 3, "max_parallel": 2},
+    ).scripts
+    assert "#SBATCH --array=0-8%2" in simulate.directives  # (2 functions + full) x 3 seeds
+    assert (
+        "mdlma al simulate --pair images.tif labels.tif --test-pair volume.tif gt.tif "
+        f"--out {workdir / 'al-simulation'} --functions random entropy --seeds 0 1 2 --network hrnet"
+        in simulate.text
+    )
+    assert '--cell-index "$SLURM_ARRAY_TASK_ID" --device cpu' in simulate.text
+    assert f"mdlma al merge {workdir / 'al-simulation'}" in merge.text and merge.after == "simulate"
+    train = local_prepare("al-train", {**MINIMAL["al-train"], "gpus": 1, "max_steps": 50}).scripts[
+        0
+    ]
+    assert (
+        f'mdlma al train {workdir / "model"} --device cuda --threads "$OMP_NUM_THREADS" --max-steps 50'
+        in train.text
+    )
 
 
 def test_histology_match_command_line(workdir):
@@ -527,7 +553,8 @@ def test_broken_forms_are_refused(tmp_path, form, message):
 
 def test_unknown_template_lists_the_known_ones():
     with pytest.raises(
-        InputError, match="not found; expected one of histology-match, jupyter, python-script"
+        InputError,
+        match="not found; expected one of al-simulate, al-train, histology-match, jupyter",
     ):
         hpc.load_template("no-such-template")
 

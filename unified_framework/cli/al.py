@@ -88,10 +88,20 @@ def register(subparsers) -> None:
         ),
     )
     simulate.add_argument(
-        "--pair", nargs=2, action="append", required=True, metavar=("IMAGE", "LABELS")
+        "--pair",
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="IMAGE LABELS",
+        help="pool volumes and their labels in turn (repeatable)",
     )
     simulate.add_argument(
-        "--test-pair", nargs=2, action="append", required=True, metavar=("IMAGE", "LABELS")
+        "--test-pair",
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="IMAGE LABELS",
+        help="held-out volumes and their labels in turn (repeatable)",
     )
     simulate.add_argument("--out", type=Path, required=True, help="the simulation folder")
     simulate.add_argument("--classes", nargs="+", help="class names (default: class 0, 1, ...)")
@@ -270,11 +280,14 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_pairs(pairs: list[list[str]]) -> tuple[list, list]:
+def _read_pairs(paths: list[str], option: str) -> tuple[list, list]:
+    from ..errors import InputError
     from ..io import read_volume
 
+    if len(paths) % 2:
+        raise InputError(f"{option}: {len(paths)} paths; expected image and label volumes in turn")
     images, labels = [], []
-    for image, label in pairs:
+    for image, label in zip(paths[::2], paths[1::2]):
         images.append(read_volume(image, expect_ndim=3).data)
         labels.append(read_volume(label, expect_ndim=3).data)
     return images, labels
@@ -298,8 +311,8 @@ def _simulate(args: argparse.Namespace) -> int:
     elif args.function:
         todo = [(args.function, args.seed if args.seed is not None else args.seeds[0])]
     _threads(args)
-    images, labels = _read_pairs(args.pair)
-    test_images, test_labels = _read_pairs(args.test_pair)
+    images, labels = _read_pairs(args.pair, "--pair")
+    test_images, test_labels = _read_pairs(args.test_pair, "--test-pair")
     classes = args.classes or [
         f"class {c}" for c in range(int(max(np.max(lab) for lab in labels)) + 1)
     ]

@@ -10,6 +10,7 @@ Commands:
   mdlma sun train|predict    SUN multi-axis (3 or 9) U-Net segmentation
   mdlma register convexadam  affine, convexAdam and VoxelMorph registration with quality report
   mdlma histology match      virtual sections of a volume; locate a histology section in it
+  mdlma al init|query|train  active learning with HRNet: label few slices; oracle simulations
   mdlma catalogue search     dataset catalogue (SciCat, or a local SQLite file)
   mdlma jobs ...             SLURM job templates, submission and status
   mdlma dashboard            Streamlit dashboard
@@ -21,11 +22,12 @@ Documentation: docs/ in the source tree.
 ]])
 whatis("Name: mdlma/unified-framework")
 whatis("Version: 0.1.0")
-whatis([[Description: MDLMA unified framework: volume and whole-slide image I/O, segmentation (SUN U-Net, classical baselines), registration (convexAdam, VoxelMorph), virtual histology, scoring, a dataset catalogue and SLURM/Jupyter/Streamlit workflows for large 3D micro-CT and microscopy images.]])
+whatis([[Description: MDLMA unified framework: volume and whole-slide image I/O, segmentation (SUN U-Net, classical baselines, active learning with HRNet), registration (convexAdam, VoxelMorph), virtual histology, scoring, a dataset catalogue and SLURM/Jupyter/Streamlit workflows for large 3D micro-CT and microscopy images.]])
 whatis([[Bundles: unified_framework (CLI mdlma)]])
 whatis([[Bundles: PyTorch 2.14.1 + torchvision 0.29.1 (CPU and CUDA)]])
 whatis([[Bundles: numpy, scipy, scikit-image, SimpleITK, dask, dask-jobqueue, zarr, h5py, tifffile + imagecodecs, nibabel, pydicom]])
 whatis([[Bundles: convexAdam, voxelmorph + neurite (torch backend)]])
+whatis([[Bundles: timm (HRNet backbones, random init; no weights downloaded)]])
 whatis([[Bundles: Streamlit + plotly dashboard apps]])
 whatis([[Bundles: JupyterLab, JupyterHub batchspawner, jupyter-server-proxy]])
 whatis([[Bundles: pyscicat (SciCat catalogue client)]])
