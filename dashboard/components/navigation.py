@@ -17,6 +17,7 @@ PAGES: dict[str, list[tuple[str, str, str, str]]] = {
         ("views/compare.py", "Segmentation comparison", ":material/compare:", "compare"),
         ("views/registration.py", "Registration", ":material/join_inner:", "registration"),
         ("views/histology.py", "Virtual histology", ":material/biotech:", "histology"),
+        ("views/annotate.py", "Annotate", ":material/brush:", "annotate"),
     ],
     "Data": [
         ("views/catalogue.py", "Catalogue", ":material/dataset:", "catalogue"),
