@@ -317,6 +317,13 @@ def test_validation_normalises_values(workdir):
     )
 
 
+def test_every_parameter_type_has_one_validator():
+    from unified_framework.hpc.templates import PARAMETER_TYPES
+    from unified_framework.hpc.validation import VALIDATORS
+
+    assert set(VALIDATORS) == PARAMETER_TYPES
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may read any file (see the next test)")
 def test_validation_checks_permissions(workdir):
     secret = workdir / "secret.py"

@@ -16,7 +16,7 @@ import os
 import re
 import shlex
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,115 +214,187 @@ def time_seconds(text: str) -> float:
     return parse_duration(text) or 0.0
 
 
+@dataclass(frozen=True)
+class _Field:
+    """Where a value is checked: the name in messages, the job's folder, path checks on/off."""
+
+    name: str
+    workdir: Path | None
+    check_paths: bool
+
+
+def _text_of(p: Parameter, value: Any, field: str) -> str:
+    """The value as text without control characters, at most the type's length."""
+    return check_text(_as_text(value), field, p.max_length or DEFAULT_MAX_LENGTH.get(p.type, 256))
+
+
+def _check_int(p: Parameter, value: Any, at: _Field) -> int:
+    number = _as_int(value, at.name)
+    _check_range(number, p, at.name)
+    return number
+
+
+def _check_count(p: Parameter, value: Any, at: _Field) -> int:
+    """CPUs (at least 1) or GPUs (at least 0)."""
+    number = _as_int(value, at.name)
+    if number < (1 if p.type == "cpus" else 0):
+        raise InputError(f"{at.name}: {number} {p.type} is not possible")
+    _check_range(number, p, at.name)
+    return number
+
+
+def _check_float(p: Parameter, value: Any, at: _Field) -> float:
+    number = _as_float(value, at.name)
+    _check_range(number, p, at.name)
+    return number
+
+
+def _check_bool(p: Parameter, value: Any, at: _Field) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = check_text(_as_text(value), at.name, 8).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise InputError(f"{at.name}: expected true or false, got {_shown(value)}")
+
+
+def _check_choice(p: Parameter, value: Any, at: _Field) -> Any:
+    for choice in p.choices:
+        if value == choice or _as_text(value) == _as_text(choice):
+            return choice
+    raise InputError(f"{at.name}: {_shown(value)} is not one of {', '.join(map(str, p.choices))}")
+
+
+def _check_name(p: Parameter, value: Any, at: _Field) -> str:
+    text = _text_of(p, value, at.name)
+    if not NAME_RE.fullmatch(text):
+        raise InputError(
+            f"{at.name}: {_shown(text)} is not a valid name; use 1-64 letters, digits, '.', '_', '+', '-' "
+            "starting with a letter or digit"
+        )
+    return text
+
+
+def _check_slurm_word(p: Parameter, value: Any, at: _Field) -> str:
+    """Partition, QoS or account name."""
+    return check_partition(_text_of(p, value, at.name), at.name, p.type)
+
+
+def _check_time(p: Parameter, value: Any, at: _Field) -> str:
+    field = at.name
+    text = _text_of(p, value, field).strip()
+    if not TIME_RE.fullmatch(text):
+        raise InputError(
+            f"{field}: {_shown(text)} is not a SLURM time; use MINUTES, HH:MM:SS or DAYS-HH:MM:SS"
+        )
+    seconds = time_seconds(text)
+    if seconds <= 0:
+        raise InputError(f"{field}: the time limit must be positive")
+    for bound, compare, word in (
+        (p.min, seconds.__lt__, "below the minimum"),
+        (p.max, seconds.__gt__, "above the maximum"),
+    ):
+        if bound is not None and compare(time_seconds(str(bound))):
+            raise InputError(f"{field}: {text} is {word} {bound}")
+    return text
+
+
+def _check_memory(p: Parameter, value: Any, at: _Field) -> str:
+    field = at.name
+    text = _text_of(p, value, field)
+    match = MEMORY_RE.fullmatch(text.strip())
+    if not match:
+        raise InputError(f"{field}: {_shown(text)} is not a memory size; use e.g. 500M, 4G, 1T")
+    memory = f"{int(match.group(1))}{match.group(2).upper() or 'M'}"
+    megabytes = parse_memory_mb(memory) or 0
+    if megabytes <= 0:
+        raise InputError(f"{field}: the memory size must be positive")
+    for bound, word in ((p.min, "below the minimum"), (p.max, "above the maximum")):
+        limit = parse_memory_mb(str(bound).upper().rstrip("B")) if bound is not None else None
+        if limit is not None and (
+            (megabytes < limit) if word.startswith("below") else (megabytes > limit)
+        ):
+            raise InputError(f"{field}: {memory} is {word} {bound}")
+    return memory
+
+
+def _check_array(p: Parameter, value: Any, at: _Field) -> str:
+    field = at.name
+    text = _text_of(p, value, field).strip()
+    if not text:
+        return ""
+    if not ARRAY_RE.fullmatch(text):
+        raise InputError(
+            f"{field}: {_shown(text)} is not a SLURM array spec; use e.g. 0-9, 1,3,5 or 0-99%10"
+        )
+    if len(array_indices(text, field)) > MAX_ARRAY_TASKS:
+        raise InputError(f"{field}: at most {MAX_ARRAY_TASKS} array tasks")
+    return text
+
+
+def _check_host(p: Parameter, value: Any, at: _Field) -> str:
+    text = _text_of(p, value, at.name)
+    if text and not HOST_RE.fullmatch(text):
+        raise InputError(f"{at.name}: {_shown(text)} is not a host name or IP address")
+    return text
+
+
+def _check_string(p: Parameter, value: Any, at: _Field) -> str:
+    text = _text_of(p, value, at.name)
+    if p.pattern and not re.fullmatch(p.pattern, text):
+        raise InputError(f"{at.name}: {_shown(text)} does not match the required form {p.pattern}")
+    return text
+
+
+def _check_args(p: Parameter, value: Any, at: _Field) -> list[str]:
+    """A list of arguments as given, or text split like the shell does."""
+    if isinstance(value, (list, tuple)):
+        limit = p.max_length or DEFAULT_MAX_LENGTH["args"]
+        return [check_text(_as_text(v), at.name, limit) for v in value]
+    text = _text_of(p, value, at.name)
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise InputError(
+            f"{at.name}: cannot split into arguments ({exc}); check the quotes"
+        ) from None
+
+
+def _check_path_value(p: Parameter, value: Any, at: _Field) -> str:
+    return _validate_path(p, _text_of(p, value, at.name), at.name, at.workdir, at.check_paths)
+
+
+#: One validator per parameter type (``form.yml``'s ``type:``): raw value in, checked value out.
+VALIDATORS: dict[str, Callable[[Parameter, Any, _Field], Any]] = {
+    "int": _check_int,
+    "cpus": _check_count,
+    "gpus": _check_count,
+    "float": _check_float,
+    "bool": _check_bool,
+    "choice": _check_choice,
+    "name": _check_name,
+    "partition": _check_slurm_word,
+    "qos": _check_slurm_word,
+    "account": _check_slurm_word,
+    "time": _check_time,
+    "memory": _check_memory,
+    "array": _check_array,
+    "host": _check_host,
+    "string": _check_string,
+    "args": _check_args,
+    "path": _check_path_value,
+}
+
+
 def _validate_one(
     p: Parameter, value: Any, field: str, workdir: Path | None, check_paths: bool
 ) -> Any:
-    kind = p.type
-    if kind == "int":
-        number = _as_int(value, field)
-        _check_range(number, p, field)
-        return number
-    if kind in {"cpus", "gpus"}:
-        number = _as_int(value, field)
-        if number < (1 if kind == "cpus" else 0):
-            raise InputError(f"{field}: {number} {kind} is not possible")
-        _check_range(number, p, field)
-        return number
-    if kind == "float":
-        number = _as_float(value, field)
-        _check_range(number, p, field)
-        return number
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        text = check_text(_as_text(value), field, 8).strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-        raise InputError(f"{field}: expected true or false, got {_shown(value)}")
-    if kind == "choice":
-        for choice in p.choices:
-            if value == choice or _as_text(value) == _as_text(choice):
-                return choice
-        raise InputError(f"{field}: {_shown(value)} is not one of {', '.join(map(str, p.choices))}")
-    if kind == "args" and isinstance(value, (list, tuple)):
-        return [
-            check_text(_as_text(v), field, p.max_length or DEFAULT_MAX_LENGTH["args"])
-            for v in value
-        ]
-    text = check_text(_as_text(value), field, p.max_length or DEFAULT_MAX_LENGTH.get(kind, 256))
-    if kind == "name":
-        if not NAME_RE.fullmatch(text):
-            raise InputError(
-                f"{field}: {_shown(text)} is not a valid name; use 1-64 letters, digits, '.', '_', '+', '-' "
-                "starting with a letter or digit"
-            )
-        return text
-    if kind in {"partition", "qos", "account"}:
-        return check_partition(text, field, kind)
-    if kind == "time":
-        text = text.strip()
-        if not TIME_RE.fullmatch(text):
-            raise InputError(
-                f"{field}: {_shown(text)} is not a SLURM time; use MINUTES, HH:MM:SS or DAYS-HH:MM:SS"
-            )
-        seconds = time_seconds(text)
-        if seconds <= 0:
-            raise InputError(f"{field}: the time limit must be positive")
-        for bound, compare, word in (
-            (p.min, seconds.__lt__, "below the minimum"),
-            (p.max, seconds.__gt__, "above the maximum"),
-        ):
-            if bound is not None and compare(time_seconds(str(bound))):
-                raise InputError(f"{field}: {text} is {word} {bound}")
-        return text
-    if kind == "memory":
-        match = MEMORY_RE.fullmatch(text.strip())
-        if not match:
-            raise InputError(f"{field}: {_shown(text)} is not a memory size; use e.g. 500M, 4G, 1T")
-        memory = f"{int(match.group(1))}{match.group(2).upper() or 'M'}"
-        megabytes = parse_memory_mb(memory) or 0
-        if megabytes <= 0:
-            raise InputError(f"{field}: the memory size must be positive")
-        for bound, word in ((p.min, "below the minimum"), (p.max, "above the maximum")):
-            limit = parse_memory_mb(str(bound).upper().rstrip("B")) if bound is not None else None
-            if limit is not None and (
-                (megabytes < limit) if word.startswith("below") else (megabytes > limit)
-            ):
-                raise InputError(f"{field}: {memory} is {word} {bound}")
-        return memory
-    if kind == "array":
-        text = text.strip()
-        if not text:
-            return ""
-        if not ARRAY_RE.fullmatch(text):
-            raise InputError(
-                f"{field}: {_shown(text)} is not a SLURM array spec; use e.g. 0-9, 1,3,5 or 0-99%10"
-            )
-        if len(array_indices(text, field)) > MAX_ARRAY_TASKS:
-            raise InputError(f"{field}: at most {MAX_ARRAY_TASKS} array tasks")
-        return text
-    if kind == "host":
-        if text and not HOST_RE.fullmatch(text):
-            raise InputError(f"{field}: {_shown(text)} is not a host name or IP address")
-        return text
-    if kind == "string":
-        if p.pattern and not re.fullmatch(p.pattern, text):
-            raise InputError(
-                f"{field}: {_shown(text)} does not match the required form {p.pattern}"
-            )
-        return text
-    if kind == "args":
-        try:
-            return shlex.split(text)
-        except ValueError as exc:
-            raise InputError(
-                f"{field}: cannot split into arguments ({exc}); check the quotes"
-            ) from None
-    if kind == "path":
-        return _validate_path(p, text, field, workdir, check_paths)
-    raise InputError(f"{field}: unknown parameter type {kind!r}")  # templates.py forbids this
+    validator = VALIDATORS.get(p.type)
+    if validator is None:  # templates.py forbids this
+        raise InputError(f"{field}: unknown parameter type {p.type!r}")
+    return validator(p, value, _Field(field, workdir, check_paths))
 
 
 def _validate_path(

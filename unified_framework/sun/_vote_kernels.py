@@ -13,8 +13,7 @@ import numpy as np
 from numba import njit, prange
 from numba import types as nt
 
-from .axes import SQRT_HALF
-from .votes import PROBABILITY_SCALE, VOTE_BITS, VOTES_PER_CHANNEL
+from ._constants import PROBABILITY_SCALE, SQRT_HALF, VOTE_BITS, VOTES_PER_CHANNEL
 
 _SCALE = float(PROBABILITY_SCALE)
 _SCALE_INT = PROBABILITY_SCALE

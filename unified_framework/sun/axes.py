@@ -58,8 +58,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-
-SQRT_HALF = math.sqrt(0.5)
+from ._constants import SQRT_HALF
+from ._kernel_loader import kernels
+from .votes import diagonal_values, diagonal_votes, pack_votes
 
 
 @dataclass(frozen=True)
@@ -219,8 +220,6 @@ def sample_slices(
     """
     import torch
 
-    from .votes import run_kernel
-
     axis = grid.axis
     if not axis.diagonal:
         region = [slice(0, n) for n in grid.shape]
@@ -247,8 +246,7 @@ def sample_slices(
         block = np.moveaxis(
             read(tuple(region)), (1 + p, 1 + a, 1 + b), (1, 2, 3)
         )  # (C, n_p, A, B) view
-        run_kernel(
-            "diagonal_sample",
+        kernels().diagonal_sample(
             block,
             s,
             grid.w0 + float(s0),
@@ -320,8 +318,6 @@ class ProbabilitySlab:
             Diagonal axes: which voxels belong to units ``[u0, u1)`` (only those may
             vote); None for orthogonal axes (all do).
         """
-        from .votes import diagonal_values
-
         axis = self.grid.axis
         if not axis.diagonal:
             rows, cols = axis.plane
@@ -349,8 +345,6 @@ class ProbabilitySlab:
         ``out`` is the ``(channels, *region_shape)`` uint16 block of an accumulator (any
         strides). Voxels of ``region`` outside units ``[u0, u1)`` add nothing.
         """
-        from .votes import diagonal_votes, pack_votes
-
         axis = self.grid.axis
         if not axis.diagonal:
             pack_votes(self.on_voxels(region)[0], out=out, accumulate=accumulate)

@@ -28,15 +28,21 @@ read-only) and use as many threads as torch, within the CPUs this process may ru
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-MAX_AXES = 15
-#: Fixed-point levels of one axis' probability (a resolution of 2.3e-4, finer than float16 near 1).
-PROBABILITY_SCALE = 65535 // MAX_AXES
-VOTE_BITS = 4
-VOTES_PER_CHANNEL = 16 // VOTE_BITS
+from ._constants import MAX_AXES, PROBABILITY_SCALE, VOTE_BITS, VOTES_PER_CHANNEL
+from ._kernel_loader import kernels
+
+__all__ = [
+    "MAX_AXES",
+    "PROBABILITY_SCALE",
+    "VOTES_PER_CHANNEL",
+    "VOTE_BITS",
+    "accumulator_channels",
+    "diagonal_values",
+    "diagonal_votes",
+    "pack_votes",
+]
 
 
 def accumulator_channels(num_classes: int) -> int:
@@ -87,7 +93,7 @@ def pack_votes(
         if masked
         else np.ones((1, 1, 1), bool)
     )
-    run_kernel("pack", probabilities, owned, masked, out, accumulate)
+    kernels().pack(probabilities, owned, masked, out, accumulate)
     return out
 
 
@@ -114,8 +120,7 @@ def diagonal_values(
     owned : numpy.ndarray of bool
         ``(A, B)``: which voxels belong to the slab's units.
     """
-    run_kernel(
-        "diagonal_values",
+    kernels().diagonal_values(
         slab,
         *geometry,
         region_pab[0].start,
@@ -139,8 +144,7 @@ def diagonal_votes(
     an accumulator region in ``(p, a, b)`` order; voxels outside the slab's units are
     left alone (``accumulate``) or set to zero.
     """
-    run_kernel(
-        "diagonal_votes",
+    kernels().diagonal_votes(
         slab,
         *geometry,
         region_pab[0].start,
@@ -149,19 +153,3 @@ def diagonal_votes(
         out,
         accumulate,
     )
-
-
-def run_kernel(name: str, *args) -> None:
-    """Run kernel ``name`` of :mod:`._vote_kernels` with as many threads as torch uses."""
-    import numba
-    import torch
-
-    from . import _vote_kernels
-
-    usable = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
-    numba.set_num_threads(
-        max(1, min(usable, torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    )
-    getattr(_vote_kernels, name)(*args)

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ...utils.workdir_manifest import Manifest
-from ..votes import accumulator_channels, run_kernel
+from .._kernel_loader import kernels
+from ..votes import accumulator_channels
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def fuse(
         "disagreement": np.empty(shape, np.float16),
     } | (out or {})
     bits = [fused[name].view(np.uint16) for name in ("probabilities", "entropy", "disagreement")]
-    run_kernel("fuse", accumulated, n_axes, _s_log_s(), fused["labels"], *bits)
+    kernels().fuse(accumulated, n_axes, _s_log_s(), fused["labels"], *bits)
     return fused
 
 

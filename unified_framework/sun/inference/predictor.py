@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InputError
+from ...utils.device import resolve_device
 from ...utils.heap import reuse_freed_memory
 from ..axes import AxisGrid, ProbabilitySlab, axis_grid, parse_axes, sample_slices
 from ..model_package import SunModel
@@ -22,18 +23,6 @@ logger = logging.getLogger(__name__)
 
 #: Default working memory (bytes) for network activations and the current group of slices.
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
-
-
-def resolve_device(device: Any = None):
-    """``None``/``"auto"``: the first CUDA GPU if there is one, else the CPU."""
-    import torch
-
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device}: no CUDA GPU is available here; use --device cpu")
-    return device
 
 
 def activation_bytes_per_pixel(model: SunModel) -> int:

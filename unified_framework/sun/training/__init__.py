@@ -1,5 +1,5 @@
 """Training of SUN models (``mdlma sun train``)."""
 
-from .trainer import TrainingConfig, TrainingResult, prepare_pairs, train_sun
+from .trainer import SUNTrainer, TrainingConfig, TrainingResult, prepare_pairs, train_sun
 
-__all__ = ["TrainingConfig", "TrainingResult", "prepare_pairs", "train_sun"]
+__all__ = ["SUNTrainer", "TrainingConfig", "TrainingResult", "prepare_pairs", "train_sun"]

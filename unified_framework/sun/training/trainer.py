@@ -12,23 +12,20 @@ averages the non-background classes (the early-stopping score).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ... import __version__
 from ...errors import InputError
-from ...utils.atomic import atomic_path
-from ...utils.heap import reuse_freed_memory
-from ...utils.metrics_log import append_metrics, truncate_metrics
+from ...training import Trainer
 from ..axes import parse_axes
 from ..model_package import Normalization, SunModel, save_model
 from ..networks import UNet2D, UNetConfig
@@ -221,6 +218,277 @@ def prepare_pairs(
     return volumes, classes, dtypes.pop()
 
 
+class SUNTrainer(Trainer[TrainingResult]):
+    """SUN's training: slices of every chosen axis, soft Dice + cross-entropy, best-Dice model.
+
+    The base :class:`~unified_framework.training.Trainer` runs the loop (checkpoints,
+    resume, early stopping, metrics log); this class provides the data (normalised,
+    split, sampled as square patches of slices along ``config.axes``, augmented), the
+    loss and scores, and saves the best weights as a SUN model package.
+
+    Another 2D segmentation network trains on the same patches, losses and checkpoints
+    by passing ``network_factory`` (a callable taking the :class:`UNetConfig` with the
+    data's channels and classes filled in, returning a ``torch.nn.Module`` mapping
+    ``(batch, channels, size, size)`` to ``(batch, classes, size, size)`` logits) or
+    by overriding :meth:`build_network` and :meth:`package_model`.
+
+    Parameters are those of :func:`train_sun`, whose ``config`` becomes ``settings``.
+    """
+
+    name = "SUN"
+
+    def __init__(
+        self,
+        images: Sequence[Any],
+        labels: Sequence[Any],
+        model_path: str | Path,
+        config: TrainingConfig | None = None,
+        *,
+        class_names: Sequence[str] | None = None,
+        num_classes: int | None = None,
+        voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+        sources: Sequence[str] | None = None,
+        val_images: Sequence[Any] = (),
+        val_labels: Sequence[Any] = (),
+        val_sources: Sequence[str] | None = None,
+        metrics_path: str | Path | None = None,
+        checkpoint_path: str | Path | None = None,
+        resume: bool = True,
+        progress: bool = False,
+        max_steps_this_run: int | None = None,
+        network_factory: Callable[[UNetConfig], torch.nn.Module] | None = None,
+    ) -> None:
+        config = config or TrainingConfig()
+        model_path = Path(model_path)
+        super().__init__(
+            config,
+            metrics_path=metrics_path or model_path.with_name(model_path.name + ".metrics.jsonl"),
+            checkpoint_path=checkpoint_path
+            or model_path.with_name(model_path.name + ".checkpoint.pt"),
+            resume=resume,
+            progress=progress,
+            max_steps_this_run=max_steps_this_run,
+        )
+        self.config = config
+        self.model_path = model_path
+        self.network_factory = network_factory or UNet2D
+        self.voxel_size = tuple(float(v) for v in voxel_size)
+        self.sources = sources
+        self.val_sources = val_sources
+        # Checked here, before any work: bad pairs fail the call at once.
+        self.volumes, self.classes, self.input_dtype = prepare_pairs(
+            images, labels, sources, num_classes
+        )
+        self.class_names = (
+            list(class_names) if class_names else [f"class {c}" for c in range(self.classes)]
+        )
+        if len(self.class_names) != self.classes:
+            raise InputError(
+                f"training: {len(self.class_names)} class names for {self.classes} classes"
+            )
+        self.axes = parse_axes(config.axes)
+        self.channels = self.volumes[0].image.shape[0]
+        self.architecture = UNetConfig(
+            self.channels,
+            self.classes,
+            config.depth,
+            config.base_width,
+            config.norm,
+            config.dropout,
+            config.input_size,
+        )
+        self.held_out: list[TrainingVolume] = []
+        if len(val_images) or len(val_labels):
+            self.val_sources = (
+                list(val_sources)
+                if val_sources
+                else [f"validation pair {i}" for i in range(len(val_images))]
+            )
+            self.held_out, _, val_dtype = prepare_pairs(
+                val_images, val_labels, self.val_sources, self.classes
+            )
+            if self.held_out[0].image.shape[0] != self.channels or val_dtype != self.input_dtype:
+                raise InputError(
+                    f"{self.val_sources[0]}: {self.held_out[0].image.shape[0]} channel(s) of {val_dtype}; expected "
+                    f"{self.channels} of {self.input_dtype} like the training images"
+                )
+        self.validation: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    # --- data ---------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Split (or take the separate validation pairs), normalise, fix validation patches."""
+        config = self.config
+        if self.held_out:
+            train_volumes, val_volumes = self.volumes, self.held_out
+        else:
+            splits = [split_volume(v, config.val_fraction) for v in self.volumes]  # views
+            train_volumes = [train for train, _ in splits]
+            val_volumes = [val for _, val in splits if val is not None]
+        self.normalization = Normalization.fit([v.image for v in train_volumes], seed=config.seed)
+        # Normalise in place once (the split's views follow); patches come from normalised data.
+        for volume in [*self.volumes, *self.held_out]:
+            self.normalization.apply(volume.image, channel_axis=0)
+        self.weights = (
+            class_weights([v.labels for v in train_volumes], self.classes)
+            if config.class_weighting
+            else np.ones(self.classes, np.float32)
+        )
+        self.weight_tensor = torch.from_numpy(self.weights).to(self.device)
+        self.sampler = PatchSampler(
+            train_volumes, self.axes, self.classes, config.input_size, config.foreground_fraction
+        )
+        self.validation = None
+        if val_volumes:
+            val_rng = np.random.default_rng([config.seed, 1])
+            self.validation = PatchSampler(
+                val_volumes,
+                self.axes,
+                self.classes,
+                config.input_size,
+                config.foreground_fraction,
+            ).sample(val_rng, config.val_patches)
+
+    def sample_batch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Patches ``(images, one-hot targets, valid masks)``, augmented if configured."""
+        batch = self.sampler.sample(rng, self.config.batch_size)
+        if self.config.augment:
+            batch = augment(rng, *batch)
+        return batch
+
+    def batch_units(self, batch: tuple[np.ndarray, np.ndarray, np.ndarray]) -> int:
+        images = batch[0]
+        return int(images.shape[0] * images.shape[2] * images.shape[3])
+
+    # --- network and loss ---------------------------------------------------------------
+
+    def build_network(self) -> torch.nn.Module:
+        """``network_factory(architecture)``: SUN's :class:`UNet2D` unless replaced."""
+        return self.network_factory(self.architecture)
+
+    def _tensors(self, arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        return [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays]
+
+    def compute_loss(
+        self, batch: tuple[np.ndarray, np.ndarray, np.ndarray]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Soft Dice + (optionally weighted) cross-entropy on the valid pixels."""
+        x, t, v = self._tensors(batch)
+        with self.autocast():
+            logits = self.network(x)
+        return soft_dice_ce_loss(logits, t, v, self.weight_tensor), logits
+
+    def train_metrics(
+        self, batch: tuple[np.ndarray, np.ndarray, np.ndarray], outputs: torch.Tensor
+    ) -> dict[str, Any]:
+        """Dice per class of the training batch."""
+        _, targets, valid = batch
+        mask = valid > 0
+        dice = dice_per_class(
+            outputs.argmax(1).cpu().numpy()[mask], targets.argmax(1)[mask], self.classes
+        )
+        return {"dice": _named(dice, self.class_names)}
+
+    # --- validation ---------------------------------------------------------------------
+
+    def has_validation(self) -> bool:
+        return self.validation is not None
+
+    def validate(self) -> dict[str, Any]:
+        """Loss and Dice per class of the fixed validation patches; ``mean_dice`` scores."""
+        assert self.validation is not None
+        images_v, targets_v, valid_v = self.validation
+        size = self.config.batch_size
+        losses, predicted = [], []
+        for i in range(0, len(images_v), size):
+            x, t, v = self._tensors(
+                (images_v[i : i + size], targets_v[i : i + size], valid_v[i : i + size])
+            )
+            with self.autocast():
+                logits = self.network(x)
+            losses.append(float(soft_dice_ce_loss(logits, t, v, self.weight_tensor)))
+            predicted.append(logits.argmax(1).cpu().numpy())
+        mask = valid_v > 0
+        dice = dice_per_class(
+            np.concatenate(predicted)[mask], targets_v.argmax(1)[mask], self.classes
+        )
+        foreground = dice[1:][~np.isnan(dice[1:])]
+        return {
+            "loss": float(np.mean(losses)),
+            "dice": _named(dice, self.class_names),
+            "mean_dice": float(foreground.mean()) if foreground.size else 0.0,
+        }
+
+    def validation_score(self, scores: dict[str, Any]) -> float:
+        """Mean Dice of the non-background classes."""
+        return float(scores["mean_dice"])
+
+    # --- checkpoint identity and the model package ----------------------------------------
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "config": asdict(self.config),
+            "architecture": asdict(self.architecture),
+            "class_names": self.class_names,
+        }
+
+    def provenance(self) -> dict[str, Any]:
+        """Training data, parameters, software versions and scores (stored in the model)."""
+        state = self.state
+        return {
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "framework_version": __version__,
+            "torch_version": str(torch.__version__),
+            "device": str(self.device),
+            "training_data": [
+                {"name": n, "shape": list(v.labels.shape)}
+                for n, v in zip(
+                    self.sources or [f"pair {i}" for i in range(len(self.volumes))], self.volumes
+                )
+            ],
+            "validation_data": [
+                {"name": n, "shape": list(v.labels.shape)}
+                for n, v in zip(self.val_sources or [], self.held_out)
+            ],
+            "config": asdict(self.config),
+            "class_weights": self.weights.tolist(),
+            "steps": state.step,
+            "best_step": state.best_step,
+            "best_val_mean_dice": None if state.best_score == -math.inf else state.best_score,
+            "stopped_early": state.stopped_early,
+            "finished": self.finished,
+        }
+
+    def package_model(self) -> SunModel:
+        """The SUN model package of the best weights."""
+        return SunModel(
+            self.architecture,
+            self.best_weights(),
+            self.normalization,
+            self.class_names,
+            self.voxel_size,
+            self.axes,
+            self.input_dtype,
+            self.provenance(),
+        )
+
+    def finish(self) -> TrainingResult:
+        """Save the model package; the result names it and the metrics log."""
+        model = self.package_model()
+        save_model(self.model_path, model)
+        state = self.state
+        return TrainingResult(
+            model,
+            self.model_path,
+            state.step,
+            state.best_step,
+            state.best_score,
+            state.stopped_early,
+            self.metrics_path,
+            self.history,
+        )
+
+
 def train_sun(
     images: Sequence[Any],
     labels: Sequence[Any],
@@ -240,7 +508,7 @@ def train_sun(
     progress: bool = False,
     max_steps_this_run: int | None = None,
 ) -> TrainingResult:
-    """Train a SUN model and save it as one model-package file.
+    """Train a SUN model and save it as one model-package file (runs a :class:`SUNTrainer`).
 
     Parameters
     ----------
@@ -279,304 +547,36 @@ def train_sun(
     Returns
     -------
     TrainingResult
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from unified_framework.data import make_implant_phantom
+    >>> image, labels = make_implant_phantom((16, 16, 16), seed=0)
+    >>> config = TrainingConfig(axes="3", depth=2, base_width=4, input_size=16, steps=2)
+    >>> result = train_sun([image], [labels], pathlib.Path(tempfile.mkdtemp()) / "m.pt", config)
+    >>> result.steps
+    2
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..inference.predictor import resolve_device
-
-    config = config or TrainingConfig()
-    model_path = Path(model_path)
-    metrics_path = (
-        Path(metrics_path)
-        if metrics_path
-        else model_path.with_name(model_path.name + ".metrics.jsonl")
-    )
-    checkpoint_path = (
-        Path(checkpoint_path)
-        if checkpoint_path
-        else model_path.with_name(model_path.name + ".checkpoint.pt")
-    )
-    volumes, classes, input_dtype = prepare_pairs(images, labels, sources, num_classes)
-    class_names = list(class_names) if class_names else [f"class {c}" for c in range(classes)]
-    if len(class_names) != classes:
-        raise InputError(f"training: {len(class_names)} class names for {classes} classes")
-    axes = parse_axes(config.axes)
-    channels = volumes[0].image.shape[0]
-    architecture = UNetConfig(
-        channels,
-        classes,
-        config.depth,
-        config.base_width,
-        config.norm,
-        config.dropout,
-        config.input_size,
-    )
-    device = resolve_device(config.device)
-    amp = (device.type == "cuda") if config.amp is None else bool(config.amp)
-
-    held_out: list[TrainingVolume] = []
-    if len(val_images) or len(val_labels):
-        val_sources = (
-            list(val_sources)
-            if val_sources
-            else [f"validation pair {i}" for i in range(len(val_images))]
-        )
-        held_out, _, val_dtype = prepare_pairs(val_images, val_labels, val_sources, classes)
-        if held_out[0].image.shape[0] != channels or val_dtype != input_dtype:
-            raise InputError(
-                f"{val_sources[0]}: {held_out[0].image.shape[0]} channel(s) of {val_dtype}; expected "
-                f"{channels} of {input_dtype} like the training images"
-            )
-        train_volumes, val_volumes = volumes, held_out
-    else:
-        splits = [split_volume(v, config.val_fraction) for v in volumes]  # views into ``volumes``
-        train_volumes = [train for train, _ in splits]
-        val_volumes = [val for _, val in splits if val is not None]
-    normalization = Normalization.fit([v.image for v in train_volumes], seed=config.seed)
-    for volume in [
-        *volumes,
-        *held_out,
-    ]:  # normalise in place once (views follow); patches come from normalised data
-        normalization.apply(volume.image, channel_axis=0)
-    weights = (
-        class_weights([v.labels for v in train_volumes], classes)
-        if config.class_weighting
-        else np.ones(classes, np.float32)
-    )
-    sampler = PatchSampler(
-        train_volumes, axes, classes, config.input_size, config.foreground_fraction
-    )
-    validation = None
-    if val_volumes:
-        val_rng = np.random.default_rng([config.seed, 1])
-        validation = PatchSampler(
-            val_volumes, axes, classes, config.input_size, config.foreground_fraction
-        ).sample(val_rng, config.val_patches)
-
-    torch.manual_seed(config.seed)
-    network = UNet2D(architecture).to(device)
-    optimizer = torch.optim.AdamW(
-        network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    weight_tensor = torch.from_numpy(weights).to(device)
-    rng = np.random.default_rng([config.seed, 0])
-    state = {
-        "step": 0,
-        "best_score": -math.inf,
-        "best_step": 0,
-        "bad_validations": 0,
-        "best_state": None,
-        "stopped_early": False,
-    }
-    identity = {
-        "config": asdict(config),
-        "architecture": asdict(architecture),
-        "class_names": class_names,
-    }
-    if resume and checkpoint_path.is_file():
-        state = _load_checkpoint(checkpoint_path, identity, network, optimizer, scaler, rng, device)
-        truncate_metrics(metrics_path, state["step"])
-        logger.info("resumed training from %s at step %d", checkpoint_path, state["step"])
-    elif metrics_path.exists():
-        metrics_path.unlink()
-
-    def save_checkpoint() -> None:
-        payload = {
-            "identity": json.dumps(identity),
-            "network": network.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "numpy_rng": json.dumps(rng.bit_generator.state),
-            "torch_rng": torch.get_rng_state(),
-            "state": {k: v for k, v in state.items() if k != "best_state"},
-            "best_state": state["best_state"],
-        }
-        with atomic_path(checkpoint_path) as tmp:
-            torch.save(payload, tmp)
-
-    def validate() -> dict[str, Any]:
-        network.eval()
-        images_v, targets_v, valid_v = validation
-        losses, predicted = [], []
-        with torch.no_grad():
-            for i in range(0, len(images_v), config.batch_size):
-                x = torch.from_numpy(images_v[i : i + config.batch_size]).to(device)
-                t = torch.from_numpy(targets_v[i : i + config.batch_size]).to(device)
-                v = torch.from_numpy(valid_v[i : i + config.batch_size]).to(device)
-                with torch.autocast(device.type, enabled=amp):
-                    logits = network(x)
-                losses.append(float(soft_dice_ce_loss(logits, t, v, weight_tensor)))
-                predicted.append(logits.argmax(1).cpu().numpy())
-        network.train()
-        mask = valid_v > 0
-        dice = dice_per_class(np.concatenate(predicted)[mask], targets_v.argmax(1)[mask], classes)
-        foreground = dice[1:][~np.isnan(dice[1:])]
-        return {
-            "loss": float(np.mean(losses)),
-            "dice": _named(dice, class_names),
-            "mean_dice": float(foreground.mean()) if foreground.size else 0.0,
-        }
-
-    network.train()
-    history: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    window_start, window_pixels = time.perf_counter(), 0
-    steps_this_run = 0
-    bar = tqdm(
-        total=config.steps,
-        initial=state["step"],
-        desc="SUN train",
-        unit="step",
-        disable=None if progress else True,
-    )
-    # Every step allocates the same activations and gradients again (see utils.heap).
-    with reuse_freed_memory():
-        while state["step"] < config.steps and not state["stopped_early"]:
-            if max_steps_this_run is not None and steps_this_run >= max_steps_this_run:
-                save_checkpoint()
-                break
-            step = state["step"] + 1
-            lr = config.learning_rate * (1 - (step - 1) / config.steps) ** 0.9
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images_b, targets_b, valid_b = sampler.sample(rng, config.batch_size)
-            if config.augment:
-                images_b, targets_b, valid_b = augment(rng, images_b, targets_b, valid_b)
-            x = torch.from_numpy(np.ascontiguousarray(images_b)).to(device)
-            t = torch.from_numpy(np.ascontiguousarray(targets_b)).to(device)
-            v = torch.from_numpy(np.ascontiguousarray(valid_b)).to(device)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, enabled=amp):
-                logits = network(x)
-            loss = soft_dice_ce_loss(logits, t, v, weight_tensor)
-            if not torch.isfinite(loss.detach()):
-                raise InputError(
-                    f"training diverged at step {step} (loss {loss.item()}); lower the learning rate"
-                )
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            state["step"] = step
-            steps_this_run += 1
-            window_pixels += x.shape[0] * x.shape[2] * x.shape[3]
-            bar.update()
-            if step % config.log_every == 0 or step == config.steps:
-                mask = valid_b > 0
-                dice = dice_per_class(
-                    logits.argmax(1).cpu().numpy()[mask], targets_b.argmax(1)[mask], classes
-                )
-                elapsed = time.perf_counter() - window_start
-                line = {
-                    "step": step,
-                    "phase": "train",
-                    "loss": loss.item(),
-                    "dice": _named(dice, class_names),
-                    "lr": lr,
-                    "throughput_px_per_s": window_pixels / max(elapsed, 1e-9),
-                    "time_s": time.perf_counter() - started,
-                }
-                append_metrics(metrics_path, line)
-                history.append(line)
-                bar.set_postfix(loss=f"{line['loss']:.3f}")
-                window_start, window_pixels = time.perf_counter(), 0
-            if validation is not None and (step % config.val_every == 0 or step == config.steps):
-                scores = validate()
-                improved = scores["mean_dice"] > state["best_score"] + 1e-4
-                if improved:
-                    state.update(best_score=scores["mean_dice"], best_step=step, bad_validations=0)
-                    state["best_state"] = {
-                        k: v.detach().cpu().clone() for k, v in network.state_dict().items()
-                    }
-                else:
-                    state["bad_validations"] += 1
-                    if config.patience and state["bad_validations"] >= config.patience:
-                        state["stopped_early"] = True
-                line = {
-                    "step": step,
-                    "phase": "val",
-                    **scores,
-                    "best": improved,
-                    "time_s": time.perf_counter() - started,
-                }
-                append_metrics(metrics_path, line)
-                history.append(line)
-            if step % config.checkpoint_every == 0 or state["stopped_early"]:
-                save_checkpoint()
-    bar.close()
-    finished = state["step"] >= config.steps or state["stopped_early"]
-    best_state = state["best_state"] or {
-        k: v.detach().cpu() for k, v in network.state_dict().items()
-    }
-    provenance = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "framework_version": __version__,
-        "torch_version": str(torch.__version__),
-        "device": str(device),
-        "training_data": [
-            {"name": n, "shape": list(v.labels.shape)}
-            for n, v in zip(sources or [f"pair {i}" for i in range(len(volumes))], volumes)
-        ],
-        "validation_data": [
-            {"name": n, "shape": list(v.labels.shape)} for n, v in zip(val_sources or [], held_out)
-        ],
-        "config": asdict(config),
-        "class_weights": weights.tolist(),
-        "steps": state["step"],
-        "best_step": state["best_step"],
-        "best_val_mean_dice": None if state["best_score"] == -math.inf else state["best_score"],
-        "stopped_early": state["stopped_early"],
-        "finished": finished,
-    }
-    model = SunModel(
-        architecture,
-        best_state,
-        normalization,
-        class_names,
-        tuple(float(v) for v in voxel_size),
-        axes,
-        input_dtype,
-        provenance,
-    )
-    save_model(model_path, model)
-    return TrainingResult(
-        model,
+    return SUNTrainer(
+        images,
+        labels,
         model_path,
-        state["step"],
-        state["best_step"],
-        state["best_score"],
-        state["stopped_early"],
-        metrics_path,
-        history,
-    )
+        config,
+        class_names=class_names,
+        num_classes=num_classes,
+        voxel_size=voxel_size,
+        sources=sources,
+        val_images=val_images,
+        val_labels=val_labels,
+        val_sources=val_sources,
+        metrics_path=metrics_path,
+        checkpoint_path=checkpoint_path,
+        resume=resume,
+        progress=progress,
+        max_steps_this_run=max_steps_this_run,
+    ).run()
 
 
 def _named(scores: np.ndarray, names: Sequence[str]) -> dict[str, float | None]:
     return {name: (None if np.isnan(value) else float(value)) for name, value in zip(names, scores)}
-
-
-def _load_checkpoint(
-    path: Path, identity: dict, network, optimizer, scaler, rng: np.random.Generator, device
-) -> dict[str, Any]:
-    import torch
-
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-        stored_identity = json.loads(payload["identity"])
-    except Exception as exc:  # damaged or foreign file
-        raise InputError(
-            f"{path}: not a readable SUN training checkpoint ({type(exc).__name__}); remove it or train without resume"
-        ) from None
-    if stored_identity != json.loads(json.dumps(identity)):
-        raise InputError(
-            f"{path}: checkpoint of a different training configuration; remove it or train without resume (--no-resume)"
-        )
-    network.load_state_dict(payload["network"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scaler.load_state_dict(payload["scaler"])
-    rng.bit_generator.state = json.loads(payload["numpy_rng"])
-    torch.set_rng_state(payload["torch_rng"].cpu())
-    state = dict(payload["state"])
-    state["best_state"] = payload["best_state"]
-    return state
