@@ -195,3 +195,37 @@ def test_a_kill_while_saving_labels_leaves_the_previous_state(phantoms, tmp_path
     (tmp_path / "p" / "labels" / "0_z_1.npy").write_bytes(b"garbage")
     with pytest.raises(InputError, match="0_z_1.npy: label file missing or damaged"):
         Project(tmp_path / "p")
+
+
+def test_a_training_round_killed_mid_way_resumes_to_the_same_weights(phantoms, tmp_path):
+    import torch
+
+    from unified_framework.active_learning.pool import IGNORE, SlicePool
+    from unified_framework.active_learning.training import train_round
+
+    (image, labels), _ = phantoms[0]
+    pool = SlicePool([image], "z")
+    slices = [(pool.image(s), pool.label(labels, s, 4)) for s in pool.ids[2:5]]
+    sparse = slices[0][1].copy()
+    sparse[:, 16:] = IGNORE  # a partly labelled slice: the right half carries no loss
+    slices[0] = (slices[0][0], sparse)
+    config = RoundConfig(steps=4, input_size=32, batch_size=2, checkpoint_every=1, log_every=1)
+    whole = train_round(slices, tmp_path / "whole.pt", config, class_names=CLASS_NAMES)
+    with pytest.raises(InputError, match="stopped at step 2 of 4 on request; run it again"):
+        train_round(
+            slices, tmp_path / "cut.pt", config, class_names=CLASS_NAMES, max_steps_this_run=2
+        )
+    assert not (tmp_path / "cut.pt").exists() and (tmp_path / "cut.pt.checkpoint.pt").exists()
+    resumed = train_round(slices, tmp_path / "cut.pt", config, class_names=CLASS_NAMES)
+    for key, value in whole.state_dict.items():
+        assert torch.equal(value, resumed.state_dict[key]), key
+    lines = (tmp_path / "cut.pt.metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+    with pytest.raises(InputError, match="no labelled slices"):
+        train_round([], tmp_path / "none.pt", config, class_names=CLASS_NAMES)
+    empty = [(slices[0][0], np.full_like(sparse, IGNORE))]
+    with pytest.raises(InputError, match="every labelled slice is empty"):
+        train_round(empty, tmp_path / "none.pt", config, class_names=CLASS_NAMES)
+    bad = [(slices[0][0], np.full_like(sparse, 6))]
+    with pytest.raises(InputError, match="label value 6 is outside the class list 0..3"):
+        train_round(bad, tmp_path / "none.pt", config, class_names=CLASS_NAMES)

@@ -1,36 +1,30 @@
-"""Training a round of active learning on the labelled slices.
+"""Training a round of active learning on the labelled slices, with SUN's trainer.
 
 The labelled slices are 2D images with 2D labels (:data:`~.pool.IGNORE` where
-unlabelled). They go through SUN's training pieces unchanged: each slice is a one-slice
-:class:`~unified_framework.sun.training.sampling.TrainingVolume`, patches come from
-SUN's :class:`~unified_framework.sun.training.sampling.PatchSampler` (a third centred
-on foreground), SUN's augmentation and loss (cross-entropy + soft Dice), SUN's
-intensity normalisation, and the shared metrics log. Ignored pixels carry no loss.
-Checkpoints (weights, optimiser, random states) make a killed round resume exactly.
+unlabelled). :class:`ALTrainer` is a :class:`~unified_framework.sun.training.SUNTrainer`
+(the shared :class:`~unified_framework.training.Trainer` loop) on one-slice volumes:
+the same patch sampling (a third centred on foreground), augmentation, loss
+(cross-entropy + soft Dice), intensity normalisation, resumable checkpoints and metrics
+log as SUN training. It builds an HRNet (or SUN's U-Net), gives unlabelled pixels no
+loss, and saves an :class:`~.model.ALModel`. There is no validation split: a round
+trains a fixed number of steps on every labelled slice (the held-out Dice of the
+simulation and the project is measured afterwards, :func:`evaluate`).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import __version__
 from ..errors import InputError
-from ..sun.model_package import Normalization
-from ..sun.training.losses import dice_per_class, soft_dice_ce_loss
-from ..sun.training.sampling import PatchSampler, TrainingVolume, augment
-from ..utils.atomic import atomic_path
-from ..utils.heap import reuse_freed_memory
-from ..utils.metrics_log import append_metrics, truncate_metrics
+from ..sun.training import SUNTrainer, TrainingConfig
 from .model import ALModel, save_al_model
 from .pool import IGNORE
 
@@ -117,29 +111,157 @@ class RoundConfig:
             },
         )
 
+    def loop_settings(self) -> TrainingConfig:
+        """SUN's training configuration for these settings (axis ``z`` of one-slice volumes)."""
+        return TrainingConfig(
+            axes="z",
+            depth=self.depth,
+            base_width=self.base_width,
+            norm="batch",
+            dropout=self.dropout,
+            input_size=self.input_size,
+            batch_size=self.batch_size,
+            steps=self.steps,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            val_fraction=0.0,
+            val_every=self.steps,
+            patience=0,
+            checkpoint_every=self.checkpoint_every,
+            log_every=self.log_every,
+            augment=self.augment,
+            foreground_fraction=self.foreground_fraction,
+            seed=self.seed,
+            device=self.device,
+        )
 
-def _labelled_volumes(
-    slices: Sequence[tuple[np.ndarray, np.ndarray]], classes: int
-) -> list[TrainingVolume]:
+
+def _slice_arrays(
+    slices: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One-slice volumes ``(channels, 1, rows, cols)`` and labels ``(1, rows, cols)``."""
     if not slices:
         raise InputError(
             "training: no labelled slices; label at least one slice (mdlma al query, then annotate)"
         )
-    volumes = []
-    for n, (image, labels) in enumerate(slices):
+    images, labels = [], []
+    for n, (image, label) in enumerate(slices):
         image = np.asarray(image, dtype=np.float32)
-        if image.ndim == 2:
-            image = image[None]
-        if labels.shape != image.shape[1:]:
+        image = image[None] if image.ndim == 2 else image
+        label = np.asarray(label)
+        if label.shape != image.shape[1:]:
             raise InputError(
-                f"labelled slice {n}: labels {labels.shape}, image {image.shape[1:]}; expected the same shape"
+                f"labelled slice {n}: labels {label.shape}, image {image.shape[1:]}; expected the same shape"
             )
-        if not (labels != IGNORE).any():
-            continue
-        volumes.append(TrainingVolume(image[:, None].copy(), labels[None].astype(np.uint8)))
-    if not volumes:
+        if (label != IGNORE).any():
+            images.append(image[:, None])
+            labels.append(label[None].astype(np.uint8))
+    if not images:
         raise InputError("training: every labelled slice is empty (all pixels unlabelled)")
-    return volumes
+    return images, labels
+
+
+class ALTrainer(SUNTrainer):
+    """SUN's trainer on labelled slices, with an HRNet (or U-Net) and an :class:`ALModel` file.
+
+    Parameters
+    ----------
+    slices : sequence of (image, labels)
+        See :func:`train_round`.
+    model_path : path-like
+    config : RoundConfig
+    class_names : sequence of str
+    weights : path-like, optional
+        HRNet backbone weights (a state-dict file).
+    **kwargs
+        ``metrics_path``, ``checkpoint_path``, ``resume``, ``progress``,
+        ``max_steps_this_run`` of :class:`~unified_framework.training.Trainer`.
+    """
+
+    name = "active-learning"
+
+    def __init__(
+        self,
+        slices: Sequence[tuple[np.ndarray, np.ndarray]],
+        model_path: str | Path,
+        config: RoundConfig,
+        *,
+        class_names: Sequence[str],
+        weights: str | Path | None = None,
+        **kwargs: Any,
+    ) -> None:
+        images, labels = _slice_arrays(slices)
+        # SUN's checks refuse label 255; unlabelled pixels become 255 again below.
+        unlabelled = [lab == IGNORE for lab in labels]
+        checked = [np.where(mask, 0, lab) for mask, lab in zip(unlabelled, labels)]
+        for n, lab in enumerate(checked):
+            if lab.size and lab.max() >= len(class_names):
+                raise InputError(
+                    f"labelled slice {n}: label value {int(lab.max())} is outside the class list "
+                    f"0..{len(class_names) - 1} ({IGNORE}: unlabelled)"
+                )
+        super().__init__(
+            images,
+            checked,
+            model_path,
+            config.loop_settings(),
+            class_names=class_names,
+            num_classes=len(class_names),
+            sources=[f"labelled slice {n}" for n in range(len(images))],
+            **kwargs,
+        )
+        for volume, mask in zip(self.volumes, unlabelled):
+            volume.labels[mask] = IGNORE  # one-hot targets of 255 are all zero: no loss
+        self.round_config = config
+        self.weights_file = weights
+        self.network_architecture = config.architecture(self.channels, self.classes)
+        digest = hashlib.sha256()
+        for label in labels:
+            digest.update(np.ascontiguousarray(label).tobytes())
+        self.labels_digest = digest.hexdigest()
+
+    def build_network(self) -> Any:
+        """HRNet (user backbone weights if given) or SUN's U-Net, per the round's settings."""
+        from ..networks import build_network, load_backbone_weights
+
+        if self.weights_file and self.round_config.network != "hrnet":
+            raise InputError("weights: backbone weights apply to HRNet only", field="weights")
+        network = build_network(self.round_config.network, self.network_architecture)
+        if self.weights_file:
+            unused = load_backbone_weights(network, self.weights_file)
+            logger.info("loaded backbone weights; %d keys unused", len(unused))
+        return network
+
+    def sample_batch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """SUN's patches; pixels without a label (all-zero one-hot target) carry no loss."""
+        images, targets, valid = super().sample_batch(rng)
+        return images, targets, valid * (targets.sum(axis=1) > 0.5)
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            **super().identity(),
+            "round": asdict(self.round_config),
+            "network": {"kind": self.round_config.network, **asdict(self.network_architecture)},
+            "labels": self.labels_digest,
+        }
+
+    def finish(self) -> ALModel | None:  # type: ignore[override]
+        """Save the model once every step is done (None when paused by ``max_steps_this_run``)."""
+        if not self.finished:
+            return None
+        provenance = self.provenance()
+        provenance["round_config"] = asdict(self.round_config)
+        model = ALModel(
+            self.round_config.network,
+            self.network_architecture,
+            self.best_weights(),
+            self.normalization,
+            list(self.class_names),
+            provenance,
+        )
+        save_al_model(self.model_path, model)
+        self.checkpoint_path.unlink(missing_ok=True)
+        return model
 
 
 def train_round(
@@ -184,172 +306,31 @@ def train_round(
     Raises
     ------
     InputError
-        No labelled pixels, mismatched shapes, a checkpoint of other settings.
+        No labelled pixels, mismatched shapes, labels outside the class list, a
+        checkpoint of other settings or labels; ``max_steps_this_run`` reached (the
+        message says to run again).
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..networks import build_network, load_backbone_weights
-    from ..sun.inference.predictor import resolve_device
-
-    config = config or RoundConfig()
-    classes = len(class_names)
-    model_path = Path(model_path)
-    metrics_path = Path(metrics_path or model_path.with_name(model_path.name + ".metrics.jsonl"))
-    checkpoint_path = Path(
-        checkpoint_path or model_path.with_name(model_path.name + ".checkpoint.pt")
+    trainer = ALTrainer(
+        slices,
+        model_path,
+        config or RoundConfig(),
+        class_names=class_names,
+        weights=weights,
+        metrics_path=metrics_path,
+        checkpoint_path=checkpoint_path,
+        resume=resume,
+        progress=progress,
+        max_steps_this_run=max_steps_this_run,
     )
-    volumes = _labelled_volumes(slices, classes)
-    channels = volumes[0].image.shape[0]
-    architecture = config.architecture(channels, classes)
-    device = resolve_device(config.device)
-    amp = device.type == "cuda"
-    normalization = Normalization.fit([v.image for v in volumes], seed=config.seed)
-    for volume in volumes:
-        normalization.apply(volume.image, channel_axis=0)
-    sampler = PatchSampler(volumes, ["z"], classes, config.input_size, config.foreground_fraction)
-    torch.manual_seed(config.seed)
-    network = build_network(config.network, architecture)
-    if weights:
-        if config.network != "hrnet":
-            raise InputError("weights: backbone weights apply to HRNet only", field="weights")
-        load_backbone_weights(network, weights)
-    network.to(device)
-    optimizer = torch.optim.AdamW(
-        network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    rng = np.random.default_rng([config.seed, 0])
-    identity = json.dumps(
-        {"config": asdict(config), "classes": list(class_names), "slices": len(slices)},
-        sort_keys=True,
-    )
-    step = 0
-    if resume and checkpoint_path.is_file():
-        step = _load_checkpoint(checkpoint_path, identity, network, optimizer, scaler, rng, device)
-        truncate_metrics(metrics_path, step)
-    elif metrics_path.exists():
-        metrics_path.unlink()
-
-    def save_checkpoint() -> None:
-        payload = {
-            "identity": identity,
-            "network": network.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "numpy_rng": json.dumps(rng.bit_generator.state),
-            "torch_rng": torch.get_rng_state(),
-            "step": step,
-        }
-        with atomic_path(checkpoint_path) as tmp:
-            torch.save(payload, tmp)
-
-    network.train()
-    started = time.perf_counter()
-    done_this_run = 0
-    bar = tqdm(total=config.steps, initial=step, desc="AL train", unit="step", disable=not progress)
-    with reuse_freed_memory():
-        while step < config.steps:
-            if max_steps_this_run is not None and done_this_run >= max_steps_this_run:
-                save_checkpoint()
-                bar.close()
-                raise _Interrupted(step)
-            lr = config.learning_rate * (1 - step / config.steps) ** 0.9
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images_b, targets_b, valid_b = sampler.sample(rng, config.batch_size)
-            if config.augment:
-                images_b, targets_b, valid_b = augment(rng, images_b, targets_b, valid_b)
-            valid_b = valid_b * (targets_b.sum(axis=1) > 0.5)  # unlabelled pixels: no loss
-            x = torch.from_numpy(np.ascontiguousarray(images_b)).to(device)
-            t = torch.from_numpy(np.ascontiguousarray(targets_b)).to(device)
-            v = torch.from_numpy(np.ascontiguousarray(valid_b, dtype=np.float32)).to(device)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, enabled=amp):
-                logits = network(x)
-            loss = soft_dice_ce_loss(logits, t, v)
-            if not torch.isfinite(loss.detach()):
-                raise InputError(
-                    f"training diverged at step {step + 1} (loss {loss.item()}); lower the learning rate"
-                )
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            done_this_run += 1
-            bar.update()
-            if step % config.log_every == 0 or step == config.steps:
-                mask = valid_b > 0
-                dice = dice_per_class(
-                    logits.argmax(1).cpu().numpy()[mask], targets_b.argmax(1)[mask], classes
-                )
-                append_metrics(
-                    metrics_path,
-                    {
-                        "step": step,
-                        "phase": "train",
-                        "loss": loss.item(),
-                        "dice": {
-                            n: (None if np.isnan(d) else float(d))
-                            for n, d in zip(class_names, dice)
-                        },
-                        "lr": lr,
-                        "time_s": time.perf_counter() - started,
-                    },
-                )
-            if step % config.checkpoint_every == 0:
-                save_checkpoint()
-    bar.close()
-    model = ALModel(
-        config.network,
-        architecture,
-        {k: v.detach().cpu() for k, v in network.state_dict().items()},
-        normalization,
-        list(class_names),
-        {
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "framework_version": __version__,
-            "device": str(device),
-            "labelled_slices": len(slices),
-            "config": asdict(config),
-            "steps": step,
-        },
-    )
-    save_al_model(model_path, model)
-    checkpoint_path.unlink(missing_ok=True)
-    return model
-
-
-class _Interrupted(InputError):
-    """Raised by ``max_steps_this_run``: the round stopped on purpose (checkpoint written)."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__(f"training stopped at step {step} on request; run it again to resume")
-        self.step = step
-
-
-def _load_checkpoint(
-    path: Path, identity: str, network, optimizer, scaler, rng: np.random.Generator, device
-) -> int:
-    import torch
-
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-        stored = payload["identity"]
-    except Exception as exc:  # damaged or foreign file
+    trainer.setup()
+    trainer.fit()
+    model = trainer.finish()
+    if model is None:
         raise InputError(
-            f"{path}: not a readable training checkpoint ({type(exc).__name__}); remove it"
-        ) from None
-    if stored != identity:
-        raise InputError(
-            f"{path}: checkpoint of different settings or labelled slices; remove it to start afresh"
+            f"training stopped at step {trainer.state.step} of {trainer.settings.steps} on request; "
+            "run it again to resume"
         )
-    network.load_state_dict(payload["network"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scaler.load_state_dict(payload["scaler"])
-    rng.bit_generator.state = json.loads(payload["numpy_rng"])
-    torch.set_rng_state(payload["torch_rng"].cpu())
-    return int(payload["step"])
+    return model
 
 
 def evaluate(
