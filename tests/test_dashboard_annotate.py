@@ -108,9 +108,12 @@ def test_strokes_become_labels_at_the_slice_resolution():
     canvas[0:6, 0:3] = [*annotate.rgb(annotate.colour(1)), 255]  # rows 0-1, column 0
     canvas[9:12, 12:15] = [*annotate.rgb(annotate.colour(3)), 200]  # row 3, column 4
     canvas[3:6, 6:9] = [250, 130, 20, 90]  # faint (anti-aliased edge): ignored
+    canvas[6, 9] = [*annotate.rgb(annotate.colour(2)), 255]  # a ninth of a block: ignored
+    canvas[6:9, 3] = [*annotate.rgb(annotate.colour(2)), 255]  # a third of a block: painted
     labels = annotate.labels_from_canvas(canvas, base, 4, 3)
     expected = base.copy()
     expected[0:2, 0] = 1
     expected[3, 4] = 3
+    expected[2, 1] = 2
     np.testing.assert_array_equal(labels, expected)
     assert annotate.labels_from_canvas(None, base, 4, 3) is not base

@@ -2,9 +2,11 @@
 
 The canvas is ``streamlit-drawable-canvas`` (0.13, a Streamlit components-v2 package):
 it paints strokes in class colours over the slice, scaled up by an integer factor, and
-returns the strokes as RGBA pixels; :func:`labels_from_canvas` turns them back into
-class indices at the slice's resolution (nearest class colour where a stroke covers a
-pixel centre). It imports only inside a running Streamlit app (``streamlit run`` or
+returns them as Fabric.js objects; :func:`rasterize_strokes` draws their paths again
+(PIL, the stroke's width, round ends) and :func:`labels_from_canvas` turns that into
+class indices at the slice's resolution (nearest class colour where strokes cover a
+quarter of a pixel's screen block). The strokes' vectors, not the canvas' pixels, are used: the pixels come
+back composited with the background image. It imports only inside a running Streamlit app (``streamlit run`` or
 AppTest), where Streamlit has scanned the installed component manifests.
 """
 
@@ -122,6 +124,47 @@ def scale_for(shape: Sequence[int], target: int = 512) -> int:
     return max(1, target // max(int(shape[0]), int(shape[1])))
 
 
+def rasterize_strokes(drawing: dict | None, height: int, width: int) -> np.ndarray | None:
+    """RGBA ``(height, width, 4)`` of the free-drawn paths of a Fabric.js drawing (None: no path).
+
+    Each path is drawn as a polyline through its points with the stroke's width and
+    round joins and ends, in the stroke's colour; later strokes cover earlier ones.
+
+    Examples
+    --------
+    >>> drawing = {"objects": [{"type": "path", "stroke": "#ff0000", "strokeWidth": 2,
+    ...            "path": [["M", 1, 1], ["Q", 1, 1, 5, 1], ["L", 5, 1]]}]}
+    >>> image = rasterize_strokes(drawing, 4, 8)
+    >>> image[1, 1:6, 0].tolist(), int(image[3, 1, 3])
+    ([255, 255, 255, 255, 255], 0)
+    """
+    from PIL import Image, ImageDraw
+
+    paths = [
+        o for o in (drawing or {}).get("objects", []) if str(o.get("type", "")).lower() == "path"
+    ]
+    if not paths:
+        return None
+    image = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    for path in paths:
+        points = [
+            (float(command[-2]), float(command[-1]))
+            for command in path.get("path", [])
+            if len(command) >= 3
+        ]
+        if not points:
+            continue
+        fill = (*[int(v) for v in rgb(str(path.get("stroke", "#000000")))], 255)
+        stroke = max(int(round(float(path.get("strokeWidth", 1)))), 1)
+        if len(points) > 1:
+            draw.line(points, fill=fill, width=stroke, joint="curve")
+        radius = stroke / 2
+        for x, y in (points[0], points[-1]):
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=fill)
+    return np.asarray(image)
+
+
 def labels_from_canvas(
     strokes: np.ndarray | None, base: np.ndarray, classes: int, scale: int
 ) -> np.ndarray:
@@ -142,8 +185,9 @@ def labels_from_canvas(
     Returns
     -------
     numpy.ndarray
-        uint8 ``(rows, cols)``: where a stroke covers a pixel's centre, the class whose
-        colour is nearest the stroke's; elsewhere ``base``.
+        uint8 ``(rows, cols)``: where strokes cover at least a quarter of a pixel's
+        ``scale x scale`` screen block, the class whose colour is nearest their mean
+        colour there; elsewhere ``base``.
 
     Examples
     --------
@@ -155,18 +199,21 @@ def labels_from_canvas(
     labels = np.array(base, np.uint8, copy=True)
     if strokes is None:
         return labels
-    strokes = np.asarray(strokes)
     rows, cols = labels.shape
-    centre = scale // 2
-    picked = strokes[centre : rows * scale : scale, centre : cols * scale : scale][:rows, :cols]
-    painted = picked[..., 3] >= 128
+    blocks = np.zeros((rows * scale, cols * scale, 4), np.float32)
+    strokes = np.asarray(strokes, np.float32)[: rows * scale, : cols * scale]
+    blocks[: strokes.shape[0], : strokes.shape[1]] = strokes
+    blocks = blocks.reshape(rows, scale, cols, scale, 4)
+    opaque = blocks[..., 3] >= 128
+    coverage = opaque.mean(axis=(1, 3))
+    painted = coverage >= 0.25  # a quarter of the pixel's screen block under a stroke
     if not painted.any():
         return labels
-    palette = np.stack([rgb(colour(c)) for c in range(classes)]).astype(np.int32)
-    colours = picked[painted][:, :3].astype(np.int32)
-    nearest = ((colours[:, None, :] - palette[None]) ** 2).sum(-1).argmin(axis=1)
-    region = labels[: picked.shape[0], : picked.shape[1]]
-    region[painted] = nearest.astype(np.uint8)
+    summed = (blocks[..., :3] * opaque[..., None]).sum(axis=(1, 3))
+    mean_colour = summed[painted] / opaque.sum(axis=(1, 3))[painted][:, None]
+    palette = np.stack([rgb(colour(c)) for c in range(classes)]).astype(np.float32)
+    nearest = ((mean_colour[:, None, :] - palette[None]) ** 2).sum(-1).argmin(axis=1)
+    labels[painted] = nearest.astype(np.uint8)
     return labels
 
 

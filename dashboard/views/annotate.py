@@ -132,10 +132,16 @@ else:
             height=grey.shape[0] * scale,
             width=grey.shape[1] * scale,
             drawing_mode="freedraw",
-            return_image_data=True,
             key=f"annotate_canvas_{sid.key}_{version}_{int(use_proposal)}",
         )
-        st.caption("The canvas toolbar undoes, redoes and clears strokes.")
+        painted = [
+            o
+            for o in ((canvas.json_data or {}).get("objects") or [])
+            if str(o.get("type", "")).lower() == "path"
+        ]
+        st.caption(
+            f"{len(painted)} stroke(s) painted; the canvas toolbar undoes, redoes and clears them."
+        )
     with right:
         if proposal is not None:
             st.image(
@@ -147,11 +153,9 @@ else:
         else:
             st.info("No model yet: paint the classes you see (unpainted pixels stay unlabelled).")
 
-    strokes = None
-    try:
-        strokes = canvas.image_data
-    except Exception:  # nothing sent back yet
-        strokes = None
+    strokes = annotate.rasterize_strokes(
+        canvas.json_data, grey.shape[0] * scale, grey.shape[1] * scale
+    )
     buttons = st.columns([1, 1, 1, 2])
     fill = buttons[2].toggle(
         "unpainted = background",
