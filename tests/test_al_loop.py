@@ -152,6 +152,7 @@ def test_project_loop_from_the_command_line(phantoms, tmp_path, capsys, monkeypa
     project = Project(project_dir)
     assert project.pending == second
     assert [r["function"] for r in project.rounds] == ["random", "entropy"]
+    assert set(project.rounds[1]["uncertainty"]) == {"pool_entropy", "picked_entropy"}
     assert project.rounds[0]["model"] == "models/round-001.pt"
     assert project.state["labelled"][first[0].key]["by"]
 

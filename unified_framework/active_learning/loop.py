@@ -76,6 +76,7 @@ def query(
     labelled = project.labelled
     model_path = project.latest_model()
     rng = np.random.default_rng([len(project.rounds), len(labelled)])
+    uncertainty = None
     if function not in NEEDS_MODEL or model_path is None:
         picked = select("random", pool.ids, labelled, batch_size, rng)
         used = "random"
@@ -93,7 +94,12 @@ def query(
         )
         picked = select(function, pool.ids, labelled, batch_size, rng, scores)
         used = function
-    project.record_query(picked, used, model_path)
+        chosen = [pool.ids.index(s) for s in picked]
+        uncertainty = {
+            "pool_entropy": float(scores.entropy.mean()),
+            "picked_entropy": float(scores.entropy[chosen].mean()),
+        }
+    project.record_query(picked, used, model_path, uncertainty)
     return picked
 
 

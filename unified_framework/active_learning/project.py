@@ -259,8 +259,19 @@ class Project:
             self.manifest.forget([label_file(sid)])
             state["labelled"] = labelled
 
-    def record_query(self, picked: Sequence[SliceId], function: str, model: Path | None) -> None:
-        """Append a query to the history and make its slices the pending ones."""
+    def record_query(
+        self,
+        picked: Sequence[SliceId],
+        function: str,
+        model: Path | None,
+        uncertainty: dict[str, float] | None = None,
+    ) -> None:
+        """Append a query to the history and make its slices the pending ones.
+
+        ``uncertainty`` (mean entropy of the pool and of the picked slices) goes into
+        the round's entry: when the picked slices are hardly more uncertain than the
+        pool, more labels add little.
+        """
         with self.locked() as state:
             state["pending"] = [s.key for s in picked]
             state["rounds"] = [
@@ -272,6 +283,7 @@ class Project:
                     "query_model": str(model.relative_to(self.folder)) if model else None,
                     "queried_at": _now(),
                     "labelled_before": len(state["labelled"]),
+                    "uncertainty": uncertainty,
                 },
             ]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..active_learning.acquisition import FUNCTIONS
@@ -218,6 +219,13 @@ def _query(args: argparse.Namespace) -> int:
     bar.close()
     for sid in picked:
         print(sid.key)
+    entry = Project(args.project).rounds[-1]
+    if entry.get("uncertainty"):
+        u = entry["uncertainty"]
+        print(
+            f"mean entropy: picked {u['picked_entropy']:.3f}, pool {u['pool_entropy']:.3f}",
+            file=sys.stderr,
+        )
     return 0
 
 
