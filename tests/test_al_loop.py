@@ -230,3 +230,25 @@ def test_a_training_round_killed_mid_way_resumes_to_the_same_weights(phantoms, t
     bad = [(slices[0][0], np.full_like(sparse, 6))]
     with pytest.raises(InputError, match="label value 6 is outside the class list 0..3"):
         train_round(bad, tmp_path / "none.pt", config, class_names=CLASS_NAMES)
+
+
+def test_simulate_and_merge_from_the_command_line(phantoms, tmp_path, capsys):
+    paths = _write_pool(phantoms, tmp_path)
+    common = ["al", "simulate", "--pair", str(paths[0][0]), str(paths[0][1])]
+    common += ["--test-pair", str(paths[2][0]), str(paths[2][1]), "--out", str(tmp_path / "sim")]
+    common += ["--functions", "random", "entropy", "--seeds", "0", "--initial", "2", "--batch", "2"]
+    common += ["--max-labelled", "4", "--network", "unet", "--steps", "2", "--input-size", "32"]
+    assert main([*common, "--list"]) == 0
+    assert capsys.readouterr().out.split("\n")[:3] == [
+        "  0  full seed 0",
+        "  1  random seed 0",
+        "  2  entropy seed 0",
+    ]
+    for index in range(3):
+        assert main([*common, "--cell-index", str(index), "--train-batch", "2"]) == 0
+    assert main(["al", "merge", str(tmp_path / "sim")]) == 0
+    out = capsys.readouterr().out
+    assert "full pool: mean foreground Dice" in out and "entropy" in out
+    assert (tmp_path / "sim" / "curves.png").is_file()
+    assert main([*common[:5], str(paths[1][0]), *common[5:]]) == 2
+    assert "--pair: 3 paths; expected image and label volumes in turn" in capsys.readouterr().err
