@@ -252,3 +252,38 @@ def test_simulate_and_merge_from_the_command_line(phantoms, tmp_path, capsys):
     assert (tmp_path / "sim" / "curves.png").is_file()
     assert main([*common[:5], str(paths[1][0]), *common[5:]]) == 2
     assert "--pair: 3 paths; expected image and label volumes in turn" in capsys.readouterr().err
+
+
+def test_merge_combines_seeds_into_mean_sd_auc_and_the_95_percent_share(tmp_path):
+    from unified_framework.active_learning.simulate import cell_name
+
+    def cell(function, seed, dice):
+        settings = {
+            "function": function,
+            "seed": seed,
+            "pool_size": 10,
+            "class_names": ["bg", "fg"],
+        }
+        settings["config"] = {"steps": 3, "seed": seed}
+        points = [
+            {"labelled": n, "share": n / 10, "dice": {"bg": 1.0, "fg": d}, "mean_dice": d}
+            for n, d in zip((2, 4, 6), dice)
+        ]
+        path = tmp_path / "cells" / f"{cell_name(function, seed)}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps({"settings": settings, "points": points, "done": True}))
+
+    for seed, full in ((0, 0.9), (1, 1.0)):
+        cell("full", seed, [full])
+        cell("random", seed, [0.5, 0.7, 0.9])
+        cell("entropy", seed, [0.5, 0.9, 0.95])
+    result = merge(tmp_path, plot=False)
+    assert result["full"]["mean_dice"] == pytest.approx(0.95)
+    entropy, random = result["functions"]["entropy"], result["functions"]["random"]
+    assert entropy["mean_dice"]["mean"] == pytest.approx([0.5, 0.9, 0.95])
+    # AUC: trapezoid over shares 0.2..0.6, divided by 0.4
+    assert random["auc"]["mean"] == pytest.approx((0.6 * 0.2 + 0.8 * 0.2) / 0.4)
+    # 95 % of each seed's full-pool Dice: 0.855 (seed 0) and 0.95 (seed 1)
+    assert entropy["share_at_95"]["per_seed"] == [0.4, 0.6]
+    assert random["share_at_95"]["per_seed"] == [0.6, None]
+    assert not random["share_at_95"]["reached_by_all"]

@@ -222,6 +222,13 @@ def _curve_stats(points_by_seed: list[list[dict]], key: Callable[[dict], float])
     }
 
 
+def _shared_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A cell's settings without what differs between the cells of one simulation."""
+    shared = {k: v for k, v in settings.items() if k not in ("function", "seed")}
+    shared["config"] = {k: v for k, v in settings["config"].items() if k != "seed"}
+    return shared
+
+
 def _class_dice(name: str) -> Callable[[dict], float]:
     return lambda point: point["dice"].get(name) or 0.0
 
@@ -268,10 +275,9 @@ def merge(out: str | Path, plot: bool = True) -> dict[str, Any]:
         for r in records
         if not r.get("done")
     )
-    common = {k: v for k, v in finished[0]["settings"].items() if k not in ("function", "seed")}
+    common = _shared_settings(finished[0]["settings"])
     for r in finished[1:]:
-        other = {k: v for k, v in r["settings"].items() if k not in ("function", "seed")}
-        if other != common:
+        if _shared_settings(r["settings"]) != common:
             raise InputError(f"{out}: cells of different settings; merge each simulation apart")
     class_names = common["class_names"]
     by_function: dict[str, dict[int, list[dict]]] = {}
