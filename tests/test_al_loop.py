@@ -287,3 +287,23 @@ def test_merge_combines_seeds_into_mean_sd_auc_and_the_95_percent_share(tmp_path
     assert entropy["share_at_95"]["per_seed"] == [0.4, 0.6]
     assert random["share_at_95"]["per_seed"] == [0.6, None]
     assert not random["share_at_95"]["reached_by_all"]
+
+
+def test_user_backbone_weights_are_loaded_for_hrnet_only(phantoms, tmp_path):
+    import torch
+
+    from unified_framework.active_learning.pool import SlicePool
+    from unified_framework.active_learning.training import train_round
+    from unified_framework.networks import HRNetConfig, HRNetSeg
+
+    (image, labels), _ = phantoms[0]
+    pool = SlicePool([image], "z")
+    slices = [(pool.image(s), pool.label(labels, s, 4)) for s in pool.ids[3:5]]
+    weights = tmp_path / "backbone.pt"
+    torch.save(HRNetSeg(HRNetConfig(num_classes=4)).backbone.state_dict(), weights)
+    config = RoundConfig(steps=1, input_size=32, batch_size=2, weights=str(weights))
+    model = train_round(slices, tmp_path / "m.pt", config, class_names=CLASS_NAMES)
+    assert model.provenance["round_config"]["weights"] == str(weights)
+    unet = RoundConfig(network="unet", steps=1, input_size=32, batch_size=2, weights=str(weights))
+    with pytest.raises(InputError, match="backbone weights apply to HRNet only"):
+        train_round(slices, tmp_path / "u.pt", unet, class_names=CLASS_NAMES)

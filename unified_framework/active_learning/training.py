@@ -55,6 +55,8 @@ class RoundConfig:
     seed : int
     checkpoint_every, log_every : int
     device : str or None
+    weights : str or None
+        A user-provided HRNet backbone weights file (state dict); None: random init.
     """
 
     network: str = "hrnet"
@@ -73,6 +75,7 @@ class RoundConfig:
     checkpoint_every: int = 50
     log_every: int = 10
     device: str | None = None
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
@@ -213,7 +216,7 @@ class ALTrainer(SUNTrainer):
         for volume, mask in zip(self.volumes, unlabelled):
             volume.labels[mask] = IGNORE  # one-hot targets of 255 are all zero: no loss
         self.round_config = config
-        self.weights_file = weights
+        self.weights_file = weights or config.weights
         self.network_architecture = config.architecture(self.channels, self.classes)
         digest = hashlib.sha256()
         for label in labels:

@@ -145,6 +145,9 @@ def _training_options(parser: argparse.ArgumentParser, with_batch: bool = False)
     parser.add_argument("--steps", type=int, default=300, help="training steps per round")
     parser.add_argument("--train-batch", type=int, default=8, help="patches per step")
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--weights", type=Path, help="HRNet backbone weights (a state-dict file); default: random"
+    )
 
 
 def _runtime(parser: argparse.ArgumentParser) -> None:
@@ -163,6 +166,7 @@ def _config(args: argparse.Namespace):
         steps=args.steps,
         batch_size=args.train_batch,
         learning_rate=args.lr,
+        weights=str(args.weights.resolve()) if args.weights else None,
     )
 
 
