@@ -72,6 +72,7 @@ def test_create_query_and_save_labels(home):
     assert app.selectbox(key="annotate_slice").value == pending[1].key
 
 
+@pytest.mark.slow  # trains a round and scores the held-out volume (30 s idle, more when loaded)
 def test_proposal_uncertainty_and_learning_curve_after_a_round(home):
     folder = annotate.create_sample_project(home, "p", side=32)
     project = Project(folder)
