@@ -241,6 +241,7 @@ def sandbox(tmp_path, monkeypatch):
         "section.tif",
     ):
         (base / name).write_bytes(b"")
+    (base / "project").mkdir()
     monkeypatch.chdir(base)
     return base, tmp_path / "canary"
 
@@ -257,6 +258,8 @@ BASELINE = {
     "denoise": {"input": "volume.tif"},
     "search": {"pipeline": "run.py", "image": "volume.tif", "truth": "gt.tif"},
     "pipeline": {"pipeline": "run.py", "input": "volume.tif"},
+    "al-train": {"project": "project"},
+    "al-simulate": {"pairs": "images.tif labels.tif", "test_pairs": "volume.tif gt.tif"},
 }
 
 
@@ -472,6 +475,53 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             v["input"],
             "--out",
             v["out"],
+            *v["extra_args"],
+        ]
+    if name == "al-train":
+        steps = ["--max-steps", str(v["max_steps"])] if v["max_steps"] else []
+        return "mdlma", [
+            "al",
+            "train",
+            v["project"],
+            "--device",
+            device,
+            "--threads",
+            threads,
+            *steps,
+            *v["extra_args"],
+        ]
+    if name == "al-simulate" and step == "merge":
+        return "mdlma", ["al", "merge", v["out"]]
+    if name == "al-simulate":
+        return "mdlma", [
+            "al",
+            "simulate",
+            "--pair",
+            *v["pairs"],
+            "--test-pair",
+            *v["test_pairs"],
+            "--out",
+            v["out"],
+            "--functions",
+            *v["functions"],
+            "--seeds",
+            *[str(seed) for seed in range(v["seeds"])],
+            "--network",
+            v["network"],
+            "--steps",
+            str(v["steps"]),
+            "--initial",
+            str(v["initial"]),
+            "--batch",
+            str(v["batch"]),
+            "--max-labelled",
+            str(v["max_labelled"]),
+            "--cell-index",
+            "0",
+            "--device",
+            device,
+            "--threads",
+            threads,
             *v["extra_args"],
         ]
     if name == "jupyter":

@@ -37,6 +37,8 @@ REQUIRED_TEMPLATES = {
     "denoise",
     "search",
     "pipeline",
+    "al-train",
+    "al-simulate",
 }
 
 
@@ -62,6 +64,8 @@ MINIMAL = {
     "denoise": {"input": "volume.tif"},
     "search": {"pipeline": "run.py", "image": "volume.tif", "truth": "gt.tif"},
     "pipeline": {"pipeline": "run.py", "input": "volume.tif"},
+    "al-train": {"project": "model"},
+    "al-simulate": {"pairs": "images.tif labels.tif", "test_pairs": "volume.tif gt.tif"},
 }
 
 
@@ -172,6 +176,28 @@ def test_sun_predict_renders_array_and_merge_command_lines(workdir):
     assert merge.after == "predict"
     gpu = local_prepare("sun-predict", {**MINIMAL["sun-predict"], "gpus": 1}).scripts[0]
     assert "#SBATCH --gres=gpu:1" in gpu.directives and "--device cuda" in gpu.text
+
+
+def test_al_templates_render_the_cell_array_merge_and_training(workdir):
+    simulate, merge = local_prepare(
+        "al-simulate",
+        {**MINIMAL["al-simulate"], "functions": "random entropy", "seeds": 3, "max_parallel": 2},
+    ).scripts
+    assert "#SBATCH --array=0-8%2" in simulate.directives  # (2 functions + full) x 3 seeds
+    assert (
+        "mdlma al simulate --pair images.tif labels.tif --test-pair volume.tif gt.tif "
+        f"--out {workdir / 'al-simulation'} --functions random entropy --seeds 0 1 2 --network hrnet"
+        in simulate.text
+    )
+    assert '--cell-index "$SLURM_ARRAY_TASK_ID" --device cpu' in simulate.text
+    assert f"mdlma al merge {workdir / 'al-simulation'}" in merge.text and merge.after == "simulate"
+    train = local_prepare("al-train", {**MINIMAL["al-train"], "gpus": 1, "max_steps": 50}).scripts[
+        0
+    ]
+    assert (
+        f'mdlma al train {workdir / "model"} --device cuda --threads "$OMP_NUM_THREADS" --max-steps 50'
+        in train.text
+    )
 
 
 def test_histology_match_command_line(workdir):
@@ -596,7 +622,7 @@ def test_broken_forms_are_refused(tmp_path, form, message):
 def test_unknown_template_lists_the_known_ones():
     with pytest.raises(
         InputError,
-        match="not found; expected one of denoise, histology-match, jupyter, pipeline, python-script",
+        match="not found; expected one of al-simulate, al-train, denoise, histology-match, jupyter, pipeline",
     ):
         hpc.load_template("no-such-template")
 

@@ -20,6 +20,7 @@ PAGES: dict[str, list[tuple[str, str, str, str]]] = {
         ("views/analysis.py", "Analysis", ":material/analytics:", "analysis"),
         ("views/search.py", "Parameter search", ":material/tune:", "search"),
         ("views/denoise.py", "Denoising", ":material/blur_on:", "denoise"),
+        ("views/annotate.py", "Annotate", ":material/brush:", "annotate"),
     ],
     "Data": [
         ("views/catalogue.py", "Catalogue", ":material/dataset:", "catalogue"),

@@ -14,6 +14,7 @@ Commands:
   mdlma register convexadam  affine, convexAdam and VoxelMorph registration with quality report
   mdlma histology match      virtual sections of a volume; locate a histology section in it
   mdlma quantify LABELS      degradation quantities (depth, rate, layer thickness, BV/TV, BIC), time series
+  mdlma al init|query|train  active learning with HRNet: label few slices; oracle simulations
   mdlma catalogue search     dataset catalogue (SciCat, or a local SQLite file)
   mdlma jobs ...             SLURM job templates, submission and status
   mdlma dashboard            Streamlit dashboard
@@ -25,16 +26,18 @@ Documentation: docs/ in the source tree.
 ]])
 whatis("Name: mdlma/unified-framework")
 whatis("Version: 0.1.0")
-whatis([[Description: MDLMA unified framework: volume and whole-slide image I/O, denoising, tomographic reconstruction, segmentation (SUN U-Net, classical baselines), parameter search over pipelines, registration (convexAdam, VoxelMorph), virtual histology, scoring, degradation analysis (implant volumes, depth and rate, layer thickness, BV/TV, BIC), a dataset catalogue and SLURM/Jupyter/Streamlit workflows for large 3D micro-CT and microscopy images.]])
+whatis([[Description: MDLMA unified framework: volume and whole-slide image I/O, denoising, tomographic reconstruction, segmentation (SUN U-Net, classical baselines, active learning with HRNet), parameter search over pipelines, registration (convexAdam, VoxelMorph), virtual histology, scoring, degradation analysis (implant volumes, depth and rate, layer thickness, BV/TV, BIC), a dataset catalogue and SLURM/Jupyter/Streamlit workflows for large 3D micro-CT and microscopy images.]])
 whatis([[Bundles: unified_framework (CLI mdlma)]])
 whatis([[Bundles: PyTorch 2.14.1 + torchvision 0.29.1 (CPU and CUDA)]])
 whatis([[Bundles: numpy, scipy, scikit-image, SimpleITK, dask, dask-jobqueue, zarr, h5py, tifffile + imagecodecs, nibabel, pydicom]])
 whatis([[Bundles: convexAdam, voxelmorph + neurite (torch backend)]])
+whatis([[Bundles: timm (HRNet backbones, random init; no weights downloaded)]])
 whatis([[Bundles: Streamlit + plotly dashboard apps]])
 whatis([[Bundles: JupyterLab, JupyterHub batchspawner, jupyter-server-proxy]])
 whatis([[Bundles: pyscicat (SciCat catalogue client)]])
 whatis([[Bundles: algotom, astra-toolbox (ring removal and reconstruction; tomopy only in the conda environment)]])
 whatis([[Bundles: bm3d, optuna, umap-learn, dask distributed (denoising, parameter search, score landscape)]])
+whatis([[Bundles: porespy (local thickness for degradation analysis)]])
 family("mdlma")
 -- In a clone: <clone>/lmod/<name>/<version>.lua -> prefix <clone>/.mdlma
 local here = myFileName()
