@@ -90,7 +90,7 @@ c.MdlmaSlurmSpawner.modulepaths = [
 c.MdlmaSlurmSpawner.port_range = os.environ.get("MDLMA_HUB_PORT_RANGE", "50000-50999")
 c.MdlmaSlurmSpawner.server_ip = os.environ.get("MDLMA_HUB_SERVER_IP", "127.0.0.1")
 c.MdlmaSlurmSpawner.options_form_template = str(here / "templates" / "options_form.html")
-c.MdlmaSlurmSpawner.batch_script = (here / "templates" / "job.sh.j2").read_text()
+# The job script is slurm_templates/jupyter, rendered by unified_framework.hpc (see docs/hub.md).
 # The hub runs as root; every SLURM command runs as the user (no sudo needed).
 c.MdlmaSlurmSpawner.exec_prefix = "runuser -u {username} --"
 # The job's PATH and friends come from the user's login environment and the module,

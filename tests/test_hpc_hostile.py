@@ -416,9 +416,10 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
     if name == "jupyter":
         port = [f"--port={v['port']}"] if v["port"] else []
         command, *args = v["command"]
+        ip = [f"--ip={v['ip']}"] if v["ip"] else []  # empty: the hub's JUPYTERHUB_SERVICE_URL
         return command, [
             *args,
-            f"--ip={v['ip']}",
+            *ip,
             *port,
             f"--notebook-dir={v['notebook_dir']}",
             *v["extra_args"],
@@ -531,6 +532,10 @@ def test_hostile_values_are_refused_or_passed_on_literally(name, sandbox, tmp_pa
                 rejected += 1
                 continue
             _assert_inert(template, hpc.render(template, alone, context), allowed, (pname, value))
+            if p.type == "module":
+                # Rendered and checked inert, but not run: running needs Lmod and a module of
+                # that name (the hub's end-to-end test runs a real one).
+                continue
             accepted[pname] = candidate
         if not accepted:
             continue

@@ -20,6 +20,7 @@ from unified_framework.hpc.slurm import (
     SEP,
     count_gpus,
     parse_duration,
+    parse_gres_used,
     parse_memory_mb,
     parse_sinfo,
 )
@@ -206,6 +207,33 @@ def test_score_and_train_command_lines(workdir):
     )
     with pytest.raises(InputError, match="is not one of 3, 9"):
         local_prepare("sun-train", {**MINIMAL["sun-train"], "axes": 4})
+
+
+def test_jupyter_module_parameter_loads_exactly_that_module(workdir):
+    template = hpc.load_template("jupyter")
+    values = hpc.validate_params(
+        template, {"module": " mdlma/unified-framework/0.1.0 "}, cwd=workdir
+    )
+    assert values["module"] == "mdlma/unified-framework/0.1.0"  # blanks go, after the checks
+    text = hpc.render(template, {**values, "modulepaths": ["/opt/m f"]})[0].text
+    assert "module use '/opt/m f'\n" in text
+    assert "module load mdlma/unified-framework/0.1.0 ||" in text and "mdlma_prefix=" not in text
+    for bad, message in (
+        ("../etc/x", "is not a module name"),
+        ("a; id", "is not a module name"),
+        ("a\nb", "control character"),
+    ):
+        with pytest.raises(InputError, match=message) as caught:
+            hpc.validate_params(template, {"module": bad}, cwd=workdir)
+        assert caught.value.field == "module"
+    with pytest.raises(InputError, match="locked by the administrator"):
+        hpc.validate_params(template, {"modulepaths": "/tmp/evil"}, cwd=workdir)
+    narrowed = hpc.Parameter(**{**vars(template.parameters["module"]), "choices": ("a/1",)})
+    only = hpc.Template(
+        **{**vars(template), "parameters": {**template.parameters, "module": narrowed}}
+    )
+    with pytest.raises(InputError, match="'b/1' is not one of a/1"):
+        hpc.validate_params(only, {"module": "b/1"}, cwd=workdir)
 
 
 def test_jupyter_command_is_locked_but_the_hub_may_change_it(workdir):
@@ -535,6 +563,71 @@ def test_unknown_template_lists_the_known_ones():
         InputError, match="not found; expected one of histology-match, jupyter, python-script"
     ):
         hpc.load_template("no-such-template")
+
+
+@pytest.mark.parametrize(
+    ("gres", "gpus"),
+    [
+        ("gpu", 1),  # a bare 'gpu' is one GPU
+        ("gpu:2", 2),
+        ("gpu:a100:4(S:0-1)", 4),
+        ("gpu:a100:4(S:0-1),gpu:v100:2,shard:8", 6),  # several entries; only gpu counts
+        ("gpu:a100:2(IDX:0,2),gpu(S:0)", 3),  # commas inside (...) do not split
+        ("gpu:a100:0(IDX:N/A)", 0),  # GresUsed of a node with none allocated
+        ("gpu:a100", 1),
+        ("shard:8", 0),
+        ("(null)", 0),
+        ("", 0),
+        (None, 0),
+    ],
+)
+def test_count_gpus_edge_cases(gres, gpus):
+    assert count_gpus(gres) == gpus
+
+
+def test_gres_used_counts_each_node_once():
+    text = "\n".join(
+        SEP.join(f)
+        for f in [
+            ["g1", "gpu:a100:2(IDX:0-1)", ""],
+            ["g1", "gpu:a100:2(IDX:0-1)", ""],  # the same node again, for another partition
+            ["g2", "gpu:a100:0(IDX:N/A),gpu:v100:1(IDX:0)", ""],
+            ["n1", "(null)", ""],
+        ]
+    )
+    assert parse_gres_used(text) == {"g1": 2, "g2": 1, "n1": 0}
+
+
+def test_job_log_path_of_records_array_tasks_and_foreign_jobs(tmp_path):
+    from unified_framework.hpc import JobEntry, JobRecord, find_record, job_log_path
+
+    record = JobRecord(
+        "t",
+        "slurm",
+        "u",
+        "h",
+        "",
+        str(tmp_path),
+        str(tmp_path / "rec"),
+        [
+            JobEntry("main", "job.sh", "7", array="0-3", log="slurm-%A_%a.out"),
+            JobEntry("merge", "merge.sh", "8"),
+        ],
+    )
+    assert record.log_path("7_3") == tmp_path / "rec" / "slurm-7_3.out"
+    assert record.log_path("8") == tmp_path / "rec" / "slurm-8.out"
+    assert record.log_path("9") is None
+    assert job_log_path("8", tmp_path, record) == tmp_path / "rec" / "slurm-8.out"
+    # A job the framework did not submit: sbatch's default in its working directory.
+    assert find_record(tmp_path, "9") is None
+    assert job_log_path("9", tmp_path) == tmp_path / "slurm-9.out"
+    assert job_log_path("9", "") is None
+
+
+def test_parse_duration_refuses_garbage_with_an_input_error():
+    for text in ("soon", "1:2:3:4", "-5", "1-"):
+        with pytest.raises(InputError, match="SLURM time limit"):
+            parse_duration(text)
 
 
 def test_value_parsers():

@@ -25,27 +25,45 @@ import pytest
 from conftest_slurm import as_test_user, ensure_test_user, planted_state  # noqa: F401 - fixture
 
 from unified_framework.errors import InputError
+from unified_framework.hpc.slurm import SEP, format_minutes, parse_duration, parse_sinfo
+from unified_framework.hpc.validation import ClusterLimits
 from unified_framework.hub import serverproxy, singleuser
 from unified_framework.hub.auth import DevAuthenticator, service_account_reason
-from unified_framework.hub.cluster import (
-    Partition,
-    format_minutes,
-    list_modules,
-    parse_gpus,
-    parse_sinfo,
-    parse_time_limit,
-)
+from unified_framework.hub.cluster import list_modules
 from unified_framework.hub.options import SpawnChoices, validate_options
 from unified_framework.hub.spawner import InvalidOptions, MdlmaSlurmSpawner
 
 REPO = Path(__file__).resolve().parents[1]
 
-SINFO = """debug*|1:00:00|2|3900|(null)|up
-batch|7-00:00:00|2|3900|(null)|up
-gpu|2-00:00:00|32|256000|gpu:a100:4(S:0-1)|up
-gpu|2-00:00:00|64+|512000|gpu:a100:8|up
-old|infinite|8|16000|(null)|down
-"""
+# What the hub's options form is built from: the SLURM layer's two sinfo readings
+# (partitions; nodes), as unified_framework.hpc.slurm.sinfo asks for them.
+SINFO_PARTITIONS = "\n".join(
+    SEP.join(f)
+    for f in [
+        ["debug*", "up", "1:00:00", "n/a"],
+        ["batch", "up", "7-00:00:00", "n/a"],
+        ["gpu", "up", "2-00:00:00", "n/a"],
+        ["old", "down", "infinite", "n/a"],
+    ]
+)
+SINFO_NODES = "\n".join(
+    SEP.join(f)
+    for f in [
+        ["n1", "debug*", "idle", "2", "0/2/0/2", "3900", "3000", "(null)", "(null)"],
+        ["n1", "batch", "idle", "2", "0/2/0/2", "3900", "3000", "(null)", "(null)"],
+        ["g1", "gpu", "idle", "32", "0/32/0/32", "256000", "1", "gpu:a100:4(S:0-1)", "(null)"],
+        ["g2", "gpu", "idle", "64", "0/64/0/64", "512000+", "1", "gpu:a100:8", "(null)"],
+        ["o1", "old", "down", "8", "0/0/8/8", "16000", "1", "(null)", "(null)"],
+    ]
+)
+
+
+def up_partitions(partition_text: str = SINFO_PARTITIONS):
+    return [p for p in parse_sinfo(partition_text, SINFO_NODES)[0] if p.available]
+
+
+def cluster(partition_text: str = SINFO_PARTITIONS) -> ClusterLimits:
+    return ClusterLimits({p.name: p for p in parse_sinfo(partition_text, SINFO_NODES)[0]})
 
 
 @pytest.mark.parametrize(
@@ -62,34 +80,40 @@ old|infinite|8|16000|(null)|down
     ],
 )
 def test_parse_time_limit(text, minutes):
-    assert parse_time_limit(text) == minutes
+    # The one SLURM time parser (seconds); a part minute counts as a minute of the limit.
+    seconds = parse_duration(text)
+    assert (None if seconds == float("inf") else -(-seconds // 60)) == minutes
 
 
 def test_parse_time_limit_rejects_garbage():
     with pytest.raises(InputError, match="time limit"):
-        parse_time_limit("soon")
+        parse_duration("soon")
 
 
 def test_format_minutes_round_trips():
     for minutes in (30, 60, 1441, 10080):
-        assert parse_time_limit(format_minutes(minutes)) == minutes
+        assert parse_duration(format_minutes(minutes)) == minutes * 60
     with pytest.raises(InputError):
         format_minutes(0)
 
 
 def test_parse_gpus():
-    assert parse_gpus("(null)") == 0
-    assert parse_gpus("gpu:a100:4(S:0-1)") == 4
-    assert parse_gpus("gpu:2,shard:8") == 2
+    from unified_framework.hpc.slurm import count_gpus
+
+    assert count_gpus("(null)") == 0
+    assert count_gpus("gpu:a100:4(S:0-1)") == 4
+    assert count_gpus("gpu:2,shard:8") == 2
 
 
 def test_parse_sinfo_merges_node_types_and_drops_down_partitions():
-    parts = {p.name: p for p in parse_sinfo(SINFO)}
+    parts = {p.name: p for p in up_partitions()}
     assert list(parts) == ["debug", "batch", "gpu"]
     assert parts["debug"].default and not parts["batch"].default
-    assert parts["gpu"] == Partition("gpu", False, 2880, 64, 512000, 8)
-    with pytest.raises(InputError, match="line 1"):
-        parse_sinfo("debug|1:00:00|2\n")
+    gpu = parts["gpu"]
+    assert (gpu.default, gpu.max_minutes, gpu.max_cpus_per_node) == (False, 2880, 64)
+    assert (gpu.max_memory_mb_per_node, gpu.max_gpus_per_node) == (512000, 8)
+    # A line with too few fields is not a partition.
+    assert parse_sinfo("debug|1:00:00|2\n", SINFO_NODES)[0] == []
 
 
 def test_list_modules(tmp_path):
@@ -109,16 +133,23 @@ def test_list_modules(tmp_path):
 
 @pytest.fixture
 def choices():
-    return SpawnChoices(partitions=parse_sinfo(SINFO), modules=["mdlma/unified-framework/0.1.0"])
+    choices = SpawnChoices(cluster=cluster(), modules=["mdlma/unified-framework/0.1.0"])
+    assert choices.partitions == up_partitions()  # the form offers the partitions that are up
+    return choices
+
+
+def _chosen(params: dict) -> dict:
+    """The jupyter template's parameters the options form sets."""
+    return {k: params[k] for k in ("partition", "time", "cpus", "mem", "gpus", "module")}
 
 
 def test_validate_options_defaults_and_form_lists(choices):
-    assert validate_options({}, choices) == {
+    assert _chosen(validate_options({}, choices)) == {
         "partition": "debug",
-        "runtime": "0-01:00:00",
-        "nprocs": "1",
-        "memory": "2G",
-        "gres": "",
+        "time": "0-01:00:00",
+        "cpus": 1,
+        "mem": "2G",
+        "gpus": 0,
         "module": "mdlma/unified-framework/0.1.0",
     }
     form = {
@@ -128,12 +159,12 @@ def test_validate_options_defaults_and_form_lists(choices):
         "memory_gb": ["64"],
         "gpus": ["2"],
     }
-    assert validate_options(form, choices) == {
+    assert _chosen(validate_options(form, choices)) == {
         "partition": "gpu",
-        "runtime": "0-04:00:00",
-        "nprocs": "16",
-        "memory": "64G",
-        "gres": "gpu:2",
+        "time": "0-04:00:00",
+        "cpus": 16,
+        "mem": "64G",
+        "gpus": 2,
         "module": "mdlma/unified-framework/0.1.0",
     }
 
@@ -164,6 +195,13 @@ def test_validate_options_passes_on_only_the_cleaned_values(choices):
         ({"cpus": "1; id"}, "cpus"),
         ({"cpus": ["1", "2"]}, "cpus"),
         ({"account": "root"}, "unknown field"),
+        ({"command": "bash"}, "unknown field"),  # hub-only template parameters stay the hub's
+        ({"module": "other/1.0"}, "module: 'other/1.0' is not one of"),  # only the hub's modules
+        (
+            {"partition": "batch", "runtime_minutes": "4320"},
+            "runtime_minutes: .* above the maximum",
+        ),
+        ({"partition": "old"}, "partition: 'old' is not available"),
     ],
 )
 def test_validate_options_rejects(raw, field, choices):
@@ -182,46 +220,58 @@ def test_options_form_renders_cluster_choices(choices):
         assert f'name="{name}"' in html
     assert 'value="gpu" data-cpus="64"' in html and 'value="old"' not in html
     assert '<option value="8">8</option>' in html  # GPUs offered up to the best node
-    no_gpus = SpawnChoices(partitions=parse_sinfo(SINFO.splitlines()[0]), modules=["<b>x/1</b>"])
+    no_gpus = SpawnChoices(
+        cluster=cluster(SINFO_PARTITIONS.splitlines()[0]), modules=["<b>x/1</b>"]
+    )
     html = env.get_template("options_form.html").render(choices=no_gpus)
     assert 'name="gpus" disabled' in html
     assert "<b>x/1</b>" not in html and "&lt;b&gt;x/1&lt;/b&gt;" in html
 
 
-def test_job_script_renders_valid_bash(choices, tmp_path):
-    from batchspawner.batchspawner import format_template
-
-    options = validate_options({"cpus": "2", "partition": "debug"}, choices)
-    script = format_template(
-        (REPO / "hub_config" / "templates" / "job.sh.j2").read_text(),
-        **options,
-        homedir="/home/alice",
-        keepvars="JUPYTERHUB_API_TOKEN,LANG",
-        job_log="/home/alice/j-%j.log",
+def test_job_script_renders_valid_bash(choices, tmp_path, monkeypatch):
+    """The hub's job script is slurm_templates/jupyter, rendered by hpc; what is about the
+    submission (log, folder, environment) goes on sbatch's command line."""
+    monkeypatch.setattr(MdlmaSlurmSpawner, "_choices_cache", (time.monotonic(), choices))
+    submitted, args = tmp_path / "job.sh", tmp_path / "args"
+    spawner = _spawner(
+        tmp_path,
+        exec_prefix="",
+        batch_submit_cmd=f"cat > {submitted}; printf '%s\\n' {{sbatch_args}} > {args}; echo 42",
+        req_homedir="/home/alice",
+        req_keepvars="JUPYTERHUB_API_TOKEN,LANG",
+        job_log="{homedir}/j-%j.log",
         lmod_init="/usr/share/lmod/lmod/init/bash",
         modulepaths=["/opt/mdlma/modulefiles", "/x"],
-        account="",
-        qos="",
-        options="",
-        prologue="",
-        cmd="python -m unified_framework.hub.singleuser jupyterhub-singleuser",
+        batchspawner_singleuser_cmd="python -m unified_framework.hub.singleuser",
     )
+    spawner.user_options = {"cpus": "2", "partition": "debug"}
+    spawner._job_params = spawner.job_params()
+    assert asyncio.run(spawner.submit_batch_script()) == "42"
+    script = submitted.read_text()
     lines = script.splitlines()
     assert lines[0] == "#!/bin/bash"
     for directive in (
+        "--job-name=jupyterhub",
         "--partition=debug",
         "--cpus-per-task=2",
         "--mem=2G",
         "--time=0-01:00:00",
-        "--output=/home/alice/j-%j.log",
-        "--export=JUPYTERHUB_API_TOKEN,LANG",
     ):
         assert f"#SBATCH {directive}" in lines
+    assert args.read_text().splitlines() == [
+        "--chdir=/home/alice",
+        "--output=/home/alice/j-%j.log",
+        "--export=JUPYTERHUB_API_TOKEN,LANG",
+        "--get-user-env=L",
+    ]
     assert not any("--gres" in line for line in lines)
     assert "module use /opt/mdlma/modulefiles" in lines and "module use /x" in lines
-    assert lines[-1] == "exec python -m unified_framework.hub.singleuser jupyterhub-singleuser"
-    (tmp_path / "job.sh").write_text(script)
-    assert subprocess.run(["bash", "-n", str(tmp_path / "job.sh")]).returncode == 0
+    assert "module load mdlma/unified-framework/0.1.0 ||" in script
+    assert "mdlma_prefix=" not in script  # the hub's module only, no fallback environment
+    assert lines[-1].startswith(
+        "exec python -m unified_framework.hub.singleuser jupyterhub-singleuser --notebook-dir=/home/alice"
+    )
+    assert subprocess.run(["bash", "-n", str(submitted)]).returncode == 0
 
 
 def test_port_range_parsing():
@@ -332,7 +382,9 @@ def test_hub_config_uses_pam_unless_dev(monkeypatch, tmp_path):
     assert config.JupyterHub.bind_url == "http://127.0.0.1:8123"
     assert config.MdlmaSlurmSpawner.modulepaths == ["/a", "/b"]
     assert config.MdlmaSlurmSpawner.exec_prefix.startswith("runuser -u {username}")
-    assert "#SBATCH --get-user-env=L" in config.MdlmaSlurmSpawner.batch_script
+    # The job script is the jupyter template (rendered by hpc), not one of the hub's own.
+    assert "batch_script" not in config.MdlmaSlurmSpawner
+    assert not (REPO / "hub_config" / "templates" / "job.sh.j2").exists()
     from jupyterhub.apihandlers import default_handlers
 
     from unified_framework.hub.portcallback import PortCallbackHandler
@@ -394,43 +446,45 @@ def _spawner(tmp_path, **traits) -> MdlmaSlurmSpawner:
         base_url="/hub/",
         url="http://127.0.0.1:8081/hub/",
     )
-    script = (REPO / "hub_config" / "templates" / "job.sh.j2").read_text()
-    return MdlmaSlurmSpawner(
-        user=user, hub=hub, batch_script=script, modulepaths=[str(tmp_path)], **traits
-    )
+    return MdlmaSlurmSpawner(user=user, hub=hub, **{"modulepaths": [str(tmp_path)], **traits})
 
 
-def test_job_script_gets_the_validated_options_not_the_raw_ones(choices, tmp_path):
+def test_job_script_gets_the_validated_options_not_the_raw_ones(choices, tmp_path, monkeypatch):
     """batchspawner's submit_batch_script merges the raw user_options over the template
     variables. The submit command here writes the script to a file instead of calling
     sbatch (only the rendered script is under test) and prints a job id."""
+    monkeypatch.setattr(MdlmaSlurmSpawner, "_choices_cache", (time.monotonic(), choices))
     script = tmp_path / "submitted.sh"
     spawner = _spawner(tmp_path, exec_prefix="", batch_submit_cmd=f"cat > {script}; echo 42")
-    spawner._job_options = validate_options({"partition": "batch"}, choices)
+    spawner.user_options = {"partition": "batch"}
+    spawner._job_params = spawner.job_params()
     spawner.user_options = {
         "partition": "batch\n#SBATCH --uid=0",
         "module": "mdlma/unified-framework/0.1.0; id",
     }
     assert asyncio.run(spawner.submit_batch_script()) == "42"
     text = script.read_text()
-    assert "#SBATCH --partition=batch\n#SBATCH --time=" in text
+    assert "#SBATCH --partition=batch\n" in text and "#SBATCH --time=0-01:00:00\n" in text
     assert "--uid=0" not in text and "; id" not in text
     assert "module load mdlma/unified-framework/0.1.0 ||" in text
 
 
-def test_job_log_in_a_home_folder_with_percent_signs_stays_literal(choices, tmp_path):
+def test_job_log_in_a_home_folder_with_percent_signs_stays_literal(choices, tmp_path, monkeypatch):
     """SLURM expands %j, %u, ... anywhere in --output, so a '%' in the home folder is
-    doubled in the script, while the hub reads the log at the literal path."""
-    script = tmp_path / "submitted.sh"
+    doubled in sbatch's --output, while the hub reads the log at the literal path."""
+    monkeypatch.setattr(MdlmaSlurmSpawner, "_choices_cache", (time.monotonic(), choices))
+    script, args = tmp_path / "submitted.sh", tmp_path / "args"
     spawner = _spawner(
         tmp_path,
         exec_prefix="",
-        batch_submit_cmd=f"cat > {script}; echo 42",
+        batch_submit_cmd=f"cat > {script}; printf '%s\\n' {{sbatch_args}} > {args}; echo 42",
         req_homedir="/home/ann%u 100%",
     )
-    spawner._job_options = validate_options({}, choices)
+    spawner._job_params = spawner.job_params()
     assert asyncio.run(spawner.submit_batch_script()) == "42"
-    assert "#SBATCH --output=/home/ann%%u 100%%/.mdlma-jupyterhub-%j.log\n" in script.read_text()
+    assert "--output=/home/ann%%u 100%%/.mdlma-jupyterhub-%j.log" in args.read_text().splitlines()
+    assert "--chdir=/home/ann%u 100%" in args.read_text().splitlines()  # --chdir is literal
+    assert "cd -- '/home/ann%u 100%'\n" in script.read_text()
     spawner.job_id = "42"
     spawner.run_command = lambda command: asyncio.sleep(0, result=command)  # echo what would run
     assert "'/home/ann%u 100%/.mdlma-jupyterhub-42.log'" in asyncio.run(spawner.job_log_tail())

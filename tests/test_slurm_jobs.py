@@ -436,6 +436,10 @@ def test_resources_from_sinfo(workdir):
     assert node.cpus == os.cpu_count() and node.gpus == 0 and node.memory_mb > 1000
     assert set(node.partitions) >= {"debug", "batch"}
     assert info.disks[0].free_bytes > 0
+    # The dashboard's "GPUs in use" column: sinfo's GresUsed, read by the SLURM layer.
+    from unified_framework.hpc.slurm import gpus_in_use
+
+    assert gpus_in_use() == {node.name: 0}
 
 
 def test_cli_submit_status_history_cancel(workdir, capsys):

@@ -158,32 +158,11 @@ def history(user: str, days: int = 7) -> pd.DataFrame:
     return table.iloc[::-1].reset_index(drop=True).reindex(columns=list(HISTORY_COLUMNS))
 
 
-def _gpus_in_use() -> dict[str, int]:
-    """GPUs allocated per node (``sinfo -O GresUsed``; the library's ``Node`` has only the total)."""
-    text = slurm.run_command(
-        [
-            "sinfo",
-            "--noheader",
-            "--all",
-            "--Node",
-            f"--Format=NodeList:{slurm.SEP},GresUsed:{slurm.SEP}",
-        ]
-    )
-    used: dict[str, int] = {}
-    for line in text.splitlines():
-        fields = line.split(slurm.SEP)
-        if len(fields) >= 2 and fields[0].strip():
-            used[fields[0].strip()] = max(
-                used.get(fields[0].strip(), 0), slurm.count_gpus(fields[1].strip())
-            )
-    return used
-
-
 def cluster_state(paths: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Partitions, nodes and disk space of ``paths`` (with the user's quotas where reported)."""
     found = hpc.resources([str(p) for p in paths])
     gpus_used = (
-        _gpus_in_use() if found.backend == "slurm" and any(n.gpus for n in found.nodes) else {}
+        slurm.gpus_in_use() if found.backend == "slurm" and any(n.gpus for n in found.nodes) else {}
     )
     nodes = pd.DataFrame(
         [
@@ -231,27 +210,6 @@ def cancel(job_ids: list[str]) -> str | None:
         hpc.cancel([str(j) for j in job_ids])
     except MDLMAError as exc:
         return str(exc)
-    return None
-
-
-def _log_path(record, job_id: str) -> Path | None:
-    """The output file of ``job_id`` in a record (its ``log`` pattern filled in)."""
-    base, _, task = job_id.partition("_")
-    for entry in record.jobs:
-        if entry.job_id in (job_id, base):
-            name = entry.log.replace("%A", base).replace("%a", task).replace("%j", job_id)
-            return Path(record.path) / name
-    return None
-
-
-def find_record(workdir: str, job_id: str):
-    """The framework's submission record of ``job_id`` in ``workdir`` (or None)."""
-    if not workdir or not (Path(workdir) / RECORDS_FOLDER).is_dir():
-        return None
-    base = job_id.split("_")[0]
-    for record in hpc.list_records(workdir):
-        if job_id in record.job_ids or base in record.job_ids:
-            return record
     return None
 
 
@@ -309,10 +267,8 @@ def job_info(job_id: str, user: str) -> dict | None:
             info["elapsed_s"] = parse_duration(job.elapsed)
         if job.state not in hpc.FINISHED_STATES:
             info["end_time"] = ""
-    record = find_record(info["workdir"], job_id)
-    stdout = _log_path(record, job_id) if record else None
-    if stdout is None and info["workdir"]:
-        stdout = Path(info["workdir"]) / f"slurm-{job_id}.out"  # sbatch's default
+    record = hpc.find_record(info["workdir"], job_id)
+    stdout = hpc.job_log_path(job_id, info["workdir"], record)
     inputs = [
         str(v)
         for v in (record.params.values() if record else [])

@@ -8,9 +8,12 @@ from the SLURM library).
 
 from __future__ import annotations
 
-import re
+import math
 
 import pandas as pd
+
+from unified_framework.errors import InputError
+from unified_framework.hpc import slurm
 
 QUEUE_COLUMNS = (
     "job_id",
@@ -57,25 +60,19 @@ ACTIVE_STATES = (
 #: States whose job can still be cancelled.
 CANCELLABLE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "SUSPENDED", "REQUEUED")
 
-_DURATION = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)$")
-
 
 def parse_duration(text: str | None) -> float:
     """Seconds of a SLURM duration (``[D-][HH:]MM:SS``, ``MM:SS.mmm``); NaN if unknown.
 
-    ``UNLIMITED``, ``INVALID``, ``N/A`` and empty strings give NaN; a plain number is
-    read as minutes (SLURM's ``--time`` convention).
+    The library's parser (:func:`unified_framework.hpc.slurm.parse_duration`) with NaN
+    for what a table cannot hold: ``UNLIMITED``, ``INVALID``, ``N/A`` and empty strings.
+    A plain number is minutes (SLURM's ``--time`` convention).
     """
-    if text is None:
+    try:
+        seconds = slurm.parse_duration(None if text is None else str(text))
+    except InputError:
         return float("nan")
-    text = str(text).strip()
-    if text.isdigit():
-        return 60.0 * int(text)
-    match = _DURATION.match(text)
-    if not match:
-        return float("nan")
-    days, hours, minutes, seconds = match.groups()
-    return ((int(days or 0) * 24 + int(hours or 0)) * 60 + int(minutes)) * 60 + float(seconds)
+    return float("nan") if seconds is None or math.isinf(seconds) else seconds
 
 
 def parse_memory(text: str | None) -> float:

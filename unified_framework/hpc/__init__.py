@@ -33,7 +33,7 @@ from .jobs import (
     status,
     submit,
 )
-from .records import JobEntry, JobRecord, list_records, load_record
+from .records import JobEntry, JobRecord, find_record, job_log_path, list_records, load_record
 from .render import RenderedJob, render
 from .settings import HpcSettings
 from .slurm import (
@@ -74,9 +74,11 @@ __all__ = [
     "cluster_limits",
     "current_user",
     "disk_usage",
+    "find_record",
     "form_errors",
     "history",
     "install_prefix",
+    "job_log_path",
     "list_records",
     "list_templates",
     "load_params_file",

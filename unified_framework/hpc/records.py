@@ -76,6 +76,26 @@ class JobRecord:
         """Output files written so far, sorted by name."""
         return sorted(Path(self.path).glob("slurm-*.out"))
 
+    def log_path(self, job_id: str) -> Path | None:
+        """The output file of ``job_id`` (``123`` or an array task ``123_4``), or None.
+
+        The job's ``log`` pattern with SLURM's ``%A`` (array id), ``%a`` (task) and
+        ``%j`` (job id) filled in; None when the job is not one of this record's.
+
+        Examples
+        --------
+        >>> record = JobRecord("t", "slurm", "u", "h", "", "/w", "/w/.mdlma-jobs/r",
+        ...                    [JobEntry("main", "job.sh", "7", log="slurm-%A_%a.out")])
+        >>> str(record.log_path("7_3"))
+        '/w/.mdlma-jobs/r/slurm-7_3.out'
+        """
+        base, _, task = job_id.partition("_")
+        for entry in self.jobs:
+            if entry.job_id in (job_id, base):
+                name = entry.log.replace("%A", base).replace("%a", task).replace("%j", job_id)
+                return Path(self.path) / name
+        return None
+
     def to_json(self) -> str:
         data = asdict(self)
         data.pop("params")
@@ -166,3 +186,35 @@ def list_records(
                 except InputError:
                     continue
     return sorted(records, key=lambda r: (r.submitted, r.path), reverse=True)
+
+
+def find_record(workdir: str | os.PathLike | None, job_id: str) -> JobRecord | None:
+    """The submission record of ``job_id`` (or of its array) in ``workdir``, or None."""
+    if not workdir or not (Path(workdir) / RECORDS_FOLDER).is_dir():
+        return None
+    base = str(job_id).split("_")[0]
+    for record in list_records(workdir):
+        if job_id in record.job_ids or base in record.job_ids:
+            return record
+    return None
+
+
+def job_log_path(
+    job_id: str, workdir: str | os.PathLike | None, record: JobRecord | None = None
+) -> Path | None:
+    """Where the output of ``job_id`` is: its record's log, else sbatch's default.
+
+    Jobs the framework submitted write to their record folder (:meth:`JobRecord.log_path`;
+    the record is looked up in ``workdir`` unless given); others to
+    ``<workdir>/slurm-<job id>.out``, sbatch's default. None without either.
+
+    Examples
+    --------
+    >>> str(job_log_path("42", "/nonexistent/folder"))
+    '/nonexistent/folder/slurm-42.out'
+    """
+    record = record or find_record(workdir, job_id)
+    path = record.log_path(job_id) if record else None
+    if path is None and workdir:
+        path = Path(workdir) / f"slurm-{job_id}.out"
+    return path

@@ -11,6 +11,7 @@ refuses what the user asked for, and :class:`SlurmError` otherwise. Queries read
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
@@ -162,31 +163,67 @@ def _value(text: str) -> str | None:
     return None if text in _NO_VALUE else text
 
 
-def parse_duration(text: str | None) -> float | None:
-    """Seconds of a SLURM duration: ``[D-]HH:MM:SS[.mmm]``, ``MM:SS.mmm``, ``MM``.
+_DURATION_RE = re.compile(r"(?:(\d+)-)?(\d+(?::\d+){0,2}(?:\.\d*)?)")
 
-    ``UNLIMITED``/``INFINITE`` give ``inf``; empty or ``N/A`` give ``None``.
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds of a SLURM duration or time limit, the one parser of them all.
+
+    Reads what ``sinfo``, ``squeue``, ``sacct`` print and what ``--time`` takes:
+    ``[D-]HH:MM:SS[.mmm]``, ``MM:SS[.mmm]``, ``MM`` (a bare number is minutes),
+    ``D-HH`` and ``D-HH:MM``.
+
+    Returns
+    -------
+    float or None
+        Seconds; ``inf`` for ``UNLIMITED``/``INFINITE``; ``None`` for empty or ``N/A``.
+
+    Raises
+    ------
+    InputError
+        Text that is none of these forms.
+
+    Examples
+    --------
+    >>> parse_duration("1-12"), parse_duration("10:30"), parse_duration("30")
+    (129600.0, 630.0, 1800.0)
+    >>> parse_duration("infinite")
+    inf
     """
     value = _value(text or "")
     if value is None:
         return None
     if value.upper() in {"UNLIMITED", "INFINITE"}:
         return float("inf")
-    days = 0
-    if "-" in value:
-        day_text, value = value.split("-", 1)
-        days = int(day_text)
-        parts = value.split(":")
-        # D-HH, D-HH:MM, D-HH:MM:SS
-        parts += ["0"] * (3 - len(parts))
-    else:
-        parts = value.split(":")
-        if len(parts) == 1:  # minutes
-            parts = ["0", parts[0], "0"]
-        elif len(parts) == 2:  # MM:SS
-            parts = ["0"] + parts
+    match = _DURATION_RE.fullmatch(value)
+    if not match:
+        raise InputError(
+            f"SLURM time limit: expected [D-]HH:MM:SS, MM:SS, MINUTES or UNLIMITED, got {value[:40]!r}"
+        )
+    days, clock = match.groups()
+    parts = [float(part) for part in clock.split(":")]
+    if days is not None:  # D-HH, D-HH:MM, D-HH:MM:SS
+        parts += [0.0] * (3 - len(parts))
+    elif len(parts) == 1:  # MM
+        parts = [0.0, parts[0], 0.0]
+    elif len(parts) == 2:  # MM:SS
+        parts = [0.0, *parts]
     hours, minutes, seconds = parts
-    return days * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    return int(days or 0) * 86400 + hours * 3600 + minutes * 60 + seconds
+
+
+def format_minutes(minutes: int) -> str:
+    """A SLURM ``--time`` value (``D-HH:MM:00``) for a whole number of minutes.
+
+    Examples
+    --------
+    >>> format_minutes(90), format_minutes(2880)
+    ('0-01:30:00', '2-00:00:00')
+    """
+    if minutes <= 0:
+        raise InputError(f"runtime: expected a positive number of minutes, got {minutes}")
+    days, rest = divmod(minutes, 1440)
+    return f"{days}-{rest // 60:02d}:{rest % 60:02d}:00"
 
 
 _MEMORY_UNITS = {
@@ -222,15 +259,27 @@ def _tres_value(tres: str, key: str) -> str | None:
 
 
 def count_gpus(gres: str | None) -> int:
-    """Number of GPUs in a GRES string such as ``gpu:a100:4(S:0-1),shard:8``."""
+    """Number of GPUs in a GRES string, the one counter of them all.
+
+    Reads ``sinfo``'s ``%G`` (configured) and ``GresUsed`` (allocated) fields: entries
+    separated by commas (not those inside parentheses), each ``name[:type][:count]``
+    with an optional ``(S:0-1)``/``(IDX:0-3)`` suffix. Only ``gpu`` entries count; one
+    without a count is one GPU; ``(null)`` and empty text are none.
+
+    Examples
+    --------
+    >>> count_gpus("gpu"), count_gpus("gpu:2"), count_gpus("gpu:a100:4(S:0-1)")
+    (1, 2, 4)
+    >>> count_gpus("gpu:a100:2(IDX:0,2),gpu:v100:1,shard:8"), count_gpus("(null)")
+    (3, 0)
+    """
     total = 0
     for item in re.split(r",(?![^(]*\))", gres or ""):
-        item = re.sub(r"\(.*?\)", "", item)
+        item = re.sub(r"\(.*?\)", "", item).strip()
         parts = item.split(":")
-        if parts[0] == "gpu" and len(parts) > 1 and parts[-1].isdigit():
-            total += int(parts[-1])
-        elif parts[0] == "gpu":
-            total += 1
+        if parts[0] != "gpu":
+            continue
+        total += int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
     return total
 
 
@@ -528,7 +577,13 @@ class Node:
 
 @dataclass
 class Partition:
-    """A partition with its limits and the resources of its nodes."""
+    """A partition with its limits and the resources of its nodes: the one description
+    of a partition, read by :func:`sinfo` (job validation, the dashboard's resource
+    page and the hub's options form all use it).
+
+    ``cpus``, ``cpus_idle`` and ``gpus`` are totals over the nodes; a single job gets at
+    most the ``max_*_per_node`` figures (the jobs here run on one node).
+    """
 
     name: str
     default: bool
@@ -547,6 +602,12 @@ class Partition:
     def max_time_s(self) -> float:
         """The time limit in seconds (``inf`` for none)."""
         return parse_duration(self.max_time) or float("inf")
+
+    @property
+    def max_minutes(self) -> int | None:
+        """The time limit in whole minutes (a part minute counts); ``None`` for none."""
+        seconds = self.max_time_s
+        return None if math.isinf(seconds) else math.ceil(seconds / 60)
 
 
 _NODE_FIELDS = ("%N", "%P", "%T", "%c", "%C", "%m", "%e", "%G", "%f")
@@ -570,6 +631,10 @@ def parse_sinfo(partition_text: str, node_text: str) -> tuple[list[Partition], l
     for line in node_text.splitlines():
         f = line.split(SEP)
         if len(f) != len(_NODE_FIELDS):
+            if line.strip():
+                logger.warning(
+                    "sinfo: skipping a node line with %d of %d fields", len(f), len(_NODE_FIELDS)
+                )
             continue
         name, partition = f[0], f[1].rstrip("*")
         if name in nodes:
@@ -595,6 +660,12 @@ def parse_sinfo(partition_text: str, node_text: str) -> tuple[list[Partition], l
     for line in partition_text.splitlines():
         f = line.split(SEP)
         if len(f) != len(_PARTITION_FIELDS):
+            if line.strip():
+                logger.warning(
+                    "sinfo: skipping a partition line with %d of %d fields",
+                    len(f),
+                    len(_PARTITION_FIELDS),
+                )
             continue
         name = f[0].rstrip("*")
         members = [n for n in nodes.values() if name in n.partitions]
@@ -615,6 +686,33 @@ def parse_sinfo(partition_text: str, node_text: str) -> tuple[list[Partition], l
             )
         )
     return partitions, list(nodes.values())
+
+
+def gpus_in_use() -> dict[str, int]:
+    """GPUs allocated per node, read with ``sinfo -O GresUsed`` (:class:`Node` has the totals)."""
+    text = run_command(
+        ["sinfo", "--noheader", "--all", "--Node", f"--Format=NodeList:{SEP},GresUsed:{SEP}"]
+    )
+    return parse_gres_used(text)
+
+
+def parse_gres_used(text: str) -> dict[str, int]:
+    """Parse :func:`gpus_in_use`'s ``sinfo`` output: node -> GPUs allocated.
+
+    A node listed once per partition counts once (the largest figure).
+
+    Examples
+    --------
+    >>> parse_gres_used(f"g1{SEP}gpu:a100:2(IDX:0-1){SEP}\\ng2{SEP}gpu:0{SEP}\\n")
+    {'g1': 2, 'g2': 0}
+    """
+    used: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split(SEP)
+        name = fields[0].strip()
+        if len(fields) >= 2 and name:
+            used[name] = max(used.get(name, 0), count_gpus(fields[1].strip()))
+    return used
 
 
 def qos_names() -> list[str] | None:

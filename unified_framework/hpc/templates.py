@@ -63,6 +63,7 @@ PARAMETER_TYPES = frozenset(
         "gpus",
         "array",
         "host",
+        "module",
     }
 )
 _PARAMETER_KEYS = frozenset(

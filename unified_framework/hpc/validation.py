@@ -334,6 +334,19 @@ def _check_array(p: Parameter, value: Any, at: _Field) -> str:
     return text
 
 
+def _check_module(p: Parameter, value: Any, at: _Field) -> str:
+    """An Lmod module name, or empty; narrowed to the parameter's choices when it has any."""
+    text = _text_of(p, value, at.name)
+    if not text.strip(" "):
+        return ""
+    module = check_module(text, at.name)
+    if p.choices and module not in p.choices:
+        raise InputError(
+            f"{at.name}: {_shown(module)} is not one of {', '.join(map(str, p.choices))}"
+        )
+    return module
+
+
 def _check_host(p: Parameter, value: Any, at: _Field) -> str:
     text = _text_of(p, value, at.name)
     if text and not HOST_RE.fullmatch(text):
@@ -381,6 +394,7 @@ VALIDATORS: dict[str, Callable[[Parameter, Any, _Field], Any]] = {
     "time": _check_time,
     "memory": _check_memory,
     "array": _check_array,
+    "module": _check_module,
     "host": _check_host,
     "string": _check_string,
     "args": _check_args,

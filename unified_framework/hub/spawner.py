@@ -1,6 +1,15 @@
 """``MdlmaSlurmSpawner``: batchspawner's SlurmSpawner with an options form filled from
 the cluster, validated options, progress messages and fast, explained failures.
 
+The job script is the ``jupyter`` job template (``slurm_templates/jupyter``), rendered
+by the SLURM layer (:func:`unified_framework.hpc.render`) from the parameters
+:func:`~.options.validate_options` checked with the validator of every job: the
+user's choices plus the hub's own settings as locked parameters (the server command
+batchspawner puts in ``cmd``, the module paths, Lmod's init script). What is about the
+submission rather than the script - working directory, log file, the environment
+variables passed on - goes on sbatch's command line (``{sbatch_args}`` in
+``batch_submit_cmd``), as the SLURM layer submits every job.
+
 batchspawner 1.3.0 waits for the server's port without looking at the job again, so a
 job that dies after it started leaves the user staring at a spinner until
 ``start_timeout``. Here every wait also polls the job; when it is gone the spawn fails
@@ -17,16 +26,19 @@ import shlex
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import jinja2
 from batchspawner import JobStatus, SlurmSpawner
 from tornado import web
-from traitlets import Float, Integer, List, Unicode, default
+from traitlets import Bool, Float, Integer, List, Unicode, default
 
 from ..errors import BackendUnavailable, InputError
+from ..hpc import cluster_limits, render, slurm
+from ..hpc.jobs import script_context
 from ..hpc.slurm import escape_filename_pattern
-from .cluster import list_modules, query_partitions
-from .options import SpawnChoices, validate_options
+from .cluster import list_modules
+from .options import FORM_FIELDS, SpawnChoices, jupyter_template, validate_options
 
 
 class SpawnFailed(RuntimeError):
@@ -78,6 +90,19 @@ class MdlmaSlurmSpawner(SlurmSpawner):
         help="Lmod's bash initialisation script on the compute nodes.",
     ).tag(config=True)
 
+    job_name = Unicode("jupyterhub", help="Name of the server jobs in the queue.").tag(config=True)
+
+    login_environment = Bool(
+        True,
+        help="Start the job in the user's login environment (sbatch --get-user-env=L; see docs/hub.md).",
+    ).tag(config=True)
+
+    batch_submit_cmd = Unicode(
+        "sbatch --parsable {sbatch_args}",
+        help="How the job script (on standard input) is submitted; {sbatch_args} are the working "
+        "directory, log file and environment options, quoted for the shell.",
+    ).tag(config=True)
+
     port_range = Unicode(
         "50000-50999",
         help="Ports (first-last) the single-user server may listen on; open these between hub and nodes.",
@@ -114,7 +139,7 @@ class MdlmaSlurmSpawner(SlurmSpawner):
     ).tag(config=True)
 
     _choices_cache: tuple[float, SpawnChoices] | None = None
-    _job_options: dict[str, str] | None = None
+    _job_params: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ choices
     def cluster_choices(self) -> SpawnChoices:
@@ -129,10 +154,12 @@ class MdlmaSlurmSpawner(SlurmSpawner):
         if cache is not None and time.monotonic() - cache[0] < self.choices_ttl:
             return cache[1]
         try:
-            partitions = query_partitions()
-        except BackendUnavailable as exc:
+            limits = cluster_limits()
+        except (BackendUnavailable, slurm.SlurmError) as exc:
             raise SpawnFailed(f"The SLURM cluster does not answer: {exc}") from exc
-        choices = SpawnChoices(partitions=partitions, modules=list_modules(self.modulepaths))
+        choices = SpawnChoices(cluster=limits, modules=list_modules(self.modulepaths))
+        if not choices.partitions:
+            raise SpawnFailed("The SLURM cluster has no partition that is up")
         MdlmaSlurmSpawner._choices_cache = (time.monotonic(), choices)
         return choices
 
@@ -156,29 +183,55 @@ class MdlmaSlurmSpawner(SlurmSpawner):
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, str]:
         """Check the submitted form; JupyterHub shows an ``InputError`` on the form page."""
-        fields = ("partition", "runtime_minutes", "cpus", "memory_gb", "gpus", "module")
-        raw = {key: formdata[key] for key in fields if key in formdata}
+        raw = {key: formdata[key] for key in FORM_FIELDS if key in formdata}
         validate_options(raw, self.cluster_choices())
         return {key: value[0] for key, value in raw.items()}
 
     # ------------------------------------------------------------------ job script
-    async def _get_batch_script(self, **subvars):
-        """Render the job script from the validated options only.
+    def hub_values(self) -> dict[str, Any]:
+        """The hub's own parameters of the ``jupyter`` template (locked ones included)."""
+        return {
+            "job_name": self.job_name,
+            "workdir": self.get_req_subvars()["homedir"],
+            # What batchspawner would put in {{cmd}}: the port-reporting wrapper and the server.
+            "command": shlex.split(self.cmd_formatted_for_batch()),
+            "modulepaths": list(self.modulepaths),
+            "lmod_init": self.lmod_init,
+            "ip": "",  # JUPYTERHUB_SERVICE_URL says where (server_ip)
+            "port": 0,  # unified_framework.hub.singleuser picks one from port_range
+            "account": self.req_account,
+            "qos": self.req_qos,
+        }
 
-        batchspawner's ``submit_batch_script`` merges the raw ``user_options`` over the
-        template variables; they are dropped here, so what the script gets is exactly
-        what :func:`validate_options` returned (plus the hub's own settings and ``cmd``).
+    def job_params(self) -> dict[str, Any]:
+        """Validate the user's options with the hub's values (:class:`InputError` if invalid)."""
+        return validate_options(self.user_options or {}, self.cluster_choices(), self.hub_values())
+
+    async def _get_batch_script(self, **subvars):
+        """The ``jupyter`` template rendered by the SLURM layer from the validated parameters.
+
+        batchspawner's ``submit_batch_script`` merges the raw ``user_options`` into
+        ``subvars``; they are not used: what the script gets is exactly what
+        :func:`validate_options` returned in :meth:`start`.
         """
-        return await super()._get_batch_script(**{**self.get_req_subvars(), "cmd": subvars["cmd"]})
+        params = self._job_params if self._job_params is not None else self.job_params()
+        template = jupyter_template()  # validation narrowed the modules; rendering needs no sinfo
+        return render(template, params, script_context(template))[0].text
 
     def get_req_subvars(self) -> dict[str, str]:
         subvars = super().get_req_subvars()
-        subvars.update(self._job_options or {})
-        subvars["modulepaths"] = [shlex.quote(p) for p in self.modulepaths]
-        subvars["lmod_init"] = shlex.quote(self.lmod_init)
         # The log path is a SLURM filename pattern: a '%' in the home folder is escaped.
         subvars["job_log"] = self.job_log.format(
             homedir=escape_filename_pattern(subvars["homedir"], f"home folder of {self.user.name}")
+        )
+        subvars["sbatch_args"] = shlex.join(
+            [
+                f"--chdir={subvars['homedir']}",
+                f"--output={subvars['job_log']}",
+                f"--export={subvars['keepvars']}",
+                # The user's login environment (PATH, Lmod) under the job, see docs/hub.md.
+                *(["--get-user-env=L"] if self.login_environment else []),
+            ]
         )
         return subvars
 
@@ -234,7 +287,7 @@ class MdlmaSlurmSpawner(SlurmSpawner):
             For a rejected submission, or a job that ends before the server listens.
         """
         try:
-            self._job_options = validate_options(self.user_options or {}, self.cluster_choices())
+            self._job_params = self.job_params()
         except InputError as exc:
             raise InvalidOptions(f"Invalid server options: {exc}") from exc
         self.ip = self.server_ip  # JUPYTERHUB_SERVICE_URL: where the server will listen
