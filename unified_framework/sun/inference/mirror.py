@@ -102,5 +102,7 @@ def source_chunks(array: Any, default: Sequence[int]) -> tuple[int, int, int]:
         and len(chunks) == 3
         and all(isinstance(c, (int, np.integer)) for c in chunks)
     ):
-        return tuple(int(c) for c in chunks)
-    return tuple(int(c) for c in default)
+        z, y, x = (int(c) for c in chunks)
+    else:
+        z, y, x = (int(c) for c in default)
+    return z, y, x
