@@ -235,7 +235,7 @@ class _Scorer:
         along_pv = cv[:, 0:1] * dv + cu[:, 0:1] * du
         along_pu = cv[:, 1:2] * dv + cu[:, 1:2] * du
 
-        def f(x: np.ndarray) -> torch.Tensor:
+        def f(x: np.ndarray) -> Any:  # a torch.Tensor
             return torch.as_tensor(
                 np.ascontiguousarray(x[:, ::-1]), dtype=torch.float32, device=self.device
             )
@@ -488,9 +488,8 @@ def locate_section(
         "fine_voxel_um": fine_voxel,
         "global_best_nmi": float(scores.max()),
     }
-    return MatchResult(
-        best, refined[1:candidates], centre, tuple(float(a) for a in axis_v), searched
-    )
+    az, ay, ax = (float(a) for a in axis_v)
+    return MatchResult(best, refined[1:candidates], centre, (az, ay, ax), searched)
 
 
 def _world_of(scorer: _Scorer, centre: np.ndarray, params: np.ndarray) -> Any:
