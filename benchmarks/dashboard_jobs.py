@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         cold, warm = [], []
         for i in range(args.repeat):
             cold.append(timed(app, st.cache_data.clear))
-            warm.append(timed(app, lambda: app.text_input(key="jobs_search").set_value(f"_{i}")))
+            warm.append(
+                timed(app, lambda i=i: app.text_input(key="jobs_search").set_value(f"_{i}"))
+            )
         shown_filtered = len(app.dataframe(key="jobs_queue_table").value)
     finally:
         hpc.cancel([array_id])

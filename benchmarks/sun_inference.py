@@ -42,6 +42,7 @@ measured growth, the input + output size from which the absolute peak is within 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -224,12 +225,16 @@ def _conv_efficiency(predictor, stats, size: int) -> dict:
             weight = module.weight
             if isinstance(module, torch.nn.ConvTranspose2d):
                 layer_flops = 2 * n * c * h * w * module.out_channels * kh * kw
-                run = lambda: F.conv_transpose2d(inputs, weight, module.bias, stride=module.stride)  # noqa: E731
+                run = functools.partial(
+                    F.conv_transpose2d, inputs, weight, module.bias, stride=module.stride
+                )
             else:
                 layer_flops = (
                     2 * n * h * w * module.out_channels * c * kh * kw
                 )  # stride 1, same padding
-                run = lambda: F.conv2d(inputs, weight, module.bias, padding=module.padding)  # noqa: E731
+                run = functools.partial(
+                    F.conv2d, inputs, weight, module.bias, padding=module.padding
+                )
             run()
             timings = []
             for _ in range(7):  # the fastest of several runs: other processes only slow runs down

@@ -302,9 +302,7 @@ class SciCatStandIn:
 
 
 def _utc_text(value: dt.datetime) -> str:
-    return (
-        value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _parse_time(text: str) -> dt.datetime:

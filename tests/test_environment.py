@@ -22,7 +22,7 @@ def _split(requirement: str) -> tuple[str, str]:
 def _pyproject() -> dict[str, str]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     reqs = list(project["dependencies"])
-    for extra, items in project["optional-dependencies"].items():
+    for items in project["optional-dependencies"].values():
         reqs += [r for r in items if not r.startswith(project["name"])]
     return dict(_split(r) for r in reqs)
 

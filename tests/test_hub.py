@@ -22,7 +22,7 @@ from pathlib import Path
 
 import jinja2
 import pytest
-from conftest_slurm import as_test_user, ensure_test_user, planted_state  # noqa: F401 - fixture
+from conftest_slurm import as_test_user, ensure_test_user
 
 from unified_framework.errors import InputError
 from unified_framework.hpc.slurm import SEP, format_minutes, parse_duration, parse_sinfo
@@ -404,9 +404,9 @@ def test_dev_login_only_from_the_command_line_of_scripts_hub(monkeypatch, tmp_pa
     from jupyterhub.app import JupyterHub
 
     line = next(
-        l
-        for l in (REPO / "scripts" / "hub").read_text().splitlines()
-        if l.startswith("DEV_AUTHENTICATOR=")
+        text
+        for text in (REPO / "scripts" / "hub").read_text().splitlines()
+        if text.startswith("DEV_AUTHENTICATOR=")
     )
     monkeypatch.setenv("MDLMA_HUB_STATE", str(tmp_path))
     monkeypatch.setenv("MDLMA_HUB_DEV", "1")

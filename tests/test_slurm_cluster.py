@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_slurm import REPO, as_test_user, planted_state, slurm_cluster  # noqa: F401
+from conftest_slurm import REPO, as_test_user
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 SCRIPT = str(REPO / "scripts" / "slurm-cluster")

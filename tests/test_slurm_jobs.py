@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest_slurm import REPO, make_chain_template, slurm_cluster, slurm_test_user, wait_for  # noqa: F401
+from conftest_slurm import REPO, make_chain_template, wait_for
 
 from unified_framework import hpc
 from unified_framework.errors import InputError

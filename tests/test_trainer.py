@@ -1,6 +1,7 @@
 """The shared training loop (unified_framework.training) and SUN's trainer on top of it."""
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 from unified_framework.data import make_implant_phantom
 from unified_framework.errors import InputError
 from unified_framework.sun.training import SUNTrainer, TrainingConfig, train_sun
+from unified_framework.sun.training.trainer import NETWORK_SHORTCUTS
 
 torch.set_num_threads(1)
 TINY = dict(axes="3", depth=2, base_width=4, input_size=16, batch_size=2, log_every=2)
@@ -69,3 +71,31 @@ def test_divergence_names_the_step(tmp_path):
     config = TrainingConfig(**TINY, steps=3, learning_rate=1e30, val_fraction=0)
     with pytest.raises(InputError, match="training diverged at step"):
         train_sun([image], [labels], tmp_path / "m.pt", config)
+
+
+def test_network_fields_are_nested_and_old_flat_checkpoints_resume(tmp_path):
+    image, labels = make_implant_phantom((16, 16, 16), seed=1)
+    config = TrainingConfig(**TINY, steps=4, val_every=2, checkpoint_every=2, patience=0)
+    assert config.network.depth == 2 and config.network.input_size == 16
+    assert "depth" not in asdict(config) and asdict(config)["network"]["base_width"] == 4
+    assert TrainingConfig.from_dict(asdict(config)) == config
+    with pytest.raises(InputError, match="unknown keys widht"):
+        TrainingConfig.from_dict({"widht": 3})
+    whole = train_sun([image], [labels], tmp_path / "whole.pt", config)
+    train_sun([image], [labels], tmp_path / "old.pt", config, max_steps_this_run=2)
+    # Rewrite the checkpoint as one written before the nesting: the network's fields flat.
+    path = tmp_path / "old.pt.checkpoint.pt"
+    payload = torch.load(path, weights_only=True)
+    identity = json.loads(payload["identity"])
+    network = identity["config"].pop("network")
+    identity["config"].update({k: network[k] for k in NETWORK_SHORTCUTS})
+    payload["identity"] = json.dumps(identity)
+    torch.save(payload, path)
+    resumed = train_sun([image], [labels], tmp_path / "old.pt", config)
+    assert resumed.steps == 4
+    for key, value in whole.model.state_dict.items():
+        torch.testing.assert_close(resumed.model.state_dict[key], value)
+    wider = TrainingConfig(**{**TINY, "base_width": 8}, steps=4)
+    train_sun([image], [labels], tmp_path / "old2.pt", config, max_steps_this_run=2)
+    with pytest.raises(InputError, match="different training configuration"):
+        train_sun([image], [labels], tmp_path / "old2.pt", wider)

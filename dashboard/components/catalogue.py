@@ -75,9 +75,7 @@ def build_query(
                 raise InputError(f"Metadata conditions, line {number}: {exc}") from None
     if created_from and created_to and created_from > created_to:
         raise InputError(f"Created: the range starts {created_from} after it ends {created_to}")
-    start = (
-        dt.datetime.combine(created_from, dt.time.min, dt.UTC) if created_from else None
-    )
+    start = dt.datetime.combine(created_from, dt.time.min, dt.UTC) if created_from else None
     end = dt.datetime.combine(created_to, dt.time.max, dt.UTC) if created_to else None
     return Query(
         text=text.strip(),

@@ -138,7 +138,7 @@ with st.expander("Copy an earlier job"):
 
 # The form: one widget per parameter, problems under their field.
 values = {}
-for name, parameter in template.parameters.items():
+for name in template.parameters:
     values[name] = st.session_state.get(widget_key(template, name))
 try:
     limits = cluster_limits()

@@ -115,7 +115,7 @@ if info is not None:
     if record is not None:
         with st.expander(f"Submitted with the {record.template} template"):
             st.json(record.params, expanded=False)
-            for script_name, text in record.scripts().items():
+            for text in record.scripts().values():
                 st.code(text, language="bash")
         st.page_link(
             "views/composer.py",

@@ -81,7 +81,9 @@ def run_classical(
     truth = read_volume(ground_truth, grey=True).data if ground_truth is not None else None
     with ResourceMeter(gpu=False) as meter:
         labels = segment(volume.data, method, classes=classes, smoothing=smoothing, name=str(input))
+        order: list[int] | None
         if label_order == ORDER_FROM_TRUTH:
+            assert truth is not None  # checked above: 'truth' needs a ground truth volume
             order = majority_order(labels, truth, classes)
         else:
             order = None if label_order is None else [int(v) for v in label_order]
@@ -100,7 +102,7 @@ def run_classical(
         "label_order_from_truth": label_order == ORDER_FROM_TRUTH,
         "shape": list(labels.shape),
         "spacing": list(volume.spacing),
-        "resources": meter.usage.to_dict(),
+        "resources": meter.finished_usage().to_dict(),
     }
     if truth is not None:
         result["ground_truth"] = str(ground_truth)
@@ -202,7 +204,7 @@ def evaluate_command(
         "output": str(output),
         "shape": list(labels.shape),
         "spacing": list(labels.spacing),
-        "resources": meter.usage.to_dict(),
+        "resources": meter.finished_usage().to_dict(),
     }
     if ground_truth is not None:
         truth = read_volume(ground_truth, grey=True)

@@ -437,6 +437,7 @@ def _section(args: argparse.Namespace) -> int:
     print(
         f"true plane: tilt {truth['tilt_deg']:.2f} deg, azimuth {truth['azimuth_deg']:.2f} deg, offset {truth['offset_um']:.2f} um"
     )
+    return 0
 
 
 def _pair(args: argparse.Namespace) -> int:

@@ -332,6 +332,7 @@ def _train(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..io import read_volume
+    from ..sun.networks import UNetConfig
     from ..sun.training import TrainingConfig, train_sun
 
     _set_threads(args)
@@ -353,11 +354,13 @@ def _train(args: argparse.Namespace) -> int:
     spacing = read_volume(args.pair[0][0], lazy=True, expect_ndim=3, grey=True).spacing
     config = TrainingConfig(
         axes=args.axes,
-        depth=args.depth,
-        base_width=args.width,
-        norm=args.norm,
-        dropout=args.dropout,
-        input_size=args.input_size,
+        network=UNetConfig(
+            depth=args.depth,
+            base_width=args.width,
+            norm=args.norm,
+            dropout=args.dropout,
+            input_size=args.input_size,
+        ),
         batch_size=args.batch_size,
         steps=args.steps,
         learning_rate=args.lr,

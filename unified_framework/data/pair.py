@@ -160,6 +160,7 @@ def make_registration_pair(
     )
     fixed_points = picked * np.asarray(spacing)
     moving_points = fixed_points + field[:, picked[:, 0], picked[:, 1], picked[:, 2]].T
+    dz, dy, dx = (float(s) for s in spacing)
     return RegistrationPair(
-        fixed, moving, fixed_labels, labels, field, fixed_points, moving_points, spacing
-    )  # type: ignore[arg-type]
+        fixed, moving, fixed_labels, labels, field, fixed_points, moving_points, (dz, dy, dx)
+    )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import InputError
 
@@ -22,7 +23,7 @@ from ..errors import InputError
 Z_AXIS = (1.0, 0.0, 0.0)
 
 
-def _unit(vector: Sequence[float], name: str) -> np.ndarray:
+def _unit(vector: ArrayLike, name: str) -> np.ndarray:
     v = np.asarray(vector, dtype=np.float64).reshape(-1)
     if v.shape != (3,) or not np.all(np.isfinite(v)):
         raise InputError(
@@ -34,7 +35,7 @@ def _unit(vector: Sequence[float], name: str) -> np.ndarray:
     return v / length
 
 
-def rotation_between(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
+def rotation_between(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     """The smallest rotation (3x3) that turns unit vector ``a`` into unit vector ``b``.
 
     Examples
@@ -60,7 +61,7 @@ def rotation_between(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
     return np.eye(3) + sin * kx + (1 - cos) * kx @ kx
 
 
-def normal_from_angles(tilt: float, azimuth: float, axis: Sequence[float] = Z_AXIS) -> np.ndarray:
+def normal_from_angles(tilt: float, azimuth: float, axis: ArrayLike = Z_AXIS) -> np.ndarray:
     """Unit normal tilted by ``tilt`` degrees from ``axis``, towards ``azimuth`` degrees.
 
     For the default axis (world z) the normal is ``(cos t, sin t sin a, sin t cos a)``
@@ -93,7 +94,7 @@ def angles_from_normal(
     return tilt, azimuth
 
 
-def angle_between(n1: Sequence[float], n2: Sequence[float]) -> float:
+def angle_between(n1: ArrayLike, n2: ArrayLike) -> float:
     """Angle in degrees between two plane normals, ignoring their sign (0..90).
 
     Examples
@@ -166,8 +167,8 @@ class Plane:
         tilt: float,
         azimuth: float,
         offset: float,
-        centre: Sequence[float],
-        axis: Sequence[float] = Z_AXIS,
+        centre: ArrayLike,
+        axis: ArrayLike = Z_AXIS,
     ) -> Plane:
         """The plane with normal :func:`normal_from_angles` through ``centre + offset * normal``.
 

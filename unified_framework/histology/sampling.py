@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import InputError
 from ..io import Volume
@@ -134,7 +135,7 @@ def grid_sample_world(block: Any, index_of_world: np.ndarray, points: Any, order
 
 
 def section_grid(
-    plane: Plane, pixel_size: float, shape: Sequence[int], depths: Sequence[float] = (0.0,)
+    plane: Plane, pixel_size: float, shape: Sequence[int], depths: ArrayLike = (0.0,)
 ) -> np.ndarray:
     """World positions ``(len(depths), H, W, 3)`` of the pixels of a section image.
 
@@ -151,7 +152,7 @@ def section_grid(
     cols = (np.arange(w) - (w - 1) / 2) * pixel_size
     vu = np.stack(np.meshgrid(rows, cols, indexing="ij"), axis=-1)
     flat = plane.world(vu)
-    return np.stack([flat + d * plane.normal for d in depths])
+    return np.stack([flat + d * plane.normal for d in np.asarray(depths, np.float64).reshape(-1)])
 
 
 def slab_depths(thickness: float, spacing: Sequence[float]) -> np.ndarray:

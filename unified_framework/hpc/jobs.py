@@ -439,7 +439,8 @@ def _forgotten(job_ids: list[str], user: str | None) -> list[JobStatus]:
         matching = [
             r for r in records.values() if r.job_id == job_id or r.job_id.split("_")[0] == job_id
         ]
-        for r in matching or [None]:
+        found: list[JobAccounting | None] = list(matching) or [None]
+        for r in found:
             result.append(
                 JobStatus(
                     job_id=r.job_id if r else job_id,

@@ -84,6 +84,7 @@ def submit(record: JobRecord, cache_dir: str | os.PathLike) -> None:
     write_text_atomic(folder / STATE_FILE, json.dumps(state, indent=1))
     reg = registry(cache_dir)
     for job in record.jobs:
+        assert job.job_id is not None  # numbered above
         write_text_atomic(reg / job.job_id, str(folder))
     with open(folder / "local-runner.log", "ab") as runner_log:
         runner = subprocess.Popen(
@@ -120,7 +121,9 @@ def _run_task(record: JobRecord, job_index: int, task: str, info: dict[str, Any]
         MDLMA_LOCAL_JOB="1",
     )
     if job.array:
-        env.update(SLURM_ARRAY_JOB_ID=job.job_id, SLURM_ARRAY_TASK_ID=str(info["array_task_id"]))
+        env.update(
+            SLURM_ARRAY_JOB_ID=str(job.job_id), SLURM_ARRAY_TASK_ID=str(info["array_task_id"])
+        )
     with open(folder / log_name, "ab") as log:
         proc = subprocess.Popen(
             ["bash", str(folder / job.script)],
@@ -162,6 +165,7 @@ def run_record(record_dir: str | os.PathLike) -> None:
     folder = Path(record.path)
     finished: dict[str, bool] = {}
     for index, job in enumerate(record.jobs):
+        assert job.job_id is not None  # submit() numbers every job before the runner starts
         tasks = task_ids(job.job_id, job.array)
         if job.after and not finished.get(job.after, False):
             with _locked_state(folder) as state:

@@ -105,6 +105,8 @@ class HubClient:
             for line in stream.iter_lines(decode_unicode=True):  # the hub sends keep-alive lines
                 if time.monotonic() - start > timeout:
                     break
+                if isinstance(line, bytes):  # decode_unicode gives text; the stubs say bytes
+                    line = line.decode("utf-8", "replace")
                 if not line or not line.startswith("data:"):
                     continue
                 event = json.loads(line[5:])

@@ -21,6 +21,7 @@ import socket
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from urllib.parse import urlparse, urlunparse
 
 from ..errors import InputError
@@ -63,7 +64,7 @@ def pick_port(ports: range, host: str = "") -> int:
     raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1} on {socket.gethostname()}")
 
 
-def report_port(port: int, env: dict[str, str] | None = None, timeout: float = 30.0) -> None:
+def report_port(port: int, env: Mapping[str, str] | None = None, timeout: float = 30.0) -> None:
     """Tell the hub which port the server will use (batchspawner's port callback)."""
     env = os.environ if env is None else env
     url = env["JUPYTERHUB_API_URL"].rstrip("/") + "/batchspawner"

@@ -74,7 +74,7 @@ def to_micrometres(value: Any, unit: str | None = "um") -> float:
     return float(exact_decimal(value) * factor)
 
 
-def from_micrometres(value: float, unit: str) -> Decimal:
+def from_micrometres(value: float | Decimal, unit: str) -> Decimal:
     """Convert micrometres to ``unit`` exactly (as a Decimal)."""
     factor = unit_factor(unit)
     if factor is None:
@@ -201,7 +201,7 @@ def describe_datasets(
     return ", ".join(items[:limit]) + more
 
 
-def rational(value: Decimal) -> tuple[int, int]:
+def rational(value: Decimal | Fraction) -> tuple[int, int]:
     """``value`` as a (numerator, denominator) pair that fits TIFF's 32-bit rationals."""
     frac = Fraction(value)
     if frac.numerator >= 2**32 or frac.denominator >= 2**32:

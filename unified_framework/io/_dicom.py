@@ -252,7 +252,7 @@ def _read_series(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
     for file in tqdm(files, desc=f"scanning {path.name}", unit="file", disable=None, leave=False):
         with library_errors(file, "dicom"):
             headers.append((file, pydicom.dcmread(file, stop_before_pixels=True)))
-    series = {}
+    series: dict[str, list[tuple[Path, Any]]] = {}
     for file, header in headers:
         series.setdefault(str(header.get("SeriesInstanceUID", "")), []).append((file, header))
     if len(series) > 1:
@@ -368,7 +368,8 @@ def _pixel_spacing(ds: Any) -> tuple[float, float]:
         value = ds.get("ImagerPixelSpacing")
     if value is None or len(value) != 2:
         return 1.0, 1.0
-    return tuple(to_micrometres(str(v), "mm") for v in value)
+    row, col = (to_micrometres(str(v), "mm") for v in value)
+    return row, col
 
 
 def _thickness(ds: Any) -> float | None:
@@ -449,7 +450,7 @@ def write_dicom(
     """Write a series folder (``slice_00000.dcm`` ...), or one file for a 2D image named ``*.dcm``."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
     from pydicom.valuerep import format_number_as_ds
 
     data = volume.data
@@ -458,7 +459,8 @@ def write_dicom(
         raise InputError(
             f"{name}: a {data.ndim}D volume is written as a DICOM series folder; expected a folder path (no .dcm) with format 'dicom'"
         )
-    carried = volume.metadata.get("dicom") if isinstance(volume.metadata.get("dicom"), dict) else {}
+    stored = volume.metadata.get("dicom")
+    carried: dict[str, Any] = stored if isinstance(stored, dict) else {}
     if data.ndim == 2:
         data = data[None]
         step = exact_decimal(carried.get("SliceThickness", 0)) * 1000 or Decimal(
@@ -474,7 +476,7 @@ def write_dicom(
 
     ds = pydicom.Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.SOPClassUID = sop_class

@@ -48,7 +48,10 @@ def read_nifti(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) ->
     import nibabel as nib
 
     # Eager reads load into memory (no memory map that would pin the file).
-    img = nib.load(str(path), mmap=lazy)
+    loaded = nib.load(str(path), mmap=lazy)
+    if not isinstance(loaded, nib.Nifti1Image | nib.Nifti2Image):
+        raise InputError(f"{path}: {type(loaded).__name__}; expected a NIfTI-1 or NIfTI-2 image")
+    img = loaded
     header = img.header
     shape = tuple(int(n) for n in img.shape)
     while len(shape) > 3 and shape[-1] == 1:  # 3D volumes saved with singleton t/channel axes
@@ -71,7 +74,8 @@ def read_nifti(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) ->
     spacing = tuple(
         z if abs(z - s) <= 1e-6 * s else s for s, z in zip(lengths[-len(shape) :], zooms)
     )
-    proxy = img.dataobj.reshape(shape) if shape != tuple(img.shape) else img.dataobj
+    # dataobj is an ArrayProxy (it reshapes lazily); nibabel annotates it as ArrayLike.
+    proxy = img.dataobj.reshape(shape) if shape != tuple(img.shape) else img.dataobj  # type: ignore[attr-defined]
     if lazy:
         import dask.array as da
 

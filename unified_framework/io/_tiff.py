@@ -353,8 +353,9 @@ def read_tiff_folder(path: Path, dataset: str | None, lazy: bool, expect_ndim: A
             elif series.shape != shape or series.dtype != dtype:
                 raise InputError(
                     f"{path}: slice {file.name} is {'x'.join(map(str, series.shape))} {series.dtype} but "
-                    f"{files[0].name} is {'x'.join(map(str, shape))} {dtype}; expected slices of equal shape and dtype"
+                    f"{files[0].name} is {'x'.join(map(str, shape or ()))} {dtype}; expected slices of equal shape and dtype"
                 )
+    assert shape is not None  # set by the first of the (non-empty) files
     if lazy:
         import dask
         import dask.array as da

@@ -286,7 +286,7 @@ def write_volume(
         spatial = (chunks,) * n_spatial if chunks else default_chunks(data.shape[:n_spatial])
         chunks = (*spatial, int(data.shape[-1]))
     if isinstance(chunks, int):
-        chunks = (chunks,) * data.ndim
+        chunks = (chunks,) * int(data.ndim)
     if chunks is not None and (len(chunks) != data.ndim or min(chunks) < 1):
         raise InputError(f"{path}: chunks {tuple(chunks)} must be {data.ndim} positive sizes")
     if dtype is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ def is_lazy(data: Any) -> bool:
     return type(data).__module__.split(".")[0] == "dask"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, init=False)
 class Volume:
     """An image or volume with its voxel size, its place in the world and the metadata of its source.
 
@@ -65,27 +65,39 @@ class Volume:
     (3, (5, 6))
     """
 
+    # The attributes are always set (checked, defaults filled in); the constructor
+    # takes None for the optional ones, hence the hand-written __init__.
     data: Any
-    spacing: tuple[float, ...] | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    path: Path | None = None
-    origin: tuple[float, float, float] | None = None
-    direction: np.ndarray | None = None
-    axes: str = ""
+    spacing: tuple[float, ...]
+    metadata: dict[str, Any]
+    path: Path | None
+    origin: tuple[float, float, float]
+    direction: np.ndarray
+    axes: str
 
-    def __post_init__(self) -> None:
-        if not hasattr(self.data, "shape") or not hasattr(self.data, "dtype"):
-            self.data = np.asarray(self.data)
+    def __init__(
+        self,
+        data: Any,
+        spacing: Sequence[float] | None = None,
+        metadata: dict[str, Any] | None = None,
+        path: str | Path | None = None,
+        origin: Sequence[float] | None = None,
+        direction: Any = None,
+        axes: str = "",
+    ) -> None:
+        if not hasattr(data, "shape") or not hasattr(data, "dtype"):
+            data = np.asarray(data)
+        self.data = data
+        self.metadata = {} if metadata is None else metadata
+        self.path = None if path is None else Path(path)
         name = str(self.path or "volume")
-        self.axes = validate_axes(self.axes or None, self.data.ndim, name)
+        self.axes = validate_axes(axes or None, self.data.ndim, name)
         n_spatial = self.data.ndim - ("c" in self.axes)
-        if self.spacing is None:
-            self.spacing = (1.0,) * n_spatial
-        self.spacing = validate_spacing(self.spacing, n_spatial, name)
-        self.origin = validate_origin(self.origin, name)
-        self.direction = validate_direction(self.direction, name)
-        if self.path is not None:
-            self.path = Path(self.path)
+        self.spacing = validate_spacing(
+            (1.0,) * n_spatial if spacing is None else spacing, n_spatial, name
+        )
+        self.origin = validate_origin(origin, name)
+        self.direction = validate_direction(direction, name)
 
     @property
     def affine(self) -> np.ndarray:
@@ -185,7 +197,7 @@ class Volume:
         )
 
 
-def validate_origin(origin: Sequence[float] | None, name: str) -> tuple[float, float, float]:
+def validate_origin(origin: Any, name: str) -> tuple[float, float, float]:
     """Return ``origin`` as three finite floats (``(0, 0, 0)`` for None).
 
     Raises
@@ -203,7 +215,7 @@ def validate_origin(origin: Sequence[float] | None, name: str) -> tuple[float, f
         raise InputError(
             f"{name}: origin {origin!r} must be 3 finite positions in micrometres (z, y, x)"
         )
-    return values  # type: ignore[return-value]
+    return values[0], values[1], values[2]
 
 
 def validate_direction(direction: Any, name: str) -> np.ndarray:
@@ -218,6 +230,7 @@ def validate_direction(direction: Any, name: str) -> np.ndarray:
         If it is not 3x3, holds non-finite values, columns far from unit length, or
         is singular.
     """
+    matrix: np.ndarray
     if direction is None:
         matrix = np.eye(3)
     else:

@@ -145,8 +145,8 @@ def match_instances(
                 used_rows.add(rows[k])
                 used_cols.add(cols[k])
                 chosen.append(k)
-        chosen = np.asarray(chosen, dtype=np.int64)
-        return rows[chosen].astype(np.int64), cols[chosen].astype(np.int64), scores[chosen]
+        picked = np.asarray(chosen, dtype=np.int64)
+        return rows[picked].astype(np.int64), cols[picked].astype(np.int64), scores[picked]
     # Solve only among objects that have a candidate: the rest can never match.
     sub_rows, row_pos = np.unique(rows, return_inverse=True)
     sub_cols, col_pos = np.unique(cols, return_inverse=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .validation import as_spacing, check_same_shape
 
@@ -126,8 +127,8 @@ def confusion_matrix(
     check_same_shape(pred, gt)
     requested = None if labels is None else np.unique(np.asarray(labels, dtype=np.int64))
     if pred.size == 0:
-        labels = np.zeros(0, dtype=np.int64) if requested is None else requested
-        return np.zeros((labels.size, labels.size), dtype=np.int64), labels
+        found = np.zeros(0, dtype=np.int64) if requested is None else requested
+        return np.zeros((found.size, found.size), dtype=np.int64), found
     bounds = [int(pred.min()), int(pred.max()), int(gt.min()), int(gt.max())]
     if requested is not None and requested.size:
         bounds += [int(requested[0]), int(requested[-1])]
@@ -190,7 +191,7 @@ def scores_from_confusion(matrix: np.ndarray, empty_score: float = np.nan) -> di
 def volume_scores(
     pred_voxels: np.ndarray,
     gt_voxels: np.ndarray,
-    spacing: Sequence[float] | None = None,
+    spacing: ArrayLike | None = None,
     ndim: int = 3,
 ) -> dict[str, np.ndarray]:
     """Physical volumes and their differences from voxel counts.
@@ -229,8 +230,8 @@ def volume_scores(
 def overlap_scores(
     pred: np.ndarray,
     gt: np.ndarray,
-    labels: Sequence[int] | None = None,
-    spacing: Sequence[float] | None = None,
+    labels: ArrayLike | None = None,
+    spacing: ArrayLike | None = None,
     empty_score: float = np.nan,
 ) -> dict[str, np.ndarray]:
     """Per-class overlap and volume scores of two label images.
@@ -254,20 +255,20 @@ def overlap_scores(
     """
     check_same_shape(pred, gt)
     present_matrix, present = confusion_matrix(pred, gt)
-    if labels is None:
-        labels = present[present != 0]
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    chosen = np.asarray(
+        present[present != 0] if labels is None else labels, dtype=np.int64
+    ).reshape(-1)
     # Requested labels absent from both images get empty rows and columns.
-    matrix_labels = np.union1d(present, labels)
+    matrix_labels = np.union1d(present, chosen)
     matrix = np.zeros((matrix_labels.size, matrix_labels.size), dtype=np.int64)
     where = np.searchsorted(matrix_labels, present)
     matrix[np.ix_(where, where)] = present_matrix
-    rows = np.searchsorted(matrix_labels, labels)
+    rows = np.searchsorted(matrix_labels, chosen)
     scores = {key: value[rows] for key, value in scores_from_confusion(matrix, empty_score).items()}
     gt_voxels = matrix.sum(axis=1)[rows]
     pred_voxels = matrix.sum(axis=0)[rows]
     return {
-        "label": labels,
+        "label": chosen,
         "gt_voxels": gt_voxels,
         "pred_voxels": pred_voxels,
         **scores,

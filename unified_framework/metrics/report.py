@@ -116,23 +116,24 @@ def score_volumes(
         On mismatched shapes, NaNs, non-integer labels, bad spacing or names.
     """
     pred, gt = validate_pair(pred, gt, pred_name, gt_name)
-    spacing = as_spacing(spacing, pred.ndim)
+    voxel = as_spacing(spacing, pred.ndim)
+    requested = None
     if labels is not None:
-        labels = np.asarray(labels).reshape(-1)
-        if labels.size and not np.issubdtype(labels.dtype, np.integer):
-            raise InputError(f"labels: expected integers, got {labels.tolist()}")
-    scores = overlap_scores(pred, gt, labels, spacing, empty_score)
-    labels = scores["label"]
+        requested = np.asarray(labels).reshape(-1)
+        if requested.size and not np.issubdtype(requested.dtype, np.integer):
+            raise InputError(f"labels: expected integers, got {requested.tolist()}")
+    scores = overlap_scores(pred, gt, requested, voxel, empty_score)
+    found = scores["label"]
     if names is None:
-        names = [str(label) for label in labels]
-    elif len(names) != labels.size:
+        names = [str(label) for label in found]
+    elif len(names) != found.size:
         raise InputError(
-            f"names: expected {labels.size} names (one per label {labels.tolist()}), got {len(names)}"
+            f"names: expected {found.size} names (one per label {found.tolist()}), got {len(names)}"
         )
     if surface:
-        scores.update(surface_scores(pred, gt, labels, spacing, percentile, connectivity, progress))
+        scores.update(surface_scores(pred, gt, found, voxel, percentile, connectivity, progress))
     else:
-        scores.update({name: np.full(labels.size, np.nan) for name in SURFACE_METRICS})
+        scores.update({name: np.full(found.size, np.nan) for name in SURFACE_METRICS})
     table = pd.DataFrame({"name": list(names), **scores}).reindex(columns=list(COLUMNS))
 
     gt_labels = present_labels(gt)

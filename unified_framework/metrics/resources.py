@@ -113,12 +113,12 @@ class _NvmlWatcher:
     """Wraps the NVML calls; every method degrades to ``None`` when NVML cannot answer."""
 
     def __init__(self, selector: int | str):
-        self.nvml = None
+        self.nvml: Any = None  # the pynvml module once loaded
         self.handle = None
         self.index = None
         self.name = None
         self.energy_start_mj = None
-        self.memory_peak = None
+        self.memory_peak: int | None = None
         self.utilisation: list[float] = []
         try:
             import pynvml
@@ -249,11 +249,24 @@ class ResourceMeter:
         self._thread.start()
         return self
 
+    def finished_usage(self) -> ResourceUsage:
+        """:attr:`usage`, which is set when the ``with`` block has ended.
+
+        Raises
+        ------
+        RuntimeError
+            Called before the block ended.
+        """
+        if self.usage is None:
+            raise RuntimeError("ResourceMeter: usage is measured when the with block ends")
+        return self.usage
+
     def __exit__(self, *exc_info) -> None:
         wall = time.perf_counter() - self._wall_start
         cpu_end = os.times()
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         self._sample()
         cpu = sum(
             getattr(cpu_end, field) - getattr(self._cpu_start, field)

@@ -29,9 +29,8 @@ distances.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import ndimage as ndi
 from tqdm import tqdm
 
@@ -76,7 +75,7 @@ def bounding_box(*masks: np.ndarray) -> tuple[slice, ...] | None:
 def surface_distances(
     pred_mask: np.ndarray,
     gt_mask: np.ndarray,
-    spacing: Sequence[float] | None = None,
+    spacing: ArrayLike | None = None,
     connectivity: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Distances from each surface voxel of one mask to the nearest surface voxel of the other.
@@ -99,7 +98,7 @@ def surface_distances(
     pred_mask = np.asarray(pred_mask, dtype=bool)
     gt_mask = np.asarray(gt_mask, dtype=bool)
     check_same_shape(pred_mask, gt_mask)
-    spacing = as_spacing(spacing, pred_mask.ndim)
+    voxel = as_spacing(spacing, pred_mask.ndim)
     box = bounding_box(pred_mask, gt_mask)
     if box is None:
         return np.zeros(0), np.zeros(0)
@@ -108,8 +107,8 @@ def surface_distances(
     # exactly those of the full arrays: no margin is needed.
     pred_surface = surface_mask(pred_mask[box], connectivity)
     gt_surface = surface_mask(gt_mask[box], connectivity)
-    return _nearest_distances(pred_surface, gt_surface, spacing), _nearest_distances(
-        gt_surface, pred_surface, spacing
+    return _nearest_distances(pred_surface, gt_surface, voxel), _nearest_distances(
+        gt_surface, pred_surface, voxel
     )
 
 
@@ -124,7 +123,7 @@ def _nearest_distances(source: np.ndarray, target: np.ndarray, spacing: np.ndarr
 def surface_metrics(
     pred_mask: np.ndarray,
     gt_mask: np.ndarray,
-    spacing: Sequence[float] | None = None,
+    spacing: ArrayLike | None = None,
     percentile: float = 95.0,
     connectivity: int = 1,
 ) -> dict[str, float]:
@@ -175,7 +174,7 @@ def _class_boxes(
         max_label = int(labels.max())
         pred_objects = ndi.find_objects(pred, max_label=max_label)
         gt_objects = ndi.find_objects(gt, max_label=max_label)
-        boxes = []
+        boxes: list[tuple[slice, ...] | None] = []
         for label in labels:
             found = [
                 box for box in (pred_objects[label - 1], gt_objects[label - 1]) if box is not None
@@ -197,8 +196,8 @@ def _class_boxes(
 def surface_scores(
     pred: np.ndarray,
     gt: np.ndarray,
-    labels: Sequence[int],
-    spacing: Sequence[float] | None = None,
+    labels: ArrayLike,
+    spacing: ArrayLike | None = None,
     percentile: float = 95.0,
     connectivity: int = 1,
     progress: bool = False,
@@ -225,17 +224,17 @@ def surface_scores(
         ``hausdorff``, ``hd95``, ``assd``, one value per label.
     """
     check_same_shape(pred, gt)
-    spacing = as_spacing(spacing, pred.ndim)
+    voxel = as_spacing(spacing, pred.ndim)
     _check_percentile(percentile)
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    chosen = np.asarray(labels, dtype=np.int64).reshape(-1)
     if np.issubdtype(pred.dtype, np.integer) and np.issubdtype(gt.dtype, np.integer):
-        boxes = _class_boxes(pred, gt, labels)
+        boxes = _class_boxes(pred, gt, chosen)
     else:
-        boxes = [bounding_box(pred == label, gt == label) for label in labels]
-    out = {name: np.full(labels.size, np.nan) for name in SURFACE_METRICS}
+        boxes = [bounding_box(pred == label, gt == label) for label in chosen]
+    out = {name: np.full(chosen.size, np.nan) for name in SURFACE_METRICS}
     steps = tqdm(
-        zip(labels, boxes),
-        total=labels.size,
+        zip(chosen, boxes),
+        total=chosen.size,
         desc="surface distances",
         unit="class",
         disable=None if progress else True,
@@ -245,7 +244,7 @@ def surface_scores(
         if box is None:
             continue
         result = surface_metrics(
-            pred[box] == label, gt[box] == label, spacing, percentile, connectivity
+            pred[box] == label, gt[box] == label, voxel, percentile, connectivity
         )
         for name in SURFACE_METRICS:
             out[name][i] = result[name]

@@ -6,9 +6,8 @@ message naming the offending array (a file name where the caller knows it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import InputError
 
@@ -66,7 +65,7 @@ def check_same_shape(
         )
 
 
-def as_spacing(spacing: Sequence[float] | float | None, ndim: int) -> np.ndarray:
+def as_spacing(spacing: ArrayLike | None, ndim: int) -> np.ndarray:
     """Return the voxel spacing as a float array of length ``ndim``.
 
     Parameters

@@ -320,13 +320,15 @@ def register_volumes(
     warped = warp(moving_est, total, est_spacing)
     warped_labels = warp(labels_est[1], total, est_spacing, "nearest") if labels_est else None
     jacobian = jacobian_determinant(total, est_spacing)
+    fixed_labels_est, moving_labels_est = labels_est if labels_est else (None, None)
     report = quality_report(
         total,
         est_spacing,
         fixed_est,
         moving_est,
         warped,
-        *(labels_est if labels_est else (None, None)),
+        fixed_labels_est,
+        moving_labels_est,
         warped_labels,
         landmarks=landmarks,
         jacobian=jacobian,

@@ -29,6 +29,6 @@ def kernels() -> ModuleType:
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     )
     numba.set_num_threads(
-        max(1, min(usable, torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        max(1, min(usable, torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]  # set at import, not in the stubs
     )
     return _vote_kernels

@@ -8,6 +8,7 @@ with module-level constants, which the cache needs.
 """
 
 import math
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
@@ -47,7 +48,8 @@ _GEOMETRY = (
     nt.int64,
     nt.int64,
 )  # sign, w0, t0, n_units, u0, u1, p0, a0, b0
-_KERNEL = dict(parallel=True, cache=True, nogil=True)
+# Typed as the keywords njit takes (a dict[str, bool] matches none of its overloads).
+_KERNEL: dict[str, Any] = dict(parallel=True, cache=True, nogil=True)
 
 
 @njit(inline="always")

@@ -190,7 +190,8 @@ class AxisGrid:
 def axis_grid(name: str, shape: Sequence[int]) -> AxisGrid:
     """Return the slice grid of axis ``name`` for a volume of spatial shape ``shape``."""
     axis = AXES[name]
-    shape = tuple(int(n) for n in shape)
+    z, y, x = (int(n) for n in shape)
+    shape = (z, y, x)
     if not axis.diagonal:
         rows, cols = axis.plane
         return AxisGrid(axis, shape, shape[axis.principal], (shape[rows], shape[cols]))
@@ -205,7 +206,7 @@ def axis_grid(name: str, shape: Sequence[int]) -> AxisGrid:
     return AxisGrid(axis, shape, n_w, (shape[axis.principal], n_t), w0, t0)
 
 
-Reader = Callable[[tuple[slice, slice, slice]], np.ndarray]
+Reader = Callable[[tuple[slice, ...]], np.ndarray]
 """Returns the float32 block ``(channels, z, y, x)`` of a box of the volume."""
 
 

@@ -76,7 +76,7 @@ class Normalization:
     def apply(self, images: np.ndarray, channel_axis: int = 1) -> np.ndarray:
         """Normalise float32 ``images`` in place along ``channel_axis`` and return them."""
         for c in range(len(self.mean)):
-            index = [slice(None)] * images.ndim
+            index: list[slice | int] = [slice(None)] * images.ndim
             index[channel_axis] = c
             block = images[tuple(index)]
             np.clip(block, self.low[c], self.high[c], out=block)

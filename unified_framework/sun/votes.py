@@ -90,7 +90,7 @@ def pack_votes(
     masked = owned is not None
     owned = (
         np.broadcast_to(owned, probabilities.shape[1:]).copy()
-        if masked
+        if owned is not None
         else np.ones((1, 1, 1), bool)
     )
     kernels().pack(probabilities, owned, masked, out, accumulate)

@@ -156,8 +156,8 @@ class Trainer(ABC, Generic[ResultT]):
     Subclasses implement :meth:`build_network`, :meth:`sample_batch`,
     :meth:`compute_loss`, :meth:`validate`, :meth:`identity` and :meth:`finish`, and
     may override :meth:`prepare_data`, :meth:`build_optimizer`, :meth:`learning_rate`,
-    :meth:`train_metrics`, :meth:`batch_units`, :meth:`validation_score` and
-    :meth:`has_validation`.
+    :meth:`train_metrics`, :meth:`batch_units`, :meth:`validation_score`,
+    :meth:`has_validation` and :meth:`identity_matches`.
 
     Parameters
     ----------
@@ -256,6 +256,10 @@ class Trainer(ABC, Generic[ResultT]):
     @abstractmethod
     def identity(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed (JSON-able: configuration, classes)."""
+
+    def identity_matches(self, stored: dict[str, Any]) -> bool:
+        """Whether a checkpoint's stored :meth:`identity` is this run's (as JSON)."""
+        return bool(stored == json.loads(json.dumps(self.identity())))
 
     @abstractmethod
     def finish(self) -> ResultT:
@@ -444,7 +448,7 @@ class Trainer(ABC, Generic[ResultT]):
             raise InputError(
                 f"{path}: not a readable {self.name} training checkpoint ({type(exc).__name__}); remove it or train without resume"
             ) from None
-        if stored_identity != json.loads(json.dumps(self.identity())):
+        if not self.identity_matches(stored_identity):
             raise InputError(
                 f"{path}: checkpoint of a different training configuration; remove it or train without resume (--no-resume)"
             )

@@ -41,7 +41,7 @@ MAX_UNITS = 2**16 - 1
 #: Zarr's little-endian uint16, the layout of the stored chunks.
 ACCUMULATOR_DTYPE = np.dtype("<u2")
 
-Region = tuple[slice, slice, slice]
+Region = tuple[slice, ...]
 _CHUNK_KEY = re.compile(r"\d+(\.\d+){3}")
 
 

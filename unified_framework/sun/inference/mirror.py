@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +48,8 @@ class ChunkMirror:
         source: Any,
         directory: str | Path,
         chunks: Sequence[int],
-        read_errors: Callable[[tuple[int, ...]], ContextManager[Any]] | None = None,
+        read_errors: Callable[[tuple[int, ...]], contextlib.AbstractContextManager[Any]]
+        | None = None,
     ) -> None:
         self.source = source
         self.shape = tuple(int(n) for n in source.shape)
@@ -65,8 +66,8 @@ class ChunkMirror:
         for box in chunk_regions(self.shape, self.chunks, region):
             lo = [max(r.start, b.start) for r, b in zip(region, box)]
             hi = [min(r.stop, b.stop) for r, b in zip(region, box)]
-            inside = tuple(slice(l - b.start, h - b.start) for l, h, b in zip(lo, hi, box))
-            within = tuple(slice(l - r.start, h - r.start) for l, h, r in zip(lo, hi, region))
+            inside = tuple(slice(a - b.start, z - b.start) for a, z, b in zip(lo, hi, box))
+            within = tuple(slice(a - r.start, z - r.start) for a, z, r in zip(lo, hi, region))
             out[within] = self._chunk(box)[inside]
         return out
 
@@ -101,5 +102,7 @@ def source_chunks(array: Any, default: Sequence[int]) -> tuple[int, int, int]:
         and len(chunks) == 3
         and all(isinstance(c, (int, np.integer)) for c in chunks)
     ):
-        return tuple(int(c) for c in chunks)
-    return tuple(int(c) for c in default)
+        z, y, x = (int(c) for c in chunks)
+    else:
+        z, y, x = (int(c) for c in default)
+    return z, y, x

@@ -77,7 +77,7 @@ class VolumeSource:
         """``(z, y, x)`` for one channel, else ``(channels, z, y, x)``."""
         return self.shape if len(self.channels) == 1 else (len(self.channels), *self.shape)
 
-    def read(self, region: tuple[slice, slice, slice]) -> np.ndarray:
+    def read(self, region: tuple[slice, ...]) -> np.ndarray:
         """The box ``region`` as float32 ``(channels, z, y, x)``.
 
         Chunked arrays (Zarr) are read one chunk row along ``z`` at a time: Zarr
@@ -328,7 +328,7 @@ def vote_unit(
 
 def group_tiles(
     grid: AxisGrid, chunks: Sequence[int], u0: int, u1: int
-) -> Iterable[tuple[slice, slice, slice]]:
+) -> Iterable[tuple[slice, ...]]:
     """The parts of accumulator chunks that units ``[u0, u1)`` of an axis vote on, one per chunk.
 
     Also tells which groups a chunk needs again when it was lost (see
@@ -338,12 +338,12 @@ def group_tiles(
     if not grid.axis.diagonal:
         within[grid.axis.principal] = slice(u0, u1)
     for tile in chunk_regions(grid.shape, chunks, within):
-        tile = tuple(
+        clipped = tuple(
             slice(max(t.start, w.start), min(t.stop, w.stop)) for t, w in zip(tile, within)
         )
-        lo, hi = grid.unit_range(tile)
+        lo, hi = grid.unit_range(clipped)
         if hi > u0 and lo < u1:
-            yield tile
+            yield clipped
 
 
 @dataclass
@@ -433,6 +433,7 @@ def predict_volume(
     disagreement = np.empty(source.shape, np.float16)
     # Up to five classes the fused float16 probabilities are as big as the accumulator
     # and are written over it (each voxel after it has been read).
+    fused_probabilities: np.ndarray | None
     if accumulator.array.shape[0] == classes:
         fused_probabilities = accumulator.array.view(np.float16)
     else:
@@ -440,7 +441,7 @@ def predict_volume(
             np.empty((classes, *source.shape), np.float16) if return_probabilities else None
         )
     for region in chunk_regions(source.shape, chunks):
-        out = {
+        out: dict[str, np.ndarray] = {
             "labels": labels[region],
             "entropy": entropy[region],
             "disagreement": disagreement[region],

@@ -230,16 +230,17 @@ def make_plan(
         raise InputError(
             f"memory budget {memory_budget / 2**20:.0f} MiB: cuts the prediction into {unit} groups of slices, more than {MAX_UNITS}; give more memory"
         )
+    z, y, x = source.shape
+    dz, dy, dx = (float(s) for s in spacing)
+    rows = np.eye(3) if direction is None else np.asarray(direction, dtype=np.float64)
     return Plan(
         volume=source.name,
-        shape=source.shape,
+        shape=(z, y, x),
         channels=len(source.channels),
         dtype=str(source.dtype),
-        spacing=tuple(float(s) for s in spacing),
+        spacing=(dz, dy, dx),
         origin=tuple(float(v) for v in origin),  # type: ignore[arg-type]
-        direction=tuple(
-            tuple(float(v) for v in row) for row in (np.eye(3) if direction is None else direction)
-        ),
+        direction=tuple((float(a), float(b), float(c)) for a, b, c in rows),
         model_digest=model_digest,
         class_names=list(model.class_names),
         axes=axes,
@@ -425,7 +426,7 @@ def run_pieces(
     from tqdm.auto import tqdm
 
     split = pieces is not None
-    selected = list(pieces) if split else plan.pieces
+    selected = list(pieces) if pieces is not None else plan.pieces
     done = {p.key: workdir.groups_done(plan, p) for p in selected}  # verifies the stores first
     remaining = [(p, g) for p in selected for g in range(done[p.key], len(p.groups))]
     stats = RunStats()
@@ -461,7 +462,7 @@ def run_pieces(
             if max_groups is not None and count >= max_groups:
                 break
             grid = axis_grid(piece.axis, plan.shape)
-            if split:
+            if shared is None:
                 accumulator, unit_number = workdir.accumulator(plan, piece), group
             else:
                 accumulator, unit_number = shared, piece.first_unit + group

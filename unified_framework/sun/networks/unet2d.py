@@ -166,7 +166,8 @@ def fold_batch_norm(network: UNet2D) -> UNet2D:
     for block in network.modules():
         if isinstance(block, ConvBlock):
             for i in range(len(block) - 1):
-                if isinstance(block[i], nn.Conv2d) and isinstance(block[i + 1], nn.BatchNorm2d):
-                    block[i] = fuse_conv_bn_eval(block[i], block[i + 1])
+                conv, norm = block[i], block[i + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                    block[i] = fuse_conv_bn_eval(conv, norm)
                     block[i + 1] = nn.Identity()
     return network

@@ -8,9 +8,9 @@ import torch
 
 def class_weights(labels: list[np.ndarray], classes: int) -> np.ndarray:
     """Inverse square-root class frequencies, normalised to mean 1 (absent classes get the largest)."""
-    counts = sum(
-        np.bincount(lab.ravel(), minlength=classes)[:classes].astype(np.float64) for lab in labels
-    )
+    counts = np.zeros(classes, np.float64)
+    for lab in labels:
+        counts += np.bincount(lab.ravel(), minlength=classes)[:classes]
     frequency = counts / counts.sum()
     weights = 1.0 / np.sqrt(np.maximum(frequency, frequency[frequency > 0].min()))
     return (weights / weights.mean()).astype(np.float32)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import InitVar, asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,10 @@ from .sampling import PatchSampler, TrainingVolume, augment, split_volume
 logger = logging.getLogger(__name__)
 
 
+#: The :class:`UNetConfig` fields a :class:`TrainingConfig` takes as keywords.
+NETWORK_SHORTCUTS = ("depth", "base_width", "norm", "dropout", "input_size")
+
+
 @dataclass
 class TrainingConfig:
     """Parameters of :func:`train_sun` (all stored in the model's provenance).
@@ -43,9 +47,13 @@ class TrainingConfig:
     ----------
     axes : str
         Axes to take training slices from: ``3``, ``9`` or a comma-separated list.
-    depth, base_width, norm, dropout, input_size
-        Network architecture (:class:`~unified_framework.sun.networks.UNetConfig`);
-        ``input_size`` is the side of the square training patches.
+    network : UNetConfig
+        Network architecture (depth, base width, normalisation, dropout, input size:
+        the side of the square training patches). Its ``in_channels`` and
+        ``num_classes`` are placeholders: the trainer sets them from the data. The
+        keywords ``depth``, ``base_width``, ``norm``, ``dropout`` and ``input_size``
+        are shortcuts that replace those of ``network`` (the flat form of
+        configurations saved before the nesting; read them from ``network``).
     batch_size : int
         Patches per step.
     steps : int
@@ -82,11 +90,7 @@ class TrainingConfig:
     """
 
     axes: str = "9"
-    depth: int = 4
-    base_width: int = 16
-    norm: str = "batch"
-    dropout: float = 0.0
-    input_size: int = 128
+    network: UNetConfig = field(default_factory=lambda: UNetConfig(base_width=16))
     batch_size: int = 8
     steps: int = 2000
     learning_rate: float = 2e-3
@@ -103,8 +107,32 @@ class TrainingConfig:
     seed: int = 0
     device: str | None = None
     amp: bool | None = None
+    # Shortcuts into ``network`` (see above); not stored.
+    depth: InitVar[int | None] = None
+    base_width: InitVar[int | None] = None
+    norm: InitVar[str | None] = None
+    dropout: InitVar[float | None] = None
+    input_size: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(
+        self,
+        depth: int | None,
+        base_width: int | None,
+        norm: str | None,
+        dropout: float | None,
+        input_size: int | None,
+    ) -> None:
+        if isinstance(self.network, Mapping):  # as stored by asdict()
+            self.network = UNetConfig(**self.network)
+        shortcuts: dict[str, Any] = {
+            name: value
+            for name, value in zip(
+                NETWORK_SHORTCUTS, (depth, base_width, norm, dropout, input_size)
+            )
+            if value is not None
+        }
+        if shortcuts:
+            self.network = replace(self.network, **shortcuts)  # checks the sizes early
         for name in (
             "batch_size",
             "steps",
@@ -126,9 +154,28 @@ class TrainingConfig:
                 f"training: learning_rate={self.learning_rate!r}; expected a positive number"
             )
         parse_axes(self.axes)
-        UNetConfig(
-            1, 2, self.depth, self.base_width, self.norm, self.dropout, self.input_size
-        )  # check the sizes early
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainingConfig:
+        """The configuration of its ``asdict`` form, nested or flat (saved before the nesting).
+
+        Raises
+        ------
+        InputError
+            Unknown keys or invalid values.
+
+        Examples
+        --------
+        >>> TrainingConfig.from_dict({"axes": "3", "depth": 2, "input_size": 16}).network.depth
+        2
+        """
+        known = {f.name for f in fields(cls)} | set(NETWORK_SHORTCUTS)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(
+                f"training configuration: unknown keys {', '.join(unknown)}; expected those of TrainingConfig"
+            )
+        return cls(**data)
 
 
 @dataclass
@@ -260,6 +307,12 @@ class SUNTrainer(Trainer[TrainingResult]):
     ) -> None:
         config = config or TrainingConfig()
         model_path = Path(model_path)
+        # Checked here, before any work: bad pairs fail the call at once.
+        volumes, classes, input_dtype = prepare_pairs(images, labels, sources, num_classes)
+        channels = volumes[0].image.shape[0]
+        #: The architecture with the data's channels and classes.
+        self.architecture = replace(config.network, in_channels=channels, num_classes=classes)
+        config = replace(config, network=self.architecture)
         super().__init__(
             config,
             metrics_path=metrics_path or model_path.with_name(model_path.name + ".metrics.jsonl"),
@@ -275,10 +328,7 @@ class SUNTrainer(Trainer[TrainingResult]):
         self.voxel_size = tuple(float(v) for v in voxel_size)
         self.sources = sources
         self.val_sources = val_sources
-        # Checked here, before any work: bad pairs fail the call at once.
-        self.volumes, self.classes, self.input_dtype = prepare_pairs(
-            images, labels, sources, num_classes
-        )
+        self.volumes, self.classes, self.input_dtype = volumes, classes, input_dtype
         self.class_names = (
             list(class_names) if class_names else [f"class {c}" for c in range(self.classes)]
         )
@@ -287,16 +337,7 @@ class SUNTrainer(Trainer[TrainingResult]):
                 f"training: {len(self.class_names)} class names for {self.classes} classes"
             )
         self.axes = parse_axes(config.axes)
-        self.channels = self.volumes[0].image.shape[0]
-        self.architecture = UNetConfig(
-            self.channels,
-            self.classes,
-            config.depth,
-            config.base_width,
-            config.norm,
-            config.dropout,
-            config.input_size,
-        )
+        self.channels = channels
         self.held_out: list[TrainingVolume] = []
         if len(val_images) or len(val_labels):
             self.val_sources = (
@@ -336,7 +377,11 @@ class SUNTrainer(Trainer[TrainingResult]):
         )
         self.weight_tensor = torch.from_numpy(self.weights).to(self.device)
         self.sampler = PatchSampler(
-            train_volumes, self.axes, self.classes, config.input_size, config.foreground_fraction
+            train_volumes,
+            self.axes,
+            self.classes,
+            config.network.input_size,
+            config.foreground_fraction,
         )
         self.validation = None
         if val_volumes:
@@ -345,7 +390,7 @@ class SUNTrainer(Trainer[TrainingResult]):
                 val_volumes,
                 self.axes,
                 self.classes,
-                config.input_size,
+                config.network.input_size,
                 config.foreground_fraction,
             ).sample(val_rng, config.val_patches)
 
@@ -424,6 +469,16 @@ class SUNTrainer(Trainer[TrainingResult]):
         return float(scores["mean_dice"])
 
     # --- checkpoint identity and the model package ----------------------------------------
+
+    def identity_matches(self, stored: dict[str, Any]) -> bool:
+        """Also accepts the flat configuration of checkpoints written before the nesting."""
+        try:
+            config = TrainingConfig.from_dict(stored["config"])
+            architecture = UNetConfig(**stored["architecture"])
+        except (KeyError, TypeError, InputError):
+            return False
+        stored = {**stored, "config": asdict(replace(config, network=architecture))}
+        return super().identity_matches(stored)
 
     def identity(self) -> dict[str, Any]:
         return {
