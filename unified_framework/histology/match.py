@@ -234,9 +234,12 @@ class _Scorer:
         base = origin + trans[:, 0:1] * dv + trans[:, 1:2] * du
         along_pv = cv[:, 0:1] * dv + cu[:, 0:1] * du
         along_pu = cv[:, 1:2] * dv + cu[:, 1:2] * du
-        f = lambda x: torch.as_tensor(
-            np.ascontiguousarray(x[:, ::-1]), dtype=torch.float32, device=self.device
-        )  # noqa: E731
+
+        def f(x):
+            return torch.as_tensor(
+                np.ascontiguousarray(x[:, ::-1]), dtype=torch.float32, device=self.device
+            )  # noqa: E731
+
         pv, pu = self.p[:, 0][None, :, None], self.p[:, 1][None, :, None]
         return f(base)[:, None] + pv * f(along_pv)[:, None] + pu * f(along_pu)[:, None]
 
@@ -437,7 +440,7 @@ def locate_section(
     # Every plane x every in-plane rotation.
     count = len(plane_rows) * len(rotations)
     params = np.empty((count, 11))
-    for i, (point, n, u, o, scale, centroid) in enumerate(plane_rows):
+    for i, (_point, n, u, o, scale, centroid) in enumerate(plane_rows):
         for j, rot in enumerate(rotations):
             a = math.radians(rot)
             r = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
