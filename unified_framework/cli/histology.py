@@ -377,36 +377,18 @@ def _write_match(
     with ``--register none``).
     """
     import numpy as np
-    from scipy import ndimage
 
     from .. import __version__
-    from ..histology import virtual_section
-    from ..histology.match import section_grey
-    from ..histology.register import register_section, warp2d
-    from ..histology.sampling import default_shape
-    from ..histology.transfer import SectionMap
+    from ..histology.register import register_match, warp2d
     from ..io import Volume, write_volume
     from ..registration.fields import save_field
 
     best = result.best
     pixel = float(min(section.spacing))
-    shape = default_shape(volume, best.plane, pixel)
-    virtual = virtual_section(volume, best.plane, pixel, shape, device=args.device)
-    section_map = SectionMap.from_match(best, section.spatial_shape, section.spacing, shape, pixel)
-    rows, cols = section_map.section_pixels_of_virtual()
+    done = register_match(volume, section, best, args.register, device=args.device)
+    virtual, mapped, section_map = done.virtual, done.mapped, done.section_map
+    shape = section_map.virtual_shape
     data = np.asarray(section.data)
-    channels = [data[..., c] for c in range(data.shape[-1])] if section.axes == "yxc" else [data]
-    # Outside the section: the glass around the tissue (the median of the image border), not a
-    # fixed white or black, so that the section's rectangle does not look like tissue.
-    mapped = np.stack(
-        [
-            ndimage.map_coordinates(
-                ch.astype(np.float32), [rows, cols], order=1, cval=float(np.median(_border(ch)))
-            )
-            for ch in channels
-        ],
-        axis=-1,
-    )
     colour = section.axes == "yxc"
     as_image = lambda a: Volume(  # noqa: E731
         (np.clip(np.rint(a), 0, 255).astype(np.uint8) if data.dtype == np.uint8 else a)
@@ -416,18 +398,15 @@ def _write_match(
         axes="yxc" if colour else "",
     )
     mapped_volume = as_image(mapped)
-    grey = section_grey(mapped_volume)
-    darkness = float(grey.max()) - grey  # stained tissue bright, like the sample in the scan
     report = result.to_dict()
     fixed = np.asarray(virtual.data, dtype=np.float32)
-    registration = None
+    registration = done.registration
     outputs = {
         "virtual_section.tif": "the best plane of the volume at the section's pixel size, centred on plane.point",
         "section_on_virtual.tif": "the section mapped onto the virtual section by the similarity transform",
         "overlay.png": "virtual section magenta, registered section (stain darkness) green",
     }
-    if args.register != "none":
-        registration = register_section(fixed, darkness, pixel, args.register, device=args.device)
+    if registration is not None:
         field = registration.field
         warped = warp2d(mapped, field, pixel)
         write_volume(folder / "section_warped.tif", as_image(warped))
@@ -442,7 +421,6 @@ def _write_match(
         }
         (folder / "registration.json").write_text(json.dumps(quality, indent=2), encoding="utf-8")
         report["registration"] = quality
-        section_map.field = field
         shown = registration.warped
         outputs |= {
             "section_warped.tif": "the section after the deformable registration, on the virtual section's grid",
@@ -451,7 +429,7 @@ def _write_match(
             "registration.json": "method and quality: folding (det J <= 0), NCC and MI before/after",
         }
     else:
-        shown = darkness
+        shown = done.darkness
     _overlay(folder / "overlay.png", fixed, shown)
     report["section"] = {
         "path": str(section.path),
@@ -472,12 +450,6 @@ def _write_match(
     _write_transfer(folder, report, section_map, volume, section, args)
     (folder / "match.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return registration
-
-
-def _border(image: Any) -> Any:
-    import numpy as np
-
-    return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
 
 
 def _slab_field(field: Any) -> Any:
