@@ -370,3 +370,37 @@ def points_csv(points: dict[str, np.ndarray]) -> str:
             f"{w[0]:.3f},{w[1]:.3f},{w[2]:.3f},{v[0]:.3f},{v[1]:.3f},{v[2]:.3f},{int(points['inside'][i])}"
         )
     return "\n".join(lines) + "\n"
+
+
+#: Label colours of overlays (label k uses row k % len); 0 stays transparent.
+LABEL_COLOURS = [
+    (0, 0, 0),
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+]
+
+
+def label_overlay(image: Any, labels: Any, alpha: float = 0.45) -> Any:
+    """``image`` (grey or RGB) with ``labels`` painted over it (uint8 RGB).
+
+    Examples
+    --------
+    >>> label_overlay(np.zeros((1, 2), np.uint8), np.array([[0, 1]]))[0].tolist()
+    [[0, 0, 0], [104, 72, 0]]
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 2:
+        lo, hi = np.percentile(image, [1, 99])
+        image = np.repeat(
+            (np.clip((image - lo) / max(hi - lo, 1e-9), 0, 1) * 255)[..., None], 3, axis=-1
+        )
+    colours = np.asarray(LABEL_COLOURS, dtype=np.float32)
+    labels = np.asarray(labels).astype(np.int64)
+    paint = colours[labels % len(colours)]
+    weight = np.where(labels > 0, alpha, 0.0)[..., None]
+    return np.clip((1 - weight) * image[..., :3] + weight * paint, 0, 255).astype(np.uint8)
