@@ -558,6 +558,14 @@ def _write_transfer(
         report["transfer"] = transfer
 
 
+def _next_to(path: str, folder: Path) -> str:
+    """A path from a report: as written when it exists from here, else relative to the result's parent folder."""
+    if Path(path).is_absolute() or Path(path).exists():
+        return path
+    beside = folder.parent / path
+    return str(beside) if beside.exists() else path
+
+
 def _transfer(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -578,9 +586,10 @@ def _transfer(args: argparse.Namespace) -> int:
             f"{report_path}: not a match report of 'mdlma histology match' ({exc})"
         ) from None
     volume = _read_volume(
-        args.volume or report["volume"]["path"], args.voxel_size or report["volume"]["spacing_um"]
+        args.volume or _next_to(report["volume"]["path"], args.match),
+        args.voxel_size or report["volume"]["spacing_um"],
     )
-    section = read_volume(section_path, expect_ndim=2)
+    section = read_volume(_next_to(section_path, args.match), expect_ndim=2)
     field = None
     if (args.match / "field.mha").is_file():
         field = np.asarray(load_field(args.match / "field.mha")[0])[1:, 0]
