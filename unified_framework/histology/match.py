@@ -50,11 +50,10 @@ FINE_SIDE = 128
 #: Candidates scored per torch batch (bounds memory: batch x section pixels x 4 bytes x a few).
 BATCH = 2048
 ROTATION_STEP = 15.0
-#: Cones wider than this (degrees) are searched in two stages (see :func:`locate_section`).
-#: Off by default (180: never): three times faster without a prior, but on the 128^3
-#: benchmark the coarse stage missed the right orientation in 1 of 6 cases (seed 1002),
-#: which the one-stage search finds. Set e.g. 60 to trade that risk for speed.
-TWO_STAGE_CONE = 180.0
+#: Cones wider than this (degrees) are searched in two stages (see :func:`locate_section`):
+#: three times faster without a prior. On the 128^3 benchmark both searches found 5 of 6
+#: cases (each missed a different one); 180 turns the two stages off.
+TWO_STAGE_CONE = 60.0
 #: Distinct orientations of the coarse stage searched again on the requested grid.
 TWO_STAGE_KEEP = 12
 #: At least this many distinct global candidates are refined (the right one is not always
