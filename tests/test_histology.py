@@ -378,3 +378,19 @@ def test_bad_inputs_give_one_line_and_write_nothing(tmp_path, capsys):
         == 0
     )
     assert read_volume(tmp_path / "ok.tif").spacing == (2.0, 2.0)
+
+
+@pytest.mark.slow
+def test_no_prior_two_stage_search_recovers_the_plane(monkeypatch):
+    """Without a cutting axis (the whole sphere, searched in two stages) the plane is still found."""
+    from unified_framework.data.section import make_section_sample
+    from unified_framework.histology import match
+    from unified_framework.histology.match import locate_section
+
+    monkeypatch.setattr(match, "TWO_STAGE_CONE", 60.0)
+
+    volume, section, truth = make_section_sample((64, 64, 64), seed=1001)
+    result = locate_section(volume, section, axis=None, candidates=2)
+    assert result.searched["two_stage"]
+    assert angle_between(result.best.plane.normal, truth["plane"]["normal"]) < 3.0
+    assert abs(result.best.offset_um - truth["offset_um"]) <= 3 * 5.0

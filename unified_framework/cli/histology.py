@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -188,8 +191,72 @@ def register(subparsers) -> None:
         metavar="UM",
         help="voxel size (z y x µm) for a volume whose file has none",
     )
+    match.add_argument(
+        "--register",
+        choices=("convexadam", "bspline", "none"),
+        default="convexadam",
+        help="2D deformable registration of the section onto its virtual section (default convexadam; "
+        "bspline: SimpleITK B-spline, the fallback; none: the similarity transform only)",
+    )
+    _transfer_options(match)
     match.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, auto")
     match.set_defaults(func=_match)
+
+    transfer = actions.add_parser(
+        "transfer",
+        help="transfer labels between a matched section and its volume (both ways)",
+        description="With the result folder of 'mdlma histology match' (match.json and field.mha): draw a volume "
+        "segmentation on the section (--volume-labels) and/or map section annotations into the volume "
+        "(--section-labels). Writes into --out (default: the match folder).",
+    )
+    transfer.add_argument(
+        "match", type=Path, metavar="MATCH_DIR", help="folder written by 'mdlma histology match'"
+    )
+    transfer.add_argument(
+        "--volume",
+        metavar="VOLUME",
+        help="the volume (default: the one named in match.json); gives the voxel grid of --section-labels",
+    )
+    transfer.add_argument(
+        "--voxel-size",
+        type=float,
+        nargs="+",
+        metavar="UM",
+        help="voxel size (z y x µm) for a volume whose file has none",
+    )
+    _transfer_options(transfer)
+    transfer.add_argument(
+        "--out", type=Path, metavar="DIR", help="output folder (default MATCH_DIR)"
+    )
+    transfer.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, auto")
+    transfer.set_defaults(func=_transfer)
+
+
+def _transfer_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--volume-labels",
+        metavar="LABELS",
+        help="integer label volume on the volume's grid (e.g. a SUN segmentation): drawn on the section "
+        "(labels_on_section.tif in section pixels, labels_overlay.png, labels_on_virtual.tif)",
+    )
+    parser.add_argument(
+        "--section-labels",
+        metavar="FILE",
+        help="section annotations: an integer label image in section pixels, or JSON polygons "
+        "[{label, points: [[x, y], ...]}] (GeoJSON-like features too): mapped into the volume (section_points.csv)",
+    )
+    parser.add_argument(
+        "--sparse-volume",
+        action="store_true",
+        help="with --section-labels: also write section_labels_volume.zarr (the labels at their nearest voxels)",
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --section-labels: map every N-th annotated pixel along rows and columns (default 1: all)",
+    )
 
 
 def _spacing(
@@ -279,7 +346,7 @@ def _match(args: argparse.Namespace) -> int:
     )
     with atomic_path(args.out) as tmp:
         tmp.mkdir()
-        _write_match(tmp, volume, section, result)
+        registration = _write_match(tmp, volume, section, result, args)
     best = result.best.to_dict(result.axis)
     print(
         f"best: tilt {best['tilt_deg']:.2f} deg, azimuth {best['azimuth_deg']:.2f} deg, offset {best['offset_um']:.2f} um, "
@@ -290,67 +357,80 @@ def _match(args: argparse.Namespace) -> int:
         print(
             f"  #{k}: tilt {d['tilt_deg']:.2f} deg, azimuth {d['azimuth_deg']:.2f} deg, offset {d['offset_um']:.2f} um, NMI {d['score_nmi']:.4f}"
         )
-    print(f"wrote {args.out}/match.json, virtual_section.tif, section_on_virtual.tif, overlay.png")
+    if registration is not None:
+        from ..registration.quality import quality_rows
+
+        print(f"deformable registration ({args.register}, {registration.seconds:.1f} s):")
+        for name, before, after in quality_rows(registration.quality):
+            print(f"  {name:30s} {before:>12s} {after:>12s}")
+    written = sorted(p.name for p in args.out.iterdir())
+    print(f"wrote {args.out}/: {', '.join(written)}")
     return 0
 
 
-def _write_match(folder: Path, volume: Any, section: Any, result: Any) -> None:
-    """Write the report, the virtual section, the section mapped onto it and an overlay into ``folder``."""
-    import numpy as np
-    from PIL import Image
-    from scipy import ndimage
+def _write_match(
+    folder: Path, volume: Any, section: Any, result: Any, args: argparse.Namespace
+) -> Any:
+    """Write the report, the virtual section, the section mapped and warped onto it, overlays and labels.
 
-    from ..histology import virtual_section
-    from ..histology.match import section_grey
-    from ..histology.sampling import default_shape
+    Returns the :class:`~unified_framework.histology.register.SectionRegistration` (None
+    with ``--register none``).
+    """
+    import numpy as np
+
+    from .. import __version__
+    from ..histology.register import register_match, warp2d
     from ..io import Volume, write_volume
+    from ..registration.fields import save_field
 
     best = result.best
     pixel = float(min(section.spacing))
-    virtual = virtual_section(volume, best.plane, pixel, default_shape(volume, best.plane, pixel))
-    h, w = virtual.shape
-    # Inverse similarity: plane point q (µm from the plane point) -> section pixel.
-    qv, qu = np.meshgrid(
-        (np.arange(h) - (h - 1) / 2) * pixel, (np.arange(w) - (w - 1) / 2) * pixel, indexing="ij"
-    )
-    a = math.radians(best.rotation_deg)
-    dv, du = qv - best.translation_um[0], qu - best.translation_um[1]
-    pv = (math.cos(a) * dv + math.sin(a) * du) / best.scale
-    pu = (-math.sin(a) * dv + math.cos(a) * du) / best.scale
-    sh, sw = section.spatial_shape
-    rows = pv / section.spacing[0] + (sh - 1) / 2
-    cols = pu / section.spacing[1] + (sw - 1) / 2
+    done = register_match(volume, section, best, args.register, device=args.device)
+    virtual, mapped, section_map = done.virtual, done.mapped, done.section_map
+    shape = section_map.virtual_shape
     data = np.asarray(section.data)
-    channels = [data[..., c] for c in range(data.shape[-1])] if section.axes == "yxc" else [data]
-    fill = 255 if data.dtype == np.uint8 else 0
-    mapped = np.stack(
-        [
-            ndimage.map_coordinates(ch.astype(np.float32), [rows, cols], order=1, cval=fill)
-            for ch in channels
-        ],
-        axis=-1,
-    )
-    mapped = mapped.astype(data.dtype) if data.dtype == np.uint8 else mapped
-    mapped_volume = Volume(
-        mapped if section.axes == "yxc" else mapped[..., 0],
+    colour = section.axes == "yxc"
+    as_image = lambda a: Volume(  # noqa: E731
+        (np.clip(np.rint(a), 0, 255).astype(np.uint8) if data.dtype == np.uint8 else a)
+        if colour
+        else (a[..., 0].astype(data.dtype) if data.dtype == np.uint8 else a[..., 0]),
         (pixel, pixel),
-        axes="yxc" if section.axes == "yxc" else "",
+        axes="yxc" if colour else "",
     )
-    # Deformable 2D registration of the mapped section onto the virtual one and label transfer
-    # (issue 17, items 3-4) plug in here once unified_framework.registration exists: they start
-    # from `mapped_volume` on the grid of `virtual`.
-    write_volume(folder / "virtual_section.tif", virtual)
-    write_volume(folder / "section_on_virtual.tif", mapped_volume)
-    grey = section_grey(mapped_volume)
-    v = np.asarray(virtual.data, dtype=np.float32)
-    lo, hi = np.percentile(v, [1, 99])
-    v = np.clip((v - lo) / max(hi - lo, 1e-9), 0, 1)
-    s = 1 - np.clip(grey / max(float(grey.max()), 1e-9), 0, 1)  # stained tissue bright
-    overlay = np.stack(
-        [v, s, v], axis=-1
-    )  # virtual section magenta, section green: agreement looks white/grey
-    Image.fromarray((overlay * 255).astype(np.uint8)).save(folder / "overlay.png")
+    mapped_volume = as_image(mapped)
     report = result.to_dict()
+    fixed = np.asarray(virtual.data, dtype=np.float32)
+    registration = done.registration
+    outputs = {
+        "virtual_section.tif": "the best plane of the volume at the section's pixel size, centred on plane.point",
+        "section_on_virtual.tif": "the section mapped onto the virtual section by the similarity transform",
+        "overlay.png": "virtual section magenta, registered section (stain darkness) green",
+    }
+    if registration is not None:
+        field = registration.field
+        warped = warp2d(mapped, field, pixel)
+        write_volume(folder / "section_warped.tif", as_image(warped))
+        save_field(folder / "field.mha", _slab_field(field), (pixel, pixel, pixel))
+        quality = {
+            "method": registration.method,
+            "params": registration.params,
+            "seconds": registration.seconds,
+            "fixed": "virtual_section.tif",
+            "moving": "section_on_virtual.tif (stain darkness)",
+            **registration.quality,
+        }
+        (folder / "registration.json").write_text(json.dumps(quality, indent=2), encoding="utf-8")
+        report["registration"] = quality
+        shown = registration.warped
+        outputs |= {
+            "section_warped.tif": "the section after the deformable registration, on the virtual section's grid",
+            "field.mha": "2D displacement field (µm) on the virtual section's grid, as a one-slice ITK field (z component 0): "
+            "warped(p) = section_on_virtual(p + u(p))",
+            "registration.json": "method and quality: folding (det J <= 0), NCC and MI before/after",
+        }
+    else:
+        shown = done.darkness
+    _overlay(folder / "overlay.png", fixed, shown)
     report["section"] = {
         "path": str(section.path),
         "shape": list(section.shape),
@@ -361,9 +441,182 @@ def _write_match(folder: Path, volume: Any, section: Any, result: Any) -> None:
         "shape": list(volume.shape),
         "spacing_um": list(volume.spacing),
     }
-    report["outputs"] = {
-        "virtual_section.tif": "the best plane of the volume at the section's pixel size, centred on plane.point",
-        "section_on_virtual.tif": "the section mapped onto the virtual section by the similarity transform (no deformable step yet)",
-        "overlay.png": "virtual section magenta, section (stain darkness) green",
-    }
+    report["virtual_section"] = {"shape": list(shape), "pixel_size_um": pixel}
+    report["outputs"] = outputs
+    report["version"] = __version__
     (folder / "match.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_volume(folder / "virtual_section.tif", virtual)
+    write_volume(folder / "section_on_virtual.tif", mapped_volume)
+    _write_transfer(folder, report, section_map, volume, section, args)
+    (folder / "match.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return registration
+
+
+def _slab_field(field: Any) -> Any:
+    from ..histology.register import slab
+
+    return slab(field, 1)
+
+
+def _overlay(path: Path, fixed: Any, moving: Any) -> None:
+    """Virtual section magenta, section green: agreement looks white/grey."""
+    import numpy as np
+    from PIL import Image
+
+    def scaled(a: Any) -> Any:
+        lo, hi = np.percentile(a, [1, 99])
+        return np.clip((np.asarray(a, np.float32) - lo) / max(hi - lo, 1e-9), 0, 1)
+
+    v, s = scaled(fixed), scaled(moving)
+    Image.fromarray((np.stack([v, s, v], axis=-1) * 255).astype(np.uint8)).save(path)
+
+
+def _write_transfer(
+    folder: Path,
+    report: dict[str, Any],
+    section_map: Any,
+    volume: Any,
+    section: Any,
+    args: argparse.Namespace,
+) -> None:
+    """Label transfer both ways (--volume-labels, --section-labels) into ``folder``; notes in ``report``."""
+    import numpy as np
+    from PIL import Image
+
+    from ..histology.sampling import sample_points, section_grid
+    from ..histology.transfer import (
+        label_overlay,
+        labels_on_section,
+        points_csv,
+        read_annotations,
+        section_points,
+        sparse_label_volume,
+    )
+    from ..io import Volume, read_volume, write_volume
+
+    transfer: dict[str, Any] = {}
+    if args.volume_labels:
+        labels = read_volume(args.volume_labels, lazy=True, expect_ndim=3)
+        if tuple(labels.shape) != tuple(volume.shape):
+            raise InputError(
+                f"{args.volume_labels}: shape {tuple(labels.shape)}; expected the volume's {tuple(volume.shape)} (labels on its grid)"
+            )
+        # Labels on the volume's grid share its geometry (their file often has no voxel size).
+        labels = Volume(
+            labels.data, volume.spacing, {}, labels.path, volume.origin, volume.direction
+        )
+        on_section = labels_on_section(labels, section_map, device=args.device)
+        write_volume(
+            folder / "labels_on_section.tif", Volume(on_section, tuple(section.spacing[:2]))
+        )
+        plane_pts = section_grid(
+            section_map.plane, section_map.virtual_pixel, section_map.virtual_shape
+        )
+        on_virtual, inside = sample_points(labels, plane_pts, order=0, device=args.device)
+        write_volume(
+            folder / "labels_on_virtual.tif",
+            Volume(
+                np.where(inside[0], np.rint(on_virtual[0]), 0).astype(on_section.dtype),
+                (section_map.virtual_pixel,) * 2,
+            ),
+        )
+        Image.fromarray(label_overlay(np.asarray(section.data), on_section)).save(
+            folder / "labels_overlay.png"
+        )
+        counts = np.bincount(on_section.ravel().astype(np.int64))
+        transfer["volume_labels"] = {
+            "path": str(args.volume_labels),
+            "pixels_per_label": {str(k): int(c) for k, c in enumerate(counts) if c and k},
+            "outputs": ["labels_on_section.tif", "labels_on_virtual.tif", "labels_overlay.png"],
+        }
+    if args.section_labels:
+        annotations = read_annotations(args.section_labels, section.spatial_shape)
+        points = section_points(annotations, section_map, volume, stride=args.stride)
+        (folder / "section_points.csv").write_text(points_csv(points), encoding="utf-8")
+        summary = {}
+        for label in np.unique(points["label"]):
+            pick = points["label"] == label
+            summary[str(int(label))] = {
+                "pixels": int(pick.sum()),
+                "inside_volume": int(points["inside"][pick].sum()),
+                "centroid_world_um": points["world_um"][pick].mean(0).round(3).tolist(),
+                "centroid_voxel": points["voxel"][pick].mean(0).round(3).tolist(),
+            }
+        transfer["section_labels"] = {
+            "path": str(args.section_labels),
+            "per_label": summary,
+            "outputs": ["section_points.csv"],
+        }
+        if args.sparse_volume:
+            sparse = sparse_label_volume(points, volume.shape)
+            write_volume(
+                folder / "section_labels_volume.zarr",
+                Volume(sparse, volume.spacing, {}, None, volume.origin, volume.direction),
+            )
+            transfer["section_labels"]["outputs"].append("section_labels_volume.zarr")
+    if transfer:
+        report["transfer"] = transfer
+
+
+def _next_to(path: str, folder: Path) -> str:
+    """A path from a report: as written when it exists from here, else relative to the result's parent folder."""
+    if Path(path).is_absolute() or Path(path).exists():
+        return path
+    beside = folder.parent / path
+    return str(beside) if beside.exists() else path
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..histology.transfer import SectionMap
+    from ..io import read_volume
+    from ..registration.fields import load_field
+
+    if not args.volume_labels and not args.section_labels:
+        raise InputError("transfer: nothing to do; give --volume-labels and/or --section-labels")
+    report_path = args.match / "match.json"
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        best = report["best"]
+        section_path = report["section"]["path"]
+        virtual = report["virtual_section"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(
+            f"{report_path}: not a match report of 'mdlma histology match' ({exc})"
+        ) from None
+    volume = _read_volume(
+        args.volume or _next_to(report["volume"]["path"], args.match),
+        args.voxel_size or report["volume"]["spacing_um"],
+    )
+    section = read_volume(_next_to(section_path, args.match), expect_ndim=2)
+    field = None
+    if (args.match / "field.mha").is_file():
+        field = np.asarray(load_field(args.match / "field.mha")[0])[1:, 0]
+    section_map = SectionMap.from_match(
+        best,
+        section.spatial_shape,
+        (report["section"]["pixel_size_um"],) * 2,
+        virtual["shape"],
+        virtual["pixel_size_um"],
+        field,
+    )
+    out = args.out or args.match
+    out.mkdir(parents=True, exist_ok=True)
+    notes: dict[str, Any] = {}
+    # Everything is made in a scratch folder first and moved in at the end: a failure
+    # (bad annotations, labels on another grid) leaves the folder as it was.
+    with tempfile.TemporaryDirectory(dir=out, prefix=".transfer-") as scratch:
+        tmp = Path(scratch)
+        _write_transfer(tmp, notes, section_map, volume, section, args)
+        (tmp / "transfer.json").write_text(
+            json.dumps(notes.get("transfer", {}), indent=2), encoding="utf-8"
+        )
+        for item in tmp.iterdir():
+            target = out / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    for direction, info in notes.get("transfer", {}).items():
+        print(f"{direction}: wrote {', '.join(info['outputs'])} into {out}")
+    return 0

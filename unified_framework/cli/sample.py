@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from .register import check_writable, volume_suffix
 
@@ -184,6 +185,18 @@ def register(subparsers) -> None:
         default=25.0,
         metavar="DEG",
         help="largest tilt of the plane from the z axis (default 25)",
+    )
+    section.add_argument(
+        "--labels",
+        type=Path,
+        metavar="IMAGE",
+        help="also write the true class of every section pixel (label image in section pixels, 4 = glass)",
+    )
+    section.add_argument(
+        "--volume-labels",
+        type=Path,
+        metavar="VOLUME",
+        help="also write the phantom's label volume (a stand-in for a segmentation of the scan)",
     )
     section.set_defaults(func=_section)
     pair = actions.add_parser(
@@ -425,9 +438,18 @@ def _section(args: argparse.Namespace) -> int:
         pixel_size=args.pixel_size,
         thickness=args.thickness,
         max_tilt=args.max_tilt,
+        maps=bool(args.labels or args.volume_labels),
     )
+    classes, volume_labels = truth.pop("classes", None), truth.pop("volume_labels", None)
+    truth.pop("world_um", None)
     write_volume(args.volume, volume)
     write_volume(args.out, section)
+    if args.labels:
+        write_volume(args.labels, _labels_image(classes, section))
+        print(f"wrote {args.labels} {classes.shape} uint8 true classes of the section pixels")
+    if args.volume_labels:
+        write_volume(args.volume_labels, volume.with_data(volume_labels))
+        print(f"wrote {args.volume_labels} {volume_labels.shape} uint8 phantom labels")
     truth["volume"]["path"] = str(args.volume)
     truth["section_path"] = str(args.out)
     write_text_atomic(args.truth, json.dumps(truth, indent=2))
@@ -438,6 +460,12 @@ def _section(args: argparse.Namespace) -> int:
         f"true plane: tilt {truth['tilt_deg']:.2f} deg, azimuth {truth['azimuth_deg']:.2f} deg, offset {truth['offset_um']:.2f} um"
     )
     return 0
+
+
+def _labels_image(classes: Any, section: Any) -> Any:
+    from ..io import Volume
+
+    return Volume(classes, tuple(section.spacing))
 
 
 def _pair(args: argparse.Namespace) -> int:

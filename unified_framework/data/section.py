@@ -67,6 +67,7 @@ def make_section_sample(
     elastic: float = 1.5,
     noise: float = 6.0,
     torn: bool = True,
+    maps: bool = False,
 ) -> tuple[Volume, Volume, dict[str, Any]]:
     """Make the implant phantom and a stained, deformed, torn section of it at a random plane.
 
@@ -92,6 +93,13 @@ def make_section_sample(
         Standard deviation of the colour noise (0..255 scale).
     torn : bool
         Tear a strip and remove a piece of tissue (white glass shows through).
+    maps : bool
+        Also return per-pixel ground truth (numpy arrays, not JSON; for tests and
+        benchmarks of registration and label transfer): ``truth["classes"]`` the class
+        of each section pixel at the slab's centre (``uint8``: the phantom's labels,
+        4 = glass, torn or outside the sample), ``truth["world_um"]`` the world
+        position ``(h, w, 3)`` each pixel shows (elastic deformation included) and
+        ``truth["volume_labels"]`` the phantom's label volume.
 
     Returns
     -------
@@ -148,8 +156,8 @@ def make_section_sample(
     cls = np.where(inside, cls, _GLASS).astype(np.intp)
     texture = 1 + 0.06 * _smooth_noise((side, side), 2.0, rng)
     rgb = (STAIN_COLOURS[cls] * np.where(cls == _GLASS, 1.0, texture)[..., None]).mean(axis=0)
-    if torn:
-        rgb[_tear_mask((side, side), rng)] = STAIN_COLOURS[_GLASS]
+    tear = _tear_mask((side, side), rng) if torn else np.zeros((side, side), bool)
+    rgb[tear] = STAIN_COLOURS[_GLASS]
     rgb += noise * rng.standard_normal(rgb.shape)
     section = Volume(
         np.clip(np.rint(rgb), 0, 255).astype(np.uint8),
@@ -177,6 +185,14 @@ def make_section_sample(
         },
         "seed": int(seed),
     }
+    if maps:
+        centre = plane.world(q)
+        centre_cls, centre_inside = sample_points(volume.with_data(classes), centre[None], order=0)
+        centre_classes = np.where(centre_inside[0], centre_cls[0], _GLASS).astype(np.uint8)
+        centre_classes[tear] = _GLASS
+        truth["classes"] = centre_classes
+        truth["world_um"] = centre
+        truth["volume_labels"] = labels
     return volume, section, truth
 
 
