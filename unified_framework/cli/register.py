@@ -295,7 +295,8 @@ def _register_apply(actions) -> None:
     a = actions.add_parser(
         "apply",
         help="warp a volume (or labels) with a saved field",
-        description="Warp VOLUME (on the fixed grid) with FIELD (field.mha of a registration); a binned field is upsampled block by block.",
+        description="Warp VOLUME (anywhere in world coordinates: its origin, direction and spacing are honoured) "
+        "with FIELD (field.mha of a registration) onto the fixed grid; a binned field is upsampled block by block.",
     )
     a.add_argument("field", type=Path, metavar="FIELD", help="field.mha from 'mdlma register'")
     a.add_argument(
@@ -307,6 +308,13 @@ def _register_apply(actions) -> None:
         required=True,
         metavar="OUT",
         help="warped volume to write (format from the suffix)",
+    )
+    a.add_argument(
+        "--reference",
+        type=Path,
+        metavar="FIXED",
+        help="volume whose grid the output takes (the full-resolution fixed volume; only its shape and geometry are read). "
+        "Default: VOLUME's grid if it lies in the field's world frame, else the field's grid",
     )
     a.add_argument(
         "--interpolation",
@@ -364,6 +372,10 @@ def _run(args: argparse.Namespace) -> int:
         fixed.spacing,
         args.method,
         moving_spacing=moving.spacing,
+        origin=fixed.origin,
+        direction=fixed.direction,
+        moving_origin=moving.origin,
+        moving_direction=moving.direction,
         prealign=args.kind if args.method == "affine" else args.prealign,
         bin=factor,
         params=params,
@@ -391,6 +403,8 @@ def _run(args: argparse.Namespace) -> int:
         full_spacing=fixed.spacing,
         suffix=args.suffix,
         sources=sources,
+        full_shape=fixed.shape,
+        moving_affine=moving.affine,
     )
     if args.json:
         import json
@@ -424,6 +438,10 @@ def _train(args: argparse.Namespace) -> int:
                 fixed.shape,
                 fixed.spacing,
                 name=str(moving_path),
+                moving_origin=moving.origin,
+                moving_direction=moving.direction,
+                fixed_origin=fixed.origin,
+                fixed_direction=fixed.direction,
             )
             out.append((np.asarray(fixed.data), moving_data))
             names.append(f"{fixed_path} + {moving_path}")
@@ -464,20 +482,55 @@ def _train(args: argparse.Namespace) -> int:
 def _apply(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..io import write_volume
+    from ..errors import InputError
+    from ..io import Volume, write_volume
     from ..registration import apply_field, load_field
-    from ..registration.run import MAX_ESTIMATION_VOXELS
+    from ..registration.run import MAX_ESTIMATION_VOXELS, output_grid
 
     check_writable(args.out)
-    field, field_spacing = load_field(args.field)
+    field, field_spacing, origin, direction = load_field(args.field, geometry=True)
     volume = _read(args.volume, lazy=True)
+    shape = out_spacing = None
+    if args.reference:
+        reference = _read(args.reference, lazy=True)
+        if not (
+            np.allclose(reference.origin, origin, atol=1e-3)
+            and np.allclose(reference.direction, direction, atol=1e-4)
+        ):
+            raise InputError(
+                f"{args.reference}: origin {reference.origin} / direction differ from the field's {origin}; "
+                "expected the fixed volume the field was estimated on"
+            )
+        shape, out_spacing = reference.shape, reference.spacing
     # In memory only when it is small and the field is on its grid; else block by block.
     small = (
         tuple(field.shape[1:]) == volume.shape
         and int(np.prod(volume.shape)) <= MAX_ESTIMATION_VOXELS
     )
     data = volume.compute().data if small else volume.data
-    warped = apply_field(data, field, volume.spacing, field_spacing, args.interpolation)
-    write_volume(args.out, warped, volume.spacing)
+    shape, out_spacing, _ = output_grid(
+        volume.shape,
+        volume.spacing,
+        field.shape[1:],
+        field_spacing,
+        volume.affine,
+        origin,
+        direction,
+        shape,
+        out_spacing,
+    )
+    warped = apply_field(
+        data,
+        field,
+        volume.spacing,
+        field_spacing,
+        args.interpolation,
+        volume_affine=volume.affine,
+        field_origin=origin,
+        field_direction=direction,
+        shape=shape,
+        out_spacing=out_spacing,
+    )
+    write_volume(args.out, Volume(warped, out_spacing, {}, None, origin, direction))
     print(f"wrote {args.out} {tuple(warped.shape)} {warped.dtype}")
     return 0
