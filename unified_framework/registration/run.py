@@ -323,7 +323,12 @@ def register_volumes(
             from .convexadam import ConvexAdamParams, register_convexadam
 
             params = params or ConvexAdamParams()
-            parameters = asdict(params)
+            from .convexadam import resolved_downsample
+
+            parameters = {
+                **asdict(params),
+                "downsample": resolved_downsample(params, fixed_est.shape),
+            }
             deformable = register_convexadam(fixed_est, aligned, est_spacing, params, device)
         else:
             from .voxelmorph import register_voxelmorph
