@@ -562,3 +562,47 @@ def test_volumes_that_do_not_overlap_in_the_world_are_refused(pair):
             "affine",
             moving_origin=(1e5, 0.0, 0.0),
         )
+
+
+def test_convexadam_at_half_resolution_still_recovers_the_deformation(pair):
+    from unified_framework.registration.convexadam import resolved_downsample
+
+    assert resolved_downsample(ConvexAdamParams(), (128, 128, 128)) == 2
+    assert resolved_downsample(ConvexAdamParams(), pair.fixed.shape) == 1
+    result = register_volumes(
+        pair.fixed,
+        pair.moving,
+        pair.spacing,
+        "convexadam",
+        prealign="none",
+        device="cpu",
+        params=ConvexAdamParams(selected_niter=40, downsample=2),
+        fixed_labels=pair.fixed_labels,
+        moving_labels=pair.moving_labels,
+    )
+    assert result.field.shape == (3, *pair.fixed.shape)
+    assert result.report["parameters"]["downsample"] == 2
+    dice = result.report["labels"]["mean_dice"]
+    assert 1 - dice["after"] < 0.7 * (1 - dice["before"]), dice
+    with pytest.raises(InputError, match="downsample=0"):
+        ConvexAdamParams(downsample=0)
+    with pytest.raises(InputError, match="too small for grid_sp=6 at downsample 4"):
+        register_volumes(
+            pair.fixed,
+            pair.moving,
+            pair.spacing,
+            "convexadam",
+            prealign="none",
+            params=ConvexAdamParams(downsample=4),
+        )
+
+
+def test_voxelmorph_at_half_resolution_returns_a_full_resolution_field(tmp_path, pair):
+    config = VoxelMorphConfig(
+        features=[8, 8], steps=2, patch_size=16, downsample=2, device="cpu", val_every=10
+    )
+    result = train_voxelmorph([(pair.fixed, pair.moving)], tmp_path / "vxm.pt", config)
+    model = load_voxelmorph(result.model_path)
+    assert model.config.downsample == 2
+    field = register_voxelmorph(pair.fixed, pair.moving, pair.spacing, model, device="cpu")
+    assert field.shape == (3, *pair.fixed.shape) and np.isfinite(field).all()
