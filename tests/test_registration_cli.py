@@ -529,4 +529,6 @@ def test_register_honours_origin_and_direction_of_the_files(pair_dir, tmp_path, 
         report = json.loads(stdout)
         assert report["images"]["ncc"]["after"] > report["images"]["ncc"]["before"]
     # warped(p) = moving(p + u) and the shifted moving holds at q what the other holds at q - shift.
-    np.testing.assert_allclose(medians[1] - medians[0], shift, atol=2.5)
+    # Half a binned voxel: rigid MI at bin 2 varies by ~3 um with ITK's threading; a
+    # direction applied the wrong way round (rotated by 30 or 60 degrees) misses x by > 6 um.
+    np.testing.assert_allclose(medians[1] - medians[0], shift, atol=5.0)
