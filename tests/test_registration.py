@@ -233,10 +233,13 @@ def test_mutual_information_sees_a_non_monotonic_relation_that_correlation_misse
 def test_convexadam_parameters_are_the_package_defaults():
     from convexAdam.convex_adam_MIND import convex_adam_pt
 
+    from unified_framework.registration.convexadam import FRAMEWORK_PARAMS
+
     package = {k: p.default for k, p in inspect.signature(convex_adam_pt).parameters.items()}
     ours = ConvexAdamParams()
     for name in ours.__dataclass_fields__:
-        assert getattr(ours, name) == package[name], name
+        if name not in FRAMEWORK_PARAMS:
+            assert getattr(ours, name) == package[name], name
 
 
 def test_importing_convexadam_leaves_warning_filters_alone():
@@ -403,3 +406,203 @@ def test_moving_on_another_grid_is_resampled_with_a_notice(pair, caplog):
         )
     assert "resampling" in caplog.text
     assert result.warped.shape == pair.fixed.shape
+
+
+# --- world geometry -----------------------------------------------------------------------
+
+
+def _rotation_x(degrees):
+    """Rotation about the world x axis, in our (z, y, x) order."""
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+@pytest.fixture(scope="module")
+def world_pair(pair):
+    """The phantom pair placed in the world: fixed rotated 30° and shifted; moving on a
+    grid of its own (another origin, a further 90° rotation, 1.25x coarser voxels)."""
+    from unified_framework.io import Volume, resample_to
+
+    spacing = np.asarray(pair.spacing)
+    n = np.asarray(pair.fixed.shape)
+    origin_f, direction_f = np.array([100.0, -50.0, 20.0]), _rotation_x(30)
+    fixed = Volume(pair.fixed, tuple(spacing), {}, None, tuple(origin_f), direction_f)
+    # In the fixed grid frame: moving index axes z, y, x point along +z, +x, -y.
+    q = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])
+    spacing_m = 1.25 * spacing[[0, 2, 1]]
+    extent = (n - 1) * spacing
+    shape_m = tuple(int(np.ceil(e / s)) + 1 for e, s in zip(extent[[0, 2, 1]], spacing_m))
+    corner = np.array([0.0, extent[1], 0.0])
+    origin_m, direction_m = origin_f + direction_f @ corner, direction_f @ q
+
+    def place(data, order):
+        source = Volume(data, tuple(spacing), {}, None, tuple(origin_f), direction_f)
+        grid = Volume(
+            np.zeros(shape_m, data.dtype), tuple(spacing_m), {}, None, tuple(origin_m), direction_m
+        )
+        return resample_to(source, grid, order=order)
+
+    def world(points):
+        return points @ direction_f.T + origin_f
+
+    return (
+        fixed,
+        place(pair.moving, 1),
+        place(pair.moving_labels, 0),
+        (world(pair.fixed_points), world(pair.moving_points)),
+    )
+
+
+def test_moving_with_another_origin_rotation_and_spacing_is_registered_in_world_coordinates(
+    tmp_path, pair, world_pair
+):
+    from unified_framework.cli.main import main
+    from unified_framework.io import read_volume, write_volume
+    from unified_framework.registration.fields import moving_index_map
+    from unified_framework.registration.run import write_outputs
+
+    fixed, moving, moving_labels, landmarks = world_pair
+    assert moving.shape != fixed.shape and not np.allclose(moving.direction, fixed.direction)
+    result = register_volumes(
+        fixed.data,
+        moving.data,
+        fixed.spacing,
+        "convexadam",
+        moving_spacing=moving.spacing,
+        origin=fixed.origin,
+        direction=fixed.direction,
+        moving_origin=moving.origin,
+        moving_direction=moving.direction,
+        prealign="none",
+        device="cpu",
+        params=ConvexAdamParams(selected_niter=40),
+        fixed_labels=pair.fixed_labels,
+        moving_labels=moving_labels.data,
+        landmarks=landmarks,
+    )
+    report = result.report
+    dice, tre = report["labels"]["mean_dice"], report["landmarks"]["tre_median_voxels"]
+    assert 1 - dice["after"] < 0.6 * (1 - dice["before"]), dice
+    assert tre["after"] < 0.5 * tre["before"] and tre["after"] < 1.0, tre
+    assert report["jacobian"]["folding_fraction"] < 0.005
+    # The known deformation (grid frame of the fixed volume) is recovered.
+    inside = pair.fixed_labels > 0
+    error = np.sqrt(((result.field - pair.field) ** 2).sum(0))[inside]
+    truth = np.sqrt((pair.field**2).sum(0))[inside]
+    assert np.median(error) < 0.5 * np.median(truth)
+
+    # The saved field carries the fixed geometry and world vectors ...
+    write_outputs(tmp_path / "out", result)
+    field, spacing, origin, direction = load_field(tmp_path / "out" / "field.mha", geometry=True)
+    np.testing.assert_allclose(origin, fixed.origin, atol=1e-4)
+    np.testing.assert_allclose(direction, fixed.direction, atol=1e-6)
+    np.testing.assert_allclose(field, result.field, atol=1e-4)
+    # ... so SimpleITK warps the moving volume (with its own geometry) like we do.
+    from unified_framework.registration.fields import grid_image
+
+    image = sitk.ReadImage(str(tmp_path / "out" / "field.mha"))
+    transform = sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64))
+    moving_image = grid_image(
+        moving.data.astype(np.float32),
+        moving.spacing,
+        origin=moving.origin,
+        direction=moving.direction,
+    )
+    reference = grid_image(
+        np.zeros(fixed.shape, np.float32),
+        fixed.spacing,
+        origin=fixed.origin,
+        direction=fixed.direction,
+    )
+    theirs = sitk.GetArrayFromImage(
+        sitk.Resample(moving_image, reference, transform, sitk.sitkLinear, np.nan)
+    )
+    to_moving = moving_index_map(moving.affine, fixed.origin, fixed.direction)
+    ours = warp(moving.data, result.field, fixed.spacing, to_moving=to_moving)
+    inside = np.isfinite(theirs)
+    assert inside.mean() > 0.8
+    np.testing.assert_allclose(ours[inside], theirs[inside], atol=1e-3)
+    # result.warped interpolates twice (resampled into the fixed grid, then warped).
+    assert np.abs(ours - result.warped).mean() < 0.01 * np.ptp(ours)
+
+    # 'mdlma register apply' maps the moving labels (a NIfTI file with their own
+    # geometry) through world coordinates onto the fixed grid.
+    write_volume(tmp_path / "moving_labels.nii.gz", moving_labels)
+    assert (
+        main(
+            [
+                "register",
+                "apply",
+                str(tmp_path / "out" / "field.mha"),
+                str(tmp_path / "moving_labels.nii.gz"),
+                "--out",
+                str(tmp_path / "warped_labels.nii.gz"),
+                "--interpolation",
+                "nearest",
+            ]
+        )
+        == 0
+    )
+    applied = read_volume(tmp_path / "warped_labels.nii.gz")
+    assert applied.shape == fixed.shape
+    np.testing.assert_allclose(applied.origin, fixed.origin, atol=1e-2)
+    direct = warp(moving_labels.data, result.field, fixed.spacing, "nearest", to_moving=to_moving)
+    assert (applied.data == direct).mean() > 0.999
+    # One nearest-neighbour step instead of two: at least as close to the fixed labels.
+    agree = (applied.data == pair.fixed_labels).mean()
+    assert agree >= (result.warped_labels == pair.fixed_labels).mean() - 0.01
+
+
+def test_volumes_that_do_not_overlap_in_the_world_are_refused(pair):
+    with pytest.raises(InputError, match=r"covers 0% of the fixed volume in world coordinates"):
+        register_volumes(
+            pair.fixed,
+            pair.moving,
+            pair.spacing,
+            "affine",
+            moving_origin=(1e5, 0.0, 0.0),
+        )
+
+
+def test_convexadam_at_half_resolution_still_recovers_the_deformation(pair):
+    from unified_framework.registration.convexadam import resolved_downsample
+
+    assert resolved_downsample(ConvexAdamParams(), (128, 128, 128)) == 2
+    assert resolved_downsample(ConvexAdamParams(), pair.fixed.shape) == 1
+    result = register_volumes(
+        pair.fixed,
+        pair.moving,
+        pair.spacing,
+        "convexadam",
+        prealign="none",
+        device="cpu",
+        params=ConvexAdamParams(selected_niter=40, downsample=2),
+        fixed_labels=pair.fixed_labels,
+        moving_labels=pair.moving_labels,
+    )
+    assert result.field.shape == (3, *pair.fixed.shape)
+    assert result.report["parameters"]["downsample"] == 2
+    dice = result.report["labels"]["mean_dice"]
+    assert 1 - dice["after"] < 0.7 * (1 - dice["before"]), dice
+    with pytest.raises(InputError, match="downsample=0"):
+        ConvexAdamParams(downsample=0)
+    with pytest.raises(InputError, match="too small for grid_sp=6 at downsample 4"):
+        register_volumes(
+            pair.fixed,
+            pair.moving,
+            pair.spacing,
+            "convexadam",
+            prealign="none",
+            params=ConvexAdamParams(downsample=4),
+        )
+
+
+def test_voxelmorph_at_half_resolution_returns_a_full_resolution_field(tmp_path, pair):
+    config = VoxelMorphConfig(
+        features=[8, 8], steps=2, patch_size=16, downsample=2, device="cpu", val_every=10
+    )
+    result = train_voxelmorph([(pair.fixed, pair.moving)], tmp_path / "vxm.pt", config)
+    model = load_voxelmorph(result.model_path)
+    assert model.config.downsample == 2
+    field = register_voxelmorph(pair.fixed, pair.moving, pair.spacing, model, device="cpu")
+    assert field.shape == (3, *pair.fixed.shape) and np.isfinite(field).all()

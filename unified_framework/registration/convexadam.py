@@ -48,6 +48,15 @@ class ConvexAdamParams:
         Grid spacing (voxels) of the Adam refinement.
     ic : bool
         Make the convex result inverse-consistent.
+    downsample : int or None
+        Not a package parameter: compute the MIND-SSC features and the convex step on a
+        copy binned by this factor (None: 2 for volumes of at least
+        :data:`HALF_RESOLUTION_FROM` voxels a side, else 1). ``grid_sp`` and
+        ``disp_hw`` then count binned voxels (the search reaches ``downsample`` times
+        further), while ``grid_sp_adam`` keeps counting full-resolution voxels: the
+        Adam grid stays as fine as the package's (``grid_sp_adam / downsample`` binned
+        voxels, at least 1). The field is upsampled to the full grid. Features and
+        Adam then cost about an eighth (see ``docs/registration.md``).
     """
 
     mind_r: int = 1
@@ -59,6 +68,7 @@ class ConvexAdamParams:
     selected_smooth: int = 0
     grid_sp_adam: int = 2
     ic: bool = True
+    downsample: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("mind_r", "mind_d", "grid_sp", "disp_hw", "grid_sp_adam"):
@@ -66,12 +76,42 @@ class ConvexAdamParams:
                 raise InputError(
                     f"convexadam: {name}={getattr(self, name)!r}; expected a positive integer"
                 )
+        if self.downsample is not None and int(self.downsample) < 1:
+            raise InputError(
+                f"convexadam: downsample={self.downsample!r}; expected a positive integer or None"
+            )
+        if self.lambda_weight == 0 and not self.ic:
+            raise InputError(
+                "convexadam: lambda_weight=0 with ic off returns only the coarse control grid in convexAdam 0.2; "
+                "expected lambda_weight > 0 or ic on"
+            )
         if self.selected_niter < 0 or self.lambda_weight < 0:
             raise InputError("convexadam: selected_niter and lambda_weight must be >= 0")
         if self.selected_smooth and self.selected_smooth % 2 == 0:
             raise InputError(
                 f"convexadam: selected_smooth={self.selected_smooth}; expected 0 or an odd number"
             )
+
+
+#: Parameters of :class:`ConvexAdamParams` that are the framework's, not ``convex_adam_pt``'s.
+FRAMEWORK_PARAMS = ("downsample",)
+
+#: With ``downsample=None``, volumes whose smallest side has at least this many voxels
+#: are registered at half resolution.
+HALF_RESOLUTION_FROM = 96
+
+
+def resolved_downsample(params: ConvexAdamParams, shape: Sequence[int]) -> int:
+    """The binning factor ``params.downsample`` means for a volume of ``shape``.
+
+    Examples
+    --------
+    >>> resolved_downsample(ConvexAdamParams(), (128, 128, 128)), resolved_downsample(ConvexAdamParams(), (40, 40, 40))
+    (2, 1)
+    """
+    if params.downsample is not None:
+        return int(params.downsample)
+    return 2 if min(shape) >= HALF_RESOLUTION_FROM else 1
 
 
 def _convex_adam_pt() -> Any:
@@ -142,16 +182,25 @@ def register_convexadam(
         raise InputError(
             f"convexadam: fixed {fixed.shape} and moving {moving.shape}; expected two 3D volumes on one grid"
         )
+    factor = resolved_downsample(params, fixed.shape)
     smallest = 2 * params.grid_sp
-    if min(fixed.shape) < smallest:
+    if min(fixed.shape) < smallest * factor:
         raise InputError(
-            f"convexadam: volume {fixed.shape} is too small for grid_sp={params.grid_sp}; expected every side >= {smallest}"
+            f"convexadam: volume {fixed.shape} is too small for grid_sp={params.grid_sp} at downsample {factor}; "
+            f"expected every side >= {smallest * factor}"
         )
+    full_shape = fixed.shape
+    if factor > 1:
+        from .run import bin_volume
+
+        fixed, moving = bin_volume(fixed, factor), bin_volume(moving, factor)
     torch_device = resolve_device(device)
     dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
     convex_adam_pt = _convex_adam_pt()
     # The Adam refinement needs gradients even when called under no_grad; the package's
     # implicit align_corners in grid_sample warns on every call (its results assume it).
+    package_params = {k: v for k, v in asdict(params).items() if k not in FRAMEWORK_PARAMS}
+    package_params["grid_sp_adam"] = max(1, round(params.grid_sp_adam / factor))
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message="Default grid_sample and affine_grid behavior", category=UserWarning
@@ -159,12 +208,18 @@ def register_convexadam(
         displacement = convex_adam_pt(
             img_fixed=torch.from_numpy(normalise(fixed)),
             img_moving=torch.from_numpy(normalise(moving)),
-            **asdict(params),
+            **package_params,
             dtype=dtype,
             verbose=False,
             device=torch_device,
         )
     # convexAdam returns (z, y, x, 3) in voxels of the array axes, moving(p + d(p)).
     field = np.moveaxis(np.asarray(displacement, dtype=np.float32), -1, 0)
-    field *= np.asarray(spacing, dtype=np.float32).reshape(3, 1, 1, 1)
+    coarse = tuple(float(s) * factor for s in spacing)
+    field *= np.asarray(coarse, dtype=np.float32).reshape(3, 1, 1, 1)
+    if factor > 1:
+        from .fields import resample_field
+
+        # The binned copy's voxel i sits at voxel i * factor: upsample by position.
+        field = resample_field(field, full_shape, spacing, coarse)
     return np.ascontiguousarray(field)

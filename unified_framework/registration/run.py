@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.volume import is_lazy
-from .fields import check_field, compose, to_fixed_grid, warp
+from .fields import check_field, compose, to_fixed_grid, warp, world_frame
 from .quality import check_labels, jacobian_determinant, quality_report
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class RegistrationResult:
     bin : int
         Binning factor of the estimation grid.
     affine : numpy.ndarray or None
-        The 4x4 pre-alignment (``(z, y, x)`` µm, fixed -> moving), if any.
+        The 4x4 pre-alignment (world ``(z, y, x)`` µm, fixed -> moving), if any.
     jacobian : numpy.ndarray
         Jacobian determinant of ``field``.
     report : dict
@@ -106,6 +106,8 @@ class RegistrationResult:
         The warped moving volume and labels on the estimation grid.
     fixed, moving : numpy.ndarray
         The estimation-grid fixed and (resampled) moving volumes.
+    origin, direction :
+        World geometry of the fixed grid (and so of the field and the warped volumes).
     """
 
     field: np.ndarray
@@ -118,6 +120,8 @@ class RegistrationResult:
     warped_labels: np.ndarray | None
     fixed: np.ndarray
     moving: np.ndarray
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: np.ndarray | None = None
 
 
 def _check_image(data: Any, name: str) -> None:
@@ -136,6 +140,10 @@ def register_volumes(
     method: str = "convexadam",
     *,
     moving_spacing: Sequence[float] | None = None,
+    origin: Sequence[float] | None = None,
+    direction: Any = None,
+    moving_origin: Sequence[float] | None = None,
+    moving_direction: Any = None,
     prealign: str = "affine",
     bin: int | None = 1,
     params: Any = None,
@@ -152,14 +160,20 @@ def register_volumes(
     Parameters
     ----------
     fixed, moving : numpy or dask array ``(z, y, x)``
-        The volumes; ``moving`` is resampled onto the fixed grid when its shape or
-        spacing differ (logged; lazy volumes must already share the grid).
+        The volumes; ``moving`` is resampled into the fixed grid (world coordinates)
+        when its shape, spacing, origin or direction differ (logged; on the binned
+        copies when ``bin > 1``).
     spacing : sequence of 3 float
         The fixed volume's voxel size, micrometres.
     method : {"affine", "convexadam", "voxelmorph"}
         ``affine``: pre-alignment only (``prealign`` chooses rigid or affine).
     moving_spacing : sequence of 3 float, optional
         Default: ``spacing``.
+    origin, direction, moving_origin, moving_direction : optional
+        World geometry of the fixed and moving volumes
+        (:attr:`unified_framework.io.Volume.origin` and ``.direction``; default origin
+        0 and identity). The field is returned on the fixed grid in its grid frame
+        (see :mod:`.fields`); :func:`write_outputs` saves it with this geometry.
     prealign : {"affine", "rigid", "none"}
         SimpleITK pre-alignment before the deformable method.
     bin : int or None
@@ -172,7 +186,9 @@ def register_volumes(
         Torch device of the deformable step.
     fixed_labels, moving_labels : array-like, optional
         Label volumes for Dice/HD95 before and after.
-    landmarks : (fixed, moving) arrays ``(n, 3)`` in micrometres, optional
+    landmarks : (fixed, moving) arrays ``(n, 3)``, optional
+        World positions ``(z, y, x)`` in micrometres (the same as voxel index times
+        spacing for volumes with origin 0 and identity direction).
     names : (str, str)
         How to call fixed and moving in messages.
     progress : bool
@@ -208,12 +224,13 @@ def register_volumes(
         raise InputError(
             f"bin {factor}: the fixed volume {tuple(fixed.shape)} binned must keep every side >= 8 voxels"
         )
-    if (tuple(moving.shape) != tuple(fixed.shape) or not np.allclose(moving_spacing, spacing)) and (
-        is_lazy(moving) or is_lazy(fixed)
-    ):
-        raise InputError(
-            f"{moving_name}: grid {tuple(moving.shape)} at {moving_spacing} um differs from the fixed grid; resample it onto the fixed grid first"
-        )
+    frame = world_frame(origin, direction)
+    geometry = dict(
+        moving_origin=moving_origin,
+        moving_direction=moving_direction,
+        fixed_origin=origin,
+        fixed_direction=direction,
+    )
 
     if (fixed_labels is None) != (moving_labels is None):
         raise InputError("labels: give both --fixed-labels and --moving-labels, or neither")
@@ -260,6 +277,7 @@ def register_volumes(
         fixed_est.shape,
         est_spacing,
         name=moving_name,
+        **geometry,
     )
     labels_est: tuple[np.ndarray, np.ndarray] | None = None
     if fixed_labels is not None:
@@ -275,6 +293,7 @@ def register_volumes(
                 est_spacing,
                 "nearest",
                 "moving labels",
+                **geometry,
             ),
             fixed_est.shape,
             "moving labels",
@@ -304,7 +323,12 @@ def register_volumes(
             from .convexadam import ConvexAdamParams, register_convexadam
 
             params = params or ConvexAdamParams()
-            parameters = asdict(params)
+            from .convexadam import resolved_downsample
+
+            parameters = {
+                **asdict(params),
+                "downsample": resolved_downsample(params, fixed_est.shape),
+            }
             deformable = register_convexadam(fixed_est, aligned, est_spacing, params, device)
         else:
             from .voxelmorph import register_voxelmorph
@@ -316,6 +340,13 @@ def register_volumes(
         bar.update()
     timings["total_s"] = time.perf_counter() - started
     stage("quality")
+    if landmarks is not None:
+        # World positions into the fixed grid frame (where the moving volume was resampled).
+        to_grid = np.linalg.inv(frame)
+        landmarks = tuple(  # type: ignore[assignment]
+            np.asarray(points, np.float64) @ to_grid[:3, :3].T + to_grid[:3, 3]
+            for points in landmarks
+        )
 
     warped = warp(moving_est, total, est_spacing)
     warped_labels = warp(labels_est[1], total, est_spacing, "nearest") if labels_est else None
@@ -340,7 +371,9 @@ def register_volumes(
         estimation_shape=list(fixed_est.shape),
         estimation_spacing_um=list(est_spacing),
         parameters=parameters,
-        affine=None if affine_matrix is None else affine_matrix.tolist(),
+        affine=None
+        if affine_matrix is None
+        else (frame @ affine_matrix @ np.linalg.inv(frame)).tolist(),
         timings=timings,
     )
     bar.update()
@@ -349,13 +382,15 @@ def register_volumes(
         total,
         est_spacing,
         factor,
-        affine_matrix,
+        None if affine_matrix is None else frame @ affine_matrix @ np.linalg.inv(frame),
         jacobian,
         report,
         warped,
         warped_labels,
         fixed_est,
         moving_est,
+        (float(frame[0, 3]), float(frame[1, 3]), float(frame[2, 3])),
+        np.array(frame[:3, :3]),
     )
 
 
@@ -367,6 +402,9 @@ def write_outputs(
     full_spacing: Sequence[float] | None = None,
     suffix: str = ".tif",
     sources: dict[str, str] | None = None,
+    *,
+    full_shape: Sequence[int] | None = None,
+    moving_affine: Any = None,
 ) -> Path:
     """Write a registration's result folder atomically (all files or none).
 
@@ -374,50 +412,79 @@ def write_outputs(
     ``warped_labels<suffix>`` (if labels were given), ``jacobian.tif`` and
     ``quality.json``. With ``bin > 1`` and ``moving_full`` the full-resolution volume
     is warped block by block (:func:`~.fields.warp_lazy`) into ``warped.zarr`` (and
-    ``warped_labels.zarr``); the field stays on the binned grid.
+    ``warped_labels.zarr``) on the full fixed grid (``full_shape``, ``full_spacing``);
+    the field stays on the binned grid. ``moving_affine`` (the full moving volume's
+    :attr:`~unified_framework.io.Volume.affine`) is needed when the moving volume is
+    not on the fixed grid. Every file carries the fixed volume's origin and direction
+    (TIFF keeps only the spacing).
 
     Examples
     --------
     >>> write_outputs("reg-out", result)  # doctest: +SKIP
     """
-    from ..io import write_volume
+    from ..io import Volume, write_volume
     from ..utils.atomic import atomic_path
-    from .fields import save_field, warp_lazy
+    from .fields import moving_index_map, save_field, warp_lazy
+
+    def on_fixed(data: Any, spacing: Sequence[float]) -> Volume:
+        return Volume(data, tuple(spacing), {}, None, result.origin, result.direction)
 
     out = Path(out)
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
-        save_field(tmp / "field.mha", result.field, result.field_spacing)
+        save_field(
+            tmp / "field.mha", result.field, result.field_spacing, result.origin, result.direction
+        )
         files = {"field": "field.mha", "jacobian": "jacobian.tif"}
         write_volume(tmp / "jacobian.tif", result.jacobian, result.field_spacing)
         if result.bin > 1 and moving_full is not None:
             assert full_spacing is not None
+            shape = tuple(full_shape) if full_shape is not None else tuple(moving_full.shape)
+            to_moving = (
+                None
+                if moving_affine is None
+                else moving_index_map(moving_affine, result.origin, result.direction)
+            )
             files["warped"] = "warped.zarr"
             write_volume(
                 tmp / "warped.zarr",
-                warp_lazy(moving_full, result.field, full_spacing, result.field_spacing),
-                full_spacing,
+                on_fixed(
+                    warp_lazy(
+                        moving_full,
+                        result.field,
+                        full_spacing,
+                        result.field_spacing,
+                        shape=shape,
+                        to_moving=to_moving,
+                    ),
+                    full_spacing,
+                ),
             )
             if moving_labels_full is not None:
                 files["warped_labels"] = "warped_labels.zarr"
                 write_volume(
                     tmp / "warped_labels.zarr",
-                    warp_lazy(
-                        moving_labels_full,
-                        result.field,
+                    on_fixed(
+                        warp_lazy(
+                            moving_labels_full,
+                            result.field,
+                            full_spacing,
+                            result.field_spacing,
+                            "nearest",
+                            shape=shape,
+                            to_moving=to_moving,
+                        ),
                         full_spacing,
-                        result.field_spacing,
-                        "nearest",
                     ),
-                    full_spacing,
                 )
         else:
             files["warped"] = f"warped{suffix}"
-            write_volume(tmp / files["warped"], result.warped, result.field_spacing)
+            write_volume(tmp / files["warped"], on_fixed(result.warped, result.field_spacing))
             if result.warped_labels is not None:
                 files["warped_labels"] = f"warped_labels{suffix}"
                 write_volume(
-                    tmp / files["warped_labels"], result.warped_labels, result.field_spacing
+                    tmp / files["warped_labels"],
+                    on_fixed(result.warped_labels, result.field_spacing),
                 )
         report = {**result.report, "files": files, "sources": sources or {}}
         (tmp / "quality.json").write_text(
@@ -434,17 +501,72 @@ def _json_default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
+def output_grid(
+    volume_shape: Sequence[int],
+    spacing: Sequence[float],
+    field_shape: Sequence[int],
+    field_spacing: Sequence[float],
+    volume_affine: Any = None,
+    field_origin: Sequence[float] | None = None,
+    field_direction: Any = None,
+    shape: Sequence[int] | None = None,
+    out_spacing: Sequence[float] | None = None,
+) -> tuple[tuple[int, ...], tuple[float, ...], np.ndarray | None]:
+    """Shape and spacing of :func:`apply_field`'s output and the map into the volume.
+
+    Returns ``(shape, spacing, to_moving)``; ``to_moving`` is None when the volume is
+    the output grid itself, else :func:`~.fields.moving_index_map`.
+
+    Examples
+    --------
+    >>> output_grid((8, 8, 8), (1, 1, 1), (2, 2, 2), (4, 4, 4))[:2]
+    ((8, 8, 8), (1.0, 1.0, 1.0))
+    """
+    from .fields import moving_index_map
+
+    spacing = tuple(float(s) for s in spacing)
+    frame = world_frame(field_origin, field_direction)
+    own = frame @ np.diag([*spacing, 1.0])
+    volume_affine = own if volume_affine is None else np.asarray(volume_affine, np.float64)
+    in_frame = bool(np.allclose(volume_affine, own, atol=1e-6 * max(1.0, *spacing)))
+    if shape is None:
+        shape, out_spacing = (
+            (tuple(volume_shape), spacing) if in_frame else (tuple(field_shape), field_spacing)
+        )
+    shape = tuple(int(n) for n in shape)
+    out_spacing = tuple(float(s) for s in (out_spacing or spacing))
+    to_moving = (
+        None
+        if in_frame and shape == tuple(volume_shape) and np.allclose(out_spacing, spacing)
+        else moving_index_map(volume_affine, field_origin, field_direction)
+    )
+    return shape, out_spacing, to_moving
+
+
 def apply_field(
     volume: Any,
     field: Any,
     spacing: Sequence[float],
     field_spacing: Sequence[float],
     interpolation: str = "linear",
+    *,
+    volume_affine: Any = None,
+    field_origin: Sequence[float] | None = None,
+    field_direction: Any = None,
+    shape: Sequence[int] | None = None,
+    out_spacing: Sequence[float] | None = None,
 ) -> Any:
     """Warp a volume with a saved field; a coarser field (``--bin``) is upsampled on the fly.
 
-    Returns a numpy array when the field is on the volume's grid and ``volume`` is in
-    memory, else a dask array computed block by block.
+    The output lies on the field's world frame (``field_origin``, ``field_direction``:
+    the fixed volume's) with ``shape`` and ``out_spacing``. By default that is the
+    volume's own grid when the volume already lies in that frame (a moving volume on
+    the fixed grid, possibly finer than a binned field), else the field's grid.
+    ``volume_affine`` (the volume's :attr:`~unified_framework.io.Volume.affine`) places
+    the volume in the world; default: in the field's frame with ``spacing``.
+
+    Returns a numpy array when output, field and volume share one grid and ``volume``
+    is in memory, else a dask array computed block by block.
 
     Examples
     --------
@@ -454,16 +576,27 @@ def apply_field(
     from .fields import warp_lazy
 
     field = check_field(field)
-    same_grid = tuple(field.shape[1:]) == tuple(volume.shape) and np.allclose(
-        spacing, field_spacing
+    shape, out_spacing, to_moving = output_grid(
+        volume.shape,
+        spacing,
+        field.shape[1:],
+        field_spacing,
+        volume_affine,
+        field_origin,
+        field_direction,
+        shape,
+        out_spacing,
     )
+    same_grid = shape == tuple(field.shape[1:]) and np.allclose(out_spacing, field_spacing)
     if same_grid and not is_lazy(volume):
-        return warp(np.asarray(volume), field, spacing, interpolation)
-    expected = [n * s for n, s in zip(volume.shape, spacing)]
+        return warp(np.asarray(volume), field, out_spacing, interpolation, to_moving=to_moving)
+    expected = [n * s for n, s in zip(shape, out_spacing)]
     covered = [n * s for n, s in zip(field.shape[1:], field_spacing)]
     if any(abs(e - c) > fs + 1e-6 for e, c, fs in zip(expected, covered, field_spacing)):
         raise InputError(
-            f"field grid {tuple(field.shape[1:])} at {tuple(field_spacing)} um does not cover the volume {tuple(volume.shape)} at {tuple(spacing)} um; "
+            f"field grid {tuple(field.shape[1:])} at {tuple(field_spacing)} um does not cover the volume (output grid) {shape} at {out_spacing} um; "
             "expected the field of this volume's fixed grid"
         )
-    return warp_lazy(volume, field, spacing, field_spacing, interpolation)
+    return warp_lazy(
+        volume, field, out_spacing, field_spacing, interpolation, shape=shape, to_moving=to_moving
+    )

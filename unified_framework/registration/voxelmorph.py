@@ -70,6 +70,10 @@ class VoxelMorphConfig:
         Cadence of checkpoints, training metric lines and validation.
     seed : int
         Seed of patch sampling and initial weights.
+    downsample : int
+        Train and register on copies binned by this factor (the field is upsampled):
+        2 makes a 128³ pair a 64³ one, about 8x faster to train and apply, for
+        deformations smoother than a few voxels.
     device : str or None
         ``cpu``, ``cuda`` or None (a GPU if present).
     """
@@ -88,6 +92,7 @@ class VoxelMorphConfig:
     val_every: int = 100
     seed: int = 0
     device: str | None = None
+    downsample: int = 1
 
     def __post_init__(self) -> None:
         self.features = [int(f) for f in self.features]
@@ -105,6 +110,7 @@ class VoxelMorphConfig:
             "log_every",
             "val_every",
             "ncc_window",
+            "downsample",
         ):
             if int(getattr(self, name)) < 1:
                 raise InputError(
@@ -196,6 +202,16 @@ def check_pair(fixed: Any, moving: Any, name: str) -> tuple[np.ndarray, np.ndarr
                 f"{name}: {which} contains NaN or infinite values; expected finite numbers"
             )
     return normalise(fixed), normalise(moving)
+
+
+def _binned(
+    pair: tuple[np.ndarray, np.ndarray], config: VoxelMorphConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    if config.downsample == 1:
+        return pair
+    from .run import bin_volume
+
+    return bin_volume(pair[0], config.downsample), bin_volume(pair[1], config.downsample)
 
 
 def _pad_to_multiple(array: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[slice, ...]]:
@@ -302,8 +318,11 @@ def train_voxelmorph(
             "voxelmorph training: no training pairs; expected at least one (fixed, moving) pair"
         )
     names = list(sources) if sources else [f"pair {i}" for i in range(len(pairs))]
-    data = [check_pair(f, m, n) for (f, m), n in zip(pairs, names)]
-    val_data = [check_pair(f, m, f"validation pair {i}") for i, (f, m) in enumerate(val_pairs)]
+    data = [_binned(check_pair(f, m, n), config) for (f, m), n in zip(pairs, names)]
+    val_data = [
+        _binned(check_pair(f, m, f"validation pair {i}"), config)
+        for i, (f, m) in enumerate(val_pairs)
+    ]
     smallest = min(min(f.shape) for f, _ in data)
     size = min(config.patch_size, smallest) // config.multiple * config.multiple
     if size < config.multiple:
@@ -541,12 +560,12 @@ def register_voxelmorph(
 
     if not isinstance(model, VoxelMorphModel):
         model = load_voxelmorph(model)
-    fixed_n, moving_n = check_pair(fixed, moving, "voxelmorph")
+    fixed_n, moving_n = _binned(check_pair(fixed, moving, "voxelmorph"), model.config)
     torch_device = resolve_device(device)
     network = model.network(torch_device)
     fixed_p, crop = _pad_to_multiple(fixed_n, model.config.multiple)
     moving_p, _ = _pad_to_multiple(moving_n, model.config.multiple)
-    with torch.no_grad():
+    with torch.inference_mode():
         displacement = network(
             torch.from_numpy(moving_p)[None, None].to(torch_device),
             torch.from_numpy(fixed_p)[None, None].to(torch_device),
@@ -554,5 +573,10 @@ def register_voxelmorph(
     field = (
         displacement[0].cpu().numpy()[(slice(None), *crop)].astype(np.float32)
     )  # voxels, channel = array axis
-    field *= np.asarray(spacing, dtype=np.float32).reshape(3, 1, 1, 1)
+    coarse = tuple(float(s) * model.config.downsample for s in spacing)
+    field *= np.asarray(coarse, dtype=np.float32).reshape(3, 1, 1, 1)
+    if model.config.downsample > 1:
+        from .fields import resample_field
+
+        field = resample_field(field, np.shape(fixed), spacing, coarse)
     return np.ascontiguousarray(field)
