@@ -253,6 +253,7 @@ BASELINE = {
     "jupyter": {},
     "histology-match": {"volume": "volume.tif", "section": "section.tif"},
     "register": {"fixed": "volume.tif", "moving": "images.tif"},
+    "infer": {"model": "model", "image": "volume.tif"},
 }
 
 
@@ -411,6 +412,36 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             v["out"],
             *method_options,
             *optional,
+            *v["extra_args"],
+        ]
+    if name == "infer" and step == "merge":
+        return "mdlma", [
+            "infer",
+            v["model"],
+            v["image"],
+            "--out",
+            v["out"],
+            "--work-dir",
+            v["work_dir"],
+            "--finish",
+        ]
+    if name == "infer":
+        return "mdlma", [
+            "infer",
+            v["model"],
+            v["image"],
+            "--out",
+            v["out"],
+            "--work-dir",
+            v["work_dir"],
+            "--part",
+            "0",
+            "--parts",
+            str(v["tasks"]),
+            "--device",
+            device,
+            "--threads",
+            threads,
             *v["extra_args"],
         ]
     if name == "jupyter":

@@ -33,6 +33,7 @@ REQUIRED_TEMPLATES = {
     "python-script",
     "jupyter",
     "histology-match",
+    "infer",
 }
 
 
@@ -54,6 +55,7 @@ MINIMAL = {
     "sun-predict": {"volume": "volume.tif", "model": "model"},
     "jupyter": {},
     "histology-match": {"volume": "volume.tif", "section": "section.tif"},
+    "infer": {"model": "model", "image": "volume.tif"},
 }
 
 
@@ -189,6 +191,20 @@ def test_histology_match_command_line(workdir):
         .text
     )
     assert "--axis" not in anywhere and "--cone" not in anywhere and "--device cuda" in anywhere
+
+
+def test_infer_array_and_merge_command_lines(workdir):
+    predict, merge = local_prepare(
+        "infer", {**MINIMAL["infer"], "tasks": 4, "extra_args": "--patch 256 256 --flips"}
+    ).scripts
+    assert "#SBATCH --array=0-3" in predict.directives
+    assert (
+        f"mdlma infer {workdir / 'model'} {workdir / 'volume.tif'} --out {workdir / 'segmentation.zarr'} "
+        f'--work-dir {workdir / "segmentation.zarr.work"} --part "$SLURM_ARRAY_TASK_ID" --parts 4 --device cpu '
+        '--threads "$OMP_NUM_THREADS" --patch 256 256 --flips'
+    ) in predict.text
+    assert "--finish" in merge.text and merge.after == "predict"
+    assert "#SBATCH --job-name=infer-merge" in merge.directives
 
 
 def test_score_and_train_command_lines(workdir):
@@ -555,7 +571,7 @@ def test_broken_forms_are_refused(tmp_path, form, message):
 
 def test_unknown_template_lists_the_known_ones():
     with pytest.raises(
-        InputError, match="not found; expected one of histology-match, jupyter, python-script"
+        InputError, match="not found; expected one of histology-match, infer, jupyter, python-script"
     ):
         hpc.load_template("no-such-template")
 

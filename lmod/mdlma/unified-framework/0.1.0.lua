@@ -10,6 +10,7 @@ Commands:
   mdlma sun train|predict    SUN multi-axis (3 or 9) U-Net segmentation
   mdlma register convexadam  affine, convexAdam and VoxelMorph registration with quality report
   mdlma histology match      virtual sections of a volume; locate a histology section in it
+  mdlma infer MODEL IMAGE    tiled, resumable inference on any image size (dask workers, SLURM arrays)
   mdlma catalogue search     dataset catalogue (SciCat, or a local SQLite file)
   mdlma jobs ...             SLURM job templates, submission and status
   mdlma dashboard            Streamlit dashboard
