@@ -11,6 +11,7 @@ Commands:
   mdlma register convexadam  affine, convexAdam and VoxelMorph registration with quality report
   mdlma histology match      virtual sections of a volume; locate a histology section in it
   mdlma infer MODEL IMAGE    tiled, resumable inference on any image size (dask workers, SLURM arrays)
+  mdlma model export         bioimage.io model packages: export, import, validate
   mdlma catalogue search     dataset catalogue (SciCat, or a local SQLite file)
   mdlma jobs ...             SLURM job templates, submission and status
   mdlma dashboard            Streamlit dashboard
@@ -30,6 +31,7 @@ whatis([[Bundles: convexAdam, voxelmorph + neurite (torch backend)]])
 whatis([[Bundles: Streamlit + plotly dashboard apps]])
 whatis([[Bundles: JupyterLab, JupyterHub batchspawner, jupyter-server-proxy]])
 whatis([[Bundles: pyscicat (SciCat catalogue client)]])
+whatis([[Bundles: bioimageio.core + bioimageio.spec (standard model packages)]])
 whatis([[Bundles: algotom, astra-toolbox (tomography libraries for your own scripts; tomopy only in the conda environment)]])
 family("mdlma")
 -- In a clone: <clone>/lmod/<name>/<version>.lua -> prefix <clone>/.mdlma
