@@ -12,6 +12,7 @@ Commands:
   mdlma histology match      virtual sections of a volume; locate a histology section in it
   mdlma infer MODEL IMAGE    tiled, resumable inference on any image size (dask workers, SLURM arrays)
   mdlma model export         bioimage.io model packages: export, import, validate
+  mdlma serve MODEL          HTTP predict service (loopback; a token beyond it)
   mdlma catalogue search     dataset catalogue (SciCat, or a local SQLite file)
   mdlma jobs ...             SLURM job templates, submission and status
   mdlma dashboard            Streamlit dashboard
