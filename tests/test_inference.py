@@ -246,3 +246,23 @@ def test_model_that_does_not_fit_the_image_is_refused(tmp_path):
     net = TorchModule(torch.nn.Conv2d(1, 2, 1), 2, 1, 2, (16, 16))
     with pytest.raises(InputError, match="3D"):
         infer(rgb_model, volume, tmp_path / "v.zarr", net)
+
+
+def test_cli_parts_then_finish_equal_one_run(tmp_path, capsys):
+    from unified_framework.cli.main import main
+
+    model_path = str(tiny_sun(tmp_path))
+    image = grey_image(tmp_path)
+    common = ["--patch", "16", "16", "--budget", "2", "--block", "32", "32"]
+    assert main(["infer", model_path, image, "--out", str(tmp_path / "one.zarr"), *common]) == 0
+    split = ["--out", str(tmp_path / "two.zarr"), "--work-dir", str(tmp_path / "w")]
+    for part in ("0", "1"):
+        assert (
+            main(["infer", model_path, image, *split, *common, "--part", part, "--parts", "2"]) == 0
+        )
+    assert main(["infer", model_path, image, *split, "--finish"]) == 0
+    a = zarr.open_group(str(tmp_path / "one.zarr"), mode="r")["probabilities"][:]
+    b = zarr.open_group(str(tmp_path / "two.zarr"), mode="r")["probabilities"][:]
+    assert np.array_equal(a, b)
+    assert main(["infer", model_path, image, "--out", str(tmp_path / "one.zarr")]) != 0
+    assert "already exists" in capsys.readouterr().err
