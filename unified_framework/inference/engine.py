@@ -822,6 +822,10 @@ def infer(
     if out.exists():
         raise InputError(f"{out}: already exists; choose another --out or remove it")
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
+    if model is None and workers <= 1:  # opened once for planning and predicting
+        model = load_model(
+            model_path, spatial_dims=_image_dims(str(image), settings.get("level")), device=device
+        )
     prepare(work, model_path, image, model, **settings)
     report = run_blocks(
         work, model, workers=workers, threads=threads, device=device, progress=progress
