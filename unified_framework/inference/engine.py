@@ -789,6 +789,7 @@ def infer(
     *,
     work_dir: str | Path | None = None,
     workers: int = 1,
+    cluster: Any = None,
     threads: int = 1,
     device: Any = "cpu",
     keep_work: bool = False,
@@ -809,7 +810,7 @@ def infer(
         Already opened (default: :func:`load_model` of ``model_path``).
     work_dir : path-like, optional
         Default ``OUT.work`` beside the output; a killed run resumes from it.
-    workers, threads, device, progress
+    workers, cluster, threads, device, progress
         See :func:`run_blocks`.
     **settings
         ``level, patch, overlap, flips, budget, tissue, probabilities`` of :func:`plan_inference`.
@@ -822,13 +823,21 @@ def infer(
     if out.exists():
         raise InputError(f"{out}: already exists; choose another --out or remove it")
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
-    if model is None and workers <= 1:  # opened once for planning and predicting
+    if (
+        model is None and workers <= 1 and cluster is None
+    ):  # opened once for planning and predicting
         model = load_model(
             model_path, spatial_dims=_image_dims(str(image), settings.get("level")), device=device
         )
     prepare(work, model_path, image, model, **settings)
     report = run_blocks(
-        work, model, workers=workers, threads=threads, device=device, progress=progress
+        work,
+        model,
+        workers=workers,
+        cluster=cluster,
+        threads=threads,
+        device=device,
+        progress=progress,
     )
     finish(work, out, keep_work=keep_work)
     _RUNS.pop(str(work.absolute()), None)
