@@ -253,7 +253,7 @@ def main() -> None:
             rate = {w: r["tiles"] / r["seconds"] for w, r in runs.items()}
             efficiency = rate[2] / (2 * rate[1])
             print(
-                f"\n(b) dask workers on {args.side}^2 (load now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+                f"\n(b) dask workers (started and warmed before timing) on {args.side}^2 (load now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
             )
             print(f"    {'':28}{'goal':>12}{'measured':>14}")
             print(f"    {'tiles/s, 1 worker (here)':28}{'':>12}{rate[1]:>14.1f}")

@@ -173,11 +173,14 @@ def _slurm_cluster(args: argparse.Namespace):
     """A dask-jobqueue SLURMCluster of ``--dask-slurm`` single-process worker jobs."""
     from dask_jobqueue import SLURMCluster
 
-    memory = f"{int(args.budget) + 1024}MB"  # the budget plus the runtime
+    # The budget plus the runtime (~0.8 GB of Python/torch); dask's own memory limit is
+    # off (it would pause a worker at 80 % of the job's memory, where the budget rules).
+    memory = f"{int(args.budget) + 2048}MB"
     cluster = SLURMCluster(
         cores=args.threads,
         processes=1,
         memory=memory,
+        worker_extra_args=["--memory-limit", "0"],
         walltime="01:00:00",
         local_directory=str(Path(".").absolute()),
         log_directory=str(Path(".mdlma-jobs", "dask").absolute()),
