@@ -571,7 +571,8 @@ def test_broken_forms_are_refused(tmp_path, form, message):
 
 def test_unknown_template_lists_the_known_ones():
     with pytest.raises(
-        InputError, match="not found; expected one of histology-match, infer, jupyter, python-script"
+        InputError,
+        match="not found; expected one of histology-match, infer, jupyter, python-script",
     ):
         hpc.load_template("no-such-template")
 
