@@ -55,3 +55,18 @@ def test_infer_array_of_two_tasks_and_merge(tmp_path, monkeypatch):
     assert np.abs(a["probabilities"][:] - b["probabilities"][:]).max() <= 1e-6
     assert np.array_equal(a["0"][:], b["0"][:])
     assert not (tmp_path / "seg.zarr.work").exists()
+
+
+def test_dask_jobqueue_workers_equal_one_process(tmp_path, monkeypatch, capsys):
+    """``mdlma infer --dask-slurm 2``: two SLURM worker jobs of a dask-jobqueue SLURMCluster."""
+    from unified_framework.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    model = str(tiny_sun(tmp_path))
+    image = grey_image(tmp_path)
+    common = ["--patch", "16", "16", "--budget", "64", "--block", "36", "44"]
+    assert main(["infer", model, image, "--out", "local.zarr", *common]) == 0
+    assert main(["infer", model, image, "--out", "dask.zarr", *common, "--dask-slurm", "2"]) == 0
+    a = zarr.open_group("local.zarr", mode="r")["probabilities"][:]
+    b = zarr.open_group("dask.zarr", mode="r")["probabilities"][:]
+    assert np.abs(a - b).max() <= 1e-6

@@ -146,19 +146,21 @@ def _infer(args: argparse.Namespace) -> int:
         f"{args.image}: {plan.shape} in {share} blocks of {plan.block}, tiles {plan.patch} step {plan.step}, "
         f"batch {plan.batch}; {share - len(todo)} block(s) already done"
     )
-    with tqdm(total=len(todo), unit="block", desc="infer") as bar:
-        report = engine.run_blocks(
-            work,
-            workers=args.workers,
-            part=part,
-            parts=args.parts,
-            cluster=cluster,
-            threads=args.threads,
-            device=args.device,
-            progress=bar.update,
-        )
-    if cluster is not None:
-        cluster.close()
+    try:
+        with tqdm(total=len(todo), unit="block", desc="infer") as bar:
+            report = engine.run_blocks(
+                work,
+                workers=args.workers,
+                part=part,
+                parts=args.parts,
+                cluster=cluster,
+                threads=args.threads,
+                device=args.device,
+                progress=bar.update,
+            )
+    finally:
+        if cluster is not None:  # its worker jobs would otherwise wait for their time limit
+            cluster.close()
     print(
         f"predicted {report.tiles_predicted} tiles in {report.blocks_computed} blocks "
         f"({report.tiles_skipped} of {report.tiles_total} tiles skipped as background) in {report.seconds:.1f} s"
