@@ -15,8 +15,9 @@ from starlette.testclient import TestClient
 from test_inference import grey_image, tiny_sun
 
 from unified_framework.cli.main import main
+from unified_framework.errors import InputError
 from unified_framework.inference import load_model, predict_array
-from unified_framework.inference.service import create_app
+from unified_framework.inference.service import create_app, request_prediction
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +49,16 @@ def test_service_answers_a_request_on_loopback(model, tmp_path):
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             labels = np.load(io.BytesIO(response.read()))
+        # what the dashboard's pages call
+        again = request_prediction(f"http://127.0.0.1:{port}", image, model="sun")
+        with pytest.raises(InputError, match="model 'nope'"):
+            request_prediction(f"http://127.0.0.1:{port}", image, model="nope")
     finally:
         server.should_exit = True
         thread.join(10)
     expected = predict_array(model, image[None].astype(np.float32), patch=(16, 16)).argmax(0)
     assert labels.dtype == np.uint8 and np.array_equal(labels, expected)
+    assert np.array_equal(again, expected)
 
 
 def test_token_and_bad_requests(model):

@@ -194,6 +194,67 @@ def create_app(
     )
 
 
+def request_prediction(
+    url: str,
+    image: np.ndarray,
+    model: str | None = None,
+    token: str | None = None,
+    output: str = "labels",
+    timeout: float = 300.0,
+) -> np.ndarray:
+    """Ask a running service for the labels (or probabilities) of ``image``: what pages call.
+
+    Parameters
+    ----------
+    url : str
+        The service, e.g. ``http://127.0.0.1:8765``.
+    image : numpy.ndarray
+        ``(y, x)``, ``(y, x, c)`` or ``(z, y, x)``.
+    model : str, optional
+        Model name (needed when the service holds several).
+    token : str, optional
+        Access token of a service beyond loopback.
+    output : str
+        ``labels`` or ``probabilities``.
+
+    Raises
+    ------
+    InputError
+        The service refused the request (its one-line reason) or cannot be reached.
+
+    Examples
+    --------
+    >>> labels = request_prediction("http://127.0.0.1:8765", region, model="sun")  # doctest: +SKIP
+    """
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(image), allow_pickle=False)
+    query = urllib.parse.urlencode({k: v for k, v in (("model", model), ("output", output)) if v})
+    headers = {"Content-Type": "application/octet-stream"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        f"{url.rstrip('/')}/predict?{query}", data=buffer.getvalue(), headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http(s) URL given by the user)
+            return np.load(io.BytesIO(response.read()), allow_pickle=False)
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            reason = exc.reason
+        raise InputError(f"predict service {url}: {reason} (HTTP {exc.code})") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise InputError(
+            f"predict service {url}: not reachable ({getattr(exc, 'reason', exc)})"
+        ) from None
+
+
 def serve(
     models: Mapping[str, SegmentationModel],
     host: str = "127.0.0.1",
