@@ -266,3 +266,22 @@ def test_cli_parts_then_finish_equal_one_run(tmp_path, capsys):
     assert np.array_equal(a, b)
     assert main(["infer", model_path, image, "--out", str(tmp_path / "one.zarr")]) != 0
     assert "already exists" in capsys.readouterr().err
+
+
+def test_keras_model_through_the_same_interface(tmp_path):
+    """A TensorFlow/Keras model tiles like any other (torch is imported first, see PREAMBLE)."""
+    import keras
+
+    from unified_framework.inference.model import KerasModel
+
+    inputs = keras.Input((None, None, 1))
+    outputs = keras.layers.Conv2D(3, 1, activation="softmax")(inputs)
+    path = tmp_path / "pointwise.keras"
+    keras.Model(inputs, outputs).save(path)
+    model = load_model(path)
+    assert isinstance(model, KerasModel) and (model.in_channels, model.num_classes) == (1, 3)
+    image = grey_image(tmp_path, (40, 48))
+    out, _ = infer(path, image, tmp_path / "k.zarr", model, patch=(16, 16), budget=2 * MB)
+    tiled = zarr.open_group(str(out), mode="r")["probabilities"][:]
+    data = np.asarray(__import__("tifffile").imread(image), np.float32)[None, None]
+    assert np.abs(tiled - model.predict(data)[0]).max() < 1e-5

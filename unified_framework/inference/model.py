@@ -205,6 +205,73 @@ class SunUNet:
         return np.ascontiguousarray(probs, dtype=np.float32)
 
 
+class KerasModel:
+    """A Keras (TensorFlow) model with channels-last tensors as a :class:`SegmentationModel`.
+
+    Patches ``(n, c, *patch)`` are moved to ``(n, *patch, c)`` for the model and back.
+    Import torch before TensorFlow in the same process (TensorFlow first can crash when
+    triton is loaded later).
+
+    Parameters
+    ----------
+    model : keras.Model or path-like
+        The model, or a ``.keras`` file (loaded without compiling).
+    spatial_dims, in_channels, num_classes : int, optional
+        Default: read from the model's input and output shapes.
+    patch_size : sequence of int, optional
+        Default: the model's fixed input size, else 64 per axis.
+    divisor : int
+        Patch sides must be multiples of this.
+    softmax : bool
+        Apply a softmax (False: the model already returns probabilities).
+
+    Examples
+    --------
+    >>> net = KerasModel("unet.keras", divisor=16)   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        spatial_dims: int | None = None,
+        in_channels: int | None = None,
+        num_classes: int | None = None,
+        patch_size: Sequence[int] | None = None,
+        divisor: int = 1,
+        softmax: bool = False,
+        bytes_per_pixel: int = 1024,
+    ) -> None:
+        import keras
+
+        if not hasattr(model, "predict"):
+            model = keras.models.load_model(str(model), compile=False)
+        self.keras = model
+        inp, out = tuple(model.input_shape), tuple(model.output_shape)
+        self.spatial_dims = int(spatial_dims or len(inp) - 2)
+        self.in_channels = int(in_channels or inp[-1])
+        self.num_classes = int(num_classes or out[-1])
+        fixed = [int(d) for d in inp[1:-1] if d]
+        self.patch_size = tuple(
+            int(p)
+            for p in (
+                patch_size
+                or (fixed if len(fixed) == self.spatial_dims else (64,) * self.spatial_dims)
+            )
+        )
+        self.divisor = (int(divisor),) * self.spatial_dims
+        self.softmax = softmax
+        self.bytes_per_pixel = int(bytes_per_pixel)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities ``(n, classes, *patch)`` float32."""
+        x = np.moveaxis(np.asarray(batch, dtype=np.float32), 1, -1)
+        y = np.asarray(self.keras(x, training=False), dtype=np.float32)
+        if self.softmax:
+            y = np.exp(y - y.max(axis=-1, keepdims=True))
+            y /= y.sum(axis=-1, keepdims=True)
+        return np.ascontiguousarray(np.moveaxis(y, -1, 1))
+
+
 #: (name, detect(path) -> bool, load(path, spatial_dims, device) -> SegmentationModel)
 _LOADERS: list[tuple[str, Callable[[Path], bool], Callable[..., Any]]] = []
 
@@ -282,6 +349,11 @@ def load_model(path: str | Path, spatial_dims: int = 2, device: Any = "cpu") -> 
     raise InputError(f"{path}: not a model this framework can open; expected one of: {known}")
 
 
+register_loader(
+    "Keras model (.keras)",
+    lambda p: p.is_file() and p.suffix == ".keras",
+    lambda p, **_: KerasModel(p),
+)
 register_loader("bioimage.io package (rdf.yaml, folder or .zip)", _is_bioimageio, _load_bioimageio)
 register_loader("SUN model package (.pt)", _is_sun, _load_sun)
 
