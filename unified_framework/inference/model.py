@@ -209,8 +209,8 @@ class KerasModel:
     """A Keras (TensorFlow) model with channels-last tensors as a :class:`SegmentationModel`.
 
     Patches ``(n, c, *patch)`` are moved to ``(n, *patch, c)`` for the model and back.
-    Import torch before TensorFlow in the same process (TensorFlow first can crash when
-    triton is loaded later).
+    triton (if installed) is imported before TensorFlow: the other order crashes the
+    process when triton is loaded later.
 
     Parameters
     ----------
@@ -241,6 +241,12 @@ class KerasModel:
         softmax: bool = False,
         bytes_per_pixel: int = 1024,
     ) -> None:
+        import contextlib
+
+        # TensorFlow loaded before triton makes a later triton import crash the process
+        # (bioimage.io, torch.compile and umap pull it in): load triton first if present.
+        with contextlib.suppress(ImportError):
+            import triton  # noqa: F401
         import keras
 
         if not hasattr(model, "predict"):
