@@ -21,6 +21,7 @@ from .engine import (
     run_blocks,
 )
 from .model import (
+    KerasModel,
     SegmentationModel,
     SunUNet,
     TorchModule,
@@ -35,6 +36,7 @@ __all__ = [
     "Grid",
     "ImageSource",
     "InferencePlan",
+    "KerasModel",
     "RunReport",
     "SegmentationModel",
     "SunUNet",
