@@ -203,6 +203,7 @@ def test_use_in_job_composer_fills_the_template(filled, slurm_cluster):  # noqa:
     assert offered == [
         "denoise",
         "histology-match",
+        "infer",
         "pipeline",
         "quantify",
         "register",

@@ -260,6 +260,7 @@ BASELINE = {
     "pipeline": {"pipeline": "run.py", "input": "volume.tif"},
     "al-train": {"project": "project"},
     "al-simulate": {"pairs": "images.tif labels.tif", "test_pairs": "volume.tif gt.tif"},
+    "infer": {"model": "model", "image": "volume.tif"},
 }
 
 
@@ -518,6 +519,36 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             str(v["max_labelled"]),
             "--cell-index",
             "0",
+            "--device",
+            device,
+            "--threads",
+            threads,
+            *v["extra_args"],
+        ]
+    if name == "infer" and step == "merge":
+        return "mdlma", [
+            "infer",
+            v["model"],
+            v["image"],
+            "--out",
+            v["out"],
+            "--work-dir",
+            v["work_dir"],
+            "--finish",
+        ]
+    if name == "infer":
+        return "mdlma", [
+            "infer",
+            v["model"],
+            v["image"],
+            "--out",
+            v["out"],
+            "--work-dir",
+            v["work_dir"],
+            "--part",
+            "0",
+            "--parts",
+            str(v["tasks"]),
             "--device",
             device,
             "--threads",

@@ -39,6 +39,7 @@ REQUIRED_TEMPLATES = {
     "pipeline",
     "al-train",
     "al-simulate",
+    "infer",
 }
 
 
@@ -66,6 +67,7 @@ MINIMAL = {
     "pipeline": {"pipeline": "run.py", "input": "volume.tif"},
     "al-train": {"project": "model"},
     "al-simulate": {"pairs": "images.tif labels.tif", "test_pairs": "volume.tif gt.tif"},
+    "infer": {"model": "model", "image": "volume.tif"},
 }
 
 
@@ -248,6 +250,20 @@ def test_denoise_search_and_pipeline_command_lines(workdir):
         f"mdlma search apply {workdir / 'run.py'} {workdir / 'volume.tif'} --out {workdir / 'labels.tif'}"
         in pipeline.scripts[0].text
     )
+
+
+def test_infer_array_and_merge_command_lines(workdir):
+    predict, merge = local_prepare(
+        "infer", {**MINIMAL["infer"], "tasks": 4, "extra_args": "--patch 256 256 --flips"}
+    ).scripts
+    assert "#SBATCH --array=0-3" in predict.directives
+    assert (
+        f"mdlma infer {workdir / 'model'} {workdir / 'volume.tif'} --out {workdir / 'segmentation.zarr'} "
+        f'--work-dir {workdir / "segmentation.zarr.work"} --part "$SLURM_ARRAY_TASK_ID" --parts 4 --device cpu '
+        '--threads "$OMP_NUM_THREADS" --patch 256 256 --flips'
+    ) in predict.text
+    assert "--finish" in merge.text and merge.after == "predict"
+    assert "#SBATCH --job-name=infer-merge" in merge.directives
 
 
 def test_score_and_train_command_lines(workdir):
@@ -622,7 +638,7 @@ def test_broken_forms_are_refused(tmp_path, form, message):
 def test_unknown_template_lists_the_known_ones():
     with pytest.raises(
         InputError,
-        match="not found; expected one of al-simulate, al-train, denoise, histology-match, jupyter, pipeline",
+        match="not found; expected one of al-simulate, al-train, denoise, histology-match, infer, jupyter",
     ):
         hpc.load_template("no-such-template")
 

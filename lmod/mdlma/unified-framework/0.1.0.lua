@@ -15,6 +15,9 @@ Commands:
   mdlma histology match      virtual sections of a volume; locate a histology section in it
   mdlma quantify LABELS      degradation quantities (depth, rate, layer thickness, BV/TV, BIC), time series
   mdlma al init|query|train  active learning with HRNet: label few slices; oracle simulations
+  mdlma infer MODEL IMAGE    tiled, resumable inference on any image size (dask workers, SLURM arrays)
+  mdlma model export         bioimage.io model packages: export, import, validate
+  mdlma serve MODEL          HTTP predict service (loopback; a token beyond it)
   mdlma catalogue search     dataset catalogue (SciCat, or a local SQLite file)
   mdlma jobs ...             SLURM job templates, submission and status
   mdlma dashboard            Streamlit dashboard
@@ -38,6 +41,7 @@ whatis([[Bundles: pyscicat (SciCat catalogue client)]])
 whatis([[Bundles: algotom, astra-toolbox (ring removal and reconstruction; tomopy only in the conda environment)]])
 whatis([[Bundles: bm3d, optuna, umap-learn, dask distributed (denoising, parameter search, score landscape)]])
 whatis([[Bundles: porespy (local thickness for degradation analysis)]])
+whatis([[Bundles: bioimageio.core + bioimageio.spec (standard model packages)]])
 family("mdlma")
 -- In a clone: <clone>/lmod/<name>/<version>.lua -> prefix <clone>/.mdlma
 local here = myFileName()

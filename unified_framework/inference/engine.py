@@ -1,0 +1,907 @@
+"""Tiled, resumable, distributable inference of a :class:`SegmentationModel` on any image size.
+
+A run lives in a work folder until it is finished::
+
+    WORK/plan.json      what is computed: image, model (with digest), tiles, blocks, batch
+    WORK/tissue.npy     foreground at low resolution (tiles outside it are skipped)
+    WORK/result.zarr    probabilities (classes, *spatial) float32 and labels "0" (uint8),
+                        one Zarr chunk per output block
+    WORK/done/<block>   a checked file (CRC-32 trailer) with the CRC-32s of the block's
+                        probabilities and labels, written after both are stored
+
+The output is cut into blocks; a block is computed from every tile that overlaps it
+(tiles straddling two blocks are predicted for each), each tile weighted by a Gaussian
+and summed in one fixed order, in batches fixed by the block (its tiles in C order, cut
+every ``batch``). A block's values therefore do not depend on which process computes it
+or how many there are: one process, dask workers or SLURM array tasks give the same
+output (bit-identical with the same per-process setup; within 1e-6 between this process
+and worker processes, see docs/inference.md). Several processes write different blocks (their
+own Zarr chunks), so they need no shared manifest: each block has its own checked
+marker (``utils.workdir_manifest``'s rule for multi-writer folders), and a resume
+re-reads every marked block from the store and recomputes those whose data do not
+match (a missing Zarr chunk reads as fill value and would otherwise pass).
+:func:`finish` builds the multiscale pyramid (OME-Zarr) and moves the result into place
+atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..utils.atomic import atomic_path, write_text_atomic
+from ..utils.workdir_manifest import checksum, read_checked, remove_work_folder, write_checked
+from .model import SegmentationModel, check_model_fits, load_model, patch_memory
+from .tiling import Grid, TissueMask, detect_tissue, gaussian_weights, low_resolution, step_of
+
+logger = logging.getLogger(__name__)
+
+PLAN_VERSION = 1
+#: Default working memory of one process (bytes): input box, accumulators, one batch.
+DEFAULT_BUDGET = 1024 * 2**20
+#: Largest output block, in tiles per axis (more blocks share work better over workers).
+MAX_BLOCK_TILES = {2: 8, 3: 3}
+MAX_BATCH = 4  # larger batches were slower per tile on CPUs (cache) and cost memory
+PYRAMID_MIN_SIDE = 256
+
+
+@dataclass
+class InferencePlan:
+    """Everything that fixes the output of a run (stored as ``plan.json``)."""
+
+    image: str
+    level: int | None
+    model: str
+    model_digest: str
+    spatial_dims: int
+    shape: tuple[int, ...]
+    channels: int
+    num_classes: int
+    patch: tuple[int, ...]
+    step: tuple[int, ...]
+    block: tuple[int, ...]
+    batch: int
+    flips: bool
+    tissue: str
+    probabilities: bool
+    spacing: tuple[float, ...]
+    class_names: list[str] = field(default_factory=list)
+    tissue_factor: tuple[float, ...] = ()
+    version: int = PLAN_VERSION
+
+    def grid(self) -> Grid:
+        return Grid(self.shape, self.patch, self.step, self.block)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, name: str = "plan.json") -> InferencePlan:
+        try:
+            data = json.loads(text)
+            if data.get("version") != PLAN_VERSION:
+                raise ValueError(f"version {data.get('version')}")
+            for key in ("shape", "patch", "step", "block", "spacing", "tissue_factor"):
+                data[key] = tuple(data[key])
+            return cls(**data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InputError(f"{name}: not a tiled-inference plan ({exc})") from None
+
+
+def model_digest(path: str | Path) -> str:
+    """SHA-256 of a model file (or of the files of a model folder)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with open(f, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ImageSource:
+    """Reads float32 boxes ``(channels, *spatial)`` of an image lazily via :mod:`unified_framework.io`."""
+
+    def __init__(self, image: str, level: int | None = None) -> None:
+        from ..io import open_volume
+
+        self.name = image
+        self.volume = open_volume(image, level=level)
+        self.colour = "c" in (self.volume.axes or "")
+        data = self.volume.data
+        self.shape = tuple(int(s) for s in (data.shape[:-1] if self.colour else data.shape))
+        self.channels = int(data.shape[-1]) if self.colour else 1
+        self.spacing = tuple(float(s) for s in (self.volume.spacing or (1.0,) * len(self.shape)))
+
+    def read(self, box: Sequence[slice]) -> np.ndarray:
+        """The box as float32 ``(channels, *box)``."""
+        block = self.volume.data[tuple(box)]
+        if hasattr(block, "compute"):
+            block = block.compute(scheduler="synchronous")
+        block = np.asarray(block, dtype=np.float32)
+        return np.moveaxis(block, -1, 0) if self.colour else block[None]
+
+    def low_resolution(self, max_side: int = 1024) -> tuple[np.ndarray, int | None]:
+        """The smallest pyramid level with sides >= 64 (else a strided copy), channel axis."""
+        levels = self.volume.metadata.get("levels") or []
+        if len(levels) > 1 and self.volume.metadata.get("level", 0) == 0:
+            from ..io import open_volume
+
+            pick = len(levels) - 1
+            while pick > 0 and min(levels[pick]["shape"][: len(self.shape)]) < 64:
+                pick -= 1
+            if pick > 0:
+                path, _, _ = self.name.partition("::")
+                low = open_volume(path, level=pick).data
+                low = np.asarray(
+                    low.compute(scheduler="synchronous") if hasattr(low, "compute") else low
+                )
+                return low, (low.ndim - 1 if self.colour else None)
+        low, _ = low_resolution(self.volume.data, len(self.shape), max_side)
+        return low, (low.ndim - 1 if self.colour else None)
+
+
+def _choose_block(
+    model: SegmentationModel,
+    shape: Sequence[int],
+    patch: Sequence[int],
+    channels: int,
+    budget: int,
+    flips: bool,
+    block_size: Sequence[int] | None = None,
+) -> tuple[tuple[int, ...], int]:
+    """Largest block (tiles per axis) and batch that fit ``budget`` bytes; InputError if one tile does not."""
+    classes = model.num_classes
+    tile = patch_memory(model, patch, 1) * (2 if flips else 1)
+
+    def fixed(block: Sequence[int]) -> int:
+        box = [min(b + 2 * p, s) for b, p, s in zip(block, patch, shape)]
+        # accumulator + result copy + weights + labels, and the input box
+        return 4 * (2 * classes + 2) * math.prod(block) + 4 * channels * math.prod(box)
+
+    smallest = fixed(patch) + tile
+    if smallest > budget:
+        raise InputError(
+            f"memory budget {budget / 2**20:.0f} MB is too small for one tile of {tuple(patch)} "
+            f"(needs about {math.ceil(smallest / 2**20)} MB); raise --budget or choose a smaller --patch"
+        )
+    if block_size is not None:
+        block = tuple(min(int(b), s) for b, s in zip(block_size, shape))
+        if len(block) != len(shape) or min(block) < 1:
+            raise InputError(f"block {tuple(block_size)}: expected {len(shape)} positive sides")
+        if fixed(block) + tile > budget:
+            raise InputError(
+                f"block {block} needs about {math.ceil((fixed(block) + tile) / 2**20)} MB, more than the budget "
+                f"{budget / 2**20:.0f} MB; choose a smaller --block or raise --budget"
+            )
+    else:
+        for k in range(MAX_BLOCK_TILES.get(len(patch), 2), 0, -1):
+            block = tuple(min(p * k, s) for p, s in zip(patch, shape))
+            if fixed(block) + tile <= budget:
+                break
+    tiles_per_block = math.prod(math.ceil(b / p) + 1 for b, p in zip(block, patch))
+    batch = max(1, min((budget - fixed(block)) // tile, MAX_BATCH, tiles_per_block))
+    return block, int(batch)
+
+
+def plan_inference(
+    model_path: str | Path,
+    image: str,
+    model: SegmentationModel,
+    *,
+    level: int | None = None,
+    patch: Sequence[int] | None = None,
+    overlap: float = 0.5,
+    flips: bool = False,
+    budget: int = DEFAULT_BUDGET,
+    tissue: str = "auto",
+    probabilities: bool = True,
+    block: Sequence[int] | None = None,
+    source: ImageSource | None = None,
+) -> tuple[InferencePlan, TissueMask | None]:
+    """Check the inputs and fix tiles, blocks and batch; nothing is written.
+
+    Parameters
+    ----------
+    model_path : path-like
+        The model file (identifies the run by its digest).
+    image : str
+        What :func:`unified_framework.io.read_volume` opens.
+    model : SegmentationModel
+    level : int, optional
+        Pyramid level of a slide.
+    patch : sequence of int, optional
+        Tile size (default: the model's).
+    overlap : float
+        Fraction of a tile shared with its neighbour (0.5: nnU-Net's and MONAI's usual choice).
+    flips : bool
+        Test-time augmentation: average over all flips of the spatial axes (2**dims predictions).
+    budget : int
+        Working memory of one process in bytes (input box, accumulators, one batch).
+    tissue : str
+        ``auto`` (``dark`` for colour slides, else ``off``), ``dark``, ``bright`` or ``off``.
+    probabilities : bool
+        Store the blended probabilities (else labels only).
+    block : sequence of int, optional
+        Output block (chunk) size; default the largest the budget allows.
+
+    Raises
+    ------
+    InputError
+        A model that does not fit the image (dimensions, channels), a tile larger than
+        the image or not a multiple of the model's divisor, a budget too small for one tile.
+
+    Examples
+    --------
+    >>> plan, mask = plan_inference("m.pt", "slide.tif", model, budget=512 * 2**20)  # doctest: +SKIP
+    """
+    image = str(image)
+    source = source or ImageSource(image, level)
+    check_model_fits(model, source.shape, source.channels, image)
+    patch = tuple(int(p) for p in (patch or model.patch_size))
+    if len(patch) != len(source.shape):
+        raise InputError(f"patch {patch}: expected {len(source.shape)} sides for {image}")
+    for p, s, d in zip(patch, source.shape, model.divisor):
+        if p < 1 or p % d:
+            raise InputError(
+                f"patch {patch}: each side must be a positive multiple of {tuple(model.divisor)} for this model"
+            )
+        if p > s:
+            raise InputError(
+                f"{image}: tile size {patch} is larger than the image {source.shape}; choose --patch <= the image size"
+            )
+    step = step_of(patch, overlap)
+    block, batch = _choose_block(model, source.shape, patch, source.channels, budget, flips, block)
+    mask = None
+    if tissue == "auto":
+        tissue = "dark" if source.colour and len(source.shape) == 2 else "off"
+    if tissue != "off":
+        low, channel_axis = source.low_resolution()
+        mask = detect_tissue(low, source.shape, tissue, channel_axis)
+    plan = InferencePlan(
+        image=image,
+        level=level,
+        model=str(Path(model_path).absolute()),
+        model_digest=model_digest(model_path),
+        spatial_dims=len(source.shape),
+        shape=source.shape,
+        channels=source.channels,
+        num_classes=model.num_classes,
+        patch=patch,
+        step=step,
+        block=block,
+        batch=batch,
+        flips=flips,
+        tissue=tissue,
+        probabilities=probabilities,
+        spacing=source.spacing,
+        class_names=list(
+            getattr(model, "class_names", []) or [f"class {i}" for i in range(model.num_classes)]
+        ),
+        tissue_factor=mask.factor if mask is not None else (),
+    )
+    if model.num_classes > 254:
+        raise InputError(
+            f"model has {model.num_classes} classes; labels are stored as uint8 (at most 254, 255 marks missing)"
+        )
+    return plan, mask
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """An exclusive lock on ``folder/lock`` (array tasks prepare the same folder at once)."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare(
+    work: str | Path,
+    model_path: str | Path,
+    image: str,
+    model: SegmentationModel | None = None,
+    **settings: Any,
+) -> InferencePlan:
+    """Create the work folder (plan, tissue mask, empty store) or reuse a matching one.
+
+    A folder that already holds a plan for the same image and model is resumed with
+    its stored plan (settings given now are then ignored); one for another image or
+    model is refused.
+    """
+    work, image = Path(work), str(image)
+    with _locked(work):
+        existing = work / "plan.json"
+        if existing.is_file():
+            plan = InferencePlan.from_json(existing.read_text(), str(existing))
+            if plan.image != image or plan.model_digest != model_digest(model_path):
+                raise InputError(
+                    f"{work}: holds a run of {plan.image} with model {plan.model}; choose another --work-dir or delete it"
+                )
+            return plan
+        model = model or load_model(
+            model_path, spatial_dims=_image_dims(image, settings.get("level"))
+        )
+        plan, mask = plan_inference(model_path, image, model, **settings)
+        _create_store(work / "result.zarr", plan)
+        if mask is not None:
+            with atomic_path(work / "tissue.npy") as tmp, open(tmp, "wb") as handle:
+                np.save(handle, mask.mask)
+        write_text_atomic(existing, plan.to_json())  # last: a plan means a complete folder
+        return plan
+
+
+def _image_dims(image: str, level: int | None) -> int:
+    return len(ImageSource(image, level).shape)
+
+
+def _create_store(path: Path, plan: InferencePlan) -> None:
+    import zarr
+    from numcodecs import Blosc
+
+    if path.exists():
+        shutil.rmtree(path)
+    group = zarr.open_group(str(path), mode="w")
+    compressor = Blosc("zstd", 3, Blosc.BITSHUFFLE)
+    if plan.probabilities:
+        probs = group.create_dataset(
+            "probabilities",
+            shape=(plan.num_classes, *plan.shape),
+            chunks=(plan.num_classes, *plan.block),
+            dtype="float32",
+            compressor=compressor,
+            # A lost chunk must not read as a valid answer: NaN/255 never verify.
+            fill_value=np.nan,
+            write_empty_chunks=True,
+        )
+        probs.attrs.update(
+            {"class_names": plan.class_names, "spacing": list(plan.spacing), "unit": "micrometer"}
+        )
+    labels = group.create_dataset(
+        "0",
+        shape=plan.shape,
+        chunks=plan.block,
+        dtype="uint8",
+        compressor=compressor,
+        fill_value=255,
+        write_empty_chunks=True,
+    )
+    labels.attrs.update(
+        {"spacing": list(plan.spacing), "unit": "micrometer", "class_names": plan.class_names}
+    )
+
+
+class _Run:
+    """One process's view of a prepared work folder: model, source, weights, store."""
+
+    def __init__(
+        self, work: Path, model: SegmentationModel | None = None, device: Any = "cpu"
+    ) -> None:
+        import zarr
+
+        self.work = work
+        self.plan = InferencePlan.from_json(
+            (work / "plan.json").read_text(), str(work / "plan.json")
+        )
+        self.model = model or load_model(
+            self.plan.model, spatial_dims=self.plan.spatial_dims, device=device
+        )
+        self.source = ImageSource(self.plan.image, self.plan.level)
+        if self.source.shape != self.plan.shape:
+            raise InputError(
+                f"{self.plan.image}: shape {self.source.shape} differs from the plan's {self.plan.shape}; it changed since the run began"
+            )
+        self.grid = self.plan.grid()
+        self.weights = gaussian_weights(self.plan.patch)
+        self.mask = (
+            TissueMask(np.load(work / "tissue.npy"), self.plan.tissue_factor)
+            if (work / "tissue.npy").is_file()
+            else None
+        )
+        group = zarr.open_group(str(work / "result.zarr"), mode="r+")
+        self.labels = group["0"]
+        self.probs = group["probabilities"] if self.plan.probabilities else None
+
+    def tiles(self, index: Sequence[int]) -> list[tuple[int, ...]]:
+        tiles = self.grid.tiles_in(index)
+        if self.mask is not None:
+            tiles = [t for t in tiles if self.mask.keeps(t, self.plan.patch)]
+        return tiles
+
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
+        if not self.plan.flips:
+            return self.model.predict(batch)
+        dims = self.plan.spatial_dims
+        total = None
+        combos = [c for r in range(dims + 1) for c in _combinations(dims, r)]
+        for axes in combos:
+            flipped = np.flip(batch, tuple(2 + a for a in axes)) if axes else batch
+            out = self.model.predict(np.ascontiguousarray(flipped))
+            out = np.flip(out, tuple(2 + a for a in axes)) if axes else out
+            total = out.copy() if total is None else total + out
+        assert total is not None
+        return total / np.float32(len(combos))
+
+    def compute_block(self, index: Sequence[int]) -> tuple[np.ndarray, int]:
+        """Probabilities ``(classes, *block)`` of one block and the number of tiles predicted."""
+        region = self.grid.block_region(index)
+        shape = tuple(r.stop - r.start for r in region)
+        classes, patch = self.plan.num_classes, self.plan.patch
+        tiles = self.tiles(index)
+        if not tiles:
+            out = np.zeros((classes, *shape), dtype=np.float32)
+            out[0] = 1.0
+            return out, 0
+        lo = [min(t[a] for t in tiles) for a in range(len(shape))]
+        hi = [max(t[a] for t in tiles) + patch[a] for a in range(len(shape))]
+        data = self.source.read(tuple(slice(a, b) for a, b in zip(lo, hi)))
+        acc = np.zeros((classes, *shape), dtype=np.float32)
+        wsum = np.zeros(shape, dtype=np.float32)
+        size = self.plan.batch
+        for first in range(0, len(tiles), size):
+            group = tiles[first : first + size]
+            # The batches are a function of the block alone (its tiles in C order, cut
+            # every `size`), whichever process computes it: no padding needed.
+            batch = np.empty((len(group), self.plan.channels, *patch), dtype=np.float32)
+            for k, t in enumerate(group):
+                batch[k] = data[
+                    (slice(None), *(slice(s - o, s - o + p) for s, o, p in zip(t, lo, patch)))
+                ]
+            probs = self._predict(batch)
+            for k, t in enumerate(group):
+                in_tile, in_block = [], []
+                for s, p, r in zip(t, patch, region):
+                    a, b = max(s, r.start), min(s + p, r.stop)
+                    in_tile.append(slice(a - s, b - s))
+                    in_block.append(slice(a - r.start, b - r.start))
+                w = self.weights[tuple(in_tile)]
+                acc[(slice(None), *in_block)] += probs[k][(slice(None), *in_tile)] * w
+                wsum[tuple(in_block)] += w
+        covered = wsum > 0
+        acc /= np.where(covered, wsum, np.float32(1))
+        if not covered.all():  # pixels only under skipped (background) tiles
+            acc[:, ~covered] = 0.0
+            acc[0][~covered] = 1.0
+        return acc, len(tiles)
+
+    def marker(self, index: Sequence[int]) -> Path:
+        return self.work / "done" / "_".join(str(i) for i in index)
+
+    def _stored_crcs(self, index: Sequence[int]) -> bytes:
+        region = self.grid.block_region(index)
+        labels = np.ascontiguousarray(self.labels[region])
+        crc = checksum(labels)
+        crc_p = (
+            checksum(np.ascontiguousarray(self.probs[(slice(None), *region)]))
+            if self.probs is not None
+            else 0
+        )
+        return crc.to_bytes(4, "little") + crc_p.to_bytes(4, "little")
+
+    def run_block(self, index: Sequence[int]) -> int:
+        """Compute, store and mark one block; the number of tiles predicted."""
+        probs, n_tiles = self.compute_block(index)
+        region = self.grid.block_region(index)
+        labels = np.argmax(probs, axis=0).astype(np.uint8)
+        if self.probs is not None:
+            self.probs[(slice(None), *region)] = probs
+        self.labels[region] = labels
+        crc_p = checksum(np.ascontiguousarray(probs)) if self.probs is not None else 0
+        payload = checksum(labels).to_bytes(4, "little") + crc_p.to_bytes(4, "little")
+        self.marker(index).parent.mkdir(exist_ok=True)
+        write_checked(self.marker(index), payload)
+        return n_tiles
+
+    def is_done(self, index: Sequence[int], verify: bool = True) -> bool:
+        data = read_checked(self.marker(index), 8)
+        if data is None:
+            return False
+        return not verify or data[:8] == self._stored_crcs(index)
+
+
+def _combinations(n: int, r: int) -> list[tuple[int, ...]]:
+    import itertools
+
+    return list(itertools.combinations(range(n), r))
+
+
+#: Runs opened by this process (dask workers keep theirs between tasks).
+_RUNS: dict[str, _Run] = {}
+
+
+def _open_run(
+    work: str | Path, model: SegmentationModel | None = None, device: Any = "cpu"
+) -> _Run:
+    key = str(Path(work).absolute())
+    run = _RUNS.get(key)
+    if run is None or (model is not None and run.model is not model):
+        run = _RUNS[key] = _Run(Path(key), model, device)
+    return run
+
+
+def _block_task(work: str, index: tuple[int, ...], model: Any, device: Any, threads: int) -> int:
+    """One block on a dask worker (opens the run once per worker process)."""
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return _open_run(work, model, device).run_block(index)
+
+
+@dataclass
+class RunReport:
+    """What :func:`run_blocks` did."""
+
+    blocks_total: int = 0
+    blocks_computed: int = 0
+    blocks_reused: int = 0
+    tiles_predicted: int = 0
+    tiles_total: int = 0
+    tiles_skipped: int = 0
+    seconds: float = 0.0
+
+
+def pending_blocks(
+    work: str | Path,
+    model: SegmentationModel | None = None,
+    part: int = 0,
+    parts: int = 1,
+    device: Any = "cpu",
+) -> tuple[list[tuple[int, ...]], int]:
+    """Blocks of share ``part`` of ``parts`` still to compute (verified markers are skipped), and the share's size."""
+    run = _open_run(work, model, device)
+    mine = run.grid.blocks()[part::parts]
+    return [b for b in mine if not run.is_done(b)], len(mine)
+
+
+def run_blocks(
+    work: str | Path,
+    model: SegmentationModel | None = None,
+    *,
+    workers: int = 1,
+    part: int = 0,
+    parts: int = 1,
+    cluster: Any = None,
+    threads: int = 1,
+    device: Any = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> RunReport:
+    """Compute the unfinished blocks of share ``part``/``parts`` (a SLURM array task's), here or on dask workers.
+
+    Parameters
+    ----------
+    work : path-like
+        A folder made by :func:`prepare`.
+    model : SegmentationModel, optional
+        Default: loaded from the plan's model file (in every worker).
+    workers : int
+        1: in this process; more: a dask ``LocalCluster`` of that many single-threaded
+        processes (unless ``cluster`` is given).
+    part, parts : int
+        Which share of the blocks (every ``parts``-th from ``part``): a SLURM array task's.
+    cluster : dask cluster, optional
+        E.g. a dask-jobqueue ``SLURMCluster``, already scaled.
+    threads : int
+        Torch threads per worker process.
+    progress : callable, optional
+        Called with the number of blocks finished since the last call.
+    """
+    started = time.perf_counter()
+    if not 0 <= part < parts:
+        raise InputError(f"part {part}: expected 0..{parts - 1}")
+    todo, share = pending_blocks(work, model, part, parts, device)
+    run = _open_run(work, model, device)
+    report = RunReport(blocks_total=share, blocks_reused=share - len(todo))
+    report.tiles_total = run.grid.n_tiles
+    if run.mask is not None:
+        report.tiles_skipped = sum(
+            not run.mask.keeps(t, run.plan.patch) for t in run.grid.all_tiles()
+        )
+    if workers <= 1 and cluster is None:
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for index in todo:
+                report.tiles_predicted += run.run_block(index)
+                report.blocks_computed += 1
+                if progress:
+                    progress(1)
+        finally:
+            torch.set_num_threads(previous)
+    elif todo:
+        report.tiles_predicted, report.blocks_computed = _run_dask(
+            str(Path(work).absolute()), todo, model, workers, cluster, threads, device, progress
+        )
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _run_dask(
+    work: str,
+    todo: list[tuple[int, ...]],
+    model: Any,
+    workers: int,
+    cluster: Any,
+    threads: int,
+    device: Any,
+    progress: Callable[[int], None] | None,
+) -> tuple[int, int]:
+    from distributed import Client, LocalCluster, as_completed
+
+    own = cluster is None
+    if own:
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+            memory_limit=0,
+        )
+    try:
+        with Client(cluster) as client:
+            shared = client.scatter(model, broadcast=True) if model is not None else None
+            futures = [
+                client.submit(_block_task, work, index, shared, device, threads, pure=False)
+                for index in todo
+            ]
+            tiles = done = 0
+            for future in as_completed(futures):
+                tiles += future.result()
+                done += 1
+                if progress:
+                    progress(1)
+            return tiles, done
+    finally:
+        if own:
+            cluster.close()
+
+
+def finish(work: str | Path, out: str | Path, keep_work: bool = False) -> Path:
+    """Check every block, build the pyramid (2D) and OME-Zarr metadata, move the result to ``out``.
+
+    Raises
+    ------
+    InputError
+        Blocks not (or no longer) finished: run the missing parts again.
+    """
+    import zarr
+
+    work, out = Path(work), Path(out)
+    run = _Run(work, model=_NoModel())
+    missing = [b for b in run.grid.blocks() if not run.is_done(b)]
+    if missing:
+        raise InputError(
+            f"{work}: {len(missing)} of {len(run.grid.blocks())} blocks are not finished (first {missing[0]}); run the inference (or the missing array tasks) again"
+        )
+    plan = run.plan
+    group = zarr.open_group(str(work / "result.zarr"), mode="r+")
+    levels = [plan.spacing]
+    if plan.spatial_dims == 2:
+        level = 0
+        while max(group[str(level)].shape) > PYRAMID_MIN_SIDE and level < 10:
+            _downsample(group, level)
+            level += 1
+            levels.append(tuple(s * 2**level for s in plan.spacing))
+    axes_names = "zyx"[-plan.spatial_dims :]
+    group.attrs.update(
+        {
+            "multiscales": [
+                {
+                    "version": "0.4",
+                    "name": "labels",
+                    "axes": [
+                        {"name": a, "type": "space", "unit": "micrometer"} for a in axes_names
+                    ],
+                    "datasets": [
+                        {
+                            "path": str(i),
+                            "coordinateTransformations": [{"type": "scale", "scale": list(s)}],
+                        }
+                        for i, s in enumerate(levels)
+                    ],
+                    "type": "nearest",
+                }
+            ],
+            "mdlma_inference": {
+                "image": plan.image,
+                "model": plan.model,
+                "model_digest": plan.model_digest,
+                "patch": list(plan.patch),
+                "step": list(plan.step),
+                "flips": plan.flips,
+                "tissue": plan.tissue,
+                "class_names": plan.class_names,
+            },
+        }
+    )
+    if out.exists():
+        raise InputError(f"{out}: already exists; choose another --out or remove it")
+    with atomic_path(out) as tmp:
+        os.rename(work / "result.zarr", tmp)
+    if not keep_work:
+        remove_work_folder(work)
+    return out
+
+
+class _NoModel:
+    """Stands in for the model where only the store is checked."""
+
+    spatial_dims = in_channels = num_classes = bytes_per_pixel = 0
+    patch_size: tuple[int, ...] = ()
+    divisor: tuple[int, ...] = ()
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - never called
+        raise RuntimeError("no model")
+
+
+def _downsample(group: Any, level: int) -> None:
+    """Level ``level + 1`` of the label pyramid: every second pixel, chunk by chunk."""
+    from numcodecs import Blosc
+
+    source = group[str(level)]
+    shape = tuple(math.ceil(s / 2) for s in source.shape)
+    chunks = tuple(min(c, s) for c, s in zip(source.chunks, shape))
+    target = group.create_dataset(
+        str(level + 1),
+        shape=shape,
+        chunks=chunks,
+        dtype=source.dtype,
+        compressor=Blosc("zstd", 3, Blosc.BITSHUFFLE),
+        overwrite=True,
+    )
+    target.attrs.update({**source.attrs, "spacing": [s * 2 for s in source.attrs["spacing"]]})
+    counts = [math.ceil(s / c) for s, c in zip(shape, chunks)]
+    import itertools
+
+    for index in itertools.product(*(range(c) for c in counts)):
+        region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, shape))
+        target[region] = source[tuple(slice(2 * r.start, 2 * r.stop, 2) for r in region)]
+
+
+def infer(
+    model_path: str | Path,
+    image: str,
+    out: str | Path,
+    model: SegmentationModel | None = None,
+    *,
+    work_dir: str | Path | None = None,
+    workers: int = 1,
+    cluster: Any = None,
+    threads: int = 1,
+    device: Any = "cpu",
+    keep_work: bool = False,
+    progress: Callable[[int], None] | None = None,
+    **settings: Any,
+) -> tuple[Path, RunReport]:
+    """Tiled inference of ``image`` with a model file, resumable, on one process or dask workers.
+
+    Parameters
+    ----------
+    model_path : path-like
+        The model file (SUN ``.pt``, bioimage.io package, ...); also identifies the run.
+    image : str
+        Any image :func:`unified_framework.io.read_volume` opens (``file.h5::/data``, ``slide.tif::0``).
+    out : path-like
+        The result Zarr (OME-Zarr labels pyramid ``0, 1, ...`` and ``probabilities``).
+    model : SegmentationModel, optional
+        Already opened (default: :func:`load_model` of ``model_path``).
+    work_dir : path-like, optional
+        Default ``OUT.work`` beside the output; a killed run resumes from it.
+    workers, cluster, threads, device, progress
+        See :func:`run_blocks`.
+    **settings
+        ``level, patch, overlap, flips, budget, tissue, probabilities`` of :func:`plan_inference`.
+
+    Examples
+    --------
+    >>> infer("model.pt", "slide.ome.tif", "seg.zarr", workers=2, flips=True)  # doctest: +SKIP
+    """
+    out = Path(out)
+    if out.exists():
+        raise InputError(f"{out}: already exists; choose another --out or remove it")
+    work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
+    if (
+        model is None and workers <= 1 and cluster is None
+    ):  # opened once for planning and predicting
+        model = load_model(
+            model_path, spatial_dims=_image_dims(str(image), settings.get("level")), device=device
+        )
+    prepare(work, model_path, image, model, **settings)
+    report = run_blocks(
+        work,
+        model,
+        workers=workers,
+        cluster=cluster,
+        threads=threads,
+        device=device,
+        progress=progress,
+    )
+    finish(work, out, keep_work=keep_work)
+    _RUNS.pop(str(work.absolute()), None)
+    return out, report
+
+
+def predict_array(
+    model: SegmentationModel,
+    image: np.ndarray,
+    *,
+    patch: Sequence[int] | None = None,
+    overlap: float = 0.5,
+    flips: bool = False,
+) -> np.ndarray:
+    """Reference sliding-window inference of an in-memory image ``(channels, *spatial)``: whole-image accumulators.
+
+    The same grid, weights and summation order as the blockwise engine (MONAI's
+    ``sliding_window_inference`` with a Gaussian importance map); for tests, the predict
+    service and images that fit in memory.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from .model import TorchModule
+    >>> net = TorchModule(torch.nn.Conv2d(1, 2, 1), 2, 1, 2, (8, 8))
+    >>> predict_array(net, np.zeros((1, 20, 20), np.float32)).shape
+    (2, 20, 20)
+    """
+    image = np.asarray(image, dtype=np.float32)
+    spatial = image.shape[1:]
+    check_model_fits(model, spatial, image.shape[0], "image")
+    patch = tuple(patch or model.patch_size)
+    grid = Grid(spatial, patch, step_of(patch, overlap), spatial)
+    weights = gaussian_weights(patch)
+    acc = np.zeros((model.num_classes, *spatial), dtype=np.float32)
+    wsum = np.zeros(spatial, dtype=np.float32)
+    dims = len(spatial)
+    combos = [c for r in range(dims + 1) for c in _combinations(dims, r)] if flips else [()]
+    for t in grid.all_tiles():
+        region = tuple(slice(s, s + p) for s, p in zip(t, patch))
+        batch = image[(slice(None), *region)][None]
+        total = None
+        for axes in combos:
+            flipped = np.flip(batch, tuple(2 + a for a in axes)) if axes else batch
+            out = model.predict(np.ascontiguousarray(flipped))
+            out = np.flip(out, tuple(2 + a for a in axes)) if axes else out
+            total = out.copy() if total is None else total + out
+        assert total is not None
+        acc[(slice(None), *region)] += (total[0] / np.float32(len(combos))) * weights
+        wsum[region] += weights
+    return acc / wsum
+
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "ImageSource",
+    "InferencePlan",
+    "RunReport",
+    "finish",
+    "infer",
+    "model_digest",
+    "pending_blocks",
+    "plan_inference",
+    "predict_array",
+    "prepare",
+    "run_blocks",
+]
