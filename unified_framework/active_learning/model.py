@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..sun.model_package import Normalization
+from ..sun.model_package import Normalization, read_model_payload
 from ..utils.atomic import atomic_path
 
 FORMAT = "mdlma-al-model"
@@ -94,34 +94,14 @@ def load_al_model(path: str | Path) -> ALModel:
     InputError
         Missing, damaged or foreign file, or weights that do not fit the architecture.
     """
-    import torch
-
     from ..networks import network_config
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such model file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged archives
-        raise InputError(
-            f"{path}: not a readable model file ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError(f"{path}: not an active-learning model (no format {FORMAT!r})")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise InputError(
-            f"{path}: model format version {payload.get('format_version')!r}; expected {FORMAT_VERSION}"
-        )
+    payload = read_model_payload(path, FORMAT, FORMAT_VERSION, "active-learning model")
     try:
         kind = str(payload["network"]["kind"])
         config = network_config(kind, dict(payload["network"]["config"]))
-        normalization = Normalization(
-            **{
-                k: tuple(float(v) for v in payload["normalization"][k])
-                for k in ("low", "high", "mean", "std")
-            }
-        )
+        normalization = Normalization.from_payload(payload["normalization"])
         model = ALModel(
             kind,
             config,

@@ -43,6 +43,13 @@ class Normalization:
     std: tuple[float, ...]
 
     @classmethod
+    def from_payload(cls, values: Any) -> Normalization:
+        """From the mapping a model file stores (``low``, ``high``, ``mean``, ``std`` lists)."""
+        return cls(
+            **{k: tuple(float(v) for v in values[k]) for k in ("low", "high", "mean", "std")}
+        )
+
+    @classmethod
     def fit(
         cls,
         volumes: Sequence[np.ndarray],
@@ -188,6 +195,31 @@ def save_model(path: str | Path, model: SunModel) -> Path:
     return Path(path)
 
 
+def read_model_payload(path: Path, fmt: str, version: int, what: str) -> dict[str, Any]:
+    """The checked dictionary of a torch-saved model file of format ``fmt``, ``version``.
+
+    Shared by every model file of the framework (SUN packages, active-learning models), so
+    a missing, damaged, foreign or newer file gets the same one-line error naming ``path``.
+    """
+    import torch
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such model file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged archives
+        raise InputError(
+            f"{path}: not a readable {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise InputError(f"{path}: not a {what} (no format {fmt!r})")
+    if payload.get("format_version") != version:
+        raise InputError(
+            f"{path}: model format version {payload.get('format_version')!r}; this framework reads version {version}"
+        )
+    return payload
+
+
 def load_model(path: str | Path) -> SunModel:
     """Read and validate a model package.
 
@@ -196,31 +228,11 @@ def load_model(path: str | Path) -> SunModel:
     InputError
         If the file is missing, not a SUN model package, truncated or inconsistent.
     """
-    import torch
-
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such model file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged archives
-        raise InputError(
-            f"{path}: not a readable SUN model package ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError(f"{path}: not a SUN model package (no format {FORMAT!r})")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise InputError(
-            f"{path}: model format version {payload.get('format_version')!r}; this framework reads version {FORMAT_VERSION}"
-        )
+    payload = read_model_payload(path, FORMAT, FORMAT_VERSION, "SUN model package")
     try:
         config = UNetConfig(**payload["architecture"])
-        normalization = Normalization(
-            **{
-                k: tuple(float(v) for v in payload["normalization"][k])
-                for k in ("low", "high", "mean", "std")
-            }
-        )
+        normalization = Normalization.from_payload(payload["normalization"])
         class_names = [str(n) for n in payload["class_names"]]
         voxel_size = tuple(float(v) for v in payload["voxel_size"])
         axes = parse_axes(payload["axes"])
