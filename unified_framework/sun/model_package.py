@@ -114,6 +114,22 @@ class SunModel:
     input_dtype: str
     provenance: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def num_classes(self) -> int:
+        """Classes the network predicts (the :class:`~.slice_model.SliceModel` interface)."""
+        return self.config.num_classes
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels."""
+        return self.config.in_channels
+
+    def slice_predictor(self, device: Any = None, memory_budget: int | None = None):
+        """A :class:`~.inference.predictor.SlicePredictor` for this model (the :class:`~.slice_model.SliceModel` interface)."""
+        from .inference.predictor import DEFAULT_MEMORY_BUDGET, SlicePredictor
+
+        return SlicePredictor(self, device, memory_budget=memory_budget or DEFAULT_MEMORY_BUDGET)
+
     def network(self, device: Any = "cpu"):
         """The :class:`~unified_framework.sun.networks.UNet2D` with these weights, in eval mode."""
         from .networks import UNet2D
