@@ -7,7 +7,10 @@ Commands:
   mdlma io convert IN OUT    convert between TIFF, HDF5/NeXus, NIfTI, DICOM and Zarr (+ PNG, JPEG, SVS in)
   mdlma score PRED GT        Dice, IoU, F1, Hausdorff/HD95 per class
   mdlma segment classical    classical baselines (multi-Otsu, watershed)
-  mdlma sun train|predict    SUN multi-axis (3 or 9) U-Net segmentation
+  mdlma sun train|predict    SUN multi-axis (3 or 9) U-Net segmentation (SUN, nnU-Net 2d or .keras models)
+  mdlma nnunet export|plan|train|predict|import   nnU-Net v2 on your data
+  mdlma stardist train|predict   StarDist nuclei instance segmentation (TensorFlow, 2D/3D)
+  mdlma compare              every segmentation method on the same data, one table
   mdlma register convexadam  affine, convexAdam and VoxelMorph registration with quality report
   mdlma histology match      virtual sections of a volume; locate a histology section in it
   mdlma catalogue search     dataset catalogue (SciCat, or a local SQLite file)
@@ -21,11 +24,12 @@ Documentation: docs/ in the source tree.
 ]])
 whatis("Name: mdlma/unified-framework")
 whatis("Version: 0.1.0")
-whatis([[Description: MDLMA unified framework: volume and whole-slide image I/O, segmentation (SUN U-Net, classical baselines), registration (convexAdam, VoxelMorph), virtual histology, scoring, a dataset catalogue and SLURM/Jupyter/Streamlit workflows for large 3D micro-CT and microscopy images.]])
+whatis([[Description: MDLMA unified framework: volume and whole-slide image I/O, segmentation (SUN U-Net, nnU-Net v2, Keras networks along SUN's axes, StarDist nuclei, classical baselines, one comparison command), registration (convexAdam, VoxelMorph), virtual histology, scoring, a dataset catalogue and SLURM/Jupyter/Streamlit workflows for large 3D micro-CT and microscopy images.]])
 whatis([[Bundles: unified_framework (CLI mdlma)]])
 whatis([[Bundles: PyTorch 2.14.1 + torchvision 0.29.1 (CPU and CUDA)]])
 whatis([[Bundles: numpy, scipy, scikit-image, SimpleITK, dask, dask-jobqueue, zarr, h5py, tifffile + imagecodecs, nibabel, pydicom]])
 whatis([[Bundles: convexAdam, voxelmorph + neurite (torch backend)]])
+whatis([[Bundles: nnU-Net v2, TensorFlow (CPU) + Keras, StarDist]])
 whatis([[Bundles: Streamlit + plotly dashboard apps]])
 whatis([[Bundles: JupyterLab, JupyterHub batchspawner, jupyter-server-proxy]])
 whatis([[Bundles: pyscicat (SciCat catalogue client)]])
