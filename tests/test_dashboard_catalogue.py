@@ -202,6 +202,7 @@ def test_use_in_job_composer_fills_the_template(filled, slurm_cluster):  # noqa:
     ]
     assert offered == [
         "histology-match",
+        "nnunet-predict",
         "register",
         "score",
         "sun-predict",

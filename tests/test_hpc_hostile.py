@@ -253,6 +253,8 @@ BASELINE = {
     "jupyter": {},
     "histology-match": {"volume": "volume.tif", "section": "section.tif"},
     "register": {"fixed": "volume.tif", "moving": "images.tif"},
+    "nnunet-train": {},
+    "nnunet-predict": {"volume": "volume.tif", "model": "model"},
 }
 
 
@@ -370,6 +372,43 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             threads,
             "--memory",
             "512",  # (SLURM_MEM_PER_NODE default 2048 - 1024) / 2
+        ]
+    if name == "nnunet-train":
+        return "mdlma", [
+            "nnunet",
+            "train",
+            "--id",
+            str(v["dataset_id"]),
+            "--configuration",
+            v["configuration"],
+            "--fold",
+            str(v["fold"]),
+            "--epochs",
+            str(v["epochs"]),
+            "--iterations",
+            str(v["iterations"]),
+            "--device",
+            device,
+            "--threads",
+            threads,
+            *v["extra_args"],
+        ]
+    if name == "nnunet-predict":
+        axes = [] if v["axes"] == "nnunet" else ["--axes", str(v["axes"])]
+        return "mdlma", [
+            "nnunet",
+            "predict",
+            v["volume"],
+            "--model",
+            v["model"],
+            "--out",
+            v["out"],
+            *axes,
+            "--device",
+            device,
+            "--threads",
+            threads,
+            *v["extra_args"],
         ]
     if name == "histology-match":
         axis = {"z": ["1", "0", "0"], "y": ["0", "1", "0"], "x": ["0", "0", "1"]}.get(

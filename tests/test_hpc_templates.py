@@ -32,6 +32,8 @@ REQUIRED_TEMPLATES = {
     "python-script",
     "jupyter",
     "histology-match",
+    "nnunet-train",
+    "nnunet-predict",
 }
 
 
@@ -53,6 +55,8 @@ MINIMAL = {
     "sun-predict": {"volume": "volume.tif", "model": "model"},
     "jupyter": {},
     "histology-match": {"volume": "volume.tif", "section": "section.tif"},
+    "nnunet-train": {},
+    "nnunet-predict": {"volume": "volume.tif", "model": "model"},
 }
 
 
@@ -165,6 +169,27 @@ def test_sun_predict_renders_array_and_merge_command_lines(workdir):
     assert merge.after == "predict"
     gpu = local_prepare("sun-predict", {**MINIMAL["sun-predict"], "gpus": 1}).scripts[0]
     assert "#SBATCH --gres=gpu:1" in gpu.directives and "--device cuda" in gpu.text
+
+
+def test_nnunet_command_lines(workdir):
+    train = local_prepare(
+        "nnunet-train", {"dataset_id": 7, "configuration": "3d_fullres", "fold": "2", "epochs": 5}
+    ).scripts[0]
+    assert (
+        "mdlma nnunet train --id 7 --configuration 3d_fullres --fold 2 --epochs 5 --iterations 250 --device cpu"
+        in train.text
+    )
+    gpu = local_prepare("nnunet-train", {"gpus": 1}).scripts[0]
+    assert "#SBATCH --gres=gpu:1" in gpu.directives and "--device cuda" in gpu.text
+    predict = local_prepare("nnunet-predict", MINIMAL["nnunet-predict"]).scripts[0]
+    assert (
+        f"mdlma nnunet predict {workdir / 'volume.tif'} --model {workdir / 'model'} "
+        f"--out {workdir / 'nnunet-segmentation.tif'} --device cpu" in predict.text
+    )
+    nine = local_prepare("nnunet-predict", {**MINIMAL["nnunet-predict"], "axes": "9"}).scripts[0]
+    assert "--axes 9 --device cpu" in nine.text
+    with pytest.raises(InputError):
+        local_prepare("nnunet-train", {"fold": "7"})
 
 
 def test_histology_match_command_line(workdir):
@@ -527,7 +552,8 @@ def test_broken_forms_are_refused(tmp_path, form, message):
 
 def test_unknown_template_lists_the_known_ones():
     with pytest.raises(
-        InputError, match="not found; expected one of histology-match, jupyter, python-script"
+        InputError,
+        match="not found; expected one of histology-match, jupyter, nnunet-predict, nnunet-train, python-script",
     ):
         hpc.load_template("no-such-template")
 

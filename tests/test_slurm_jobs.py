@@ -292,6 +292,8 @@ MINIMAL = {
     "sun-predict": {"volume": "pred.tif", "model": "gt.tif"},
     "jupyter": {"port": 8899},
     "histology-match": {"volume": "pred.tif", "section": "gt.tif"},
+    "nnunet-train": {},
+    "nnunet-predict": {"volume": "pred.tif", "model": "gt.tif"},
 }
 
 
