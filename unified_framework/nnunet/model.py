@@ -271,7 +271,9 @@ class NnUNetSliceModel:
     training voxel size (a different one logs a warning, as for SUN models).
     """
 
-    def __init__(self, model: NnUNetModel, mirroring: bool = False) -> None:
+    def __init__(
+        self, model: NnUNetModel, mirroring: bool = False, sliding_window: bool = False
+    ) -> None:
         if not model.is_2d:
             raise InputError(
                 f"{model.folder}: a {model.configuration} nnU-Net model; only 2d models run along SUN's axes "
@@ -279,6 +281,7 @@ class NnUNetSliceModel:
             )
         self.nnunet = model
         self.mirroring = mirroring
+        self.sliding_window = sliding_window
         self.class_names = list(model.class_names)
         original = model.plans.get("original_median_spacing_after_transp") or [
             model.spacing_mm[0],
@@ -291,9 +294,10 @@ class NnUNetSliceModel:
 
     @classmethod
     def load(cls, folder: str | Path, **kwargs: Any) -> NnUNetSliceModel:
-        """Open a 2d result folder (``folds``, ``checkpoint``, ``mirroring`` as keywords)."""
+        """Open a 2d result folder (``folds``, ``checkpoint``, ``mirroring``, ``sliding_window`` as keywords)."""
         mirroring = bool(kwargs.pop("mirroring", False))
-        return cls(NnUNetModel.load(folder, **kwargs), mirroring)
+        sliding = bool(kwargs.pop("sliding_window", False))
+        return cls(NnUNetModel.load(folder, **kwargs), mirroring, sliding)
 
     @property
     def num_classes(self) -> int:
@@ -325,9 +329,32 @@ class NnUNetSliceModel:
         self._predictor = self.nnunet.predictor(device, self.mirroring)
         return BatchSlicePredictor(self, memory_budget or DEFAULT_MEMORY_BUDGET)
 
+    @property
+    def divisor(self) -> tuple[int, int]:
+        """The network's total stride per slice axis (whole slices are padded to it)."""
+        arch = self.nnunet.plans["configurations"][self.nnunet.configuration].get(
+            "architecture", {}
+        )
+        strides = arch.get("arch_kwargs", {}).get("strides") or [[1, 1]]
+        total = [1, 1]
+        for stride in strides:
+            stride = stride if isinstance(stride, (list, tuple)) else [stride, stride]
+            total = [t * int(s) for t, s in zip(total, stride)]
+        return total[0], total[1]
+
     def predict_slices(self, images: np.ndarray) -> np.ndarray:
-        """Softmax probabilities ``(k, classes, rows, cols)`` of raw slices ``(k, channels, rows, cols)``."""
+        """Softmax probabilities ``(k, classes, rows, cols)`` of raw slices ``(k, channels, rows, cols)``.
+
+        Intensities are normalised by nnU-Net's preprocessor. With ``sliding_window``
+        the slices go through nnU-Net's own 2d inference (patch by patch, one patch per
+        network call, Gaussian weighting); otherwise (default) whole slices, padded to
+        the network's stride, go through the network in batches (nnU-Net's
+        ``_internal_maybe_mirror_and_predict``, so mirroring and fold averaging are
+        nnU-Net's), which is many times faster on CPUs and the same where a slice is no
+        larger than the patch.
+        """
         import torch
+        import torch.nn.functional as F
         from nnunetv2.preprocessing.preprocessors.default_preprocessor import (
             DefaultPreprocessor,
         )
@@ -347,9 +374,26 @@ class NnUNetSliceModel:
                 predictor.configuration_manager,
                 predictor.plans_manager.foreground_intensity_properties_per_channel,
             )
-            logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))
-            probabilities = predictor.label_manager.apply_inference_nonlin(logits.float())
-        return np.asarray(probabilities.numpy().transpose(1, 0, 2, 3), np.float32)
+            if self.sliding_window:
+                logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data))
+                logits = logits.float().permute(1, 0, 2, 3)
+            else:
+                k, rows, cols = data.shape[1:]
+                dr, dc = self.divisor
+                x = torch.from_numpy(np.ascontiguousarray(data.transpose(1, 0, 2, 3)))
+                x = F.pad(x, (0, -cols % dc, 0, -rows % dr))  # zeros, as nnU-Net pads
+                x = x.to(predictor.device)
+                network = predictor.network.to(predictor.device).eval()
+                logits = None
+                with torch.inference_mode():
+                    for params in predictor.list_of_parameters:
+                        if len(predictor.list_of_parameters) > 1:
+                            network.load_state_dict(params)
+                        out = predictor._internal_maybe_mirror_and_predict(x).float()
+                        logits = out if logits is None else logits + out
+                logits = logits[:, :, :rows, :cols].cpu() / len(predictor.list_of_parameters)
+            probabilities = torch.softmax(logits, dim=1)
+        return np.asarray(probabilities.numpy(), np.float32)
 
 
 def import_model(
