@@ -41,7 +41,7 @@ def test_stardist_2d_train_predict_score(tmp_path):
 
     pairs = [make_nuclei((96, 96), seed=s, radius=6) for s in range(3)]
     model = train_stardist(
-        [p[0] for p in pairs], [p[1] for p in pairs], tmp_path / "sd", epochs=4, steps=15, rays=16
+        [p[0] for p in pairs], [p[1] for p in pairs], tmp_path / "sd", epochs=4, steps=20, rays=16
     )
     record = json.loads((model / "mdlma_stardist.json").read_text())
     assert record["ndim"] == 2 and record["epochs"] == 4
