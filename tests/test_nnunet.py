@@ -177,7 +177,9 @@ def test_3d_fullres(trained, tmp_path):
     args = ["nnunet", "predict", str(root / "test.tif"), "--model", str(folder), "--out", str(out)]
     assert main([*args, "--device", "cpu"]) == 0
     assert read_volume(out).shape == (32, 32, 32)
-    assert main([*args[:-2], str(tmp_path / "x.tif"), "--axes", "9"]) == 2  # 3d: no axes
+    assert (
+        main([*args[:-1], str(tmp_path / "x.tif"), "--axes", "9", "--device", "cpu"]) == 2
+    )  # 3d: no axes
 
 
 @pytest.mark.slow
