@@ -177,7 +177,7 @@ def train_stardist(
             model = StarDist3D(config, name=tmp.name, basedir=str(tmp.parent))
         model.train(xs, ys, validation_data=(xv, yv), epochs=epochs, steps_per_epoch=steps)
         if optimize_thresholds:
-            model.optimize_thresholds(xv, yv, verbose=False)
+            model.optimize_thresholds(xv, yv, predict_kwargs={"verbose": False})
         record = {
             "format": "mdlma-stardist-model",
             "ndim": ndim,
