@@ -204,6 +204,7 @@ def test_use_in_job_composer_fills_the_template(filled, slurm_cluster):  # noqa:
         "denoise",
         "histology-match",
         "infer",
+        "nnunet-predict",
         "pipeline",
         "quantify",
         "register",

@@ -261,6 +261,8 @@ BASELINE = {
     "al-train": {"project": "project"},
     "al-simulate": {"pairs": "images.tif labels.tif", "test_pairs": "volume.tif gt.tif"},
     "infer": {"model": "model", "image": "volume.tif"},
+    "nnunet-train": {},
+    "nnunet-predict": {"volume": "volume.tif", "model": "model"},
 }
 
 
@@ -378,6 +380,43 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             threads,
             "--job-memory",
             "2048",  # SLURM_MEM_PER_NODE's default; the budget is (2048 - 1024) / 2
+        ]
+    if name == "nnunet-train":
+        return "mdlma", [
+            "nnunet",
+            "train",
+            "--id",
+            str(v["dataset_id"]),
+            "--configuration",
+            v["configuration"],
+            "--fold",
+            str(v["fold"]),
+            "--epochs",
+            str(v["epochs"]),
+            "--iterations",
+            str(v["iterations"]),
+            "--device",
+            device,
+            "--threads",
+            threads,
+            *v["extra_args"],
+        ]
+    if name == "nnunet-predict":
+        axes = [] if v["axes"] == "nnunet" else ["--axes", str(v["axes"])]
+        return "mdlma", [
+            "nnunet",
+            "predict",
+            v["volume"],
+            "--model",
+            v["model"],
+            "--out",
+            v["out"],
+            *axes,
+            "--device",
+            device,
+            "--threads",
+            threads,
+            *v["extra_args"],
         ]
     if name == "histology-match":
         axis = {"z": ["1", "0", "0"], "y": ["0", "1", "0"], "x": ["0", "0", "1"]}.get(

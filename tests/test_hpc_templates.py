@@ -40,6 +40,8 @@ REQUIRED_TEMPLATES = {
     "al-train",
     "al-simulate",
     "infer",
+    "nnunet-train",
+    "nnunet-predict",
 }
 
 
@@ -68,6 +70,8 @@ MINIMAL = {
     "al-train": {"project": "model"},
     "al-simulate": {"pairs": "images.tif labels.tif", "test_pairs": "volume.tif gt.tif"},
     "infer": {"model": "model", "image": "volume.tif"},
+    "nnunet-train": {},
+    "nnunet-predict": {"volume": "volume.tif", "model": "model"},
 }
 
 
@@ -200,6 +204,27 @@ def test_al_templates_render_the_cell_array_merge_and_training(workdir):
         f'mdlma al train {workdir / "model"} --device cuda --threads "$OMP_NUM_THREADS" --max-steps 50'
         in train.text
     )
+
+
+def test_nnunet_command_lines(workdir):
+    train = local_prepare(
+        "nnunet-train", {"dataset_id": 7, "configuration": "3d_fullres", "fold": "2", "epochs": 5}
+    ).scripts[0]
+    assert (
+        "mdlma nnunet train --id 7 --configuration 3d_fullres --fold 2 --epochs 5 --iterations 250 --device cpu"
+        in train.text
+    )
+    gpu = local_prepare("nnunet-train", {"gpus": 1}).scripts[0]
+    assert "#SBATCH --gres=gpu:1" in gpu.directives and "--device cuda" in gpu.text
+    predict = local_prepare("nnunet-predict", MINIMAL["nnunet-predict"]).scripts[0]
+    assert (
+        f"mdlma nnunet predict {workdir / 'volume.tif'} --model {workdir / 'model'} "
+        f"--out {workdir / 'nnunet-segmentation.tif'} --device cpu" in predict.text
+    )
+    nine = local_prepare("nnunet-predict", {**MINIMAL["nnunet-predict"], "axes": "9"}).scripts[0]
+    assert "--axes 9 --device cpu" in nine.text
+    with pytest.raises(InputError):
+        local_prepare("nnunet-train", {"fold": "7"})
 
 
 def test_histology_match_command_line(workdir):
@@ -638,7 +663,7 @@ def test_broken_forms_are_refused(tmp_path, form, message):
 def test_unknown_template_lists_the_known_ones():
     with pytest.raises(
         InputError,
-        match="not found; expected one of al-simulate, al-train, denoise, histology-match, infer, jupyter",
+        match="not found; expected one of al-simulate, al-train, denoise, histology-match, infer, jupyter, nnunet-predict",
     ):
         hpc.load_template("no-such-template")
 

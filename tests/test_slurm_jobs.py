@@ -296,6 +296,8 @@ MINIMAL = {
     "denoise": {"input": "pred.tif"},
     "search": {"pipeline": "run.py", "image": "pred.tif", "truth": "gt.tif"},
     "pipeline": {"pipeline": "run.py", "input": "pred.tif"},
+    "nnunet-train": {},
+    "nnunet-predict": {"volume": "pred.tif", "model": "gt.tif"},
 }
 
 

@@ -58,6 +58,9 @@ DEFAULTS: dict[str, Any] = {
         "creation_location": "",
     },
     "dashboard": {"port": 8501},
+    # nnU-Net's three folders (nnUNet_raw, nnUNet_preprocessed, nnUNet_results); empty =
+    # <home>/nnunet/nnUNet_raw and so on (unified_framework.nnunet.paths).
+    "nnunet": {"raw": "", "preprocessed": "", "results": ""},
 }
 
 

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,10 @@ from ..errors import InputError
 from ..utils.atomic import atomic_path
 from .axes import parse_axes
 from .networks import UNetConfig
+
+if TYPE_CHECKING:
+    from .inference.budget import MemoryBudget
+
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +124,23 @@ class SunModel:
     axes: tuple[str, ...]
     input_dtype: str
     provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes the network predicts (the :class:`~.slice_model.SliceModel` interface)."""
+        return self.config.num_classes
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels."""
+        return self.config.in_channels
+
+    def slice_predictor(self, device: Any = None, memory_budget: int | MemoryBudget | None = None):
+        """A :class:`~.inference.predictor.SlicePredictor` for this model (the :class:`~.slice_model.SliceModel` interface)."""
+        from .inference.budget import DEFAULT_MEMORY_BUDGET
+        from .inference.predictor import SlicePredictor
+
+        return SlicePredictor(self, device, memory_budget=memory_budget or DEFAULT_MEMORY_BUDGET)
 
     def network(self, device: Any = "cpu"):
         """The :class:`~unified_framework.sun.networks.UNet2D` with these weights, in eval mode."""

@@ -10,7 +10,10 @@ Commands:
   mdlma denoise METHOD IN    Gaussian, median, bilateral, NL-means, TV, wavelet, BM3D, ring removal (chunked)
   mdlma recon IN --out OUT   reconstruction from projections (FBP, SIRT, SART, CGLS; more with tomopy)
   mdlma search run|status|best|report|export|apply   parameter search over pipelines (optuna, dask, SLURM)
-  mdlma sun train|predict    SUN multi-axis (3 or 9) U-Net segmentation
+  mdlma sun train|predict    SUN multi-axis (3 or 9) U-Net segmentation (SUN, nnU-Net 2d or .keras models)
+  mdlma nnunet export|plan|train|predict|import   nnU-Net v2 on your data
+  mdlma stardist train|predict   StarDist nuclei instance segmentation (TensorFlow, 2D/3D)
+  mdlma compare              every segmentation method on the same data, one table
   mdlma register convexadam  affine, convexAdam and VoxelMorph registration with quality report
   mdlma histology match      virtual sections of a volume; locate a histology section in it
   mdlma quantify LABELS      degradation quantities (depth, rate, layer thickness, BV/TV, BIC), time series
@@ -29,12 +32,13 @@ Documentation: docs/ in the source tree.
 ]])
 whatis("Name: mdlma/unified-framework")
 whatis("Version: 0.1.0")
-whatis([[Description: MDLMA unified framework: volume and whole-slide image I/O, denoising, tomographic reconstruction, segmentation (SUN U-Net, classical baselines, active learning with HRNet), parameter search over pipelines, registration (convexAdam, VoxelMorph), virtual histology, scoring, degradation analysis (implant volumes, depth and rate, layer thickness, BV/TV, BIC), a dataset catalogue and SLURM/Jupyter/Streamlit workflows for large 3D micro-CT and microscopy images.]])
+whatis([[Description: MDLMA unified framework: volume and whole-slide image I/O, denoising, tomographic reconstruction, segmentation (SUN U-Net, nnU-Net v2, Keras networks along SUN's axes, StarDist nuclei, classical baselines, active learning with HRNet, one comparison command), parameter search over pipelines, registration (convexAdam, VoxelMorph), virtual histology, scoring, degradation analysis (implant volumes, depth and rate, layer thickness, BV/TV, BIC), tiled inference and bioimage.io model packages, a dataset catalogue and SLURM/Jupyter/Streamlit workflows for large 3D micro-CT and microscopy images.]])
 whatis([[Bundles: unified_framework (CLI mdlma)]])
 whatis([[Bundles: PyTorch 2.14.1 + torchvision 0.29.1 (CPU and CUDA)]])
 whatis([[Bundles: numpy, scipy, scikit-image, SimpleITK, dask, dask-jobqueue, zarr, h5py, tifffile + imagecodecs, nibabel, pydicom]])
 whatis([[Bundles: convexAdam, voxelmorph + neurite (torch backend)]])
 whatis([[Bundles: timm (HRNet backbones, random init; no weights downloaded)]])
+whatis([[Bundles: nnU-Net v2, TensorFlow (CPU) + Keras, StarDist]])
 whatis([[Bundles: Streamlit + plotly dashboard apps]])
 whatis([[Bundles: JupyterLab, JupyterHub batchspawner, jupyter-server-proxy]])
 whatis([[Bundles: pyscicat (SciCat catalogue client)]])

@@ -16,6 +16,7 @@ from ...utils.device import resolve_device
 from ...utils.heap import reuse_freed_memory
 from ..axes import AxisGrid, ProbabilitySlab, axis_grid, parse_axes, sample_slices
 from ..model_package import SunModel
+from ..slice_model import SliceModel
 from ..votes import MAX_AXES
 from .accumulator import DEFAULT_CHUNK, MemoryAccumulator, chunk_regions, fuse
 from .budget import DEFAULT_MEMORY_BUDGET, MemoryBudget
@@ -153,6 +154,7 @@ class SlicePredictor:
         from ..networks import fold_batch_norm
 
         self.model = model
+        self.num_classes = model.config.num_classes
         self.device = resolve_device(device)
         # channels_last is markedly faster for oneDNN convolutions on CPUs.
         self.memory_format = (
@@ -280,7 +282,7 @@ def group_units_by_axis(
 
 def vote_unit(
     source: VolumeSource,
-    predictor: SlicePredictor,
+    predictor: Any,
     accumulator: Any,
     grid: AxisGrid,
     unit_number: int,
@@ -302,7 +304,7 @@ def vote_unit(
     s0, s1 = grid.slices_for_units(u0, u1)
     rows, cols = grid.slice_shape
     batch = predictor.batch_size(rows, cols)
-    classes = predictor.model.config.num_classes
+    classes = predictor.num_classes
     diagonal = grid.axis.diagonal
     # The group's images are read at once: a lazily read volume decodes each chunk
     # once per group, not once per batch of slices.
@@ -359,7 +361,7 @@ class SunPrediction:
 
 
 def predict_volume(
-    model: SunModel,
+    model: SliceModel,
     volume: Any,
     axes: str | int | Iterable[str] | None = None,
     *,
@@ -368,13 +370,16 @@ def predict_volume(
     return_probabilities: bool = False,
     chunks: Sequence[int] = (DEFAULT_CHUNK,) * 3,
     progress: bool = False,
-    predictor: SlicePredictor | None = None,
+    predictor: Any = None,
 ) -> SunPrediction:
     """Segment a volume held in memory with SUN's multi-axis soft voting.
 
     Parameters
     ----------
-    model : SunModel
+    model : SliceModel
+        A SUN model package, or any model with the
+        :class:`~unified_framework.sun.slice_model.SliceModel` interface (an nnU-Net 2d
+        result, a Keras 2D network).
     volume : array-like
         ``(z, y, x)`` or ``(channels, z, y, x)``.
     axes : str, int or list of str, optional
@@ -408,8 +413,8 @@ def predict_volume(
     source = VolumeSource.from_array(volume)
     model.check_volume(source.full_shape, source.dtype, "volume")
     budget = MemoryBudget.in_memory(memory_budget)
-    predictor = predictor or SlicePredictor(model, device, memory_budget=budget)
-    classes = model.config.num_classes
+    predictor = predictor or model.slice_predictor(device, memory_budget=budget)
+    classes = model.num_classes
     accumulator = MemoryAccumulator(source.shape, classes, chunks)
     stats = RunStats()
     work = []

@@ -43,14 +43,13 @@ from ...utils.atomic import atomic_path, write_text_atomic
 from ...utils.heap import reuse_freed_memory
 from ...utils.workdir_manifest import Manifest, discard_if_invalid, remove_work_folder
 from ..axes import axis_grid, parse_axes
-from ..model_package import SunModel
+from ..slice_model import SliceModel
 from ..votes import MAX_AXES
 from .accumulator import DEFAULT_CHUNK, MAX_UNITS, ZarrAccumulator, chunk_regions, fuse
 from .budget import DEFAULT_MEMORY_BUDGET, MemoryBudget
 from .mirror import ChunkMirror, source_chunks
 from .predictor import (
     RunStats,
-    SlicePredictor,
     VolumeSource,
     group_tiles,
     group_units_by_axis,
@@ -183,7 +182,7 @@ class Plan:
 
 def make_plan(
     source: VolumeSource,
-    model: SunModel,
+    model: SliceModel,
     model_digest: str,
     axes: str | int | Iterable[str] | None = None,
     *,
@@ -211,7 +210,7 @@ def make_plan(
     if len(chunks) != 3 or min(chunks) < 1:
         raise InputError(f"chunks: {chunks}; expected 3 positive sizes")
     model.check_volume(source.full_shape, source.dtype, source.name)
-    classes = model.config.num_classes
+    classes = model.num_classes
     pieces: list[Piece] = []
     unit = 0
     limits = group_units_by_axis(
@@ -388,13 +387,13 @@ def run_pieces(
     workdir: WorkDir,
     plan: Plan,
     source: VolumeSource,
-    model: SunModel,
+    model: SliceModel,
     pieces: Sequence[Piece] | None = None,
     *,
     device: Any = None,
     max_groups: int | None = None,
     progress: bool = False,
-    predictor: SlicePredictor | None = None,
+    predictor: Any = None,
 ) -> tuple[RunStats, bool]:
     """Run (or resume) pieces of a plan.
 
@@ -405,7 +404,7 @@ def run_pieces(
         As returned by :meth:`WorkDir.adopt`.
     source : VolumeSource
         The volume (lazy arrays are read box by box).
-    model : SunModel
+    model : SliceModel
     pieces : sequence of Piece, optional
         Split mode: the pieces to run, each into its own store. Default (single
         mode): all pieces, straight into the accumulator.
@@ -433,7 +432,7 @@ def run_pieces(
     if not remaining:
         return stats, True
     budget = plan.budget
-    predictor = predictor or SlicePredictor(model, device, memory_budget=budget)
+    predictor = predictor or model.slice_predictor(device, memory_budget=budget)
     shared = None if split else workdir.accumulator(plan)
     bar = tqdm(
         total=sum(len(p.groups) for p in selected),
@@ -685,9 +684,9 @@ def predict_to_files(
         ``plan``.
     """
     from ...io import read_volume
-    from ..model_package import file_digest, load_model
+    from ..slice_model import load_slice_model, model_digest
 
-    model = load_model(model_path)
+    model = load_slice_model(model_path)
     volumes = [read_volume(p, lazy=True, expect_ndim=3, grey=True) for p in volume_paths]
     work = WorkDir(workdir or default_workdir(outputs.labels))
     discard_if_invalid(work.path)
@@ -709,7 +708,7 @@ def predict_to_files(
         plan = make_plan(
             source,
             model,
-            file_digest(model_path),
+            model_digest(model_path),
             axes,
             slabs=slabs,
             chunks=chunks,
@@ -818,7 +817,7 @@ def default_workdir(labels_path: str | Path) -> Path:
     return labels_path.with_name(f".{labels_path.name}.sun-work")
 
 
-def _warn_voxel_size(model: SunModel, spacing: Sequence[float]) -> None:
+def _warn_voxel_size(model: SliceModel, spacing: Sequence[float]) -> None:
     ratio = np.asarray(spacing, float) / np.asarray(model.voxel_size, float)
     if np.any(np.abs(ratio - 1) > 0.1):
         logger.warning(

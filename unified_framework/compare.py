@@ -1,0 +1,362 @@
+"""Compare segmentation methods on the same data: train (or take trained models), predict, score.
+
+Methods (names for ``--methods``):
+
+========================  ===============================================================
+``sun-9``, ``sun-3``      one SUN model (trained once, 9 axes), predicted along 9 / 3 axes
+``nnunet-2d``             nnU-Net 2d, nnU-Net's own inference (z slices)
+``nnunet-2d-9axes``       the same nnU-Net 2d model along SUN's nine axes, SUN's soft voting
+``nnunet-3d``             nnU-Net 3d_fullres
+``classical``             multi-Otsu, classes ordered by majority vote on the training data
+========================  ===============================================================
+
+Every method runs by itself (:func:`run_method`, one SLURM array task each) and writes
+``OUT/methods/<method>.json``; :func:`merge` reads them into one table
+(``comparison.json``, ``comparison.csv`` and a bar chart ``comparison.png``): per test
+case and class Dice, HD95, ASSD, predicted/true volume, with each method's training and
+prediction time, peak RSS and GPU use (``unified_framework.metrics``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .utils.atomic import atomic_path
+
+METHODS = ("sun-9", "sun-3", "nnunet-2d", "nnunet-2d-9axes", "nnunet-3d", "classical")
+
+
+@dataclass
+class Budget:
+    """Training budgets, stated per method in the table."""
+
+    sun_steps: int = 300
+    sun_depth: int = 3
+    sun_width: int = 8
+    sun_input_size: int = 64
+    nnunet_epochs: int = 1
+    nnunet_iterations: int = 20
+    nnunet_dataset_id: int = 990
+    device: str = "auto"
+    threads: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _pairs(pairs: Sequence[Sequence[str | Path]], what: str) -> list[tuple[Path, Path]]:
+    out = []
+    for pair in pairs:
+        if len(pair) != 2:
+            raise InputError(f"--{what}: expected IMAGE LABELS pairs, got {list(pair)}")
+        image, labels = Path(pair[0]), Path(pair[1])
+        for p in (image, labels):
+            if not p.exists():
+                raise InputError(f"{p}: no such file (--{what})")
+        out.append((image, labels))
+    if not out:
+        raise InputError(f"--{what}: at least one IMAGE LABELS pair")
+    return out
+
+
+def _read(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    from .io import read_volume
+
+    volume = read_volume(path, expect_ndim=3, grey=True)
+    return np.asarray(volume.data), tuple(volume.spacing or (1.0, 1.0, 1.0))
+
+
+def _class_names(train: list[tuple[Path, Path]]) -> list[str]:
+    top = max(int(_read(lab)[0].max()) for _, lab in train)
+    return ["background", *[f"class_{i}" for i in range(1, top + 1)]]
+
+
+def _train(method: str, train: list[tuple[Path, Path]], work: Path, budget: Budget) -> Path:
+    """Train the model a method needs (shared between methods using the same one)."""
+    if method.startswith("sun"):
+        model = work / "models" / "sun.pt"
+        if not model.exists():
+            from .sun.training import TrainingConfig, train_sun
+
+            pairs = [_read(i) + (_read(lab)[0],) for i, lab in train]
+            config = TrainingConfig(
+                axes="9",
+                depth=budget.sun_depth,
+                base_width=budget.sun_width,
+                input_size=budget.sun_input_size,
+                steps=budget.sun_steps,
+                val_every=max(1, budget.sun_steps // 5),
+                checkpoint_every=max(1, budget.sun_steps // 5),
+                device=None if budget.device == "auto" else budget.device,
+            )
+            model.parent.mkdir(parents=True, exist_ok=True)
+            train_sun(
+                [p[0] for p in pairs],
+                [p[2] for p in pairs],
+                model,
+                config,
+                voxel_size=pairs[0][1],
+                sources=[str(i) for i, _ in train],
+            )
+        return model
+    if method.startswith("nnunet"):
+        from .nnunet.dataset import Case, export_dataset
+        from .nnunet.paths import NnUNetPaths
+        from .nnunet.run import plan_and_preprocess
+        from .nnunet.run import train as nnunet_train
+
+        configuration = "3d_fullres" if method == "nnunet-3d" else "2d"
+        paths = NnUNetPaths(
+            work / "nnUNet_raw", work / "nnUNet_preprocessed", work / "nnUNet_results"
+        )
+        model = work / "models" / f"nnunet-{configuration}"
+        if model.exists():
+            return model
+        dataset = paths.raw
+        if not any(dataset.glob(f"Dataset{budget.nnunet_dataset_id:03d}_*")):
+            export_dataset(
+                [Case([i], lab) for i, lab in train],
+                paths,
+                budget.nnunet_dataset_id,
+                "Compare",
+                label_names=_class_names(train),
+            )
+        plans = next(
+            iter(
+                paths.preprocessed.glob(f"Dataset{budget.nnunet_dataset_id:03d}_*/nnUNetPlans.json")
+            ),
+            None,
+        )
+        planned = json.loads(plans.read_text())["configurations"] if plans else {}
+        if configuration not in planned or not any(
+            paths.preprocessed.glob(
+                f"Dataset{budget.nnunet_dataset_id:03d}_*/nnUNetPlans_{configuration}"
+            )
+        ):
+            plan_and_preprocess(
+                paths,
+                budget.nnunet_dataset_id,
+                [configuration],
+                threads=budget.threads,
+                log=work / "logs" / f"plan-{configuration}.log",
+            )
+        folder = nnunet_train(
+            paths,
+            budget.nnunet_dataset_id,
+            configuration,
+            "all",
+            epochs=budget.nnunet_epochs,
+            iterations=budget.nnunet_iterations,
+            device=budget.device,
+            threads=budget.threads,
+            log=work / "logs" / f"train-{configuration}.log",
+        )
+        from .nnunet.model import import_model
+
+        return import_model(folder, model)
+    if method == "classical":
+        from .classical.baselines import majority_order, segment
+
+        model = work / "models" / "classical.json"
+        if not model.exists():
+            classes = len(_class_names(train))
+            image, _ = _read(train[0][0])
+            truth = _read(train[0][1])[0]
+            raw = segment(image, "multi-otsu", classes=classes)
+            order = majority_order(raw, truth, classes)
+            model.parent.mkdir(parents=True, exist_ok=True)
+            model.write_text(
+                json.dumps({"method": "multi-otsu", "classes": classes, "order": order})
+            )
+        return model
+    raise InputError(f"method {method!r}: expected one of {', '.join(METHODS)}", field="methods")
+
+
+def _predict(method: str, model: Path, image: Path, out: Path, budget: Budget) -> None:
+    from .io import Volume, read_volume, write_volume
+
+    device = None if budget.device == "auto" else budget.device
+    if method in ("sun-9", "sun-3", "nnunet-2d-9axes"):
+        from .sun.inference import Outputs, predict_to_files
+
+        predict_to_files(
+            [image], model, Outputs(out), axes="3" if method == "sun-3" else "9", device=device
+        )
+    elif method in ("nnunet-2d", "nnunet-3d"):
+        from .nnunet.predict import predict_files
+
+        predict_files([image], model, out, device=device)
+    else:
+        from .classical.baselines import segment
+
+        spec = json.loads(model.read_text())
+        volume = read_volume(image, expect_ndim=3, grey=True)
+        labels = segment(
+            np.asarray(volume.data), "multi-otsu", spec["classes"], order=spec["order"]
+        )
+        write_volume(out, Volume(labels, volume.spacing))
+
+
+def run_method(
+    method: str,
+    train: Sequence[Sequence[str | Path]],
+    test: Sequence[Sequence[str | Path]],
+    out: str | Path,
+    budget: Budget | None = None,
+    model: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train (unless ``model`` is given), predict every test case and score one method.
+
+    Writes ``OUT/predictions/<method>/<case>.tif`` and ``OUT/methods/<method>.json``.
+
+    Examples
+    --------
+    >>> run_method("classical", [("a.tif", "a_gt.tif")], [("b.tif", "b_gt.tif")], "cmp")  # doctest: +SKIP
+    """
+    from .metrics.report import score_volumes
+    from .metrics.resources import ResourceMeter
+
+    if method not in METHODS:
+        raise InputError(
+            f"method {method!r}: expected one of {', '.join(METHODS)}", field="methods"
+        )
+    budget = budget or Budget()
+    train_pairs, test_pairs = _pairs(train, "train"), _pairs(test, "test")
+    out = Path(out)
+    work = out / "work"
+    with ResourceMeter(interval=0.2) as train_meter:
+        model_path = Path(model) if model else _train(method, train_pairs, work, budget)
+    rows = []
+    predict_seconds = 0.0
+    with ResourceMeter(interval=0.2) as predict_meter:
+        for index, (image, labels) in enumerate(test_pairs):
+            target = out / "predictions" / method / f"case_{index:03d}.tif"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            _predict(method, model_path, image, target, budget)
+            predict_seconds += time.perf_counter() - started
+            pred, _ = _read(target)
+            truth, spacing = _read(labels)
+            table = score_volumes(pred, truth, spacing=spacing)
+            for row in table.to_dict("records"):
+                if int(row["label"]) == 0:
+                    continue
+                rows.append(
+                    {
+                        "method": method,
+                        "case": str(image),
+                        "label": int(row["label"]),
+                        "dice": row["dice"],
+                        "hd95": row["hd95"],
+                        "assd": row["assd"],
+                        "volume_ratio": (row["pred_voxels"] / row["gt_voxels"])
+                        if row["gt_voxels"]
+                        else None,
+                    }
+                )
+    if train_meter.usage is None or predict_meter.usage is None:  # set on leaving the blocks
+        raise RuntimeError("resource meter did not record")
+    result = {
+        "method": method,
+        "model": str(model_path),
+        "trained_here": model is None,
+        "budget": {k: v for k, v in budget.__dict__.items() if k != "extra"},
+        "train_seconds": round(train_meter.usage.wall_time_s, 2) if model is None else None,
+        "predict_seconds": round(predict_seconds, 2),
+        "peak_rss_bytes": max(train_meter.usage.peak_rss_bytes, predict_meter.usage.peak_rss_bytes),
+        "gpu_memory_peak_bytes": predict_meter.usage.gpu_memory_peak_bytes,
+        "gpu_name": predict_meter.usage.gpu_name,
+        "rows": rows,
+    }
+    with atomic_path(out / "methods" / f"{method}.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2, default=float), encoding="utf-8")
+    return result
+
+
+def merge(out: str | Path) -> dict[str, Path]:
+    """Collect ``OUT/methods/*.json`` into ``comparison.json``, ``.csv`` and ``.png``.
+
+    Returns
+    -------
+    dict
+        ``json``, ``csv``, ``png`` paths.
+    """
+    import pandas as pd
+
+    out = Path(out)
+    results = [json.loads(p.read_text()) for p in sorted((out / "methods").glob("*.json"))]
+    if not results:
+        raise InputError(f"{out}: no method results (methods/*.json); run the methods first")
+    rows = []
+    for r in results:
+        for row in r["rows"]:
+            rows.append(
+                {
+                    **row,
+                    "train_seconds": r["train_seconds"],
+                    "predict_seconds": r["predict_seconds"],
+                    "peak_rss_mib": r["peak_rss_bytes"] / 2**20,
+                    "gpu_memory_peak_mib": (r["gpu_memory_peak_bytes"] or 0) / 2**20 or None,
+                }
+            )
+    table = pd.DataFrame(rows)
+    summary = (
+        table.groupby(["method", "label"])[["dice", "hd95", "assd", "volume_ratio"]]
+        .mean()
+        .reset_index()
+    )
+    written = {}
+    with atomic_path(out / "comparison.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    written["csv"] = out / "comparison.csv"
+    payload = {
+        "methods": [{k: v for k, v in r.items() if k != "rows"} for r in results],
+        "rows": table.to_dict("records"),
+        "summary": summary.to_dict("records"),
+    }
+    with atomic_path(out / "comparison.json") as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, default=float), encoding="utf-8")
+    written["json"] = out / "comparison.json"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pivot = summary.pivot(index="label", columns="method", values="dice")
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    pivot.plot.bar(ax=ax)
+    ax.set_ylabel("mean Dice")
+    ax.set_xlabel("class")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    with atomic_path(out / "comparison.png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    written["png"] = out / "comparison.png"
+    return written
+
+
+def run_comparison(
+    train: Sequence[Sequence[str | Path]],
+    test: Sequence[Sequence[str | Path]],
+    methods: Sequence[str],
+    out: str | Path,
+    budget: Budget | None = None,
+    models: dict[str, str | Path] | None = None,
+) -> dict[str, Path]:
+    """Every method in turn, then :func:`merge`."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InputError(
+            f"methods {unknown}: expected some of {', '.join(METHODS)}", field="methods"
+        )
+    for method in methods:
+        run_method(method, train, test, out, budget, (models or {}).get(method))
+    return merge(out)
