@@ -157,6 +157,14 @@ def has_text(text: str):
     return lambda driver: text in page_text(driver)
 
 
+def has_element(test_id: str, count: int = 1):
+    """At least ``count`` elements with this ``data-testid`` (tables and charts render after
+    the script run ends, so an idle page may not show them yet)."""
+    return lambda driver: (
+        len(driver.find_elements("css selector", f'[data-testid="{test_id}"]')) >= count
+    )
+
+
 def idle(driver) -> bool:
     """No script run in progress (Streamlit shows a running indicator while rerunning)."""
     return not driver.find_elements("css selector", '[data-testid="stStatusWidget"]')

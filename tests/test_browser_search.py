@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 from conftest_slurm import slurm_cluster  # noqa: F401 - fixture of the dashboard fixture
-from test_browser_dashboard import browser, dashboard, has_text, idle, screenshot, wait_until  # noqa: F401 - fixtures
+from test_browser_dashboard import (
+    browser,  # noqa: F401 - fixture
+    dashboard,  # noqa: F401 - fixture
+    has_element,
+    has_text,
+    idle,
+    screenshot,
+    wait_until,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.browser, pytest.mark.slurm]
@@ -27,6 +35,7 @@ def test_search_page_shows_the_landscape(dashboard, browser):  # noqa: F811
     wait_until(browser, has_text("Score landscape"), what="the parameter search page")
     wait_until(browser, has_text("Parallel coordinates"), what="the parallel coordinates")
     wait_until(browser, idle, what="the page to settle")
-    assert browser.find_elements("css selector", '[data-testid="stDataFrame"]')
+    wait_until(browser, has_element("stDataFrame"), what="the best trials table")
+    wait_until(browser, has_element("stPlotlyChart", 3), what="the charts")
     assert len(browser.find_elements("css selector", '[data-testid="stPlotlyChart"]')) == 3
     screenshot(browser, "parameter-search.png")

@@ -354,7 +354,25 @@ def test_umap_landscape():
     ]
     frame, how = landscape(trials)
     assert how == "umap" and np.isfinite(frame[["x", "y"]].to_numpy()).all()
-    assert "tensorflow" not in sys.modules or os.environ.get("MDLMA_TF_LOADED")
+
+
+def test_umap_landscape_does_not_load_tensorflow():
+    # umap imports TensorFlow when it can, and TensorFlow before triton crashes the process:
+    # the landscape must not load it. Checked in a fresh interpreter, since other tests of
+    # this session load TensorFlow on purpose.
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from unified_framework.search.landscape import landscape\n"
+        "rng = np.random.default_rng(0)\n"
+        "trials = [{'number': i, 'state': 'complete', 'score': float(rng.random()), 'params': "
+        "{'a': float(rng.random()), 'b': int(rng.integers(5)), 'c': str(rng.integers(3))}} "
+        "for i in range(12)]\n"
+        "print(landscape(trials)[1], 'tensorflow' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "umap False"
 
 
 def test_dask_slurm_cluster_checks_resources():

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest_slurm import slurm_cluster  # noqa: F401 - fixture
+from conftest_slurm import slurm_cluster, wait_for  # noqa: F401 - fixture
 
 from unified_framework.data import make_implant_phantom
 from unified_framework.io import write_volume
@@ -49,7 +49,15 @@ def test_search_on_slurm_through_dask_jobqueue(tmp_path):
     logs = list((study / "slurm-logs").glob("*"))
     assert logs, "the worker ran as a SLURM job and wrote its log into the study"
     jobs = {p.stem.split("-")[-1] for p in logs}
-    accounting = subprocess.run(
-        ["sacct", "-n", "-X", "-o", "JobName", "-j", ",".join(jobs)], capture_output=True, text=True
-    )
-    assert "mdlma-sea" in accounting.stdout or accounting.returncode != 0
+
+    def job_names() -> str:
+        accounting = subprocess.run(
+            ["sacct", "-n", "-X", "-o", "JobName", "-j", ",".join(jobs)],
+            capture_output=True,
+            text=True,
+        )
+        # slurmdbd shows the placeholder name "allocation" until the job's start record
+        # arrives: wait for the real one.
+        return "" if "allocation" in accounting.stdout else accounting.stdout
+
+    assert "mdlma-sea" in wait_for(job_names, timeout=60, what="the job's accounting")
