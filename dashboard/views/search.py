@@ -24,7 +24,7 @@ found = studies_below(str(root))
 if not found:
     st.info(
         f"No search study below {root}. Start one with `mdlma search run PIPELINE.yml --data IMAGE TRUTH "
-        "--study DIR --trials N` (or the search job template); see docs/parameter-search.md."
+        "--study DIR --trials N` (or the search job template); see docs/search.md."
     )
     st.stop()
 

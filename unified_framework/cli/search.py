@@ -25,7 +25,7 @@ def register(subparsers) -> None:
         help="hyper-parameter search over denoise/segment/clean-up pipelines (optuna, dask, SLURM)",
         description="Random, grid or TPE search over the parameters of a YAML pipeline; each trial runs the "
         "pipeline on the training images and is scored against their ground truth. Results live in a "
-        "resumable study folder (see docs/parameter-search.md).",
+        "resumable study folder (see docs/search.md).",
     )
     verbs = parser.add_subparsers(dest="search_verb", metavar="ACTION")
     verbs.required = True

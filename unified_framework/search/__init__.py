@@ -5,7 +5,7 @@
   (:func:`run_search`, :func:`load_trials`, :func:`best_trials`, :func:`export_best`)
 * :mod:`.landscape` -- the score landscape (UMAP of the parameters) for the dashboard
 
-See ``docs/parameter-search.md``.
+See ``docs/search.md``.
 """
 
 from .engine import (

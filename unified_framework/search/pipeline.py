@@ -1,7 +1,7 @@
 """Pipelines as YAML files: steps, their parameters and the search space of each parameter.
 
 A pipeline is a list of steps run one after another on an image; each step's output is
-the next one's input, the last one's a label image. Example (``docs/parameter-search.md``)::
+the next one's input, the last one's a label image. Example (``docs/search.md``)::
 
     name: smooth-otsu
     steps:
