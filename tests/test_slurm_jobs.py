@@ -296,7 +296,7 @@ MINIMAL = {
     "denoise": {"input": "pred.tif"},
     "search": {"pipeline": "run.py", "image": "pred.tif", "truth": "gt.tif"},
     "pipeline": {"pipeline": "run.py", "input": "pred.tif"},
-    "nnunet-train": {},
+    "nnunet-train": {"partition": "batch"},  # its default time (24 h) is over debug's hour
     "nnunet-predict": {"volume": "pred.tif", "model": "gt.tif"},
 }
 
