@@ -108,10 +108,6 @@ def register_affine(
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(bins))
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(float(sampling), int(seed))
-    # Mattes MI sums per-thread histograms in an order that varies from run to run, and
-    # the optimiser can amplify that into a different result; one thread makes the same
-    # inputs and seed give the same transform (a resumed job, a test) at a small cost.
-    method.SetNumberOfThreads(1)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=1.0,
