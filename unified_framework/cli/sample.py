@@ -44,28 +44,14 @@ def register(subparsers) -> None:
     implant.add_argument(
         "--gt", type=Path, metavar="OUT_LABELS", help="also write the ground-truth labels here"
     )
-    implant.add_argument(
-        "--shape",
-        type=int,
-        nargs=3,
-        default=[64, 64, 64],
-        metavar=("Z", "Y", "X"),
-        help="volume shape (default 64 64 64)",
-    )
+    _add_shape(implant, "volume shape")
     implant.add_argument(
         "--seed",
         type=int,
         default=0,
         help="random seed; other seeds give other anatomy (default 0)",
     )
-    implant.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        default=[5.0, 5.0, 5.0],
-        metavar=("Z", "Y", "X"),
-        help="voxel size in micrometres (default 5 5 5)",
-    )
+    _add_spacing(implant)
     implant.add_argument(
         "--noise",
         type=float,
@@ -167,14 +153,7 @@ def register(subparsers) -> None:
         metavar="JSON",
         help="write the ground-truth plane and transform here",
     )
-    section.add_argument(
-        "--shape",
-        type=int,
-        nargs=3,
-        default=[64, 64, 64],
-        metavar=("Z", "Y", "X"),
-        help="phantom shape (default 64 64 64)",
-    )
+    _add_shape(section, "phantom shape")
     section.add_argument(
         "--seed", type=int, default=0, help="random seed of the phantom and the cut (default 0)"
     )
@@ -227,28 +206,14 @@ def register(subparsers) -> None:
     pair.add_argument(
         "out", type=Path, metavar="OUT", help="folder to write (replaced if it exists)"
     )
-    pair.add_argument(
-        "--shape",
-        type=int,
-        nargs=3,
-        default=[64, 64, 64],
-        metavar=("Z", "Y", "X"),
-        help="volume shape (default 64 64 64)",
-    )
+    _add_shape(pair, "volume shape")
     pair.add_argument(
         "--seed",
         type=int,
         default=0,
         help="random seed of anatomy, deformation and noise (default 0)",
     )
-    pair.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        default=[5.0, 5.0, 5.0],
-        metavar=("Z", "Y", "X"),
-        help="voxel size in micrometres (default 5 5 5)",
-    )
+    _add_spacing(pair)
     pair.add_argument(
         "--displacement", type=float, default=3.0, help="largest displacement in voxels (default 3)"
     )
@@ -311,6 +276,28 @@ def register(subparsers) -> None:
         "out", type=Path, metavar="OUT", help="file or folder to write (format from the suffix)"
     )
     save.set_defaults(func=_save)
+
+
+def _add_shape(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=[64, 64, 64],
+        metavar=("Z", "Y", "X"),
+        help=f"{what} (default 64 64 64)",
+    )
+
+
+def _add_spacing(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=[5.0, 5.0, 5.0],
+        metavar=("Z", "Y", "X"),
+        help="voxel size in micrometres (default 5 5 5)",
+    )
 
 
 def _list(args: argparse.Namespace) -> int:
