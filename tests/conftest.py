@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 #: The SLURM fixtures (slurm_cluster, slurm_test_user, planted_state, ...) for every test file.
-pytest_plugins = ["conftest_slurm"]
+pytest_plugins = ["conftest_slurm", "apptest_pages"]
 
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}

@@ -3,41 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
-import streamlit as st
-from streamlit.testing.v1 import AppTest
-
-REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "dashboard" / "app.py"
-sys.path.insert(0, str(REPO / "dashboard"))
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "home"
-    folder.mkdir()
-    monkeypatch.setenv("MDLMA_HOME", str(folder))
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    return folder
-
-
-def open_page() -> AppTest:
-    app = AppTest.from_file(str(APP), default_timeout=180)
-    app.run()
-    app.switch_page("views/analysis.py").run()
-    return app
-
-
-def assert_clean(app: AppTest) -> None:
-    assert not app.exception, [e.message for e in app.exception]
+from apptest_pages import assert_clean, open_page  # the `home` fixture comes with it (conftest)
 
 
 def test_analyses_a_phantom_series_and_shows_table_plots_and_map(home):
-    app = open_page()
+    app = open_page("analysis")
     assert_clean(app)
     assert any("No analysis report" in str(i.value) for i in app.info)
     app.button(key="analysis_create").click().run()
@@ -80,7 +52,7 @@ def test_a_report_of_the_cli_and_a_foreign_json_side_by_side(home):
     )
     assert main(["quantify", str(labels), "--out", str(home / "one.json"), "--shells", "2"]) == 0
     (home / "other.json").write_text(json.dumps({"not": "a report"}))
-    app = open_page()
+    app = open_page("analysis")
     assert_clean(app)
     assert len(app.multiselect(key="analysis_reports").options) == 1
     assert any("No thickness map" in str(c.value) for c in app.caption)

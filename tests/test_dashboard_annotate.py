@@ -2,45 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
-from streamlit.testing.v1 import AppTest
+from apptest_pages import assert_clean, open_page  # the `home` fixture comes with it (conftest)
+from components import annotate  # apptest_pages put dashboard/ on sys.path
 
 from unified_framework.active_learning import loop
 from unified_framework.active_learning.pool import IGNORE
 from unified_framework.active_learning.project import Project
 from unified_framework.io import read_volume
-
-REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "dashboard" / "app.py"
-sys.path.insert(0, str(REPO / "dashboard"))
-
-from components import annotate  # noqa: E402 - needs the dashboard folder on sys.path
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "home"
-    folder.mkdir()
-    monkeypatch.setenv("MDLMA_HOME", str(folder))
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    return folder
-
-
-def open_page() -> AppTest:
-    app = AppTest.from_file(str(APP), default_timeout=180)
-    app.run()
-    app.switch_page("views/annotate.py").run()
-    return app
-
-
-def assert_clean(app: AppTest) -> None:
-    assert not app.exception, [e.message for e in app.exception]
 
 
 def _tiny(project: Project) -> None:
@@ -49,7 +21,7 @@ def _tiny(project: Project) -> None:
 
 
 def test_create_query_and_save_labels(home):
-    app = open_page()
+    app = open_page("annotate")
     assert_clean(app)
     assert any("No active-learning project" in str(i.value) for i in app.info)
     app.number_input(key="annotate_new_side").set_value(32)
@@ -86,7 +58,7 @@ def test_proposal_uncertainty_and_learning_curve_after_a_round(home):
         project.save_labels(sid, truth[sid.index])
     loop.train(project)
     loop.query(Project(folder))
-    app = open_page()
+    app = open_page("annotate")
     assert_clean(app)
     captions = [str(image.proto) for image in app.get("image")]
     assert any("model proposal" in c for c in captions) and any(

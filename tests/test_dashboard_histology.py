@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
+from apptest_pages import assert_clean, open_page, use_home
 from conftest_slurm import slurm_cluster  # noqa: F401 - fixture: the start page (Resources) asks the cluster
 from streamlit.testing.v1 import AppTest
 
 from unified_framework.cli.main import main
 from unified_framework.histology import normal_from_angles
 
-REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "dashboard" / "app.py"
-sys.path.insert(0, str(REPO / "dashboard"))
 pytestmark = pytest.mark.slurm
 
 
@@ -78,18 +74,15 @@ def match_home(tmp_path_factory) -> Path:
     return home
 
 
-def open_page(home: Path, monkeypatch) -> AppTest:
-    monkeypatch.setenv("MDLMA_HOME", str(home))
-    st.cache_data.clear()
-    app = AppTest.from_file(str(APP), default_timeout=90)
-    app.run()
-    app.switch_page("views/histology.py").run()
-    assert not app.exception, [e.message for e in app.exception]
+def open_match_page(home: Path, monkeypatch) -> AppTest:
+    use_home(home, monkeypatch)
+    app = open_page("histology", timeout=90)
+    assert_clean(app)
     return app
 
 
 def test_page_shows_match_overlay_landscape_and_candidates(match_home, monkeypatch, slurm_cluster):  # noqa: F811
-    app = open_page(match_home, monkeypatch)
+    app = open_match_page(match_home, monkeypatch)
     assert app.selectbox(key="histology_match").value == "histology/match"
     caption = " ".join(str(c.value) for c in app.caption)
     assert "tilt" in caption and "NMI" in caption
@@ -117,7 +110,7 @@ def test_page_shows_registration_plane_labels_and_submits_a_narrower_search(
 ):
     from unified_framework import hpc
 
-    app = open_page(match_home, monkeypatch)
+    app = open_match_page(match_home, monkeypatch)
     assert app.toggle(key="histology_registered").value is True
     tables = [d.value for d in app.dataframe]
     quality = next(t for t in tables if "figure" in t.columns)
@@ -153,7 +146,7 @@ def test_page_shows_registration_plane_labels_and_submits_a_narrower_search(
 
 
 def test_page_without_results_says_how_to_make_one(tmp_path, monkeypatch, slurm_cluster):  # noqa: F811
-    app = open_page(tmp_path, monkeypatch)
+    app = open_match_page(tmp_path, monkeypatch)
     assert any("mdlma histology match" in str(i.value) for i in app.info)
 
 

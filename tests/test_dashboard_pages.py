@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-import streamlit as st
+from apptest_pages import APP, assert_clean, open_page, use_home
 from conftest_slurm import slurm_cluster, slurm_test_user, wait_for  # noqa: F401 - fixtures
 from dashboard_result_job import RESULT_SCRIPT
 from streamlit.testing.v1 import AppTest
@@ -24,8 +24,6 @@ from streamlit.testing.v1 import AppTest
 from unified_framework import hpc
 
 REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "dashboard" / "app.py"
-sys.path.insert(0, str(REPO / "dashboard"))
 pytestmark = pytest.mark.slurm
 #: Seconds a test job may take, queueing included (the test cluster may be shared).
 JOB_WAIT_S = 600
@@ -36,18 +34,7 @@ def home(tmp_path, monkeypatch, slurm_cluster) -> Path:  # noqa: F811
     """A fresh MDLMA_HOME readable by the cluster's jobs; caches of earlier tests dropped."""
     folder = tmp_path / "home"
     folder.mkdir()
-    monkeypatch.setenv("MDLMA_HOME", str(folder))
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    return folder
-
-
-def open_page(page: str, **query) -> AppTest:
-    app = AppTest.from_file(str(APP), default_timeout=90)
-    app.run()
-    app.query_params.update(query)
-    app.switch_page(f"views/{page}.py").run()
-    return app
+    return use_home(folder, monkeypatch)
 
 
 def texts(elements) -> list[str]:
@@ -61,10 +48,6 @@ def table_with(app: AppTest, *columns: str):
         if set(columns) <= set(value.columns):
             return value
     raise AssertionError(f"no table with columns {columns}")
-
-
-def assert_clean(app: AppTest) -> None:
-    assert not app.exception, [e.message for e in app.exception]
 
 
 def write_script(folder: Path, body: str, name: str = "job.py") -> Path:

@@ -4,44 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
 import streamlit as st
-from streamlit.testing.v1 import AppTest
-
-REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "dashboard" / "app.py"
-sys.path.insert(0, str(REPO / "dashboard"))
-
-from components import registration  # noqa: E402 - needs the dashboard folder on sys.path
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "home"
-    folder.mkdir()
-    monkeypatch.setenv("MDLMA_HOME", str(folder))
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    return folder
-
-
-def open_page() -> AppTest:
-    app = AppTest.from_file(str(APP), default_timeout=180)
-    app.run()
-    app.switch_page("views/registration.py").run()
-    return app
-
-
-def assert_clean(app: AppTest) -> None:
-    assert not app.exception, [e.message for e in app.exception]
+from apptest_pages import assert_clean, open_page  # the `home` fixture comes with it (conftest)
+from components import registration  # apptest_pages put dashboard/ on sys.path
 
 
 def test_registers_a_phantom_pair_and_shows_slices_jacobian_and_quality(home):
-    app = open_page()
+    app = open_page("registration")
     assert_clean(app)
     assert any("No registration result" in str(i.value) for i in app.info)
     app.number_input(key="registration_side").set_value(32)
@@ -65,7 +36,7 @@ def test_registers_a_phantom_pair_and_shows_slices_jacobian_and_quality(home):
 
 
 def test_inputs_outside_the_job_folders_are_not_read(home, tmp_path):
-    app = open_page()
+    app = open_page("registration")
     app.number_input(key="registration_side").set_value(32)
     app.button(key="registration_create").click().run()
     result = next(home.rglob("quality.json"))
@@ -76,7 +47,7 @@ def test_inputs_outside_the_job_folders_are_not_read(home, tmp_path):
     report["sources"]["fixed"] = str(outside / "fixed.tif")
     result.write_text(json.dumps(report))
     st.cache_data.clear()
-    app = open_page()
+    app = open_page("registration")
     assert_clean(app)
     assert any("outside your job folders" in str(w.value) for w in app.warning)
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
 import yaml
+from apptest_pages import assert_clean, open_page, use_home
 from conftest_slurm import slurm_cluster  # noqa: F401 - fixture: the start page (Resources) asks the cluster
 from streamlit.testing.v1 import AppTest
 
@@ -18,9 +17,6 @@ from unified_framework.denoise import denoise
 from unified_framework.io import write_volume
 from unified_framework.search import run_search
 
-REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "dashboard" / "app.py"
-sys.path.insert(0, str(REPO / "dashboard"))
 pytestmark = pytest.mark.slurm
 
 PIPELINE = {
@@ -69,18 +65,15 @@ def home(tmp_path_factory) -> Path:
     return home
 
 
-def open_page(home: Path, page: str, monkeypatch) -> AppTest:
-    monkeypatch.setenv("MDLMA_HOME", str(home))
-    st.cache_data.clear()
-    app = AppTest.from_file(str(APP), default_timeout=120)
-    app.run()
-    app.switch_page(page).run()
-    assert not app.exception, [e.message for e in app.exception]
+def open_study_page(home: Path, page: str, monkeypatch) -> AppTest:
+    use_home(home, monkeypatch)
+    app = open_page(page, timeout=120)
+    assert_clean(app)
     return app
 
 
 def test_search_page_shows_progress_best_trials_and_landscape(home, monkeypatch, slurm_cluster):  # noqa: F811
-    app = open_page(home, "views/search.py", monkeypatch)
+    app = open_study_page(home, "search", monkeypatch)
     assert app.selectbox(key="search_study").value == "search/study"
     best = app.dataframe[0].value
     assert (
@@ -105,12 +98,12 @@ def test_search_page_shows_progress_best_trials_and_landscape(home, monkeypatch,
 
 
 def test_search_page_without_studies_says_how(tmp_path, monkeypatch, slurm_cluster):  # noqa: F811
-    app = open_page(tmp_path, "views/search.py", monkeypatch)
+    app = open_study_page(tmp_path, "search", monkeypatch)
     assert any("mdlma search run" in str(i.value) for i in app.info)
 
 
 def test_denoise_page_before_after_difference_profile(home, monkeypatch, slurm_cluster):  # noqa: F811
-    app = open_page(home, "views/denoise.py", monkeypatch)
+    app = open_study_page(home, "denoise", monkeypatch)
     app.text_input(key="denoise_before").set_value("search/img.tif").run()
     app.text_input(key="denoise_after").set_value("search/smooth.tif").run()
     assert not app.exception, [e.message for e in app.exception]
@@ -142,14 +135,9 @@ def test_before_after_helpers():
 
 
 def test_denoise_page_takes_paths_from_the_link(home, monkeypatch, slurm_cluster):  # noqa: F811
-    monkeypatch.setenv("MDLMA_HOME", str(home))
-    st.cache_data.clear()
-    app = AppTest.from_file(str(APP), default_timeout=120)
-    app.run()
-    app.query_params.update(
-        {"before": str(home / "search/img.tif"), "after": str(home / "search/smooth.tif")}
-    )
-    app.switch_page("views/denoise.py").run()
-    assert not app.exception, [e.message for e in app.exception]
+    use_home(home, monkeypatch)
+    paths = {"before": str(home / "search/img.tif"), "after": str(home / "search/smooth.tif")}
+    app = open_page("denoise", timeout=120, **paths)
+    assert_clean(app)
     assert app.text_input(key="denoise_after").value.endswith("smooth.tif")
     assert any("noise removed" in str(c.value) for c in app.caption)

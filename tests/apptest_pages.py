@@ -1,0 +1,51 @@
+"""The shared start of the dashboard's AppTest tests: a fresh ``MDLMA_HOME`` and a page opened.
+
+``tests/conftest.py`` registers this module as a plugin, so the ``home`` fixture is there for
+every test (a module's own ``home`` fixture overrides it); import the helpers::
+
+    from apptest_pages import assert_clean, open_page
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "dashboard" / "app.py"
+# The pages import their components as top-level modules, as ``streamlit run`` does.
+sys.path.insert(0, str(REPO / "dashboard"))
+
+
+def use_home(folder: Path, monkeypatch) -> Path:
+    """Point the dashboard at ``folder`` and drop what earlier tests left in Streamlit's caches."""
+    monkeypatch.setenv("MDLMA_HOME", str(folder))
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    return folder
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty MDLMA_HOME for one test."""
+    folder = tmp_path / "home"
+    folder.mkdir()
+    return use_home(folder, monkeypatch)
+
+
+def open_page(view: str, timeout: float = 180, **query: str) -> AppTest:
+    """Run the app, set ``query`` parameters and switch to ``views/<view>.py``."""
+    app = AppTest.from_file(str(APP), default_timeout=timeout)
+    app.run()
+    app.query_params.update(query)
+    app.switch_page(f"views/{view}.py").run()
+    return app
+
+
+def assert_clean(app: AppTest) -> None:
+    """No exception was shown on the page."""
+    assert not app.exception, [e.message for e in app.exception]
