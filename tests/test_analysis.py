@@ -292,3 +292,78 @@ def test_report_json_and_csv(tmp_path, cylinder):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(InputError, match="not an analysis report"):
         read_report(tmp_path / "bad.json")
+
+
+def test_screw_fit_recovers_pitch_radius_and_depth():
+    # Tolerances: pitch 1 %, core radius and thread depth one voxel; with the nominal
+    # major radius the degraded fraction within 0.01 and the depth within 5 % of the
+    # values measured with the exact initial screw.
+    from unified_framework.analysis.screw import fit_screw, rasterize_screw
+    from unified_framework.data.degrading import make_degrading_screw
+
+    labels, truth = make_degrading_screw((48, 96, 96), SPACING, depth=0.0)
+    fit = fit_screw(labels == 2, SPACING)
+    want = truth["screw"]
+    assert fit["pitch_um"] == pytest.approx(want["pitch_um"], rel=0.01)
+    assert fit["handedness"] == want["handedness"]
+    assert fit["fitted_core_radius_um"] == pytest.approx(want["core_radius_um"], abs=5.0)
+    assert fit["thread_depth_um"] == pytest.approx(want["thread_depth_um"], abs=5.0)
+    # the fitted screw, rasterised, is the implant
+    box = tuple(slice(0, n) for n in labels.shape)
+    overlap = rasterize_screw(
+        {**fit, "core_radius_um": fit["fitted_core_radius_um"]}, labels.shape, SPACING, box
+    )
+    dice = 2 * (overlap & (labels == 2)).sum() / (overlap.sum() + (labels == 2).sum())
+    assert dice > 0.97
+    # degraded by 15 µm: the screw with the nominal radius gives the degradation
+    labels, truth = make_degrading_screw((48, 96, 96), SPACING, depth=15.0)
+    exact = rasterize_screw(truth["screw"], labels.shape, SPACING, box)
+    ref = quantify(labels, SPACING, shells=0, initial=exact, days=10).values
+    got = quantify(
+        labels, SPACING, shells=0, screw=True, initial_radius=truth["initial_radius_um"], days=10
+    )
+    v = got.values
+    assert got.settings["initial"] == "screw" and got.settings["screw"]["pitch_um"] > 0
+    assert v["degraded_fraction"] == pytest.approx(truth["degraded_fraction"], abs=0.01)
+    assert v["degradation_depth_um"] == pytest.approx(ref["degradation_depth_um"], rel=0.05)
+    assert v["degradation_rate_um_per_day"] == pytest.approx(v["degradation_depth_um"] / 10)
+    # a cylinder of the nominal radius overestimates the degradation of a screw
+    cyl = quantify(
+        labels, SPACING, shells=0, cylinder=True, initial_radius=truth["initial_radius_um"]
+    )
+    assert cyl.values["degraded_fraction"] > truth["degraded_fraction"] + 0.05
+    with pytest.raises(InputError, match="not both"):
+        quantify(labels, SPACING, shells=0, screw=True, cylinder=True)
+
+
+def test_sampled_uncertainty_holds_the_truth_and_narrows_as_probabilities_sharpen():
+    from scipy import ndimage
+
+    from unified_framework.analysis.uncertainty import quantify_uncertainty, sample_labels
+
+    labels, truth = make_degrading_cylinder((4, 112, 112), SPACING)
+    onehot = np.stack([(labels == c).astype(np.float32) for c in range(4)])
+    widths = {}
+    for sigma in (0.6, 1.2):
+        prob = np.stack([ndimage.gaussian_filter(p, (0, sigma, sigma)) for p in onehot])
+        prob /= prob.sum(axis=0)
+        u = quantify_uncertainty(
+            labels, SPACING, prob, shells=1, shell_width=30, samples=8, seed=1, smooth=1.5
+        )
+        s = u.sampling
+        assert s["samples"] == s["valid"] == 8 and s["smooth_voxels"] == 1.5
+        for key in ("residual_volume_mm3", "layer_volume_mm3", "bic_percent"):
+            assert s["low"][key] <= truth[key] <= s["high"][key], (sigma, key)
+            assert s["low"][key] <= s["mean"][key] <= s["high"][key]
+        widths[sigma] = {
+            k: s["high"][k] - s["low"][k] for k in ("residual_volume_mm3", "bic_percent")
+        }
+        assert "sampling" in u.to_dict()["uncertainty"]
+    for key, width in widths[0.6].items():
+        assert 0 < width < widths[1.2][key], key
+    # the draws are reproducible and follow the probabilities
+    again = sample_labels(prob, 1, 1.5, sample=3)
+    assert np.array_equal(again, sample_labels(prob, 1, 1.5, sample=3))
+    assert not np.array_equal(again, sample_labels(prob, 2, 1.5, sample=3))
+    with pytest.raises(InputError, match="entropy alone"):
+        quantify_uncertainty(labels, SPACING, entropy=np.zeros(labels.shape), samples=4)

@@ -548,6 +548,7 @@ def quantify(
     band: tuple[float, float] | None = None,
     initial: Any = None,
     cylinder: bool = False,
+    screw: bool = False,
     initial_radius: float | None = None,
     implantation_date: str | _dt.date | None = None,
     scan_date: str | _dt.date | None = None,
@@ -582,8 +583,12 @@ def quantify(
     cylinder : bool
         Without ``initial``: fit a cylinder to the residual material
         (:func:`fit_cylinder`) as the initial implant.
+    screw : bool
+        Without ``initial``: fit a screw (core radius, thread depth, pitch, axis;
+        :func:`~.screw.fit_screw`) to the residual material as the initial implant.
     initial_radius : float, optional
-        Nominal implant radius (µm) for the cylinder fit.
+        Nominal implant radius (µm) for the cylinder fit; for the screw fit the
+        nominal major (thread crest) radius.
     implantation_date, scan_date : str ``YYYY-MM-DD`` or date, optional
     days : float, optional
         Time since implantation, instead of the dates.
@@ -659,6 +664,8 @@ def quantify(
         band = (lo, hi)
     initial_arr = _check_mask(initial, shape, "initial") if initial is not None else None
     n_days = elapsed_days(implantation_date, scan_date, days)
+    if cylinder and screw:
+        raise InputError("initial geometry: fit a cylinder or a screw, not both", field="initial")
 
     implant_box = _bounding_box(labels, roles.implant)
     if implant_box is None:
@@ -787,9 +794,21 @@ def quantify(
     res_points = res_mesh.centroids * spacing_arr
     del contact, imp_mesh, res_mesh
     settings_cyl = None
+    settings_screw = None
     if initial_arr is None and cylinder:
         settings_cyl = fit_cylinder(
             residual, spacing_t, r_offset, initial_radius, extent_mask=implant, extent_offset=offset
+        )
+    elif initial_arr is None and screw:
+        from .screw import fit_screw
+
+        settings_screw = fit_screw(
+            residual,
+            spacing_t,
+            r_offset,
+            initial_radius,
+            extent_mask=implant,
+            extent_offset=offset,
         )
     del implant
 
@@ -856,6 +875,10 @@ def quantify(
         init_box_arr = initial_arr[box]
     elif settings_cyl is not None:
         init_box_arr = rasterize_cylinder(settings_cyl, shape, spacing_t, box)
+    elif settings_screw is not None:
+        from .screw import rasterize_screw
+
+        init_box_arr = rasterize_screw(settings_screw, shape, spacing_t, box)
     values["days"] = n_days
     if init_box_arr is not None:
         init_sel = init_box_arr & region if region is not None else init_box_arr
@@ -917,8 +940,11 @@ def quantify(
         "shell_width_um": float(shell_width),
         "shells": shells,
         "thickness_convention": thickness_convention,
-        "initial": "mask" if initial_arr is not None else ("cylinder" if cylinder else None),
+        "initial": "mask"
+        if initial_arr is not None
+        else ("cylinder" if cylinder else ("screw" if screw else None)),
         "cylinder": settings_cyl,
+        "screw": settings_screw,
         "implantation_date": str(implantation_date) if implantation_date else None,
         "scan_date": str(scan_date) if scan_date else None,
         "min_fragment_voxels": int(min_fragment_voxels),
