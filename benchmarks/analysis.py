@@ -327,11 +327,13 @@ def screw_fit() -> list[dict]:
 def sampling() -> list[dict]:
     from scipy import ndimage
 
+    from unified_framework.analysis import quantify
     from unified_framework.analysis.uncertainty import sample_quantities
     from unified_framework.data.degrading import make_degrading_cylinder
 
     spacing = (5.0, 5.0, 5.0)
     labels, truth = make_degrading_cylinder((8, 112, 112), spacing)
+    exact = quantify(labels, spacing, shells=1, shell_width=30).row()
     onehot = np.stack([(labels == c).astype(np.float32) for c in range(4)])
     rows = []
     for sigma in (0.6, 1.2):
@@ -357,6 +359,8 @@ def sampling() -> list[dict]:
                     "low": s["low"][key],
                     "high": s["high"][key],
                     "holds": s["low"][key] <= truth[key] <= s["high"][key],
+                    "labels": exact[key],
+                    "holds_labels": s["low"][key] <= exact[key] <= s["high"][key],
                     "width_rel": (s["high"][key] - s["low"][key]) / abs(truth[key]),
                     "wall_s": wall,
                 }
@@ -444,7 +448,8 @@ def main() -> None:
         for row in sampling():
             print(
                 f"  blur {row['blur']}: {row['quantity']:26s} truth {row['truth']:.5g}  mean {row['mean']:.5g}  "
-                f"2.5-97.5 % [{row['low']:.5g}, {row['high']:.5g}]  holds the truth: {row['holds']}  "
+                f"2.5-97.5 % [{row['low']:.5g}, {row['high']:.5g}]  holds the truth: {row['holds']}, "
+                f"the exact labels' value {row['labels']:.5g}: {row['holds_labels']}  "
                 f"width {100 * row['width_rel']:.2f} % ({row['wall_s']:.1f} s for 16 draws)"
             )
     if "time" not in args.skip:
