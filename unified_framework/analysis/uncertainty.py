@@ -338,7 +338,8 @@ def sample_labels(
     seed = int(rng.integers(2**31)) if isinstance(rng, np.random.Generator) else int(rng)
     n_classes, nz, ny, nx = (int(n) for n in probabilities.shape)
     reach = int(4.0 * smooth + 0.5) if smooth > 0 else 0
-    slab = max(SLAB, reach)
+    # About 4 million voxels per slab (the probabilities' float32 copy is classes x that).
+    slab = max(reach, 1, min(SLAB, 2**22 // max(1, ny * nx)))
     out = np.empty((nz, ny, nx), dtype)
     scale = 1.0
     if reach:
@@ -373,14 +374,16 @@ def sample_labels(
             del window, g
         else:
             u = get(k)[: z1 - z0]
-        p = np.asarray(probabilities[:, z0:z1], dtype=np.float32)
-        cumulative = np.cumsum(p, axis=0)
+        cumulative = np.array(probabilities[:, z0:z1], dtype=np.float32)
+        np.cumsum(cumulative, axis=0, out=cumulative)
         total = cumulative[-1]
-        u *= np.where(total > 0, total, 1.0)
-        # The first class whose cumulative probability exceeds u.
-        label = (u[None] >= cumulative[:-1]).sum(axis=0)
-        out[z0:z1] = label.astype(dtype, copy=False)
-        del p, cumulative, total, u, label
+        u *= np.where(total > 0, total, np.float32(1.0))
+        # The first class whose cumulative probability exceeds u: count the classes passed.
+        label = np.zeros(u.shape, np.min_scalar_type(n_classes))
+        for c in range(n_classes - 1):
+            label += u >= cumulative[c]
+        out[z0:z1] = label
+        del cumulative, total, u, label
     return out
 
 
