@@ -367,3 +367,35 @@ def test_sampled_uncertainty_holds_the_truth_and_narrows_as_probabilities_sharpe
     assert not np.array_equal(again, sample_labels(prob, 2, 1.5, sample=3))
     with pytest.raises(InputError, match="entropy alone"):
         quantify_uncertainty(labels, SPACING, entropy=np.zeros(labels.shape), samples=4)
+
+
+def test_bounded_distance_matches_edt_within_its_reach():
+    import edt
+
+    from unified_framework.analysis._bounded_edt import bounded_distance_slabs
+
+    rng = np.random.default_rng(0)
+    cases = [
+        (rng.random((20, 17, 23)) > 0.97, (2.0, 1.0, 1.5), 1e9, 7),
+        (rng.random((20, 17, 23)) > 0.97, (2.0, 1.0, 1.5), 3.0, 4),
+    ]
+    thin = np.zeros((3, 40, 40), bool)
+    thin[:, 18:22, 18:22] = True
+    cases.append((thin, (2.0, 1.0, 1.0), 15.0, 2))  # reach beyond the slices' extent
+    for mask, spacing, reach, slab in cases:
+        parts = bounded_distance_slabs(
+            mask.shape[0], mask.__getitem__, mask.shape[1:], spacing, reach, slab
+        )
+        ours = np.concatenate([d for _, d in parts])
+        ref = edt.edt(~mask, anisotropy=spacing, black_border=False)
+        near = ref <= reach
+        assert np.allclose(ours[near], ref[near], rtol=1e-6)
+        assert (ours[~near] > reach).all() and np.isfinite(ours).all()
+
+
+def test_local_thickness_in_chunks_equals_the_whole_volume():
+    _, labels = make_implant_phantom((64, 48, 48), seed=1, spacing=(5.0, 5.0, 5.0))
+    layer = labels == 3
+    for spacing in ((5.0, 5.0, 5.0), (10.0, 5.0, 5.0)):
+        whole = local_thickness(layer, spacing, chunk=10**6)
+        assert np.array_equal(local_thickness(layer, spacing, chunk=8), whole)

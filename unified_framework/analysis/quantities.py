@@ -34,7 +34,7 @@ from scipy import ndimage as ndi
 
 from ..errors import InputError
 from .roles import ClassRoles, resolve_roles
-from .thickness import distance_transform, local_thickness
+from .thickness import local_thickness
 
 UM3_PER_MM3 = 1e9
 UM2_PER_MM2 = 1e6
@@ -691,27 +691,27 @@ def quantify(
     # whole (a bool copy of the box is half the label volume at 512³).
     implant = _LabelMask(lab, roles.implant)
 
-    # Distance from the implant surface, slab by slab with a halo (exact up to max_d).
+    # Distance from the implant surface, slab by slab (exact up to max_d; the z direction
+    # by a capped column distance, one byte per voxel: see _bounded_edt).
     region: np.ndarray | None = None
     if roi_arr is not None:
         region = roi_arr[box].copy()
     elif band is not None:
         region = np.ones(lab.shape, bool)
     n_shells_counts = np.zeros((max(shells, 1), 2), np.int64)  # bone, tissue
-    halo = int(math.ceil(max_d / spacing_arr[0])) + 2
     bone_value = roles.bone if roles.bone is not None else -1
-    # Slabs at least half as thick as the halo: the halo costs at most 5x the work,
-    # the memory stays a fraction of the box. Where the box is small against the volume,
-    # thicker slabs (a window of up to a fifth of the label volume's voxels, 5 bytes each
-    # in the transform) cut the repeated halo work.
-    plane = max(1, lab.shape[1] * lab.shape[2])
-    slab_rows = max(SLAB, halo // 2, int(0.2 * labels.size) // plane - 2 * halo)
-    for zs in _slabs(lab.shape[0], slab_rows):
-        lo_z, hi_z = max(0, zs.start - halo), min(lab.shape[0], zs.stop + halo)
-        window = _member(lab[lo_z:hi_z], roles.implant)
-        dist = distance_transform(np.logical_not(window, out=window), spacing_t, threads())
-        del window
-        dist = dist[zs.start - lo_z : zs.stop - lo_z].copy()  # release the halo
+    from ._bounded_edt import bounded_distance_slabs
+
+    distances = bounded_distance_slabs(
+        lab.shape[0],
+        implant.__getitem__,
+        (lab.shape[1], lab.shape[2]),
+        spacing_t,
+        max_d + 2 * float(spacing_arr.max()),
+        SLAB,
+        threads(),
+    )
+    for zs, dist in distances:
         # The implant surface lies half a voxel beyond the centres of its outer voxels.
         dist = np.maximum(dist - np.float32(h / 2), 0, where=dist > 0, out=dist)
         if band is not None and region is not None:
