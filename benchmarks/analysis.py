@@ -118,6 +118,12 @@ def _warm_imports() -> None:
     import skimage.measure  # noqa: F401
     from scipy import ndimage, spatial  # noqa: F401
 
+    # The numba kernel of the bounded distance transform: compiled once (then cached on
+    # disk), a fixed cost like an import, not part of the work on the volume.
+    from unified_framework.analysis._bounded_edt import _kernel
+
+    _kernel()
+
 
 # --- accuracy ------------------------------------------------------------------------------
 

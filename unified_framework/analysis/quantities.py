@@ -178,6 +178,23 @@ def _check_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
     return array.astype(bool, copy=False) if array.dtype != bool else array
 
 
+def _release_memory() -> None:
+    """Hand freed heap memory back to the operating system (glibc's ``malloc_trim``).
+
+    After large arrays are freed glibc raises its mmap threshold, so later medium-sized
+    arrays come from the heap and their memory stays in the process (RSS) when freed;
+    between the analysis steps it is returned. A no-op where glibc is not the allocator.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _slabs(n: int, size: int = SLAB):
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
@@ -708,7 +725,9 @@ def quantify(
         (lab.shape[1], lab.shape[2]),
         spacing_t,
         max_d + 2 * float(spacing_arr.max()),
-        SLAB,
+        # About 2 million voxels per slab: the slab's float64 work array and the shell
+        # counting's temporaries stay a small fraction of the label volume.
+        max(1, min(SLAB, 2**21 // max(1, lab.shape[1] * lab.shape[2]))),
         threads(),
     )
     for zs, dist in distances:
@@ -728,6 +747,7 @@ def quantify(
             n_shells_counts[:, 1] += np.bincount(k, minlength=shells)[:shells]
         del dist
     region_full_box = region
+    _release_memory()
 
     # Class volumes: the box with the band, plus (if the band reaches beyond it) the rest.
     n_values = (
@@ -797,6 +817,7 @@ def quantify(
     # for the cylinder fit, the implant mask (then dropped).
     res_points = res_mesh.centroids * spacing_arr
     del contact, imp_mesh, res_mesh
+    _release_memory()
     settings_cyl = None
     settings_screw = None
     if initial_arr is None and cylinder:
@@ -858,6 +879,7 @@ def quantify(
             thickness_map = tmap
             map_box = tuple(slice(o + s.start, o + s.stop) for o, s in zip(offset, lbox))
         del tmap
+    _release_memory()
 
     # Initial geometry: degraded fraction, depth, rate.
     for key in (
