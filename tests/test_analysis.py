@@ -292,3 +292,110 @@ def test_report_json_and_csv(tmp_path, cylinder):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(InputError, match="not an analysis report"):
         read_report(tmp_path / "bad.json")
+
+
+def test_screw_fit_recovers_pitch_radius_and_depth():
+    # Tolerances: pitch 1 %, core radius and thread depth one voxel; with the nominal
+    # major radius the degraded fraction within 0.01 and the depth within 5 % of the
+    # values measured with the exact initial screw.
+    from unified_framework.analysis.screw import fit_screw, rasterize_screw
+    from unified_framework.data.degrading import make_degrading_screw
+
+    labels, truth = make_degrading_screw((48, 96, 96), SPACING, depth=0.0)
+    fit = fit_screw(labels == 2, SPACING)
+    want = truth["screw"]
+    assert fit["pitch_um"] == pytest.approx(want["pitch_um"], rel=0.01)
+    assert fit["handedness"] == want["handedness"]
+    assert fit["fitted_core_radius_um"] == pytest.approx(want["core_radius_um"], abs=5.0)
+    assert fit["thread_depth_um"] == pytest.approx(want["thread_depth_um"], abs=5.0)
+    # the fitted screw, rasterised, is the implant
+    box = tuple(slice(0, n) for n in labels.shape)
+    overlap = rasterize_screw(
+        {**fit, "core_radius_um": fit["fitted_core_radius_um"]}, labels.shape, SPACING, box
+    )
+    dice = 2 * (overlap & (labels == 2)).sum() / (overlap.sum() + (labels == 2).sum())
+    assert dice > 0.97
+    # degraded by 15 µm: the screw with the nominal radius gives the degradation
+    labels, truth = make_degrading_screw((48, 96, 96), SPACING, depth=15.0)
+    exact = rasterize_screw(truth["screw"], labels.shape, SPACING, box)
+    ref = quantify(labels, SPACING, shells=0, initial=exact, days=10).values
+    got = quantify(
+        labels, SPACING, shells=0, screw=True, initial_radius=truth["initial_radius_um"], days=10
+    )
+    v = got.values
+    assert got.settings["initial"] == "screw" and got.settings["screw"]["pitch_um"] > 0
+    assert v["degraded_fraction"] == pytest.approx(truth["degraded_fraction"], abs=0.01)
+    assert v["degradation_depth_um"] == pytest.approx(ref["degradation_depth_um"], rel=0.05)
+    assert v["degradation_rate_um_per_day"] == pytest.approx(v["degradation_depth_um"] / 10)
+    # a cylinder of the nominal radius overestimates the degradation of a screw
+    cyl = quantify(
+        labels, SPACING, shells=0, cylinder=True, initial_radius=truth["initial_radius_um"]
+    )
+    assert cyl.values["degraded_fraction"] > truth["degraded_fraction"] + 0.05
+    with pytest.raises(InputError, match="not both"):
+        quantify(labels, SPACING, shells=0, screw=True, cylinder=True)
+
+
+def test_sampled_uncertainty_holds_the_truth_and_narrows_as_probabilities_sharpen():
+    from scipy import ndimage
+
+    from unified_framework.analysis.uncertainty import quantify_uncertainty, sample_labels
+
+    labels, truth = make_degrading_cylinder((4, 112, 112), SPACING)
+    onehot = np.stack([(labels == c).astype(np.float32) for c in range(4)])
+    widths = {}
+    for sigma in (0.6, 1.2):
+        prob = np.stack([ndimage.gaussian_filter(p, (0, sigma, sigma)) for p in onehot])
+        prob /= prob.sum(axis=0)
+        u = quantify_uncertainty(
+            labels, SPACING, prob, shells=1, shell_width=30, samples=8, seed=1, smooth=1.5
+        )
+        s = u.sampling
+        assert s["samples"] == s["valid"] == 8 and s["smooth_voxels"] == 1.5
+        for key in ("residual_volume_mm3", "layer_volume_mm3", "bic_percent"):
+            assert s["low"][key] <= truth[key] <= s["high"][key], (sigma, key)
+            assert s["low"][key] <= s["mean"][key] <= s["high"][key]
+        widths[sigma] = {
+            k: s["high"][k] - s["low"][k] for k in ("residual_volume_mm3", "bic_percent")
+        }
+        assert "sampling" in u.to_dict()["uncertainty"]
+    for key, width in widths[0.6].items():
+        assert 0 < width < widths[1.2][key], key
+    # the draws are reproducible and follow the probabilities
+    again = sample_labels(prob, 1, 1.5, sample=3)
+    assert np.array_equal(again, sample_labels(prob, 1, 1.5, sample=3))
+    assert not np.array_equal(again, sample_labels(prob, 2, 1.5, sample=3))
+    with pytest.raises(InputError, match="entropy alone"):
+        quantify_uncertainty(labels, SPACING, entropy=np.zeros(labels.shape), samples=4)
+
+
+def test_bounded_distance_matches_edt_within_its_reach():
+    import edt
+
+    from unified_framework.analysis._bounded_edt import bounded_distance_slabs
+
+    rng = np.random.default_rng(0)
+    cases = [
+        (rng.random((20, 17, 23)) > 0.97, (2.0, 1.0, 1.5), 1e9, 7),
+        (rng.random((20, 17, 23)) > 0.97, (2.0, 1.0, 1.5), 3.0, 4),
+    ]
+    thin = np.zeros((3, 40, 40), bool)
+    thin[:, 18:22, 18:22] = True
+    cases.append((thin, (2.0, 1.0, 1.0), 15.0, 2))  # reach beyond the slices' extent
+    for mask, spacing, reach, slab in cases:
+        parts = bounded_distance_slabs(
+            mask.shape[0], mask.__getitem__, mask.shape[1:], spacing, reach, slab
+        )
+        ours = np.concatenate([d for _, d in parts])
+        ref = edt.edt(~mask, anisotropy=spacing, black_border=False)
+        near = ref <= reach
+        assert np.allclose(ours[near], ref[near], rtol=1e-6)
+        assert (ours[~near] > reach).all() and np.isfinite(ours).all()
+
+
+def test_local_thickness_in_chunks_equals_the_whole_volume():
+    _, labels = make_implant_phantom((64, 48, 48), seed=1, spacing=(5.0, 5.0, 5.0))
+    layer = labels == 3
+    for spacing in ((5.0, 5.0, 5.0), (10.0, 5.0, 5.0)):
+        whole = local_thickness(layer, spacing, chunk=10**6)
+        assert np.array_equal(local_thickness(layer, spacing, chunk=8), whole)

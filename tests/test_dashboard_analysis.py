@@ -56,3 +56,31 @@ def test_a_report_of_the_cli_and_a_foreign_json_side_by_side(home):
     assert_clean(app)
     assert len(app.multiselect(key="analysis_reports").options) == 1
     assert any("No thickness map" in str(c.value) for c in app.caption)
+
+
+def test_uncertainty_ranges_assigned_and_sampled_are_shown(home):
+    import numpy as np
+
+    from unified_framework.cli.main import main
+    from unified_framework.io import read_volume
+
+    labels = home / "l.tif"
+    args = ["sample", "implant", str(home / "s.tif"), "--gt", str(labels), "--analytic"]
+    assert main([*args, "--shape", "4", "96", "96"]) == 0
+    lab = read_volume(labels).data
+    prob = np.stack([(lab == c).astype(np.float32) for c in range(4)])
+    prob[2:, :, 40:56, 40:56] = 0.5
+    np.save(home / "p.npy", prob)
+    out = home / "u.json"
+    command = ["quantify", str(labels), "--out", str(out), "--shells", "0"]
+    assert main([*command, "--uncertainty", "sample", str(home / "p.npy"), "--samples", "2"]) == 0
+    app = open_page()
+    assert_clean(app)
+    (frame,) = [f.value for f in app.dataframe if "sampled mean" in f.value.columns]
+    row = frame[frame["quantity"] == "residual_volume_mm3"].iloc[0]
+    assert (
+        row["assigned low"] <= row["sampled 2.5 %"] <= row["sampled 97.5 %"] <= row["assigned high"]
+    )
+    assert any(c.proto.id for c in app.get("plotly_chart"))
+    app.selectbox(key="analysis_uncertainty_quantity").set_value("layer_volume_mm3").run()
+    assert_clean(app)

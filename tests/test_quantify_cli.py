@@ -220,3 +220,51 @@ def test_bad_input_one_line(analytic, tmp_path, capsys):
     assert "unknown role" in capsys.readouterr().err
     assert main(["sample", "implant", str(tmp_path / "a.tif"), "--days", "1"]) == 2
     assert "--analytic" in capsys.readouterr().err
+
+
+def test_sampled_uncertainty_and_screw_fit_from_the_cli(tmp_path, capsys):
+    # the analytic screw: --screw recovers its pitch; sampled ranges land in JSON and CSV
+    labels_path, truth_path = tmp_path / "l.tif", tmp_path / "t.json"
+    args = ["sample", "implant", str(tmp_path / "s.tif"), "--gt", str(labels_path)]
+    shape = ["--shape", "40", "80", "80", "--truth", str(truth_path)]
+    assert main([*args, "--analytic", "--thread", "--depth", "0", *shape]) == 0
+    truth = json.loads(truth_path.read_text())
+    labels = read_volume(labels_path).data
+    prob = np.stack([(labels == c).astype(np.float32) for c in range(4)])
+    prob[2:, :, 30:50, 30:50] = 0.5  # doubt between residual and layer in the core
+    np.save(tmp_path / "p.npy", prob)
+    out = tmp_path / "r.json"
+    common = ["quantify", str(labels_path), "--out", str(out), "--shells", "0"]
+    assert (
+        main(
+            [
+                *common,
+                "--screw",
+                "--uncertainty",
+                "sample",
+                str(tmp_path / "p.npy"),
+                "--samples",
+                "3",
+            ]
+        )
+        == 0
+    )
+    sample = json.loads(out.read_text())["samples"][0]
+    assert sample["settings"]["screw"]["pitch_um"] == pytest.approx(
+        truth["screw"]["pitch_um"], rel=0.01
+    )
+    sampling = sample["uncertainty"]["sampling"]
+    assert sampling["samples"] == 3 and sampling["smooth_voxels"] == 1.5
+    low, high = sampling["low"]["residual_volume_mm3"], sampling["high"]["residual_volume_mm3"]
+    assert low < high
+    assert sample["uncertainty"]["ranges"]["residual_volume_mm3"][0] <= low
+    header = out.with_suffix(".csv").read_text().splitlines()[0]
+    assert "residual_volume_mm3_sampled_low" in header and "residual_volume_mm3_low" in header
+    for bad, message in (
+        (["--uncertainty", "sample"], "give the probability file"),
+        (["--samples", "5"], "--uncertainty sample PROB"),
+        (["--uncertainty", str(tmp_path / "p.npy"), "--samples", "1"], "at least 2"),
+    ):
+        assert main([*common, *bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1

@@ -118,6 +118,74 @@ def bvtv_figure(entries: list[dict[str, Any]]) -> go.Figure:
     return figure
 
 
+def uncertainty_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per sample and quantity: the value, its range with the uncertain voxels assigned each way
+    and, where label maps were drawn from the probabilities, their mean and 2.5-97.5 % range."""
+    rows = []
+    for entry in entries:
+        doubt = entry.get("uncertainty") or {}
+        ranges = doubt.get("ranges") or {}
+        sampling = doubt.get("sampling") or {}
+        values = entry.get("values") or {}
+        for key, (low, high) in ranges.items():
+            if low is None and not sampling:
+                continue
+            row: dict[str, Any] = {
+                "sample": entry.get("name", "?"),
+                "quantity": key,
+                "value": values.get(key),
+                "assigned low": low,
+                "assigned high": high,
+            }
+            if sampling:
+                row["sampled mean"] = (sampling.get("mean") or {}).get(key)
+                row["sampled 2.5 %"] = (sampling.get("low") or {}).get(key)
+                row["sampled 97.5 %"] = (sampling.get("high") or {}).get(key)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def uncertainty_figure(frame: pd.DataFrame, quantity: str) -> go.Figure:
+    """One quantity per sample: the value, the assigned-each-way range and the sampled range."""
+    part = frame[frame["quantity"] == quantity]
+    figure = go.Figure()
+    figure.add_trace(
+        go.Scatter(
+            x=part["sample"],
+            y=part["value"],
+            mode="markers",
+            name="segmentation, assigned each way",
+            error_y=dict(
+                type="data",
+                symmetric=False,
+                array=part["assigned high"] - part["value"],
+                arrayminus=part["value"] - part["assigned low"],
+            ),
+        )
+    )
+    if "sampled mean" in part.columns and part["sampled mean"].notna().any():
+        figure.add_trace(
+            go.Scatter(
+                x=part["sample"],
+                y=part["sampled mean"],
+                mode="markers",
+                name="sampled mean, 2.5-97.5 %",
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=part["sampled 97.5 %"] - part["sampled mean"],
+                    arrayminus=part["sampled mean"] - part["sampled 2.5 %"],
+                ),
+            )
+        )
+    figure.update_layout(
+        title=f"{quantity} under the segmentation's uncertainty",
+        height=340,
+        margin=dict(l=0, r=0, t=40, b=0),
+    )
+    return figure
+
+
 def trend_figure(frame: pd.DataFrame, quantity: str) -> go.Figure:
     """A quantity across samples (or over the days of a time series)."""
     x = frame["day"] if "day" in frame.columns and frame["day"].notna().all() else frame["sample"]

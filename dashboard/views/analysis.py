@@ -64,6 +64,24 @@ for path, document in reports:
             )
         )
 
+doubt = analysis.uncertainty_table(entries)
+if not doubt.empty:
+    st.subheader("Uncertainty")
+    st.caption(
+        "Range of each quantity with the uncertain voxels assigned each way and, with "
+        "`--uncertainty sample`, over label maps drawn from the fused probabilities "
+        "(mean and 2.5-97.5 %). Two samples differ beyond the segmentation's doubt when their ranges do not overlap."
+    )
+    st.dataframe(doubt, hide_index=True, key="analysis_uncertainty")
+    quantities = list(dict.fromkeys(doubt["quantity"]))
+    pick_q = st.selectbox(
+        "Quantity",
+        quantities,
+        index=quantities.index("residual_volume_mm3") if "residual_volume_mm3" in quantities else 0,
+        key="analysis_uncertainty_quantity",
+    )
+    st.plotly_chart(analysis.uncertainty_figure(doubt, pick_q), key="analysis_uncertainty_chart")
+
 left, right = st.columns(2)
 left.plotly_chart(analysis.histogram_figure(entries), key="analysis_histogram")
 right.plotly_chart(analysis.bvtv_figure(entries), key="analysis_bvtv")

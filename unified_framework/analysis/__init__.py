@@ -2,9 +2,11 @@
 
 * :mod:`.roles` -- which label is bone, residual material, degradation layer
 * :mod:`.thickness` -- local thickness (Hildebrand-Rüegsegger, porespy) in µm
+* :mod:`.screw` -- a screw model (core radius, thread depth, pitch, axis) of the
+  initial implant fitted to the residual material
 * :mod:`.quantities` -- :func:`quantify`: volumes, degradation depth and rate,
   layer thickness, BV/TV shells, BIC, surface areas, fragments, region of interest
-* :mod:`.uncertainty` -- ranges from SUN's fused probabilities
+* :mod:`.uncertainty` -- ranges from SUN's fused probabilities (assigned each way, sampled)
 * :mod:`.timeseries` -- several scans of one sample: register, map, change
 * :mod:`.compare` -- one scan, several segmentations, side by side
 * :mod:`.report` -- JSON and CSV
@@ -23,6 +25,7 @@ Examples
 
 from .quantities import AnalysisResult, elapsed_days, fit_cylinder, quantify, rasterize_cylinder
 from .roles import ClassRoles, resolve_roles
+from .screw import fit_screw, rasterize_screw
 from .thickness import local_thickness
 
 __all__ = [
@@ -30,8 +33,10 @@ __all__ = [
     "ClassRoles",
     "elapsed_days",
     "fit_cylinder",
+    "fit_screw",
     "local_thickness",
     "quantify",
     "rasterize_cylinder",
+    "rasterize_screw",
     "resolve_roles",
 ]

@@ -34,7 +34,7 @@ from scipy import ndimage as ndi
 
 from ..errors import InputError
 from .roles import ClassRoles, resolve_roles
-from .thickness import distance_transform, local_thickness
+from .thickness import local_thickness
 
 UM3_PER_MM3 = 1e9
 UM2_PER_MM2 = 1e6
@@ -178,16 +178,67 @@ def _check_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
     return array.astype(bool, copy=False) if array.dtype != bool else array
 
 
+def _release_memory() -> None:
+    """Hand freed heap memory back to the operating system (glibc's ``malloc_trim``).
+
+    After large arrays are freed glibc raises its mmap threshold, so later medium-sized
+    arrays come from the heap and their memory stays in the process (RSS) when freed;
+    between the analysis steps it is returned. A no-op where glibc is not the allocator.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _slabs(n: int, size: int = SLAB):
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
+
+
+def _member(part: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """``np.isin(part, values)``; by a lookup table for 8/16-bit unsigned labels (no int64 copy)."""
+    if part.dtype.kind == "u" and part.dtype.itemsize <= 2:
+        lut = np.zeros(1 << (8 * part.dtype.itemsize), bool)
+        lut[[int(v) for v in values if 0 <= int(v) < lut.size]] = True
+        return lut[part]
+    return np.isin(part, values)
+
+
+class _LabelMask:
+    """``np.isin(labels, values)`` made slab by slab on demand: a bool mask without its own copy.
+
+    Indexing with slices (``mask[zs]`` or ``mask[zs, ys, xs]``) returns the bool array of
+    that part; :meth:`box` is the bounding box of the ``True`` voxels.
+    """
+
+    def __init__(self, labels: np.ndarray, values: Sequence[int]) -> None:
+        self.labels = labels
+        self.values = [int(v) for v in values]
+        self.shape = labels.shape
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return _member(self.labels[key], self.values)
+
+    def box(self) -> tuple[slice, ...] | None:
+        return _bounding_box(self.labels, self.values)
+
+
+def _mask_box(mask: np.ndarray | _LabelMask) -> tuple[slice, ...] | None:
+    if isinstance(mask, _LabelMask):
+        return mask.box()
+    return _bounding_box(mask.view(np.uint8) if mask.dtype == bool else mask, [1])
 
 
 def _bounding_box(labels: np.ndarray, values: Sequence[int]) -> tuple[slice, ...] | None:
     """Bounding box of the voxels holding any of ``values``, found slab by slab."""
     hits = [np.zeros(n, bool) for n in labels.shape]
     for zs in _slabs(labels.shape[0]):
-        mask = np.isin(labels[zs], values)
+        mask = _member(labels[zs], values)
         if not mask.any():
             continue
         hits[0][zs] |= mask.any(axis=(1, 2))
@@ -236,7 +287,10 @@ class _Mesh:
 
 
 def surface_mesh(
-    mask: np.ndarray, spacing: Sequence[float], offset: Sequence[int] = (0, 0, 0)
+    mask: np.ndarray | _LabelMask,
+    spacing: Sequence[float],
+    offset: Sequence[int] = (0, 0, 0),
+    chunk: int = 32,
 ) -> _Mesh:
     """Marching-cubes surface of a binary mask, smoothed by a Gaussian of one (smallest) voxel.
 
@@ -248,13 +302,21 @@ def surface_mesh(
     border gets no surface there (triangles outside the volume are dropped by the
     caller).
 
+    Memory: the blur and marching cubes run on ``chunk`` z slices at a time with a
+    halo of the blur's reach (plus one slice), so every chunk's blurred values, cubes
+    and facets are exactly those of the whole mask; only one chunk's float32 copy is
+    ever held.
+
     Parameters
     ----------
     mask : numpy.ndarray of bool
+        Or a lazily evaluated mask of label values (``_LabelMask``).
     spacing : sequence of 3 float
     offset : sequence of 3 int
         Index of ``mask[0, 0, 0]`` in the full volume; centroids are returned in the
         full volume's index coordinates.
+    chunk : int
+        z slices of cubes per marching-cubes call.
 
     Examples
     --------
@@ -264,48 +326,67 @@ def surface_mesh(
     >>> area = surface_mesh(ball, (1, 1, 1)).areas.sum()
     >>> bool(abs(area / (4 * np.pi * 64) - 1) < 0.05)
     True
+    >>> bool(abs(surface_mesh(ball, (1, 1, 1), chunk=5).areas.sum() - area) < 1e-6 * area)
+    True
     """
     from skimage import measure
 
     spacing_arr = np.asarray(spacing, float)
-    crop = _bounding_box(mask.view(np.uint8) if mask.dtype == bool else mask, [1])
+    empty = _Mesh(np.zeros((0, 3)), np.zeros((0, 3), np.float32), np.zeros(0))
+    crop = _mask_box(mask)
     if crop is None:
-        empty = np.zeros((0, 3))
-        return _Mesh(empty, empty, np.zeros(0))
+        return empty
     # Work on the mask's bounding box (plus 3 voxels for the blur) only.
     crop = _grow(crop, [3, 3, 3], mask.shape)
     offset = [o + c.start for o, c in zip(offset, crop)]
-    padded = np.pad(mask[crop].astype(np.float32), 1, mode="edge")
     sigma = float(spacing_arr.min()) / spacing_arr
-    ndi.gaussian_filter(padded, sigma, output=padded, mode="nearest")
-    if padded.max() <= 0.5 or padded.min() >= 0.5:
-        empty = np.zeros((0, 3))
-        return _Mesh(empty, empty, np.zeros(0))
-    verts, faces, _, _ = measure.marching_cubes(padded, 0.5, spacing=tuple(spacing_arr))
-    # Facet by facet in chunks (a 512³ implant has millions of facets).
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    # scipy's Gaussian reaches int(4 sigma + 0.5) voxels; the orientation probe one more.
+    reach = int(4.0 * float(sigma[0]) + 0.5) + 2
+    # The padded array P (the crop with one repeated voxel on every side) has n_p slices;
+    # P[i] is the crop's slice clip(i - 1).
+    n_crop = crop[0].stop - crop[0].start
+    n_p = n_crop + 2
+    chunk = max(1, int(chunk))
     shift = np.asarray(offset, float) - 1.0
-    for start in range(0, faces.shape[0], 500_000):
-        tri = verts[faces[start : start + 500_000]]  # (n, 3, 3) in µm, padded frame
-        cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for a in range(0, n_p - 1, chunk):
+        b = min(a + chunk, n_p - 1)  # cubes between P slices a..b
+        w0, w1 = max(0, a - reach), min(n_p, b + 1 + reach)
+        rows = np.clip(np.arange(w0, w1) - 1, 0, n_crop - 1) + crop[0].start
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        block = mask[(slice(lo, hi), crop[1], crop[2])]
+        window = np.pad(block[rows - lo].astype(np.float32), ((0, 0), (1, 1), (1, 1)), mode="edge")
+        del block
+        ndi.gaussian_filter(window, sigma, output=window, mode="nearest")
+        part = window[a - w0 : b + 1 - w0]
+        if part.max() <= 0.5 or part.min() >= 0.5:
+            continue
+        verts, faces, _, _ = measure.marching_cubes(part, 0.5, spacing=tuple(spacing_arr))
+        verts[:, 0] += np.float32((a - w0) * spacing_arr[0])  # window frame
+        tri = verts[faces]  # (n, 3, 3) in µm, window frame
+        del verts, faces
+        cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]).astype(np.float64)
         areas = 0.5 * np.linalg.norm(cross, axis=1)
         keep = areas > 0
         tri, cross, areas = tri[keep], cross[keep], areas[keep]
         normals = cross / (2 * areas[:, None])
-        centroids = tri.mean(axis=1) / spacing_arr  # index coordinates of the padded array
+        centroids = tri.mean(axis=1, dtype=np.float64) / spacing_arr  # window index coordinates
         del tri, cross
         # Orient outwards: a point a little along the normal must lie outside.
         probe = centroids + 0.5 * normals * float(spacing_arr.min()) / spacing_arr
-        inside = ndi.map_coordinates(padded, probe.T, order=1, mode="nearest") > 0.5
-        del probe
+        inside = ndi.map_coordinates(window, probe.T, order=1, mode="nearest") > 0.5
+        del probe, window, part
         normals[inside] *= -1
+        centroids[:, 0] += w0
         centroids += shift
         parts.append((centroids, normals.astype(np.float32), areas.astype(np.float64)))
-    del padded, verts, faces
-    centroids = np.concatenate([p[0] for p in parts])
-    normals = np.concatenate([p[1] for p in parts])
-    areas = np.concatenate([p[2] for p in parts])
-    return _Mesh(centroids, normals, areas)
+    if not parts:
+        return empty
+    return _Mesh(
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]),
+    )
 
 
 # --------------------------------------------------------------------------- initial geometry
@@ -331,7 +412,7 @@ def _sample_points(mask: np.ndarray, limit: int = 200_000) -> np.ndarray:
 
 
 def _projection_range(
-    mask: np.ndarray,
+    mask: np.ndarray | _LabelMask,
     axis: np.ndarray,
     centre: np.ndarray,
     spacing: np.ndarray,
@@ -354,7 +435,7 @@ def fit_cylinder(
     spacing: Sequence[float],
     offset: Sequence[int] = (0, 0, 0),
     radius: float | None = None,
-    extent_mask: np.ndarray | None = None,
+    extent_mask: np.ndarray | _LabelMask | None = None,
     extent_offset: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Fit the initial implant as a cylinder to the residual material.
@@ -484,6 +565,7 @@ def quantify(
     band: tuple[float, float] | None = None,
     initial: Any = None,
     cylinder: bool = False,
+    screw: bool = False,
     initial_radius: float | None = None,
     implantation_date: str | _dt.date | None = None,
     scan_date: str | _dt.date | None = None,
@@ -518,8 +600,12 @@ def quantify(
     cylinder : bool
         Without ``initial``: fit a cylinder to the residual material
         (:func:`fit_cylinder`) as the initial implant.
+    screw : bool
+        Without ``initial``: fit a screw (core radius, thread depth, pitch, axis;
+        :func:`~.screw.fit_screw`) to the residual material as the initial implant.
     initial_radius : float, optional
-        Nominal implant radius (µm) for the cylinder fit.
+        Nominal implant radius (µm) for the cylinder fit; for the screw fit the
+        nominal major (thread crest) radius.
     implantation_date, scan_date : str ``YYYY-MM-DD`` or date, optional
     days : float, optional
         Time since implantation, instead of the dates.
@@ -595,6 +681,8 @@ def quantify(
         band = (lo, hi)
     initial_arr = _check_mask(initial, shape, "initial") if initial is not None else None
     n_days = elapsed_days(implantation_date, scan_date, days)
+    if cylinder and screw:
+        raise InputError("initial geometry: fit a cylinder or a screw, not both", field="initial")
 
     implant_box = _bounding_box(labels, roles.implant)
     if implant_box is None:
@@ -616,25 +704,33 @@ def quantify(
             box = _union(box, _grow(init_box, [2, 2, 2], shape))
     lab = labels[box]  # a view: no copy of the box
     offset = [s.start for s in box]
-    implant = np.empty(lab.shape, bool)
-    for zs in _slabs(lab.shape[0]):
-        implant[zs] = np.isin(lab[zs], roles.implant)
+    # The implant mask is made from the labels slab by slab where needed, never held
+    # whole (a bool copy of the box is half the label volume at 512³).
+    implant = _LabelMask(lab, roles.implant)
 
-    # Distance from the implant surface, slab by slab with a halo (exact up to max_d).
+    # Distance from the implant surface, slab by slab (exact up to max_d; the z direction
+    # by a capped column distance, one byte per voxel: see _bounded_edt).
     region: np.ndarray | None = None
     if roi_arr is not None:
         region = roi_arr[box].copy()
     elif band is not None:
         region = np.ones(lab.shape, bool)
     n_shells_counts = np.zeros((max(shells, 1), 2), np.int64)  # bone, tissue
-    halo = int(math.ceil(max_d / spacing_arr[0])) + 2
     bone_value = roles.bone if roles.bone is not None else -1
-    # Slabs at least half as thick as the halo: the halo costs at most 5x the work,
-    # the memory stays a fraction of the box.
-    for zs in _slabs(lab.shape[0], max(SLAB, halo // 2)):
-        lo_z, hi_z = max(0, zs.start - halo), min(lab.shape[0], zs.stop + halo)
-        dist = distance_transform(~implant[lo_z:hi_z], spacing_t, parallel=threads())
-        dist = dist[zs.start - lo_z : zs.stop - lo_z].copy()  # release the halo
+    from ._bounded_edt import bounded_distance_slabs
+
+    distances = bounded_distance_slabs(
+        lab.shape[0],
+        implant.__getitem__,
+        (lab.shape[1], lab.shape[2]),
+        spacing_t,
+        max_d + 2 * float(spacing_arr.max()),
+        # About 2 million voxels per slab: the slab's float64 work array and the shell
+        # counting's temporaries stay a small fraction of the label volume.
+        max(1, min(SLAB, 2**21 // max(1, lab.shape[1] * lab.shape[2]))),
+        threads(),
+    )
+    for zs, dist in distances:
         # The implant surface lies half a voxel beyond the centres of its outer voxels.
         dist = np.maximum(dist - np.float32(h / 2), 0, where=dist > 0, out=dist)
         if band is not None and region is not None:
@@ -651,6 +747,7 @@ def quantify(
             n_shells_counts[:, 1] += np.bincount(k, minlength=shells)[:shells]
         del dist
     region_full_box = region
+    _release_memory()
 
     # Class volumes: the box with the band, plus (if the band reaches beyond it) the rest.
     n_values = (
@@ -720,10 +817,23 @@ def quantify(
     # for the cylinder fit, the implant mask (then dropped).
     res_points = res_mesh.centroids * spacing_arr
     del contact, imp_mesh, res_mesh
+    _release_memory()
     settings_cyl = None
+    settings_screw = None
     if initial_arr is None and cylinder:
         settings_cyl = fit_cylinder(
             residual, spacing_t, r_offset, initial_radius, extent_mask=implant, extent_offset=offset
+        )
+    elif initial_arr is None and screw:
+        from .screw import fit_screw
+
+        settings_screw = fit_screw(
+            residual,
+            spacing_t,
+            r_offset,
+            initial_radius,
+            extent_mask=implant,
+            extent_offset=offset,
         )
     del implant
 
@@ -769,6 +879,7 @@ def quantify(
             thickness_map = tmap
             map_box = tuple(slice(o + s.start, o + s.stop) for o, s in zip(offset, lbox))
         del tmap
+    _release_memory()
 
     # Initial geometry: degraded fraction, depth, rate.
     for key in (
@@ -790,6 +901,10 @@ def quantify(
         init_box_arr = initial_arr[box]
     elif settings_cyl is not None:
         init_box_arr = rasterize_cylinder(settings_cyl, shape, spacing_t, box)
+    elif settings_screw is not None:
+        from .screw import rasterize_screw
+
+        init_box_arr = rasterize_screw(settings_screw, shape, spacing_t, box)
     values["days"] = n_days
     if init_box_arr is not None:
         init_sel = init_box_arr & region if region is not None else init_box_arr
@@ -812,11 +927,14 @@ def quantify(
             # (nearest facet centre of the residual's marching-cubes surface), 0 where
             # the initial surface still lies in residual material.
             c = init_mesh.centroids[keep]
-            d = _distance_to_mesh(c * spacing_arr, res_points)
             idx = np.clip(
                 np.rint(c - np.asarray(offset, float)).astype(np.intp), 0, np.asarray(lab.shape) - 1
             )
-            d[lab[idx[:, 0], idx[:, 1], idx[:, 2]] == roles.residual] = 0.0
+            # Only the facets outside residual material need the (costly) nearest-point query.
+            away = lab[idx[:, 0], idx[:, 1], idx[:, 2]] != roles.residual
+            d = np.zeros(c.shape[0])
+            if away.any():
+                d[away] = _distance_to_mesh(c[away] * spacing_arr, res_points)
             w = init_mesh.areas[keep]
             values["degradation_depth_um"] = float((d * w).sum() / w.sum())
         if n_days:
@@ -851,8 +969,11 @@ def quantify(
         "shell_width_um": float(shell_width),
         "shells": shells,
         "thickness_convention": thickness_convention,
-        "initial": "mask" if initial_arr is not None else ("cylinder" if cylinder else None),
+        "initial": "mask"
+        if initial_arr is not None
+        else ("cylinder" if cylinder else ("screw" if screw else None)),
         "cylinder": settings_cyl,
+        "screw": settings_screw,
         "implantation_date": str(implantation_date) if implantation_date else None,
         "scan_date": str(scan_date) if scan_date else None,
         "min_fragment_voxels": int(min_fragment_voxels),
@@ -866,7 +987,7 @@ def _distance_to_mesh(points: np.ndarray, surface: np.ndarray) -> np.ndarray:
 
     if surface.shape[0] == 0:
         return np.full(points.shape[0], np.nan)
-    distance, _ = cKDTree(surface).query(points, workers=1)
+    distance, _ = cKDTree(surface).query(points, workers=threads())
     return np.asarray(distance, float)
 
 

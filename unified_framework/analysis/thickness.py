@@ -81,11 +81,40 @@ def _isotropic_indices(
     return result
 
 
+def _legacy_in_chunks(
+    work: np.ndarray, dt: np.ndarray, radii: np.ndarray, chunk: int
+) -> np.ndarray:
+    """porespy's legacy local thickness (sphere radii, not yet diameters), chunk by chunk along z.
+
+    A voxel's value depends only on the sphere centres within the largest radius of it,
+    and the seeds of each radius come from the whole structure's distance map ``dt``, so
+    a halo of ``ceil(max radius) + 2`` slices makes every chunk's core exact.
+    """
+    filters = _porespy().filters
+    n = work.shape[0]
+    halo = int(np.ceil(float(radii.max()))) + 2 if radii.size else 2
+    chunk = max(int(chunk), 2 * halo)
+    if n <= chunk + 2 * halo:
+        lt = filters.local_thickness(work, dt=dt, method="legacy", sizes=radii)
+        return np.asarray(lt, dtype=np.float32)
+    out = np.zeros(work.shape, np.float32)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        lo, hi = max(0, start - halo), min(n, stop + halo)
+        if not work[lo:hi].any():
+            continue
+        part = filters.local_thickness(work[lo:hi], dt=dt[lo:hi], method="legacy", sizes=radii)
+        out[start:stop] = part[start - lo : stop - lo]
+        del part
+    return out
+
+
 def local_thickness(
     mask: np.ndarray,
     spacing: Sequence[float],
     convention: str = "unbiased",
     max_radii: int = 96,
+    chunk: int = 64,
 ) -> np.ndarray:
     """Local thickness map of ``mask`` in the units of ``spacing``.
 
@@ -102,6 +131,11 @@ def local_thickness(
         At most this many sphere radii: the distinct distance values, or, when there
         are more, that many values spread evenly over them (the radius then errs by
         less than the largest gap, reported as ``radius_step``).
+    chunk : int
+        z slices per porespy call. The spheres are inserted chunk by chunk with a halo
+        of the largest radius plus two slices, from the whole structure's distance map
+        and radii, so every voxel gets exactly its whole-volume value while porespy's
+        per-radius work arrays (several float32 copies) stay chunk-sized.
 
     Returns
     -------
@@ -147,11 +181,8 @@ def local_thickness(
     if radii.size > max_radii:
         radii = radii[np.unique(np.linspace(0, radii.size - 1, max_radii).round().astype(int))]
     radii = radii[::-1].astype(np.float64)
-    lt = _porespy().filters.local_thickness(work, dt=dt, method="legacy", sizes=radii)
+    thickness = _legacy_in_chunks(work, dt, radii, chunk)
     del dt
-    # In place: the map may be large (one float32 copy at most).
-    thickness = np.asarray(lt, dtype=np.float32)
-    del lt
     thickness *= np.float32(2.0 * h)
     if convention == "unbiased":
         np.subtract(thickness, np.float32(h / 4), out=thickness, where=thickness > 0)

@@ -5,6 +5,8 @@ Examples
 ``mdlma quantify seg.zarr --out report.json --days 28 --cylinder --initial-radius 800``
 ``mdlma quantify a.tif b.tif --names a b --out report.json --csv table.csv``
 ``mdlma quantify seg.zarr --uncertainty prob.zarr --out report.json``
+``mdlma quantify seg.zarr --uncertainty sample prob.zarr --samples 20 --out report.json``
+``mdlma quantify screw.tif --screw --initial-radius 1000 --days 28 --out report.json``
 ``mdlma quantify d0.tif d28.tif d56.tif --time-series --days 0 28 56 --out ts.json --change-map change.tif``
 ``mdlma quantify compare sun.zarr otsu.tif --names SUN Otsu --truth gt.tif --out compare.json``
 """
@@ -63,10 +65,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="initial implant: a cylinder fitted to the residual material",
     )
     parser.add_argument(
+        "--screw",
+        action="store_true",
+        help="initial implant: a screw (core radius, thread depth, pitch, axis) fitted to the residual material",
+    )
+    parser.add_argument(
         "--initial-radius",
         type=float,
         metavar="UM",
-        help="nominal implant radius for --cylinder (default: the least degraded residual surface)",
+        help="nominal implant radius for --cylinder, major (thread crest) radius for --screw "
+        "(default: the least degraded residual surface)",
     )
     parser.add_argument("--implanted", metavar="DATE", help="implantation date YYYY-MM-DD")
     parser.add_argument(
@@ -122,7 +130,25 @@ def register(subparsers) -> None:
         "--uncertainty",
         nargs="+",
         metavar="PROB",
-        help="SUN's fused probabilities (classes x z x y x), one per volume: report each quantity's range",
+        help="SUN's fused probabilities (classes x z x y x), one per volume: report each quantity's range "
+        "with the uncertain voxels assigned each way; 'sample' before the files also draws --samples "
+        "label maps from the probabilities (mean and 2.5-97.5 %% range)",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        metavar="N",
+        help="label maps drawn from the probabilities (implies 'sample'; default 20 with 'sample')",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the drawn label maps (default 0)"
+    )
+    parser.add_argument(
+        "--smooth",
+        type=float,
+        default=1.5,
+        metavar="VOXELS",
+        help="correlation length of the draws, Gaussian sigma in voxels (0: independent voxels; default 1.5)",
     )
     parser.add_argument(
         "--entropy",
@@ -200,6 +226,7 @@ def _options(args: argparse.Namespace, shape: tuple[int, ...]) -> dict[str, Any]
         "roles": resolve_roles(args.classes, args.class_names),
         "band": tuple(args.band) if args.band else None,
         "cylinder": bool(args.cylinder),
+        "screw": bool(args.screw),
         "initial_radius": args.initial_radius,
         "implantation_date": args.implanted,
         "shell_width": args.shell_width,
@@ -243,7 +270,8 @@ def _run(args: argparse.Namespace) -> int:
     n = len(args.labels)
     days = _per_volume(args.days, n, "--days")
     scanned = _per_volume(args.scanned, n, "--scanned")
-    probs = _per_volume(args.uncertainty, n, "--uncertainty") if args.uncertainty else [None] * n
+    method, prob_paths = _uncertainty_method(args)
+    probs = _per_volume(prob_paths, n, "--uncertainty") if prob_paths else [None] * n
     ents = _per_volume(args.entropy, n, "--entropy") if args.entropy else [None] * n
     csv_path = args.csv or args.out.with_suffix(".csv")
     if args.time_series:
@@ -267,6 +295,10 @@ def _run(args: argparse.Namespace) -> int:
                 _read(ent).data if ent else None,
                 threshold=args.threshold,
                 entropy_threshold=args.entropy_threshold,
+                samples=method[1] if prob else 0,
+                seed=args.seed,
+                smooth=args.smooth,
+                progress=lambda what, name=name: bar.set_postfix_str(f"{name}: {what}"),
                 keep_maps=bool(args.maps),
                 **options,
             )
@@ -275,6 +307,10 @@ def _run(args: argparse.Namespace) -> int:
             row = {"sample": name, **result.row()}
             for key, (low, high) in result_u.ranges.items():
                 row[f"{key}_low"], row[f"{key}_high"] = low, high
+            if result_u.sampling is not None:
+                for key in result.row():
+                    for stat in ("mean", "low", "high"):
+                        row[f"{key}_sampled_{stat}"] = result_u.sampling[stat].get(key)
         else:
             result = quantify(volume.data, spacing, keep_maps=bool(args.maps), **options)
             entry.update(result.to_dict())
@@ -296,6 +332,30 @@ def _run(args: argparse.Namespace) -> int:
         _summary(row)
     print(f"wrote {args.out} and {csv_path}")
     return 0
+
+
+def _uncertainty_method(args: argparse.Namespace) -> tuple[tuple[str, int], list[str] | None]:
+    """``(("assign" or "sample", samples), probability files)`` from ``--uncertainty [sample] PROB ...``."""
+    paths = list(args.uncertainty) if args.uncertainty else None
+    method = "assign"
+    if paths and paths[0] in ("sample", "assign"):
+        method = paths.pop(0)
+        if not paths:
+            raise InputError(
+                f"--uncertainty {method}: give the probability file(s) after '{method}'"
+            )
+    if args.samples is not None:
+        if args.samples < 2:
+            raise InputError(f"--samples: {args.samples}; give at least 2 draws")
+        if method == "assign" and paths and args.uncertainty[0] == "assign":
+            raise InputError("--samples draws label maps: use --uncertainty sample PROB")
+        method = "sample"
+    if method == "sample" and not paths:
+        raise InputError("--samples: give the fused probabilities with --uncertainty sample PROB")
+    if not (args.smooth >= 0):
+        raise InputError(f"--smooth: {args.smooth}; give a correlation length >= 0 voxels")
+    samples = (args.samples or 20) if method == "sample" else 0
+    return (method, samples), paths
 
 
 def _read_prob(path: str) -> Any:

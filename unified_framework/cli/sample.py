@@ -73,6 +73,12 @@ def register(subparsers) -> None:
         help="the analytic degrading cylinder (exact degradation quantities, see docs/analysis.md) instead of the screw",
     )
     implant.add_argument(
+        "--thread",
+        action="store_true",
+        help="with --analytic: a threaded implant (the analytic degrading screw: known pitch, core radius, "
+        "thread depth) instead of the cylinder",
+    )
+    implant.add_argument(
         "--days",
         type=float,
         nargs="+",
@@ -331,7 +337,19 @@ def _analytic(args: argparse.Namespace) -> int:
     from ..utils.atomic import write_text_atomic
 
     extra = {"layer": args.layer, "shell_width": args.shell_width}
-    if args.days:
+    truth: dict
+    if args.thread:
+        from ..data.degrading import make_degrading_screw
+
+        if args.days or args.shell_width is not None:
+            raise InputError(
+                "--thread makes one scan of the degrading screw: no --days or --shell-width"
+            )
+        labels, truth = make_degrading_screw(
+            args.shape, args.spacing, depth=args.depth, layer=args.layer
+        )
+        scans = [(args.out, args.gt, labels)]
+    elif args.days:
         if args.depth is not None:
             raise InputError("--depth and --days exclude each other (the depth is rate x day)")
         series = make_degrading_series(
@@ -341,7 +359,7 @@ def _analytic(args: argparse.Namespace) -> int:
             (_day_path(args.out, d), _day_path(args.gt, d) if args.gt else None, lab)
             for d, (lab, _) in zip(args.days, series)
         ]
-        truth: dict = {
+        truth = {
             "rate_um_per_day": args.rate,
             "days": list(args.days),
             "time_points": [t for _, t in series],
@@ -378,8 +396,10 @@ def _implant(args: argparse.Namespace) -> int:
 
     if args.analytic:
         return _analytic(args)
-    if args.days or args.truth or args.depth is not None:
-        raise InputError("--days, --depth and --truth need --analytic (the degrading cylinder)")
+    if args.days or args.truth or args.depth is not None or args.thread:
+        raise InputError(
+            "--days, --depth, --thread and --truth need --analytic (the degrading cylinder or screw)"
+        )
 
     image, labels = make_implant_phantom(
         shape=args.shape,

@@ -247,3 +247,139 @@ def make_degrading_series(
             )
         )
     return out
+
+
+def make_degrading_screw(
+    shape: Sequence[int] = (48, 96, 96),
+    spacing: Sequence[float] = (5.0, 5.0, 5.0),
+    *,
+    core: float | None = None,
+    thread_depth: float | None = None,
+    pitch: float | None = None,
+    phase: float = 0.3,
+    depth: float | None = None,
+    layer: float | None = None,
+    day: float | None = None,
+    rate: float | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Labels of a degrading threaded implant (a screw along ``z``) and its exact quantities.
+
+    The initial screw has the surface radius ``R0(z, theta) = core + thread_depth · P(turn)``
+    with ``turn = theta / 2 pi - z / pitch + phase`` and ``P`` the trapezoidal thread profile
+    (:func:`unified_framework.analysis.screw.thread_profile`, as the screw phantom's);
+    ``theta = atan2(y, x)`` about the centre of the ``(y, x)`` plane. Degradation is a
+    radial recession by ``depth``: the residual material is ``rho < R0 - depth``, the
+    degradation layer ``R0 - depth <= rho < R0 - depth + layer``; a bone ring of 40 %
+    of the angles lies beyond the thread crests. The screw spans the whole ``z`` extent
+    ``L`` (cut by the volume border).
+
+    Exact values (``truth``): ``V = pi L E[R^2]`` with ``E`` the mean over one turn
+    (every plane holds one full turn of the profile), so ``V_0 = pi L E[R0^2]``,
+    ``V_res = pi L E[(R0 - depth)^2]``, ``V_layer = pi L (E[(R0 - depth + layer)^2] -
+    E[(R0 - depth)^2])``, degraded fraction ``1 - V_res / V_0``; ``screw`` holds the
+    initial screw's parameters (as :func:`~unified_framework.analysis.screw.rasterize_screw`
+    takes them) for the fit to recover.
+
+    Parameters
+    ----------
+    shape, spacing : sequence of 3
+        ``(z, y, x)``; µm (anisotropic allowed).
+    core, thread_depth, pitch : float, optional
+        Initial core (root) radius, thread depth and pitch in µm; defaults 0.35, 0.1
+        and 0.3 of the smaller in-plane half width.
+    phase : float
+        Thread phase (turns).
+    depth : float, optional
+        Radial recession in µm; default ``rate * day`` if both given, else 3 voxels.
+    layer : float, optional
+        Degradation layer thickness (radial) in µm; default 4 voxels.
+    day, rate : float, optional
+        Recorded in the truth (``depth = rate * day``).
+
+    Examples
+    --------
+    >>> labels, truth = make_degrading_screw((16, 80, 80))
+    >>> sorted(np.unique(labels).tolist()), round(truth["screw"]["pitch_um"])
+    ([0, 1, 2, 3], 60)
+    """
+    from ..analysis.screw import thread_profile
+
+    try:
+        shape = tuple(int(n) for n in shape)
+        spacing = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise InputError("degrading screw: shape and spacing must be numbers") from None
+    if len(shape) != 3 or min(shape) < 4 or len(spacing) != 3 or min(spacing) <= 0:
+        raise InputError(
+            f"degrading screw: shape {shape} (3 sizes >= 4) and spacing {spacing} (3 positive sizes) expected"
+        )
+    h = min(spacing)
+    half = 0.5 * min(shape[1] * spacing[1], shape[2] * spacing[2])
+    a0 = float(core) if core is not None else 0.35 * half
+    d_t = float(thread_depth) if thread_depth is not None else 0.1 * half
+    p = float(pitch) if pitch is not None else 0.3 * half
+    if depth is None:
+        depth = rate * day if (rate is not None and day is not None) else 3 * h
+    t = float(layer) if layer is not None else 4 * h
+    if not (0 <= depth < a0) or t <= 0 or d_t <= 0 or p <= 0:
+        raise InputError(
+            f"degrading screw: need 0 <= depth ({depth}) < core ({a0}), thread depth, pitch and layer > 0"
+        )
+    major = a0 + d_t
+    if major - depth + t + 6 * h > half:
+        raise InputError(
+            f"degrading screw: screw ({major:.1f} µm) and layer do not fit in {half:.1f} µm"
+        )
+    y = (np.arange(shape[1]) - (shape[1] - 1) / 2) * spacing[1]
+    x = (np.arange(shape[2]) - (shape[2] - 1) / 2) * spacing[2]
+    rho = np.hypot(y[:, None], x[None, :])
+    theta = np.arctan2(y[:, None], x[None, :])
+    turn_plane = (np.arctan2(y[:, None], x[None, :]) / (2 * np.pi)) % 1.0
+    labels = np.zeros(shape, np.uint8)
+    ring = (rho >= major + 2 * h) & (rho < major + 6 * h) & (turn_plane < 0.4)
+    for i in range(shape[0]):
+        z = i * spacing[0]
+        r0 = a0 + d_t * thread_profile(theta / (2 * np.pi) - z / p + phase)
+        plane = labels[i]
+        plane[ring] = 1
+        plane[rho < r0 - depth + t] = 3
+        plane[rho < r0 - depth] = 2
+    length = shape[0] * spacing[0]
+    grid = thread_profile((np.arange(200_000) + 0.5) / 200_000)
+
+    def mean_square(offset: float) -> float:
+        return float(np.mean((a0 + offset + d_t * grid) ** 2))
+
+    mm3 = 1e9
+    v0 = math.pi * length * mean_square(0.0)
+    v_res = math.pi * length * mean_square(-depth)
+    v_layer = math.pi * length * (mean_square(-depth + t) - mean_square(-depth))
+    truth: dict[str, Any] = {
+        "residual_volume_mm3": v_res / mm3,
+        "layer_volume_mm3": v_layer / mm3,
+        "implant_volume_mm3": (v_res + v_layer) / mm3,
+        "initial_volume_mm3": v0 / mm3,
+        "degraded_fraction": 1 - v_res / v0,
+        "radial_depth_um": float(depth),
+        "layer_um": t,
+        "fragments": 1,
+        "days": day,
+        "rate_um_per_day": rate,
+        "spacing_um": list(spacing),
+        "shape": list(shape),
+        "initial_radius_um": major,
+        "screw": {
+            "centre_um": [0.0, (shape[1] - 1) / 2 * spacing[1], (shape[2] - 1) / 2 * spacing[2]],
+            "axis": [1.0, 0.0, 0.0],
+            "reference": [0.0, 0.0, 1.0],
+            "core_radius_um": a0,
+            "thread_depth_um": d_t,
+            "pitch_um": p,
+            "phase": float(phase) % 1.0,
+            "handedness": 1,
+            "start_um": -spacing[0],
+            "stop_um": length + spacing[0],
+            "major_radius_um": major,
+        },
+    }
+    return labels, truth
