@@ -174,9 +174,8 @@ def _canvas(driver):
 
 
 def test_paint_a_stroke_save_and_the_label_file_holds_it(dashboard, browser):  # noqa: F811
-    from selenium.webdriver.common.action_chains import ActionChains
-
     from components.annotate import create_sample_project
+    from selenium.webdriver.common.action_chains import ActionChains
 
     base, home = dashboard
     folder = create_sample_project(home, "browser", side=32)
