@@ -18,6 +18,8 @@ Usage::
     python benchmarks/registration.py                         # 3 pairs at 128^3 (one multi-modal), all methods
     python benchmarks/registration.py --size 64 --skip ants   # quick
     python benchmarks/registration.py --vxm-minutes 10        # VoxelMorph training budget (CPU, other seeds)
+    python benchmarks/registration.py --vxm-save vxm.pt       # keep the trained model ...
+    python benchmarks/registration.py --vxm-model vxm.pt      # ... and reuse it instead of training
     python benchmarks/registration.py --big 1024              # also warp a 1024^3 Zarr volume from a bin-4 field
 """
 
