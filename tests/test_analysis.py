@@ -224,11 +224,6 @@ def test_uncertainty_ranges_hold_the_truth_of_a_blurred_segmentation():
         quantify_uncertainty(labels, SPACING, prob[:, :2])
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known flaky (open): the multi-threaded Mattes-MI registration found 6.1 µm of the "
-    "10 µm motion in 1 of 3 CI runs; single-threading it changed other results; to fix",
-)
 def test_time_series_registers_and_recovers_the_rate():
     from unified_framework.analysis.timeseries import analyse_series
 

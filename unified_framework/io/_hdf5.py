@@ -214,6 +214,7 @@ def write_hdf5(
         node.attrs["source_metadata"] = metadata_json(volume.metadata)
         for start, stop, block in iter_slabs(data, step=chunks[0], desc=f"writing {name}"):
             node[start:stop] = block
+            del block  # else the written slab stays alive while the next one is computed
 
 
 def _nexus_groups(f: Any, parts: list[str], volume: Volume, name: str) -> None:

@@ -211,6 +211,7 @@ def write_zarr(
     )
     for start, stop, block in iter_slabs(data, step=chunks[0], desc=f"writing {name}"):
         array[start:stop] = block
+        del block  # else the written slab stays alive while the next one is computed
 
 
 def chunk_file(array: Any, index: Sequence[int]) -> Path:

@@ -468,8 +468,23 @@ def iter_slabs(
     ) as bar:
         for start, stop in slab_bounds(data, max_bytes, step):
             block = data[start:stop]
-            yield start, stop, np.asarray(block.compute() if is_lazy(block) else block)
+            yield start, stop, _materialise(block)
             bar.update(stop - start)
+
+
+def _materialise(block: Any) -> np.ndarray:
+    """``block`` in memory; a dask slab is stored block by block into one array.
+
+    ``compute()`` would hold every finished block and then their concatenation
+    (twice the slab); storing into a preallocated array holds the slab once.
+    """
+    if not is_lazy(block):
+        return np.asarray(block)
+    import dask.array as da
+
+    out = np.empty(block.shape, dtype=block.dtype)
+    da.store(block, out, lock=False)
+    return out
 
 
 def check_finite(volume: Volume | Any, name: str | None = None) -> None:

@@ -21,6 +21,15 @@ from .fields import affine_field, grid_image
 logger = logging.getLogger(__name__)
 
 
+#: Volumes of at most this many voxels are registered with every voxel in the metric.
+#: A random fifth of a small volume is a few ten thousand voxels, few enough that
+#: the draw (and ITK's per-thread sums of it) could stop the optimiser early.
+FULL_SAMPLING_VOXELS = 2**20
+
+#: Pyramid levels that would shrink a side below this many voxels are skipped.
+MIN_LEVEL_SIDE = 8
+
+
 @dataclass
 class AffineResult:
     """Outcome of :func:`register_affine`.
@@ -53,7 +62,7 @@ def register_affine(
     shrink_factors: Sequence[int] = (4, 2, 1),
     smoothing_sigmas: Sequence[float] = (2.0, 1.0, 0.0),
     iterations: int = 200,
-    sampling: float = 0.2,
+    sampling: float | None = None,
     seed: int = 0,
 ) -> AffineResult:
     """Find the rigid or affine map that aligns ``moving`` to ``fixed``.
@@ -70,10 +79,13 @@ def register_affine(
         Histogram bins of Mattes mutual information (works across modalities).
     shrink_factors, smoothing_sigmas : sequences
         The resolution pyramid: shrink factor and Gaussian sigma (voxels) per level.
+        Levels that leave a side shorter than :data:`MIN_LEVEL_SIDE` voxels are skipped.
     iterations : int
         Maximum optimiser iterations per level.
-    sampling : float
-        Share of voxels sampled for the metric (random, seeded).
+    sampling : float, optional
+        Share of voxels sampled for the metric (random, seeded). Default: every voxel
+        for volumes of at most :data:`FULL_SAMPLING_VOXELS` (the metric, and so the
+        result, then does not depend on which voxels a random draw picked), else 0.2.
     seed : int
         Seed of the metric sampling.
 
@@ -97,6 +109,15 @@ def register_affine(
         raise InputError(
             "affine: shrink_factors and smoothing_sigmas need one value per level each"
         )
+    # A level that shrinks a side below MIN_LEVEL_SIDE voxels (4 slices of a 16-slice
+    # scan at shrink 4, blurred by sigma 2) has no structure left along that side
+    # and can start the finer levels in a wrong optimum: drop such levels.
+    levels = [
+        (int(f), float(s))
+        for f, s in zip(shrink_factors, smoothing_sigmas)
+        if min(np.shape(fixed)) // int(f) >= MIN_LEVEL_SIDE or int(f) == 1
+    ] or [(1, 0.0)]
+    shrink_factors, smoothing_sigmas = [f for f, _ in levels], [s for _, s in levels]
     fixed_image = grid_image(np.asarray(fixed, dtype=np.float32), spacing)
     moving_image = grid_image(np.asarray(moving, dtype=np.float32), spacing)
     base = sitk.Euler3DTransform() if kind == "rigid" else sitk.AffineTransform(3)
@@ -106,8 +127,13 @@ def register_affine(
 
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(bins))
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(float(sampling), int(seed))
+    if sampling is None:
+        sampling = 1.0 if np.asarray(fixed).size <= FULL_SAMPLING_VOXELS else 0.2
+    if sampling >= 1.0:
+        method.SetMetricSamplingStrategy(method.NONE)
+    else:
+        method.SetMetricSamplingStrategy(method.RANDOM)
+        method.SetMetricSamplingPercentage(float(sampling), int(seed))
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=1.0,

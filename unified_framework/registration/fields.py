@@ -491,7 +491,9 @@ def warp_lazy(
         hi = [min(moving.shape[a], int(math.ceil(sample[a].max())) + 2) for a in range(3)]
         lo = [min(lo[a], hi[a] - 1) for a in range(3)]
         box = moving[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-        box = np.asarray(box.compute() if is_lazy(box) else box)
+        # Read in this worker thread: a nested threaded compute would start more
+        # readers, each holding whole decompressed input chunks at once.
+        box = np.asarray(box.compute(scheduler="synchronous") if is_lazy(box) else box)
         for a in range(3):
             sample[a] -= lo[a]
         return _sample(box, sample, interpolation, "nearest")
