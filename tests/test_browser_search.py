@@ -39,3 +39,8 @@ def test_search_page_shows_the_landscape(dashboard, browser):  # noqa: F811
     wait_until(browser, has_element("stPlotlyChart", 3), what="the charts")
     assert len(browser.find_elements("css selector", '[data-testid="stPlotlyChart"]')) == 3
     screenshot(browser, "parameter-search.png")
+    # The 3D landscape itself (docs/parameter_search.png): scrolled to the top of the view.
+    chart = browser.find_elements("css selector", '[data-testid="stPlotlyChart"]')[0]
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'});", chart)
+    wait_until(browser, idle, what="the page to settle after scrolling")
+    screenshot(browser, "parameter-search-landscape.png")
