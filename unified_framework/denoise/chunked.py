@@ -214,17 +214,23 @@ def denoise_file(
             values[key] = estimate_noise(data)
     depth = spec.halo(values, data.ndim)
     out_chunks = default_chunks(data.shape)
+    zarr_out = Path(output).suffix.lower() == ".zarr"
     if chunks:
         data = data.rechunk(int(chunks))
     else:
-        data = data.rechunk(plan_slabs(data.shape, depth, step=out_chunks[0], budget=budget))
+        plan = plan_slabs(data.shape, depth, step=out_chunks[0], budget=budget)
+        if not zarr_out and plan[1:] == tuple(data.shape[1:]):
+            # Other formats are written slab by slab (io.iter_slabs, borders on multiples
+            # of the output chunk): slabs one output chunk thick are never computed twice.
+            plan = (min(plan[0], out_chunks[0]), *plan[1:])
+        data = data.rechunk(plan)
     result = denoise(data, name, values)
     write_volume(
         output,
         volume.with_data(result),
         dtype=np.float32,
         chunks=out_chunks,
-        compression=compression if Path(output).suffix.lower() == ".zarr" else None,
+        compression=compression if zarr_out else None,
     )
     return {
         "method": name,
