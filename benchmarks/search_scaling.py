@@ -172,11 +172,19 @@ def main() -> None:
 
 
 def scaling(work: Path, data: list[list[str]], trials: int) -> tuple[dict, dict]:
-    """Trials/s and start-up seconds of a random search with 1 and with 2 dask workers."""
-    from unified_framework.search import run_search
+    """Trials/s and start-up seconds of a random search with 1 and with 2 dask workers.
+
+    Also prints the CPU seconds per trial of the workers (the trials' own, as their
+    records measure them) and of the driver (this process: sampler, SQLite, dask's
+    scheduler and client), and from them the efficiency two workers reach when CPU is
+    all that limits them on an idle 2-core machine: one worker leaves the driver the
+    other core; two share both cores with it, ``worker / (worker + driver)``.
+    """
+    from unified_framework.search import load_trials, run_search
 
     rates, startups = {}, {}
     for workers in (1, 2):
+        cpu = time.process_time()
         result = run_search(
             work / f"random-{workers}",
             work / "pipe.yml",
@@ -186,8 +194,21 @@ def scaling(work: Path, data: list[list[str]], trials: int) -> tuple[dict, dict]
             workers=workers,
             seed=workers,
         )
+        driver = (time.process_time() - cpu) / trials
+        worker = float(
+            np.mean(
+                [
+                    (t.get("resources") or {}).get("cpu_time_s", 0.0)
+                    for t in load_trials(work / f"random-{workers}")
+                ]
+            )
+        )
         rates[workers] = result["trials_per_s"]
         startups[workers] = result["startup_s"]
+        print(
+            f"{workers} worker(s): CPU s per trial: workers {worker:.3f}, driver {driver:.3f}; "
+            f"CPU-bound 2-worker efficiency on an idle 2-core machine: {100 * worker / (worker + driver):.0f} %"
+        )
     return rates, startups
 
 
