@@ -184,7 +184,6 @@ def scaling(work: Path, data: list[list[str]], trials: int) -> tuple[dict, dict]
 
     rates, startups = {}, {}
     for workers in (1, 2):
-        cpu = time.process_time()
         result = run_search(
             work / f"random-{workers}",
             work / "pipe.yml",
@@ -194,7 +193,7 @@ def scaling(work: Path, data: list[list[str]], trials: int) -> tuple[dict, dict]
             workers=workers,
             seed=workers,
         )
-        driver = (time.process_time() - cpu) / trials
+        driver = result["driver_cpu_s"] / trials
         worker = float(
             np.mean(
                 [

@@ -277,8 +277,10 @@ def run_search(
     dict
         ``done``, ``failed``, ``new``, ``best`` (the best trial record), and of this
         run: ``wall_time_s`` (all of it), ``startup_s`` (opening the study, starting
-        the workers and loading the images on them) and ``trials_per_s`` (trials
-        over the time after the start-up, until the last trial was recorded).
+        the workers and loading the images on them), ``trials_per_s`` (trials over
+        the time after the start-up, until the last trial was recorded) and
+        ``driver_cpu_s`` (CPU seconds this process spent meanwhile: sampler, SQLite,
+        dask's client and, for a local cluster, its scheduler).
     """
     import optuna
 
@@ -353,15 +355,14 @@ def run_search(
         size = math.prod(len(s.grid(int(study_info["grid_points"]))) for s in loaded.space.values())
         target = min(target, size)  # a grid is searched once
     limit = target - done if stop_after is None else min(target - done, stop_after)
-    startup = 0.0
-    elapsed_trials = 0.0
+    startup = elapsed_trials = driver_cpu = 0.0
     if limit > 0:
         if executor == "slurm":
             slurm = {"log_directory": str(folder / "slurm-logs"), **(slurm or {})}
         submit, close = _submitter(
             executor, workers, slurm, study_info["pipeline"], study_info["data"]
         )
-        running = time.perf_counter()
+        running, running_cpu = time.perf_counter(), time.process_time()
         startup = running - started
         try:
             in_flight: dict[Any, Any] = {}
@@ -392,6 +393,7 @@ def run_search(
                         progress(result)
         finally:
             elapsed_trials = time.perf_counter() - running
+            driver_cpu = time.process_time() - running_cpu
             close()
     elapsed = time.perf_counter() - started
     records = load_trials(folder)
@@ -403,6 +405,7 @@ def run_search(
         "best": max(complete, key=lambda r: r["score"]) if complete else None,
         "wall_time_s": elapsed,
         "startup_s": startup,
+        "driver_cpu_s": driver_cpu,
         "trials_per_s": new / elapsed_trials if elapsed_trials > 0 and new else 0.0,
     }
 
