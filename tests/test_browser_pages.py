@@ -68,6 +68,8 @@ class Page:
     tables: int
     charts: int
     screenshot: str
+    #: a second screenshot with the first chart scrolled to the top (a docs figure)
+    close_up: str = ""
 
 
 PAGES = [
@@ -89,6 +91,7 @@ PAGES = [
         1,
         3,
         "parameter-search.png",
+        close_up="parameter-search-landscape.png",  # the 3D landscape
     ),
 ]
 
@@ -107,6 +110,10 @@ def test_page_shows_its_tables_and_charts(page: Page, dashboard, browser):  # no
     charts = browser.find_elements("css selector", '[data-testid="stPlotlyChart"]')
     assert len(charts) == page.charts
     screenshot(browser, page.screenshot)
+    if page.close_up:
+        browser.execute_script("arguments[0].scrollIntoView({block: 'start'});", charts[0])
+        wait_until(browser, idle, what="the page to settle after scrolling")
+        screenshot(browser, page.close_up)
 
 
 def test_histology_page_shows_overlay_plane_and_labels(dashboard, browser):  # noqa: F811

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -26,7 +27,11 @@ PIPELINE = {
             "name": "smooth",
             "params": {"sigma": {"low": 0.3, "high": 2.0, "log": True}},
         },
-        {"step": "segment.multi-otsu", "name": "otsu", "params": {"classes": {"choices": [3, 4]}}},
+        {
+            "step": "segment.multi-otsu",
+            "name": "otsu",
+            "params": {"classes": {"choices": [3, 4]}, "smoothing": {"low": 0.0, "high": 1.0}},
+        },
         {
             "step": "post.remove-small",
             "name": "clean",
@@ -72,6 +77,13 @@ def open_study_page(home: Path, page: str, monkeypatch) -> AppTest:
     return app
 
 
+def plotly_values(data) -> np.ndarray:
+    """An array of a plotly figure's JSON: a list, or plotly's base64 typed array."""
+    if isinstance(data, dict) and "bdata" in data:
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"])
+    return np.asarray(data)
+
+
 def test_search_page_shows_progress_best_trials_and_landscape(home, monkeypatch, slurm_cluster):  # noqa: F811
     app = open_study_page(home, "search", monkeypatch)
     assert app.selectbox(key="search_study").value == "search/study"
@@ -80,17 +92,21 @@ def test_search_page_shows_progress_best_trials_and_landscape(home, monkeypatch,
         list(best["score"]) == sorted(best["score"], reverse=True)
         and "smooth.sigma" in best.columns
     )
-    titles = [
-        json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "")
-        for c in app.get("plotly_chart")
-    ]
+    specs = [json.loads(c.proto.spec) for c in app.get("plotly_chart")]
+    titles = [s["layout"].get("title", {}).get("text", "") for s in specs]
     assert any(t.startswith("score landscape (pca") for t in titles)
+    # Four parameters placed in 3D (PCA below 10 trials), each point coloured by its score.
+    landscape = next(s for s, t in zip(specs, titles) if t.startswith("score landscape"))
+    trace = landscape["data"][0]
+    assert trace["type"] == "scatter3d" and len(plotly_values(trace["z"])) == len(best)
+    assert sorted(plotly_values(trace["marker"]["color"])) == sorted(best["score"])
     assert any(t.startswith("dice over") for t in titles) and any(
         t.startswith("parameters and") for t in titles
     )
     app.selectbox(key="search_a").set_value("clean.min_size").run()
     assert not app.exception, [e.message for e in app.exception]
-    assert (home / "search" / "study" / "landscape.json").exists()
+    cached = json.loads((home / "search" / "study" / "landscape.json").read_text())
+    assert cached["version"] == 2 and {"x", "y", "z"} <= set(cached["rows"][0])
     app.button(key="search_run_best").click().run()
     assert not app.exception, [e.message for e in app.exception]
     assert app.selectbox(key="composer_template").value == "pipeline"

@@ -137,3 +137,25 @@ def test_cli_zarr_out_of_core(tmp_path, noisy, capsys):
     assert "NAME=VALUE" in capsys.readouterr().err
     assert not (tmp_path / "x.tif").exists()
     assert main(["denoise", "list"]) == 0
+
+
+def test_denoise_file_in_slabs_writes_lz4_and_matches_memory(tmp_path):
+    import zarr
+
+    from unified_framework.denoise import denoise_file, plan_slabs
+
+    image = np.random.default_rng(1).normal(0, 1, (80, 16, 16)).astype(np.float32)
+    write_volume(tmp_path / "in.zarr", image, chunks=(8, 8, 8))
+    # Room for 68 planes: slabs of 64 (the output's chunk edge) with a halo of 2 on each side.
+    budget = 68 * 16 * 16 * 4
+    assert plan_slabs(image.shape, (2, 2, 2), threads=2, budget=budget) == (64, 16, 16)
+    info = denoise_file(
+        tmp_path / "in.zarr", tmp_path / "out.zarr", "median", {"size": 5}, budget=budget
+    )
+    assert info["chunks"] == [64, 16, 16] and info["halo"] == [2, 2, 2]
+    out = read_volume(tmp_path / "out.zarr").data
+    np.testing.assert_array_equal(out, denoise(image, "median", {"size": 5}))
+    assert zarr.open_array(str(tmp_path / "out.zarr")).compressor.cname == "lz4"
+    with pytest.raises(InputError, match="compression: expected one of zstd, lz4, none"):
+        write_volume(tmp_path / "x.zarr", image, compression="gzip")
+    assert not (tmp_path / "x.zarr").exists()

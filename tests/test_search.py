@@ -214,6 +214,8 @@ def test_local_dask_cluster_two_workers(tmp_path, data):
         tmp_path / "study", path, data, trials=4, executor="local", workers=2, sampler="tpe"
     )
     assert result["done"] == 4 and result["failed"] == 0 and result["trials_per_s"] > 0
+    # The workers' start (and loading the images on them) is timed apart from the trials.
+    assert 0 < result["startup_s"] < result["wall_time_s"]
 
 
 def test_grid_search_and_landscape(tmp_path, data):
@@ -239,7 +241,10 @@ def test_grid_search_and_landscape(tmp_path, data):
     }
     assert seen == {(c, s) for c in (2, 3, 4) for s in (0.0, 1.0)}  # the whole grid, once each
     frame, how = landscape(load_trials(tmp_path / "grid"))
-    assert how == "parameters" and len(frame) == 6 and {"x", "y", "score"} <= set(frame.columns)
+    assert (
+        how == "parameters" and len(frame) == 6 and {"x", "y", "z", "score"} <= set(frame.columns)
+    )
+    assert (frame["z"] == 0).all()  # two parameters: the third axis is unused
 
 
 def test_bad_data(tmp_path, data):
@@ -348,12 +353,15 @@ def test_umap_landscape():
                 "a": float(rng.random()),
                 "b": int(rng.integers(5)),
                 "c": str(rng.integers(3)),
+                "d": float(rng.random()),
             },
         }
         for i in range(12)
     ]
     frame, how = landscape(trials)
-    assert how == "umap" and np.isfinite(frame[["x", "y"]].to_numpy()).all()
+    coords = frame[["x", "y", "z"]].to_numpy()
+    assert how == "umap" and np.isfinite(coords).all()
+    assert coords.std(axis=0).min() > 0  # a 3D embedding: no axis left flat
 
 
 def test_umap_landscape_does_not_load_tensorflow():
@@ -366,7 +374,8 @@ def test_umap_landscape_does_not_load_tensorflow():
         "from unified_framework.search.landscape import landscape\n"
         "rng = np.random.default_rng(0)\n"
         "trials = [{'number': i, 'state': 'complete', 'score': float(rng.random()), 'params': "
-        "{'a': float(rng.random()), 'b': int(rng.integers(5)), 'c': str(rng.integers(3))}} "
+        "{'a': float(rng.random()), 'b': int(rng.integers(5)), 'c': str(rng.integers(3)), "
+        "'d': float(rng.random())}} "
         "for i in range(12)]\n"
         "print(landscape(trials)[1], 'tensorflow' in sys.modules)\n"
     )

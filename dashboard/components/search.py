@@ -16,6 +16,8 @@ from unified_framework.search.engine import STUDY_FILE
 from unified_framework.search.landscape import landscape, trials_frame
 
 MAX_DEPTH = 4
+#: ``landscape.json`` caches of another version (2D embeddings before 2) are recomputed.
+LANDSCAPE_VERSION = 2
 
 
 def find_studies(root: Path) -> list[Path]:
@@ -38,24 +40,33 @@ def log_params(info: dict[str, Any]) -> list[str]:
     return [name for name, space in pipeline.space.items() if space.log]
 
 
-def landscape_figure(frame: pd.DataFrame, how: str, metric: str) -> go.Figure:
-    """3D scatter: the parameters' 2D embedding on the floor, the score as height and colour."""
-    hover = [c for c in frame.columns if c not in ("x", "y", "state", "error")]
+def landscape_figure(
+    frame: pd.DataFrame, how: str, metric: str, params: list[str] | None = None
+) -> go.Figure:
+    """3D scatter of the parameters' 3D embedding (UMAP, PCA or the parameters), coloured by score.
+
+    With ``how == "parameters"`` the axes are the (scaled) parameters ``params``.
+    """
+    hover = [c for c in frame.columns if c not in ("x", "y", "z", "state", "error")]
     figure = px.scatter_3d(
         frame,
         x="x",
         y="y",
-        z="score",
+        z="z",
         color="score",
         color_continuous_scale="Viridis",
         hover_data=hover,
-        title=f"score landscape ({how} of the parameters)",
+        labels={"score": metric},
+        title=f"score landscape ({how} of the parameters, 3D)",
     )
     figure.update_traces(marker={"size": 4})
+    names = [f"{how} {i}" for i in (1, 2, 3)]
+    if how == "parameters" and params:
+        names = [f"{p} (scaled)" for p in params[:3]] + [""] * (3 - len(params[:3]))
     figure.update_layout(
-        scene={"xaxis_title": f"{how} 1", "yaxis_title": f"{how} 2", "zaxis_title": metric},
+        scene={"xaxis_title": names[0], "yaxis_title": names[1], "zaxis_title": names[2]},
         margin={"l": 0, "r": 0, "t": 40, "b": 0},
-        height=520,
+        height=560,
     )
     return figure
 
@@ -147,7 +158,7 @@ def compute_landscape(folder: Path) -> tuple[pd.DataFrame, str]:
     numbers = [t["number"] for t in trials if t["state"] == "complete"]
     try:
         stored = json.loads(cache.read_text())
-        if stored["numbers"] == numbers:
+        if stored["numbers"] == numbers and stored.get("version") == LANDSCAPE_VERSION:
             return pd.DataFrame(stored["rows"]), stored["how"]
     except (OSError, ValueError, KeyError):
         pass
@@ -159,6 +170,7 @@ def compute_landscape(folder: Path) -> tuple[pd.DataFrame, str]:
             cache,
             json.dumps(
                 {
+                    "version": LANDSCAPE_VERSION,
                     "numbers": numbers,
                     "how": how,
                     "rows": json.loads(frame.to_json(orient="records")),

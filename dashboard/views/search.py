@@ -85,13 +85,14 @@ if st.button("Run the best on another dataset", key="search_run_best", type="pri
 
 st.subheader("Score landscape")
 frame, how = cached_landscape(str(folder), len(complete))
-st.plotly_chart(search.landscape_figure(frame, how, info["metric"]), key="search_landscape")
+params = list(complete[0]["params"])
+st.plotly_chart(search.landscape_figure(frame, how, info["metric"], params), key="search_landscape")
 st.caption(
-    "Each point is a trial: its parameters placed in 2D by UMAP (PCA below 10 trials, the parameters "
-    "themselves when there are at most two), its score as height and colour."
+    "Each point is a trial: its parameters placed in 3D by UMAP (PCA below 10 trials, the parameters "
+    "themselves, scaled to [0, 1], when there are at most three), coloured by its score. "
+    "Nearby points had similar parameters: a bright cluster is a region that works."
 )
 
-params = list(complete[0]["params"])
 if len(params) >= 2:
     st.subheader("Two parameters")
     cols = st.columns(2)

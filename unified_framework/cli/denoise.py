@@ -55,7 +55,8 @@ def register(subparsers) -> None:
         "--chunks",
         type=int,
         default=None,
-        help="chunk edge in voxels (default: the input's chunks)",
+        help="cubic chunk edge in voxels (default: whole-plane slabs with the method's halo, "
+        "sized to the memory and the cores)",
     )
     parser.set_defaults(func=_run)
 

@@ -16,11 +16,12 @@ Examples
 True
 """
 
-from .chunked import denoise, denoise_file, halo
+from .chunked import SLAB_BUDGET, denoise, denoise_file, halo, plan_slabs
 from .filters import METHODS, Method, Param, estimate_noise, method, resolve_params
 
 __all__ = [
     "METHODS",
+    "SLAB_BUDGET",
     "Method",
     "Param",
     "denoise",
@@ -28,5 +29,6 @@ __all__ = [
     "estimate_noise",
     "halo",
     "method",
+    "plan_slabs",
     "resolve_params",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,37 +104,140 @@ def denoise(image: Any, name: str, params: dict[str, Any] | None = None) -> Any:
     )
 
 
+#: Bytes of input (with its halo) one slab of :func:`denoise_file` may hold; a filter
+#: works on a few times that (float copies, its own buffers), once per dask thread.
+SLAB_BUDGET = 256 * 2**20
+
+
+def plan_slabs(
+    shape: tuple[int, ...],
+    halo: Sequence[int],
+    step: int = 64,
+    threads: int | None = None,
+    itemsize: int = 4,
+    budget: int = SLAB_BUDGET,
+) -> tuple[int, ...]:
+    """Chunk shape for filtering a volume out of core: whole-plane slabs along axis 0.
+
+    Whole planes need no halo across axes 1 and 2, and the halo along axis 0 is read
+    once per slab border instead of once per small chunk side: the work of a chunked
+    run stays close to the in-memory one. The slab thickness is a multiple of
+    ``step`` (the output's chunk edge, so that every slab writes whole stored chunks
+    without a lock) and its input with the halo fits ``budget`` bytes; among those,
+    the one that finishes soonest on ``threads`` threads wins (each slab costs its
+    thickness plus its halo; fewer, thicker slabs when halos are wide, several when
+    there are threads to keep busy). Planes too large for the budget give cubic
+    chunks of the largest fitting edge (a multiple of ``step``) instead.
+
+    Examples
+    --------
+    >>> plan_slabs((256, 256, 256), (4, 4, 4), threads=4)
+    (64, 256, 256)
+    >>> plan_slabs((256, 256, 256), (32, 32, 32), threads=2)
+    (128, 256, 256)
+    >>> plan_slabs((256, 256, 256), (32, 32, 32), threads=1)
+    (256, 256, 256)
+    >>> plan_slabs((64, 8192, 8192), (8, 8, 8), budget=2**28)
+    (64, 384, 384)
+    """
+    import os
+
+    threads = max(1, int(threads or os.cpu_count() or 1))
+    n, h, step = int(shape[0]), int(halo[0]), max(1, int(step))
+    plane = itemsize * math.prod(int(x) for x in shape[1:])
+    thickest = budget // max(1, plane) - 2 * h
+    if thickest < min(n, step):
+        # Whole planes do not fit: cubes with their halo on every side.
+        widest = max(int(x) for x in halo)
+        edge = int((budget / itemsize) ** (1 / len(shape))) - 2 * widest
+        edge = max(step, edge // step * step)
+        return tuple(min(int(x), edge) for x in shape)
+    best: tuple[float, int] | None = None
+    for thickness in range(step, n + step, step):
+        thickness = min(thickness, n)
+        if thickness > max(thickest, step):
+            break
+        costs = [
+            min(stop + h, n) - max(start - h, 0)
+            for start, stop in ((a, min(a + thickness, n)) for a in range(0, n, thickness))
+        ]
+        finish = max(sum(costs[i::threads]) for i in range(threads))
+        # Ties go to the thinner slab: more slabs overlap reading and writing with filtering.
+        if best is None or finish < best[0]:
+            best = (finish, thickness)
+        if thickness == n:
+            break
+    assert best is not None
+    return (best[1], *(int(x) for x in shape[1:]))
+
+
 def denoise_file(
     input: str | Path,
     output: str | Path,
     name: str,
     params: dict[str, Any] | None = None,
     chunks: int | None = None,
+    compression: str = "lz4",
+    budget: int = SLAB_BUDGET,
 ) -> dict[str, Any]:
     """Denoise a volume file into another (any formats :mod:`unified_framework.io` handles).
 
-    The input is read lazily and the output written slab by slab, so volumes larger
-    than memory work (Zarr and HDF5 inputs keep their chunks; ``chunks`` sets an edge).
+    The input is read lazily and filtered in whole-plane slabs planned by
+    :func:`plan_slabs` (each slab with the method's halo along axis 0, its input
+    within ``budget`` bytes), all slabs in one dask graph on dask's threads, so
+    that reading, filtering and writing overlap and volumes larger than memory work.
+    ``chunks`` sets a cubic chunk edge instead (2D images are filtered whole up to
+    the budget). A Zarr output is written with Blosc ``compression`` (``lz4`` by
+    default: noisy grey values shrink by a fifth with any codec, and lz4 writes
+    several times faster than zstd).
 
     Returns
     -------
     dict
-        ``method``, ``params`` (resolved), ``halo``, ``shape``, ``input``, ``output``.
+        ``method``, ``params`` (resolved), ``halo``, ``shape``, ``chunks``, ``input``,
+        ``output``.
+
+    Examples
+    --------
+    >>> denoise_file("scan.zarr", "smooth.zarr", "gaussian", {"sigma": 1.0})  # doctest: +SKIP
+    {'method': 'gaussian', 'params': {'sigma': 1.0, 'truncate': 4.0}, 'halo': [4, 4, 4], ...}
     """
     from ..io import read_volume, write_volume
+    from ..io._common import default_chunks
 
     volume = read_volume(input, lazy=True, grey=True)
     data = volume.data
+    values = resolve_params(name, params)
+    spec = method(name)
+    for key in spec.needs_noise:
+        if not values[key]:
+            values[key] = estimate_noise(data)
+    depth = spec.halo(values, data.ndim)
+    out_chunks = default_chunks(data.shape)
+    zarr_out = Path(output).suffix.lower() == ".zarr"
     if chunks:
         data = data.rechunk(int(chunks))
-    values = resolve_params(name, params)
+    else:
+        plan = plan_slabs(data.shape, depth, step=out_chunks[0], budget=budget)
+        if not zarr_out and plan[1:] == tuple(data.shape[1:]):
+            # Other formats are written slab by slab (io.iter_slabs, borders on multiples
+            # of the output chunk): slabs one output chunk thick are never computed twice.
+            plan = (min(plan[0], out_chunks[0]), *plan[1:])
+        data = data.rechunk(plan)
     result = denoise(data, name, values)
-    write_volume(output, volume.with_data(result), dtype=np.float32)
+    write_volume(
+        output,
+        volume.with_data(result),
+        dtype=np.float32,
+        chunks=out_chunks,
+        compression=compression if zarr_out else None,
+    )
     return {
         "method": name,
         "params": values,
-        "halo": list(method(name).halo(values, data.ndim)),
+        "halo": list(depth),
         "shape": list(volume.shape),
+        "chunks": [int(c[0]) for c in data.chunks],
         "input": str(input),
         "output": str(output),
     }

@@ -280,7 +280,11 @@ def estimate_noise(image: Any) -> float:
 
     if image.ndim == 3:
         picks = np.unique(np.linspace(0, image.shape[0] - 1, min(5, image.shape[0])).astype(int))
-        values = [float(estimate_sigma(np.asarray(image[int(z)], np.float64))) for z in picks]
+        # One read of all picked slices: a lazy volume decodes each stored chunk once
+        # (two slices in one chunk row would otherwise decode that row twice).
+        stack = image[picks.tolist()]
+        stack = np.asarray(stack.compute() if hasattr(stack, "compute") else stack)
+        values = [float(estimate_sigma(np.asarray(plane, np.float64))) for plane in stack]
         return float(np.median(values))
     return float(estimate_sigma(np.asarray(image, np.float64)))
 

@@ -151,6 +151,10 @@ def metadata_json(metadata: Mapping[str, Any]) -> str:
     return json.dumps(source_metadata(metadata), sort_keys=True)
 
 
+#: Blosc codecs a Zarr output may use (``write_volume(compression=...)``), default first.
+ZARR_COMPRESSIONS = ("zstd", "lz4", "none")
+
+
 def default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
     """Chunk shape for HDF5/Zarr outputs: 64^3 blocks for volumes, 512^2 tiles for images."""
     edge = 64 if len(shape) == 3 else 512

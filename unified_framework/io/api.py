@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..utils.atomic import atomic_path
-from ._common import default_chunks
+from ._common import ZARR_COMPRESSIONS, default_chunks
 from .formats import (
     CHANNEL_FORMATS,
     FORMAT_TITLES,
@@ -214,6 +214,7 @@ def write_volume(
     chunks: int | Sequence[int] | None = None,
     dtype: Any = None,
     format: str | None = None,
+    compression: str | None = None,
 ) -> Path:
     """Write an image or volume; the format follows the suffix of ``path``.
 
@@ -245,6 +246,10 @@ def write_volume(
         Cast to this type first; values outside its range raise :class:`InputError`.
     format : str, optional
         One of :data:`SUPPORTED_FORMATS`, overriding the suffix.
+    compression : {"zstd", "lz4", "none"}, optional
+        Zarr's Blosc codec: ``zstd`` (default, smallest), ``lz4`` (several times
+        faster to write, for intermediate results such as noisy grey values that
+        compress little anyway) or ``none``. Other formats keep their own.
 
     Returns
     -------
@@ -285,6 +290,11 @@ def write_volume(
         # Channels stay together in every chunk: one pixel's colour is read as one.
         spatial = (chunks,) * n_spatial if chunks else default_chunks(data.shape[:n_spatial])
         chunks = (*spatial, int(data.shape[-1]))
+    if compression is not None and compression not in ZARR_COMPRESSIONS:
+        raise InputError(
+            f"compression: expected one of {', '.join(ZARR_COMPRESSIONS)}, got {compression!r}",
+            field="compression",
+        )
     if isinstance(chunks, int):
         chunks = (chunks,) * int(data.ndim)
     if chunks is not None and (len(chunks) != data.ndim or min(chunks) < 1):
@@ -305,7 +315,8 @@ def write_volume(
     volume = Volume(data, spacing, metadata, source, origin, direction, axes)
     writer = _backend(fmt, "write")
     with atomic_path(path) as tmp:
-        writer(tmp, volume, dataset=dataset, chunks=chunks, name=str(path))
+        options = {"compression": compression} if compression and fmt == "zarr" else {}
+        writer(tmp, volume, dataset=dataset, chunks=chunks, name=str(path), **options)
     logger.debug("wrote %s (%s): %s %s", path, fmt, volume.shape, volume.dtype)
     return path
 

@@ -206,6 +206,8 @@ def _executor(executor: str, workers: int, slurm: dict[str, Any] | None):
     from distributed import Client, LocalCluster
 
     if executor == "local":
+        # One thread per worker process (and dask's nanny sets OMP/MKL/OpenBLAS threads
+        # to 1): n workers use n cores, the trials in parallel, not inside each other.
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
@@ -273,8 +275,12 @@ def run_search(
     Returns
     -------
     dict
-        ``done``, ``failed``, ``best`` (the best trial record), ``wall_time_s`` and
-        ``trials_per_s`` of this run.
+        ``done``, ``failed``, ``new``, ``best`` (the best trial record), and of this
+        run: ``wall_time_s`` (all of it), ``startup_s`` (opening the study, starting
+        the workers and loading the images on them), ``trials_per_s`` (trials over
+        the time after the start-up, until the last trial was recorded) and
+        ``driver_cpu_s`` (CPU seconds this process spent meanwhile: sampler, SQLite,
+        dask's client and, for a local cluster, its scheduler).
     """
     import optuna
 
@@ -349,15 +355,23 @@ def run_search(
         size = math.prod(len(s.grid(int(study_info["grid_points"]))) for s in loaded.space.values())
         target = min(target, size)  # a grid is searched once
     limit = target - done if stop_after is None else min(target - done, stop_after)
+    startup = elapsed_trials = driver_cpu = 0.0
     if limit > 0:
         if executor == "slurm":
             slurm = {"log_directory": str(folder / "slurm-logs"), **(slurm or {})}
-        submit, close = _submitter(executor, workers, slurm)
+        submit, close = _submitter(
+            executor, workers, slurm, study_info["pipeline"], study_info["data"]
+        )
+        running, running_cpu = time.perf_counter(), time.process_time()
+        startup = running - started
         try:
             in_flight: dict[Any, Any] = {}
             queued = 0
+            # Two tasks per worker: a worker starts its next trial at once while this
+            # process records the last one (optuna's SQLite commits wait on the disk).
+            depth = workers if executor == "inprocess" else 2 * workers
             while new < limit:
-                while len(in_flight) < workers and queued < limit:
+                while len(in_flight) < depth and queued < limit:
                     trial = study.ask()
                     params = _suggest(trial, loaded)
                     future = submit(
@@ -378,6 +392,8 @@ def run_search(
                     if progress:
                         progress(result)
         finally:
+            elapsed_trials = time.perf_counter() - running
+            driver_cpu = time.process_time() - running_cpu
             close()
     elapsed = time.perf_counter() - started
     records = load_trials(folder)
@@ -388,7 +404,9 @@ def run_search(
         "new": new,
         "best": max(complete, key=lambda r: r["score"]) if complete else None,
         "wall_time_s": elapsed,
-        "trials_per_s": new / elapsed if elapsed > 0 and new else 0.0,
+        "startup_s": startup,
+        "driver_cpu_s": driver_cpu,
+        "trials_per_s": new / elapsed_trials if elapsed_trials > 0 and new else 0.0,
     }
 
 
@@ -446,7 +464,13 @@ class _Done:
         return self.value
 
 
-def _submitter(executor: str, workers: int, slurm: dict[str, Any] | None):
+def _submitter(
+    executor: str,
+    workers: int,
+    slurm: dict[str, Any] | None,
+    pipeline: dict[str, Any] | None = None,
+    data: Sequence[Sequence[str]] = (),
+):
     if executor == "inprocess":
         return (lambda *a: _Done(evaluate_trial(*a))), (lambda: None)
     client, cluster = _executor(executor, workers, slurm)
@@ -459,6 +483,16 @@ def _submitter(executor: str, workers: int, slurm: dict[str, Any] | None):
         if cluster is not None:
             cluster.close()
 
+    try:
+        if executor == "local":
+            client.wait_for_workers(workers)
+        if pipeline is not None:
+            from ._dask import Preload
+
+            client.register_plugin(Preload(pipeline, data))
+    except BaseException:
+        close()
+        raise
     return submit, close
 
 

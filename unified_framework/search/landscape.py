@@ -1,4 +1,4 @@
-"""The score landscape: trials as a table, their parameters reduced to 2D (UMAP) with the score on top.
+"""The score landscape: trials as a table, their parameters reduced to 3D (UMAP), coloured by score.
 
 :func:`load_umap` is the one place that imports umap-learn: umap's package imports
 TensorFlow (for ``ParametricUMAP``), and TensorFlow loaded before triton crashes the
@@ -30,7 +30,7 @@ def load_umap() -> Any:
     Examples
     --------
     >>> UMAP = load_umap()               # doctest: +SKIP
-    >>> UMAP(n_components=2).fit_transform(points)  # doctest: +SKIP
+    >>> UMAP(n_components=3).fit_transform(points)  # doctest: +SKIP
     """
     if "umap" not in sys.modules:
         for name in ("torch", "triton"):
@@ -93,26 +93,33 @@ def encode(frame: pd.DataFrame, params: Sequence[str], log: Sequence[str] = ()) 
 
 
 def embed(points: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
-    """2D coordinates of the parameter points: UMAP from :data:`MIN_UMAP_TRIALS` trials, else PCA.
+    """3D coordinates of the parameter points: UMAP from :data:`MIN_UMAP_TRIALS` trials, else PCA.
 
-    Returns the coordinates and the method used (``"umap"``, ``"pca"`` or
-    ``"parameters"`` when there are at most two parameters, shown as they are).
+    Returns the coordinates (``n x 3``) and the method used (``"umap"``, ``"pca"`` or
+    ``"parameters"`` when there are at most three parameters: they are the axes
+    themselves, an embedding could only distort them).
+
+    Examples
+    --------
+    >>> coords, how = embed(np.array([[0.0, 1.0], [1.0, 0.0]]))
+    >>> coords.shape, how
+    ((2, 3), 'parameters')
     """
     n, dims = points.shape
-    if dims <= 2:
-        out = np.zeros((n, 2))
+    if dims <= 3:
+        out = np.zeros((n, 3))
         out[:, :dims] = points
         return out, "parameters"
     if n >= MIN_UMAP_TRIALS:
         UMAP = load_umap()
         reducer = UMAP(
-            n_components=2, n_neighbors=min(15, n - 1), random_state=seed, n_jobs=1, init="random"
+            n_components=3, n_neighbors=min(15, n - 1), random_state=seed, n_jobs=1, init="random"
         )
         return np.asarray(reducer.fit_transform(points)), "umap"
     centred = points - points.mean(axis=0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    out = np.zeros((n, 2))
-    projected = centred @ vt[:2].T
+    out = np.zeros((n, 3))
+    projected = centred @ vt[:3].T
     out[:, : projected.shape[1]] = projected
     return out, "pca"
 
@@ -120,20 +127,23 @@ def embed(points: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
 def landscape(
     trials: Sequence[Mapping[str, Any]], log: Sequence[str] = (), seed: int = 0
 ) -> tuple[pd.DataFrame, str]:
-    """The complete trials with ``x``, ``y`` (the embedding of their parameters) and ``score``.
+    """The complete trials with ``x``, ``y``, ``z`` (the 3D embedding of their parameters) and ``score``.
+
+    Parameters are scaled to [0, 1] first (:func:`encode`; ``log`` ones on a log scale).
 
     Examples
     --------
-    >>> trials = [{"number": i, "state": "complete", "score": i / 4, "params": {"a": i, "b": 1.0, "c": "x"}}
+    >>> trials = [{"number": i, "state": "complete", "score": i / 4,
+    ...            "params": {"a": i, "b": 1.0 + i % 2, "c": "xy"[i % 2], "d": i * i}}
     ...           for i in range(4)]
     >>> frame, how = landscape(trials)
-    >>> how, list(frame.columns[:3])
-    ('pca', ['number', 'state', 'score'])
+    >>> how, list(frame.columns[:3]), list(frame.columns[-3:])
+    ('pca', ['number', 'state', 'score'], ['x', 'y', 'z'])
     """
     complete = [t for t in trials if t["state"] == "complete"]
     frame = trials_frame(complete)
     if frame.empty:
-        return frame.assign(x=[], y=[]), "none"
+        return frame.assign(x=[], y=[], z=[]), "none"
     params = list(complete[0]["params"])
     coords, how = embed(encode(frame, params, log), seed)
-    return frame.assign(x=coords[:, 0], y=coords[:, 1]), how
+    return frame.assign(x=coords[:, 0], y=coords[:, 1], z=coords[:, 2]), how
