@@ -49,6 +49,7 @@ def _cell(phantoms, out, function, seed=0, **kwargs):
     )
 
 
+@pytest.mark.training
 def test_every_function_runs_two_rounds_and_the_curves_merge(phantoms, tmp_path):
     for function in (FULL, *FUNCTIONS):
         record = _cell(phantoms, tmp_path, function)
@@ -72,6 +73,7 @@ def test_every_function_runs_two_rounds_and_the_curves_merge(phantoms, tmp_path)
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.training
 def test_a_cell_killed_between_rounds_resumes_to_the_same_result(phantoms, tmp_path):
     whole = _cell(phantoms, tmp_path / "whole", "margin")
 
@@ -113,6 +115,7 @@ def _write_pool(phantoms, folder):
     return paths
 
 
+@pytest.mark.training
 def test_project_loop_from_the_command_line(phantoms, tmp_path, capsys, monkeypatch):
     paths = _write_pool(phantoms, tmp_path)
     project_dir = tmp_path / "proj"
@@ -198,6 +201,7 @@ def test_a_kill_while_saving_labels_leaves_the_previous_state(phantoms, tmp_path
         Project(tmp_path / "p")
 
 
+@pytest.mark.training
 def test_a_training_round_killed_mid_way_resumes_to_the_same_weights(phantoms, tmp_path):
     import torch
 
@@ -232,6 +236,7 @@ def test_a_training_round_killed_mid_way_resumes_to_the_same_weights(phantoms, t
         train_round(bad, tmp_path / "none.pt", config, class_names=CLASS_NAMES)
 
 
+@pytest.mark.training
 def test_simulate_and_merge_from_the_command_line(phantoms, tmp_path, capsys):
     paths = _write_pool(phantoms, tmp_path)
     common = ["al", "simulate", "--pair", str(paths[0][0]), str(paths[0][1])]
@@ -289,6 +294,7 @@ def test_merge_combines_seeds_into_mean_sd_auc_and_the_95_percent_share(tmp_path
     assert not random["share_at_95"]["reached_by_all"]
 
 
+@pytest.mark.training
 def test_user_backbone_weights_are_loaded_for_hrnet_only(phantoms, tmp_path):
     import torch
 

@@ -97,6 +97,7 @@ def uint16_model(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.training
 def test_model_dtype_check_compares_kind_and_size_not_byte_order(uint16_model):
     model = load_model(uint16_model)
     model.check_volume((8, 8, 8), ">u2", "big")
@@ -107,6 +108,7 @@ def test_model_dtype_check_compares_kind_and_size_not_byte_order(uint16_model):
 
 
 @pytest.mark.parametrize("name", ["big.tif", "big.nii"])
+@pytest.mark.training
 def test_sun_predict_on_big_endian_files(tmp_path, uint16_model, name):
     image, _ = make_implant_phantom((24, 24, 24), seed=3)
     data = np.clip(image * 40000, 0, 65535).astype(BIG)

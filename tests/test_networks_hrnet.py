@@ -33,6 +33,7 @@ def test_logits_have_the_input_size_on_any_size(net, shape):
     assert torch.isfinite(logits).all()
 
 
+@pytest.mark.training
 def test_training_step_reduces_the_loss_on_one_image():
     torch.manual_seed(1)
     net = HRNetSeg(HRNetConfig(num_classes=2, dropout=0.0))

@@ -292,6 +292,7 @@ def test_affine_prealignment_recovers_a_rigid_shift(pair):
     np.testing.assert_allclose(found.matrix[:3, :3], np.eye(3), atol=0.02)
 
 
+@pytest.mark.training
 def test_voxelmorph_trains_resumes_and_applies_in_the_field_convention(tmp_path, pair):
     config = VoxelMorphConfig(
         features=[8, 8, 8],

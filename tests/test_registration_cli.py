@@ -303,6 +303,7 @@ def test_bad_inputs_give_one_line_errors_and_leave_nothing(pair_dir, tmp_path, c
     ]  # no result folder, no temporaries
 
 
+@pytest.mark.training
 def test_voxelmorph_train_and_register_from_the_command_line(pair_dir, tmp_path, capsys):
     p = pair_dir
     model = tmp_path / "vxm.pt"

@@ -31,6 +31,7 @@ class TwoConvs(torch.nn.Module):
         return self.layers(x)
 
 
+@pytest.mark.training
 def test_another_network_trains_and_resumes_through_the_same_loop(tmp_path):
     image, labels = make_implant_phantom((16, 16, 16), seed=1)
     config = TrainingConfig(**TINY, steps=6, val_every=3, checkpoint_every=2, patience=0)
@@ -73,6 +74,7 @@ def test_divergence_names_the_step(tmp_path):
         train_sun([image], [labels], tmp_path / "m.pt", config)
 
 
+@pytest.mark.training
 def test_network_fields_are_nested_and_old_flat_checkpoints_resume(tmp_path):
     image, labels = make_implant_phantom((16, 16, 16), seed=1)
     config = TrainingConfig(**TINY, steps=4, val_every=2, checkpoint_every=2, patience=0)
