@@ -146,10 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     slices = shape[0] * args.pool
     print()
+    timing = (
+        "merged only"
+        if args.merge_only
+        else f"{elapsed / 60:.1f} min wall, "
+        f"{(time.process_time() - cpu_started) / 60:.1f} min CPU this process"
+    )
     print(
-        f"pool {args.pool} x {shape} ({slices} z slices), held out {args.held_out}, seeds {args.seeds}, "
-        f"{args.network} {args.steps} steps/round, input {args.input_size}, {elapsed / 60:.1f} min "
-        f"wall, {(time.process_time() - cpu_started) / 60:.1f} min CPU this process"
+        f"pool {args.pool_kind} {args.pool} x {shape} ({slices} z slices), held out {args.held_out}, "
+        f"seeds {args.seeds}, {args.network} {args.steps} steps/round of {args.train_batch} "
+        f"patches of {args.input_size}², {timing}"
     )
     full = result["full"]
     print(f"full-pool mean foreground Dice: {full['mean_dice']:.3f} ± {full['sd']:.3f}")
