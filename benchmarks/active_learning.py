@@ -13,6 +13,18 @@ Usage::
     python benchmarks/active_learning.py --out bench-al --size 24 48 48 --steps 120 \
         --max-labelled 24 --functions random entropy coreset --seeds 0 1 2
 
+The pool (``--pool-kind mixed``, the default) is made to vary along ``z`` the way real
+scans do, because a pool whose slices all look alike cannot show what an acquisition
+function is worth (every slice teaches the same). Each volume is the upper part of a
+taller implant phantom, cut at a different height, so the screw's shaft, its conical
+tip (small implant and layer cross-sections) and bone without any implant fill
+different, volume-dependent shares of the slices; and each volume has its own noise
+level and its own contrast (a grey-value gain and offset, as between scans). The
+settings follow from the seed of the volume alone (:func:`mixed_phantom`) and were
+fixed before any learning curve was run; ``--pool-kind uniform`` gives the plain
+phantoms (every slice alike). ``--shard K/N`` runs every N-th cell (for parallel
+processes writing into the same ``--out``); ``--merge-only`` only merges.
+
 Cells already finished in ``--out`` are reused (a killed run resumes). Prints goals and
 measured figures side by side, writes ``OUT/curves.json`` and ``OUT/curves.png``.
 """
@@ -25,12 +37,33 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unified_framework.active_learning.acquisition import FUNCTIONS  # noqa: E402
 from unified_framework.active_learning.simulate import FULL, merge, run_cell  # noqa: E402
 from unified_framework.active_learning.training import RoundConfig  # noqa: E402
 from unified_framework.data import CLASS_NAMES, make_implant_phantom  # noqa: E402
+
+
+def mixed_phantom(shape: tuple[int, int, int], seed: int):
+    """A phantom whose content varies along ``z``: the top part of a taller phantom.
+
+    From the seed: the cut (the kept ``z`` range starts between 30 % and 75 % of the
+    taller phantom, whose screw tip runs from 70 % to 85 % and ends there, so 0 % to
+    57 % of the slices show the shaft, the rest the tip or no implant), the noise
+    (0.02 to 0.08 at the implant's grey value) and the contrast (gain 0.8 to 1.2,
+    offset -0.05 to 0.05).
+    """
+    rng = np.random.default_rng([int(seed), 18])
+    start = rng.uniform(0.30, 0.75)
+    noise = rng.uniform(0.02, 0.08)
+    gain, offset = rng.uniform(0.8, 1.2), rng.uniform(-0.05, 0.05)
+    total = int(round(shape[0] / (1 - start)))
+    image, labels = make_implant_phantom((total, *shape[1:]), seed=seed, noise=noise)
+    image = gain * image[total - shape[0] :] + offset
+    return image.astype(np.float32), np.ascontiguousarray(labels[total - shape[0] :])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,25 +84,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mc-samples", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--pool-kind", choices=["mixed", "uniform"], default="mixed")
+    parser.add_argument("--refine", type=int, default=16, help="HRNet full-resolution channels")
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--shard", default="0/1", help="K/N: run every N-th cell from the K-th")
+    parser.add_argument("--merge-only", action="store_true")
     args = parser.parse_args(argv)
+    shard, shards = (int(v) for v in args.shard.split("/"))
 
     import torch
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     shape = tuple(args.size)
-    pool = [make_implant_phantom(shape, seed=s) for s in range(args.pool)]
-    held_out = [make_implant_phantom(shape, seed=100 + s) for s in range(args.held_out)]
+    make = mixed_phantom if args.pool_kind == "mixed" else make_implant_phantom
+    pool = [make(shape, seed=s) for s in range(args.pool)]
+    held_out = [make(shape, seed=100 + s) for s in range(args.held_out)]
     config = RoundConfig(
         network=args.network,
         steps=args.steps,
         input_size=args.input_size,
         batch_size=args.train_batch,
+        learning_rate=args.learning_rate,
+        refine=args.refine,
+        checkpoint_every=args.steps,  # a cell resumes per round; no mid-round checkpoints
         device=args.device,
     )
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     cells = [(FULL, s) for s in args.seeds] + [(f, s) for f in args.functions for s in args.seeds]
     for n, (function, seed) in enumerate(cells):
+        if args.merge_only or n % shards != shard:
+            continue
         t0 = time.perf_counter()
         run_cell(
             [i for i, _ in pool],
@@ -91,13 +136,26 @@ def main(argv: list[str] | None = None) -> int:
             f"[{n + 1}/{len(cells)}] {function} seed {seed}: {time.perf_counter() - t0:.0f} s",
             flush=True,
         )
+    if shards > 1 and not args.merge_only:
+        print(
+            f"shard {args.shard} done: {time.perf_counter() - started:.0f} s wall, "
+            f"{time.process_time() - cpu_started:.0f} s CPU"
+        )
+        return 0
     result = merge(args.out)
     elapsed = time.perf_counter() - started
     slices = shape[0] * args.pool
     print()
+    timing = (
+        "merged only"
+        if args.merge_only
+        else f"{elapsed / 60:.1f} min wall, "
+        f"{(time.process_time() - cpu_started) / 60:.1f} min CPU this process"
+    )
     print(
-        f"pool {args.pool} x {shape} ({slices} z slices), held out {args.held_out}, seeds {args.seeds}, "
-        f"{args.network} {args.steps} steps/round, input {args.input_size}, {elapsed / 60:.1f} min"
+        f"pool {args.pool_kind} {args.pool} x {shape} ({slices} z slices), held out {args.held_out}, "
+        f"seeds {args.seeds}, {args.network} {args.steps} steps/round of {args.train_batch} "
+        f"patches of {args.input_size}², {timing}"
     )
     full = result["full"]
     print(f"full-pool mean foreground Dice: {full['mean_dice']:.3f} ± {full['sd']:.3f}")

@@ -313,3 +313,25 @@ def test_user_backbone_weights_are_loaded_for_hrnet_only(phantoms, tmp_path):
     unet = RoundConfig(network="unet", steps=1, input_size=32, batch_size=2, weights=str(weights))
     with pytest.raises(InputError, match="backbone weights apply to HRNet only"):
         train_round(slices, tmp_path / "u.pt", unet, class_names=CLASS_NAMES)
+
+
+def test_hrnet_model_files_from_before_the_refinement_path_still_load(tmp_path):
+    import torch
+
+    from unified_framework.active_learning.model import ALModel, load_al_model, save_al_model
+    from unified_framework.networks import HRNetConfig, HRNetSeg
+    from unified_framework.sun.model_package import Normalization
+
+    config = HRNetConfig(num_classes=2, refine=0)
+    model = ALModel(
+        "hrnet",
+        config,
+        HRNetSeg(config).state_dict(),
+        Normalization(low=(0.0,), high=(1.0,), mean=(0.5,), std=(0.2,)),
+        ["background", "bone"],
+    )
+    path = save_al_model(tmp_path / "old.pt", model)
+    payload = torch.load(path, weights_only=True)
+    del payload["network"]["config"]["refine"]  # as written before the field existed
+    torch.save(payload, path)
+    assert load_al_model(path).config.refine == 0

@@ -100,7 +100,10 @@ def load_al_model(path: str | Path) -> ALModel:
     payload = read_model_payload(path, FORMAT, FORMAT_VERSION, "active-learning model")
     try:
         kind = str(payload["network"]["kind"])
-        config = network_config(kind, dict(payload["network"]["config"]))
+        fields = dict(payload["network"]["config"])
+        if kind == "hrnet":
+            fields.setdefault("refine", 0)  # files from before the refinement path
+        config = network_config(kind, fields)
         normalization = Normalization.from_payload(payload["normalization"])
         model = ALModel(
             kind,

@@ -43,6 +43,8 @@ class RoundConfig:
         timm HRNet variant.
     dropout : float
         Dropout before the classifier (HRNet) or in the deepest U-Net levels; > 0 for BALD.
+    refine : int
+        Channels of HRNet's full-resolution refinement path (0: the plain HRNetV2 head).
     depth, base_width : int
         U-Net size (``network="unet"``).
     input_size : int
@@ -62,6 +64,7 @@ class RoundConfig:
     network: str = "hrnet"
     variant: str = "hrnet_w18_small"
     dropout: float = 0.1
+    refine: int = 16
     depth: int = 3
     base_width: int = 16
     input_size: int = 64
@@ -96,7 +99,11 @@ class RoundConfig:
         from ..networks import network_config
 
         if self.network == "hrnet":
-            fields: dict[str, Any] = {"variant": self.variant, "dropout": self.dropout}
+            fields: dict[str, Any] = {
+                "variant": self.variant,
+                "dropout": self.dropout,
+                "refine": self.refine,
+            }
         else:
             fields = {
                 "depth": self.depth,

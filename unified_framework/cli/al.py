@@ -141,6 +141,12 @@ def _training_options(parser: argparse.ArgumentParser, with_batch: bool = False)
     parser.add_argument("--network", choices=["hrnet", "unet"], default="hrnet")
     parser.add_argument("--variant", default="hrnet_w18_small", help="timm HRNet variant")
     parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument(
+        "--refine",
+        type=int,
+        default=16,
+        help="channels of HRNet's full-resolution path (default 16; 0: the plain HRNetV2 head)",
+    )
     parser.add_argument("--input-size", type=int, default=64, help="training patch side")
     parser.add_argument("--steps", type=int, default=300, help="training steps per round")
     parser.add_argument("--train-batch", type=int, default=8, help="patches per step")
@@ -162,6 +168,7 @@ def _config(args: argparse.Namespace):
         network=args.network,
         variant=args.variant,
         dropout=args.dropout,
+        refine=args.refine,
         input_size=args.input_size,
         steps=args.steps,
         batch_size=args.train_batch,

@@ -8,6 +8,15 @@ bilinearly to the highest resolution, they are concatenated, mixed by a 1x1
 convolution with normalisation and ReLU, and a 1x1 convolution gives the class logits,
 which are upsampled to the input size.
 
+HRNet's stem reduces the input 4x before the first branch, so on the small images of
+micro-CT slices (tens of pixels) thin structures (a degradation layer a few pixels
+wide) are lost in the 1/4-resolution head. With ``refine > 0`` (the default) a light
+full-resolution path (two 3x3 convolutions on the input) is concatenated with the
+head's features, reduced to ``refine`` channels and upsampled to the input size, and a
+3x3 convolution mixes them before the classifier: the network keeps HRNet's
+multi-resolution context and recovers boundaries at pixel level (like the
+full-resolution skip of a U-Net). ``refine=0`` is the plain HRNetV2 head.
+
 Inputs of any size work: they are padded (edge values) to a multiple of 32, the
 backbone's total stride, and the logits are cropped back. A channel dropout before the
 classifier makes Monte-Carlo dropout possible (:func:`mc_dropout`), which BALD needs;
@@ -58,6 +67,9 @@ class HRNetConfig:
         Channel dropout before the classifier (MC dropout for BALD; 0 disables it).
     input_size : int
         Side of the square training patches (a multiple of 32).
+    refine : int
+        Channels of the full-resolution refinement path (0: the plain HRNetV2 head,
+        logits upsampled from 1/4 of the input size).
 
     Examples
     --------
@@ -70,6 +82,7 @@ class HRNetConfig:
     variant: str = "hrnet_w18_small"
     dropout: float = 0.1
     input_size: int = 64
+    refine: int = 16
 
     def __post_init__(self) -> None:
         checks = (
@@ -77,6 +90,7 @@ class HRNetConfig:
             (self.num_classes >= 2, "num_classes must be >= 2"),
             (self.variant in VARIANTS, f"variant must be one of {', '.join(VARIANTS)}"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (self.refine >= 0, "refine must be >= 0"),
             (
                 self.input_size >= STRIDE and self.input_size % STRIDE == 0,
                 f"input_size must be a multiple of {STRIDE}",
@@ -132,12 +146,23 @@ class HRNetSeg(nn.Module):
         self.mix = nn.Sequential(
             nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
         )
+        head = width
+        if config.refine > 0:
+            r = config.refine
+            # Full-resolution path on the input, and the head's features reduced to r channels.
+            self.full_resolution = nn.Sequential(
+                *_conv_bn_relu(config.in_channels, r), *_conv_bn_relu(r, r)
+            )
+            self.reduce = nn.Sequential(*_conv_bn_relu(width, r, kernel=1))
+            self.fuse = nn.Sequential(*_conv_bn_relu(2 * r, 2 * r))
+            head = 2 * r
         self.dropout = nn.Dropout2d(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.classifier = nn.Conv2d(width, config.num_classes, 1)
+        # Registered last: acquisition's core-set embedding is the input of the last convolution.
+        self.classifier = nn.Conv2d(head, config.num_classes, 1)
 
     @property
     def feature_width(self) -> int:
-        """Length of the slice embedding (the concatenated branch channels)."""
+        """Length of the slice embedding (the classifier's input channels)."""
         return int(self.classifier.in_channels)
 
     def forward(
@@ -159,12 +184,27 @@ class HRNetSeg(nn.Module):
             dim=1,
         )
         mixed = self.mix(joined)
-        logits = self.classifier(self.dropout(mixed))
-        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        if self.config.refine > 0:
+            coarse = F.interpolate(
+                self.reduce(mixed), size=x.shape[-2:], mode="bilinear", align_corners=False
+            )
+            mixed = self.fuse(torch.cat([self.full_resolution(x), coarse], dim=1))
+            logits = self.classifier(self.dropout(mixed))
+        else:
+            logits = self.classifier(self.dropout(mixed))
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         logits = logits[..., :height, :width]
         if return_features:
             return logits, mixed.mean(dim=(2, 3))
         return logits
+
+
+def _conv_bn_relu(inputs: int, outputs: int, kernel: int = 3) -> list[nn.Module]:
+    return [
+        nn.Conv2d(inputs, outputs, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(outputs),
+        nn.ReLU(inplace=True),
+    ]
 
 
 def load_backbone_weights(network: HRNetSeg, path: str | Path) -> list[str]:
