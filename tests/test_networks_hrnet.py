@@ -144,6 +144,7 @@ def _line_dice(refine: int) -> float:
     return 2 * both / max(1, (predicted == 1).sum().item() + (target == 1).sum().item())
 
 
+@pytest.mark.training
 def test_the_full_resolution_path_recovers_one_pixel_structures():
     # The plain head predicts at 1/4 of the input size and blurs one-pixel lines away.
     refined, plain = _line_dice(16), _line_dice(0)
