@@ -136,6 +136,7 @@ def _trained_model(
         record = {
             "trained_by": method,
             "seconds": round(meter.usage.wall_time_s, 2),
+            "cpu_seconds": round(meter.usage.cpu_time_s, 2),
             "peak_rss_bytes": meter.usage.peak_rss_bytes,
             "gpu_memory_peak_bytes": meter.usage.gpu_memory_peak_bytes,
         }
@@ -366,7 +367,9 @@ def run_method(
         "trained_by": trained["trained_by"] if trained else None,
         "budget": {k: v for k, v in budget.__dict__.items() if k != "extra"},
         "train_seconds": trained["seconds"] if trained else None,
+        "train_cpu_seconds": trained.get("cpu_seconds") if trained else None,
         "predict_seconds": round(predict_seconds, 2),
+        "predict_cpu_seconds": round(predict_meter.usage.cpu_time_s, 2),
         "peak_rss_bytes": max(
             predict_meter.usage.peak_rss_bytes, trained["peak_rss_bytes"] if trained else 0
         ),
@@ -374,6 +377,7 @@ def run_method(
         "predict_peak_rss_bytes": predict_meter.usage.peak_rss_bytes,
         "gpu_memory_peak_bytes": max((g for g in gpu if g), default=None),
         "gpu_name": predict_meter.usage.gpu_name,
+        "gpu_utilisation_mean_percent": predict_meter.usage.gpu_utilisation_mean_percent,
         "rows": rows,
     }
     with atomic_path(out / "methods" / f"{method}.json") as tmp:
@@ -402,7 +406,9 @@ def merge(out: str | Path) -> dict[str, Path]:
                 {
                     **row,
                     "train_seconds": r["train_seconds"],
+                    "train_cpu_seconds": r.get("train_cpu_seconds"),
                     "predict_seconds": r["predict_seconds"],
+                    "predict_cpu_seconds": r.get("predict_cpu_seconds"),
                     "peak_rss_mib": r["peak_rss_bytes"] / 2**20,
                     "gpu_memory_peak_mib": (r["gpu_memory_peak_bytes"] or 0) / 2**20 or None,
                 }
