@@ -87,3 +87,17 @@ def test_compare_errors(tmp_path, data):
         )
         == 2
     )
+
+
+def test_compare_array_task_arguments(tmp_path, data, capsys):
+    common = ["compare", "--test", *data[1], "--methods", "classical", "--out", str(tmp_path / "c")]
+    assert main([*common, "--train", data[0][0]]) == 2  # an image without its labels
+    assert "--train: expected IMAGE LABELS pairs" in capsys.readouterr().err
+    assert main([*common, "--train", *data[0], "--method-index", "1"]) == 2
+    assert "--method-index 1: expected 0 .. 0" in capsys.readouterr().err
+    # one array task: runs only its method and leaves the merge to the merge job
+    assert main([*common, "--train", *data[0], "--method-index", "0"]) == 0
+    assert (tmp_path / "c" / "methods" / "classical.json").is_file()
+    assert not (tmp_path / "c" / "comparison.json").exists()
+    assert main(["compare", "--merge-only", "--out", str(tmp_path / "c")]) == 0
+    assert (tmp_path / "c" / "comparison.json").is_file()

@@ -1,4 +1,4 @@
-"""The Method comparison page shows a table written by mdlma compare (AppTest, no cluster needed)."""
+"""The Segmentation comparison page's 'every method' view: a table written by mdlma compare (AppTest)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "dashboard"))
 
 
-@pytest.fixture
-def comparison(tmp_path, monkeypatch) -> Path:
-    home = tmp_path / "home"
+def make_comparison(home: Path) -> Path:
+    """A finished comparison folder ``home/cmp`` of two methods on one 16x24x24 phantom."""
     out = home / "cmp"
     image, labels = make_implant_phantom((16, 24, 24), seed=1)
     write_volume(home / "img.tif", Volume(image))
@@ -56,6 +55,13 @@ def comparison(tmp_path, monkeypatch) -> Path:
             )
         )
     merge(out)
+    return out
+
+
+@pytest.fixture
+def comparison(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    out = make_comparison(home)
     monkeypatch.setenv("MDLMA_HOME", str(home))
     st.cache_data.clear()
     return out
@@ -64,8 +70,27 @@ def comparison(tmp_path, monkeypatch) -> Path:
 def test_method_comparison_page(comparison):
     app = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=90)
     app.run()
-    app.switch_page("views/methods.py").run()
+    app.switch_page("views/compare.py").run()
+    app.segmented_control(key="compare_view").set_value("methods").run()
     assert not app.exception, [e.message for e in app.exception]
+    assert app.title[0].value == "Segmentation comparison"
     summary = next(f.value for f in app.dataframe if "label" in f.value.columns)
     assert set(summary["method"]) == {"sun-9", "classical"} and len(summary) == 6
     assert len(app.get("plotly_chart")) >= 3  # bar chart + two overlays
+
+
+def test_the_page_prepares_the_compare_template(comparison):
+    app = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=90)
+    app.run()
+    app.switch_page("views/compare.py").run()
+    app.segmented_control(key="compare_view").set_value("methods").run()
+    app.text_area(key="methods_train").set_value("a.tif a_gt.tif\nb.tif b_gt.tif")
+    app.text_area(key="methods_test").set_value("c.tif c_gt.tif")
+    app.multiselect(key="methods_chosen").set_value(["classical", "sun-9"]).run()
+    assert not app.exception, [e.message for e in app.exception]
+    array, merge_script = [c.value for c in app.code]
+    assert "#SBATCH --array=0-1" in array
+    assert "mdlma compare --train a.tif a_gt.tif b.tif b_gt.tif --test c.tif c_gt.tif" in array
+    assert '--methods classical sun-9 --method-index "$SLURM_ARRAY_TASK_ID"' in array
+    assert "mdlma compare --merge-only --out" in merge_script
+    assert app.button(key="methods_submit")

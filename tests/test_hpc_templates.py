@@ -39,6 +39,7 @@ REQUIRED_TEMPLATES = {
     "pipeline",
     "al-train",
     "al-simulate",
+    "compare",
     "infer",
     "nnunet-train",
     "nnunet-predict",
@@ -69,6 +70,7 @@ MINIMAL = {
     "pipeline": {"pipeline": "run.py", "input": "volume.tif"},
     "al-train": {"project": "model"},
     "al-simulate": {"pairs": "images.tif labels.tif", "test_pairs": "volume.tif gt.tif"},
+    "compare": {"train_pairs": "images.tif labels.tif", "test_pairs": "volume.tif gt.tif"},
     "infer": {"model": "model", "image": "volume.tif"},
     "nnunet-train": {},
     "nnunet-predict": {"volume": "volume.tif", "model": "model"},
@@ -182,6 +184,22 @@ def test_sun_predict_renders_array_and_merge_command_lines(workdir):
     assert merge.after == "predict"
     gpu = local_prepare("sun-predict", {**MINIMAL["sun-predict"], "gpus": 1}).scripts[0]
     assert "#SBATCH --gres=gpu:1" in gpu.directives and "--device cuda" in gpu.text
+
+
+def test_compare_template_renders_one_task_per_method_and_the_merge(workdir):
+    methods, merge = local_prepare(
+        "compare",
+        {**MINIMAL["compare"], "methods": "classical sun-9 sun-3", "max_parallel": 2, "gpus": 1},
+    ).scripts
+    assert "#SBATCH --array=0-2%2" in methods.directives  # one task per method
+    assert (
+        "mdlma compare --train images.tif labels.tif --test volume.tif gt.tif "
+        '--methods classical sun-9 sun-3 --method-index "$SLURM_ARRAY_TASK_ID" '
+        f"--out {workdir / 'comparison'} --sun-steps 1500" in methods.text
+    )
+    assert "--device cuda" in methods.text and "#SBATCH --gres=gpu:1" in methods.directives
+    assert f"mdlma compare --merge-only --out {workdir / 'comparison'}" in merge.text
+    assert merge.after == "methods" and "--gres" not in merge.directives
 
 
 def test_al_templates_render_the_cell_array_merge_and_training(workdir):
@@ -663,7 +681,7 @@ def test_broken_forms_are_refused(tmp_path, form, message):
 def test_unknown_template_lists_the_known_ones():
     with pytest.raises(
         InputError,
-        match="not found; expected one of al-simulate, al-train, denoise, histology-match, infer, jupyter, nnunet-predict",
+        match="not found; expected one of al-simulate, al-train, compare, denoise, histology-match, infer, jupyter, nnunet-predict",
     ):
         hpc.load_template("no-such-template")
 

@@ -298,6 +298,7 @@ MINIMAL = {
     "pipeline": {"pipeline": "run.py", "input": "pred.tif"},
     "nnunet-train": {"partition": "batch"},  # its default time (24 h) is over debug's hour
     "nnunet-predict": {"volume": "pred.tif", "model": "gt.tif"},
+    "compare": {"train_pairs": "pred.tif gt.tif", "test_pairs": "pred.tif gt.tif", "time": "30"},
 }
 
 

@@ -15,13 +15,21 @@ Every method runs by itself (:func:`run_method`, one SLURM array task each) and 
 (``comparison.json``, ``comparison.csv`` and a bar chart ``comparison.png``): per test
 case and class Dice, HD95, ASSD, predicted/true volume, with each method's training and
 prediction time, peak RSS and GPU use (``unified_framework.metrics``).
+
+Methods that share a model (``sun-9``/``sun-3``, ``nnunet-2d``/``nnunet-2d-9axes``) train
+it once under ``OUT/work/models``: whichever runs first trains it while holding a lock
+on it, the other waits and uses it, so array tasks running side by side score exactly
+what one process running the methods in turn scores. A model's training time and peak
+memory are recorded next to it (``<model>.train.json``) and reported for every method
+using it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +53,7 @@ class Budget:
     nnunet_epochs: int = 1
     nnunet_iterations: int = 20
     nnunet_dataset_id: int = 990
+    nnunet_final_validation: bool = True
     device: str = "auto"
     threads: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
@@ -77,8 +86,69 @@ def _class_names(train: list[tuple[Path, Path]]) -> list[str]:
     return ["background", *[f"class_{i}" for i in range(1, top + 1)]]
 
 
-def _train(method: str, train: list[tuple[Path, Path]], work: Path, budget: Budget) -> Path:
-    """Train the model a method needs (shared between methods using the same one)."""
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (another process sharing the work folder waits)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _model_path(method: str, work: Path) -> Path:
+    if method.startswith("sun"):
+        return work / "models" / "sun.pt"
+    if method.startswith("nnunet"):
+        return work / "models" / ("nnunet-3d_fullres" if method == "nnunet-3d" else "nnunet-2d")
+    if method == "classical":
+        return work / "models" / "classical.json"
+    raise InputError(f"method {method!r}: expected one of {', '.join(METHODS)}", field="methods")
+
+
+def _trained_model(
+    method: str,
+    train: list[tuple[Path, Path]],
+    work: Path,
+    budget: Budget,
+    methods: Sequence[str],
+) -> tuple[Path, dict[str, Any]]:
+    """The model ``method`` uses, trained here unless another method (or task) did.
+
+    Returns the model and its training record (``seconds``, ``peak_rss_bytes``,
+    ``gpu_memory_peak_bytes``, ``trained_by``).
+    """
+    from .metrics.resources import ResourceMeter
+
+    model = _model_path(method, work)
+    record_path = model.with_name(model.name + ".train.json")
+    with _locked(model.with_name(model.name + ".lock")):
+        if record_path.exists() and model.exists():
+            return model, json.loads(record_path.read_text(encoding="utf-8"))
+        with ResourceMeter(interval=0.2) as meter:
+            _train(method, train, work, budget, methods)
+        if meter.usage is None:  # set on leaving the block
+            raise RuntimeError("resource meter did not record")
+        record = {
+            "trained_by": method,
+            "seconds": round(meter.usage.wall_time_s, 2),
+            "cpu_seconds": round(meter.usage.cpu_time_s, 2),
+            "peak_rss_bytes": meter.usage.peak_rss_bytes,
+            "gpu_memory_peak_bytes": meter.usage.gpu_memory_peak_bytes,
+        }
+        with atomic_path(record_path) as tmp:
+            tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return model, record
+
+
+def _train(
+    method: str, train: list[tuple[Path, Path]], work: Path, budget: Budget, methods: Sequence[str]
+) -> Path:
+    """Train the model a method needs (the caller holds the model's lock)."""
     if method.startswith("sun"):
         model = work / "models" / "sun.pt"
         if not model.exists():
@@ -118,34 +188,40 @@ def _train(method: str, train: list[tuple[Path, Path]], work: Path, budget: Budg
         model = work / "models" / f"nnunet-{configuration}"
         if model.exists():
             return model
-        dataset = paths.raw
-        if not any(dataset.glob(f"Dataset{budget.nnunet_dataset_id:03d}_*")):
-            export_dataset(
-                [Case([i], lab) for i, lab in train],
-                paths,
-                budget.nnunet_dataset_id,
-                "Compare",
-                label_names=_class_names(train),
-            )
-        plans = next(
-            iter(
-                paths.preprocessed.glob(f"Dataset{budget.nnunet_dataset_id:03d}_*/nnUNetPlans.json")
-            ),
-            None,
+        # Every nnU-Net configuration the comparison needs is planned and preprocessed
+        # at once, under one lock: nnU-Net rewrites nnUNetPlans.json on each planning
+        # run, which must not happen while another task's training reads it.
+        needed = sorted(
+            {"3d_fullres" if m == "nnunet-3d" else "2d" for m in methods if m.startswith("nnunet")}
+            | {configuration}
         )
-        planned = json.loads(plans.read_text())["configurations"] if plans else {}
-        if configuration not in planned or not any(
-            paths.preprocessed.glob(
-                f"Dataset{budget.nnunet_dataset_id:03d}_*/nnUNetPlans_{configuration}"
-            )
-        ):
-            plan_and_preprocess(
-                paths,
-                budget.nnunet_dataset_id,
-                [configuration],
-                threads=budget.threads,
-                log=work / "logs" / f"plan-{configuration}.log",
-            )
+        with _locked(work / "models" / "nnunet-dataset.lock"):
+            dataset = paths.raw
+            if not any(dataset.glob(f"Dataset{budget.nnunet_dataset_id:03d}_*")):
+                export_dataset(
+                    [Case([i], lab) for i, lab in train],
+                    paths,
+                    budget.nnunet_dataset_id,
+                    "Compare",
+                    label_names=_class_names(train),
+                )
+            missing = [
+                c
+                for c in needed
+                if not any(
+                    paths.preprocessed.glob(
+                        f"Dataset{budget.nnunet_dataset_id:03d}_*/nnUNetPlans_{c}"
+                    )
+                )
+            ]
+            if missing:
+                plan_and_preprocess(
+                    paths,
+                    budget.nnunet_dataset_id,
+                    missing,
+                    threads=budget.threads,
+                    log=work / "logs" / f"plan-{'-'.join(missing)}.log",
+                )
         folder = nnunet_train(
             paths,
             budget.nnunet_dataset_id,
@@ -153,6 +229,7 @@ def _train(method: str, train: list[tuple[Path, Path]], work: Path, budget: Budg
             "all",
             epochs=budget.nnunet_epochs,
             iterations=budget.nnunet_iterations,
+            final_validation=budget.nnunet_final_validation,
             device=budget.device,
             threads=budget.threads,
             log=work / "logs" / f"train-{configuration}.log",
@@ -210,10 +287,25 @@ def run_method(
     out: str | Path,
     budget: Budget | None = None,
     model: str | Path | None = None,
+    methods: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Train (unless ``model`` is given), predict every test case and score one method.
 
     Writes ``OUT/predictions/<method>/<case>.tif`` and ``OUT/methods/<method>.json``.
+
+    Parameters
+    ----------
+    method : str
+        One of :data:`METHODS`.
+    train, test : sequence of (image, labels)
+    out : path
+        The comparison folder (shared by every method).
+    budget : Budget, optional
+    model : path, optional
+        A trained model to use instead of training.
+    methods : sequence of str, optional
+        Every method of the comparison (the nnU-Net configurations they need are
+        planned together); default just ``method``.
 
     Examples
     --------
@@ -230,8 +322,12 @@ def run_method(
     train_pairs, test_pairs = _pairs(train, "train"), _pairs(test, "test")
     out = Path(out)
     work = out / "work"
-    with ResourceMeter(interval=0.2) as train_meter:
-        model_path = Path(model) if model else _train(method, train_pairs, work, budget)
+    if model:
+        model_path, trained = Path(model), None
+    else:
+        model_path, trained = _trained_model(
+            method, train_pairs, work, budget, list(methods or [method])
+        )
     rows = []
     predict_seconds = 0.0
     with ResourceMeter(interval=0.2) as predict_meter:
@@ -260,18 +356,28 @@ def run_method(
                         else None,
                     }
                 )
-    if train_meter.usage is None or predict_meter.usage is None:  # set on leaving the blocks
+    if predict_meter.usage is None:  # set on leaving the block
         raise RuntimeError("resource meter did not record")
+    gpu = [predict_meter.usage.gpu_memory_peak_bytes]
+    if trained:
+        gpu.append(trained.get("gpu_memory_peak_bytes"))
     result = {
         "method": method,
         "model": str(model_path),
-        "trained_here": model is None,
+        "trained_by": trained["trained_by"] if trained else None,
         "budget": {k: v for k, v in budget.__dict__.items() if k != "extra"},
-        "train_seconds": round(train_meter.usage.wall_time_s, 2) if model is None else None,
+        "train_seconds": trained["seconds"] if trained else None,
+        "train_cpu_seconds": trained.get("cpu_seconds") if trained else None,
         "predict_seconds": round(predict_seconds, 2),
-        "peak_rss_bytes": max(train_meter.usage.peak_rss_bytes, predict_meter.usage.peak_rss_bytes),
-        "gpu_memory_peak_bytes": predict_meter.usage.gpu_memory_peak_bytes,
+        "predict_cpu_seconds": round(predict_meter.usage.cpu_time_s, 2),
+        "peak_rss_bytes": max(
+            predict_meter.usage.peak_rss_bytes, trained["peak_rss_bytes"] if trained else 0
+        ),
+        "train_peak_rss_bytes": trained["peak_rss_bytes"] if trained else None,
+        "predict_peak_rss_bytes": predict_meter.usage.peak_rss_bytes,
+        "gpu_memory_peak_bytes": max((g for g in gpu if g), default=None),
         "gpu_name": predict_meter.usage.gpu_name,
+        "gpu_utilisation_mean_percent": predict_meter.usage.gpu_utilisation_mean_percent,
         "rows": rows,
     }
     with atomic_path(out / "methods" / f"{method}.json") as tmp:
@@ -300,7 +406,9 @@ def merge(out: str | Path) -> dict[str, Path]:
                 {
                     **row,
                     "train_seconds": r["train_seconds"],
+                    "train_cpu_seconds": r.get("train_cpu_seconds"),
                     "predict_seconds": r["predict_seconds"],
+                    "predict_cpu_seconds": r.get("predict_cpu_seconds"),
                     "peak_rss_mib": r["peak_rss_bytes"] / 2**20,
                     "gpu_memory_peak_mib": (r["gpu_memory_peak_bytes"] or 0) / 2**20 or None,
                 }
@@ -358,5 +466,5 @@ def run_comparison(
             f"methods {unknown}: expected some of {', '.join(METHODS)}", field="methods"
         )
     for method in methods:
-        run_method(method, train, test, out, budget, (models or {}).get(method))
+        run_method(method, train, test, out, budget, (models or {}).get(method), methods)
     return merge(out)

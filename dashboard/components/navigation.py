@@ -15,7 +15,6 @@ PAGES: dict[str, list[tuple[str, str, str, str]]] = {
         ("views/composer.py", "Job composer", ":material/edit_note:", "composer"),
         ("views/viewer.py", "Job viewer", ":material/monitoring:", "viewer"),
         ("views/compare.py", "Segmentation comparison", ":material/compare:", "compare"),
-        ("views/methods.py", "Method comparison", ":material/leaderboard:", "methods"),
         ("views/registration.py", "Registration", ":material/join_inner:", "registration"),
         ("views/histology.py", "Virtual histology", ":material/biotech:", "histology"),
         ("views/analysis.py", "Analysis", ":material/analytics:", "analysis"),

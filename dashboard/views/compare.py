@@ -1,15 +1,34 @@
-"""Segmentation comparison: methods against ground truth, locally or as SLURM jobs."""
+"""Segmentation comparison: methods against ground truth, locally or as SLURM jobs.
+
+Two views: classical baselines and SUN models on one dataset with ground truth, and
+every method (SUN, nnU-Net, classical) trained and scored on the same held-out data by
+``mdlma compare`` (:mod:`components.method_comparison`).
+"""
 
 from pathlib import Path
 
 import numpy as np
 import plotly.express as px
 import streamlit as st
-from components import cluster, compare, paths, ui, volume_view, volumes
+from components import cluster, compare, method_comparison, paths, ui, volume_view, volumes
 
 st.title("Segmentation comparison")
 root = ui.home()
 user = ui.current_user()
+view = st.segmented_control(
+    "Compare",
+    ["dataset", "methods"],
+    default="methods" if st.query_params.get("view") == "methods" else "dataset",
+    required=True,
+    format_func={
+        "dataset": "Classical and SUN on one dataset",
+        "methods": "Every method on held-out data (SUN, nnU-Net, classical)",
+    }.get,
+    key="compare_view",
+)
+if view == "methods":
+    method_comparison.render(root)
+    st.stop()
 
 
 @st.cache_data(ttl=30, show_spinner=False)

@@ -4,8 +4,8 @@ Examples
 --------
 ``mdlma compare --train a.tif a_gt.tif --train b.tif b_gt.tif --test c.tif c_gt.tif --methods sun-9 sun-3 nnunet-2d nnunet-2d-9axes nnunet-3d classical --out cmp/``
 ``mdlma compare --train ... --test ... --methods nnunet-3d --model nnunet-3d=models/implant-3d --out cmp/``
-``mdlma compare --train ... --test ... --methods sun-9 --out cmp/ --no-merge``   (one SLURM array task)
-``mdlma compare --merge-only --out cmp/``
+``mdlma compare --train a.tif a_gt.tif b.tif b_gt.tif --test ... --methods sun-9 sun-3 classical --method-index 1 --out cmp/``   (SLURM array task 1: sun-3)
+``mdlma compare --merge-only --out cmp/``   (the merge job)
 """
 
 from __future__ import annotations
@@ -28,9 +28,21 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument(
-        "--train", nargs=2, action="append", default=[], metavar=("IMAGE", "LABELS")
+        "--train",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="IMAGE LABELS",
+        help="training image and label volumes in turn (repeat --train or list several pairs)",
     )
-    parser.add_argument("--test", nargs=2, action="append", default=[], metavar=("IMAGE", "LABELS"))
+    parser.add_argument(
+        "--test",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="IMAGE LABELS",
+        help="held-out image and label volumes in turn, the same for every method",
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
@@ -43,15 +55,51 @@ def register(subparsers) -> None:
     parser.add_argument("--nnunet-dataset-id", type=int, default=990)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--method-index",
+        type=int,
+        metavar="I",
+        help="run only the I-th of --methods (0-based; one SLURM array task) and do not merge",
+    )
+    parser.add_argument(
+        "--no-nnunet-final-validation",
+        dest="nnunet_final_validation",
+        action="store_false",
+        help="skip nnU-Net's validation pass after training (it re-predicts the training cases)",
+    )
     parser.add_argument("--no-merge", action="store_true", help="only run the methods")
     parser.add_argument("--merge-only", action="store_true", help="only merge methods/*.json")
     parser.set_defaults(func=_compare)
 
 
-def _compare(args: argparse.Namespace) -> int:
-    from ..compare import Budget, merge, run_method
+def _pairs(flat: list[str], option: str) -> list[tuple[str, str]]:
     from ..errors import InputError
 
+    if len(flat) % 2:
+        raise InputError(
+            f"--{option}: expected IMAGE LABELS pairs, got {len(flat)} paths", field=option
+        )
+    return list(zip(flat[0::2], flat[1::2], strict=True))
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ..compare import METHODS, Budget, merge, run_method
+    from ..errors import InputError
+
+    methods = list(args.methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown and not args.merge_only:
+        raise InputError(
+            f"--methods {unknown}: expected some of {', '.join(METHODS)}", field="methods"
+        )
+    if args.method_index is not None:
+        if not 0 <= args.method_index < len(methods):
+            raise InputError(
+                f"--method-index {args.method_index}: expected 0 .. {len(methods) - 1} "
+                f"({len(methods)} methods)",
+                field="method_index",
+            )
+        args.no_merge = True
     if not args.merge_only:
         models = {}
         for item in args.model:
@@ -65,6 +113,7 @@ def _compare(args: argparse.Namespace) -> int:
             nnunet_epochs=args.nnunet_epochs,
             nnunet_iterations=args.nnunet_iterations,
             nnunet_dataset_id=args.nnunet_dataset_id,
+            nnunet_final_validation=args.nnunet_final_validation,
             device=args.device,
             threads=args.threads,
         )
@@ -72,8 +121,10 @@ def _compare(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        for method in args.methods:
-            result = run_method(method, args.train, args.test, args.out, budget, models.get(method))
+        train, test = _pairs(args.train, "train"), _pairs(args.test, "test")
+        chosen = methods if args.method_index is None else [methods[args.method_index]]
+        for method in chosen:
+            result = run_method(method, train, test, args.out, budget, models.get(method), methods)
             dice = [r["dice"] for r in result["rows"]]
             print(
                 f"{method}: mean Dice {sum(dice) / max(len(dice), 1):.3f}, train {result['train_seconds']} s, "

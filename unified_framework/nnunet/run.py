@@ -162,6 +162,7 @@ def train(
     device: str = "auto",
     threads: int = 1,
     resume: bool = False,
+    final_validation: bool = True,
     log: str | Path | IO[str] | None = None,
 ) -> Path:
     """Train one fold of one configuration with ``nnUNetv2_train``.
@@ -184,6 +185,9 @@ def train(
         Augmentation workers and torch threads.
     resume : bool
         Continue from the fold's latest checkpoint (nnU-Net's ``--c``).
+    final_validation : bool
+        nnU-Net's validation pass after training (with fold ``all`` it predicts every
+        training case; off for short benchmark budgets).
     log : path or stream, optional
 
     Returns
@@ -230,6 +234,8 @@ def train(
             val_iterations if val_iterations is not None else max(1, iterations // 5)
         ),
     }
+    if not final_validation:
+        extra["MDLMA_NNUNET_FINAL_VALIDATION"] = "0"
     if threads <= 1:
         extra["nnUNet_n_proc_DA"] = "0"  # augmentation in the training process itself
     args = [str(dataset_id), configuration, fold, "-tr", trainer_name, "-device", device]
@@ -247,6 +253,7 @@ def train(
         "iterations_per_epoch": iterations if trainer is None else None,
         "device": device,
         "threads": threads,
+        "final_validation": final_validation,
         "train_seconds": round(time.perf_counter() - started, 2),
     }
     with atomic_path(folder / f"fold_{fold}" / "mdlma_training.json") as tmp:
