@@ -52,6 +52,12 @@ def _registration(home: Path) -> None:
     make_sample_registration(home, (32, 32, 32), seed=0, multimodal=False)
 
 
+def _comparison(home: Path) -> None:
+    from test_dashboard_methods import make_comparison
+
+    make_comparison(home)
+
+
 def _search(home: Path) -> None:
     from test_dashboard_search import make_study
 
@@ -70,9 +76,22 @@ class Page:
     screenshot: str
     #: a second screenshot with the first chart scrolled to the top (a docs figure)
     close_up: str = ""
+    #: other elements (``data-testid``) the page must show
+    also: tuple[str, ...] = ()
 
 
 PAGES = [
+    # resources and scores tables (drawn on canvases), the Dice bar chart, one overlay per
+    # method; the submit form in an expander
+    Page(
+        "compare?view=methods",
+        _comparison,
+        ("Segmentation comparison", "Held-out case"),
+        2,
+        3,
+        "comparison.png",
+        also=("stExpander",),
+    ),
     # quantities table; histogram, BV/TV curve, trend, thickness map
     Page("analysis", _analysis, ("Quantities", "Thickness map"), 1, 4, "analysis.png"),
     # the quality table is drawn on a canvas (its text is not in the DOM): count it instead
@@ -96,19 +115,21 @@ PAGES = [
 ]
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.path for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[p.path.split("?")[0] for p in PAGES])
 def test_page_shows_its_tables_and_charts(page: Page, dashboard, browser):  # noqa: F811
     base, home = dashboard
     page.prepare(home)
     browser.get(f"{base}/{page.path}")
     for text in page.texts:
-        wait_until(browser, has_text(text), what=f"'{text}' on the {page.path} page")
+        wait_until(browser, has_text(text), what=f"'{text}' on {page.path}")
     wait_until(browser, idle, what="the page to settle")
     # tables and charts render after the script run ends
     wait_until(browser, has_element("stDataFrame", page.tables), what="the tables")
     wait_until(browser, has_element("stPlotlyChart", page.charts), what="the charts")
     charts = browser.find_elements("css selector", '[data-testid="stPlotlyChart"]')
     assert len(charts) == page.charts
+    for test_id in page.also:
+        assert browser.find_elements("css selector", f'[data-testid="{test_id}"]'), test_id
     screenshot(browser, page.screenshot)
     if page.close_up:
         browser.execute_script("arguments[0].scrollIntoView({block: 'start'});", charts[0])
