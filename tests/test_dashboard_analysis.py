@@ -74,7 +74,7 @@ def test_uncertainty_ranges_assigned_and_sampled_are_shown(home):
     out = home / "u.json"
     command = ["quantify", str(labels), "--out", str(out), "--shells", "0"]
     assert main([*command, "--uncertainty", "sample", str(home / "p.npy"), "--samples", "2"]) == 0
-    app = open_page()
+    app = open_page("analysis")
     assert_clean(app)
     (frame,) = [f.value for f in app.dataframe if "sampled mean" in f.value.columns]
     row = frame[frame["quantity"] == "residual_volume_mm3"].iloc[0]
