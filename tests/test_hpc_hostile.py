@@ -322,6 +322,7 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
     """
     threads = str(v.get("cpus", ""))  # SLURM_CPUS_PER_TASK is unset here
     device = "cuda" if v.get("gpus") else "cpu"
+    runtime = ["--device", device, "--threads", threads]
     if name == "python-script":
         return "python", [v["script"], *v["args"]]
     if name == "score":
@@ -350,10 +351,7 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             str(v["steps"]),
             "--batch-size",
             str(v["batch_size"]),
-            "--device",
-            device,
-            "--threads",
-            threads,
+            *runtime,
             *v["extra_args"],
         ]
     if name == "sun-predict" and step == "merge":
@@ -375,10 +373,7 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             str(v["slabs"]),
             "--piece-index",
             "0",
-            "--device",
-            device,
-            "--threads",
-            threads,
+            *runtime,
             "--job-memory",
             "2048",  # SLURM_MEM_PER_NODE's default; the budget is (2048 - 1024) / 2
         ]
@@ -396,10 +391,7 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             str(v["epochs"]),
             "--iterations",
             str(v["iterations"]),
-            "--device",
-            device,
-            "--threads",
-            threads,
+            *runtime,
             *v["extra_args"],
         ]
     if name == "nnunet-predict":
@@ -413,10 +405,7 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             "--out",
             v["out"],
             *axes,
-            "--device",
-            device,
-            "--threads",
-            threads,
+            *runtime,
             *v["extra_args"],
         ]
     if name == "histology-match":
@@ -524,10 +513,7 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             "al",
             "train",
             v["project"],
-            "--device",
-            device,
-            "--threads",
-            threads,
+            *runtime,
             *steps,
             *v["extra_args"],
         ]
@@ -559,10 +545,7 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             str(v["max_labelled"]),
             "--cell-index",
             "0",
-            "--device",
-            device,
-            "--threads",
-            threads,
+            *runtime,
             *v["extra_args"],
         ]
     if name == "compare" and step == "merge":
@@ -588,10 +571,7 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             str(v["nnunet_epochs"]),
             "--nnunet-iterations",
             str(v["nnunet_iterations"]),
-            "--device",
-            device,
-            "--threads",
-            threads,
+            *runtime,
             *v["extra_args"],
         ]
     if name == "infer" and step == "merge":
@@ -618,10 +598,7 @@ def _expected_call(name: str, step: str, v: dict) -> tuple[str, list[str]]:
             "0",
             "--parts",
             str(v["tasks"]),
-            "--device",
-            device,
-            "--threads",
-            threads,
+            *runtime,
             *v["extra_args"],
         ]
     if name == "jupyter":
