@@ -22,11 +22,19 @@ time of the process is the fairer figure), next to the goals::
     python benchmarks/histology_match.py                          # 20 cases, 256^3, all modes
     python benchmarks/histology_match.py --cases 6 --size 128 --modes cone all local
     python benchmarks/histology_match.py --cases 2 --size 96 --figures docs   # + docs/histology_*.png
+
+On a shared machine the cases can run as several processes, each appending one JSON line
+per case and mode to a file, then summarised together::
+
+    python benchmarks/histology_match.py --cases 10 --first-seed 1000 --modes cone --jsonl a.jsonl &
+    python benchmarks/histology_match.py --cases 10 --first-seed 1010 --modes cone --jsonl b.jsonl &
+    wait; python benchmarks/histology_match.py --summary a.jsonl b.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -81,9 +89,20 @@ def main() -> None:
     parser.add_argument(
         "--figures", type=Path, metavar="DIR", help="write histology_*.png of the first case here"
     )
+    parser.add_argument("--jsonl", type=Path, help="append one JSON line per case and mode here")
+    parser.add_argument(
+        "--summary",
+        type=Path,
+        nargs="+",
+        metavar="JSONL",
+        help="only print the table of earlier --jsonl runs",
+    )
     args = parser.parse_args()
+    if args.summary:
+        summarise([json.loads(line) for f in args.summary for line in f.read_text().splitlines()])
+        return
     spacing = 5.0
-    rows: dict[str, list[tuple[float, ...]]] = {m: [] for m in args.modes}
+    records: list[dict] = []
     for case in range(args.cases):
         volume, section, truth = make_section_sample(
             (args.size,) * 3, seed=args.first_seed + case, spacing=spacing, maps=True
@@ -98,7 +117,25 @@ def main() -> None:
             angle = angle_between(best.plane.normal, truth["plane"]["normal"])
             offset = abs(best.offset_um - truth["offset_um"]) / spacing
             registered, similarity = landmark_error(done, truth, float(section.spacing[0]))
-            rows[mode].append((angle, offset, wall, registered, similarity, cpu))
+            record = {
+                "seed": args.first_seed + case,
+                "mode": mode,
+                "size": args.size,
+                "orientation_deg": angle,
+                "offset_vox": offset,
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "landmarks_px": registered,
+                "landmarks_similarity_px": similarity,
+                "register": args.register,
+                "device": args.device,
+                "torch_threads": _threads(),
+                "load": os.getloadavg()[0],
+            }
+            records.append(record)
+            if args.jsonl:
+                with args.jsonl.open("a") as out:
+                    out.write(json.dumps(record) + "\n")
             print(
                 f"case {case} {mode:5s}: orientation error {angle:6.2f} deg, offset error {offset:5.2f} voxels, "
                 f"landmarks {registered:5.2f} px (similarity {similarity:5.2f}), {wall:6.1f} s wall, {cpu:6.1f} s CPU",
@@ -106,10 +143,30 @@ def main() -> None:
             )
             if args.figures and case == 0 and mode == args.modes[0]:
                 write_figures(args.figures, volume, section, truth, result, done)
-    load = os.getloadavg()
+    summarise(records)
+
+
+def summarise(records: list[dict]) -> None:
+    """The table of goals vs measured figures, per mode, from per-case records."""
+    rows: dict[str, list[tuple[float, ...]]] = {}
+    for r in records:
+        rows.setdefault(r["mode"], []).append(
+            (
+                r["orientation_deg"],
+                r["offset_vox"],
+                r["wall_s"],
+                r["landmarks_px"],
+                r["landmarks_similarity_px"],
+                r["cpu_s"],
+            )
+        )
+    sizes = sorted({r["size"] for r in records})
+    loads = [r["load"] for r in records]
+    counts = {m: len(v) for m, v in rows.items()}
     print(
-        f"\n{args.cases} cases per mode, phantom {args.size}^3, voxel {spacing} um, registration {args.register}, "
-        f"device {args.device}, torch threads {_threads()}, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
+        f"\ncases per mode {counts}, phantom {'/'.join(map(str, sizes))}^3, voxel 5.0 um, "
+        f"registration {','.join(sorted({r['register'] for r in records}))}, device {','.join(sorted({r['device'] for r in records}))}, "
+        f"torch threads {max(r['torch_threads'] for r in records)}, load average {min(loads):.1f}..{max(loads):.1f}"
     )
     header = f"{'mode':5s} | {'success %':>16s} | {'mean/median deg':>18s} | {'median offset vox':>18s} | {'landmarks px (sim.)':>20s} | {'wall s/case':>16s} | {'CPU s/case':>10s}"
     print(header + "\n" + "-" * len(header))
@@ -117,6 +174,7 @@ def main() -> None:
         ok = [v for v in values if v[0] < 3 and v[1] <= 3]
         angles = [v[0] for v in ok]
         success = 100 * len(ok) / len(values)
+        failed = [f"{v[0]:.1f} deg/{v[1]:.1f} vox" for v in values if not (v[0] < 3 and v[1] <= 3)]
         mean = statistics.mean(angles) if angles else float("nan")
         median = statistics.median(angles) if angles else float("nan")
         offset = statistics.median(v[1] for v in values)
@@ -129,6 +187,7 @@ def main() -> None:
             f"{mode:5s} | {success:6.1f} (>= {GOALS['success_pct']:.0f}) | {mean:5.2f}/{median:5.2f} (<= {GOALS['mean_deg']}) | "
             f"{offset:8.2f} (<= {GOALS['median_offset_vox']:.0f}) | {marks:8.2f} ({marks_sim:5.2f})   | "
             f"{wall:7.1f} ({'<= ' + format(wall_goal, '.0f') if wall_goal else 'n/a'}) | {cpu:10.1f}"
+            + (f"   misses: {', '.join(failed)}" if failed else "")
         )
 
 

@@ -394,3 +394,35 @@ def test_no_prior_two_stage_search_recovers_the_plane(monkeypatch):
     assert result.searched["two_stage"]
     assert angle_between(result.best.plane.normal, truth["plane"]["normal"]) < 3.0
     assert abs(result.best.offset_um - truth["offset_um"]) <= 3 * 5.0
+
+
+def test_rerank_turns_a_candidate_to_its_best_in_plane_rotation():
+    """The medium level re-scores every in-plane rotation of a global candidate (the coarse score often prefers a wrong one)."""
+    import torch
+
+    from unified_framework.data.section import make_section_sample
+    from unified_framework.histology import match
+
+    volume, section, truth = make_section_sample((48, 48, 48), seed=7, torn=False)
+    grey = match.section_grey(section)
+    scorer = match._Scorer(
+        match._binned(volume, 48), grey, 5.0, bins=16, device=torch.device("cpu")
+    )
+    centre = match.volume_centre(volume)
+    t = truth["section_to_plane"]
+    right = np.array(
+        [
+            *truth["plane"]["normal"],
+            truth["offset_um"],
+            t["rotation_deg"],
+            t["scale"],
+            *t["translation_um"],
+            *truth["plane"]["u"],
+        ]
+    )
+    wrong = right.copy()
+    wrong[4] += 120  # same plane and centre of rotation (the tissue centroid is (0, 0) here)
+    turned = match._rerotate(scorer, centre, wrong[None], np.arange(0, 360, 15.0), np.zeros(2))[0]
+    assert abs((turned[4] - right[4] + 180) % 360 - 180) < 1e-6
+    scores = scorer.nmi(match._world_of(scorer, centre, np.stack([wrong, turned])))
+    assert scores[1] > scores[0] + 0.02

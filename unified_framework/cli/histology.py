@@ -260,15 +260,16 @@ def _transfer_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _spacing(
-    given: list[float] | None, read: tuple[float, ...], name: str, what: str, option: str
+    given: list[float] | None, volume: Any, name: str, what: str, option: str
 ) -> tuple[float, ...]:
-    """The file's voxel size, or ``given``; refuse a file without one (readers then report 1 µm everywhere)."""
+    """The file's voxel size, or ``given``; refuse a file without one (``Volume.spacing_known``)."""
+    read = volume.spacing
     n = len(read)
     if given:
         if len(given) not in (1, n) or not all(math.isfinite(g) and g > 0 for g in given):
             raise InputError(f"{option}: {given}; expected 1 or {n} positive numbers (µm)")
         return tuple(given) * (n if len(given) == 1 else 1)
-    if all(s == 1.0 for s in read):
+    if not volume.spacing_known:
         raise InputError(
             f"{name}: the file gives no {what} (read as 1 µm); expected one in the file, or give it with {option}"
         )
@@ -279,7 +280,7 @@ def _read_volume(path: str, voxel_size: list[float] | None) -> Any:
     from ..io import read_volume
 
     volume = read_volume(path, lazy=True, expect_ndim=3, grey=True)
-    volume.spacing = _spacing(voxel_size, volume.spacing, path, "voxel size", "--voxel-size")
+    volume.spacing = _spacing(voxel_size, volume, path, "voxel size", "--voxel-size")
     return volume
 
 
@@ -324,7 +325,7 @@ def _match(args: argparse.Namespace) -> int:
     section = read_volume(args.section, expect_ndim=2)
     section.spacing = _spacing(
         [args.pixel_size] if args.pixel_size else None,
-        section.spacing,
+        section,
         args.section,
         "pixel size",
         "--pixel-size",

@@ -56,9 +56,16 @@ ROTATION_STEP = 15.0
 TWO_STAGE_CONE = 60.0
 #: Distinct orientations of the coarse stage searched again on the requested grid.
 TWO_STAGE_KEEP = 12
-#: At least this many distinct global candidates are refined (the right one is not always
-#: among the best three of the coarse search; refining one costs about a second at 64^3).
-REFINED = 6
+#: The volume used to re-rank the global candidates has at most this many voxels per side.
+MEDIUM_SIDE = 64
+#: Distinct global candidates re-ranked on the medium level (every in-plane rotation, then a
+#: short local search each). The binned data of the global search cannot tell the true plane
+#: from near-mirror or strongly tilted ones of a nearly rotation-symmetric sample: on the
+#: 128^3 benchmark case that failed without a prior (seed 1002) the right orientation was
+#: the 16th distinct global candidate (six were refined) and is found with 32.
+SEEDS = 32
+#: At least this many distinct candidates of the medium level are refined on the fine level.
+REFINED = 4
 
 
 @dataclass
@@ -494,17 +501,38 @@ def locate_section(
     seeds = _distinct(
         params,
         scores,
-        max(candidates, REFINED),
+        max(candidates, SEEDS),
         min_angle=2 * orientation_step,
         min_offset=3 * voxel,
+    )
+    # Re-rank on the medium level: every in-plane rotation of each seed (the coarse score
+    # often prefers a wrong rotation of the right plane), then a short local search.
+    medium = _binned(volume, MEDIUM_SIDE)
+    medium_voxel = float(min(medium.spacing))
+    grey_medium, medium_px = _section_at(grey, pixel_size, medium_voxel)
+    medium_scorer = _Scorer(medium, grey_medium, medium_px, bins=16, device=dev)
+    rerotated = _rerotate(medium_scorer, centre, params[seeds], rotations, section_centroid)
+    medium_matches = [
+        _refine(medium_scorer, centre, row, medium_voxel, scale_range, stop=0.25)
+        for row in tqdm(rerotated, desc="re-rank", disable=not progress, leave=False)
+    ]
+    order = np.argsort([-m.score for m in medium_matches])
+    medium_rows = np.array([_as_params(medium_matches[i]) for i in order])
+    medium_scores = np.array([medium_matches[i].score for i in order])
+    keep = _distinct(
+        medium_rows,
+        medium_scores,
+        max(candidates, REFINED),
+        min_angle=orientation_step,
+        min_offset=2 * medium_voxel,
     )
     fine = _binned(volume, FINE_SIDE)
     fine_voxel = float(min(fine.spacing))
     grey_fine, fine_px = _section_at(grey, pixel_size, fine_voxel)
     fine_scorer = _Scorer(fine, grey_fine, fine_px, bins=24, device=dev)
     refined = [
-        _refine(fine_scorer, centre, params[i], fine_voxel, scale_range)
-        for i in tqdm(seeds, desc="refine", disable=not progress, leave=False)
+        _refine(fine_scorer, centre, medium_rows[i], fine_voxel, scale_range)
+        for i in tqdm(keep, desc="refine", disable=not progress, leave=False)
     ]
     refined.sort(key=lambda m: -m.score)
     best = refined[0]
@@ -518,6 +546,8 @@ def locate_section(
         "candidates_scored": int(len(params)),
         "two_stage": bool(cone > TWO_STAGE_CONE),
         "coarse_voxel_um": voxel,
+        "reranked": int(len(seeds)),
+        "medium_voxel_um": medium_voxel,
         "fine_voxel_um": fine_voxel,
         "global_best_nmi": float(scores.max()),
     }
@@ -567,6 +597,59 @@ def _distinct(
     return chosen
 
 
+def _rerotate(
+    scorer: _Scorer,
+    centre: np.ndarray,
+    rows: np.ndarray,
+    rotations: np.ndarray,
+    section_centroid: np.ndarray,
+) -> np.ndarray:
+    """Each candidate at its best in-plane rotation (tissue centroids kept together).
+
+    A candidate's translation puts the section's tissue centroid on the plane's
+    (``c = t + s R(rot) c_section``); every rotation keeps ``c`` and is scored.
+    """
+    out = rows.copy()
+    trials = []
+    for row in rows:
+        rot, scale, trans = row[4], row[5], row[6:8]
+        centroid = trans + scale * _rotation(rot) @ section_centroid
+        for r in rotations:
+            trial = row.copy()
+            trial[4] = rot + r
+            trial[6:8] = centroid - scale * _rotation(rot + r) @ section_centroid
+            trials.append(trial)
+    trial_rows = np.array(trials)
+    scores = np.concatenate(
+        [
+            scorer.nmi(_world_of(scorer, centre, trial_rows[i : i + BATCH]))
+            for i in range(0, len(trial_rows), BATCH)
+        ]
+    ).reshape(len(rows), len(rotations))
+    for k in range(len(rows)):
+        out[k] = trial_rows[k * len(rotations) + int(np.argmax(scores[k]))]
+    return out
+
+
+def _rotation(degrees: float) -> np.ndarray:
+    a = math.radians(degrees)
+    return np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+
+
+def _as_params(match: Match) -> np.ndarray:
+    """The 11-number parameter row of a match (normal, offset, rotation, scale, translation, u)."""
+    return np.array(
+        [
+            *match.plane.normal,
+            match.offset_um,
+            match.rotation_deg,
+            match.scale,
+            *match.translation_um,
+            *match.plane.u,
+        ]
+    )
+
+
 def _perturb(base: np.ndarray, delta: np.ndarray) -> np.ndarray:
     """Apply 7-parameter steps (tilt about v, tilt about u in degrees, offset µm, rotation deg, log scale, translation v, u µm)."""
     out = np.repeat(base[None], len(delta), axis=0)
@@ -588,8 +671,12 @@ def _refine(
     start: np.ndarray,
     voxel: float,
     scale_range: tuple[float, float],
+    stop: float = 0.05,
 ) -> Match:
-    """Batched pattern search: try +-step on each parameter at once, move to the best, halve when stuck."""
+    """Batched pattern search: try +-step on each parameter at once, move to the best, halve when stuck.
+
+    Stops when the offset step is below ``stop`` voxels.
+    """
     steps = np.array([2.0, 2.0, 2 * voxel, 4.0, 0.04, 2 * voxel, 2 * voxel])
     eye = np.vstack([np.eye(7), -np.eye(7)])
     current = start.copy()
@@ -606,7 +693,7 @@ def _refine(
             current[8:11] = u / np.linalg.norm(u)
         else:
             steps /= 2
-            if steps[2] < 0.05 * voxel:
+            if steps[2] < stop * voxel:
                 break
     return _as_match(current, centre, best)
 
@@ -626,16 +713,7 @@ def _as_match(params: np.ndarray, centre: np.ndarray, score: float) -> Match:
 
 def _landscape(scorer: _Scorer, centre: np.ndarray, match: Match, voxel: float) -> dict[str, Any]:
     """NMI around the match: over tilts (two directions, degrees) and over offsets (voxels)."""
-    base = np.array(
-        [
-            *match.plane.normal,
-            match.offset_um,
-            match.rotation_deg,
-            match.scale,
-            *match.translation_um,
-            *match.plane.u,
-        ]
-    )
+    base = _as_params(match)
     tilts = np.arange(-6.0, 6.01, 1.5)
     grid = np.array([[a, b, 0, 0, 0, 0, 0] for a in tilts for b in tilts])
     tilt_scores = scorer.nmi(_world_of(scorer, centre, _perturb(base, grid))).reshape(

@@ -142,7 +142,13 @@ def _read_file(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
         data = _read_pixels(path, dtype)
     if order is not None and frames > 1 and list(order) != list(range(frames)):
         data = data[np.asarray(order)]  # frames stored out of position order
-    metadata: dict[str, Any] = {"tags": _tags(header), "dicom": _carried(header, measures)}
+    metadata: dict[str, Any] = {
+        "spacing_known": _has_pixel_spacing(
+            measures if measures is not None and "PixelSpacing" in measures else header
+        ),
+        "tags": _tags(header),
+        "dicom": _carried(header, measures),
+    }
     syntax = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
     if (
         syntax is not None
@@ -302,6 +308,7 @@ def _read_series(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
         ):
             data[index] = _read_pixels(file, dtype)
     metadata = {
+        "spacing_known": _has_pixel_spacing(first),
         "tags": _tags(headers[0][1]),
         "dicom": _carried(headers[0][1]),
         "slices": len(ordered),
@@ -359,6 +366,13 @@ def _rescaled_dtype(ds: Any) -> np.dtype:
             if info.min <= min(ends) and max(ends) <= info.max:
                 return dtype
     return np.dtype(np.float32 if bits <= 16 else np.float64)
+
+
+def _has_pixel_spacing(ds: Any) -> bool:
+    value = ds.get("PixelSpacing")
+    if value is None:
+        value = ds.get("ImagerPixelSpacing")
+    return value is not None and len(value) == 2
 
 
 def _pixel_spacing(ds: Any) -> tuple[float, float]:

@@ -54,6 +54,7 @@ def read_hdf5(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) -> 
         if origin is None and coords:
             origin = tuple([0.0] * (3 - node.ndim) + [first for first, _ in coords][-3:])
         metadata = {
+            "spacing_known": _spacing(node) is not None or bool(coords),
             "dataset": node.name,
             "attributes": _attrs(node),
             "group_attributes": _attrs(node.parent),

@@ -72,7 +72,9 @@ def _read_pillow(path: Path, lazy: bool, expect_ndim: Any) -> Volume:
         "mode": mode,
         "info": jsonable({k: v for k, v in info.items() if k not in ("icc_profile", "exif")}) or {},
     }
-    return Volume(data, _pillow_spacing(info, fmt), metadata, path, axes=axes)
+    spacing = _pillow_spacing(info, fmt)
+    metadata["spacing_known"] = spacing is not None
+    return Volume(data, spacing or (1.0, 1.0), metadata, path, axes=axes)
 
 
 def _png_bit_depth(path: Path) -> int:
@@ -81,8 +83,8 @@ def _png_bit_depth(path: Path) -> int:
     return header[24] if len(header) == 25 else 8
 
 
-def _pillow_spacing(info: dict[Any, Any], fmt: str | None) -> tuple[float, float]:
-    """Pixel size (y, x) in µm from Pillow's ``dpi``; 1.0 where the file gives none.
+def _pillow_spacing(info: dict[Any, Any], fmt: str | None) -> tuple[float, float] | None:
+    """Pixel size (y, x) in µm from Pillow's ``dpi``; None where the file gives none.
 
     PNG ``pHYs`` stores whole pixels per metre, which Pillow turns into dots per inch;
     rounding back to pixels per metre gives the exact size (2000000/m -> 0.5 µm).
@@ -91,9 +93,9 @@ def _pillow_spacing(info: dict[Any, Any], fmt: str | None) -> tuple[float, float
         # JPEG EXIF gives rationals (IFDRational), PNG and JFIF plain numbers.
         dpi = [float(d) for d in info["dpi"]]
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return 1.0, 1.0
+        return None
     if len(dpi) != 2 or not all(math.isfinite(d) and d > 0 for d in dpi):
-        return 1.0, 1.0
+        return None
     sizes = []
     for value in (dpi[1], dpi[0]):
         if fmt == "PNG":
@@ -159,6 +161,8 @@ def read_tiff_image(
         metadata["levels"] = described
     if tif.is_svs:
         metadata["svs"] = jsonable(_svs_metadata(tif)) or {}
+        mpp = metadata["svs"].get("MPP")
+        metadata["spacing_known"] |= isinstance(mpp, (int, float)) and mpp > 0
     spacing = tuple(described[index]["spacing_um"])
     volume = Volume(data, spacing, metadata, path, axes=out_axes)
     if grey:

@@ -93,6 +93,7 @@ def read_nifti(path: Path, dataset: str | None, lazy: bool, expect_ndim: Any) ->
         },
         "nifti": {"sform_code": int(header["sform_code"]), "qform_code": int(header["qform_code"])},
         "spatial_unit": unit,
+        "spacing_known": True,  # pixdim is a required field (an unknown unit means mm)
         "nifti_shape_xyz": list(shape),
         "axis_order_on_disk": "x,y,z",
     }

@@ -232,6 +232,12 @@ def _read_page(path: Path, page: Any, index: int) -> np.ndarray:
             ) from exc
 
 
+def _spacing_known(tif: Any) -> bool:
+    """Whether the file gives a voxel size at all (OME, ImageJ, shaped or resolution tags)."""
+    sources = (_ome_spacing, _imagej_spacing, _shaped_spacing, _resolution_spacing)
+    return any(source(tif) is not None for source in sources)
+
+
 def _spacing(tif: Any, ndim: int) -> tuple[float, ...]:
     """Voxel size in micrometres, last ``ndim`` axes; 1.0 where the file says nothing."""
     for source in (_ome_spacing, _imagej_spacing, _shaped_spacing, _resolution_spacing):
@@ -310,7 +316,11 @@ def _metadata(tif: Any, series: Any) -> dict[str, Any]:
         for tag in tif.pages.first.tags
         if tag.name not in _LAYOUT_TAGS and (value := jsonable(tag.value)) is not None
     }
-    metadata: dict[str, Any] = {"axes": series.axes, "tags": tags}
+    metadata: dict[str, Any] = {
+        "axes": series.axes,
+        "tags": tags,
+        "spacing_known": _spacing_known(tif),
+    }
     stored = np.dtype(series.dtype).newbyteorder(tif.byteorder)
     if not stored.isnative:  # tifffile swaps to native order: say what the file holds
         metadata["byte_order"] = byte_order(stored)

@@ -68,7 +68,8 @@ def read_zarr(
         if stored is not None:
             check_stored_chunks(path, array.shape, array.dtype, array.chunks, stored)
     ome = _ome_transforms(attrs, array.ndim, level or 0)
-    spacing = _spacing(array_attrs, spatial) or (ome[0] if ome else None) or (1.0,) * spatial
+    found = _spacing(array_attrs, spatial) or (ome[0] if ome else None)
+    spacing = found or (1.0,) * spatial
     origin, direction = geometry_from_attributes(array_attrs, f"{path}: .zattrs")
     if origin is None and ome:
         origin = ome[1]
@@ -80,7 +81,11 @@ def read_zarr(
     else:
         check_memory(array.shape, array.dtype, str(path))
         data = view.read_all()
-    metadata = {"attributes": jsonable(array_attrs) or {}, "chunks": list(array.chunks)}
+    metadata = {
+        "attributes": jsonable(array_attrs) or {},
+        "chunks": list(array.chunks),
+        "spacing_known": found is not None,
+    }
     if dataset:
         metadata["dataset"] = "/" + dataset.strip("/")
     if attrs:

@@ -126,6 +126,22 @@ class Volume:
         self.spacing = spacing[-len(self.spacing) :]
 
     @property
+    def spacing_known(self) -> bool:
+        """False when the file this volume was read from gave no voxel size (``spacing`` is then 1 µm).
+
+        Readers say so in ``metadata["spacing_known"]``; a volume made in code, or
+        read by a reader that always finds a size (NIfTI), counts as known.
+
+        Examples
+        --------
+        >>> Volume(np.zeros((2, 2)), metadata={"spacing_known": False}).spacing_known
+        False
+        >>> Volume(np.zeros((2, 2))).spacing_known
+        True
+        """
+        return bool(self.metadata.get("spacing_known", True))
+
+    @property
     def orientation(self) -> str:
         """Where the index axes x, y, z point, as NIfTI/nibabel axis codes (``"LAS"``, ``"RAS"``, ...).
 
