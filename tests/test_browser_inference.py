@@ -42,7 +42,7 @@ def test_inference_page_runs_the_sample_and_lists_the_service(dashboard, browser
         port = s.getsockname()[1]
     process = start_service([model], port, home)
     try:
-        state = wait_for_service(port, process, home)
+        wait_for_service(port, process, home)
         browser.get(f"{base}/inference")
         wait_until(browser, has_text("Predict service"), what="the inference page")
         wait_until(browser, has_element("stDataFrame"), what="the running services")
@@ -57,11 +57,5 @@ def test_inference_page_runs_the_sample_and_lists_the_service(dashboard, browser
         assert (home / "inference" / "image-model.zarr" / "0").is_dir()
         screenshot(browser, "inference.png")
     finally:
-        stop_service(
-            {
-                **(locals().get("state") or {}),
-                "pid": process.pid,
-                "state": str(home / "services" / f"serve-{port}.json"),
-            }
-        )
+        stop_service({"pid": process.pid, "state": str(home / "services" / f"serve-{port}.json")})
         process.wait(10)

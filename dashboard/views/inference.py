@@ -214,7 +214,10 @@ if result:
             present = [int(v) for v in np.unique(labels)]
             rgb = volumes.overlay(grey, labels, opacity, present)
             st.plotly_chart(
-                volumes.image_figure(rgb, f"{result_path.name} (every {step}. pixel)"),
+                volumes.image_figure(
+                    rgb,
+                    f"{result_path.name} ({'full resolution' if step == 1 else f'every {step}th pixel'})",
+                ),
                 key="inference_overlay",
             )
             st.caption(f"`{result_path}` · labels present: {present}")
