@@ -384,6 +384,7 @@ def slurm_array(folder: Path, model: Path, image: Path, budget_mb: float) -> dic
             "merge_time": "10",
         },
         backend="slurm",
+        cwd=str(folder),
     )
     while True:
         jobs = hpc.status(record.job_ids, backend="slurm")
