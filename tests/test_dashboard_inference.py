@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import streamlit as st
 import zarr
+from conftest_slurm import slurm_cluster  # noqa: F401 - fixture
 from streamlit.testing.v1 import AppTest
 
 from unified_framework.inference import load_model, predict_array
@@ -104,3 +105,30 @@ def test_starts_and_stops_a_predict_service(home):
             from unified_framework.inference.service import stop_service
 
             stop_service(left)
+
+
+@pytest.mark.slurm
+def test_submits_the_infer_array_and_shows_its_result(home, slurm_cluster):  # noqa: F811
+    from conftest_slurm import wait_for
+
+    from unified_framework import hpc
+
+    app = open_page()
+    app.button(key="inference_sample").click().run()
+    app.text_input(key="inference_patch").set_value("64 64")
+    app.number_input(key="inference_budget").set_value(64)
+    app.number_input(key="inference_workers").set_value(2).run()
+    app.button(key="inference_submit").click().run()
+    assert_clean(app)
+    (message,) = [str(s.value) for s in app.success]
+    ids = message.split()[1:3]  # "Submitted ARRAY MERGE (array + merge) -> OUT"
+
+    def finished():
+        jobs = hpc.status(ids, backend="slurm")
+        return jobs if jobs and all(j.finished for j in jobs) else None
+
+    jobs = wait_for(finished, timeout=400, what="the infer array")
+    assert {j.state for j in jobs} == {"COMPLETED"}, jobs
+    app.button(key="inference_refresh").click().run()
+    assert_clean(app)
+    assert [c.proto.id for c in app.get("plotly_chart")]  # the merged result's overlay
