@@ -4,12 +4,14 @@ One module so that the pages share one dashboard and one browser (the module-sco
 of ``test_browser_dashboard``). Each page's result folder is made beforehand with the page's
 own helper or the command line; the test waits until the page shows its headings, tables
 and charts, then takes a screenshot into ``tests/artifacts``. The Virtual histology and
-Annotate pages get their own tests (a 3D view to scroll to; a stroke to paint and save).
+Annotate pages get their own tests (a 3D view to scroll to; a stroke to paint and save), as does
+the Inference page (a run started from the page, a predict service listed).
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from test_browser_dashboard import (  # noqa: F401 - fixtures
     has_text,
     idle,
     screenshot,
+    set_text,
     wait_until,
 )
 
@@ -34,6 +37,7 @@ from unified_framework.active_learning.pool import IGNORE
 from unified_framework.active_learning.project import Project
 from unified_framework.cli.main import main
 from unified_framework.histology import normal_from_angles
+from unified_framework.inference.service import start_service, stop_service, wait_for_service
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "dashboard"))
@@ -238,3 +242,32 @@ def test_paint_a_stroke_save_and_the_label_file_holds_it(dashboard, browser):  #
     assert np.ptp(painted[:, 0]) <= 2
     assert cols / 3 - 3 <= np.ptp(painted[:, 1]) + 1 <= cols / 3 + 3
     assert (labels[:, : cols // 4] == IGNORE).all()  # nothing painted on the left
+
+
+def test_inference_page_runs_the_sample_and_lists_the_service(dashboard, browser):  # noqa: F811
+    from components.inference import make_sample
+
+    base, home = dashboard
+    model, _ = make_sample(home, side=128)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = start_service([model], port, home)
+    try:
+        wait_for_service(port, process, home)
+        browser.get(f"{base}/inference")
+        wait_until(browser, has_text("Predict service"), what="the inference page")
+        wait_until(browser, has_element("stDataFrame"), what="the running services")
+        set_text(browser, "Model path", "inference/sample/model.pt")
+        set_text(browser, "Image path", "inference/sample/image.tif")
+        wait_until(browser, has_text("Tiles, memory and workers"), what="the settings")
+        set_text(browser, "tile size", "64 64")
+        click(browser, "//button[.//p[normalize-space(.)='Run here']]", "the Run here button")
+        wait_until(browser, has_text("done:"), timeout=180, what="the run to finish")
+        wait_until(browser, has_element("stPlotlyChart"), what="the result overlay")
+        wait_until(browser, idle, what="the page to settle")
+        assert (home / "inference" / "image-model.zarr" / "0").is_dir()
+        screenshot(browser, "inference.png")
+    finally:
+        stop_service({"pid": process.pid, "state": str(home / "services" / f"serve-{port}.json")})
+        process.wait(10)

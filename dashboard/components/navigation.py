@@ -21,6 +21,7 @@ PAGES: dict[str, list[tuple[str, str, str, str]]] = {
         ("views/search.py", "Parameter search", ":material/tune:", "search"),
         ("views/denoise.py", "Denoising", ":material/blur_on:", "denoise"),
         ("views/annotate.py", "Annotate", ":material/brush:", "annotate"),
+        ("views/inference.py", "Inference", ":material/model_training:", "inference"),
     ],
     "Data": [
         ("views/catalogue.py", "Catalogue", ":material/dataset:", "catalogue"),

@@ -2,9 +2,10 @@
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
-from components import annotate, ui
+from components import annotate, predict, ui
 from PIL import Image
 
 from unified_framework import hpc
@@ -152,6 +153,33 @@ else:
             st.image(annotate.heat(proposal[1]), caption="uncertainty (entropy)", width="stretch")
         else:
             st.info("No model yet: paint the classes you see (unpainted pixels stay unlabelled).")
+
+    with st.expander("Ask a predict service (`mdlma serve`) for this slice"):
+        # pool slices are (channels, y, x); the service takes (y, x) or channels last
+        plane = np.asarray(image, np.float32)
+        plane = plane[0] if plane.ndim == 3 and plane.shape[0] == 1 else plane
+        plane = np.moveaxis(plane, 0, -1) if plane.ndim == 3 else plane
+        served = predict.predict_panel(plane, "annotate_adhoc", root)
+        if served is not None:
+            if served.shape != grey.shape or int(served.max()) >= len(classes):
+                st.warning(
+                    f"the service answered labels {served.shape} up to {int(served.max())}; this "
+                    f"project expects {grey.shape} with {len(classes)} classes"
+                )
+            else:
+                st.image(
+                    annotate.overlay(grey, served, 0.5, len(classes)),
+                    caption="predict service",
+                    width=min(512, grey.shape[1] * scale),
+                )
+                if st.button(
+                    "Save the service's labels",
+                    key="annotate_adhoc_accept",
+                    help="Save these labels for this slice unchanged.",
+                ):
+                    project.save_labels(sid, served, by=ui.current_user(), source="service")
+                    st.session_state.pop("annotate_slice", None)
+                    st.rerun()
 
     strokes = annotate.rasterize_strokes(
         canvas.json_data, grey.shape[0] * scale, grey.shape[1] * scale

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import plotly.express as px
 import streamlit as st
-from components import cluster, compare, method_comparison, paths, ui, volume_view, volumes
+from components import cluster, compare, method_comparison, paths, predict, ui, volume_view, volumes
 
 st.title("Segmentation comparison")
 root = ui.home()
@@ -208,6 +208,36 @@ if st.button("Run comparison", type="primary", disabled=bool(problems), key="com
         compare.save_run_plan(run_dir, dataset, methods, "cluster", jobs)
         ui.clear_cluster_cache()
     st.session_state["compare_run_dir"] = str(run_dir)
+
+with st.expander("Ad hoc prediction from a predict service (`mdlma serve`)"):
+    st.caption(
+        "Send one slice of this dataset to a running service and compare its labels with the "
+        "ground truth (start a service on the Inference page)."
+    )
+    adhoc_image = volume_view.load(dataset.image)
+    adhoc_axis, adhoc_index = volume_view.slice_controls(tuple(adhoc_image.shape), "compare_adhoc")
+    adhoc_slice = np.asarray(
+        volumes.orthogonal_slice(adhoc_image.data, adhoc_axis, adhoc_index), np.float32
+    )
+    adhoc_labels = predict.predict_panel(adhoc_slice, "compare_adhoc", root)
+    if adhoc_labels is not None:
+        adhoc_truth = volumes.orthogonal_slice(
+            volume_view.load(dataset.truth).data, adhoc_axis, adhoc_index
+        )
+        adhoc_window = volume_view.cached_window(str(dataset.image), ui.file_mtime(dataset.image))
+        adhoc_grey = volumes.to_grey(adhoc_slice, adhoc_window)
+        adhoc_cols = st.columns(2)
+        for column, (title, shown) in zip(
+            adhoc_cols, (("predict service", adhoc_labels), ("ground truth", adhoc_truth))
+        ):
+            rgb = volumes.overlay(adhoc_grey, shown, 0.5, [int(v) for v in np.unique(shown)])
+            column.plotly_chart(
+                volumes.image_figure(rgb, title, height=340), key=f"compare_adhoc_{title}"
+            )
+        agreement = float((np.asarray(adhoc_truth) == adhoc_labels).mean())
+        st.caption(
+            f"pixels where the service agrees with the ground truth: {100 * agreement:.1f} %"
+        )
 
 st.subheader("Results")
 runs = compare.list_runs(root, dataset)

@@ -35,24 +35,32 @@ def register(subparsers) -> None:
         "--dims", type=int, choices=(2, 3), default=2, help="spatial dims of requests (default 2)"
     )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument(
+        "--state",
+        type=Path,
+        help="state file with URL, token and process id, read by the dashboard's pages "
+        "(default MDLMA_HOME/services/serve-PORT.json; removed when the service stops)",
+    )
     p.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..inference.model import load_model
-    from ..inference.service import check_binding, serve
+    from ..inference.service import check_binding, serve, state_path
 
     token = args.token or os.environ.get("MDLMA_SERVE_TOKEN") or None
     check_binding(args.host, token)  # before loading models
-    models = {}
+    models, sources = {}, {}
     for path in args.models:
         name = path.name.split(".")[0] or path.name
         if name in models:
             raise InputError(f"{path}: a second model named {name!r}; rename one of the files")
         models[name] = load_model(path, spatial_dims=args.dims, device=args.device)
+        sources[name] = str(path.absolute())
+    state = args.state or state_path(args.port)
     print(
-        f"serving {', '.join(models)} on http://{args.host}:{args.port} (POST /predict?model=NAME); Ctrl-C stops"
+        f"serving {', '.join(models)} on http://{args.host}:{args.port} (POST /predict?model=NAME); Ctrl-C stops; state in {state}"
     )
-    serve(models, args.host, args.port, token)
+    serve(models, args.host, args.port, token, state=state, sources=sources)
     return 0

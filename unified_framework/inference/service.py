@@ -15,14 +15,25 @@ service is for the ad hoc regions the dashboard's pages send; whole slides go th
 ``mdlma infer``. It listens on loopback by default; bound to any other interface it
 requires a token (``Authorization: Bearer TOKEN``), and every request without it is
 answered 401.
+
+A running service announces itself in a state file (``<home>/services/serve-PORT.json``,
+mode 0600: it holds the token): its URL, token, models and process id. The dashboard's
+pages read these files (:func:`running_services`) to call the service; the file is
+removed when the service stops.
 """
 
 from __future__ import annotations
 
 import hmac
 import io
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -255,14 +266,231 @@ def request_prediction(
         ) from None
 
 
+def services_dir(home: str | Path | None = None) -> Path:
+    """Folder of the running services' state files: ``<home>/services``.
+
+    Examples
+    --------
+    >>> services_dir("/data/me")
+    PosixPath('/data/me/services')
+    """
+    if home is None:
+        from ..config import load_config
+
+        home = load_config()["home"]
+    return Path(home) / "services"
+
+
+def state_path(port: int, home: str | Path | None = None) -> Path:
+    """Default state file of the service on ``port``.
+
+    Examples
+    --------
+    >>> state_path(8765, "/data/me")
+    PosixPath('/data/me/services/serve-8765.json')
+    """
+    return services_dir(home) / f"serve-{int(port)}.json"
+
+
+def service_url(host: str, port: int) -> str:
+    """The URL a client on this machine uses for a service bound to ``host``.
+
+    Examples
+    --------
+    >>> service_url("0.0.0.0", 8765), service_url("::1", 80)
+    ('http://127.0.0.1:8765', 'http://[::1]:80')
+    """
+    if host in ("0.0.0.0", "", "localhost"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def write_state(
+    path: str | Path,
+    host: str,
+    port: int,
+    token: str | None,
+    models: Mapping[str, Any],
+    sources: Mapping[str, str] | None = None,
+) -> Path:
+    """Write a service's state file atomically, readable by its owner only (it holds the token).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = write_state(Path(tempfile.mkdtemp()) / "s.json", "127.0.0.1", 8765, None, {"sun": None})
+    >>> json.loads(p.read_text())["url"], oct(p.stat().st_mode & 0o777)
+    ('http://127.0.0.1:8765', '0o600')
+    """
+    from ..utils.atomic import atomic_path
+
+    path = Path(path)
+    state = {
+        "url": service_url(host, port),
+        "host": host,
+        "port": int(port),
+        "token": token or "",
+        "models": list(models),
+        "sources": dict(sources or {}),
+        "pid": os.getpid(),
+        "started": time.time(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(state, handle)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process reuses the id
+        return False
+    return True
+
+
+def running_services(home: str | Path | None = None) -> list[dict[str, Any]]:
+    """The services whose state files are in :func:`services_dir` and whose process lives.
+
+    Each entry is the state file's content plus ``state`` (its path). Files of services
+    that died without removing them are skipped (and left for :func:`stop_service`).
+
+    Examples
+    --------
+    >>> running_services("/nonexistent")
+    []
+    """
+    found = []
+    folder = services_dir(home)
+    for path in sorted(folder.glob("serve-*.json")) if folder.is_dir() else []:
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            pid = int(state["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if _alive(pid):
+            found.append({**state, "state": str(path)})
+    return found
+
+
+def start_service(
+    models: list[str | Path],
+    port: int,
+    home: str | Path | None = None,
+    dims: int = 2,
+    log: str | Path | None = None,
+) -> subprocess.Popen:
+    """Start ``mdlma serve`` on loopback in the background (what the dashboard's button does).
+
+    The service writes its state file once its models are loaded; wait for it with
+    :func:`wait_for_service`.
+
+    Examples
+    --------
+    >>> process = start_service(["model.pt"], 8765)      # doctest: +SKIP
+    >>> state = wait_for_service(8765, process)          # doctest: +SKIP
+    """
+    state = state_path(port, home)
+    argv = [sys.executable, "-m", "unified_framework", "serve", *map(str, models)]
+    argv += ["--port", str(int(port)), "--dims", str(int(dims)), "--state", str(state)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    if not log:
+        return subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as output:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            argv, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+
+def wait_for_service(
+    port: int,
+    process: subprocess.Popen | None = None,
+    home: str | Path | None = None,
+    timeout: float = 120.0,
+) -> dict[str, Any]:
+    """Wait until the service on ``port`` has written its state and answers ``/health``.
+
+    Raises
+    ------
+    InputError
+        The process ended first (with its exit status) or the time ran out.
+    """
+    import urllib.request
+
+    path = state_path(port, home)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise InputError(
+                f"mdlma serve on port {port} ended with status {process.returncode} before answering"
+            )
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            headers = {"Authorization": f"Bearer {state['token']}"} if state.get("token") else {}
+            request = urllib.request.Request(f"{state['url']}/health", headers=headers)
+            with urllib.request.urlopen(request, timeout=2):  # noqa: S310 (loopback URL we wrote)
+                return {**state, "state": str(path)}
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.2)
+    raise InputError(f"mdlma serve on port {port}: no answer within {timeout:.0f} s")
+
+
+def stop_service(state: Mapping[str, Any], timeout: float = 10.0) -> None:
+    """Stop the service of a state entry (SIGTERM to its process id) and remove its state file."""
+    pid = int(state["pid"])
+    if _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            try:  # our own child: reap it, else it stays a zombie that looks alive
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:
+                pass
+            time.sleep(0.1)
+    Path(state["state"]).unlink(missing_ok=True)
+
+
 def serve(
     models: Mapping[str, SegmentationModel],
     host: str = "127.0.0.1",
     port: int = 8765,
     token: str | None = None,
+    state: str | Path | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> None:
-    """Run the service until interrupted (uvicorn)."""
+    """Run the service until interrupted (uvicorn); ``state`` is written once it listens and removed at exit."""
     import uvicorn
 
     check_binding(host, token)
-    uvicorn.run(create_app(models, token), host=host, port=port, log_level="warning")
+    written: list[Path] = []
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            # Announced only once the port is bound (a second service on a busy port
+            # exits in startup and must not touch the first one's state file).
+            if self.started and state is not None:
+                written.append(write_state(state, host, port, token, models, sources))
+
+    server = Server(
+        uvicorn.Config(create_app(models, token), host=host, port=port, log_level="warning")
+    )
+    try:
+        server.run()
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
