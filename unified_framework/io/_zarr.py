@@ -248,7 +248,9 @@ def store_lazy(data: Any, array: Any, desc: str | None = None) -> None:
     lock (two threads would update the same stored chunk). ``desc`` shows a
     progress bar of chunks on a terminal.
     """
+    import os
     import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     import dask
     import dask.array as da
@@ -273,8 +275,15 @@ def store_lazy(data: Any, array: Any, desc: str | None = None) -> None:
 
         # Threads here, whatever dask scheduler is current: the Zarr array is this
         # process's object (a distributed client would pickle it to other machines).
-        with Progress():
-            dask.compute(stored, scheduler="threads")
+        # Our own pool, because dask raises a failed chunk's error while other chunks
+        # are still being written: the caller may only clean up (remove the temporary
+        # output) once no thread writes into it any more.
+        pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        try:
+            with Progress():
+                dask.compute(stored, scheduler="threads", pool=pool)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def chunk_file(array: Any, index: Sequence[int]) -> Path:
