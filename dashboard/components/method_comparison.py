@@ -80,19 +80,14 @@ def submit_form(root: Path) -> None:
     with st.expander("Batch scripts"):
         for script in prepared.scripts:
             st.code(script.text, language="bash")
-    if st.button("Submit the comparison", type="primary", key="methods_submit"):
-        try:
-            record = hpc.submit(template, values, cwd=str(root))
-        except MDLMAError as exc:
-            ui.show_error(exc)
-        else:
-            ui.clear_cluster_cache()
-            comparisons_below.clear()
-            st.session_state["methods_submitted"] = (record.job_ids, str(record.path))
-    submitted = st.session_state.get("methods_submitted")
-    if submitted:
-        st.success(f"Submitted jobs {', '.join(submitted[0])} (record {submitted[1]}).")
-        ui.viewer_link(submitted[0][0], label=f"Watch job {submitted[0][0]} in the viewer")
+    ui.submit_button(
+        "Submit the comparison",
+        template,
+        values,
+        root,
+        key="methods_submit",
+        on_submitted=comparisons_below.clear,
+    )
 
 
 def results(root: Path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -106,3 +108,34 @@ def file_mtime(path: str | os.PathLike) -> float:
         return Path(path).stat().st_mtime
     except OSError:
         return 0.0
+
+
+def submit_button(
+    label: str,
+    template: Any,
+    values: dict,
+    cwd: Path,
+    key: str,
+    on_submitted: Callable[[], None] | None = None,
+) -> None:
+    """A primary button that submits ``template`` with ``values`` from ``cwd``; below it, on
+    this and later runs, the submitted job ids and a link to the viewer.
+
+    ``on_submitted`` runs after a submission (e.g. to clear the page's own caches); the
+    cluster caches are cleared here. A framework error is shown in one line.
+    """
+    if st.button(label, type="primary", key=key):
+        try:
+            record = hpc.submit(template, values, cwd=str(cwd))
+        except MDLMAError as exc:
+            show_error(exc)
+        else:
+            clear_cluster_cache()
+            if on_submitted is not None:
+                on_submitted()
+            st.session_state[f"{key}_record"] = (record.job_ids, str(record.path))
+    submitted = st.session_state.get(f"{key}_record")
+    if submitted:
+        job_ids, record_path = submitted
+        st.success(f"Submitted job {', '.join(job_ids)} (record {record_path}).")
+        viewer_link(job_ids[0], label=f"Watch job {job_ids[0]} in the viewer")

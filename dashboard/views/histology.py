@@ -182,15 +182,6 @@ except MDLMAError as exc:
 if prepared is not None:
     with st.expander("Batch script"):
         st.code(prepared.scripts[0].text, language="bash")
-    if st.button("Submit the narrower search", type="primary", key="histology_rerun_submit"):
-        try:
-            record = hpc.submit(template, values, cwd=str(root))
-        except MDLMAError as exc:
-            ui.show_error(exc)
-        else:
-            ui.clear_cluster_cache()
-            st.session_state["histology_rerun_submitted"] = (record.job_ids, str(record.path))
-submitted = st.session_state.get("histology_rerun_submitted")
-if submitted:
-    st.success(f"Submitted job {', '.join(submitted[0])} (record {submitted[1]}).")
-    ui.viewer_link(submitted[0][0], label=f"Watch job {submitted[0][0]} in the viewer")
+    ui.submit_button(
+        "Submit the narrower search", template, values, root, key="histology_rerun_submit"
+    )
