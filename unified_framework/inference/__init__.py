@@ -21,12 +21,15 @@ from .engine import (
     run_blocks,
 )
 from .model import (
+    MODEL_KINDS,
     KerasModel,
     SegmentationModel,
+    SliceNetwork,
     SunUNet,
     TorchModule,
     check_model_fits,
     load_model,
+    model_kind,
     register_loader,
 )
 from .tiling import Grid, TissueMask, detect_tissue, gaussian_weights
@@ -38,7 +41,9 @@ __all__ = [
     "InferencePlan",
     "KerasModel",
     "RunReport",
+    "MODEL_KINDS",
     "SegmentationModel",
+    "SliceNetwork",
     "SunUNet",
     "TissueMask",
     "TorchModule",
@@ -48,6 +53,7 @@ __all__ = [
     "gaussian_weights",
     "infer",
     "load_model",
+    "model_kind",
     "model_digest",
     "pending_blocks",
     "plan_inference",

@@ -4,10 +4,12 @@ Any segmentation network plugs into :mod:`unified_framework.inference` by offeri
 :class:`SegmentationModel`: a ``predict(batch)`` from raw image patches to class
 probabilities, plus the facts the tiling needs (spatial dimensions, channels, classes,
 default patch size, the divisor patch sides must be a multiple of and a rough memory
-cost per pixel). SUN's U-Net is adapted here (:class:`SunUNet`); any ``torch.nn.Module``
-with logits out through :class:`TorchModule`; model files are opened by
-:func:`load_model`, which other model families extend with :func:`register_loader`
-(HRNet, nnU-Net and Keras models from their own packages).
+cost per pixel). SUN's U-Net is adapted here (:class:`SunUNet`), the active-learning
+HRNet/U-Net models through :class:`SliceNetwork`, Keras models through :class:`KerasModel`,
+nnU-Net models through :class:`unified_framework.nnunet.tiled.NnUNetTileModel`; any
+``torch.nn.Module`` with logits out through :class:`TorchModule`. Model files and folders
+are opened by :func:`load_model` (:data:`MODEL_KINDS` lists what it knows), which
+:func:`register_loader` extends.
 """
 
 from __future__ import annotations
@@ -205,25 +207,117 @@ class SunUNet:
         return np.ascontiguousarray(probs, dtype=np.float32)
 
 
+class SliceNetwork:
+    """A 2D torch network with SUN's normalisation, for 2D images or, slice by slice, 3D volumes.
+
+    The active-learning models (HRNet or U-Net, ``mdlma al``) run through this; any 2D
+    network returning logits ``(n, classes, y, x)`` and normalised like SUN's models can.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+    normalization : Normalization
+        SUN's per-channel normalisation of raw intensities.
+    class_names : sequence of str
+    input_size : int
+        Training patch side (the default tile side).
+    divisor : int
+        Tile sides must be multiples of this.
+    spatial_dims : int
+        2: images; 3: volumes, each patch a stack of slices along ``z``.
+    patch_size : sequence of int, optional
+        Default ``(input_size, input_size)``, or 16 slices of that for volumes.
+    device : str, optional
+    bytes_per_pixel : int
+        Working memory per pixel of the network (activations).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from unified_framework.sun.model_package import Normalization
+    >>> norm = Normalization((0.0,), (255.0,), (100.0,), (50.0,))
+    >>> net = SliceNetwork(torch.nn.Conv2d(1, 2, 1), norm, ["a", "b"], 16, 1, spatial_dims=3)
+    >>> net.predict(np.zeros((1, 1, 4, 16, 16), np.float32)).shape
+    (1, 2, 4, 16, 16)
+    """
+
+    def __init__(
+        self,
+        network: Any,
+        normalization: Any,
+        class_names: Sequence[str],
+        input_size: int,
+        divisor: int,
+        spatial_dims: int = 2,
+        patch_size: Sequence[int] | None = None,
+        device: Any = "cpu",
+        bytes_per_pixel: int = 4096,
+    ) -> None:
+        if spatial_dims not in (2, 3):
+            raise InputError(f"spatial_dims {spatial_dims}: expected 2 or 3")
+        self.device = resolve_device(device)
+        self.network = network.to(self.device).eval()
+        self.normalization = normalization
+        self.class_names = list(class_names)
+        self.in_channels = len(normalization.mean)
+        self.num_classes = len(self.class_names)
+        self.spatial_dims = spatial_dims
+        d, side = int(divisor), int(input_size)
+        self.divisor = (1, d, d) if spatial_dims == 3 else (d, d)
+        default = (16, side, side) if spatial_dims == 3 else (side, side)
+        self.patch_size = tuple(int(p) for p in (patch_size or default))
+        self.bytes_per_pixel = int(bytes_per_pixel)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities ``(n, classes, *patch)`` float32 of raw patches ``(n, channels, *patch)``."""
+        import torch
+
+        batch = np.array(batch, dtype=np.float32, copy=True)  # normalised in place below
+        self.normalization.apply(batch, channel_axis=1)
+        if self.spatial_dims == 3:  # (n, c, z, y, x) -> slices (n*z, c, y, x)
+            n, c, z, y, x = batch.shape
+            batch = batch.transpose(0, 2, 1, 3, 4).reshape(n * z, c, y, x)
+        with torch.inference_mode():
+            images = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            probs = torch.softmax(self.network(images).float(), dim=1).cpu().numpy()
+        if self.spatial_dims == 3:
+            probs = probs.reshape(n, z, self.num_classes, y, x).transpose(0, 2, 1, 3, 4)
+        return np.ascontiguousarray(probs, dtype=np.float32)
+
+
 class KerasModel:
     """A Keras (TensorFlow) model with channels-last tensors as a :class:`SegmentationModel`.
 
     Patches ``(n, c, *patch)`` are moved to ``(n, *patch, c)`` for the model and back.
+    A ``.keras`` file's sidecar ``MODEL.keras.json`` (the one ``mdlma sun predict`` reads,
+    :mod:`unified_framework.tf.keras_model`) gives class names, the normalisation
+    ``{"mean": [...], "std": [...]}``, the divisor and ``"outputs": "logits"``. A 2D
+    network predicts 3D volumes slice by slice along ``z`` when ``slices`` is set.
     triton (if installed) is imported before TensorFlow: the other order crashes the
     process when triton is loaded later.
 
     Parameters
     ----------
     model : keras.Model or path-like
-        The model, or a ``.keras`` file (loaded without compiling).
+        The model, or a ``.keras`` file (loaded without compiling, in Keras' safe mode).
     spatial_dims, in_channels, num_classes : int, optional
         Default: read from the model's input and output shapes.
     patch_size : sequence of int, optional
-        Default: the model's fixed input size, else 64 per axis.
-    divisor : int
-        Patch sides must be multiples of this.
-    softmax : bool
-        Apply a softmax (False: the model already returns probabilities).
+        Default: the model's fixed input size, else 64 per axis (16 slices along ``z``
+        with ``slices``).
+    divisor : int, optional
+        Patch sides must be multiples of this (default the sidecar's, else 1).
+    softmax : bool, optional
+        Apply a softmax (default: when the sidecar says ``"outputs": "logits"``).
+    slices : bool
+        A 2D network on 3D patches ``(n, c, z, y, x)``: slice by slice.
+    mean, std : sequence of float, optional
+        Per-channel normalisation ``(x - mean) / std`` (default the sidecar's, else none).
+
+    Raises
+    ------
+    InputError
+        An unreadable file, or a network that is not a per-pixel classifier.
 
     Examples
     --------
@@ -237,11 +331,15 @@ class KerasModel:
         in_channels: int | None = None,
         num_classes: int | None = None,
         patch_size: Sequence[int] | None = None,
-        divisor: int = 1,
-        softmax: bool = False,
+        divisor: int | None = None,
+        softmax: bool | None = None,
         bytes_per_pixel: int = 1024,
+        slices: bool = False,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         import contextlib
+        import json
 
         # TensorFlow loaded before triton makes a later triton import crash the process
         # (bioimage.io, torch.compile and umap pull it in): load triton first if present.
@@ -249,32 +347,69 @@ class KerasModel:
             import triton  # noqa: F401
         import keras
 
+        meta: dict[str, Any] = {}
         if not hasattr(model, "predict"):
-            model = keras.models.load_model(str(model), compile=False)
+            path = Path(model)
+            sidecar = path.with_name(path.name + ".json")
+            try:
+                meta = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+                model = keras.models.load_model(str(path), compile=False, safe_mode=True)
+            except Exception as exc:  # Keras and json raise many types for foreign files
+                first = str(exc).splitlines()[0][:160] if str(exc) else ""
+                raise InputError(
+                    f"{path}: not a readable Keras model ({type(exc).__name__}: {first})"
+                ) from None
         self.keras = model
         inp, out = tuple(model.input_shape), tuple(model.output_shape)
-        self.spatial_dims = int(spatial_dims or len(inp) - 2)
+        if len(inp) not in (4, 5) or len(out) != len(inp):
+            raise InputError(
+                f"{getattr(model, 'name', 'Keras model')}: maps {inp} to {out}; expected 2D or 3D images "
+                "(batch, *spatial, channels) to per-pixel classes (batch, *spatial, classes)"
+            )
+        net_dims = int(spatial_dims or len(inp) - 2)
+        self.slices = bool(slices) and net_dims == 2
+        self.spatial_dims = 3 if self.slices else net_dims
         self.in_channels = int(in_channels or inp[-1])
         self.num_classes = int(num_classes or out[-1])
-        fixed = [int(d) for d in inp[1:-1] if d]
-        self.patch_size = tuple(
-            int(p)
-            for p in (
-                patch_size
-                or (fixed if len(fixed) == self.spatial_dims else (64,) * self.spatial_dims)
+        names = meta.get("class_names") or [f"class_{i}" for i in range(self.num_classes)]
+        if len(names) != self.num_classes:
+            raise InputError(
+                f"Keras sidecar: {len(names)} class names for {self.num_classes} outputs"
             )
+        self.class_names = [str(n) for n in names]
+        fixed = [int(d) for d in inp[1:-1] if d]
+        default = fixed if len(fixed) == net_dims else [64] * net_dims
+        if self.slices:
+            default = [16, *default]
+        self.patch_size = tuple(int(p) for p in (patch_size or default))
+        d = int(divisor if divisor is not None else meta.get("divisor", 1))
+        self.divisor = (1, d, d) if self.slices else (d,) * self.spatial_dims
+        self.softmax = (
+            softmax if softmax is not None else meta.get("outputs", "softmax") == "logits"
         )
-        self.divisor = (int(divisor),) * self.spatial_dims
-        self.softmax = softmax
+        norm = meta.get("normalization") or {}
+        mean = mean if mean is not None else norm.get("mean")
+        std = std if std is not None else norm.get("std")
+        self.mean = None if mean is None else np.asarray(mean, np.float32)
+        self.std = None if std is None else np.asarray(std, np.float32)
         self.bytes_per_pixel = int(bytes_per_pixel)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities ``(n, classes, *patch)`` float32."""
         x = np.moveaxis(np.asarray(batch, dtype=np.float32), 1, -1)
+        if self.mean is not None:
+            x = x - self.mean
+        if self.std is not None:
+            x = x / self.std
+        n = x.shape[0]
+        if self.slices:  # (n, z, y, x, c) -> slices (n*z, y, x, c)
+            x = x.reshape(n * x.shape[1], *x.shape[2:])
         y = np.asarray(self.keras(x, training=False), dtype=np.float32)
         if self.softmax:
             y = np.exp(y - y.max(axis=-1, keepdims=True))
             y /= y.sum(axis=-1, keepdims=True)
+        if self.slices:
+            y = y.reshape(n, -1, *y.shape[1:])
         return np.ascontiguousarray(np.moveaxis(y, -1, 1))
 
 
@@ -313,8 +448,51 @@ def _is_sun(path: Path) -> bool:
     return path.is_file() and path.suffix in (".pt", ".pth", ".mdlma")
 
 
+def _torch_file_format(path: Path) -> str | None:
+    """The ``format`` entry of a framework model file (None: unreadable or none)."""
+    import torch
+
+    try:  # memory-mapped: the weights are not read
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # torch raises many types for foreign files; the loader says why
+        return None
+    return payload.get("format") if isinstance(payload, dict) else None
+
+
+def _is_al(path: Path) -> bool:
+    from ..active_learning.model import FORMAT
+
+    return _is_sun(path) and _torch_file_format(path) == FORMAT
+
+
+def _is_nnunet(path: Path) -> bool:
+    from ..sun.slice_model import is_nnunet_folder
+
+    return is_nnunet_folder(path)
+
+
 def _load_sun(path: Path, spatial_dims: int = 2, device: Any = "cpu", **_: Any) -> SunUNet:
     return SunUNet(path, spatial_dims=spatial_dims, device=device)
+
+
+def _load_al(path: Path, spatial_dims: int = 2, device: Any = "cpu", **_: Any) -> SliceNetwork:
+    from ..active_learning.model import load_al_model
+    from ..sun.inference.predictor import activation_bytes_per_pixel
+
+    model = load_al_model(path)
+    # HRNet keeps ~270 channels at 1/4 resolution through ~30 layers, plus its
+    # full-resolution refinement path: about 4 KB of activations per pixel.
+    per_pixel = activation_bytes_per_pixel(model) if model.kind == "unet" else 4096  # type: ignore[arg-type]
+    return SliceNetwork(
+        model.network(),
+        model.normalization,
+        model.class_names,
+        int(getattr(model.config, "input_size", 64)),
+        model.divisor,
+        spatial_dims=spatial_dims,
+        device=device,
+        bytes_per_pixel=per_pixel,
+    )
 
 
 def _load_bioimageio(path: Path, spatial_dims: int = 2, device: Any = "cpu", **_: Any) -> Any:
@@ -323,17 +501,46 @@ def _load_bioimageio(path: Path, spatial_dims: int = 2, device: Any = "cpu", **_
     return BioimageioModel(path, device=device)
 
 
-def load_model(path: str | Path, spatial_dims: int = 2, device: Any = "cpu") -> SegmentationModel:
-    """Open a model file as a :class:`SegmentationModel`.
+def _load_keras(path: Path, spatial_dims: int = 2, **_: Any) -> KerasModel:
+    return KerasModel(path, slices=spatial_dims == 3)
 
-    SUN model packages (``.pt``) and bioimage.io packages (folder with ``rdf.yaml``,
-    the YAML itself or a ``.zip``) are known; more via :func:`register_loader`.
+
+def _load_nnunet(path: Path, spatial_dims: int = 2, device: Any = "cpu", **_: Any) -> Any:
+    from ..nnunet.tiled import NnUNetTileModel
+
+    return NnUNetTileModel(path, spatial_dims=spatial_dims, device=device)
+
+
+def model_kind(path: str | Path) -> str | None:
+    """Which kind of model ``path`` is (a :data:`MODEL_KINDS` name), or None; nothing is loaded.
+
+    Examples
+    --------
+    >>> model_kind("models/phantom-2d")   # doctest: +SKIP
+    'nnU-Net model folder (plans.json, dataset.json; made by mdlma nnunet import)'
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    return next((name for name, detect, _ in _LOADERS if detect(path)), None)
+
+
+def load_model(path: str | Path, spatial_dims: int = 2, device: Any = "cpu") -> SegmentationModel:
+    """Open a model file or folder as a :class:`SegmentationModel`.
+
+    Known (:data:`MODEL_KINDS`): SUN model packages (``.pt``), active-learning models
+    (HRNet or U-Net, ``.pt`` of ``mdlma al``), Keras files (``.keras``, with the optional
+    ``.keras.json`` sidecar), nnU-Net result folders (trained, or made by ``mdlma nnunet
+    import``: ``2d`` and ``3d_fullres``/``3d_lowres`` configurations) and bioimage.io
+    packages (folder with ``rdf.yaml``, the YAML itself or a ``.zip``); more via
+    :func:`register_loader`.
 
     Parameters
     ----------
     path : path-like
     spatial_dims : int
-        For models that can run either way (SUN's U-Net on a 3D volume: slice by slice).
+        The image's: 2D models run on 3D volumes slice by slice along ``z`` (SUN, HRNet,
+        Keras and nnU-Net ``2d`` models); 3D models keep 3.
     device : str, optional
 
     Raises
@@ -356,12 +563,17 @@ def load_model(path: str | Path, spatial_dims: int = 2, device: Any = "cpu") -> 
 
 
 register_loader(
-    "Keras model (.keras)",
-    lambda p: p.is_file() and p.suffix == ".keras",
-    lambda p, **_: KerasModel(p),
+    "nnU-Net model folder (plans.json, dataset.json; made by mdlma nnunet import)",
+    _is_nnunet,
+    _load_nnunet,
 )
+register_loader("Keras model (.keras)", lambda p: p.is_file() and p.suffix == ".keras", _load_keras)
 register_loader("bioimage.io package (rdf.yaml, folder or .zip)", _is_bioimageio, _load_bioimageio)
 register_loader("SUN model package (.pt)", _is_sun, _load_sun)
+register_loader("active-learning model (HRNet or U-Net, .pt of mdlma al)", _is_al, _load_al)
+
+#: The kinds of model :func:`load_model` opens, in the order they are tried.
+MODEL_KINDS: tuple[str, ...] = tuple(name for name, _, _ in _LOADERS)
 
 
 def check_model_fits(

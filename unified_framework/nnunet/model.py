@@ -388,18 +388,32 @@ class NnUNetSliceModel:
                 dr, dc = self.divisor
                 x = torch.from_numpy(np.ascontiguousarray(data.transpose(1, 0, 2, 3)))
                 x = F.pad(x, (0, -cols % dc, 0, -rows % dr))  # zeros, as nnU-Net pads
-                x = x.to(predictor.device)
-                network = predictor.network.to(predictor.device).eval()
-                logits = None
-                with torch.inference_mode():
-                    for params in predictor.list_of_parameters:
-                        if len(predictor.list_of_parameters) > 1:
-                            network.load_state_dict(params)
-                        out = predictor._internal_maybe_mirror_and_predict(x).float()
-                        logits = out if logits is None else logits + out
-                logits = logits[:, :, :rows, :cols].cpu() / len(predictor.list_of_parameters)
+                logits = network_logits(predictor, x)[:, :, :rows, :cols]
             probabilities = torch.softmax(logits, dim=1)
         return np.asarray(probabilities.numpy(), np.float32)
+
+
+def network_logits(predictor: Any, x: Any) -> Any:
+    """Logits of the network on preprocessed inputs ``(n, channels, *spatial)``, folds averaged.
+
+    nnU-Net's ``_internal_maybe_mirror_and_predict`` runs each fold's weights (with
+    test-time mirroring when the predictor has it on); the mean comes back on the CPU as
+    float32 ``(n, classes, *spatial)``.
+    """
+    import torch
+
+    network = predictor.network.to(predictor.device).eval()
+    x = x.to(predictor.device)
+    folds = predictor.list_of_parameters
+    logits = None
+    with torch.inference_mode():
+        for params in folds:
+            if len(folds) > 1:
+                network.load_state_dict(params)
+            out = predictor._internal_maybe_mirror_and_predict(x).float()
+            logits = out if logits is None else logits + out
+    assert logits is not None
+    return logits.cpu() / len(folds)
 
 
 def import_model(
