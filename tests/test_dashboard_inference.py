@@ -85,6 +85,46 @@ def test_runs_the_sample_here_and_shows_the_overlay(home):
     assert any("already exists" in str(e.value) for e in app.error)
 
 
+def test_every_model_kind_is_offered_and_an_imported_nnunet_model_runs(home, tmp_path):
+    """nnU-Net (imported), HRNet and Keras models appear in the model list; the nnU-Net one runs."""
+    from tiny_models import tiny_hrnet, tiny_keras, tiny_nnunet
+
+    from unified_framework.cli.main import main
+    from unified_framework.io import write_volume
+
+    nnunet_model = home / "models" / "tiny-2d"
+    result = tiny_nnunet(tmp_path / "results", "2d")
+    assert main(["nnunet", "import", str(result), "--out", str(nnunet_model)]) == 0
+    (home / "al" / "models").mkdir(parents=True)
+    tiny_hrnet(home / "al" / "models" / "round-001.pt")
+    tiny_keras(home / "models" / "net.keras")
+    grey = np.random.default_rng(0).integers(0, 255, (48, 40), dtype=np.uint8)
+    write_volume(home / "slide.tif", grey)
+    app = open_page()
+    assert_clean(app)
+    box = app.selectbox(key="inference_model_found")
+    offered = " | ".join(box.options)
+    for label in (
+        "models/tiny-2d · nnU-Net 2d",
+        "al/models/round-001.pt · HRNet/U-Net (active learning)",
+        "models/net.keras · Keras",
+    ):
+        assert label in offered, offered
+    assert "checkpoint_final" not in offered  # a model folder's insides are not models
+    box.set_value(str(nnunet_model)).run()
+    app.text_input(key="inference_image_path").set_value("slide.tif").run()
+    assert_clean(app)
+    assert any("nnU-Net model folder" in str(c.value) for c in app.caption)
+    app.text_input(key="inference_patch").set_value("16 16")
+    app.number_input(key="inference_budget").set_value(64)
+    app.button(key="inference_run").click().run()
+    assert_clean(app)
+    labels = zarr.open_group(str(home / "inference" / "slide-tiny-2d.zarr"), mode="r")["0"][:]
+    model = load_model(nnunet_model)
+    expected = predict_array(model, grey[None].astype(np.float32), patch=(16, 16)).argmax(0)
+    assert labels.shape == (48, 40) and np.array_equal(labels, expected)
+
+
 def test_starts_and_stops_a_predict_service(home):
     model_path, _ = inference.make_sample(home)
     app = open_page()

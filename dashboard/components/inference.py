@@ -21,9 +21,13 @@ MODEL_SUFFIXES = (".pt", ".pth", ".mdlma", ".keras")
 def find_models(root: Path, max_depth: int = 4, limit: int = 200) -> list[Path]:
     """Model files and packages below ``root`` that :func:`~unified_framework.inference.load_model` opens.
 
-    SUN packages (``.pt``), Keras files, bioimage.io packages (folders with ``rdf.yaml``
-    and ``*.bioimageio.zip``). Hidden folders and Zarr stores are not entered.
+    SUN packages and active-learning (HRNet) models (``.pt``), Keras files, nnU-Net model
+    folders (``plans.json`` + ``dataset.json``: ``mdlma nnunet import`` or a training
+    result), bioimage.io packages (folders with ``rdf.yaml`` and ``*.bioimageio.zip``).
+    Hidden folders, Zarr stores and the insides of model folders are not entered.
     """
+    from unified_framework.sun.slice_model import is_nnunet_folder
+
     found: list[Path] = []
 
     def walk(folder: Path, depth: int) -> None:
@@ -35,8 +39,12 @@ def find_models(root: Path, max_depth: int = 4, limit: int = 200) -> list[Path]:
             if len(found) >= limit or entry.name.startswith("."):
                 continue
             if entry.is_dir():
-                if (entry / "rdf.yaml").is_file() or (entry / "bioimageio.yaml").is_file():
-                    found.append(entry)
+                if (
+                    (entry / "rdf.yaml").is_file()
+                    or (entry / "bioimageio.yaml").is_file()
+                    or is_nnunet_folder(entry)
+                ):
+                    found.append(entry)  # a model folder: its checkpoints are not models
                 elif depth < max_depth and not entry.name.endswith((".zarr", ".work")):
                     walk(entry, depth + 1)
             elif entry.suffix in MODEL_SUFFIXES or entry.name.endswith(".bioimageio.zip"):
@@ -45,6 +53,37 @@ def find_models(root: Path, max_depth: int = 4, limit: int = 200) -> list[Path]:
     if root.is_dir():
         walk(root, 0)
     return found
+
+
+def short_kind(path: Path) -> str:
+    """A few words naming the kind of a model found by :func:`find_models` (for the model list).
+
+    Examples
+    --------
+    >>> short_kind(Path("models/net.keras"))
+    'Keras'
+    """
+    import json
+
+    from unified_framework.inference import model_kind
+
+    if path.suffix == ".keras":
+        return "Keras"
+    if (
+        path.suffix == ".zip"
+        or (path / "rdf.yaml").is_file()
+        or (path / "bioimageio.yaml").is_file()
+    ):
+        return "bioimage.io"
+    if path.is_dir():
+        record = path / "mdlma_model.json"
+        try:
+            configuration = json.loads(record.read_text(encoding="utf-8"))["configuration"]
+        except (OSError, ValueError, KeyError, TypeError):
+            configuration = path.name.split("__")[-1]
+        return f"nnU-Net {configuration}"
+    kind = model_kind(path) or ""
+    return "HRNet/U-Net (active learning)" if kind.startswith("active-learning") else "SUN"
 
 
 def resolve(root: Path, text: str) -> str:
@@ -69,11 +108,13 @@ def image_info(image: str) -> dict[str, Any]:
 
 
 def model_info(model_path: str, dims: int) -> dict[str, Any]:
-    """Patch size, divisor, channels and classes of a model opened for ``dims`` spatial dims."""
-    from unified_framework.inference import load_model
+    """Kind, patch size, divisor, channels and classes of a model opened for ``dims`` spatial dims."""
+    from unified_framework.inference import load_model, model_kind
 
     model = load_model(model_path, spatial_dims=dims)
     return {
+        "kind": model_kind(model_path) or "",
+        "spatial_dims": int(model.spatial_dims),
         "patch": tuple(int(p) for p in model.patch_size),
         "divisor": tuple(int(d) for d in model.divisor),
         "in_channels": model.in_channels,

@@ -13,7 +13,8 @@ from unified_framework.inference import service
 st.title("Inference")
 root = ui.home()
 st.caption(
-    "Tiled inference of a SUN, bioimage.io or Keras model on an image or volume of any size: "
+    "Tiled inference of a SUN, HRNet (active learning), nnU-Net, Keras or bioimage.io model on an "
+    "image or volume of any size (2D models go slice by slice through volumes): "
     "Gaussian-blended tiles, memory bounded by the budget, output an OME-Zarr "
     "(`mdlma infer`, docs/inference.md). Paths are relative to your home folder or absolute."
 )
@@ -28,8 +29,15 @@ with st.expander("Try it: a small untrained model and a phantom slice"):
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def models_below(folder: str) -> list[str]:
-    return [str(p) for p in inference.find_models(Path(folder))]
+def models_below(folder: str) -> dict[str, str]:
+    """Every model below ``folder``: path -> its kind in a few words."""
+    return {str(p): inference.short_kind(p) for p in inference.find_models(Path(folder))}
+
+
+@st.cache_data(ttl=600, show_spinner="Opening the model ...", max_entries=16)
+def describe_model(path: str, dims: int, stamp: float) -> dict:
+    """The model's facts for the settings (``stamp``: its modification time, so a new file reloads)."""
+    return inference.model_info(path, dims)
 
 
 # ---------------------------------------------------------------- model and image
@@ -38,10 +46,13 @@ with left:
     found = models_below(str(root))
     picked = st.selectbox(
         f"Model ({len(found)} found below your home)",
-        [""] + found,
+        ["", *found],
         key="inference_model_found",
-        format_func=lambda p: str(Path(p).relative_to(root)) if p else "(type a path below)",
-        help="SUN packages (.pt), bioimage.io packages (folder with rdf.yaml or .zip), Keras (.keras)",
+        format_func=lambda p: (
+            f"{Path(p).relative_to(root)} · {found[p]}" if p else "(type a path below)"
+        ),
+        help="SUN packages and active-learning HRNet/U-Net models (.pt), nnU-Net model folders "
+        "(mdlma nnunet import), Keras (.keras), bioimage.io packages (folder with rdf.yaml or .zip)",
     )
     if picked:
         st.session_state["inference_model_path"] = str(Path(picked).relative_to(root))
@@ -86,14 +97,15 @@ else:
     image = inference.resolve(root, image_text)
     try:
         info = inference.image_info(image)
-        spec = inference.model_info(model_path, info["dims"])
+        stamp = Path(model_path).stat().st_mtime if Path(model_path).exists() else 0.0
+        spec = describe_model(model_path, info["dims"], stamp)
     except MDLMAError as exc:
         ui.show_error(exc)
         st.stop()
     st.caption(
         f"image {' × '.join(map(str, info['shape']))}, {info['channels']} channel(s) · model: "
-        f"{spec['in_channels']} channel(s) in, {spec['num_classes']} classes, patch {spec['patch']}, "
-        f"sides multiples of {spec['divisor']}"
+        f"{spec['kind'] or 'model'}; {spec['in_channels']} channel(s) in, {spec['num_classes']} "
+        f"classes, {spec['spatial_dims']}D patches {spec['patch']}, sides multiples of {spec['divisor']}"
     )
 
     # ------------------------------------------------------------ settings
@@ -252,7 +264,7 @@ else:
 start_cols = st.columns([3, 1, 1, 1])
 serve_models = start_cols[0].multiselect(
     "models to serve",
-    models_below(str(root)),
+    list(models_below(str(root))),
     key="inference_serve_models",
     format_func=lambda p: str(Path(p).relative_to(root)),
 )
