@@ -5,6 +5,7 @@ Examples
 ``mdlma infer model.pt slide.ome.tif --out seg.zarr --workers 2 --flips``
 ``mdlma infer model.pt scan.h5::/entry/data/data --out seg.zarr --patch 16 128 128 --budget 2048``
 ``mdlma infer model.pt slide.svs --out seg.zarr --slurm-array 8``  (array + merge job via the ``infer`` template)
+``mdlma infer models/implant-3d scan.zarr --out seg.zarr --patch 64 128 128``  (an imported nnU-Net model)
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument(
-        "model", type=Path, metavar="MODEL", help="SUN model (.pt) or bioimage.io package"
+        "model",
+        type=Path,
+        metavar="MODEL",
+        help="SUN model or active-learning HRNet/U-Net (.pt), nnU-Net model folder (mdlma nnunet "
+        "import; 2d models go slice by slice through volumes, 3d_fullres by 3D patches), Keras "
+        "(.keras), or bioimage.io package",
     )
     p.add_argument(
         "image",

@@ -24,7 +24,11 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument(
-        "models", type=Path, nargs="+", metavar="MODEL", help="SUN .pt or bioimage.io packages"
+        "models",
+        type=Path,
+        nargs="+",
+        metavar="MODEL",
+        help="any model mdlma infer takes (SUN/HRNet .pt, nnU-Net folder, .keras, bioimage.io)",
     )
     p.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1, loopback)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
