@@ -220,3 +220,24 @@ def test_nnunet_2d_along_nine_axes(trained, tmp_path):
     assert read_volume(out).shape == (32, 32, 32)
     entropy = read_volume(tmp_path / "seg9_entropy.tif").data
     assert 0 <= entropy.min() and entropy.max() <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.training
+@pytest.mark.timeout(2400)
+def test_imported_model_through_tiled_inference(trained, tmp_path):
+    """A trained, imported 2d model runs through mdlma infer (slice by slice) like nnU-Net's own predict."""
+    import zarr
+
+    from unified_framework.nnunet.model import predict_array
+
+    root, _, folders = trained
+    model = tmp_path / "models" / "phantom-2d"
+    assert main(["nnunet", "import", str(folders["2d"]), "--out", str(model)]) == 0
+    out = tmp_path / "tiled.zarr"
+    args = ["infer", str(model), str(root / "test.tif"), "--out", str(out), "--tissue", "off"]
+    assert main([*args, "--patch", "8", "32", "32", "--budget", "256"]) == 0
+    tiled = zarr.open_group(str(out), mode="r")["0"][:]
+    image = read_volume(root / "test.tif").data
+    labels, _ = predict_array(NnUNetModel.load(model), image, (0.005,) * 3, device="cpu")
+    assert tiled.shape == (32, 32, 32) and np.mean(tiled == labels) > 0.99

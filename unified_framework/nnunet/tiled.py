@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .model import NnUNetModel, network_logits, quiet
+from .model import NnUNetModel, network_logits
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class NnUNetTileModel:
         if self.slices:  # (n, c, z, y, x) -> slices (n*z, c, y, x)
             _, c, z, y, x = data.shape
             data = data.transpose(0, 2, 1, 3, 4).reshape(n * z, c, y, x)
-        with torch.inference_mode(), quiet():
+        with torch.inference_mode():
             logits = network_logits(predictor, torch.from_numpy(np.ascontiguousarray(data)))
             probs = torch.softmax(logits, dim=1).numpy()
         if self.slices:
