@@ -1,17 +1,36 @@
-"""bioimage.io round trip: export a SUN model, validate with bioimageio.core, import, predict alike."""
+"""bioimage.io round trips: export every model kind (SUN, active-learning HRNet, nnU-Net 2d and 3d,
+Keras), validate with bioimageio.core, import, and predict alike through ``mdlma infer``."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
+import torch
 import yaml
 import zarr
 from test_inference import MB, grey_image, tiny_sun
+from tiny_models import CLASSES, tiny_hrnet, tiny_keras, tiny_nnunet
 
 from unified_framework.cli.main import main
 from unified_framework.errors import InputError
 from unified_framework.inference import SunUNet, infer, load_model
-from unified_framework.inference.bioimageio import BioimageioModel, export_sun, validate_package
+from unified_framework.inference.bioimageio import (
+    BioimageioModel,
+    export_model,
+    export_sun,
+    validate_package,
+)
+from unified_framework.io import write_volume
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +81,88 @@ def test_damaged_package_fails_the_library_check(package, tmp_path, capsys):
     )  # the YAML is fine
     assert main(["model", "validate", str(tmp_path / "nothing")]) != 0
     assert "no such model package" in capsys.readouterr().err
+
+
+def _two_fold_nnunet(root):
+    """A 2d nnU-Net result folder with two differently seeded folds (their logits are averaged)."""
+    result = tiny_nnunet(root / "a", "2d", seed=0)
+    other = tiny_nnunet(root / "b", "2d", seed=1)
+    (result / "fold_all").rename(result / "fold_0")
+    shutil.move(other / "fold_all", result / "fold_1")
+    return result
+
+
+# kind: (make the model, image shape, tile, axes of the package's input, weights format)
+KINDS = {
+    "hrnet": (lambda d: tiny_hrnet(d / "al.pt"), (64, 96), (64, 64), "bcyx", "torchscript"),
+    "nnunet-2d-two-folds": (_two_fold_nnunet, (24, 28), (16, 16), "bcyx", "torchscript"),
+    "nnunet-3d-zscore": (
+        lambda d: tiny_nnunet(d, "3d_fullres", normalization="ZScoreNormalization"),
+        (16, 20, 24),
+        (16, 16, 16),
+        "bczyx",
+        "torchscript",
+    ),
+    "keras": (lambda d: tiny_keras(d / "net.keras"), (24, 40), (16, 16), "byxc", "keras_v3"),
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_kind_exports_validates_imports_and_infers_alike(kind, tmp_path):
+    """mdlma model export (checked by bioimageio.core.test_model), mdlma model import, then
+    mdlma infer on the package gives the native adapter's probabilities."""
+    make, shape, tile, axes, weights = KINDS[kind]
+    model = make(tmp_path)
+    package, unpacked = tmp_path / "pkg.zip", tmp_path / "unpacked"
+    # the export is tested by the library (test input -> test output of our adapter)
+    assert main(["model", "export", str(model), "--out", str(package)]) == 0
+    assert main(["model", "import", str(package), "--out", str(unpacked)]) == 0
+    rdf = yaml.safe_load((unpacked / "rdf.yaml").read_text())
+    assert "".join(a["type"][0] for a in rdf["inputs"][0]["axes"]) == axes.replace(
+        "z", "s"
+    ).replace("y", "s").replace("x", "s")
+    assert [a["id"] for a in rdf["inputs"][0]["axes"] if a["type"] == "space"] == [
+        c for c in axes if c in "zyx"
+    ]
+    assert list(rdf["weights"]) == [weights]
+    assert rdf["config"]["mdlma"]["class_names"] == CLASSES
+    data = np.random.default_rng(3).integers(0, 255, shape, dtype=np.uint8)
+    image = str(write_volume(tmp_path / "img.tif", data))
+    common = ["--patch", *map(str, tile), "--tissue", "off", "--budget", "64"]
+    for source, out in ((unpacked, "pkg.zarr"), (model, "native.zarr")):
+        assert main(["infer", str(source), image, "--out", str(tmp_path / out), *common]) == 0
+    ours = zarr.open_group(str(tmp_path / "pkg.zarr"), mode="r")
+    native = zarr.open_group(str(tmp_path / "native.zarr"), mode="r")
+    np.testing.assert_allclose(ours["probabilities"][:], native["probabilities"][:], atol=1e-4)
+
+
+def test_nnunet_ct_normalisation_is_clip_and_scale(tmp_path):
+    """CTNormalization (the plans' percentiles and foreground statistics) becomes clip + scale."""
+    model = tiny_nnunet(tmp_path, "2d")  # CTNormalization: [5, 250], mean 120, std 50
+    out = export_model(model, tmp_path / "pkg")
+    rdf = yaml.safe_load((out / "rdf.yaml").read_text())
+    steps = rdf["inputs"][0]["preprocessing"]
+    assert [p["id"] for p in steps][:4] == ["ensure_dtype", "scale_linear", "clip", "scale_linear"]
+    lo, hi, mean, std = 5.0, 250.0, 120.0, 50.0
+    v = np.array([0.0, 100.0, 300.0])  # below, inside, above the clip range
+    step1, step3 = steps[1]["kwargs"], steps[3]["kwargs"]
+    unit = np.clip(v * step1["gain"][0] + step1["offset"][0], 0, 1)
+    np.testing.assert_allclose(
+        unit * step3["gain"][0] + step3["offset"][0], (np.clip(v, lo, hi) - mean) / std, atol=1e-6
+    )
+    assert validate_package(out).status == "passed"
+
+
+def test_unsupported_models_are_refused_in_one_line(tmp_path, capsys):
+    rescale = tiny_nnunet(tmp_path / "r", "2d", normalization="RescaleTo01Normalization")
+    with pytest.raises(
+        InputError,
+        match=r"nnU-Net normalisation RescaleTo01Normalization has no bioimage\.io equivalent",
+    ):
+        export_model(rescale, tmp_path / "a.zip")
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("not a model")
+    assert main(["model", "export", str(foreign), "--out", str(tmp_path / "b.zip")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot export this kind of model" in err[0]
+    assert not (tmp_path / "a.zip").exists() and not (tmp_path / "b.zip").exists()
