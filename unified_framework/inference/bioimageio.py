@@ -1,14 +1,19 @@
-"""Standard model packages: SUN models to and from the bioimage.io model format (spec 0.5).
+"""Standard model packages: every model kind to and from the bioimage.io model format (spec 0.5).
 
-An exported package is a folder (or ``.zip``) with ``rdf.yaml``, TorchScript weights of
-the U-Net (logits), a test input and its expected output (computed by this framework),
-a README, and SUN's intensity normalisation and softmax as the format's own pre- and
-post-processing steps, so ilastik, deepImageJ, QuPath and ``bioimageio.core`` apply the
-model without this framework. Per-channel clipping to ``[low, high]`` followed by
-``(v - mean) / std`` is written exactly as three standard steps: ``scale_linear`` to
-``(v - low) / (high - low)`` per channel, ``clip`` to ``[0, 1]``, ``scale_linear`` to the
-normalised value. Everything works offline: validation uses the library's own checks
-(:func:`bioimageio.core.test_model`), which run the test input through the package.
+An exported package is a folder (or ``.zip``) with ``rdf.yaml``, the network's weights
+(TorchScript of SUN's U-Net, the active-learning HRNet/U-Net and nnU-Net's network with
+its folds averaged; the Keras v3 file of Keras models), a test input and its expected
+output (computed by this framework's own adapter), a README, and the intensity
+normalisation and softmax as the format's own pre- and post-processing steps, so ilastik,
+deepImageJ, QuPath and ``bioimageio.core`` apply the model without this framework.
+Per-channel clipping to ``[low, high]`` followed by ``(v - mean) / std`` (SUN's
+normalisation, nnU-Net's ``CTNormalization``) is written exactly as three standard steps:
+``scale_linear`` to ``(v - low) / (high - low)`` per channel, ``clip`` to ``[0, 1]``,
+``scale_linear`` to the normalised value; nnU-Net's ``ZScoreNormalization`` is
+``zero_mean_unit_variance`` per sample. :func:`export_model` gathers what each kind
+contributes (an ``_Export``) and ``_write_package`` writes every package. Everything works
+offline: validation uses the library's own checks (:func:`bioimageio.core.test_model`),
+which run the test input through the package.
 """
 
 from __future__ import annotations
@@ -186,11 +191,15 @@ def export_sun(model_path: str | Path, out: str | Path, **kwargs: Any) -> Path:
 
 
 def _test_input(shape: tuple[int, ...], lo: Any = None, hi: Any = None) -> np.ndarray:
-    """A seeded test image ``(1, c, *spatial)``; with ``[lo, hi]`` per channel, 10 % beyond both."""
+    """A seeded test image ``(1, c, *spatial)``: 8-bit values, or 10 % beyond a clip range ``[lo, hi]``.
+
+    Values outside the clip range make the test exercise the clipping.
+    """
     channels = shape[0]
-    lo = np.zeros(channels) if lo is None else np.asarray(lo, float)
-    hi = np.full(channels, 255.0) if hi is None else np.asarray(hi, float)
-    margin = 0.1 * (hi - lo)
+    clipped = lo is not None and hi is not None
+    lo = np.asarray(lo, float) if clipped else np.zeros(channels)
+    hi = np.asarray(hi, float) if clipped else np.full(channels, 255.0)
+    margin = 0.1 * (hi - lo) if clipped else np.zeros(channels)
     rng = np.random.default_rng(0)
     data = rng.uniform(lo - margin, hi + margin, size=(*shape[1:], channels))
     return np.moveaxis(data, -1, 0)[None].astype(np.float32)
@@ -385,7 +394,7 @@ def _nnunet_preprocessing(
     ``CTNormalization`` (clip to the 0.5/99.5 foreground percentiles, then ``(v - mean)
     / std`` with the dataset's foreground statistics) is written like SUN's;
     ``ZScoreNormalization`` as ``zero_mean_unit_variance`` per sample and channel;
-    ``NoNormalization`` as nothing. Anything else, masks, or schemes that differ between
+    ``RGBTo01Normalization`` as ``scale_linear`` by 1/255; ``NoNormalization`` as nothing. Anything else, masks, or schemes that differ between
     channels are refused (one line).
     """
     from bioimageio.spec.model.v0_5 import (
@@ -418,9 +427,12 @@ def _nnunet_preprocessing(
         return [zscore], None, None
     if scheme == "NoNormalization":
         return [], None, None
+    if scheme == "RGBTo01Normalization":  # v / 255 (nnU-Net asserts 8-bit input)
+        c = len(schemes)
+        return _standardise([0.0] * c, [255.0] * c), None, None
     raise InputError(
         f"{folder}: nnU-Net normalisation {scheme} has no bioimage.io equivalent; "
-        "exportable: CTNormalization, ZScoreNormalization, NoNormalization"
+        "exportable: CTNormalization, ZScoreNormalization, NoNormalization, RGBTo01Normalization"
     )
 
 
