@@ -64,8 +64,27 @@ def _isolated_config(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MDLMA_HOME", str(home / "data"))
 
 
+#: Test files of the fast lane that take longest (most seconds of waiting or CPU), longest
+#: first. Parallel workers (``scripts/test --fast``: ``pytest -n N --dist loadfile``) take
+#: whole files in collection order, so these go first: a long file started last would keep
+#: one worker busy while the others idle.
+HEAVY_FIRST = (
+    "test_histology.py",
+    "test_hpc_hostile.py",
+    "test_dashboard_pages.py",
+    "test_module.py",
+    "test_sun_pipeline.py",
+    "test_inference_bioimageio.py",
+    "test_search.py",
+    "test_slurm_jobs.py",
+    "test_registration_cli.py",
+    "test_dashboard_inference.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Mark ``slow`` every test that uses a fixture its module names in ``SLOW_FIXTURES``.
+    """Mark ``slow`` every test that uses a fixture its module names in ``SLOW_FIXTURES``;
+    under parallel workers, move the :data:`HEAVY_FIRST` files to the front.
 
     pytest has no marks on fixtures; a session fixture that trains a model makes slow
     every test that needs it, whoever writes the next such test. ``scripts/test --fast``
@@ -75,3 +94,8 @@ def pytest_collection_modifyitems(config, items):
         module = getattr(item, "module", None)
         if set(getattr(module, "SLOW_FIXTURES", ())) & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    # On the controller numprocesses is set, on a worker workerinput; both orders must match.
+    if getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
+        rank = {name: index for index, name in enumerate(HEAVY_FIRST)}
+        # sort is stable: the order inside each file and among the other files is kept
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -12,11 +12,14 @@ under ``CI=true`` a cluster that cannot be started fails them instead.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +30,23 @@ REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 #: A local account for tests of owner-only filtering (created by the fixture, as root).
 TEST_USER = "mdlmatest"
+
+
+@contextlib.contextmanager
+def machine_lock(name: str) -> Iterator[None]:
+    """Hold an exclusive lock shared by every pytest process on this machine.
+
+    ``pytest -n`` (pytest-xdist, what ``scripts/test`` runs) gives each worker its own
+    session fixtures, so two workers would otherwise start the cluster or create the test
+    user at the same moment.
+    """
+    path = Path(tempfile.gettempdir()) / f"mdlma-tests-{name}.lock"
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def cluster_state_dir() -> Path:
@@ -59,7 +79,8 @@ def slurm_cluster() -> Path:
         pytest.skip(
             "the SLURM test cluster is not running; start it with 'sudo scripts/slurm-cluster start'"
         )
-    proc = subprocess.run([script, "start"], capture_output=True, text=True, timeout=900)
+    with machine_lock("slurm-cluster"):
+        proc = subprocess.run([script, "start"], capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         pytest.fail(
             f"scripts/slurm-cluster start failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -80,7 +101,13 @@ def ensure_test_user() -> str:
     except KeyError:
         if os.geteuid() != 0:
             pytest.skip(f"user {TEST_USER} does not exist and only root can create it")
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", TEST_USER], check=True)
+        with machine_lock("test-user"):
+            try:  # another pytest worker may have created it while this one waited
+                pwd.getpwnam(TEST_USER)
+            except KeyError:
+                subprocess.run(
+                    ["useradd", "--create-home", "--shell", "/bin/bash", TEST_USER], check=True
+                )
     return TEST_USER
 
 
@@ -146,7 +173,7 @@ def test_user_python(slurm_test_user) -> list[str]:
     return command
 
 
-def wait_for(predicate, timeout: float = 60, interval: float = 0.5, what: str = "condition"):
+def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
     """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import h5py
 import nibabel as nib
 import numpy as np
@@ -64,3 +66,88 @@ def test_png_with_and_without_dpi(tmp_path):
 
 def test_volumes_made_in_code_count_as_known():
     assert Volume(DATA).spacing_known
+
+
+# Real files that installed packages ship: the voxel size read must be the one the header
+# gives, read here independently with the package that wrote the format.
+NIFTI_UNIT_UM = {"mm": 1000.0, "micron": 1.0, "meter": 1e6, "unknown": 1000.0}  # unknown means mm
+
+
+def _shipped(path) -> str:
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not installed")
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["anatomical.nii", "standard.nii.gz"])
+def test_nibabel_sample_files_give_their_header_voxel_size(name):
+    import nibabel.testing
+
+    path = _shipped(os.path.join(nibabel.testing.data_path, name))
+    header = nib.load(path).header
+    unit = NIFTI_UNIT_UM[header.get_xyzt_units()[0]]
+    expected = tuple(float(z) * unit for z in header.get_zooms()[:3][::-1])  # (z, y, x)
+    volume = read_volume(path)
+    assert volume.spacing_known
+    assert volume.spacing == pytest.approx(expected)
+    assert volume.shape == nib.load(path).shape[::-1]
+
+
+def test_nibabel_4d_sample_is_refused_in_one_line_naming_the_file():
+    import nibabel.testing
+
+    from unified_framework.errors import InputError
+
+    path = _shipped(os.path.join(nibabel.testing.data_path, "example4d.nii.gz"))
+    with pytest.raises(InputError, match=r"example4d\.nii\.gz: 4D NIfTI with 2 volumes") as err:
+        read_volume(path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
+def test_pydicom_sample_files_give_their_pixel_spacing(name):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    path = _shipped(get_testdata_file(name))
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    volume = read_volume(path)
+    assert volume.spacing_known
+    assert volume.shape == (header.Rows, header.Columns)
+    # PixelSpacing is (row, column) in mm: the (y, x) size in µm
+    assert volume.spacing == pytest.approx(tuple(float(s) * 1000 for s in header.PixelSpacing))
+
+
+def _skimage_file(name: str) -> str:
+    import skimage.data
+
+    return _shipped(os.path.join(os.path.dirname(skimage.data.__file__), name))
+
+
+@pytest.mark.parametrize("name", ["camera.png", "cell.png", "moon.png", "retina.jpg"])
+def test_skimage_sample_images_know_a_size_exactly_when_they_give_dpi(name):
+    path = _skimage_file(name)
+    with Image.open(path) as image:
+        dpi = image.info.get("dpi")
+    volume = read_volume(path)
+    if dpi is None:
+        assert not volume.spacing_known and volume.spacing == (1.0, 1.0)
+    else:
+        assert volume.spacing_known
+        assert volume.spacing == pytest.approx((25400 / float(dpi[1]), 25400 / float(dpi[0])))
+
+
+def test_skimage_multipage_tiff_takes_its_resolution_tags():
+    path = _skimage_file("multipage.tif")
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        x_num, x_den = page.tags["XResolution"].value
+        y_num, y_den = page.tags["YResolution"].value
+        unit = page.tags["ResolutionUnit"].value
+    per_unit_um = {tifffile.RESUNIT.INCH: 25400.0, tifffile.RESUNIT.CENTIMETER: 10000.0}[unit]
+    volume = read_volume(path)
+    assert volume.spacing_known and volume.shape == (2, 15, 10)
+    # the tags give only the pixel size in the plane (pixels per unit); z stays 1
+    assert volume.spacing == pytest.approx(
+        (1.0, per_unit_um * y_den / y_num, per_unit_um * x_den / x_num)
+    )

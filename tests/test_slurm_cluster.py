@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest_slurm import REPO, as_test_user
+from conftest_slurm import REPO, as_test_user, machine_lock
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 SCRIPT = str(REPO / "scripts" / "slurm-cluster")
@@ -68,8 +68,9 @@ def test_status_lists_running_daemons_and_an_idle_node():
 
 def test_start_again_is_quick_and_changes_nothing(slurm_cluster):
     pids = _daemon_pids()
-    started = time.monotonic()
-    proc = _run("start")
+    with machine_lock("slurm-cluster"):  # not while another pytest worker's fixture starts it
+        started = time.monotonic()
+        proc = _run("start")
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - started < 30
     assert "running: cluster 'mdlma'" in proc.stdout
