@@ -171,6 +171,7 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     import dask.array  # noqa: F401  (imports are not what is measured: warm them first)
+    import distributed  # noqa: F401  (dask's compute looks for it)
     import skimage.filters  # noqa: F401
     import zarr
 

@@ -260,6 +260,10 @@ def test_finish_refuses_unfinished_runs(tmp_path):
     with pytest.raises(InputError, match="blocks are not finished"):
         finish(work, tmp_path / "x.zarr")
     assert not (tmp_path / "x.zarr").exists()
+    run_blocks(work, part=1, parts=2)
+    (work / "result.zarr" / "probabilities" / "0.0.0").unlink()  # a lost chunk of a done block
+    with pytest.raises(InputError, match="blocks are not finished"):
+        finish(work, tmp_path / "x.zarr")
 
 
 @pytest.mark.parametrize(

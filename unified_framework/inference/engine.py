@@ -617,7 +617,7 @@ class _Run:
             own[:, ~covered] = 0.0
             own[0][~covered] = 1.0
         probs = np.ascontiguousarray(own)
-        labels = np.argmax(probs, axis=0).astype(np.uint8)
+        labels = _labels(probs)
         if self.probs is not None:
             self.probs[(slice(None), *region)] = probs
         self.labels[region] = labels
@@ -665,10 +665,14 @@ class _Run:
         return predicted
 
     def is_done(self, index: Sequence[int], verify: bool = True) -> bool:
+        """A checked marker, and the stored chunks match it (``verify``) or at least exist."""
         data = read_checked(self.marker(index), 8)
         if data is None:
             return False
-        return not verify or data[:8] == self._stored_crcs(index)
+        if verify:
+            return data[:8] == self._stored_crcs(index)
+        arrays = [self.labels] + ([self.probs] if self.probs is not None else [])
+        return all(_chunk_key(a, index) in a.store for a in arrays)
 
     def shares(self, parts: int) -> list[list[tuple[int, ...]]]:
         """The blocks cut into ``parts`` runs in C order with about equal numbers of tiles each.
@@ -686,6 +690,25 @@ class _Run:
             shares[min(parts - 1, before * parts // total)].append(b)
             before += c
         return shares
+
+
+def _labels(probs: np.ndarray) -> np.ndarray:
+    """``argmax`` over the classes (the first on ties) as uint8, class by class: ~2x numpy's."""
+    labels = np.zeros(probs.shape[1:], dtype=np.uint8)
+    best = probs[0].copy()
+    better = np.empty(probs.shape[1:], dtype=bool)
+    for c in range(1, probs.shape[0]):
+        np.greater(probs[c], best, out=better)
+        np.copyto(labels, np.uint8(c), where=better)
+        np.maximum(best, probs[c], out=best)
+    return labels
+
+
+def _chunk_key(array: Any, index: Sequence[int]) -> str:
+    """Store key of the chunk of Zarr (v2) ``array`` that holds block ``index`` (classes first)."""
+    coords = ([0] if array.ndim > len(index) else []) + list(index)
+    separator = getattr(array, "_dimension_separator", None) or "."
+    return (array.path + "/" if array.path else "") + separator.join(map(str, coords))
 
 
 def _combinations(n: int, r: int) -> list[tuple[int, ...]]:
@@ -912,7 +935,9 @@ def finish(work: str | Path, out: str | Path, keep_work: bool = False) -> Path:
     run = _Run(work)
     if out.exists():
         raise InputError(f"{out}: already exists; choose another --out or remove it")
-    open_blocks = [b for b in run.grid.blocks() if not run.is_done(b)]
+    # markers and chunks present (a resume compares the chunks' CRC-32s; here that would
+    # decode the whole output once more, serially, in the merge job)
+    open_blocks = [b for b in run.grid.blocks() if not run.is_done(b, verify=False)]
     missing = [b for b in open_blocks if not run._partial_path(b).is_file()]
     if missing:
         raise InputError(
