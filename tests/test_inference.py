@@ -107,6 +107,32 @@ def test_each_tile_belongs_to_one_block_and_halos_reach_the_right_blocks(shape, 
         )
 
 
+def test_image_source_reads_the_same_directly_as_through_dask(tmp_path):
+    """Boxes read through the array under the dask wrapper equal dask's own reads."""
+    from unified_framework.inference.engine import ImageSource
+    from unified_framework.io import Volume
+
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 255, (300, 280), dtype=np.uint8)
+    paths = [
+        str(write_volume(tmp_path / "a.ome.tif", Volume(grey, (1.0, 1.0)), chunks=64)),
+        str(write_volume(tmp_path / "v.zarr", rng.integers(0, 9, (20, 40, 30), dtype=np.uint16))),
+        str(
+            write_volume(
+                tmp_path / "c.ome.tif",
+                Volume(rng.integers(0, 255, (90, 70, 3), dtype=np.uint8), (1.0, 1.0), axes="yxc"),
+            )
+        ),
+    ]
+    assert ImageSource(paths[0])._direct is not None and ImageSource(paths[1])._direct is not None
+    for path in paths:
+        source = ImageSource(path)
+        box = tuple(slice(3, min(s, 3 + 70)) for s in source.shape)
+        direct = source.read(box)
+        source._direct = None
+        assert np.array_equal(direct, source.read(box)), path
+
+
 def test_gaussian_is_symmetric_and_peaks_in_the_middle():
     w = gaussian_weights((9, 9))
     assert w[4, 4] == 1.0 and np.allclose(w, w[::-1, ::-1]) and w.min() > 0
