@@ -19,8 +19,9 @@ weighted probabilities over its extent (the block and a halo on its high sides, 
 than one tile wide) and stores the halo parts for the blocks they fall in. A block is
 finished by adding the halos of its lower neighbours (in C order) to its own sums and
 dividing by the weight sums. Every sum is thus taken in one fixed order from the same
-batches wherever a block is computed: one process, dask workers (each block waits for
-its lower neighbours) or SLURM array tasks (each a run of blocks in C order; a block
+batches wherever a block is computed: one process, dask workers (a block whose lower
+neighbours' halos are not there yet keeps its sums until a second, cheap task after
+those neighbours finishes it) or SLURM array tasks (each a run of blocks in C order; a block
 whose neighbour belongs to an earlier task keeps its sums in ``partial/`` and is finished
 at the task's end or by :func:`finish`) give the same output (bit-identical with the same
 per-process setup; within 1e-6 between this process and worker processes, see
@@ -671,11 +672,12 @@ class _Run:
         )
         return crc.to_bytes(4, "little") + crc_p.to_bytes(4, "little")
 
-    def run_block(self, index: Sequence[int], finalize: bool = True) -> int:
+    def run_block(self, index: Sequence[int], finalize: bool | None = True) -> int:
         """Predict one block's tiles (unless stored), then finish it or keep its sums; tiles predicted.
 
         ``finalize=False``: the block's neighbours may not have stored its halos yet; its
-        own sums are stored in ``partial/`` for a later call.
+        own sums are stored in ``partial/`` for a later call. ``None``: finish it if they
+        have (checked after its own tiles), else keep its sums.
         """
         own = self.read_partial(index)
         predicted = 0
@@ -685,11 +687,13 @@ class _Run:
             own = acc[
                 (slice(None), *(slice(0, r.stop - r.start) for r in self.grid.block_region(index)))
             ]
+            if finalize is None:
+                finalize = self.ready(index)
             if not finalize:
                 self._partial_path(index).parent.mkdir(exist_ok=True)
                 write_checked(self._partial_path(index), np.ascontiguousarray(own))
                 return predicted
-        elif not finalize:
+        elif not (self.ready(index) if finalize is None else finalize):
             return 0
         self.finalize(index, own)
         return predicted
@@ -759,21 +763,20 @@ def _open_run(
     return run
 
 
-def _block_task(
-    work: str,
-    index: tuple[int, ...],
-    model: Any,
-    device: Any,
-    threads: int,
-    finalize: bool,
-    *_after: Any,
-) -> int:
-    """One block on a dask worker (opens the run once per worker process); ``_after``: the blocks it waits for."""
+def _block_task(work: str, index: tuple[int, ...], model: Any, device: Any, threads: int) -> int:
+    """A block's tiles on a dask worker, finished at once if its halos are there; tiles predicted."""
     import torch
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    return _open_run(work, model, device).run_block(index, finalize)
+    return _open_run(work, model, device).run_block(index, None)
+
+
+def _finish_task(work: str, index: tuple[int, ...], model: Any, device: Any, *_after: Any) -> None:
+    """After the block's and its lower neighbours' tiles (``_after``): finish it if still open."""
+    run = _open_run(work, model, device)
+    if not run.is_done(index, verify=False):
+        run.run_block(index, None)
 
 
 @dataclass
@@ -827,8 +830,8 @@ def run_blocks(
         Default: loaded from the plan's model file (in every worker).
     workers : int
         1: in this process; more: a dask ``LocalCluster`` of that many single-threaded
-        processes (unless ``cluster`` is given). A block waits for the blocks whose tiles
-        reach into it (its lower neighbours).
+        processes (unless ``cluster`` is given). A block is finished once the blocks whose
+        tiles reach into it (its lower neighbours) have stored their halos.
     part, parts : int
         Which share of the blocks (a run of about ``1/parts`` of the tiles in C order):
         a SLURM array task's. Blocks that need halos from another share that is not
@@ -877,12 +880,11 @@ def run_blocks(
         finally:
             torch.set_num_threads(previous)
     elif todo:
-        flags = {index: now(index) for index in todo}
-        waiting = [b for b, f in flags.items() if not f]
-        tiles, done = _run_dask(
-            str(Path(work).absolute()), flags, model, workers, cluster, threads, device, progress
+        report.tiles_predicted = _run_dask(
+            str(Path(work).absolute()), todo, model, workers, cluster, threads, device, progress
         )
-        report.tiles_predicted, report.blocks_computed = tiles, done - len(waiting)
+        waiting = [b for b in todo if not run.is_done(b, verify=False)]
+        report.blocks_computed = len(todo) - len(waiting)
     for index in waiting:  # the other share may have stored their halos meanwhile
         if run.ready(index):
             run.run_block(index)
@@ -897,14 +899,21 @@ def run_blocks(
 
 def _run_dask(
     work: str,
-    flags: dict[tuple[int, ...], bool],
+    todo: list[tuple[int, ...]],
     model: Any,
     workers: int,
     cluster: Any,
     threads: int,
     device: Any,
     progress: Callable[[int], None] | None,
-) -> tuple[int, int]:
+) -> int:
+    """Blocks on dask workers; the number of tiles predicted.
+
+    Two tasks a block: its tiles (never waiting: finished at once when its lower
+    neighbours' halos are there, else its sums are kept), then a cheap one after those
+    neighbours' tile tasks that finishes it if still open. So no worker idles waiting
+    for a neighbour, and the values are the same whichever task finishes a block.
+    """
     from distributed import Client, LocalCluster, as_completed
 
     own = cluster is None
@@ -921,28 +930,39 @@ def _run_dask(
         with Client(cluster) as client:
             shared = client.scatter(model, broadcast=True) if model is not None else None
             grid = _open_run(work).grid
-            futures: dict[tuple[int, ...], Any] = {}
-            for index, finalize in flags.items():  # C order: lower neighbours first
-                after = [futures[c] for c in grid.contributors(index) if c in futures]
-                futures[index] = client.submit(
+            tag = f"{os.getpid()}-{time.monotonic_ns()}"
+            tiles = {
+                index: client.submit(
                     _block_task,
                     work,
                     index,
                     shared,
                     device,
                     threads,
-                    finalize,
-                    *after,
                     pure=False,
-                    key=f"infer-block-{_name(index)}-{os.getpid()}-{time.monotonic_ns()}",
+                    key=f"infer-tiles-{_name(index)}-{tag}",
                 )
-            tiles = done = 0
-            for future in as_completed(list(futures.values())):
-                tiles += future.result()
-                done += 1
+                for index in todo  # C order: dask starts them about in this order
+            }
+            finishing = [
+                client.submit(
+                    _finish_task,
+                    work,
+                    index,
+                    shared,
+                    device,
+                    tiles[index],
+                    *(tiles[c] for c in grid.contributors(index) if c in tiles),
+                    pure=False,
+                    key=f"infer-finish-{_name(index)}-{tag}",
+                )
+                for index in todo
+            ]
+            for future in as_completed(finishing):
+                future.result()
                 if progress:
                     progress(1)
-            return tiles, done
+            return sum(f.result() for f in tiles.values())
     finally:
         if own:
             cluster.close()
