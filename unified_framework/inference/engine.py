@@ -19,14 +19,14 @@ weighted probabilities over its extent (the block and a halo on its high sides, 
 than one tile wide) and stores the halo parts for the blocks they fall in. A block is
 finished by adding the halos of its lower neighbours (in C order) to its own sums and
 dividing by the weight sums. Every sum is thus taken in one fixed order from the same
-batches wherever a block is computed: one process, dask workers (a block whose lower
-neighbours' halos are not there yet keeps its sums until a second, cheap task after
-those neighbours finishes it) or SLURM array tasks (each a run of blocks in C order; a block
-whose neighbour belongs to an earlier task keeps its sums in ``partial/`` and is finished
-at the task's end or by :func:`finish`) give the same output (bit-identical with the same
+batches wherever a block is computed: one process, dask workers or SLURM array tasks
+(each a run of blocks in C order) give the same output (bit-identical with the same
 per-process setup; within 1e-6 between this process and worker processes, see
-docs/inference.md). Several processes write different blocks (their own Zarr chunks)
-and files, so they need no shared manifest: each block has its own checked marker
+docs/inference.md). No process waits for another: a block whose lower neighbours'
+halos are not stored yet keeps its own sums in ``partial/``, and whichever of it and
+those neighbours comes last finishes it (else :func:`finish` does). Processes write
+different blocks (their own Zarr chunks) and files, or the same bytes atomically, so
+they need no shared manifest: each block has its own checked marker
 (``utils.workdir_manifest``'s rule for multi-writer folders), and a resume re-reads every
 marked block from the store and recomputes those whose data do not match (a missing
 Zarr chunk reads as fill value and would otherwise pass); a lost halo is recomputed from
@@ -675,9 +675,11 @@ class _Run:
     def run_block(self, index: Sequence[int], finalize: bool | None = True) -> int:
         """Predict one block's tiles (unless stored), then finish it or keep its sums; tiles predicted.
 
-        ``finalize=False``: the block's neighbours may not have stored its halos yet; its
-        own sums are stored in ``partial/`` for a later call. ``None``: finish it if they
-        have (checked after its own tiles), else keep its sums.
+        ``finalize=True``: finish it now (halos lost on the way are recomputed).
+        ``None``: finish it if its lower neighbours have stored their halos (checked
+        after its own tiles), else store its own sums in ``partial/``; whichever of the
+        block and its neighbours comes last finishes it. ``False``: store its sums.
+        Afterwards the later blocks that waited only for this block's halos are finished.
         """
         own = self.read_partial(index)
         predicted = 0
@@ -687,16 +689,36 @@ class _Run:
             own = acc[
                 (slice(None), *(slice(0, r.stop - r.start) for r in self.grid.block_region(index)))
             ]
-            if finalize is None:
-                finalize = self.ready(index)
-            if not finalize:
+            if finalize is False or (finalize is None and not self.ready(index)):
                 self._partial_path(index).parent.mkdir(exist_ok=True)
                 write_checked(self._partial_path(index), np.ascontiguousarray(own))
+                if finalize is None:
+                    # a neighbour that stored the last halo before this file existed did
+                    # not see it: look again (one of the two always sees the other)
+                    self.finish_waiting(index)
+                self._help_receivers(index)
                 return predicted
-        elif not (self.ready(index) if finalize is None else finalize):
+        elif finalize is False or (finalize is None and not self.ready(index)):
             return 0
         self.finalize(index, own)
+        self._help_receivers(index)
         return predicted
+
+    def finish_waiting(self, index: Sequence[int]) -> bool:
+        """Finish block ``index`` from its stored sums if every halo it needs is there now."""
+        if not self._partial_path(index).is_file() or not self.ready(index):
+            return False
+        own = self.read_partial(index)
+        if own is None:  # finished meanwhile by another process (that removes the file)
+            return False
+        # Two processes may finish the same block at once: they write the same bytes,
+        # and the Zarr chunks, the marker and the removal are each atomic.
+        self.finalize(index, own)
+        return True
+
+    def _help_receivers(self, index: Sequence[int]) -> None:
+        for target in self.grid.receivers(index):
+            self.finish_waiting(target)
 
     def is_done(self, index: Sequence[int], verify: bool = True) -> bool:
         """A checked marker, and the stored chunks match it (``verify``) or at least exist."""
@@ -764,19 +786,12 @@ def _open_run(
 
 
 def _block_task(work: str, index: tuple[int, ...], model: Any, device: Any, threads: int) -> int:
-    """A block's tiles on a dask worker, finished at once if its halos are there; tiles predicted."""
+    """A block on a dask worker (the run is opened once per worker process); tiles predicted."""
     import torch
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return _open_run(work, model, device).run_block(index, None)
-
-
-def _finish_task(work: str, index: tuple[int, ...], model: Any, device: Any, *_after: Any) -> None:
-    """After the block's and its lower neighbours' tiles (``_after``): finish it if still open."""
-    run = _open_run(work, model, device)
-    if not run.is_done(index, verify=False):
-        run.run_block(index, None)
 
 
 @dataclass
@@ -847,7 +862,6 @@ def run_blocks(
     started = time.perf_counter()
     todo, share = pending_blocks(work, model, part, parts, device)
     run = _open_run(work, model, device)
-    mine = set(run.shares(parts)[part]) if parts > 1 else None
     report = RunReport(blocks_total=share, blocks_reused=share - len(todo))
     report.tiles_total = run.grid.n_tiles
     if run.mask is not None:
@@ -855,13 +869,6 @@ def run_blocks(
             not run.mask.keeps(t, run.plan.patch) for t in run.grid.all_tiles()
         )
 
-    def now(index: tuple[int, ...]) -> bool:
-        """Whether the block can be finished in this run (its halos come from this share or are stored)."""
-        return mine is None or all(
-            c in mine or run.has_halo(c, index) for c in run.grid.contributors(index)
-        )
-
-    waiting: list[tuple[int, ...]] = []
     if workers <= 1 and cluster is None:
         import torch
 
@@ -869,28 +876,20 @@ def run_blocks(
         torch.set_num_threads(threads)
         try:
             for index in todo:  # C order: a block's lower neighbours come first
-                finalize = now(index)
-                report.tiles_predicted += run.run_block(index, finalize)
-                if finalize:
-                    report.blocks_computed += 1
-                    if progress:
-                        progress(1)
-                else:
-                    waiting.append(index)
+                # one share: its halos are all there (lost ones are recomputed); several:
+                # a block next to another share may have to wait for it
+                report.tiles_predicted += run.run_block(index, True if parts == 1 else None)
+                if progress:
+                    progress(1)
         finally:
             torch.set_num_threads(previous)
     elif todo:
         report.tiles_predicted = _run_dask(
             str(Path(work).absolute()), todo, model, workers, cluster, threads, device, progress
         )
-        waiting = [b for b in todo if not run.is_done(b, verify=False)]
-        report.blocks_computed = len(todo) - len(waiting)
-    for index in waiting:  # the other share may have stored their halos meanwhile
-        if run.ready(index):
-            run.run_block(index)
+    for index in todo:  # blocks that waited for another share's halos
+        if run.is_done(index, verify=False) or run.finish_waiting(index):
             report.blocks_computed += 1
-            if progress:
-                progress(1)
         else:
             report.blocks_waiting += 1
     report.seconds = time.perf_counter() - started
@@ -907,12 +906,12 @@ def _run_dask(
     device: Any,
     progress: Callable[[int], None] | None,
 ) -> int:
-    """Blocks on dask workers; the number of tiles predicted.
+    """Blocks on dask workers, one task each; the number of tiles predicted.
 
-    Two tasks a block: its tiles (never waiting: finished at once when its lower
-    neighbours' halos are there, else its sums are kept), then a cheap one after those
-    neighbours' tile tasks that finishes it if still open. So no worker idles waiting
-    for a neighbour, and the values are the same whichever task finishes a block.
+    No task waits for another: a block whose lower neighbours have not stored their
+    halos yet keeps its sums, and the last of them to store its halo finishes it. The
+    blocks are handed out as interleaved runs (one per worker, in C order), so that the
+    workers mostly work far apart and a block's neighbours are usually done before it.
     """
     from distributed import Client, LocalCluster, as_completed
 
@@ -929,10 +928,13 @@ def _run_dask(
     try:
         with Client(cluster) as client:
             shared = client.scatter(model, broadcast=True) if model is not None else None
-            grid = _open_run(work).grid
+            runs = max(1, workers, len(client.scheduler_info().get("workers", {})))
+            share = math.ceil(len(todo) / runs)
+            pieces = [todo[k * share : (k + 1) * share] for k in range(runs)]
+            order = [b for group in itertools.zip_longest(*pieces) for b in group if b is not None]
             tag = f"{os.getpid()}-{time.monotonic_ns()}"
-            tiles = {
-                index: client.submit(
+            futures = [
+                client.submit(
                     _block_task,
                     work,
                     index,
@@ -940,29 +942,16 @@ def _run_dask(
                     device,
                     threads,
                     pure=False,
-                    key=f"infer-tiles-{_name(index)}-{tag}",
+                    key=f"infer-block-{_name(index)}-{tag}",
                 )
-                for index in todo  # C order: dask starts them about in this order
-            }
-            finishing = [
-                client.submit(
-                    _finish_task,
-                    work,
-                    index,
-                    shared,
-                    device,
-                    tiles[index],
-                    *(tiles[c] for c in grid.contributors(index) if c in tiles),
-                    pure=False,
-                    key=f"infer-finish-{_name(index)}-{tag}",
-                )
-                for index in todo
+                for index in order  # submission order is dask's order among ready tasks
             ]
-            for future in as_completed(finishing):
-                future.result()
+            tiles = 0
+            for future in as_completed(futures):
+                tiles += future.result()
                 if progress:
                     progress(1)
-            return sum(f.result() for f in tiles.values())
+            return tiles
     finally:
         if own:
             cluster.close()
