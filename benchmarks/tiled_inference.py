@@ -182,6 +182,7 @@ def child(args: argparse.Namespace) -> None:
 
     dims = len(args.patch)
     model = load_model(args.model, spatial_dims=dims)
+    _warm(args.image)
     patch = tuple(args.patch)
     cluster = None
     if args.workers >= 1:  # 0: in this process, no dask
@@ -198,7 +199,7 @@ def child(args: argparse.Namespace) -> None:
             memory_limit=0,
         )
         with Client(cluster) as client:
-            client.run(_warm)
+            client.run(_warm, args.image)
     if args.what.startswith("monai"):
         from monai.inferers import sliding_window_inference
 
@@ -296,12 +297,14 @@ def write_like_engine(probs, out: str, block: tuple[int, ...]) -> None:
         labels[start : start + block[0]] = slab.argmax(0).astype(np.uint8)
 
 
-def _warm() -> None:
+def _warm(image: str) -> None:
+    """Imports, the reader of the image's format (opened, nothing read) and one torch thread."""
     import torch
 
     import unified_framework.inference.engine  # noqa: F401
-    import unified_framework.io  # noqa: F401
+    from unified_framework.io import open_volume
 
+    open_volume(image)
     torch.set_num_threads(1)
 
 
