@@ -216,9 +216,10 @@ def _choose_block(
 
     def fixed(block: Sequence[int]) -> int:
         box = [min(b + p, s) for b, p, s in zip(block, patch, shape)]
-        # sums over the block's extent (block + halo), the contiguous result, one received
-        # halo, cached weight sums, labels; and the input box
-        return 4 * (2 * classes + WEIGHT_CACHE + 1) * math.prod(box) + 4 * channels * math.prod(box)
+        # sums over the block's extent (block + halo) and the input box; the contiguous
+        # result, cached weight sums and labels of the block
+        extent, inner = math.prod(box), math.prod(block)
+        return 4 * (classes + channels) * extent + (4 * (classes + WEIGHT_CACHE) + 2) * inner
 
     smallest = fixed(patch) + tile
     if smallest > budget:
