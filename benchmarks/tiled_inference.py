@@ -12,8 +12,10 @@ Goals (issue 22) next to what was measured, CPU, one torch thread per process:
     as the same Zarr (chunks, compressor); MONAI's time before storing is printed too.
     MONAI is installed with pip into ``.mdlma/bench-monai`` (not into the framework's
     environment) when missing: it is a reference, not a dependency.
-(b) throughput with 1 and 2 dask workers (parallel efficiency >= 80 %) and through a
-    2-task SLURM array (``infer`` template, on the running SLURM cluster);
+(b) throughput with 1 and 2 dask workers (parallel efficiency >= 80 %: 2 workers against
+    1, both on a warmed ``LocalCluster``; also against one process without dask) and of a
+    1- and a 2-task SLURM array (``infer`` template on the running SLURM cluster, from
+    submission to the merged output: 2 tasks against 1, and against one process);
 (c) a sparse slide (tissue in a small window; tissue detection skips the background)
     whose pixels are 4x larger than a memory cap set here is processed within the cap.
 
@@ -171,6 +173,7 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     import dask.array  # noqa: F401  (imports are not what is measured: warm them first)
+    import distributed  # noqa: F401  (dask's compute looks for it)
     import skimage.filters  # noqa: F401
     import zarr
 
@@ -179,9 +182,10 @@ def child(args: argparse.Namespace) -> None:
 
     dims = len(args.patch)
     model = load_model(args.model, spatial_dims=dims)
+    _warm(args.image)
     patch = tuple(args.patch)
     cluster = None
-    if args.workers > 1:
+    if args.workers >= 1:  # 0: in this process, no dask
         # Start-up (processes, imports) is not throughput: start and warm the workers first.
         import logging
 
@@ -195,7 +199,7 @@ def child(args: argparse.Namespace) -> None:
             memory_limit=0,
         )
         with Client(cluster) as client:
-            client.run(_warm)
+            client.run(_warm, args.image)
     if args.what.startswith("monai"):
         from monai.inferers import sliding_window_inference
 
@@ -253,7 +257,7 @@ def child(args: argparse.Namespace) -> None:
             overlap=0.5,
             budget=int(args.budget_mb * MB),
             block=tuple(args.block) if args.block else None,
-            workers=args.workers,
+            workers=max(1, args.workers),
             cluster=cluster,
             tissue=args.tissue,
             probabilities=args.tissue == "off",
@@ -293,12 +297,14 @@ def write_like_engine(probs, out: str, block: tuple[int, ...]) -> None:
         labels[start : start + block[0]] = slab.argmax(0).astype(np.uint8)
 
 
-def _warm() -> None:
+def _warm(image: str) -> None:
+    """Imports, the reader of the image's format (opened, nothing read) and one torch thread."""
     import torch
 
     import unified_framework.inference.engine  # noqa: F401
-    import unified_framework.io  # noqa: F401
+    from unified_framework.io import open_volume
 
+    open_volume(image)
     torch.set_num_threads(1)
 
 
@@ -378,14 +384,18 @@ def compare(
     sys.stdout.flush()
 
 
-def slurm_array(folder: Path, model: Path, image: Path, budget_mb: float) -> dict:
-    """Wall time of a 2-task ``infer`` array and its merge job, from submission to the end."""
+def slurm_array(
+    folder: Path, model: Path, image: Path, budget_mb: float, tasks: int, block: tuple[int, ...]
+) -> dict:
+    """Wall time of a ``tasks``-task ``infer`` array and its merge job, from submission to the end."""
     from unified_framework import hpc
     from unified_framework.inference.engine import prepare
 
-    work, out = folder / "array.zarr.work", folder / "array.zarr"
+    work, out = folder / f"array{tasks}.zarr.work", folder / f"array{tasks}.zarr"
     started = time.perf_counter()
-    prepare(work, model, str(image), patch=(128, 128), budget=int(budget_mb * MB))
+    plan = prepare(
+        work, model, str(image), patch=(128, 128), budget=int(budget_mb * MB), block=block
+    )
     record = hpc.submit(
         "infer",
         {
@@ -393,7 +403,7 @@ def slurm_array(folder: Path, model: Path, image: Path, budget_mb: float) -> dic
             "image": str(image),
             "out": str(out),
             "work_dir": str(work),
-            "tasks": 2,
+            "tasks": tasks,
             "cpus": 1,
             "mem": f"{int(budget_mb) + 1200}M",
             "merge_mem": "2G",
@@ -407,9 +417,13 @@ def slurm_array(folder: Path, model: Path, image: Path, budget_mb: float) -> dic
         jobs = hpc.status(record.job_ids, backend="slurm")
         if jobs and all(j.finished for j in jobs):
             break
-        time.sleep(1)
+        time.sleep(0.5)
     states = sorted({j.state for j in jobs})
-    return {"seconds": time.perf_counter() - started, "states": states}
+    return {
+        "seconds": time.perf_counter() - started,
+        "states": states,
+        "tiles": plan.grid().n_tiles,
+    }
 
 
 def main() -> None:
@@ -422,7 +436,7 @@ def main() -> None:
     parser.add_argument("--patch", type=int, nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--block", type=int, nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=4, help=argparse.SUPPRESS)
-    parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--tissue", default="off", help=argparse.SUPPRESS)
     parser.add_argument("--budget-mb", type=float, default=512, help="engine budget (MB)")
     parser.add_argument("--side", type=int, default=2048, help="2D side (issue: 16384; 0: none)")
@@ -483,7 +497,7 @@ def main() -> None:
         if "b" not in args.skip:
             image = make_slide(folder, args.side)
             runs = {}
-            for workers in (1, 2):
+            for workers in (0, 1, 2):  # 0: in this process, no dask
                 runs[workers] = run_child(
                     what="tiled",
                     model=model,
@@ -494,30 +508,51 @@ def main() -> None:
                     block=(512, 512),
                     workers=workers,
                 )
-            array = slurm_array(folder, model, image, args.budget_mb)
-            tiles = runs[1]["tiles"]
+            arrays = {
+                n: slurm_array(folder, model, image, args.budget_mb, n, (512, 512)) for n in (1, 2)
+            }
+            tiles = runs[0]["tiles"]
             rate = {w: r["tiles"] / r["seconds"] for w, r in runs.items()}
             print(
-                f"\n(b) {args.side}^2, blocks 512^2 ({tiles} tiles); load now {os.getloadavg()[0]:.1f} "
-                f"on {os.cpu_count()} cores"
+                f"\n(b) {args.side}^2, blocks 512^2 ({tiles} tiles, each predicted once); load now "
+                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
             )
             _row("", "goal", "measured")
-            _row("tiles/s, 1 process", "", f"{rate[1]:.1f}", f"({runs[1]['seconds']:.1f} s)")
             _row(
-                "tiles/s, 2 dask workers",
+                "tiles/s, 1 process (no dask)",
                 "",
-                f"{rate[2]:.1f}",
-                "(workers started and warmed first)",
+                f"{rate[0]:.1f}",
+                f"({runs[0]['seconds']:.1f} s)",
             )
-            _row("parallel efficiency, dask", ">= 80 %", f"{50 * rate[2] / rate[1]:.0f} %")
-            arate = tiles / array["seconds"]
+            for w in (1, 2):
+                _row(
+                    f"tiles/s, {w} dask worker{'s' * (w > 1)}",
+                    "",
+                    f"{rate[w]:.1f}",
+                    f"({runs[w]['seconds']:.1f} s; workers started and warmed first)",
+                )
             _row(
-                "tiles/s, 2-task SLURM array",
-                "",
-                f"{arate:.1f}",
-                f"({array['seconds']:.1f} s from submission to merged, {'/'.join(array['states'])})",
+                "parallel efficiency, dask",
+                ">= 80 %",
+                f"{50 * rate[2] / rate[1]:.0f} %",
+                "(2 workers vs 1)",
             )
-            _row("parallel efficiency, array", ">= 80 %", f"{50 * arate / rate[1]:.0f} %")
+            _row("  vs 1 process without dask", "", f"{50 * rate[2] / rate[0]:.0f} %")
+            arate = {n: a["tiles"] / a["seconds"] for n, a in arrays.items()}
+            for n in (1, 2):
+                _row(
+                    f"tiles/s, {n}-task SLURM array",
+                    "",
+                    f"{arate[n]:.1f}",
+                    f"({arrays[n]['seconds']:.1f} s from submission to merged, {'/'.join(arrays[n]['states'])})",
+                )
+            _row(
+                "parallel efficiency, array",
+                ">= 80 %",
+                f"{50 * arate[2] / arate[1]:.0f} %",
+                "(2 tasks vs 1)",
+            )
+            _row("  vs 1 process without dask", "", f"{50 * arate[2] / rate[0]:.0f} %")
         if "c" not in args.skip:
             # Pixels 4x the cap (uint8, one byte each); tissue in a window of 2048^2.
             side = math.ceil(math.sqrt(4 * args.cap_mb * MB) / 1024) * 1024

@@ -71,6 +71,68 @@ def test_grid_covers_image_and_tiles_have_full_size():
         assert grid.tiles_in(b) == expect
 
 
+@pytest.mark.parametrize(
+    ("shape", "patch", "step", "block"),
+    [
+        ((70, 45), (16, 16), (8, 8), (32, 32)),
+        ((37, 29), (8, 8), (5, 3), (6, 11)),
+        ((9, 20, 21), (4, 8, 8), (2, 4, 4), (5, 9, 12)),
+    ],
+)
+def test_each_tile_belongs_to_one_block_and_halos_reach_the_right_blocks(shape, patch, step, block):
+    """Global grid: one owner per tile; contributors/receivers are exactly the blocks its tiles reach."""
+    grid = Grid(shape, patch, step, block)
+    owners = {}
+    for b in grid.blocks():
+        for t in grid.owned(b):
+            assert t not in owners and all(
+                r.start <= s < r.stop for s, r in zip(t, grid.block_region(b))
+            )
+            owners[t] = b
+    assert sorted(owners) == sorted(grid.all_tiles())
+    for b in grid.blocks():
+        region = grid.block_region(b)
+        reach = {
+            owners[t]
+            for t in grid.all_tiles()
+            if owners[t] != b
+            and all(s < r.stop and s + p > r.start for s, p, r in zip(t, patch, region))
+        }
+        assert grid.contributors(b) == sorted(reach)
+        assert all(b in grid.receivers(c) for c in reach)
+        extent = grid.extent(b)  # every own tile lies in the extent
+        assert all(
+            all(e.start <= s and s + p <= e.stop for s, p, e in zip(t, patch, extent))
+            for t in grid.owned(b)
+        )
+
+
+def test_image_source_reads_the_same_directly_as_through_dask(tmp_path):
+    """Boxes read through the array under the dask wrapper equal dask's own reads."""
+    from unified_framework.inference.engine import ImageSource
+    from unified_framework.io import Volume
+
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 255, (300, 280), dtype=np.uint8)
+    paths = [
+        str(write_volume(tmp_path / "a.ome.tif", Volume(grey, (1.0, 1.0)), chunks=64)),
+        str(write_volume(tmp_path / "v.zarr", rng.integers(0, 9, (20, 40, 30), dtype=np.uint16))),
+        str(
+            write_volume(
+                tmp_path / "c.ome.tif",
+                Volume(rng.integers(0, 255, (90, 70, 3), dtype=np.uint8), (1.0, 1.0), axes="yxc"),
+            )
+        ),
+    ]
+    assert ImageSource(paths[0])._direct is not None and ImageSource(paths[1])._direct is not None
+    for path in paths:
+        source = ImageSource(path)
+        box = tuple(slice(3, min(s, 3 + 70)) for s in source.shape)
+        direct = source.read(box)
+        source._direct = None
+        assert np.array_equal(direct, source.read(box)), path
+
+
 def test_gaussian_is_symmetric_and_peaks_in_the_middle():
     w = gaussian_weights((9, 9))
     assert w[4, 4] == 1.0 and np.allclose(w, w[::-1, ::-1]) and w.min() > 0
@@ -91,6 +153,7 @@ def test_tiled_equals_whole_image_sliding_window_sun_unet(tmp_path):
         block=(32, 32),
     )
     assert report.blocks_computed > 1  # the budget forced several blocks
+    assert report.tiles_predicted == report.tiles_total  # each tile once, however many blocks
     group = zarr.open_group(str(out), mode="r")
     tiled = group["probabilities"][:]
     data = np.asarray(__import__("tifffile").imread(image), np.float32)[None]
@@ -164,11 +227,11 @@ def test_resume_recomputes_only_unfinished_or_damaged_blocks(tmp_path, monkeypat
     calls = {"n": 0}
     original = engine._Run.run_block
 
-    def dying(self, index):
+    def dying(self, index, *args, **kwargs):
         if calls["n"] == 3:
             raise KeyboardInterrupt
         calls["n"] += 1
-        return original(self, index)
+        return original(self, index, *args, **kwargs)
 
     monkeypatch.setattr(engine._Run, "run_block", dying)
     with pytest.raises(KeyboardInterrupt):
@@ -177,6 +240,8 @@ def test_resume_recomputes_only_unfinished_or_damaged_blocks(tmp_path, monkeypat
     engine._RUNS.clear()
     # a lost chunk of a finished block must not pass as done (it would read as zeros)
     (work / "result.zarr" / "0" / "0.0").unlink()  # block (0, 0) was finished first
+    # a lost halo of a finished block is recomputed from that block's tiles
+    (work / "halo" / "0_1-1_1").unlink()
     report = run_blocks(work)
     assert report.blocks_reused == 2 and report.blocks_computed == total - 2
     finish(work, tmp_path / "b.zarr")
@@ -195,8 +260,10 @@ def test_parts_of_an_array_and_dask_workers_give_identical_output(tmp_path):
     # two SLURM-array-like parts, then the merge step
     work = tmp_path / "parts.work"
     prepare(work, model_path, image, patch=(16, 16), budget=2 * MB, block=(32, 32))
-    for part in (1, 0):
-        run_blocks(work, part=part, parts=2)
+    reports = [run_blocks(work, part=part, parts=2) for part in (1, 0)]
+    # part 1 ran first: its blocks next to part 0 waited for part 0's halos, finish() ends them
+    assert reports[0].blocks_waiting > 0
+    assert sum(r.tiles_predicted for r in reports) == reports[0].tiles_total
     finish(work, tmp_path / "parts.zarr")
     two, _ = infer(
         model_path, image, tmp_path / "dask.zarr", patch=(16, 16), budget=2 * MB, workers=2
@@ -219,6 +286,10 @@ def test_finish_refuses_unfinished_runs(tmp_path):
     with pytest.raises(InputError, match="blocks are not finished"):
         finish(work, tmp_path / "x.zarr")
     assert not (tmp_path / "x.zarr").exists()
+    run_blocks(work, part=1, parts=2)
+    (work / "result.zarr" / "probabilities" / "0.0.0").unlink()  # a lost chunk of a done block
+    with pytest.raises(InputError, match="blocks are not finished"):
+        finish(work, tmp_path / "x.zarr")
 
 
 @pytest.mark.parametrize(

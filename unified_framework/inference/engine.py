@@ -6,34 +6,46 @@ A run lives in a work folder until it is finished::
     WORK/tissue.npy     foreground at low resolution (tiles outside it are skipped)
     WORK/result.zarr    probabilities (classes, *spatial) float32 and labels "0" (uint8),
                         one Zarr chunk per output block
+    WORK/halo/<b>-<n>   block b's weighted sums over its overlap with block n (checked file)
+    WORK/partial/<b>    block b's own sums while it waits for halos of another array task
     WORK/done/<block>   a checked file (CRC-32 trailer) with the CRC-32s of the block's
                         probabilities and labels, written after both are stored
 
-The output is cut into blocks; a block is computed from every tile that overlaps it
-(tiles straddling two blocks are predicted for each), each tile weighted by a Gaussian
-and summed in one fixed order, in batches fixed by the block (its tiles in C order, cut
-every ``batch``). A block's values therefore do not depend on which process computes it
-or how many there are: one process, dask workers or SLURM array tasks give the same
-output (bit-identical with the same per-process setup; within 1e-6 between this process
-and worker processes, see docs/inference.md). Several processes write different blocks (their
-own Zarr chunks), so they need no shared manifest: each block has its own checked
-marker (``utils.workdir_manifest``'s rule for multi-writer folders), and a resume
-re-reads every marked block from the store and recomputes those whose data do not
-match (a missing Zarr chunk reads as fill value and would otherwise pass).
-:func:`finish` builds the multiscale pyramid (OME-Zarr) and moves the result into place
-atomically.
+The tiles are one global grid (MONAI's ``sliding_window_inference`` grid of the whole
+image), and each tile belongs to the block that holds its start corner, so every tile is
+predicted exactly once whatever the blocks. A block predicts its own tiles in batches
+fixed by the block (its tiles in C order, cut every ``batch``), sums their Gaussian-
+weighted probabilities over its extent (the block and a halo on its high sides, less
+than one tile wide) and stores the halo parts for the blocks they fall in. A block is
+finished by adding the halos of its lower neighbours (in C order) to its own sums and
+dividing by the weight sums. Every sum is thus taken in one fixed order from the same
+batches wherever a block is computed: one process, dask workers or SLURM array tasks
+(each a run of blocks in C order) give the same output (bit-identical with the same
+per-process setup; within 1e-6 between this process and worker processes, see
+docs/inference.md). No process waits for another: a block whose lower neighbours'
+halos are not stored yet keeps its own sums in ``partial/``, and whichever of it and
+those neighbours comes last finishes it (else :func:`finish` does). Processes write
+different blocks (their own Zarr chunks) and files, or the same bytes atomically, so
+they need no shared manifest: each block has its own checked marker
+(``utils.workdir_manifest``'s rule for multi-writer folders), and a resume re-reads every
+marked block from the store and recomputes those whose data do not match (a missing
+Zarr chunk reads as fill value and would otherwise pass); a lost halo is recomputed from
+its block's tiles. :func:`finish` builds the multiscale pyramid (OME-Zarr) and moves the
+result into place atomically.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import math
 import os
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,13 +61,16 @@ from .tiling import Grid, TissueMask, detect_tissue, gaussian_weights, low_resol
 
 logger = logging.getLogger(__name__)
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: tiles belong to one block each, halos passed on
 #: Default working memory of one process (bytes): input box, accumulators, one batch.
 DEFAULT_BUDGET = 1024 * 2**20
 #: Largest output block, in tiles per axis (more blocks share work better over workers).
 MAX_BLOCK_TILES = {2: 8, 3: 3}
 MAX_BATCH = 4  # larger batches were slower per tile on CPUs (cache) and cost memory
 PYRAMID_MIN_SIDE = 256
+#: Weight sums kept per process (one block each): blocks in the same position relative to
+#: the tile grid share one, so a C-order pass computes only a handful.
+WEIGHT_CACHE = 4
 
 
 @dataclass
@@ -114,6 +129,29 @@ def model_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _wrapped_array(data: Any) -> Any:
+    """The array-like a dask array made by ``dask.array.from_array`` reads from, else None.
+
+    Only a graph of exactly that wrapper (one layer holding the object, one slicing it)
+    with the same shape and dtype qualifies; anything computed on top (casts, stacks,
+    transposes) is read through dask.
+    """
+    try:
+        layers = data.dask.layers
+        originals = [layer for name, layer in layers.items() if str(name).startswith("original-")]
+        if len(layers) != 2 or len(originals) != 1:
+            return None
+        values = list(originals[0].mapping.values())
+        if len(values) != 1:
+            return None
+        wrapped = values[0]
+        if tuple(wrapped.shape) != tuple(data.shape) or np.dtype(wrapped.dtype) != data.dtype:
+            return None
+        return wrapped if hasattr(wrapped, "__getitem__") else None
+    except (AttributeError, TypeError):
+        return None
+
+
 class ImageSource:
     """Reads float32 boxes ``(channels, *spatial)`` of an image lazily via :mod:`unified_framework.io`."""
 
@@ -128,9 +166,16 @@ class ImageSource:
         self.channels = int(data.shape[-1]) if self.colour else 1
         self.spacing = tuple(float(s) for s in (self.volume.spacing or (1.0,) * len(self.shape)))
 
+        # dask builds and orders a graph for every read (~15 ms a block): read through the
+        # array it wraps where it is a plain wrapper (TIFF tiles, Zarr and HDF5 chunks)
+        self._direct = _wrapped_array(data)
+
     def read(self, box: Sequence[slice]) -> np.ndarray:
         """The box as float32 ``(channels, *box)``."""
-        block = self.volume.data[tuple(box)]
+        if self._direct is not None:
+            block = self._direct[tuple(box)]
+        else:
+            block = self.volume.data[tuple(box)]
         if hasattr(block, "compute"):
             block = block.compute(scheduler="synchronous")
         block = np.asarray(block, dtype=np.float32)
@@ -170,9 +215,11 @@ def _choose_block(
     tile = patch_memory(model, patch, 1) * (2 if flips else 1)
 
     def fixed(block: Sequence[int]) -> int:
-        box = [min(b + 2 * p, s) for b, p, s in zip(block, patch, shape)]
-        # accumulator + result copy + weights + labels, and the input box
-        return 4 * (2 * classes + 2) * math.prod(block) + 4 * channels * math.prod(box)
+        box = [min(b + p, s) for b, p, s in zip(block, patch, shape)]
+        # sums over the block's extent (block + halo) and the input box; the contiguous
+        # result, cached weight sums and labels of the block
+        extent, inner = math.prod(box), math.prod(block)
+        return 4 * (classes + channels) * extent + (4 * (classes + WEIGHT_CACHE) + 2) * inner
 
     smallest = fixed(patch) + tile
     if smallest > budget:
@@ -194,7 +241,7 @@ def _choose_block(
             block = tuple(min(p * k, s) for p, s in zip(patch, shape))
             if fixed(block) + tile <= budget:
                 break
-    tiles_per_block = math.prod(math.ceil(b / p) + 1 for b, p in zip(block, patch))
+    tiles_per_block = math.prod(math.ceil(b / p) * 2 for b, p in zip(block, patch))
     batch = max(1, min((budget - fixed(block)) // tile, MAX_BATCH, tiles_per_block))
     return block, int(batch)
 
@@ -391,8 +438,31 @@ def _create_store(path: Path, plan: InferencePlan) -> None:
     )
 
 
+def _name(index: Sequence[int]) -> str:
+    return "_".join(str(i) for i in index)
+
+
+def _within(box: Sequence[slice], origin: Sequence[slice]) -> tuple[slice, ...]:
+    """``box`` (image coordinates) relative to the start of ``origin``."""
+    return tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, origin))
+
+
+def _overlap(a: Sequence[slice], b: Sequence[slice]) -> tuple[slice, ...]:
+    return tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
+
+
 class _Run:
-    """One process's view of a prepared work folder: model, source, weights, store."""
+    """One process's view of a prepared work folder: model, source, weights, store.
+
+    A block is computed in two steps. :meth:`predict_own` predicts the block's own tiles
+    (those starting in it) and sums their weighted probabilities over the block's extent
+    (the block and a halo on its high sides); the halo parts go to ``halo/<block>-<receiver>``
+    (checked files). :meth:`finalize` adds the halos the block receives from the blocks
+    before it, divides by the summed weights and writes the block's Zarr chunks and
+    marker. When those halos are not there yet (a SLURM array task whose neighbour runs in
+    another task), the block's own sums wait in ``partial/<block>`` for a later
+    :meth:`finalize` (by the same task at its end, or by :func:`finish`).
+    """
 
     def __init__(
         self, work: Path, model: SegmentationModel | None = None, device: Any = "cpu"
@@ -403,9 +473,8 @@ class _Run:
         self.plan = InferencePlan.from_json(
             (work / "plan.json").read_text(), str(work / "plan.json")
         )
-        self.model = model or load_model(
-            self.plan.model, spatial_dims=self.plan.spatial_dims, device=device
-        )
+        self._model = model
+        self.device = device
         self.source = ImageSource(self.plan.image, self.plan.level)
         if self.source.shape != self.plan.shape:
             raise InputError(
@@ -421,9 +490,20 @@ class _Run:
         group = zarr.open_group(str(work / "result.zarr"), mode="r+")
         self.labels = group["0"]
         self.probs = group["probabilities"] if self.plan.probabilities else None
+        self._weight_sums: OrderedDict[Any, np.ndarray] = OrderedDict()
+
+    @property
+    def model(self) -> SegmentationModel:
+        """The model, loaded on first use (merging finished blocks needs none)."""
+        if self._model is None:
+            self._model = load_model(
+                self.plan.model, spatial_dims=self.plan.spatial_dims, device=self.device
+            )
+        return self._model
 
     def tiles(self, index: Sequence[int]) -> list[tuple[int, ...]]:
-        tiles = self.grid.tiles_in(index)
+        """The tiles block ``index`` predicts: those starting in it, less background ones."""
+        tiles = self.grid.owned(index)
         if self.mask is not None:
             tiles = [t for t in tiles if self.mask.keeps(t, self.plan.patch)]
         return tiles
@@ -442,21 +522,19 @@ class _Run:
         assert total is not None
         return total / np.float32(len(combos))
 
-    def compute_block(self, index: Sequence[int]) -> tuple[np.ndarray, int]:
-        """Probabilities ``(classes, *block)`` of one block and the number of tiles predicted."""
-        region = self.grid.block_region(index)
-        shape = tuple(r.stop - r.start for r in region)
-        classes, patch = self.plan.num_classes, self.plan.patch
+    def predict_own(self, index: Sequence[int]) -> tuple[np.ndarray, int]:
+        """Weighted probability sums ``(classes, *extent)`` of the block's own tiles, and their number."""
+        extent = self.grid.extent(index)
+        patch = self.plan.patch
+        acc = np.zeros(
+            (self.plan.num_classes, *(e.stop - e.start for e in extent)), dtype=np.float32
+        )
         tiles = self.tiles(index)
         if not tiles:
-            out = np.zeros((classes, *shape), dtype=np.float32)
-            out[0] = 1.0
-            return out, 0
-        lo = [min(t[a] for t in tiles) for a in range(len(shape))]
-        hi = [max(t[a] for t in tiles) + patch[a] for a in range(len(shape))]
+            return acc, 0
+        lo = [min(t[a] for t in tiles) for a in range(len(patch))]
+        hi = [max(t[a] for t in tiles) + patch[a] for a in range(len(patch))]
         data = self.source.read(tuple(slice(a, b) for a, b in zip(lo, hi)))
-        acc = np.zeros((classes, *shape), dtype=np.float32)
-        wsum = np.zeros(shape, dtype=np.float32)
         size = self.plan.batch
         for first in range(0, len(tiles), size):
             group = tiles[first : first + size]
@@ -468,24 +546,121 @@ class _Run:
                     (slice(None), *(slice(s - o, s - o + p) for s, o, p in zip(t, lo, patch)))
                 ]
             probs = self._predict(batch)
+            if probs.dtype == np.float32 and probs.flags.writeable and probs.flags.c_contiguous:
+                probs *= self.weights  # in place: one pass over the batch, no temporaries
+            else:
+                probs = probs.astype(np.float32) * self.weights
             for k, t in enumerate(group):
-                in_tile, in_block = [], []
-                for s, p, r in zip(t, patch, region):
-                    a, b = max(s, r.start), min(s + p, r.stop)
-                    in_tile.append(slice(a - s, b - s))
-                    in_block.append(slice(a - r.start, b - r.start))
-                w = self.weights[tuple(in_tile)]
-                acc[(slice(None), *in_block)] += probs[k][(slice(None), *in_tile)] * w
-                wsum[tuple(in_block)] += w
-        covered = wsum > 0
-        acc /= np.where(covered, wsum, np.float32(1))
-        if not covered.all():  # pixels only under skipped (background) tiles
-            acc[:, ~covered] = 0.0
-            acc[0][~covered] = 1.0
+                box = tuple(
+                    slice(s - e.start, s - e.start + p) for s, e, p in zip(t, extent, patch)
+                )
+                acc[(slice(None), *box)] += probs[k]
         return acc, len(tiles)
 
+    def _halo_path(self, source: Sequence[int], target: Sequence[int]) -> Path:
+        return self.work / "halo" / f"{_name(source)}-{_name(target)}"
+
+    def _halo_box(self, source: Sequence[int], target: Sequence[int]) -> tuple[slice, ...]:
+        return _overlap(self.grid.extent(source), self.grid.block_region(target))
+
+    def write_halos(self, index: Sequence[int], acc: np.ndarray) -> None:
+        """Store the parts of ``acc`` (over the block's extent) that fall in later blocks."""
+        extent = self.grid.extent(index)
+        receivers = self.grid.receivers(index)
+        if receivers:
+            (self.work / "halo").mkdir(exist_ok=True)
+        for target in receivers:
+            box = _within(self._halo_box(index, target), extent)
+            write_checked(
+                self._halo_path(index, target), np.ascontiguousarray(acc[(slice(None), *box)])
+            )
+
+    def has_halo(self, source: Sequence[int], target: Sequence[int]) -> bool:
+        return self._halo_path(source, target).is_file()
+
+    def read_halo(self, source: Sequence[int], target: Sequence[int]) -> np.ndarray:
+        """Block ``source``'s sums over its overlap with block ``target``; recomputed if lost or damaged."""
+        shape = (self.plan.num_classes, *(b.stop - b.start for b in self._halo_box(source, target)))
+        size = 4 * math.prod(shape)
+        data = read_checked(self._halo_path(source, target), size)
+        if data is None:  # the same tiles in the same batches give the same sums
+            logger.warning("block %s: halo for %s lost or damaged; recomputing it", source, target)
+            acc, _ = self.predict_own(source)
+            self.write_halos(source, acc)
+            data = read_checked(self._halo_path(source, target), size)
+            assert data is not None
+        return np.frombuffer(data, dtype=np.float32, count=math.prod(shape)).reshape(shape)
+
+    def _partial_path(self, index: Sequence[int]) -> Path:
+        return self.work / "partial" / _name(index)
+
+    def read_partial(self, index: Sequence[int]) -> np.ndarray | None:
+        """The block's own sums stored while it waited for its neighbours' halos, if any."""
+        region = self.grid.block_region(index)
+        shape = (self.plan.num_classes, *(r.stop - r.start for r in region))
+        data = read_checked(self._partial_path(index), 4 * math.prod(shape))
+        if data is None:
+            return None
+        return np.frombuffer(data, dtype=np.float32, count=math.prod(shape)).reshape(shape).copy()
+
+    def weight_sum(self, index: Sequence[int]) -> np.ndarray:
+        """Summed Gaussian weights over block ``index`` of every (kept) tile touching it."""
+        region = self.grid.block_region(index)
+        starts = self.grid.touching_starts(index)
+        key = None
+        if self.mask is None:
+            key = tuple(
+                (r.stop - r.start, tuple(s - r.start for s in st)) for st, r in zip(starts, region)
+            )
+            cached = self._weight_sums.get(key)
+            if cached is not None:
+                self._weight_sums.move_to_end(key)
+                return cached
+        patch = self.plan.patch
+        wsum = np.zeros(tuple(r.stop - r.start for r in region), dtype=np.float32)
+        for t in itertools.product(*starts):
+            if self.mask is not None and not self.mask.keeps(t, patch):
+                continue
+            tile = tuple(slice(s, s + p) for s, p in zip(t, patch))
+            box = _overlap(tile, region)
+            wsum[_within(box, region)] += self.weights[_within(box, tile)]
+        if key is not None:
+            self._weight_sums[key] = wsum
+            while len(self._weight_sums) > WEIGHT_CACHE:
+                self._weight_sums.popitem(last=False)
+        return wsum
+
+    def ready(self, index: Sequence[int]) -> bool:
+        """Whether every halo block ``index`` receives is stored."""
+        return all(self.has_halo(c, index) for c in self.grid.contributors(index))
+
+    def finalize(self, index: Sequence[int], own: np.ndarray) -> None:
+        """Add the received halos to the block's own sums (in place), normalise, store, mark."""
+        region = self.grid.block_region(index)
+        for source in self.grid.contributors(index):  # in C order: a fixed summation order
+            box = _within(self._halo_box(source, index), region)
+            own[(slice(None), *box)] += self.read_halo(source, index)
+        wsum = self.weight_sum(index)
+        covered = wsum > 0
+        if covered.all():
+            own /= wsum
+        else:  # pixels only under skipped (background) tiles: class 0
+            own /= np.where(covered, wsum, np.float32(1))
+            own[:, ~covered] = 0.0
+            own[0][~covered] = 1.0
+        probs = np.ascontiguousarray(own)
+        labels = _labels(probs)
+        if self.probs is not None:
+            self.probs[(slice(None), *region)] = probs
+        self.labels[region] = labels
+        crc_p = checksum(probs) if self.probs is not None else 0
+        payload = checksum(labels).to_bytes(4, "little") + crc_p.to_bytes(4, "little")
+        self.marker(index).parent.mkdir(exist_ok=True)
+        write_checked(self.marker(index), payload)
+        self._partial_path(index).unlink(missing_ok=True)
+
     def marker(self, index: Sequence[int]) -> Path:
-        return self.work / "done" / "_".join(str(i) for i in index)
+        return self.work / "done" / _name(index)
 
     def _stored_crcs(self, index: Sequence[int]) -> bytes:
         region = self.grid.block_region(index)
@@ -498,30 +673,102 @@ class _Run:
         )
         return crc.to_bytes(4, "little") + crc_p.to_bytes(4, "little")
 
-    def run_block(self, index: Sequence[int]) -> int:
-        """Compute, store and mark one block; the number of tiles predicted."""
-        probs, n_tiles = self.compute_block(index)
-        region = self.grid.block_region(index)
-        labels = np.argmax(probs, axis=0).astype(np.uint8)
-        if self.probs is not None:
-            self.probs[(slice(None), *region)] = probs
-        self.labels[region] = labels
-        crc_p = checksum(np.ascontiguousarray(probs)) if self.probs is not None else 0
-        payload = checksum(labels).to_bytes(4, "little") + crc_p.to_bytes(4, "little")
-        self.marker(index).parent.mkdir(exist_ok=True)
-        write_checked(self.marker(index), payload)
-        return n_tiles
+    def run_block(self, index: Sequence[int], finalize: bool | None = True) -> int:
+        """Predict one block's tiles (unless stored), then finish it or keep its sums; tiles predicted.
+
+        ``finalize=True``: finish it now (halos lost on the way are recomputed).
+        ``None``: finish it if its lower neighbours have stored their halos (checked
+        after its own tiles), else store its own sums in ``partial/``; whichever of the
+        block and its neighbours comes last finishes it. ``False``: store its sums.
+        Afterwards the later blocks that waited only for this block's halos are finished.
+        """
+        own = self.read_partial(index)
+        predicted = 0
+        if own is None:
+            acc, predicted = self.predict_own(index)
+            self.write_halos(index, acc)  # first: a partial or a marker implies the halos
+            own = acc[
+                (slice(None), *(slice(0, r.stop - r.start) for r in self.grid.block_region(index)))
+            ]
+            if finalize is False or (finalize is None and not self.ready(index)):
+                self._partial_path(index).parent.mkdir(exist_ok=True)
+                write_checked(self._partial_path(index), np.ascontiguousarray(own))
+                if finalize is None:
+                    # a neighbour that stored the last halo before this file existed did
+                    # not see it: look again (one of the two always sees the other)
+                    self.finish_waiting(index)
+                self._help_receivers(index)
+                return predicted
+        elif finalize is False or (finalize is None and not self.ready(index)):
+            return 0
+        self.finalize(index, own)
+        self._help_receivers(index)
+        return predicted
+
+    def finish_waiting(self, index: Sequence[int]) -> bool:
+        """Finish block ``index`` from its stored sums if every halo it needs is there now."""
+        if not self._partial_path(index).is_file() or not self.ready(index):
+            return False
+        own = self.read_partial(index)
+        if own is None:  # finished meanwhile by another process (that removes the file)
+            return False
+        # Two processes may finish the same block at once: they write the same bytes,
+        # and the Zarr chunks, the marker and the removal are each atomic.
+        self.finalize(index, own)
+        return True
+
+    def _help_receivers(self, index: Sequence[int]) -> None:
+        for target in self.grid.receivers(index):
+            self.finish_waiting(target)
 
     def is_done(self, index: Sequence[int], verify: bool = True) -> bool:
+        """A checked marker, and the stored chunks match it (``verify``) or at least exist."""
         data = read_checked(self.marker(index), 8)
         if data is None:
             return False
-        return not verify or data[:8] == self._stored_crcs(index)
+        if verify:
+            return data[:8] == self._stored_crcs(index)
+        arrays = [self.labels] + ([self.probs] if self.probs is not None else [])
+        return all(_chunk_key(a, index) in a.store for a in arrays)
+
+    def shares(self, parts: int) -> list[list[tuple[int, ...]]]:
+        """The blocks cut into ``parts`` runs in C order with about equal numbers of tiles each.
+
+        Contiguous runs keep nearly every block's neighbours in the same share, so only
+        the first blocks of a share wait for another share's halos.
+        """
+        blocks = self.grid.blocks()
+        if parts == 1:
+            return [blocks]
+        cost = [len(self.tiles(b)) + 1 for b in blocks]  # +1: a block's reads and writes
+        total, before = sum(cost), 0
+        shares: list[list[tuple[int, ...]]] = [[] for _ in range(parts)]
+        for b, c in zip(blocks, cost):
+            shares[min(parts - 1, before * parts // total)].append(b)
+            before += c
+        return shares
+
+
+def _labels(probs: np.ndarray) -> np.ndarray:
+    """``argmax`` over the classes (the first on ties) as uint8, class by class: ~2x numpy's."""
+    labels = np.zeros(probs.shape[1:], dtype=np.uint8)
+    best = probs[0].copy()
+    better = np.empty(probs.shape[1:], dtype=bool)
+    for c in range(1, probs.shape[0]):
+        np.greater(probs[c], best, out=better)
+        np.copyto(labels, np.uint8(c), where=better)
+        np.maximum(best, probs[c], out=best)
+    return labels
+
+
+def _chunk_key(array: Any, index: Sequence[int]) -> str:
+    """Store key of the chunk of Zarr (v2) ``array`` that holds block ``index`` (classes first)."""
+    coords = ([0] if array.ndim > len(index) else []) + list(index)
+    separator = getattr(array, "_dimension_separator", None) or "."
+    return (array.path + "/" if array.path else "") + separator.join(map(str, coords))
 
 
 def _combinations(n: int, r: int) -> list[tuple[int, ...]]:
-    import itertools
-
     return list(itertools.combinations(range(n), r))
 
 
@@ -534,18 +781,18 @@ def _open_run(
 ) -> _Run:
     key = str(Path(work).absolute())
     run = _RUNS.get(key)
-    if run is None or (model is not None and run.model is not model):
+    if run is None or (model is not None and run._model is not model):
         run = _RUNS[key] = _Run(Path(key), model, device)
     return run
 
 
 def _block_task(work: str, index: tuple[int, ...], model: Any, device: Any, threads: int) -> int:
-    """One block on a dask worker (opens the run once per worker process)."""
+    """A block on a dask worker (the run is opened once per worker process); tiles predicted."""
     import torch
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    return _open_run(work, model, device).run_block(index)
+    return _open_run(work, model, device).run_block(index, None)
 
 
 @dataclass
@@ -555,6 +802,7 @@ class RunReport:
     blocks_total: int = 0
     blocks_computed: int = 0
     blocks_reused: int = 0
+    blocks_waiting: int = 0
     tiles_predicted: int = 0
     tiles_total: int = 0
     tiles_skipped: int = 0
@@ -569,8 +817,10 @@ def pending_blocks(
     device: Any = "cpu",
 ) -> tuple[list[tuple[int, ...]], int]:
     """Blocks of share ``part`` of ``parts`` still to compute (verified markers are skipped), and the share's size."""
+    if not 0 <= part < parts:
+        raise InputError(f"part {part}: expected 0..{parts - 1}")
     run = _open_run(work, model, device)
-    mine = run.grid.blocks()[part::parts]
+    mine = run.shares(parts)[part]
     return [b for b in mine if not run.is_done(b)], len(mine)
 
 
@@ -596,9 +846,13 @@ def run_blocks(
         Default: loaded from the plan's model file (in every worker).
     workers : int
         1: in this process; more: a dask ``LocalCluster`` of that many single-threaded
-        processes (unless ``cluster`` is given).
+        processes (unless ``cluster`` is given). A block is finished once the blocks whose
+        tiles reach into it (its lower neighbours) have stored their halos.
     part, parts : int
-        Which share of the blocks (every ``parts``-th from ``part``): a SLURM array task's.
+        Which share of the blocks (a run of about ``1/parts`` of the tiles in C order):
+        a SLURM array task's. Blocks that need halos from another share that is not
+        stored yet keep their sums in the work folder; this call finishes them at its
+        end if the halos have come meanwhile, else :func:`finish` does.
     cluster : dask cluster, optional
         E.g. a dask-jobqueue ``SLURMCluster``, already scaled.
     threads : int
@@ -607,8 +861,6 @@ def run_blocks(
         Called with the number of blocks finished since the last call.
     """
     started = time.perf_counter()
-    if not 0 <= part < parts:
-        raise InputError(f"part {part}: expected 0..{parts - 1}")
     todo, share = pending_blocks(work, model, part, parts, device)
     run = _open_run(work, model, device)
     report = RunReport(blocks_total=share, blocks_reused=share - len(todo))
@@ -617,23 +869,30 @@ def run_blocks(
         report.tiles_skipped = sum(
             not run.mask.keeps(t, run.plan.patch) for t in run.grid.all_tiles()
         )
+
     if workers <= 1 and cluster is None:
         import torch
 
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            for index in todo:
-                report.tiles_predicted += run.run_block(index)
-                report.blocks_computed += 1
+            for index in todo:  # C order: a block's lower neighbours come first
+                # one share: its halos are all there (lost ones are recomputed); several:
+                # a block next to another share may have to wait for it
+                report.tiles_predicted += run.run_block(index, True if parts == 1 else None)
                 if progress:
                     progress(1)
         finally:
             torch.set_num_threads(previous)
     elif todo:
-        report.tiles_predicted, report.blocks_computed = _run_dask(
+        report.tiles_predicted = _run_dask(
             str(Path(work).absolute()), todo, model, workers, cluster, threads, device, progress
         )
+    for index in todo:  # blocks that waited for another share's halos
+        if run.is_done(index, verify=False) or run.finish_waiting(index):
+            report.blocks_computed += 1
+        else:
+            report.blocks_waiting += 1
     report.seconds = time.perf_counter() - started
     return report
 
@@ -647,7 +906,14 @@ def _run_dask(
     threads: int,
     device: Any,
     progress: Callable[[int], None] | None,
-) -> tuple[int, int]:
+) -> int:
+    """Blocks on dask workers, one task each; the number of tiles predicted.
+
+    No task waits for another: a block whose lower neighbours have not stored their
+    halos yet keeps its sums, and the last of them to store its halo finishes it. The
+    blocks are handed out as interleaved runs (one per worker, in C order), so that the
+    workers mostly work far apart and a block's neighbours are usually done before it.
+    """
     from distributed import Client, LocalCluster, as_completed
 
     own = cluster is None
@@ -663,24 +929,40 @@ def _run_dask(
     try:
         with Client(cluster) as client:
             shared = client.scatter(model, broadcast=True) if model is not None else None
+            runs = max(1, workers, len(client.scheduler_info().get("workers", {})))
+            share = math.ceil(len(todo) / runs)
+            pieces = [todo[k * share : (k + 1) * share] for k in range(runs)]
+            order = [b for group in itertools.zip_longest(*pieces) for b in group if b is not None]
+            tag = f"{os.getpid()}-{time.monotonic_ns()}"
             futures = [
-                client.submit(_block_task, work, index, shared, device, threads, pure=False)
-                for index in todo
+                client.submit(
+                    _block_task,
+                    work,
+                    index,
+                    shared,
+                    device,
+                    threads,
+                    pure=False,
+                    key=f"infer-block-{_name(index)}-{tag}",
+                )
+                for index in order  # submission order is dask's order among ready tasks
             ]
-            tiles = done = 0
+            tiles = 0
             for future in as_completed(futures):
                 tiles += future.result()
-                done += 1
                 if progress:
                     progress(1)
-            return tiles, done
+            return tiles
     finally:
         if own:
             cluster.close()
 
 
 def finish(work: str | Path, out: str | Path, keep_work: bool = False) -> Path:
-    """Check every block, build the pyramid (2D) and OME-Zarr metadata, move the result to ``out``.
+    """Finish waiting blocks, check every block, build the pyramid (2D) and OME-Zarr metadata, move the result to ``out``.
+
+    Blocks whose own tiles are predicted but that waited for another array task's halos
+    (their sums in ``partial/``) are finished here; that needs no model.
 
     Raises
     ------
@@ -690,12 +972,19 @@ def finish(work: str | Path, out: str | Path, keep_work: bool = False) -> Path:
     import zarr
 
     work, out = Path(work), Path(out)
-    run = _Run(work, model=_NoModel())
-    missing = [b for b in run.grid.blocks() if not run.is_done(b)]
+    run = _Run(work)
+    if out.exists():
+        raise InputError(f"{out}: already exists; choose another --out or remove it")
+    # markers and chunks present (a resume compares the chunks' CRC-32s; here that would
+    # decode the whole output once more, serially, in the merge job)
+    open_blocks = [b for b in run.grid.blocks() if not run.is_done(b, verify=False)]
+    missing = [b for b in open_blocks if not run._partial_path(b).is_file()]
     if missing:
         raise InputError(
             f"{work}: {len(missing)} of {len(run.grid.blocks())} blocks are not finished (first {missing[0]}); run the inference (or the missing array tasks) again"
         )
+    for index in open_blocks:  # C order: their halos are all stored
+        run.run_block(index)
     plan = run.plan
     group = zarr.open_group(str(work / "result.zarr"), mode="r+")
     levels = [plan.spacing]
@@ -737,24 +1026,11 @@ def finish(work: str | Path, out: str | Path, keep_work: bool = False) -> Path:
             },
         }
     )
-    if out.exists():
-        raise InputError(f"{out}: already exists; choose another --out or remove it")
     with atomic_path(out) as tmp:
         os.rename(work / "result.zarr", tmp)
     if not keep_work:
         remove_work_folder(work)
     return out
-
-
-class _NoModel:
-    """Stands in for the model where only the store is checked."""
-
-    spatial_dims = in_channels = num_classes = bytes_per_pixel = 0
-    patch_size: tuple[int, ...] = ()
-    divisor: tuple[int, ...] = ()
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - never called
-        raise RuntimeError("no model")
 
 
 def _downsample(group: Any, level: int) -> None:
@@ -774,8 +1050,6 @@ def _downsample(group: Any, level: int) -> None:
     )
     target.attrs.update({**source.attrs, "spacing": [s * 2 for s in source.attrs["spacing"]]})
     counts = [math.ceil(s / c) for s, c in zip(shape, chunks)]
-    import itertools
-
     for index in itertools.product(*(range(c) for c in counts)):
         region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, shape))
         target[region] = source[tuple(slice(2 * r.start, 2 * r.stop, 2) for r in region)]

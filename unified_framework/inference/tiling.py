@@ -127,6 +127,88 @@ class Grid:
     def all_tiles(self) -> Iterator[tuple[int, ...]]:
         return itertools.product(*self.starts)
 
+    # Ownership: every tile of the (global) grid belongs to the block holding its start
+    # corner, so each tile is predicted once whatever the blocks; its weighted
+    # probabilities reach past the block's high sides into the next blocks (the halo).
+
+    def _owned_on_axis(self, axis: int, i: int) -> list[int]:
+        starts, b = self.starts[axis], self.block[axis]
+        return starts[bisect.bisect_left(starts, i * b) : bisect.bisect_left(starts, (i + 1) * b)]
+
+    def owned(self, index: Sequence[int]) -> list[tuple[int, ...]]:
+        """Start corners of the tiles block ``index`` predicts (start inside it), in C order.
+
+        Examples
+        --------
+        >>> grid = Grid((10, 10), (4, 4), (2, 2), (5, 5))
+        >>> sum(len(grid.owned(b)) for b in grid.blocks()) == grid.n_tiles
+        True
+        """
+        return list(itertools.product(*(self._owned_on_axis(a, i) for a, i in enumerate(index))))
+
+    def extent(self, index: Sequence[int]) -> tuple[slice, ...]:
+        """The box block ``index``'s own tiles write to: the block and its halo on the high sides.
+
+        Examples
+        --------
+        >>> Grid((10, 10), (4, 4), (2, 2), (5, 5)).extent((0, 1))
+        (slice(0, 7, None), slice(5, 10, None))
+        """
+        region = self.block_region(index)
+        if not self.has_tiles(index):
+            return region
+        return tuple(
+            slice(r.start, self._stop(a, i)) for a, (i, r) in enumerate(zip(index, region))
+        )
+
+    def has_tiles(self, index: Sequence[int]) -> bool:
+        """Whether any tile starts in block ``index`` (one without reaches no other block)."""
+        return all(self._owned_on_axis(a, i) for a, i in enumerate(index))
+
+    def _axis_reach(self, axis: int, i: int, lower: bool) -> list[int]:
+        """Block indices ``j`` along ``axis`` whose extent reaches block ``i`` (lower) or that block ``i``'s reaches."""
+        count = math.ceil(self.shape[axis] / self.block[axis])
+        if lower:
+            # a tile of block j ends before (j + 1) * block + patch: only a few blocks back
+            start, back = i * self.block[axis], math.ceil(self.patch[axis] / self.block[axis]) + 1
+            return [j for j in range(max(0, i - back), i) if self._stop(axis, j) > start] + [i]
+        stop = self._stop(axis, i)
+        return [j for j in range(i, count) if j * self.block[axis] < stop]
+
+    def _stop(self, axis: int, j: int) -> int:
+        own = self._owned_on_axis(axis, j)
+        end = min((j + 1) * self.block[axis], self.shape[axis])
+        return max(end, own[-1] + self.patch[axis]) if own else end
+
+    def contributors(self, index: Sequence[int]) -> list[tuple[int, ...]]:
+        """Other blocks whose tiles reach into block ``index`` (all precede it in C order), in C order.
+
+        Examples
+        --------
+        >>> Grid((10, 10), (4, 4), (2, 2), (5, 5)).contributors((1, 1))
+        [(0, 0), (0, 1), (1, 0)]
+        """
+        per_axis = [self._axis_reach(a, i, lower=True) for a, i in enumerate(index)]
+        index = tuple(index)
+        return [c for c in itertools.product(*per_axis) if c != index and self.has_tiles(c)]
+
+    def receivers(self, index: Sequence[int]) -> list[tuple[int, ...]]:
+        """Other blocks that block ``index``'s tiles reach into (its halo), in C order."""
+        if not self.has_tiles(index):
+            return []
+        per_axis = [self._axis_reach(a, i, lower=False) for a, i in enumerate(index)]
+        index = tuple(index)
+        return [c for c in itertools.product(*per_axis) if c != index]
+
+    def touching_starts(self, index: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+        """Per axis, the tile starts whose tiles overlap block ``index``."""
+        out = []
+        for starts, patch, r in zip(self.starts, self.patch, self.block_region(index)):
+            lo = bisect.bisect_right(starts, r.start - patch)
+            hi = bisect.bisect_left(starts, r.stop)
+            out.append(tuple(starts[lo:hi]))
+        return tuple(out)
+
 
 class TissueMask:
     """Foreground at low resolution; a tile is kept when its footprint holds any foreground.
