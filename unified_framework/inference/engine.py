@@ -377,6 +377,24 @@ def prepare(
     model is refused.
     """
     work, image = Path(work), str(image)
+    fresh = not work.exists()
+    try:
+        return _prepare_locked(work, model_path, image, model, settings)
+    except BaseException:
+        # Input refused (or interrupted) before anything was planned: leave no empty work
+        # folder behind, so the next try starts as clean as the first.
+        if fresh and work.is_dir() and {p.name for p in work.iterdir()} <= {"lock"}:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _prepare_locked(
+    work: Path,
+    model_path: str | Path,
+    image: str,
+    model: SegmentationModel | None,
+    settings: dict[str, Any],
+) -> InferencePlan:
     with _locked(work):
         existing = work / "plan.json"
         if existing.is_file():
