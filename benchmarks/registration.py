@@ -21,6 +21,10 @@ Usage::
     python benchmarks/registration.py --vxm-save vxm.pt       # keep the trained model ...
     python benchmarks/registration.py --vxm-model vxm.pt      # ... and reuse it instead of training
     python benchmarks/registration.py --big 1024              # also warp a 1024^3 Zarr volume from a bin-4 field
+    python benchmarks/registration.py --ca-preset package     # convexAdam with the package's own defaults
+
+convexAdam runs its ``fast`` preset by default (``unified_framework.registration.convexadam.PRESETS``):
+neither it nor ANTs SyN (``SyNOnly``) runs an affine stage, the pairs have no global misalignment.
 """
 
 from __future__ import annotations
@@ -151,7 +155,7 @@ def child(args) -> None:
     started = time.perf_counter()
     extra = {}
     if args.method in ("affine", "convexadam", "voxelmorph"):
-        from unified_framework.registration.convexadam import ConvexAdamParams
+        from unified_framework.registration.convexadam import preset
 
         result = register_volumes(
             pair.fixed,
@@ -162,10 +166,11 @@ def child(args) -> None:
             prealign="none" if args.method == "convexadam" else "affine",
             device="cpu",
             model=args.model,
-            params=ConvexAdamParams(
-                selected_niter=args.ca_niter,
+            params=preset(
+                args.ca_preset,
                 downsample=args.ca_downsample or None,
-                lambda_weight=args.ca_lambda,
+                **({"selected_niter": args.ca_niter} if args.ca_niter is not None else {}),
+                **({"lambda_weight": args.ca_lambda} if args.ca_lambda is not None else {}),
             ),
             **labels,
         )
@@ -270,11 +275,11 @@ def run_child(args, method, seed, multimodal, model=None, ants_python=None) -> d
             str(args.displacement),
             "--threads",
             str(args.threads),
-            "--ca-niter",
-            str(args.ca_niter),
-            "--ca-lambda",
-            str(args.ca_lambda),
+            "--ca-preset",
+            args.ca_preset,
         ]
+        + (["--ca-niter", str(args.ca_niter)] if args.ca_niter is not None else [])
+        + (["--ca-lambda", str(args.ca_lambda)] if args.ca_lambda is not None else [])
         + (["--ca-downsample", str(args.ca_downsample)] if args.ca_downsample else [])
         + (["--multimodal"] if multimodal else [])
         + (["--model", str(model)] if model else [])
@@ -493,7 +498,16 @@ def main() -> None:
         "--vxm-downsample", type=int, default=2, help="VoxelMorph's downsample (default 2)"
     )
     parser.add_argument(
-        "--ca-niter", type=int, default=40, help="convexAdam's Adam iterations (default 40)"
+        "--ca-preset",
+        default="fast",
+        choices=("package", "fast"),
+        help="convexAdam's parameter preset (default fast: coarse-to-fine Adam; package: the package's defaults)",
+    )
+    parser.add_argument(
+        "--ca-niter",
+        type=int,
+        default=None,
+        help="convexAdam's Adam iterations (default: the preset's)",
     )
     parser.add_argument(
         "--ca-downsample",
@@ -504,8 +518,8 @@ def main() -> None:
     parser.add_argument(
         "--ca-lambda",
         type=float,
-        default=2.5,
-        help="convexAdam's lambda_weight (default 2.5; the package's is 1.25)",
+        default=None,
+        help="convexAdam's lambda_weight (default: the preset's, 2.5 for fast; the package's is 1.25)",
     )
     parser.add_argument("--ants-target", default=str(REPO / ".mdlma" / "bench-ants"))
     parser.add_argument(

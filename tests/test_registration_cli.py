@@ -22,7 +22,8 @@ from unified_framework.cli.main import main
 from unified_framework.io import read_volume, write_volume
 from unified_framework.registration import load_field, warp
 
-FAST = ["--niter", "30", "--device", "cpu"]
+# The fast preset (coarse-to-fine Adam), also checked to arrive in the report.
+FAST = ["--preset", "fast", "--device", "cpu"]
 
 
 def run(argv, capsys):
@@ -109,6 +110,7 @@ def test_register_convexadam_writes_the_result_folder_and_prints_the_table(
     assert names == ["field.mha", "jacobian.tif", "quality.json", "warped.tif", "warped_labels.tif"]
     report = json.loads((registered / "quality.json").read_text())
     assert report["method"] == "convexadam" and report["sources"]["fixed"].endswith("fixed.tif")
+    assert report["parameters"]["coarse_niter"] == 30 and report["parameters"]["lr"] == 0.2
     assert report["labels"]["mean_dice"]["after"] > report["labels"]["mean_dice"]["before"]
     assert (
         report["landmarks"]["tre_median_voxels"]["after"]

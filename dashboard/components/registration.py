@@ -74,7 +74,7 @@ def make_sample_registration(
     from unified_framework.data import make_registration_pair
     from unified_framework.io import write_volume
     from unified_framework.registration import register_volumes, write_outputs
-    from unified_framework.registration.convexadam import ConvexAdamParams
+    from unified_framework.registration.convexadam import preset
     from unified_framework.registration.quality import write_landmarks
 
     name = f"pair-{'x'.join(map(str, shape))}-seed{seed}{'-multimodal' if multimodal else ''}"
@@ -91,7 +91,7 @@ def make_sample_registration(
         "convexadam",
         prealign="none",
         device="cpu",
-        params=ConvexAdamParams(selected_niter=40),
+        params=preset("fast"),  # a demonstration: the quick preset
         fixed_labels=pair.fixed_labels,
         moving_labels=pair.moving_labels,
         landmarks=(pair.fixed_points, pair.moving_points),

@@ -126,53 +126,75 @@ def _register_method(actions, method: str, text: str) -> None:
         help="format of the warped volumes when not binned (default .tif; e.g. .nii.gz, .zarr)",
     )
     if method == "convexadam":
-        from ..registration.convexadam import ConvexAdamParams
+        from ..registration.convexadam import PRESETS, ConvexAdamParams
 
         d = ConvexAdamParams()
+        # Defaults are None so that a preset's values apply unless an option is given.
+        p.add_argument(
+            "--preset",
+            choices=tuple(PRESETS),
+            default="package",
+            help="package: convexAdam's own defaults (default); fast: a coarse-to-fine Adam "
+            f"({PRESETS['fast']}), several times faster at 128^3 for a Dice about 0.003 lower "
+            "(docs/registration.md); the options below override either",
+        )
         p.add_argument(
             "--mind-r",
             type=int,
-            default=d.mind_r,
+            default=None,
             help=f"MIND-SSC patch radius (default {d.mind_r})",
         )
         p.add_argument(
-            "--mind-d", type=int, default=d.mind_d, help=f"MIND-SSC dilation (default {d.mind_d})"
+            "--mind-d", type=int, default=None, help=f"MIND-SSC dilation (default {d.mind_d})"
         )
         p.add_argument(
             "--lambda-weight",
             type=float,
-            default=d.lambda_weight,
+            default=None,
             help=f"regulariser weight of the Adam step (default {d.lambda_weight})",
         )
         p.add_argument(
             "--grid-sp",
             type=int,
-            default=d.grid_sp,
+            default=None,
             help=f"control-point spacing of the convex step, voxels (default {d.grid_sp})",
         )
         p.add_argument(
             "--disp-hw",
             type=int,
-            default=d.disp_hw,
+            default=None,
             help=f"search half width in control-point steps (default {d.disp_hw})",
         )
         p.add_argument(
             "--niter",
             type=int,
-            default=d.selected_niter,
+            default=None,
             help=f"Adam iterations (default {d.selected_niter})",
         )
         p.add_argument(
             "--smooth",
             type=int,
-            default=d.selected_smooth,
+            default=None,
             help=f"odd box size of a final smoothing, 0: none (default {d.selected_smooth})",
         )
         p.add_argument(
             "--grid-sp-adam",
             type=int,
-            default=d.grid_sp_adam,
+            default=None,
             help=f"grid spacing of the Adam step, voxels (default {d.grid_sp_adam})",
+        )
+        p.add_argument(
+            "--coarse-niter",
+            type=int,
+            default=None,
+            help="Adam iterations on a grid twice as coarse before --niter (not a package "
+            f"parameter; default {d.coarse_niter})",
+        )
+        p.add_argument(
+            "--lr",
+            type=float,
+            default=None,
+            help=f"learning rate of the --niter Adam iterations (the package's is {d.lr}; not a package parameter)",
         )
         p.add_argument("--no-ic", action="store_true", help="skip the inverse-consistency step")
         p.add_argument(
@@ -368,19 +390,25 @@ def _run(args: argparse.Namespace) -> int:
     landmarks = read_landmarks(args.landmarks) if args.landmarks else None
     params = None
     if args.method == "convexadam":
-        from ..registration.convexadam import ConvexAdamParams
+        from ..registration.convexadam import preset
 
-        params = ConvexAdamParams(
-            args.mind_r,
-            args.mind_d,
-            args.lambda_weight,
-            args.grid_sp,
-            args.disp_hw,
-            args.niter,
-            args.smooth,
-            args.grid_sp_adam,
-            not args.no_ic,
-            args.downsample,
+        given = {
+            "mind_r": args.mind_r,
+            "mind_d": args.mind_d,
+            "lambda_weight": args.lambda_weight,
+            "grid_sp": args.grid_sp,
+            "disp_hw": args.disp_hw,
+            "selected_niter": args.niter,
+            "selected_smooth": args.smooth,
+            "grid_sp_adam": args.grid_sp_adam,
+            "coarse_niter": args.coarse_niter,
+            "lr": args.lr,
+        }
+        params = preset(
+            args.preset,
+            **{k: v for k, v in given.items() if v is not None},
+            ic=not args.no_ic,
+            downsample=args.downsample,
         )
     result = register_volumes(
         fixed.data,
