@@ -426,3 +426,33 @@ def test_rerank_turns_a_candidate_to_its_best_in_plane_rotation():
     assert abs((turned[4] - right[4] + 180) % 360 - 180) < 1e-6
     scores = scorer.nmi(match._world_of(scorer, centre, np.stack([wrong, turned])))
     assert scores[1] > scores[0] + 0.02
+
+
+def test_offset_scan_moves_a_candidate_back_to_the_true_offset():
+    """A candidate at the right orientation but several voxels off in offset is moved back before the local search."""
+    import torch
+
+    from unified_framework.data.section import make_section_sample
+    from unified_framework.histology import match
+
+    volume, section, truth = make_section_sample((48, 48, 48), seed=7, torn=False)
+    scorer = match._Scorer(
+        match._binned(volume, 48), match.section_grey(section), 5.0, 16, torch.device("cpu")
+    )
+    t = truth["section_to_plane"]
+    right = np.array(
+        [
+            *truth["plane"]["normal"],
+            truth["offset_um"],
+            t["rotation_deg"],
+            t["scale"],
+            *t["translation_um"],
+            *truth["plane"]["u"],
+        ]
+    )
+    off = right.copy()
+    off[3] += 35.0  # 7 voxels
+    centre = match.volume_centre(volume)
+    moved = match._scan_offsets(scorer, centre, off[None], 50.0, 5.0)[0]
+    assert abs(moved[3] - right[3]) <= 5.0
+    assert np.array_equal(np.delete(moved, 3), np.delete(off, 3))
