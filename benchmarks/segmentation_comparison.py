@@ -55,7 +55,8 @@ def _report(out: Path) -> None:
         )
     print(
         f"{'method':<16} {'class':>5} {'Dice':>6} {'HD95 um':>8} {'ASSD um':>8} {'pred/true':>9} "
-        f"{'train s':>8} {'predict s':>9} {'peak RSS MiB':>12} {'GPU MiB':>8}"
+        f"{'train s':>8} {'train CPU':>9} {'predict s':>9} {'pred CPU':>9} {'peak RSS MiB':>12} "
+        f"{'GPU MiB':>8}"
     )
     for row in payload["summary"]:
         m = methods[row["method"]]
@@ -63,7 +64,8 @@ def _report(out: Path) -> None:
         print(
             f"{row['method']:<16} {row['label']:>5} {row['dice']:>6.3f} {row['hd95']:>8.1f} "
             f"{row['assd']:>8.1f} {row['volume_ratio']:>9.3f} {m['train_seconds'] or 0:>8.0f} "
-            f"{m['predict_seconds']:>9.1f} {m['peak_rss_bytes'] / 2**20:>12.0f} "
+            f"{m.get('train_cpu_seconds') or 0:>9.0f} {m['predict_seconds']:>9.1f} "
+            f"{m.get('predict_cpu_seconds') or 0:>9.1f} {m['peak_rss_bytes'] / 2**20:>12.0f} "
             f"{(gpu / 2**20 if gpu else 0):>8.0f}"
         )
     axes = out / "nnunet2d_axes.json"
