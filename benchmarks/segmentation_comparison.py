@@ -16,6 +16,8 @@ in separate processes merge into the one table, on the same data files):
 
     python benchmarks/segmentation_comparison.py --out cmp128 --method-index 5   # nnunet-3d only
     python benchmarks/segmentation_comparison.py --out cmp128 --method-index 0 1 2 3 4
+    python benchmarks/segmentation_comparison.py --out cmp128 --method-index 4   # in two processes:
+    python benchmarks/segmentation_comparison.py --out cmp128 --method-index 4   # they share its cases
     python benchmarks/segmentation_comparison.py --out cmp128 --merge-only   # the one table
 
 This is a comparison, not a race: the figures depend on the budgets, which are printed.
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -216,6 +219,8 @@ def main() -> None:
         if (out / "methods" / f"{method}.json").exists() and not args.redo:
             print(f"{method}: kept from an earlier run", flush=True)
             continue
+        if args.redo:  # the held-out cases' records too (run_method keeps finished cases)
+            shutil.rmtree(out / "predictions" / method, ignore_errors=True)
         t = time.perf_counter()
         # methods=args.methods: nnU-Net configurations of every method are planned together.
         run_method(method, train, test, out, budget, methods=args.methods)
