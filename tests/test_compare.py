@@ -101,3 +101,48 @@ def test_compare_array_task_arguments(tmp_path, data, capsys):
     assert not (tmp_path / "c" / "comparison.json").exists()
     assert main(["compare", "--merge-only", "--out", str(tmp_path / "c")]) == 0
     assert (tmp_path / "c" / "comparison.json").is_file()
+
+
+def test_compare_cases_are_shared_and_kept(tmp_path, data):
+    """Each held-out case has its own lock and record: a case another process holds is
+    waited for and read, not predicted twice; a rerun keeps finished cases; a record of
+    another model is not reused."""
+    import fcntl
+    import threading
+
+    from unified_framework.compare import run_method
+
+    out = tmp_path / "cmp"
+    test = [data[1], data[0]]
+    first = run_method("classical", [data[0]], test, out)
+    cases = out / "predictions" / "classical"
+    assert [p.name for p in sorted(cases.glob("case_*.json"))] == ["case_000.json", "case_001.json"]
+    record = json.loads((cases / "case_001.json").read_text())
+    record["rows"][0]["dice"] = 0.123  # a marker: a kept record is read, not recomputed
+    (cases / "case_001.json").write_text(json.dumps(record))
+    # Another process holds case 0 and finishes it while this one runs.
+    handle = open(cases / "case_000.lock", "a")  # noqa: SIM115 - closed by the thread
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    marked = json.loads((cases / "case_000.json").read_text())
+    marked["rows"][0]["dice"] = 0.456
+
+    def other() -> None:
+        (cases / "case_000.json").write_text(json.dumps(marked))
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+    timer = threading.Timer(0.5, other)
+    timer.start()
+    second = run_method("classical", [data[0]], test, out)
+    timer.join()
+    dice = {(r["case"], r["label"]): r["dice"] for r in second["rows"]}
+    assert dice[(data[1][0], 1)] == 0.456 and dice[(data[0][0], 1)] == 0.123
+    assert len(second["predict_case_seconds"]) == 2
+    assert second["predict_seconds"] == pytest.approx(sum(second["predict_case_seconds"]))
+    # A new model (another modification time) predicts again.
+    model = out / "work" / "models" / "classical.json"
+    import os
+
+    os.utime(model, (model.stat().st_atime, model.stat().st_mtime + 10))
+    third = run_method("classical", [data[0]], test, out)
+    assert [r["dice"] for r in third["rows"]] == [r["dice"] for r in first["rows"]]

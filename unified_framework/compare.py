@@ -87,15 +87,22 @@ def _class_names(train: list[tuple[Path, Path]]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (another process sharing the work folder waits)."""
+def _locked(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive lock on ``path`` (another process sharing the work folder waits).
+
+    With ``wait=False`` it does not wait: yields False when another process holds it.
+    """
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -280,6 +287,61 @@ def _predict(method: str, model: Path, image: Path, out: Path, budget: Budget) -
         write_volume(out, Volume(labels, volume.spacing))
 
 
+def _predict_case(
+    method: str,
+    model: Path,
+    index: int,
+    pair: tuple[Path, Path],
+    cases: Path,
+    budget: Budget,
+    score_volumes: Any,
+    meter: Any,
+) -> dict[str, Any]:
+    """Predict and score held-out case ``index`` (the caller holds its lock), or read the
+    record a finished run left for this model and image."""
+    image, labels = pair
+    target, record_path = cases / f"case_{index:03d}.tif", cases / f"case_{index:03d}.json"
+    key = {"model": str(model), "model_mtime": model.stat().st_mtime, "image": str(image)}
+    if record_path.exists() and target.exists():
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if all(record.get(k) == v for k, v in key.items()):
+            return record
+    with meter(interval=0.2) as usage:
+        started = time.perf_counter()
+        _predict(method, model, image, target, budget)
+        seconds = time.perf_counter() - started
+    if usage.usage is None:  # set on leaving the block
+        raise RuntimeError("resource meter did not record")
+    pred, _ = _read(target)
+    truth, spacing = _read(labels)
+    rows = [
+        {
+            "method": method,
+            "case": str(image),
+            "label": int(row["label"]),
+            "dice": row["dice"],
+            "hd95": row["hd95"],
+            "assd": row["assd"],
+            "volume_ratio": (row["pred_voxels"] / row["gt_voxels"]) if row["gt_voxels"] else None,
+        }
+        for row in score_volumes(pred, truth, spacing=spacing).to_dict("records")
+        if int(row["label"]) != 0
+    ]
+    record = {
+        **key,
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(usage.usage.cpu_time_s, 2),
+        "peak_rss_bytes": usage.usage.peak_rss_bytes,
+        "gpu_memory_peak_bytes": usage.usage.gpu_memory_peak_bytes,
+        "gpu_name": usage.usage.gpu_name,
+        "gpu_utilisation_mean_percent": usage.usage.gpu_utilisation_mean_percent,
+        "rows": rows,
+    }
+    with atomic_path(record_path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, default=float), encoding="utf-8")
+    return record
+
+
 def run_method(
     method: str,
     train: Sequence[Sequence[str | Path]],
@@ -328,39 +390,42 @@ def run_method(
         model_path, trained = _trained_model(
             method, train_pairs, work, budget, list(methods or [method])
         )
-    rows = []
-    predict_seconds = 0.0
-    with ResourceMeter(interval=0.2) as predict_meter:
-        for index, (image, labels) in enumerate(test_pairs):
-            target = out / "predictions" / method / f"case_{index:03d}.tif"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            started = time.perf_counter()
-            _predict(method, model_path, image, target, budget)
-            predict_seconds += time.perf_counter() - started
-            pred, _ = _read(target)
-            truth, spacing = _read(labels)
-            table = score_volumes(pred, truth, spacing=spacing)
-            for row in table.to_dict("records"):
-                if int(row["label"]) == 0:
-                    continue
-                rows.append(
-                    {
-                        "method": method,
-                        "case": str(image),
-                        "label": int(row["label"]),
-                        "dice": row["dice"],
-                        "hd95": row["hd95"],
-                        "assd": row["assd"],
-                        "volume_ratio": (row["pred_voxels"] / row["gt_voxels"])
-                        if row["gt_voxels"]
-                        else None,
-                    }
+    cases = out / "predictions" / method
+    cases.mkdir(parents=True, exist_ok=True)
+    # Each held-out case is predicted under its own lock and recorded in
+    # case_NNN.json: processes running the same method on the same OUT share the cases
+    # (one takes a case, the others go on to the next and read its record later), and
+    # a rerun keeps the cases an interrupted run finished.
+    records: dict[int, dict[str, Any]] = {}
+    waiting = []
+    for index, pair in enumerate(test_pairs):
+        lock = cases / f"case_{index:03d}.lock"
+        with _locked(lock, wait=False) as held:
+            if held:
+                records[index] = _predict_case(
+                    method, model_path, index, pair, cases, budget, score_volumes, ResourceMeter
                 )
-    if predict_meter.usage is None:  # set on leaving the block
-        raise RuntimeError("resource meter did not record")
-    gpu = [predict_meter.usage.gpu_memory_peak_bytes]
+            else:
+                waiting.append(index)
+    for index in waiting:  # another process has it: wait for its record
+        with _locked(cases / f"case_{index:03d}.lock"):
+            records[index] = _predict_case(
+                method,
+                model_path,
+                index,
+                test_pairs[index],
+                cases,
+                budget,
+                score_volumes,
+                ResourceMeter,
+            )
+    ordered = [records[i] for i in range(len(test_pairs))]
+    rows = [row for record in ordered for row in record["rows"]]
+    predict_seconds = sum(r["seconds"] for r in ordered)
+    gpu = [r["gpu_memory_peak_bytes"] for r in ordered]
     if trained:
         gpu.append(trained.get("gpu_memory_peak_bytes"))
+    predict_peak = max(r["peak_rss_bytes"] for r in ordered)
     result = {
         "method": method,
         "model": str(model_path),
@@ -369,15 +434,22 @@ def run_method(
         "train_seconds": trained["seconds"] if trained else None,
         "train_cpu_seconds": trained.get("cpu_seconds") if trained else None,
         "predict_seconds": round(predict_seconds, 2),
-        "predict_cpu_seconds": round(predict_meter.usage.cpu_time_s, 2),
-        "peak_rss_bytes": max(
-            predict_meter.usage.peak_rss_bytes, trained["peak_rss_bytes"] if trained else 0
-        ),
+        "predict_cpu_seconds": round(sum(r["cpu_seconds"] for r in ordered), 2),
+        "predict_case_seconds": [r["seconds"] for r in ordered],
+        "predict_case_cpu_seconds": [r["cpu_seconds"] for r in ordered],
+        "peak_rss_bytes": max(predict_peak, trained["peak_rss_bytes"] if trained else 0),
         "train_peak_rss_bytes": trained["peak_rss_bytes"] if trained else None,
-        "predict_peak_rss_bytes": predict_meter.usage.peak_rss_bytes,
+        "predict_peak_rss_bytes": predict_peak,
         "gpu_memory_peak_bytes": max((g for g in gpu if g), default=None),
-        "gpu_name": predict_meter.usage.gpu_name,
-        "gpu_utilisation_mean_percent": predict_meter.usage.gpu_utilisation_mean_percent,
+        "gpu_name": next((r["gpu_name"] for r in ordered if r.get("gpu_name")), None),
+        "gpu_utilisation_mean_percent": max(
+            (
+                r["gpu_utilisation_mean_percent"]
+                for r in ordered
+                if r.get("gpu_utilisation_mean_percent")
+            ),
+            default=None,
+        ),
         "rows": rows,
     }
     with atomic_path(out / "methods" / f"{method}.json") as tmp:
