@@ -56,6 +56,17 @@ def lmod_init() -> Path:
     return init
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (tiny networks: threads only add start-up and noise)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_config(tmp_path_factory, monkeypatch):
     """Keep every test away from the real ~/.config/mdlma and ~/mdlma."""

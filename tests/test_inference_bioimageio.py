@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 import yaml
 import zarr
 from test_inference import MB, grey_image, tiny_sun
@@ -24,13 +23,7 @@ from unified_framework.inference.bioimageio import (
 )
 from unified_framework.io import write_volume
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

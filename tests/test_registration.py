@@ -253,42 +253,17 @@ def test_importing_convexadam_leaves_warning_filters_alone():
 
 
 @pytest.mark.parametrize("which", ["pair", "multimodal_pair"])
-def test_convexadam_recovers_the_known_deformation(which, request):
-    pair = request.getfixturevalue(which)
-    result = register_volumes(
-        pair.fixed,
-        pair.moving,
-        pair.spacing,
-        "convexadam",
-        prealign="none",
-        device="cpu",
-        params=ConvexAdamParams(selected_niter=40),
-        fixed_labels=pair.fixed_labels,
-        moving_labels=pair.moving_labels,
-        landmarks=(pair.fixed_points, pair.moving_points),
-    )
-    report = result.report
-    dice = report["labels"]["mean_dice"]
-    tre = report["landmarks"]["tre_median_voxels"]
-    assert 1 - dice["after"] < 0.6 * (1 - dice["before"]), (
-        dice
-    )  # the Dice deficit shrinks by more than 40 %
-    assert tre["after"] < 0.5 * tre["before"], tre
-    assert report["jacobian"]["folding_fraction"] < 0.005
-    # the field itself: closer to the truth than no registration, inside the sample
-    inside = pair.fixed_labels > 0
-    error = np.sqrt(((result.field - pair.field) ** 2).sum(0))[inside]
-    truth = np.sqrt((pair.field**2).sum(0))[inside]
-    assert np.median(error) < 0.5 * np.median(truth)
-
-
-@pytest.mark.parametrize("which", ["pair", "multimodal_pair"])
-def test_convexadam_fast_preset_recovers_the_known_deformation(which, request):
+@pytest.mark.parametrize("preset_name", ["package", "fast"])
+def test_convexadam_recovers_the_known_deformation(which, preset_name, request):
+    """The package's own run (40 iterations) and the fast preset's composed coarse-to-fine run."""
     from unified_framework.registration.convexadam import preset
 
     pair = request.getfixturevalue(which)
-    params = preset("fast")
-    assert not params.package_only  # the composed coarse-to-fine path, not convex_adam_pt
+    if preset_name == "fast":
+        params = preset("fast")
+        assert not params.package_only  # the composed path, not convex_adam_pt
+    else:
+        params = ConvexAdamParams(selected_niter=40)
     result = register_volumes(
         pair.fixed,
         pair.moving,
@@ -304,15 +279,19 @@ def test_convexadam_fast_preset_recovers_the_known_deformation(which, request):
     report = result.report
     dice = report["labels"]["mean_dice"]
     tre = report["landmarks"]["tre_median_voxels"]
-    assert 1 - dice["after"] < 0.6 * (1 - dice["before"]), dice
+    assert 1 - dice["after"] < 0.6 * (1 - dice["before"]), dice  # the deficit shrinks > 40 %
     assert tre["after"] < 0.5 * tre["before"], tre
     assert report["jacobian"]["folding_fraction"] < 0.005
-    assert report["parameters"]["coarse_niter"] == 30
+    if preset_name == "fast":
+        assert report["parameters"]["coarse_niter"] == 30
+    # the field itself: closer to the truth than no registration, inside the sample
     inside = pair.fixed_labels > 0
     error = np.sqrt(((result.field - pair.field) ** 2).sum(0))[inside]
     truth = np.sqrt((pair.field**2).sum(0))[inside]
-    # Across modalities at 40³ the 38 iterations leave more of the field (0.53 measured).
-    assert np.median(error) < (0.6 if "multimodal" in which else 0.5) * np.median(truth)
+    # Across modalities at 40³ the fast preset's 38 iterations leave more of the field
+    # (0.53 of it measured).
+    loose = preset_name == "fast" and "multimodal" in which
+    assert np.median(error) < (0.6 if loose else 0.5) * np.median(truth)
 
 
 def test_composed_convexadam_with_the_package_parameters_is_the_package(pair):
