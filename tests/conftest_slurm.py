@@ -185,6 +185,17 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = 
         time.sleep(interval)
 
 
+def wait_for_jobs(job_ids, timeout: float, what: str, backend: str = "slurm"):
+    """Wait until every job of ``job_ids`` has finished; return their :class:`hpc` statuses."""
+    from unified_framework import hpc
+
+    def finished():
+        jobs = hpc.status(list(job_ids), backend=backend)
+        return jobs if jobs and all(j.finished for j in jobs) else None
+
+    return wait_for(finished, timeout=timeout, what=what)
+
+
 CHAIN_FORM = """\
 title: Array and merge (test template)
 description: A job array whose tasks write parts, and a merge job that waits for all of them.

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest_slurm import slurm_cluster, wait_for  # noqa: F401
+from conftest_slurm import slurm_cluster, wait_for_jobs  # noqa: F401
 
 from unified_framework import hpc
 from unified_framework.cli.main import main
@@ -57,11 +57,7 @@ def test_compare_array_one_task_per_method_and_merge(tmp_path, monkeypatch):
     )
     array_id, merge_id = record.job_ids
 
-    def finished():
-        jobs = hpc.status(record.job_ids, backend="slurm")
-        return jobs if jobs and all(j.finished for j in jobs) else None
-
-    jobs = wait_for(finished, timeout=600, what="compare array")
+    jobs = wait_for_jobs(record.job_ids, timeout=600, what="compare array")
     logs = "\n".join(p.read_text()[-800:] for p in Path(record.path).glob("slurm-*.out"))
     assert sorted((j.job_id, j.state) for j in jobs) == sorted(
         [(f"{array_id}_{i}", "COMPLETED") for i in range(len(METHODS))] + [(merge_id, "COMPLETED")]

@@ -149,9 +149,7 @@ def test_starts_and_stops_a_predict_service(home):
 
 @pytest.mark.slurm
 def test_submits_the_infer_array_and_shows_its_result(home, slurm_cluster):  # noqa: F811
-    from conftest_slurm import wait_for
-
-    from unified_framework import hpc
+    from conftest_slurm import wait_for_jobs
 
     app = open_page()
     app.button(key="inference_sample").click().run()
@@ -163,11 +161,7 @@ def test_submits_the_infer_array_and_shows_its_result(home, slurm_cluster):  # n
     (message,) = [str(s.value) for s in app.success]
     ids = message.split()[1:3]  # "Submitted ARRAY MERGE (array + merge) -> OUT"
 
-    def finished():
-        jobs = hpc.status(ids, backend="slurm")
-        return jobs if jobs and all(j.finished for j in jobs) else None
-
-    jobs = wait_for(finished, timeout=400, what="the infer array")
+    jobs = wait_for_jobs(ids, timeout=400, what="the infer array")
     assert {j.state for j in jobs} == {"COMPLETED"}, jobs
     app.button(key="inference_refresh").click().run()
     assert_clean(app)

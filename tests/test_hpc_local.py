@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest_slurm import make_chain_template, wait_for
+from conftest_slurm import make_chain_template, wait_for, wait_for_jobs
 
 from unified_framework import hpc
 from unified_framework.errors import BackendUnavailable, InputError
@@ -19,11 +19,6 @@ def local_backend(tmp_path, monkeypatch):
     """Keep the local backend's job registry inside the test (every call names the backend)."""
     monkeypatch.setenv("MDLMA_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-
-
-def _finished(job_ids):
-    jobs = hpc.status(job_ids, backend="local")
-    return jobs if jobs and all(j.finished for j in jobs) else None
 
 
 def test_python_script_runs_locally_with_record_and_log(tmp_path, caplog):
@@ -40,7 +35,7 @@ def test_python_script_runs_locally_with_record_and_log(tmp_path, caplog):
     assert "running python-script locally as a subprocess" in caplog.text
     assert record.backend == "local" and "local subprocess" in record.note
     (job_id,) = record.job_ids
-    jobs = wait_for(lambda: _finished([job_id]), timeout=60, what="the local job")
+    jobs = wait_for_jobs([job_id], timeout=60, what="the local job", backend="local")
     assert [j.state for j in jobs] == ["COMPLETED"]
     folder = Path(record.path)
     assert folder.parent == tmp_path / ".mdlma-jobs"
@@ -69,7 +64,7 @@ def test_python_script_runs_locally_with_record_and_log(tmp_path, caplog):
 def test_failing_script_reports_its_exit_code(tmp_path):
     (tmp_path / "fail.py").write_text("raise SystemExit(3)\n")
     record = hpc.submit("python-script", {"script": "fail.py"}, backend="local")
-    wait_for(lambda: _finished(record.job_ids), timeout=60, what="the failing job")
+    wait_for_jobs(record.job_ids, timeout=60, what="the failing job", backend="local")
     (account,) = hpc.history(record.job_ids, backend="local")
     assert (account.state, account.exit_code) == ("FAILED", 3)
 
@@ -79,7 +74,7 @@ def test_array_then_merge_runs_in_order(tmp_path):
     record = hpc.submit(template, {"tasks": 3, "seconds": 0}, backend="local")
     work, merge = record.jobs
     assert work.array == "0-2" and merge.after == "work"
-    jobs = wait_for(lambda: _finished(record.job_ids), timeout=90, what="array and merge")
+    jobs = wait_for_jobs(record.job_ids, timeout=90, what="array and merge", backend="local")
     assert sorted(j.job_id for j in jobs) == sorted(
         [f"{work.job_id}_{i}" for i in range(3)] + [merge.job_id]
     )
@@ -98,7 +93,7 @@ def test_failed_task_keeps_the_merge_from_running(tmp_path):
     record = hpc.submit(template, {"tasks": 3, "fail_task": 1, "seconds": 0}, backend="local")
     jobs = {
         j.job_id: j
-        for j in wait_for(lambda: _finished(record.job_ids), timeout=90, what="the chain")
+        for j in wait_for_jobs(record.job_ids, timeout=90, what="the chain", backend="local")
     }
     work, merge = record.job_ids
     assert jobs[f"{work}_1"].state == "FAILED"
@@ -118,7 +113,7 @@ def test_cancel_stops_a_running_local_job(tmp_path):
     state = json.loads((Path(record.path) / "local-state.json").read_text())
     pid = state["jobs"][record.job_ids[0]]["pid"]
     hpc.cancel(record.job_ids, backend="local")
-    wait_for(lambda: _finished(record.job_ids), timeout=30, what="the cancelled job")
+    wait_for_jobs(record.job_ids, timeout=30, what="the cancelled job", backend="local")
     assert [j.state for j in hpc.status(record.job_ids, backend="local")] == ["CANCELLED"]
 
     def gone():
@@ -147,10 +142,10 @@ def test_scheduler_features_need_slurm(tmp_path):
 def test_resubmit_repeats_a_record(tmp_path):
     (tmp_path / "run.py").write_text("print('hello')\n")
     first = hpc.submit("python-script", {"script": "run.py", "job_name": "again"}, backend="local")
-    wait_for(lambda: _finished(first.job_ids), timeout=60, what="the first run")
+    wait_for_jobs(first.job_ids, timeout=60, what="the first run", backend="local")
     second = hpc.resubmit(first.path, {"cpus": 1}, backend="local")
     assert second.path != first.path and second.params == first.params
-    wait_for(lambda: _finished(second.job_ids), timeout=60, what="the second run")
+    wait_for_jobs(second.job_ids, timeout=60, what="the second run", backend="local")
     assert "hello" in (Path(second.path) / f"slurm-{second.job_ids[0]}.out").read_text()
     assert len(hpc.list_records(tmp_path)) == 2
 
@@ -175,7 +170,7 @@ def test_cli_says_it_runs_locally(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.err.startswith("note: ") and "ran as a local subprocess" in captured.err
     job_id = captured.out.split("job ")[1].split()[0]
-    wait_for(lambda: _finished([job_id]), timeout=60, what="the CLI job")
+    wait_for_jobs([job_id], timeout=60, what="the CLI job", backend="local")
     assert main(["jobs", "--backend", "local", "status", job_id, "--json"]) == 0
     (entry,) = json.loads(capsys.readouterr().out)
     assert entry["state"] == "COMPLETED"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest_slurm import slurm_cluster, wait_for  # noqa: F401
+from conftest_slurm import slurm_cluster, wait_for_jobs  # noqa: F401
 from test_inference import MB, grey_image, tiny_sun
 
 from unified_framework import hpc
@@ -41,11 +41,7 @@ def test_infer_array_of_two_tasks_and_merge(tmp_path, monkeypatch):
     )
     array_id, merge_id = record.job_ids
 
-    def finished():
-        jobs = hpc.status(record.job_ids, backend="slurm")
-        return jobs if jobs and all(j.finished for j in jobs) else None
-
-    jobs = wait_for(finished, timeout=400, what="infer array")
+    jobs = wait_for_jobs(record.job_ids, timeout=400, what="infer array")
     logs = "\n".join(p.read_text()[-800:] for p in Path(record.path).glob("slurm-*.out"))
     assert sorted((j.job_id, j.state) for j in jobs) == sorted(
         [(f"{array_id}_{i}", "COMPLETED") for i in range(2)] + [(merge_id, "COMPLETED")]

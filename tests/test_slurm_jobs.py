@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest_slurm import REPO, make_chain_template, wait_for
+from conftest_slurm import REPO, make_chain_template, wait_for, wait_for_jobs
 
 from unified_framework import hpc
 from unified_framework.errors import InputError
@@ -29,11 +29,6 @@ def workdir(tmp_path, monkeypatch) -> Path:
 def _state(job_id: str) -> str | None:
     jobs = hpc.status([job_id], backend="slurm")
     return jobs[0].state if jobs else None
-
-
-def _all_finished(job_ids):
-    jobs = hpc.status(job_ids, backend="slurm")
-    return jobs if jobs and all(j.finished for j in jobs) else None
 
 
 def _accounted(job_ids, count):
@@ -102,7 +97,7 @@ def test_array_with_dependent_merge(workdir):
     record = hpc.submit(template, {"tasks": 3, "seconds": 2}, backend="slurm")
     work, merge = record.jobs
     assert merge.dependency == f"afterok:{work.job_id}"
-    jobs = wait_for(lambda: _all_finished(record.job_ids), timeout=180, what="array and merge")
+    jobs = wait_for_jobs(record.job_ids, timeout=180, what="array and merge")
     assert sorted(j.job_id for j in jobs) == sorted(
         [f"{work.job_id}_{i}" for i in range(3)] + [merge.job_id]
     )
@@ -164,7 +159,7 @@ def test_percent_signs_in_the_working_folder_keep_the_logs_where_expected(workdi
         backend="slurm",
     )
     (array_id,) = record.job_ids
-    jobs = wait_for(lambda: _all_finished(record.job_ids), timeout=180, what="the array tasks")
+    jobs = wait_for_jobs(record.job_ids, timeout=180, what="the array tasks")
     assert sorted((j.job_id, j.state) for j in jobs) == [
         (f"{array_id}_{i}", "COMPLETED") for i in range(2)
     ]
@@ -276,7 +271,7 @@ def test_score_template_runs_mdlma_score(workdir):
         {"pred": "pred.tif", "gt": "gt.tif", "no_surface": True, "mem": "1G", "time": "5"},
         backend="slurm",
     )
-    jobs = wait_for(lambda: _all_finished(record.job_ids), timeout=240, what="the score job")
+    jobs = wait_for_jobs(record.job_ids, timeout=240, what="the score job")
     log = (Path(record.path) / f"slurm-{record.job_ids[0]}.out").read_text()
     assert [j.state for j in jobs] == ["COMPLETED"], log
     (row,) = json.loads((workdir / "score.json").read_text())["rows"]
@@ -523,7 +518,7 @@ def test_sun_train_then_predict_array_and_merge(workdir):
         },
         backend="slurm",
     )
-    jobs = wait_for(lambda: _all_finished(train.job_ids), timeout=300, what="sun-train")
+    jobs = wait_for_jobs(train.job_ids, timeout=300, what="sun-train")
     log = (Path(train.path) / f"slurm-{train.job_ids[0]}.out").read_text()
     assert [j.state for j in jobs] == ["COMPLETED"], log[-2000:]
     assert (workdir / "m.pt").is_file()
@@ -543,7 +538,7 @@ def test_sun_train_then_predict_array_and_merge(workdir):
         backend="slurm",
     )
     array_id, merge_id = predict.job_ids
-    jobs = wait_for(lambda: _all_finished(predict.job_ids), timeout=400, what="sun-predict")
+    jobs = wait_for_jobs(predict.job_ids, timeout=400, what="sun-predict")
     logs = "\n".join(p.read_text()[-800:] for p in Path(predict.path).glob("slurm-*.out"))
     assert sorted((j.job_id, j.state) for j in jobs) == sorted(
         [(f"{array_id}_{i}", "COMPLETED") for i in range(3)] + [(merge_id, "COMPLETED")]
