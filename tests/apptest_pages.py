@@ -8,17 +8,36 @@ every test (a module's own ``home`` fixture overrides it); import the helpers::
 
 from __future__ import annotations
 
+import functools
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import streamlit as st
+from streamlit import config as streamlit_config
+from streamlit.components.v2 import manifest_scanner
 from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "dashboard" / "app.py"
 # The pages import their components as top-level modules, as ``streamlit run`` does.
 sys.path.insert(0, str(REPO / "dashboard"))
+
+# AppTest does not read the app's script-level configuration, which the served dashboard
+# runs with (dashboard/.streamlit/config.toml): apply it here.
+for _section, _options in tomllib.loads(
+    (APP.parent / ".streamlit" / "config.toml").read_text()
+).items():
+    for _name, _value in _options.items():
+        streamlit_config.set_option(f"{_section}.{_name}", _value)
+
+# Every AppTest scans all installed distributions for Streamlit components when it first
+# runs (1-2 s of CPU each in a test worker); the installed packages do not change during
+# a test session, so one scan per process serves every AppTest.
+manifest_scanner.scan_component_manifests = functools.cache(
+    manifest_scanner.scan_component_manifests
+)
 
 
 def use_home(folder: Path, monkeypatch) -> Path:

@@ -19,6 +19,7 @@ from unified_framework.inference.bioimageio import (
     BioimageioModel,
     export_model,
     export_sun,
+    unchanged_since_tested,
     validate_package,
 )
 from unified_framework.io import write_volume
@@ -65,10 +66,14 @@ def test_round_trip_validates_and_predicts_like_sun(package, tmp_path, capsys):
 def test_damaged_package_fails_the_library_check(package, tmp_path, capsys):
     _, zipped = package
     main(["model", "import", str(zipped), "--out", str(tmp_path / "p")])
+    assert unchanged_since_tested(tmp_path / "p")  # loads skip the test while nothing changed
     expected = np.load(tmp_path / "p" / "test_output.npy")
     np.save(tmp_path / "p" / "test_output.npy", expected[:, ::-1].copy())  # classes swapped
+    assert not unchanged_since_tested(tmp_path / "p")
     with pytest.raises(InputError, match="invalid bioimage.io model package.*disagree"):
         validate_package(tmp_path / "p")
+    with pytest.raises(InputError, match="disagree"):  # a changed package is tested on load
+        load_model(tmp_path / "p")
     assert (
         main(["model", "validate", str(tmp_path / "p"), "--format-only"]) == 0
     )  # the YAML is fine

@@ -142,12 +142,17 @@ def _infer(args: argparse.Namespace) -> int:
         return 0
     if args.slurm_array is not None:
         return _submit_array(args, work)
-    plan = engine.prepare(work, args.model, args.image, **_settings(args))
+    model = None
+    if args.workers <= 1 and not args.dask_slurm:  # opened once, to plan and to predict
+        model = engine.load_model_for(args.model, args.image, args.level, args.device)
+    plan = engine.prepare(work, args.model, args.image, model, **_settings(args))
     cluster = None
     if args.dask_slurm:
         cluster = _slurm_cluster(args)
     part = args.part or 0
-    todo, share = engine.pending_blocks(work, part=part, parts=args.parts, device=args.device)
+    todo, share = engine.pending_blocks(
+        work, model, part=part, parts=args.parts, device=args.device
+    )
     print(
         f"{args.image}: {plan.shape} in {share} blocks of {plan.block}, tiles {plan.patch} step {plan.step}, "
         f"batch {plan.batch}; {share - len(todo)} block(s) already done"
@@ -156,6 +161,7 @@ def _infer(args: argparse.Namespace) -> int:
         with tqdm(total=len(todo), unit="block", desc="infer") as bar:
             report = engine.run_blocks(
                 work,
+                model,
                 workers=args.workers,
                 part=part,
                 parts=args.parts,

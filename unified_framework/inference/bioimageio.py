@@ -682,11 +682,12 @@ def _source(path: Path) -> Path:
     return path
 
 
-def validate_package(path: str | Path, *, run_test: bool = True) -> Any:
+def validate_package(path: str | Path, *, run_test: bool = True, name: str | None = None) -> Any:
     """Validate a bioimage.io package with the library's own checks; the ValidationSummary.
 
     ``run_test`` runs :func:`bioimageio.core.test_model` (format, weights load, the test
-    input reproduces the test output); otherwise only the format is checked.
+    input reproduces the test output); otherwise only the format is checked. ``name``:
+    how errors call the package (default its path).
 
     Raises
     ------
@@ -702,8 +703,9 @@ def validate_package(path: str | Path, *, run_test: bool = True) -> Any:
     from bioimageio.core import load_description, test_model
 
     path = Path(path)
+    name = name or str(path)
     if not path.exists():
-        raise InputError(f"{path}: no such model package")
+        raise InputError(f"{name}: no such model package")
     source = _source(path)
     if run_test:
         summary = test_model(source, decimal=4)
@@ -718,9 +720,53 @@ def validate_package(path: str | Path, *, run_test: bool = True) -> Any:
             errors = getattr(first, "errors", None) or []
             why = f"{first.name}: " + (" ".join(str(errors[0].msg).split()) if errors else "")
         raise InputError(
-            f"{path}: invalid bioimage.io model package ({why.strip()[:300] or summary.status})"
+            f"{name}: invalid bioimage.io model package ({why.strip()[:300] or summary.status})"
         )
     return summary
+
+
+#: Written by :func:`import_package` into the unpacked package: the library versions that
+#: tested it and the SHA-256 of every file they tested.
+TESTED_STAMP = ".mdlma-tested.json"
+
+
+def _tested_record(folder: Path) -> dict[str, Any]:
+    import hashlib
+    from importlib.metadata import version
+
+    files = {}
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != TESTED_STAMP):
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        files[file.relative_to(folder).as_posix()] = digest.hexdigest()
+    return {
+        "bioimageio.core": version("bioimageio.core"),
+        "bioimageio.spec": version("bioimageio.spec"),
+        "files": files,
+    }
+
+
+def unchanged_since_tested(path: str | Path) -> bool:
+    """Whether ``path`` is a folder :func:`import_package` made whose files are byte for byte
+    those :func:`bioimageio.core.test_model` passed, with the same library versions.
+
+    Loading such a package needs only the format check: every SLURM array task and every
+    ``mdlma infer`` would otherwise run the whole test again (seconds for a small network,
+    minutes for a large one). Any changed, added or removed file, or another library
+    version, means the full test again.
+    """
+    import json
+
+    stamp = Path(path) / TESTED_STAMP
+    if not stamp.is_file():
+        return False
+    try:
+        recorded = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(recorded == _tested_record(Path(path)))
 
 
 class BioimageioModel:
@@ -744,7 +790,8 @@ class BioimageioModel:
 
         self.path = Path(path)
         if validate:
-            validate_package(self.path)
+            # the format is checked in any case (load_description below)
+            validate_package(self.path, run_test=not unchanged_since_tested(self.path))
         descr = load_description(_source(self.path))
         if not isinstance(descr, ModelDescr):
             raise InputError(
@@ -830,20 +877,28 @@ def _mdlma_config(descr: Any) -> dict[str, Any]:
 
 
 def import_package(path: str | Path, out: str | Path) -> Path:
-    """Validate a bioimage.io package and copy it (unpacked) to ``out`` for use with ``mdlma infer``.
+    """Copy a bioimage.io package (unpacked) to ``out`` for use with ``mdlma infer``, tested.
+
+    The unpacked copy is what :func:`bioimageio.core.test_model` tests, and the
+    :data:`TESTED_STAMP` it gets lets later loads skip that test while its files are
+    unchanged (:func:`unchanged_since_tested`).
 
     Examples
     --------
     >>> import_package("downloaded.zip", "models/unet")  # doctest: +SKIP
     """
+    import json
+
     _offline()
     from bioimageio.spec import load_description, save_bioimageio_package_as_folder
 
     path, out = Path(path), Path(out)
     if out.exists():
         raise InputError(f"{out}: already exists; choose another output")
-    validate_package(path)
+    validate_package(path, run_test=False)  # the format first: clear errors, nothing written
     descr = load_description(_source(path))
     with atomic_path(out) as tmp:
         save_bioimageio_package_as_folder(descr, output_path=tmp)
+        validate_package(tmp, name=str(path))
+        (Path(tmp) / TESTED_STAMP).write_text(json.dumps(_tested_record(Path(tmp)), indent=1))
     return out

@@ -55,6 +55,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..utils.atomic import atomic_path, write_text_atomic
+from ..utils.heap import reuse_freed_memory
 from ..utils.workdir_manifest import checksum, read_checked, remove_work_folder, write_checked
 from .model import SegmentationModel, check_model_fits, load_model, patch_memory
 from .tiling import Grid, TissueMask, detect_tissue, gaussian_weights, low_resolution, step_of
@@ -404,9 +405,7 @@ def _prepare_locked(
                     f"{work}: holds a run of {plan.image} with model {plan.model}; choose another --work-dir or delete it"
                 )
             return plan
-        model = model or load_model(
-            model_path, spatial_dims=_image_dims(image, settings.get("level"))
-        )
+        model = model or load_model_for(model_path, image, settings.get("level"))
         plan, mask = plan_inference(model_path, image, model, **settings)
         _create_store(work / "result.zarr", plan)
         if mask is not None:
@@ -416,8 +415,15 @@ def _prepare_locked(
         return plan
 
 
-def _image_dims(image: str, level: int | None) -> int:
-    return len(ImageSource(image, level).shape)
+def load_model_for(
+    model_path: str | Path, image: str, level: int | None = None, device: Any = "cpu"
+) -> SegmentationModel:
+    """The model of ``model_path`` for the dimensionality of ``image`` (a 2D model predicts a
+    volume slice by slice). Open it once per run: a bioimage.io package is validated on
+    every load."""
+    return load_model(
+        model_path, spatial_dims=len(ImageSource(str(image), level).shape), device=device
+    )
 
 
 def _create_store(path: Path, plan: InferencePlan) -> None:
@@ -660,13 +666,13 @@ class _Run:
             own[(slice(None), *box)] += self.read_halo(source, index)
         wsum = self.weight_sum(index)
         covered = wsum > 0
+        probs = np.empty(own.shape, dtype=np.float32)  # contiguous: what the Zarr chunk stores
         if covered.all():
-            own /= wsum
+            np.divide(own, wsum, out=probs)
         else:  # pixels only under skipped (background) tiles: class 0
-            own /= np.where(covered, wsum, np.float32(1))
-            own[:, ~covered] = 0.0
-            own[0][~covered] = 1.0
-        probs = np.ascontiguousarray(own)
+            np.divide(own, np.where(covered, wsum, np.float32(1)), out=probs)
+            probs[:, ~covered] = 0.0
+            probs[0][~covered] = 1.0
         labels = _labels(probs)
         if self.probs is not None:
             self.probs[(slice(None), *region)] = probs
@@ -804,12 +810,21 @@ def _open_run(
     return run
 
 
+#: Entered once by the first block a dask worker process computes, and kept: the worker
+#: exists to compute blocks, and each would otherwise page-fault its buffers in afresh.
+_WORKER_HEAP: contextlib.ExitStack | None = None
+
+
 def _block_task(work: str, index: tuple[int, ...], model: Any, device: Any, threads: int) -> int:
     """A block on a dask worker (the run is opened once per worker process); tiles predicted."""
+    global _WORKER_HEAP
     import torch
 
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+    if _WORKER_HEAP is None:
+        _WORKER_HEAP = contextlib.ExitStack()
+        _WORKER_HEAP.enter_context(reuse_freed_memory())
     return _open_run(work, model, device).run_block(index, None)
 
 
@@ -893,13 +908,16 @@ def run_blocks(
 
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
+        # Every block allocates the same large buffers again (sums, Zarr chunks, batches):
+        # kept mapped, they are not page-faulted in afresh for each block.
         try:
-            for index in todo:  # C order: a block's lower neighbours come first
-                # one share: its halos are all there (lost ones are recomputed); several:
-                # a block next to another share may have to wait for it
-                report.tiles_predicted += run.run_block(index, True if parts == 1 else None)
-                if progress:
-                    progress(1)
+            with reuse_freed_memory():
+                for index in todo:  # C order: a block's lower neighbours come first
+                    # one share: its halos are all there (lost ones are recomputed);
+                    # several: a block next to another share may have to wait for it
+                    report.tiles_predicted += run.run_block(index, True if parts == 1 else None)
+                    if progress:
+                        progress(1)
         finally:
             torch.set_num_threads(previous)
     elif todo:
@@ -1115,12 +1133,8 @@ def infer(
     if out.exists():
         raise InputError(f"{out}: already exists; choose another --out or remove it")
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
-    if (
-        model is None and workers <= 1 and cluster is None
-    ):  # opened once for planning and predicting
-        model = load_model(
-            model_path, spatial_dims=_image_dims(str(image), settings.get("level")), device=device
-        )
+    if model is None and workers <= 1 and cluster is None:  # once, to plan and to predict
+        model = load_model_for(model_path, str(image), settings.get("level"), device)
     prepare(work, model_path, image, model, **settings)
     report = run_blocks(
         work,
@@ -1190,6 +1204,7 @@ __all__ = [
     "RunReport",
     "finish",
     "infer",
+    "load_model_for",
     "model_digest",
     "pending_blocks",
     "plan_inference",

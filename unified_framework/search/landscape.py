@@ -51,9 +51,36 @@ def load_umap() -> Any:
         finally:
             if blocked and sys.modules.get("umap.parametric_umap") is None:
                 del sys.modules["umap.parametric_umap"]
+        _cache_compiled_functions(("umap.",))
     import umap
 
     return umap.UMAP
+
+
+def _cache_compiled_functions(prefixes: tuple[str, ...]) -> int:
+    """Turn on numba's on-disk cache for the jitted functions of the modules named
+    ``prefix...`` that do not use it; the number turned on.
+
+    umap-learn compiles about 250 numba functions on its first fit in every process
+    (about 10 s, where the fit of a landscape itself takes milliseconds) and caches none
+    of them; cached, a later process loads them compiled. numba keeps the cache beside
+    the package when it may write there, else in the user's cache folder
+    (``NUMBA_CACHE_DIR``).
+    """
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    turned_on = 0
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith(prefixes):
+            continue
+        for value in vars(module).values():
+            if isinstance(value, Dispatcher) and isinstance(
+                getattr(value, "_cache", None), NullCache
+            ):
+                value.enable_caching()
+                turned_on += 1
+    return turned_on
 
 
 def trials_frame(trials: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
