@@ -202,6 +202,15 @@ def list_templates(root: str | os.PathLike | None = None) -> list[Template]:
     return [load_template(p) for p in sorted(root.iterdir()) if (p / "form.yml").is_file()]
 
 
+#: libyaml's parser where PyYAML has it: the dashboard reads every template's form on each
+#: page run, and PyYAML's pure-Python parser took most of that time.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _read_yaml(path: Path) -> Any:
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)  # noqa: S506 (safe loader)
+
+
 def load_template(
     name_or_path: str | os.PathLike, root: str | os.PathLike | None = None
 ) -> Template:
@@ -229,7 +238,7 @@ def load_template(
             f"template {text!r}: not found; expected one of {', '.join(known) or '(none)'}"
         )
     try:
-        spec = yaml.safe_load(form.read_text(encoding="utf-8")) or {}
+        spec = _read_yaml(form) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"{form}: not valid YAML ({' '.join(str(exc).split())})") from None
     if isinstance(spec, dict) and "resources" in spec and spec.get("parameters") is None:
@@ -292,7 +301,7 @@ def _with_resources(
             f"{form}: 'resources' needs {SHARED_FOLDER}/{RESOURCES_FILE}, which was not found"
         )
     try:
-        declared = (yaml.safe_load(source.read_text(encoding="utf-8")) or {}).get("parameters")
+        declared = (_read_yaml(source) or {}).get("parameters")
     except (yaml.YAMLError, AttributeError):
         declared = None
     if not isinstance(declared, dict):
