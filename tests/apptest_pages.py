@@ -18,6 +18,7 @@ import streamlit as st
 from streamlit import config as streamlit_config
 from streamlit.components.v2 import manifest_scanner
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1 import app_test as app_test_module
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "dashboard" / "app.py"
@@ -38,6 +39,12 @@ for _section, _options in tomllib.loads(
 manifest_scanner.scan_component_manifests = functools.cache(
     manifest_scanner.scan_component_manifests
 )
+
+# A served dashboard compiles each page once (one script cache per server); AppTest makes a
+# new cache for every run and compiles app.py and the page again each time. The scripts do
+# not change during a test session: one cache serves them all, as on the server.
+_script_cache = app_test_module.ScriptCache()
+app_test_module.ScriptCache = lambda: _script_cache  # type: ignore[assignment,misc]
 
 
 def use_home(folder: Path, monkeypatch) -> Path:

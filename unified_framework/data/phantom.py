@@ -48,6 +48,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
+from ..utils.heap import reuse_freed_memory
 
 CLASS_NAMES = ("background", "bone", "residual implant", "degradation layer")
 
@@ -112,6 +113,21 @@ def make_implant_phantom(
     """
     shape, spacing = _check_arguments(shape, spacing, noise, rings, blur)
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)]
+    # Some twenty volume-sized temporaries: kept mapped, they are not page-faulted in
+    # afresh each time (1.7x faster at 256³ on the development VM).
+    with reuse_freed_memory():
+        return _image_and_labels(shape, spacing, streams, noise, rings, blur)
+
+
+def _image_and_labels(
+    shape: tuple[int, ...],
+    spacing: tuple[float, ...],
+    streams: list[np.random.Generator],
+    noise: float,
+    rings: float,
+    blur: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The work of :func:`make_implant_phantom` on checked arguments."""
     labels, cortex, texture = _anatomy(shape, spacing, streams[_GEOMETRY])
 
     lut = np.array(
