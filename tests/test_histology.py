@@ -396,40 +396,9 @@ def test_no_prior_two_stage_search_recovers_the_plane(monkeypatch):
     assert abs(result.best.offset_um - truth["offset_um"]) <= 3 * 5.0
 
 
-def test_rerank_turns_a_candidate_to_its_best_in_plane_rotation():
-    """The medium level re-scores every in-plane rotation of a global candidate (the coarse score often prefers a wrong one)."""
-    import torch
-
-    from unified_framework.data.section import make_section_sample
-    from unified_framework.histology import match
-
-    volume, section, truth = make_section_sample((48, 48, 48), seed=7, torn=False)
-    grey = match.section_grey(section)
-    scorer = match._Scorer(
-        match._binned(volume, 48), grey, 5.0, bins=16, device=torch.device("cpu")
-    )
-    centre = match.volume_centre(volume)
-    t = truth["section_to_plane"]
-    right = np.array(
-        [
-            *truth["plane"]["normal"],
-            truth["offset_um"],
-            t["rotation_deg"],
-            t["scale"],
-            *t["translation_um"],
-            *truth["plane"]["u"],
-        ]
-    )
-    wrong = right.copy()
-    wrong[4] += 120  # same plane and centre of rotation (the tissue centroid is (0, 0) here)
-    turned = match._rerotate(scorer, centre, wrong[None], np.arange(0, 360, 15.0), np.zeros(2))[0]
-    assert abs((turned[4] - right[4] + 180) % 360 - 180) < 1e-6
-    scores = scorer.nmi(match._world_of(scorer, centre, np.stack([wrong, turned])))
-    assert scores[1] > scores[0] + 0.02
-
-
-def test_offset_scan_moves_a_candidate_back_to_the_true_offset():
-    """A candidate at the right orientation but several voxels off in offset is moved back before the local search."""
+def _scorer_and_true_parameters():
+    """A 48³ section sample's scorer, volume centre and the true parameter vector
+    (normal, offset, in-plane rotation, scale, translation, in-plane axis u)."""
     import torch
 
     from unified_framework.data.section import make_section_sample
@@ -450,9 +419,29 @@ def test_offset_scan_moves_a_candidate_back_to_the_true_offset():
             *truth["plane"]["u"],
         ]
     )
+    return scorer, match.volume_centre(volume), right
+
+
+def test_rerank_turns_a_candidate_to_its_best_in_plane_rotation():
+    """The medium level re-scores every in-plane rotation of a global candidate (the coarse score often prefers a wrong one)."""
+    from unified_framework.histology import match
+
+    scorer, centre, right = _scorer_and_true_parameters()
+    wrong = right.copy()
+    wrong[4] += 120  # same plane and centre of rotation (the tissue centroid is (0, 0) here)
+    turned = match._rerotate(scorer, centre, wrong[None], np.arange(0, 360, 15.0), np.zeros(2))[0]
+    assert abs((turned[4] - right[4] + 180) % 360 - 180) < 1e-6
+    scores = scorer.nmi(match._world_of(scorer, centre, np.stack([wrong, turned])))
+    assert scores[1] > scores[0] + 0.02
+
+
+def test_offset_scan_moves_a_candidate_back_to_the_true_offset():
+    """A candidate at the right orientation but several voxels off in offset is moved back before the local search."""
+    from unified_framework.histology import match
+
+    scorer, centre, right = _scorer_and_true_parameters()
     off = right.copy()
     off[3] += 35.0  # 7 voxels
-    centre = match.volume_centre(volume)
     moved = match._scan_offsets(scorer, centre, off[None], 50.0, 5.0)[0]
     assert abs(moved[3] - right[3]) <= 5.0
     assert np.array_equal(np.delete(moved, 3), np.delete(off, 3))
