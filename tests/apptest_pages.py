@@ -47,6 +47,19 @@ _script_cache = app_test_module.ScriptCache()
 app_test_module.ScriptCache = lambda: _script_cache  # type: ignore[assignment,misc]
 
 
+@pytest.fixture(autouse=True)
+def _main_module_kept():
+    """Put the process's ``__main__`` back after each test.
+
+    Streamlit runs a page as module ``__main__`` and leaves it in ``sys.modules``; a later
+    test's multiprocessing workers (dask's LocalCluster) would then each run
+    ``dashboard/app.py`` again as they start (spawn re-runs the parent's main script).
+    """
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
 def use_home(folder: Path, monkeypatch) -> Path:
     """Point the dashboard at ``folder`` and drop what earlier tests left in Streamlit's caches."""
     monkeypatch.setenv("MDLMA_HOME", str(folder))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,21 +77,35 @@ def _isolated_config(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MDLMA_HOME", str(home / "data"))
 
 
-#: Test files of the fast lane that take longest (most seconds of waiting or CPU), longest
-#: first. Parallel workers (``scripts/test --fast``: ``pytest -n N --dist loadfile``) take
-#: whole files in collection order, so these go first: a long file started last would keep
-#: one worker busy while the others idle.
+#: Test files of the fast lane that take longest, as measured in a 3-worker run on 2 cores:
+#: files that mostly compute alternate with files that mostly wait for SLURM jobs and
+#: services, longest first. Parallel workers (``scripts/test --fast``: ``pytest -n N --dist
+#: loadfile --no-loadscope-reorder``) take whole files in collection order, so these go
+#: first, two computing beside one waiting, and the many short files fill the end: a long
+#: file started last would keep one worker busy while the others idle.
 HEAVY_FIRST = (
-    "test_histology.py",
     "test_hpc_hostile.py",
-    "test_dashboard_pages.py",
-    "test_module.py",
-    "test_sun_pipeline.py",
+    "test_dashboard_pages.py",  # waits
+    "test_io.py",
+    "test_slurm_jobs.py",  # waits
     "test_inference_bioimageio.py",
-    "test_search.py",
-    "test_slurm_jobs.py",
+    "test_dashboard_inference.py",  # waits
+    "test_sun_pipeline.py",
+    "test_inference_slurm.py",  # waits
+    "test_registration.py",
+    "test_module.py",  # waits
+    "test_histology.py",
+    "test_search.py",  # waits
+    "test_dashboard_histology.py",
+    "test_dashboard_catalogue.py",  # waits
     "test_registration_cli.py",
-    "test_dashboard_inference.py",
+    "test_install.py",  # waits
+    "test_analysis.py",
+    "test_inference.py",
+    "test_sample_data.py",
+    "test_search_slurm.py",  # waits
+    "test_histology_transfer.py",
+    "test_slurm_cluster.py",  # waits
 )
 
 
@@ -98,8 +113,34 @@ def pytest_collection_finish(session):
     """Freeze what collection imported (torch, dask, the framework: ~1 million objects) out
     of the cyclic garbage collector: every full collection would walk them again, which
     made each test of a worker that had imported TensorFlow several times slower."""
+    _freeze_heap()
+
+
+#: Modules imported since the last freeze above which a test starts by freezing again.
+NEW_MODULES_LIMIT = 300
+_modules_when_frozen = 0
+
+
+def _freeze_heap() -> None:
+    global _modules_when_frozen
     gc.collect()
     gc.freeze()
+    _modules_when_frozen = len(sys.modules)
+
+
+@pytest.fixture(autouse=True)
+def _freeze_what_earlier_tests_imported():
+    """Freeze, before a test, what earlier tests of this process imported.
+
+    A test that imports TensorFlow or nnU-Net leaves ~700,000 more objects behind, and some
+    libraries run a full collection at every step: Streamlit after every script run once
+    ``keras`` is imported (``keras.backend.clear_session``), bioimage.io after every model
+    it unloads. Each such collection walked all of them again (0.4 s a time; a quarter of
+    the fast lane's CPU). Counting modules is free; the collection before a freeze is paid
+    once per such import.
+    """
+    if len(sys.modules) - _modules_when_frozen > NEW_MODULES_LIMIT:
+        _freeze_heap()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -18,6 +18,7 @@ from unified_framework.data.phantom import CLASS_NAMES, make_implant_phantom
 from unified_framework.io import write_volume
 from unified_framework.metrics import score_volumes
 
+PAUSE_S = 1.0  # between steps: lets a browser watch the curves grow while the job runs
 image, truth = make_implant_phantom((32, 64, 64), seed=4)
 write_volume("scan.tif", image, spacing=(5, 5, 5))
 write_volume("scan_gt.tif", truth, spacing=(5, 5, 5))
@@ -35,9 +36,14 @@ with open("metrics.jsonl", "w") as metrics:
         metrics.flush()
         if best is None or loss < best[0]:
             best = (loss, labels)
-        time.sleep(1)  # let a viewer watch the curves grow
+        time.sleep(PAUSE_S)
 write_volume("prediction.tif", best[1], spacing=(5, 5, 5))
 edges = ndimage.gaussian_gradient_magnitude(image, 1.0)
 write_volume("prediction_entropy.tif", (edges / edges.max()).astype(np.float32), spacing=(5, 5, 5))
 print(f"results written; best loss {best[0]:.3f}")
 """
+
+
+def result_script(pause_s: float) -> str:
+    """The job's script with ``pause_s`` seconds between steps (0 where nothing watches it run)."""
+    return RESULT_SCRIPT.replace("PAUSE_S = 1.0", f"PAUSE_S = {float(pause_s)!r}", 1)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from apptest_pages import APP, assert_clean, open_page, use_home
 from conftest_slurm import slurm_cluster, slurm_test_user, wait_for  # noqa: F401 - fixtures
-from dashboard_result_job import RESULT_SCRIPT
+from dashboard_result_job import result_script
 from streamlit.testing.v1 import AppTest
 
 from unified_framework import hpc
@@ -323,7 +323,7 @@ def test_composer_shows_locked_fields_read_only(home):
 
 # ----------------------------------------------------------------------------- viewer
 def run_result_job(home: Path) -> str:
-    script = write_script(home, RESULT_SCRIPT)
+    script = write_script(home, result_script(pause_s=0))  # nothing watches it run here
     record = hpc.submit(
         "python-script",
         {

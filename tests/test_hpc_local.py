@@ -59,6 +59,7 @@ def test_python_script_runs_locally_with_record_and_log(tmp_path, caplog):
     (account,) = hpc.history([job_id], backend="local")
     assert account.state == "COMPLETED" and account.exit_code == 0
     assert account.elapsed_s > 0 and account.total_cpu_s > 0 and account.max_rss_mb > 1
+    assert hpc.workdirs(backend="local") == [account.workdir] == [str(tmp_path)]
 
 
 def test_failing_script_reports_its_exit_code(tmp_path):

@@ -6,6 +6,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -442,6 +443,30 @@ def test_every_parameter_type_has_one_validator():
     from unified_framework.hpc.validation import VALIDATORS
 
     assert set(VALIDATORS) == PARAMETER_TYPES
+
+
+def test_text_refuses_exactly_the_control_separator_and_surrogate_code_points():
+    """check_text's character class against unicodedata on every code point (Cc, Cs, Zl, Zp)."""
+    import unicodedata
+
+    from unified_framework.hpc.validation import check_text
+
+    refused, accepted = [], []
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        try:
+            check_text(f"a{char}", "field")
+            accepted.append(char)
+        except InputError as exc:
+            assert str(exc).startswith(f"field: control character U+{code:04X} at position 1 ")
+            refused.append(char)
+    should_refuse = {
+        c
+        for c in map(chr, range(sys.maxunicode + 1))
+        if unicodedata.category(c) in {"Cc", "Cs", "Zl", "Zp"}
+    }
+    assert set(refused) == should_refuse and len(refused) == 65 + 2048 + 2
+    assert check_text("ünïcödé ✓ tab-free", "field") == "ünïcödé ✓ tab-free"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may read any file (see the next test)")

@@ -281,10 +281,22 @@ def test_port_range_parsing():
             singleuser.parse_port_range(bad)
 
 
+def _two_free_ports() -> int:
+    """The first of two free neighbouring ports below the kernel's ephemeral range (from 32768),
+    so no other test's connection is handed the second one meanwhile."""
+    for low in range(20000 + os.getpid() % 5000 * 2, 32766, 2):
+        try:
+            for port in (low, low + 1):
+                with socket.socket() as probe:
+                    probe.bind(("", port))
+        except OSError:
+            continue
+        return low
+    raise AssertionError("no two free neighbouring ports in 20000-32767")
+
+
 def test_pick_port_skips_busy_ports():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        low = probe.getsockname()[1]
+    low = _two_free_ports()
     ports = range(low, low + 2)
     with socket.socket() as busy:
         busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)

@@ -88,6 +88,9 @@ def test_job_goes_pending_running_completed(workdir):
     (account,) = wait_for(lambda: _accounted([job_id], 1), timeout=60, what="accounting")
     assert (account.state, account.exit_code) == ("COMPLETED", 0)
     assert account.elapsed_s >= 4 and account.workdir == str(workdir)
+    # the narrow query the dashboard uses to find job folders names the same folder once
+    folders = hpc.workdirs(since="now-1days", backend="slurm")
+    assert folders.count(str(workdir)) == 1 and len(folders) == len(set(folders))
     saved = hpc.load_record(record.path)
     assert saved.backend == "slurm" and saved.job_ids == [job_id] and saved.hold
 

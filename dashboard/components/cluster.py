@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -304,9 +305,13 @@ def recent_jobs(user: str, limit: int = 200) -> pd.DataFrame:
 def recorded_workdirs(user: str) -> list[Path]:
     """Working directories of the user's recent jobs in which the framework keeps job records."""
     folders: list[str] = []
-    for source in (lambda: queue(user), lambda: history(user, days=90)):
+    sources: tuple[Callable[[], list[str]], ...] = (
+        lambda: list(queue(user)["workdir"].dropna().unique()),
+        lambda: hpc.workdirs(since="now-90days"),
+    )
+    for source in sources:
         try:
-            folders += list(source()["workdir"].dropna().unique())
+            folders += source()
         except MDLMAError as exc:
             logger.info("job folders incomplete: %s", exc)
     return [Path(f) for f in dict.fromkeys(folders) if f and (Path(f) / RECORDS_FOLDER).is_dir()]

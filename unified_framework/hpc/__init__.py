@@ -33,6 +33,7 @@ from .jobs import (
     resubmit,
     status,
     submit,
+    workdirs,
 )
 from .records import JobEntry, JobRecord, find_record, job_log_path, list_records, load_record
 from .render import RenderedJob, render
@@ -95,4 +96,5 @@ __all__ = [
     "submit",
     "templates_dir",
     "validate_params",
+    "workdirs",
 ]

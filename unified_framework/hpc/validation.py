@@ -11,11 +11,12 @@ against the cluster when its limits are given.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
 import shlex
-import unicodedata
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,13 @@ def _shown(value: Any, limit: int = 40) -> str:
     )
 
 
+#: Unicode's categories Cc (controls: C0, DEL, C1), Cs (surrogates), Zl and Zp (the line and
+#: paragraph separators), as one character class: forms are checked on every keystroke and
+#: the hostile-value tests a million times, and this is 20 times faster than asking
+#: ``unicodedata.category`` for each character (a test compares the two on every code point).
+_REFUSED_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
 def check_text(value: Any, field: str, max_length: int = 1024) -> str:
     """Return ``value`` if it is a string without control characters, else raise.
 
@@ -72,12 +80,12 @@ def check_text(value: Any, field: str, max_length: int = 1024) -> str:
         raise InputError(f"{field}: expected text, got {type(value).__name__}")
     if len(value) > max_length:
         raise InputError(f"{field}: {len(value)} characters is too long (at most {max_length})")
-    for position, char in enumerate(value):
-        if unicodedata.category(char) in {"Cc", "Cs", "Zl", "Zp"}:
-            raise InputError(
-                f"{field}: control character U+{ord(char):04X} at position {position} is not allowed "
-                "(no newlines, NUL or escape sequences)"
-            )
+    refused = _REFUSED_CHARACTER.search(value)
+    if refused:
+        raise InputError(
+            f"{field}: control character U+{ord(refused.group()):04X} at position {refused.start()} "
+            "is not allowed (no newlines, NUL or escape sequences)"
+        )
     return value
 
 
@@ -425,25 +433,42 @@ def _validate_path(
         # 'file.h5::/dataset': the framework's readers name a dataset inside a file.
         file_part, _, dataset = text.partition("::")
         return _validate_path(p, file_part, field, workdir, check_paths) + "::" + dataset
-    path = Path(os.path.expanduser(text) if text.startswith("~") else text)
-    if not path.is_absolute():
-        path = (workdir or Path.cwd()) / path
-    path = Path(os.path.normpath(path))
+    # os.path on text rather than pathlib: the same result, several times faster.
+    path = os.path.expanduser(text) if text.startswith("~") else text
+    if not os.path.isabs(path):
+        path = os.path.join(workdir or os.getcwd(), path)
+    path = os.path.normpath(path)
     if not check_paths:
-        return str(path)
+        return path
     try:
         _check_path(p, path, field)
     except OSError as exc:  # name too long, too many links, ...
-        raise InputError(f"{field}: cannot use {_shown(str(path), 80)}: {exc.strerror}") from None
-    return str(path)
+        raise InputError(f"{field}: cannot use {_shown(path, 80)}: {exc.strerror}") from None
+    return path
 
 
-def _check_path(p: Parameter, path: Path, field: str) -> None:
+#: What pathlib's ``exists()`` and ``is_dir()`` take for "not there"; other errors (a name too
+#: long, no permission to look) are raised.
+_MISSING = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP})
+
+
+def _mode_of(path: str) -> int | None:
+    """The file's ``st_mode``, or None where it does not exist; one ``stat`` call."""
+    try:
+        return os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno in _MISSING:
+            return None
+        raise
+
+
+def _check_path(p: Parameter, path: str, field: str) -> None:
     wanted = {"r": os.R_OK, "w": os.W_OK, "x": os.X_OK}
-    if path.exists():
-        if p.kind == "file" and not path.is_file():
+    mode = _mode_of(path)
+    if mode is not None:
+        if p.kind == "file" and not stat.S_ISREG(mode):
             raise InputError(f"{field}: {path} is not a file")
-        if p.kind == "dir" and not path.is_dir():
+        if p.kind == "dir" and not stat.S_ISDIR(mode):
             raise InputError(f"{field}: {path} is not a directory")
         for letter in p.access:
             if not os.access(path, wanted[letter]):
@@ -454,8 +479,9 @@ def _check_path(p: Parameter, path: Path, field: str) -> None:
         raise InputError(f"{field}: {path} does not exist")
     else:
         # An output still to be made: its folder must exist and be writable.
-        parent = path.parent
-        if not parent.is_dir():
+        parent = os.path.dirname(path)
+        parent_mode = _mode_of(parent)
+        if parent_mode is None or not stat.S_ISDIR(parent_mode):
             raise InputError(f"{field}: folder {parent} does not exist")
         if not os.access(parent, os.W_OK | os.X_OK):
             raise InputError(f"{field}: folder {parent} is not writable")
@@ -602,15 +628,15 @@ def _check_all(
             ]  # the locked value is what counts; nothing more to say about this field
 
     result: dict[str, Any] = {}
-    # workdir first: other relative paths are relative to it.
+    # workdir first: other relative paths are relative to it (to cwd if it is invalid).
     order = ["workdir"] + [n for n in template.parameters if n != "workdir"]
+    workdir = Path(cwd) if cwd else Path.cwd()
     for name in order:
         p = template.parameters[name]
         value = values.get(name, p.default)
         field = f"{template.name}: {name}"
         if value is None:
             value = ""
-        workdir = Path(result["workdir"]) if "workdir" in result else Path(cwd or Path.cwd())
         try:
             checked = _validate_one(p, value, field, workdir, check_paths)
             if p.required and checked in ("", [], None):
@@ -621,6 +647,8 @@ def _check_all(
             errors.append(exc)
             continue
         result[name] = checked
+        if name == "workdir":
+            workdir = Path(checked)
     if cluster is not None:
         errors.extend(_cluster_errors(template, result, cluster))
     return result, errors
