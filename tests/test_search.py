@@ -202,10 +202,31 @@ def test_killed_search_resumes(tmp_path, data):
         process.wait()
     done = {t["number"]: t for t in load_trials(study)}
     assert 3 <= len(done) < 40
+    # Killed while writing, a run leaves optuna's journal lock (a symlink) behind, which
+    # optuna would wait out for 30 s; the next run sees by its own run lock (fcntl's, gone
+    # with the process) that no run is alive, and removes it at once.
+    stale = study / "optuna.journal.lock"
+    if not stale.is_symlink():
+        stale.symlink_to(study / "optuna.journal")
+    started = time.monotonic()
     result = run_search(study, trials=len(done) + 2, executor="inprocess")
-    assert result["new"] == 2
+    assert result["new"] == 2 and time.monotonic() - started < 25
+    assert not stale.is_symlink() and (study / ".run.lock").exists()
     again = {t["number"]: t for t in load_trials(study)}
     assert all(again[n] == t for n, t in done.items())
+
+
+def test_a_study_in_use_by_a_run_is_refused(tmp_path, data):
+    import fcntl
+
+    study = tmp_path / "study"
+    run_search(study, write_pipeline(tmp_path, PIPELINE), data, trials=1, executor="inprocess")
+    with open(study / ".run.lock", "a") as running:  # what a live run holds
+        fcntl.flock(running, fcntl.LOCK_EX)
+        with pytest.raises(InputError, match="another search run is using this study"):
+            run_search(study, trials=2, executor="inprocess")
+    assert len(load_trials(study)) == 1  # the refused run changed nothing
+    assert run_search(study, trials=2, executor="inprocess")["new"] == 1
 
 
 def test_local_dask_cluster_two_workers(tmp_path, data):

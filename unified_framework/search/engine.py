@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -319,6 +319,25 @@ def run_search(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         folder.mkdir(parents=True, exist_ok=True)
+    run_lock = _claim_study(folder)
+    try:
+        return _search(folder, study_info, executor, workers, slurm, progress, stop_after)
+    finally:
+        run_lock.close()
+
+
+def _search(
+    folder: Path,
+    study_info: dict[str, Any],
+    executor: str,
+    workers: int,
+    slurm: dict[str, Any] | None,
+    progress: Callable[[dict[str, Any]], None] | None,
+    stop_after: int | None,
+) -> dict[str, Any]:
+    """:func:`run_search` once the study's settings are checked and its folder is held."""
+    import optuna
+
     write_text_atomic(folder / STUDY_FILE, json.dumps(study_info, indent=2) + "\n")
     loaded = load_pipeline(study_info["pipeline"])
     study = optuna.create_study(
@@ -408,6 +427,36 @@ def run_search(
         "driver_cpu_s": driver_cpu,
         "trials_per_s": new / elapsed_trials if elapsed_trials > 0 and new else 0.0,
     }
+
+
+#: The lock a running search holds on its study folder (fcntl's: the kernel drops it when
+#: the process dies, however it dies).
+RUN_LOCK = ".run.lock"
+
+
+def _claim_study(folder: Path) -> IO[str]:
+    """Hold ``folder``'s run lock until the returned file is closed; refuse if a run holds it.
+
+    Only the process holding it writes optuna's journal, so a journal lock file found then
+    is one a killed run left behind: removed, rather than waited out (optuna breaks a lock
+    only after it is 30 s old). Where the file system has no such locks (some NFS mounts),
+    optuna's own lock alone guards the journal.
+    """
+    import fcntl
+
+    handle = open(folder / RUN_LOCK, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise InputError(
+            f"{folder}: another search run is using this study; wait for it to finish or stop it"
+        ) from None
+    except OSError as exc:
+        logger.info("%s: no run lock (%s); optuna's journal lock guards the study", folder, exc)
+        return handle
+    (folder / (JOURNAL_FILE + ".lock")).unlink(missing_ok=True)
+    return handle
 
 
 #: optuna's journal (an append-only log) of a study folder: asking and telling cost about
